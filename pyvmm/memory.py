@@ -1,0 +1,163 @@
+"""Guest memory: guest-physical RAM ranges backed by host buffers.
+
+Every access is bounds-checked against the ranges: an address outside guest RAM
+(or an access that crosses out of a range) raises ``GuestMemoryError`` and never
+touches host memory.  Views are ``memoryview`` slices of the backing buffer, so
+devices can read and write guest buffers without copying.
+
+``GuestMemory.anonymous`` backs RAM with private anonymous mmaps (what KVM
+registers as memory slots); ``GuestMemory.from_bytes`` backs it with a
+``bytearray`` for unit tests that need no VM.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+import struct
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from pyvmm.errors import GuestMemoryError
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+@dataclass(frozen=True)
+class MemoryRegion:
+    """One contiguous range of guest-physical RAM and the buffer behind it."""
+
+    guest_base: int
+    size: int
+    buffer: mmap.mmap | bytearray
+
+    @property
+    def guest_end(self) -> int:
+        """First guest-physical address past the region."""
+        return self.guest_base + self.size
+
+
+class GuestMemory:
+    """Guest RAM as sorted, non-overlapping regions."""
+
+    def __init__(self, regions: Sequence[MemoryRegion]) -> None:
+        ordered = sorted(regions, key=lambda r: r.guest_base)
+        for before, after in zip(ordered, ordered[1:]):
+            if before.guest_end > after.guest_base:
+                raise ValueError(
+                    f"memory regions overlap at {after.guest_base:#x}")
+        self.regions: tuple[MemoryRegion, ...] = tuple(ordered)
+        self._bases = [r.guest_base for r in ordered]
+        self._views = [memoryview(r.buffer) for r in ordered]
+
+    @classmethod
+    def anonymous(cls, ranges: Sequence[tuple[int, int]]) -> "GuestMemory":
+        """Back each ``(guest_base, size)`` range with a private anonymous mmap.
+
+        ``MAP_NORESERVE`` keeps a large, mostly untouched guest from charging
+        its whole size to the host up front.
+        """
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+        regions = [
+            MemoryRegion(base, size, mmap.mmap(-1, size, flags=flags,
+                                               prot=mmap.PROT_READ | mmap.PROT_WRITE))
+            for base, size in ranges
+        ]
+        return cls(regions)
+
+    @classmethod
+    def from_bytes(cls, size: int, guest_base: int = 0) -> "GuestMemory":
+        """A single bytearray-backed range, for tests."""
+        return cls([MemoryRegion(guest_base, size, bytearray(size))])
+
+    # -- queries -----------------------------------------------------------
+
+    @property
+    def total_size(self) -> int:
+        """Bytes of RAM over all ranges."""
+        return sum(r.size for r in self.regions)
+
+    @property
+    def end(self) -> int:
+        """First guest-physical address past the highest range."""
+        return self.regions[-1].guest_end if self.regions else 0
+
+    def ranges(self) -> Iterator[tuple[int, int]]:
+        """``(guest_base, size)`` of each range, in address order."""
+        for region in self.regions:
+            yield region.guest_base, region.size
+
+    def _locate(self, gpa: int, length: int) -> tuple[int, int]:
+        """Index of the region holding ``[gpa, gpa+length)`` and the offset in it."""
+        index = bisect.bisect_right(self._bases, gpa) - 1
+        if index >= 0 and length >= 0:
+            region = self.regions[index]
+            offset = gpa - region.guest_base
+            if offset + length <= region.size:
+                return index, offset
+        raise GuestMemoryError(
+            f"guest address range {gpa:#x}+{length:#x} is outside guest RAM")
+
+    def contains(self, gpa: int, length: int = 1) -> bool:
+        """True when ``[gpa, gpa+length)`` lies inside one RAM range."""
+        try:
+            self._locate(gpa, length)
+        except GuestMemoryError:
+            return False
+        return True
+
+    # -- access ------------------------------------------------------------
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        """A writable view of ``length`` bytes at ``gpa``, without copying."""
+        index, offset = self._locate(gpa, length)
+        return self._views[index][offset:offset + length]
+
+    def read(self, gpa: int, length: int) -> bytes:
+        """A copy of ``length`` bytes at ``gpa``."""
+        return bytes(self.view(gpa, length))
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` into guest RAM at ``gpa``."""
+        self.view(gpa, len(data))[:] = data
+
+    def fill(self, gpa: int, length: int, value: int = 0) -> None:
+        """Set ``length`` bytes at ``gpa`` to ``value``."""
+        index, offset = self._locate(gpa, length)
+        buffer = self.regions[index].buffer
+        buffer[offset:offset + length] = bytes([value]) * length
+
+    def read_u8(self, gpa: int) -> int:
+        return self.view(gpa, 1)[0]
+
+    def read_u16(self, gpa: int) -> int:
+        return _U16.unpack(self.view(gpa, 2))[0]
+
+    def read_u32(self, gpa: int) -> int:
+        return _U32.unpack(self.view(gpa, 4))[0]
+
+    def read_u64(self, gpa: int) -> int:
+        return _U64.unpack(self.view(gpa, 8))[0]
+
+    def write_u8(self, gpa: int, value: int) -> None:
+        self.view(gpa, 1)[0] = value
+
+    def write_u16(self, gpa: int, value: int) -> None:
+        _U16.pack_into(self.view(gpa, 2), 0, value)
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        _U32.pack_into(self.view(gpa, 4), 0, value)
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        _U64.pack_into(self.view(gpa, 8), 0, value)
+
+    def close(self) -> None:
+        """Release the views and unmap mmap-backed ranges."""
+        for view in self._views:
+            view.release()
+        self._views = []
+        for region in self.regions:
+            if isinstance(region.buffer, mmap.mmap):
+                region.buffer.close()

@@ -1,0 +1,77 @@
+"""An epoll loop whose subscribers own their fds (as rust-vmm's event-manager).
+
+The main thread runs it over stdin, the wake-up eventfd the vCPU threads and
+signal handlers write, and device eventfds (ioeventfd notifications).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from typing import Callable
+
+#: Called with the epoll event mask when its fd is ready.
+Handler = Callable[[int], None]
+
+
+class EventLoop:
+    """Dispatches readiness to handlers until told to stop or a deadline passes."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Handler] = {}
+        self._stopped = False
+        # Written by other threads (and signal handlers) to wake the loop.
+        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.add(self.wake_fd, self._drain_wake)
+
+    def add(self, fd: int, handler: Handler, events: int = select.EPOLLIN) -> None:
+        """Watch ``fd``; raises PermissionError for fds epoll can't watch (files)."""
+        self._epoll.register(fd, events)
+        self._handlers[fd] = handler
+
+    def remove(self, fd: int) -> None:
+        if self._handlers.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def wake(self) -> None:
+        """Make ``run`` look at its stop condition now (any thread)."""
+        os.eventfd_write(self.wake_fd, 1)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self.wake()
+
+    def _drain_wake(self, _events: int) -> None:
+        try:
+            os.eventfd_read(self.wake_fd)
+        except BlockingIOError:
+            pass
+
+    def run(self, deadline: float | None = None,
+            tick: Callable[[], float | None] | None = None) -> bool:
+        """Run until ``stop()``; return False if ``deadline`` (monotonic) passed first.
+
+        ``tick`` runs after each round and may return a wait bound in seconds
+        (for work that is not fd-driven, like feeding a file to the console).
+        """
+        while not self._stopped:
+            timeout: float | None = None
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    return False
+            if tick is not None:
+                bound = tick()
+                if bound is not None:
+                    timeout = bound if timeout is None else min(timeout, bound)
+            for fd, events in self._epoll.poll(-1 if timeout is None else timeout):
+                handler = self._handlers.get(fd)
+                if handler is not None:
+                    handler(events)
+        return True
+
+    def close(self) -> None:
+        self._epoll.close()
+        os.close(self.wake_fd)

@@ -1,0 +1,69 @@
+"""Console escapes (Ctrl-A) and raw-mode restoration."""
+
+from __future__ import annotations
+
+import os
+import pty
+import termios
+
+from pyvmm.console import EscapeParser, HostConsole, Terminal
+
+
+def test_plain_bytes_pass_through() -> None:
+    assert EscapeParser().feed(b"ls\r\x03") == (b"ls\r\x03", [])
+
+
+def test_ctrl_a_x_is_a_command_not_guest_input() -> None:
+    parser = EscapeParser()
+    assert parser.feed(b"ab\x01xcd") == (b"abcd", ["x"])
+
+
+def test_ctrl_a_ctrl_a_sends_one_ctrl_a() -> None:
+    assert EscapeParser().feed(b"\x01\x01") == (b"\x01", [])
+
+
+def test_escape_split_across_reads() -> None:
+    parser = EscapeParser()
+    assert parser.feed(b"q\x01") == (b"q", [])
+    assert parser.feed(b"h") == (b"", ["h"])
+
+
+def test_terminal_restored_after_raw_mode() -> None:
+    master, slave = pty.openpty()
+    try:
+        before = termios.tcgetattr(slave)
+        terminal = Terminal(slave)
+        terminal.make_raw()
+        assert termios.tcgetattr(slave)[3] & termios.ECHO == 0
+        terminal.restore()
+        assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_host_console_quits_on_ctrl_a_x_from_a_tty() -> None:
+    master, slave = pty.openpty()
+    quits = []
+    try:
+        console = HostConsole(on_quit=lambda: quits.append(1), stdin_fd=slave,
+                              stdout_fd=slave)
+        console.start()
+        os.write(master, b"hi\x01x")
+        assert console.read_input() == b"hi"
+        assert quits == [1]
+        console.restore()
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_non_tty_input_is_passed_verbatim_and_eof_noted() -> None:
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"\x01x")
+    os.close(write_end)
+    console = HostConsole(on_quit=lambda: None, stdin_fd=read_end, stdout_fd=1)
+    assert console.read_input() == b"\x01x"
+    assert console.read_input() == b""
+    assert console.at_eof
+    os.close(read_end)

@@ -33,7 +33,9 @@ CpuidTuple = tuple[int, int, int, int, int, int, int]
 class Kvm:
     """An open /dev/kvm whose API version and capabilities were checked."""
 
-    def __init__(self, path: str = "/dev/kvm") -> None:
+    def __init__(self, path: str | None = None) -> None:
+        # PYVMM_KVM_DEVICE lets tests (and odd hosts) name another device node.
+        path = path or os.environ.get("PYVMM_KVM_DEVICE", "/dev/kvm")
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -1,0 +1,5 @@
+"""``python -m pyvmm`` runs the CLI."""
+
+from pyvmm.cli import main
+
+main()

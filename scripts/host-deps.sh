@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install the Debian packages pyvmm's builds and tests use, if any is missing.
+# Needs root (or sudo). Set PYVMM_WITH_QEMU=1 to add QEMU for the benchmarks.
+set -euo pipefail
+packages=(gcc binutils make python3-venv busybox-static cpio xz-utils bc flex bison
+          libelf-dev libssl-dev linux-source-6.1 acpica-tools gdb)
+[ "${PYVMM_WITH_QEMU:-0}" = 1 ] && packages+=(qemu-system-x86)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "host-deps: installing ${missing[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's test command: install what the tests need, build the guest
+# images (cached in images/out/), run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/host-deps.sh
+python3 -m pip install -q -e '.[test]'
+bash images/build.sh
+python3 -m pytest -q "$@"

@@ -1,0 +1,84 @@
+"""Boot the tiny test guests from images/out/tiny and check what they report."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from tests.integration.conftest import image, run_pyvmm
+
+
+def fnv1a32(data: bytes) -> int:
+    value = 0x811C9DC5
+    for byte in data:
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value
+
+
+def checked_initrd(payload: bytes) -> bytes:
+    """The initrd format bootcheck verifies: magic, length, payload, FNV-1a."""
+    return (b"PYVMMRD1" + struct.pack("<I", len(payload)) + payload
+            + struct.pack("<I", fnv1a32(payload)))
+
+
+def test_bootcheck_sees_what_the_boot_protocol_promised(tmp_path) -> None:
+    initrd = tmp_path / "initrd.img"
+    data = checked_initrd(bytes(range(256)) * 40)
+    initrd.write_bytes(data)
+    cmdline = "console=ttyS0 pyvmm.test=bootcheck words with spaces"
+    result = run_pyvmm("run", "--kernel", str(image("tiny/bootcheck.bzImage")),
+                       "--initrd", str(initrd), "--append", cmdline, "--memory", "512M",
+                       "--timeout", "60")
+    out = result.stdout
+    assert result.status == 0, result.stderr + out
+    assert "pyvmm-tiny: hello" in out
+    assert "check hdrs ok" in out
+    assert f"cmdline: {cmdline}" in out
+    assert "e820 0 9fc00 1" in out
+    assert "e820 9fc00 60400 2" in out
+    assert "e820 100000 1ff00000 1" in out
+    assert f"size={len(data)} sum={fnv1a32(data):x}" in out
+    assert "initrd check ok" in out
+    assert "pyvmm-tiny: done" in out
+
+
+def test_bootcheck_without_initrd(tmp_path) -> None:
+    result = run_pyvmm("run", "--kernel", str(image("tiny/bootcheck.bzImage")),
+                       "--timeout", "60")
+    assert result.status == 0, result.stderr + result.stdout
+    assert "initrd: none" in result.stdout
+    assert "cmdline: console=ttyS0 reboot=k" in result.stdout
+
+
+@pytest.mark.parametrize("code", [0, 1, 5, 100])
+def test_guest_exit_code_through_debug_exit_port(code: int) -> None:
+    result = run_pyvmm("run", "--kernel", str(image("tiny/exitcode.bzImage")),
+                       "--append", f"exitcode={code}", "--timeout", "60")
+    assert f"pyvmm-tiny: exit {code}" in result.stdout
+    assert result.status == ((code << 1) | 1) & 0xFF, result.stderr
+
+
+def test_triple_fault_is_a_crash() -> None:
+    result = run_pyvmm("run", "--kernel", str(image("tiny/triplefault.bzImage")),
+                       "--timeout", "60")
+    assert "pyvmm-tiny: triple fault" in result.stdout
+    assert result.status == 8
+    assert "triple-faulted" in result.stderr
+
+
+def test_timeout_exits_124() -> None:
+    result = run_pyvmm("run", "--kernel", str(image("tiny/loop.bzImage")),
+                       "--timeout", "1.5")
+    assert "pyvmm-tiny: looping" in result.stdout
+    assert result.status == 124
+    assert "timed out after 1.5 s" in result.stderr
+
+
+def test_piped_stdin_reaches_the_guest() -> None:
+    result = run_pyvmm("run", "--kernel", str(image("tiny/echo.bzImage")),
+                       "--timeout", "60", stdin=b"hello-from-host q")
+    assert result.status == 0, result.stderr
+    assert "pyvmm-tiny: echo ready" in result.stdout
+    assert "hello-from-host" in result.stdout
+    assert "pyvmm-tiny: bye" in result.stdout

@@ -1,0 +1,221 @@
+"""A 16550A UART (the PC's COM1), modelled on QEMU's serial.c and vm-superio.
+
+Transmit goes to ``out`` one byte per THR write (the guest's 8250 driver
+writes bytes one at a time anyway); receive comes from ``enqueue_input`` on
+the main thread and raises the RX interrupt.  The interrupt output follows
+the pending-interrupt state as a level, like the real chip's INTR pin.  The
+vCPU thread and the main thread both touch the state, hence the lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from pyvmm.devices.irq import InterruptLine
+
+# Register offsets from the base port.
+RBR_THR_DLL = 0
+IER_DLM = 1
+IIR_FCR = 2
+LCR = 3
+MCR = 4
+LSR = 5
+MSR = 6
+SCR = 7
+
+IER_RX_DATA = 0x01
+IER_THR_EMPTY = 0x02
+IER_LINE_STATUS = 0x04
+IER_MODEM_STATUS = 0x08
+IER_MASK = 0x0F
+
+IIR_NO_INTERRUPT = 0x01
+IIR_LINE_STATUS = 0x06
+IIR_RX_DATA = 0x04
+IIR_THR_EMPTY = 0x02
+IIR_MODEM_STATUS = 0x00
+IIR_FIFO_ENABLED = 0xC0
+
+FCR_ENABLE_FIFO = 0x01
+FCR_CLEAR_RX = 0x02
+
+LCR_DLAB = 0x80
+
+MCR_DTR = 0x01
+MCR_RTS = 0x02
+MCR_OUT1 = 0x04
+MCR_OUT2 = 0x08
+MCR_LOOP = 0x10
+MCR_MASK = 0x1F
+
+LSR_DATA_READY = 0x01
+LSR_OVERRUN = 0x02
+LSR_THR_EMPTY = 0x20
+LSR_TRANSMITTER_EMPTY = 0x40
+
+MSR_DELTA_MASK = 0x0F
+MSR_CTS = 0x10
+MSR_DSR = 0x20
+MSR_RI = 0x40
+MSR_DCD = 0x80
+#: Lines asserted by "the other end" when not in loopback, as QEMU reports them.
+MSR_CONNECTED = MSR_DCD | MSR_DSR | MSR_CTS
+
+#: Bytes buffered for the guest to read (a real 16550 holds 16; more is kinder).
+INPUT_CAPACITY = 64 * 1024
+#: Divisor latch at reset: 115200 baud from the 1.8432 MHz clock.
+DEFAULT_DIVISOR = 1
+
+_SINGLE_BYTES = [bytes([value]) for value in range(256)]
+
+
+class Serial:
+    """16550A registers at offsets 0..7."""
+
+    def __init__(self, interrupt: InterruptLine, out: Callable[[bytes], None]) -> None:
+        self._interrupt = interrupt
+        self._out = out
+        self._lock = threading.Lock()
+        self._input = bytearray()
+        self._divisor = DEFAULT_DIVISOR
+        self._ier = 0
+        self._lcr = 0
+        self._mcr = MCR_OUT2
+        self._lsr = LSR_THR_EMPTY | LSR_TRANSMITTER_EMPTY
+        self._msr = MSR_CONNECTED
+        self._scr = 0
+        self._fifo_enabled = False
+        self._thr_interrupt_pending = False
+        self._irq_level = False
+
+    # -- host side -------------------------------------------------------------
+
+    def input_room(self) -> int:
+        """How many more bytes ``enqueue_input`` would take now."""
+        with self._lock:
+            return INPUT_CAPACITY - len(self._input)
+
+    def enqueue_input(self, data: bytes) -> int:
+        """Queue bytes for the guest to read; return how many were taken."""
+        with self._lock:
+            taken = data[:INPUT_CAPACITY - len(self._input)]
+            self._input += taken
+            self._update_interrupt()
+            return len(taken)
+
+    # -- guest side ------------------------------------------------------------
+
+    def read(self, offset: int, data: memoryview) -> None:
+        with self._lock:
+            value = self._read_register(offset)
+            self._update_interrupt()
+        data[0] = value
+        if len(data) > 1:
+            data[1:] = b"\x00" * (len(data) - 1)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        output = None
+        with self._lock:
+            output = self._write_register(offset, data[0])
+            self._update_interrupt()
+        if output is not None:
+            self._out(_SINGLE_BYTES[output])
+
+    def _read_register(self, offset: int) -> int:
+        dlab = self._lcr & LCR_DLAB
+        if offset == RBR_THR_DLL:
+            if dlab:
+                return self._divisor & 0xFF
+            if not self._input:
+                return 0
+            value = self._input.pop(0)
+            return value
+        if offset == IER_DLM:
+            return (self._divisor >> 8) & 0xFF if dlab else self._ier
+        if offset == IIR_FCR:
+            value = self._interrupt_identification()
+            if value & 0x0F == IIR_THR_EMPTY:
+                self._thr_interrupt_pending = False  # reading IIR acknowledges THRE
+            return value | (IIR_FIFO_ENABLED if self._fifo_enabled else 0)
+        if offset == LCR:
+            return self._lcr
+        if offset == MCR:
+            return self._mcr
+        if offset == LSR:
+            value = self._lsr | (LSR_DATA_READY if self._input else 0)
+            self._lsr &= ~LSR_OVERRUN
+            return value
+        if offset == MSR:
+            value = self._modem_status()
+            self._msr &= ~MSR_DELTA_MASK
+            return value
+        return self._scr
+
+    def _write_register(self, offset: int, value: int) -> int | None:
+        """Apply a register write; return a byte to transmit, if any."""
+        dlab = self._lcr & LCR_DLAB
+        if offset == RBR_THR_DLL:
+            if dlab:
+                self._divisor = (self._divisor & 0xFF00) | value
+                return None
+            # The byte leaves at once, so THR is empty again: THRE re-arms.
+            self._thr_interrupt_pending = True
+            if self._mcr & MCR_LOOP:
+                if len(self._input) < INPUT_CAPACITY:
+                    self._input.append(value)
+                return None
+            return value
+        if offset == IER_DLM:
+            if dlab:
+                self._divisor = (self._divisor & 0x00FF) | (value << 8)
+                return None
+            enabling_thre = value & IER_THR_EMPTY and not self._ier & IER_THR_EMPTY
+            self._ier = value & IER_MASK
+            if enabling_thre:
+                self._thr_interrupt_pending = True  # as the 8250 driver's probe expects
+        elif offset == IIR_FCR:
+            self._fifo_enabled = bool(value & FCR_ENABLE_FIFO)
+            if value & FCR_CLEAR_RX:
+                self._input.clear()
+        elif offset == LCR:
+            self._lcr = value
+        elif offset == MCR:
+            self._mcr = value & MCR_MASK
+        elif offset == SCR:
+            self._scr = value
+        return None
+
+    def _modem_status(self) -> int:
+        if not self._mcr & MCR_LOOP:
+            return self._msr
+        # Loopback wires the modem-control outputs back to the status inputs.
+        mcr = self._mcr
+        value = self._msr & MSR_DELTA_MASK
+        if mcr & MCR_RTS:
+            value |= MSR_CTS
+        if mcr & MCR_DTR:
+            value |= MSR_DSR
+        if mcr & MCR_OUT1:
+            value |= MSR_RI
+        if mcr & MCR_OUT2:
+            value |= MSR_DCD
+        return value
+
+    def _interrupt_identification(self) -> int:
+        """The highest-priority pending interrupt, as IIR bits 0..3."""
+        if self._ier & IER_LINE_STATUS and self._lsr & LSR_OVERRUN:
+            return IIR_LINE_STATUS
+        if self._ier & IER_RX_DATA and self._input:
+            return IIR_RX_DATA
+        if self._ier & IER_THR_EMPTY and self._thr_interrupt_pending:
+            return IIR_THR_EMPTY
+        if self._ier & IER_MODEM_STATUS and self._msr & MSR_DELTA_MASK:
+            return IIR_MODEM_STATUS
+        return IIR_NO_INTERRUPT
+
+    def _update_interrupt(self) -> None:
+        level = self._interrupt_identification() != IIR_NO_INTERRUPT
+        if level != self._irq_level:
+            self._irq_level = level
+            self._interrupt.set_level(level)

@@ -1,0 +1,81 @@
+"""The x86-64 Linux boot recipe: lay out guest memory, compute the boot CPU state.
+
+Pure: it writes guest memory and returns plain data; the machine applies the
+registers to the vCPUs.  The steps follow the 64-bit boot protocol
+(Documentation/arch/x86/boot.rst): kernel at its preferred address, initrd
+placed high, command line, zero page with the e820 map, identity-mapped page
+tables, a GDT with __BOOT_CS/__BOOT_DS, and RSI pointing at the zero page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
+from pyvmm.arch.x86_64 import layout
+from pyvmm.arch.x86_64.boot_params import build_zero_page, e820_map
+from pyvmm.arch.x86_64.cpuid import CpuidEntry, adjust_cpuid, describe_policy
+from pyvmm.arch.x86_64.msr import boot_msrs
+from pyvmm.arch.x86_64.paging import write_identity_page_tables
+from pyvmm.arch.x86_64.regs import (FpuState, GeneralRegisters, SpecialRegisters,
+                                    boot_regs_64, boot_sregs_64, write_boot_gdt)
+from pyvmm.loader.bzimage import KernelImage, load_bzimage
+from pyvmm.loader.cmdline import write_cmdline
+from pyvmm.loader.initrd import load_initrd
+from pyvmm.memory import GuestMemory
+
+
+@dataclass(frozen=True)
+class BootState:
+    """Everything the machine applies to the vCPUs, and what was placed where."""
+
+    kernel: KernelImage
+    initrd: tuple[int, int] | None
+    cmdline: tuple[int, int]
+    regs: GeneralRegisters
+    sregs: SpecialRegisters
+    fpu: FpuState
+    msrs: list[tuple[int, int]]
+    cpuid: list[list[CpuidEntry]]
+    cpu_policy_note: str
+
+    def regs_dict(self) -> dict[str, int]:
+        """The boot CPU's general registers as KVM_SET_REGS field names."""
+        return dataclasses.asdict(self.regs)
+
+
+def prepare_boot(memory: GuestMemory, kernel_image: bytes, initrd_image: bytes | None,
+                 cmdline: str, supported_cpuid: Sequence[tuple[int, ...]],
+                 cpu_count: int, cpu_policy: str,
+                 rsdp_address: int = 0) -> BootState:
+    """Load a bzImage (and initrd, command line) into ``memory``; return CPU state."""
+    kernel = load_bzimage(memory, kernel_image)
+    header = kernel.header
+
+    initrd = None
+    if initrd_image is not None:
+        address = load_initrd(memory, initrd_image, kernel.end_address,
+                              header.initrd_addr_max)
+        initrd = (address, len(initrd_image))
+
+    cmdline_address, cmdline_length = write_cmdline(memory, cmdline, header.cmdline_size)
+    zero_page = build_zero_page(header, cmdline_address, initrd,
+                                e820_map(list(memory.ranges())), acpi_rsdp_addr=rsdp_address)
+    memory.write(layout.ZERO_PAGE_START, zero_page)
+
+    cr3 = write_identity_page_tables(memory)
+    write_boot_gdt(memory)
+    entries = [CpuidEntry(*leaf) for leaf in supported_cpuid]
+    return BootState(
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=(cmdline_address, cmdline_length),
+        regs=boot_regs_64(kernel.entry_address, layout.ZERO_PAGE_START),
+        sregs=boot_sregs_64(cr3),
+        fpu=FpuState(),
+        msrs=boot_msrs(),
+        cpuid=[adjust_cpuid(entries, vcpu_id, cpu_count, cpu_policy)
+               for vcpu_id in range(cpu_count)],
+        cpu_policy_note=describe_policy(cpu_policy),
+    )

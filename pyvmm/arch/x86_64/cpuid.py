@@ -1,0 +1,121 @@
+"""CPUID for each vCPU: topology and APIC IDs, and the feature policy.
+
+KVM_GET_SUPPORTED_CPUID says what KVM can present; we set per-vCPU identity
+(APIC IDs, counts) and, under the "compat" policy, hide the features a
+software x86 emulator cannot execute.  kvm_pvm emulates non-PVM guests
+instruction by instruction and fails on ``cmpxchg16b`` and ``xsave``/``xrstor``;
+hiding CX16 and XSAVE (and everything built on XSAVE) makes Linux use the
+older instructions it can run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
+#: The feature policies --cpu accepts (besides "auto", resolved by the machine).
+CPU_POLICIES = ("host", "compat")
+
+LEAF_FEATURES = 0x1
+LEAF_CACHE_PARAMS = 0x4
+LEAF_EXTENDED_FEATURES = 0x7
+LEAF_TOPOLOGY = 0xB
+LEAF_XSAVE = 0xD
+LEAF_TOPOLOGY_V2 = 0x1F
+LEAF_EXT_FEATURES = 0x80000001
+
+# Leaf 1 bits.
+EBX_APIC_ID_SHIFT = 24
+EBX_LOGICAL_COUNT_SHIFT = 16
+EDX_HTT = 1 << 28
+ECX_HYPERVISOR = 1 << 31
+
+# Leaf 0xB/0x1F ECX[15:8] level types.
+LEVEL_TYPE_SMT = 1
+LEVEL_TYPE_CORE = 2
+
+#: (leaf, subleaf, register, bits) hidden by the "compat" policy, and why.
+COMPAT_HIDDEN: tuple[tuple[int, int, str, tuple[int, ...], str], ...] = (
+    (LEAF_FEATURES, 0, "ecx", (13,), "CX16 (cmpxchg16b)"),
+    (LEAF_FEATURES, 0, "ecx", (26, 27), "XSAVE/OSXSAVE"),
+    (LEAF_FEATURES, 0, "ecx", (12, 28, 29), "FMA/AVX/F16C (need XSAVE)"),
+    (LEAF_FEATURES, 0, "ecx", (17,), "PCID"),
+    (LEAF_EXTENDED_FEATURES, 0, "ebx", (5, 16, 17, 21, 26, 27, 28, 30, 31),
+     "AVX2/AVX-512"),
+    (LEAF_EXTENDED_FEATURES, 0, "ebx", (10,), "INVPCID"),
+    (LEAF_EXTENDED_FEATURES, 0, "ecx", (1, 6, 11, 12, 14), "AVX-512 extensions"),
+    (LEAF_EXTENDED_FEATURES, 0, "edx", (2, 3, 8, 23), "AVX-512 extensions"),
+    (LEAF_EXT_FEATURES, 0, "ecx", (11, 16), "XOP/FMA4"),
+)
+
+
+@dataclass(frozen=True)
+class CpuidEntry:
+    """One CPUID leaf/subleaf as struct kvm_cpuid_entry2 has it."""
+
+    function: int
+    index: int
+    flags: int
+    eax: int
+    ebx: int
+    ecx: int
+    edx: int
+
+
+def _clear_bits(value: int, bits: Sequence[int]) -> int:
+    for bit in bits:
+        value &= ~(1 << bit)
+    return value
+
+
+def _topology_leaf(entry: CpuidEntry, apic_id: int, cpu_count: int) -> CpuidEntry:
+    """Leaf 0xB/0x1F: one thread per core, ``cpu_count`` cores in one package."""
+    core_shift = max(cpu_count - 1, 0).bit_length()
+    if entry.index == 0:
+        eax, ebx, ecx = 0, 1, (LEVEL_TYPE_SMT << 8)
+    elif entry.index == 1:
+        eax, ebx, ecx = core_shift, cpu_count, (LEVEL_TYPE_CORE << 8) | 1
+    else:
+        eax, ebx, ecx = 0, 0, entry.index
+    return dataclasses.replace(entry, eax=eax, ebx=ebx, ecx=ecx, edx=apic_id)
+
+
+def adjust_cpuid(entries: Sequence[CpuidEntry], vcpu_id: int, cpu_count: int,
+                 policy: str) -> list[CpuidEntry]:
+    """The CPUID table for vCPU ``vcpu_id`` (its APIC ID) under ``policy``."""
+    if policy not in CPU_POLICIES:
+        raise ValueError(f"unknown CPU policy {policy!r}")
+    result = []
+    for entry in entries:
+        if entry.function == LEAF_FEATURES:
+            ebx = ((entry.ebx & 0xFFFF) | (vcpu_id << EBX_APIC_ID_SHIFT)
+                   | (min(cpu_count, 255) << EBX_LOGICAL_COUNT_SHIFT))
+            edx = entry.edx | EDX_HTT if cpu_count > 1 else entry.edx & ~EDX_HTT
+            entry = dataclasses.replace(entry, ebx=ebx, ecx=entry.ecx | ECX_HYPERVISOR,
+                                        edx=edx)
+        elif entry.function == LEAF_CACHE_PARAMS:
+            entry = dataclasses.replace(
+                entry, eax=(entry.eax & 0x03FFFFFF) | ((cpu_count - 1) << 26))
+        elif entry.function in (LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2):
+            entry = _topology_leaf(entry, vcpu_id, cpu_count)
+        if policy == "compat":
+            if entry.function == LEAF_XSAVE:
+                entry = dataclasses.replace(entry, eax=0, ebx=0, ecx=0, edx=0)
+            for leaf, subleaf, register, bits, _why in COMPAT_HIDDEN:
+                if entry.function == leaf and entry.index == subleaf:
+                    entry = dataclasses.replace(
+                        entry, **{register: _clear_bits(getattr(entry, register), bits)})
+        result.append(entry)
+    return result
+
+
+def describe_policy(policy: str) -> str:
+    """One line on what ``policy`` hides from the guest."""
+    if policy == "compat":
+        hidden = []
+        for *_, why in COMPAT_HIDDEN:
+            if why not in hidden:
+                hidden.append(why)
+        return "hiding " + ", ".join(hidden) + " from the guest"
+    return "passing every CPU feature KVM supports to the guest"

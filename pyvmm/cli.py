@@ -41,8 +41,14 @@ class _LazyGroup(click.Group):
     def _available() -> set[str]:
         import importlib.util
 
-        return {name for name, (module, _) in _LAZY_COMMANDS.items()
-                if importlib.util.find_spec(module) is not None}
+        available = set()
+        for name, (module, _) in _LAZY_COMMANDS.items():
+            try:
+                if importlib.util.find_spec(module) is not None:
+                    available.add(name)
+            except ModuleNotFoundError:
+                pass
+        return available
 
 
 def _fail(error: PyvmmError) -> None:

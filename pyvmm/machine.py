@@ -1,0 +1,296 @@
+"""Machine assembly and the run loop.
+
+``build_machine`` is the recipe: open KVM, create the VM and its RAM, load the
+kernel, set up the boot CPU, attach the devices.  ``Machine.run`` runs one
+thread per vCPU (KVM_RUN releases the GIL) while the main thread runs the
+epoll loop over stdin, signals and device events, and stops everything on the
+first ``StopReason``: poweroff, reset, triple fault, timeout, a signal, or an
+exception in any device or vCPU code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Callable
+
+from pyvmm.arch.x86_64 import layout
+from pyvmm.arch.x86_64.boot import BootState, prepare_boot
+from pyvmm.config import MachineConfig
+from pyvmm.console import HostConsole
+from pyvmm.devices.bus import Bus
+from pyvmm.devices.i8042 import I8042
+from pyvmm.devices.legacy import DebugExit, IgnoredPorts
+from pyvmm.devices.serial import Serial
+from pyvmm.dispatch import UnknownAccessLog, dispatch_exit
+from pyvmm.errors import ConfigError, LoaderError
+from pyvmm.eventloop import EventLoop
+from pyvmm.exitstatus import StopReason
+from pyvmm.kvm._ffi import address_of
+from pyvmm.kvm.system import Kvm, is_pvm_host
+from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.kvm.vm import Vm
+from pyvmm.memory import GuestMemory
+
+log = logging.getLogger(__name__)
+
+#: Signal used to kick a vCPU thread out of KVM_RUN (its handler does nothing).
+KICK_SIGNAL = signal.SIGRTMIN
+#: Three pages Intel VMX needs for its real-mode TSS, just below the BIOS ROM.
+KVM_TSS_ADDRESS = 0xFFFB_D000
+#: How long stopping waits for vCPU threads before giving up on them.
+VCPU_JOIN_SECONDS = 5.0
+#: Port ranges Linux pokes on a PC that pyvmm answers quietly (reads all-ones).
+IGNORED_PORT_RANGES = (
+    (0x80, 1),     # POST diagnostic port (also Linux's I/O delay port)
+    (0x70, 2),     # CMOS/RTC index and data
+    (0xCF8, 8),    # PCI configuration mechanism #1 (no PCI bus here)
+    (0x2F8, 8),    # COM2 .. COM4: absent UARTs answer all-ones
+    (0x3E8, 8),
+    (0x2E8, 8),
+)
+
+
+class KvmIrqLine:
+    """An InterruptLine driving one GSI of the in-kernel irqchip; ioctl only on change."""
+
+    def __init__(self, vm: Vm, gsi: int) -> None:
+        self._vm = vm
+        self._gsi = gsi
+        self._level = False
+
+    def set_level(self, high: bool) -> None:
+        if high != self._level:
+            self._level = high
+            self._vm.set_irq_line(self._gsi, high)
+
+
+@dataclass
+class Machine:
+    """A built VM, ready to run once."""
+
+    config: MachineConfig
+    kvm: Kvm
+    vm: Vm
+    memory: GuestMemory
+    vcpus: list[Vcpu]
+    boot: BootState
+    console: HostConsole
+    loop: EventLoop
+    pio_bus: Bus = field(default_factory=Bus)
+    mmio_bus: Bus = field(default_factory=Bus)
+    serial: Serial | None = None
+    pvm_host: bool = False
+    _stop_reason: StopReason | None = None
+    _stop_lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: bool = False
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _unknown: UnknownAccessLog = field(default_factory=UnknownAccessLog)
+    _stdin_paused: bool = False
+    _stdin_is_file: bool = False
+
+    # -- stopping ------------------------------------------------------------
+
+    def request_stop(self, reason: StopReason) -> None:
+        """Record the first reason to stop and wake the main loop (any thread)."""
+        with self._stop_lock:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+            self._stopping = True
+        self.loop.stop()
+
+    def _kick_vcpus(self) -> None:
+        for vcpu, thread in zip(self.vcpus, self._threads):
+            vcpu.request_exit()
+            if thread.is_alive() and thread.ident is not None:
+                try:
+                    signal.pthread_kill(thread.ident, KICK_SIGNAL)
+                except ProcessLookupError:
+                    pass
+
+    def _join_vcpus(self) -> None:
+        deadline = time.monotonic() + VCPU_JOIN_SECONDS
+        for thread in self._threads:
+            while thread.is_alive() and time.monotonic() < deadline:
+                self._kick_vcpus()
+                thread.join(0.05)
+            if thread.is_alive():
+                log.warning("vCPU thread %s did not stop", thread.name)
+
+    # -- vCPU threads ---------------------------------------------------------
+
+    def _vcpu_main(self, vcpu: Vcpu) -> None:
+        pio, mmio, unknown = self.pio_bus, self.mmio_bus, self._unknown
+
+        def read_rip() -> int:
+            return vcpu.get_regs()["rip"]
+
+        try:
+            while not self._stopping:
+                exit = vcpu.run()
+                reason = dispatch_exit(exit, pio, mmio, unknown, read_rip, self.pvm_host)
+                if reason is not None:
+                    self.request_stop(reason)
+                    return
+        except Exception as exc:  # noqa: BLE001 - reported, then the VM stops
+            log.debug("vCPU %d failed:\n%s", vcpu.id, traceback.format_exc())
+            self.request_stop(StopReason.vmm_error(f"vCPU {vcpu.id}: {exc}"))
+
+    # -- the console ------------------------------------------------------------
+
+    def _feed_stdin(self, _events: int = 0) -> None:
+        """Move what stdin has into the UART, pausing while its buffer is full."""
+        assert self.serial is not None
+        room = self.serial.input_room()
+        if room <= 0:
+            if not self._stdin_is_file and not self._stdin_paused:
+                self.loop.remove(self.console.stdin_fd)
+                self._stdin_paused = True
+            return
+        data = self.console.read_input(min(room, 4096))
+        if data:
+            self.serial.enqueue_input(data)
+        elif self.console.at_eof and not self._stdin_is_file:
+            self.loop.remove(self.console.stdin_fd)
+
+    def _tick(self) -> float | None:
+        """Resume a paused stdin, or poll a stdin that epoll can't watch."""
+        if self.console.at_eof or self.serial is None:
+            return None
+        if self._stdin_paused and self.serial.input_room() > 0:
+            self._stdin_paused = False
+            self.loop.add(self.console.stdin_fd, self._feed_stdin)
+        elif self._stdin_is_file:
+            self._feed_stdin()
+        return 0.05 if (self._stdin_paused or self._stdin_is_file) else None
+
+    def _watch_stdin(self) -> None:
+        try:
+            os.set_blocking(self.console.stdin_fd, False)
+            self.loop.add(self.console.stdin_fd, self._feed_stdin)
+        except PermissionError:
+            self._stdin_is_file = True  # a regular file or /dev/null: never blocks
+        except OSError:
+            self.console.at_eof = True  # no usable stdin
+
+    # -- running ---------------------------------------------------------------
+
+    def run(self) -> StopReason:
+        """Run the guest until it stops; return why.  Call once."""
+        previous = self._install_signal_handlers()
+        self.console.start()
+        try:
+            self._watch_stdin()
+            for vcpu in self.vcpus:
+                thread = threading.Thread(target=self._vcpu_main, args=(vcpu,),
+                                          name=f"vcpu{vcpu.id}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            deadline = None
+            if self.config.timeout is not None:
+                deadline = time.monotonic() + self.config.timeout
+            if not self.loop.run(deadline, self._tick):
+                self.request_stop(StopReason.timeout(self.config.timeout or 0))
+        except Exception as exc:  # noqa: BLE001 - reported, then the VM stops
+            log.debug("event loop failed:\n%s", traceback.format_exc())
+            self.request_stop(StopReason.vmm_error(f"event loop: {exc}"))
+        finally:
+            self._stopping = True
+            self._join_vcpus()
+            self.console.restore()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        assert self._stop_reason is not None
+        return self._stop_reason
+
+    def _install_signal_handlers(self) -> dict[int, Callable | int | None]:
+        def stop_on_signal(signum: int, _frame: FrameType | None) -> None:
+            self.request_stop(StopReason.signal(signum, signal.Signals(signum).name))
+
+        previous = {}
+        for signum, handler in ((signal.SIGINT, stop_on_signal),
+                                (signal.SIGTERM, stop_on_signal),
+                                (signal.SIGHUP, stop_on_signal),
+                                (KICK_SIGNAL, lambda *_: None)):
+            previous[signum] = signal.signal(signum, handler)
+        return previous
+
+
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise LoaderError(f"{what} {path!r} not found") from None
+    except IsADirectoryError:
+        raise LoaderError(f"{what} {path!r} is a directory") from None
+    except OSError as exc:
+        raise LoaderError(f"cannot read {what} {path!r}: {exc.strerror}") from None
+
+
+def build_machine(config: MachineConfig, console: HostConsole | None = None) -> Machine:
+    """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices."""
+    kernel_image = _read_file(config.kernel, "kernel")
+    initrd_image = _read_file(config.initrd, "initrd") if config.initrd else None
+
+    kvm = Kvm()
+    kvm.require_capabilities()
+    if config.cpus > kvm.max_vcpus():
+        raise ConfigError(f"--cpus {config.cpus}: this host allows at most {kvm.max_vcpus()}")
+    pvm_host = is_pvm_host()
+    policy = config.cpu_policy
+    if policy == "auto":
+        policy = "compat" if pvm_host else "host"
+
+    memory = GuestMemory.anonymous(layout.ram_ranges(config.memory))
+    boot = prepare_boot(memory, kernel_image, initrd_image, config.cmdline,
+                        kvm.supported_cpuid(), config.cpus, policy)
+    if pvm_host and config.cpu_policy == "auto":
+        log.warning("/dev/kvm is kvm_pvm, which emulates this guest in software; %s "
+                    "(--cpu host keeps them)", boot.cpu_policy_note)
+
+    vm = kvm.create_vm()
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+    vm.create_irqchip()
+    vm.create_pit2()
+    for slot, region in enumerate(memory.regions):
+        vm.set_user_memory_region(slot, region.guest_base, region.size,
+                                  address_of(region.buffer))
+
+    vcpus = [vm.create_vcpu(index) for index in range(config.cpus)]
+    for vcpu in vcpus:
+        vcpu.set_cpuid(boot.cpuid[vcpu.id])
+        vcpu.set_msrs(boot.msrs)
+        vcpu.configure_lapic_lint()
+        vcpu.set_fpu(boot.fpu.fcw, boot.fpu.mxcsr)
+    # Only the boot CPU starts at the kernel entry; the others wait for INIT/SIPI.
+    vcpus[0].set_sregs(boot.sregs)
+    vcpus[0].set_regs(boot.regs_dict())
+
+    loop = EventLoop()
+    machine = Machine(config=config, kvm=kvm, vm=vm, memory=memory, vcpus=vcpus,
+                      boot=boot, console=console or HostConsole(on_quit=lambda: None),
+                      loop=loop, pvm_host=pvm_host)
+    machine.console.on_quit = lambda: machine.request_stop(StopReason.user_quit())
+    _attach_legacy_devices(machine)
+    return machine
+
+
+def _attach_legacy_devices(machine: Machine) -> None:
+    """COM1, the i8042 (reset), the debug-exit port and the quietly ignored ports."""
+    bus = machine.pio_bus
+    machine.serial = Serial(KvmIrqLine(machine.vm, layout.COM1_IRQ), machine.console.write)
+    bus.insert(machine.serial, layout.COM1_PORT, 8)
+    bus.insert(I8042(lambda: machine.request_stop(
+        StopReason.reboot("the guest reset the machine (i8042)"))),
+        layout.I8042_DATA_PORT, 5)
+    bus.insert(DebugExit(lambda status: machine.request_stop(StopReason.debug_exit(status))),
+               layout.DEBUG_EXIT_PORT, 4)
+    for base, length in IGNORED_PORT_RANGES:
+        bus.insert(IgnoredPorts(), base, length)

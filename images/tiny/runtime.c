@@ -1,0 +1,102 @@
+#include "runtime.h"
+
+#define LSR 5
+#define LSR_DATA_READY 0x01
+#define LSR_THR_EMPTY 0x20
+
+void putc(char c)
+{
+    while (!(inb(COM1 + LSR) & LSR_THR_EMPTY))
+        ;
+    outb(COM1, (uint8_t)c);
+}
+
+void puts(const char *s)
+{
+    while (*s)
+        putc(*s++);
+}
+
+void put_hex(uint64_t value)
+{
+    char buf[17];
+    int i = 16;
+    buf[i] = 0;
+    do {
+        buf[--i] = "0123456789abcdef"[value & 0xf];
+        value >>= 4;
+    } while (value);
+    puts(&buf[i]);
+}
+
+void put_dec(uint64_t value)
+{
+    char buf[21];
+    int i = 20;
+    buf[i] = 0;
+    do {
+        buf[--i] = (char)('0' + value % 10);
+        value /= 10;
+    } while (value);
+    puts(&buf[i]);
+}
+
+int getc_poll(void)
+{
+    if (!(inb(COM1 + LSR) & LSR_DATA_READY))
+        return -1;
+    return inb(COM1);
+}
+
+const char *cmdline(const uint8_t *zp)
+{
+    uint64_t addr = rd32(zp, ZP_CMD_LINE_PTR) | ((uint64_t)rd32(zp, ZP_EXT_CMD_LINE_PTR) << 32);
+    return addr ? (const char *)addr : "";
+}
+
+int cmdline_get(const char *line, const char *key, char *buf, size_t len)
+{
+    size_t klen = 0;
+    while (key[klen])
+        klen++;
+    for (const char *p = line; *p; p++) {
+        if ((p == line || p[-1] == ' ')) {
+            size_t i = 0;
+            while (i < klen && p[i] == key[i])
+                i++;
+            if (i == klen && p[klen] == '=') {
+                const char *v = p + klen + 1;
+                size_t n = 0;
+                while (v[n] && v[n] != ' ' && n + 1 < len) {
+                    buf[n] = v[n];
+                    n++;
+                }
+                buf[n] = 0;
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+uint64_t parse_dec(const char *s)
+{
+    uint64_t value = 0;
+    while (*s >= '0' && *s <= '9')
+        value = value * 10 + (uint64_t)(*s++ - '0');
+    return value;
+}
+
+void reset(void)
+{
+    outb(I8042_COMMAND, 0xfe);
+    for (;;)
+        __asm__ volatile("hlt");
+}
+
+void debug_exit(uint8_t value)
+{
+    outb(DEBUG_EXIT_PORT, value);
+    for (;;)
+        __asm__ volatile("hlt");
+}

@@ -22,6 +22,7 @@ from typing import Callable
 
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.boot import BootState, prepare_boot
+from pyvmm.arch.x86_64.cpuid import CpuidEntry, adjust_cpuid, describe_policy
 from pyvmm.config import MachineConfig
 from pyvmm.console import HostConsole
 from pyvmm.devices.bus import Bus
@@ -239,6 +240,10 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
     kernel_image = _read_file(config.kernel, "kernel")
     initrd_image = _read_file(config.initrd, "initrd") if config.initrd else None
 
+    # Everything that can be wrong with the input is found before KVM is opened.
+    memory = GuestMemory.anonymous(layout.ram_ranges(config.memory))
+    boot = prepare_boot(memory, kernel_image, initrd_image, config.cmdline)
+
     kvm = Kvm()
     kvm.require_capabilities()
     if config.cpus > kvm.max_vcpus():
@@ -247,13 +252,10 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
     policy = config.cpu_policy
     if policy == "auto":
         policy = "compat" if pvm_host else "host"
-
-    memory = GuestMemory.anonymous(layout.ram_ranges(config.memory))
-    boot = prepare_boot(memory, kernel_image, initrd_image, config.cmdline,
-                        kvm.supported_cpuid(), config.cpus, policy)
     if pvm_host and config.cpu_policy == "auto":
         log.warning("/dev/kvm is kvm_pvm, which emulates this guest in software; %s "
-                    "(--cpu host keeps them)", boot.cpu_policy_note)
+                    "(--cpu host keeps them)", describe_policy(policy))
+    supported = [CpuidEntry(*leaf) for leaf in kvm.supported_cpuid()]
 
     vm = kvm.create_vm()
     vm.set_tss_address(KVM_TSS_ADDRESS)
@@ -265,7 +267,7 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
 
     vcpus = [vm.create_vcpu(index) for index in range(config.cpus)]
     for vcpu in vcpus:
-        vcpu.set_cpuid(boot.cpuid[vcpu.id])
+        vcpu.set_cpuid(adjust_cpuid(supported, vcpu.id, config.cpus, policy))
         vcpu.set_msrs(boot.msrs)
         vcpu.configure_lapic_lint()
         vcpu.set_fpu(boot.fpu.fcw, boot.fpu.mxcsr)

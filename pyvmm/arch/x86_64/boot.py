@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
-
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.boot_params import build_zero_page, e820_map
-from pyvmm.arch.x86_64.cpuid import CpuidEntry, adjust_cpuid, describe_policy
 from pyvmm.arch.x86_64.msr import boot_msrs
 from pyvmm.arch.x86_64.paging import write_identity_page_tables
 from pyvmm.arch.x86_64.regs import (FpuState, GeneralRegisters, SpecialRegisters,
@@ -37,8 +34,6 @@ class BootState:
     sregs: SpecialRegisters
     fpu: FpuState
     msrs: list[tuple[int, int]]
-    cpuid: list[list[CpuidEntry]]
-    cpu_policy_note: str
 
     def regs_dict(self) -> dict[str, int]:
         """The boot CPU's general registers as KVM_SET_REGS field names."""
@@ -46,9 +41,7 @@ class BootState:
 
 
 def prepare_boot(memory: GuestMemory, kernel_image: bytes, initrd_image: bytes | None,
-                 cmdline: str, supported_cpuid: Sequence[tuple[int, ...]],
-                 cpu_count: int, cpu_policy: str,
-                 rsdp_address: int = 0) -> BootState:
+                 cmdline: str, rsdp_address: int = 0) -> BootState:
     """Load a bzImage (and initrd, command line) into ``memory``; return CPU state."""
     kernel = load_bzimage(memory, kernel_image)
     header = kernel.header
@@ -66,7 +59,6 @@ def prepare_boot(memory: GuestMemory, kernel_image: bytes, initrd_image: bytes |
 
     cr3 = write_identity_page_tables(memory)
     write_boot_gdt(memory)
-    entries = [CpuidEntry(*leaf) for leaf in supported_cpuid]
     return BootState(
         kernel=kernel,
         initrd=initrd,
@@ -75,7 +67,4 @@ def prepare_boot(memory: GuestMemory, kernel_image: bytes, initrd_image: bytes |
         sregs=boot_sregs_64(cr3),
         fpu=FpuState(),
         msrs=boot_msrs(),
-        cpuid=[adjust_cpuid(entries, vcpu_id, cpu_count, cpu_policy)
-               for vcpu_id in range(cpu_count)],
-        cpu_policy_note=describe_policy(cpu_policy),
     )

@@ -1,0 +1,44 @@
+"""Guest memory: bounds checks and views."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyvmm.errors import GuestMemoryError
+from pyvmm.memory import GuestMemory, MemoryRegion
+
+
+def test_read_write_roundtrip_and_views() -> None:
+    memory = GuestMemory.from_bytes(0x10000)
+    memory.write_u32(0x100, 0xDEADBEEF)
+    assert memory.read(0x100, 4) == b"\xef\xbe\xad\xde"
+    view = memory.view(0x200, 4)
+    view[:] = b"abcd"
+    assert memory.read_u32(0x200) == int.from_bytes(b"abcd", "little")
+
+
+@pytest.mark.parametrize("gpa,length", [(0x10000, 1), (0xFFFF, 2), (-1, 1), (0x20000, 4)])
+def test_outside_ram_is_an_error(gpa: int, length: int) -> None:
+    memory = GuestMemory.from_bytes(0x10000)
+    with pytest.raises(GuestMemoryError, match="outside guest RAM"):
+        memory.read(gpa, length)
+    assert not memory.contains(gpa, length)
+
+
+def test_two_ranges_with_a_hole() -> None:
+    memory = GuestMemory([MemoryRegion(0, 0x1000, bytearray(0x1000)),
+                          MemoryRegion(0x4000, 0x1000, bytearray(0x1000))])
+    memory.write(0x4FFC, b"1234")
+    assert memory.read(0x4FFC, 4) == b"1234"
+    with pytest.raises(GuestMemoryError):
+        memory.read(0x2000, 1)
+    with pytest.raises(GuestMemoryError):
+        memory.read(0xFFE, 4)  # crosses out of the first range
+    assert memory.total_size == 0x2000 and memory.end == 0x5000
+
+
+def test_anonymous_mmap_backing() -> None:
+    memory = GuestMemory.anonymous([(0, 1 << 20)])
+    memory.write(0xFFFF0, b"x" * 16)
+    assert memory.read(0xFFFF0, 16) == b"x" * 16
+    memory.close()

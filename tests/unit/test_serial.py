@@ -1,0 +1,115 @@
+"""16550A registers with a recording interrupt line and output buffer."""
+
+from __future__ import annotations
+
+from pyvmm.devices import serial as uart
+from pyvmm.devices.serial import Serial
+
+
+class FakeLine:
+    def __init__(self) -> None:
+        self.levels: list[bool] = []
+
+    def set_level(self, high: bool) -> None:
+        self.levels.append(high)
+
+    @property
+    def high(self) -> bool:
+        return bool(self.levels) and self.levels[-1]
+
+
+def make() -> tuple[Serial, FakeLine, bytearray]:
+    line, out = FakeLine(), bytearray()
+    return Serial(line, out.extend), line, out
+
+
+def rd(device: Serial, offset: int) -> int:
+    data = bytearray(1)
+    device.read(offset, memoryview(data))
+    return data[0]
+
+
+def test_transmit_reaches_output() -> None:
+    device, line, out = make()
+    for byte in b"hi\n":
+        device.write(uart.RBR_THR_DLL, bytes([byte]))
+    assert out == b"hi\n"
+    assert line.levels == []  # no interrupts enabled
+
+
+def test_lsr_bits() -> None:
+    device, _, _ = make()
+    lsr = rd(device, uart.LSR)
+    assert lsr & uart.LSR_THR_EMPTY and lsr & uart.LSR_TRANSMITTER_EMPTY
+    assert not lsr & uart.LSR_DATA_READY
+    device.enqueue_input(b"x")
+    assert rd(device, uart.LSR) & uart.LSR_DATA_READY
+
+
+def test_receive_with_interrupt() -> None:
+    device, line, _ = make()
+    device.write(uart.IER_DLM, bytes([uart.IER_RX_DATA]))
+    assert device.enqueue_input(b"ab") == 2
+    assert line.high
+    assert rd(device, uart.IIR_FCR) & 0x0F == uart.IIR_RX_DATA
+    assert rd(device, uart.RBR_THR_DLL) == ord("a")
+    assert line.high
+    assert rd(device, uart.RBR_THR_DLL) == ord("b")
+    assert not line.high
+    assert rd(device, uart.IIR_FCR) & 0x0F == uart.IIR_NO_INTERRUPT
+
+
+def test_thre_interrupt_on_enable_and_cleared_by_iir_read() -> None:
+    device, line, _ = make()
+    device.write(uart.IER_DLM, bytes([uart.IER_THR_EMPTY]))
+    assert line.high
+    assert rd(device, uart.IIR_FCR) & 0x0F == uart.IIR_THR_EMPTY
+    assert not line.high
+    device.write(uart.RBR_THR_DLL, b"z")  # the byte leaves, THR empty again
+    assert line.high
+
+
+def test_rx_has_priority_over_thre() -> None:
+    device, _, _ = make()
+    device.write(uart.IER_DLM, bytes([uart.IER_THR_EMPTY | uart.IER_RX_DATA]))
+    device.enqueue_input(b"q")
+    assert rd(device, uart.IIR_FCR) & 0x0F == uart.IIR_RX_DATA
+
+
+def test_divisor_latch_and_scratch() -> None:
+    device, _, out = make()
+    device.write(uart.LCR, bytes([uart.LCR_DLAB]))
+    device.write(uart.RBR_THR_DLL, b"\x0c")
+    device.write(uart.IER_DLM, b"\x01")
+    assert rd(device, uart.RBR_THR_DLL) == 0x0C and rd(device, uart.IER_DLM) == 1
+    device.write(uart.LCR, b"\x03")
+    assert rd(device, uart.IER_DLM) == 0  # IER untouched by the divisor writes
+    assert out == b""
+    device.write(uart.SCR, b"\x5a")
+    assert rd(device, uart.SCR) == 0x5A
+
+
+def test_fifo_bits_in_iir() -> None:
+    device, _, _ = make()
+    device.write(uart.IIR_FCR, bytes([uart.FCR_ENABLE_FIFO]))
+    assert rd(device, uart.IIR_FCR) & 0xC0 == 0xC0
+    device.write(uart.IIR_FCR, b"\x00")
+    assert rd(device, uart.IIR_FCR) & 0xC0 == 0
+
+
+def test_loopback() -> None:
+    device, _, out = make()
+    device.write(uart.MCR, bytes([uart.MCR_LOOP | uart.MCR_RTS | uart.MCR_OUT2]))
+    msr = rd(device, uart.MSR)
+    assert msr & 0xF0 == uart.MSR_CTS | uart.MSR_DCD
+    device.write(uart.RBR_THR_DLL, b"L")
+    assert out == b""
+    assert rd(device, uart.RBR_THR_DLL) == ord("L")
+    device.write(uart.MCR, bytes([uart.MCR_OUT2]))
+    assert rd(device, uart.MSR) & 0xF0 == uart.MSR_CONNECTED
+
+
+def test_input_is_bounded() -> None:
+    device, _, _ = make()
+    assert device.enqueue_input(b"x" * (uart.INPUT_CAPACITY + 10)) == uart.INPUT_CAPACITY
+    assert device.input_room() == 0

@@ -74,3 +74,82 @@ def test_empty_kernel(tmp_path) -> None:
     result = invoke("run", "--kernel", str(kernel))
     assert result.exit_code == 2
     assert "empty" in result.output
+
+
+# -- bad kernels, initrds and sizes: one line, status 2, found before KVM opens ----------
+
+from tests.unit.bzimages import make_bzimage  # noqa: E402
+
+
+def run_with_kernel(tmp_path, data: bytes, *extra: str, env: dict | None = None):
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(data)
+    # A device that does not exist: input errors must be reported before KVM is opened.
+    env = {"PYVMM_KVM_DEVICE": str(tmp_path / "no-kvm"), **(env or {})}
+    return invoke("run", "--kernel", str(kernel), *extra, env=env)
+
+
+def assert_one_line_error(result, fragment: str, status: int = 2) -> None:
+    assert result.exit_code == status, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("pyvmm: error:")
+    assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("data, fragment", [
+    (make_bzimage()[:0x150], "truncated"),
+    (b"\x7fELF" + b"\0" * 4096, "not a bzImage"),
+    (make_bzimage(version=0x0209), "protocol"),
+    (make_bzimage(xloadflags=0), "64-bit"),
+])
+def test_bad_kernels(tmp_path, data: bytes, fragment: str) -> None:
+    assert_one_line_error(run_with_kernel(tmp_path, data), fragment)
+
+
+def test_kernel_needs_more_memory_than_given(tmp_path) -> None:
+    data = make_bzimage(init_size=64 << 20)
+    assert_one_line_error(run_with_kernel(tmp_path, data, "--memory", "32M"), "memory")
+
+
+def test_memory_too_small(tmp_path) -> None:
+    assert_one_line_error(run_with_kernel(tmp_path, make_bzimage(), "--memory", "1M"),
+                          "too small")
+
+
+def test_initrd_larger_than_ram(tmp_path) -> None:
+    initrd = tmp_path / "initrd"
+    with open(initrd, "wb") as stream:
+        stream.truncate(40 << 20)  # sparse: 40 MiB of zeros
+    result = run_with_kernel(tmp_path, make_bzimage(), "--memory", "32M",
+                             "--initrd", str(initrd))
+    assert_one_line_error(result, "initrd")
+
+
+def test_cmdline_longer_than_kernel_accepts(tmp_path) -> None:
+    result = run_with_kernel(tmp_path, make_bzimage(cmdline_size=255), "--append", "x" * 300)
+    assert_one_line_error(result, "command line")
+
+
+def test_missing_kvm_device(tmp_path) -> None:
+    result = run_with_kernel(tmp_path, make_bzimage())
+    assert_one_line_error(result, "no-kvm", status=4)
+    assert "kvm" in result.output.lower()
+
+
+def test_plain_run_imports_neither_rich_nor_elftools() -> None:
+    """Startup: `pyvmm run` loads only what a plain boot needs."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from click.testing import CliRunner\n"
+            "from pyvmm.cli import main\n"
+            "CliRunner().invoke(main, ['run', '--kernel', '/nonexistent'])\n"
+            "import pyvmm.machine\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'elftools'))\n"
+            "print(heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -10,6 +10,7 @@ exception in any device or vCPU code.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -204,11 +205,29 @@ class Machine:
         finally:
             self._stopping = True
             self._join_vcpus()
+            self._note_where_vcpus_were()
             self.console.restore()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         assert self._stop_reason is not None
         return self._stop_reason
+
+    def _note_where_vcpus_were(self) -> None:
+        """For a timeout or signal, say where each vCPU was: evidence for a hung guest."""
+        reason = self._stop_reason
+        if reason is None or reason.kind not in ("timeout", "signal"):
+            return
+        places = []
+        for vcpu, thread in zip(self.vcpus, self._threads):
+            if thread.is_alive():
+                continue
+            try:
+                places.append(f"vCPU {vcpu.id} at RIP {vcpu.get_regs()['rip']:#x}")
+            except Exception:  # noqa: BLE001 - only a report
+                pass
+        if places:
+            self._stop_reason = dataclasses.replace(
+                reason, message=f"{reason.message} ({', '.join(places)})")
 
     def _install_signal_handlers(self) -> dict[int, Callable | int | None]:
         def stop_on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -167,12 +167,22 @@ struct kvm_mp_state { __u32 mp_state; };
 
 int pyvmm_ioctl(int fd, unsigned long request, void *arg);
 int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg);
+
+/* fallocate(2) with its mode flags (os.posix_fallocate has none): discard and
+   write-zeroes for virtio-block. Returns -errno. */
+#define FALLOC_FL_KEEP_SIZE ...
+#define FALLOC_FL_PUNCH_HOLE ...
+#define FALLOC_FL_ZERO_RANGE ...
+int pyvmm_fallocate(int fd, int mode, long long offset, long long length);
 """
 
 SOURCE = r"""
+#define _GNU_SOURCE
 #include <errno.h>
 #include <stddef.h>
+#include <fcntl.h>
 #include <sys/ioctl.h>
+#include <linux/falloc.h>
 #include <linux/kvm.h>
 
 typedef __typeof__(((struct kvm_run *)0)->hw) pyvmm_exit_hw;
@@ -196,6 +206,11 @@ static int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg)
 {
     int ret = ioctl(fd, request, arg);
     return ret < 0 ? -errno : ret;
+}
+
+static int pyvmm_fallocate(int fd, int mode, long long offset, long long length)
+{
+    return fallocate(fd, mode, offset, length) < 0 ? -errno : 0;
 }
 """
 

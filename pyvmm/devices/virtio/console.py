@@ -1,0 +1,86 @@
+"""virtio-console (virtio 1.2 section 5.3), port 0 only: the guest's /dev/hvc0.
+
+Transmit: each buffer the guest queues goes to the host console whole, as
+one write (not byte by byte as a UART).  Receive: host input waits in a
+bounded buffer until the guest posts receive buffers, then fills them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pyvmm.devices.virtio.device import VirtioDevice
+from pyvmm.devices.virtio.queue import DescriptorChain, write_into
+
+VIRTIO_ID_CONSOLE = 3
+RECEIVE_QUEUE = 0
+TRANSMIT_QUEUE = 1
+QUEUE_SIZE = 256
+#: Host input kept while the guest has no receive buffers posted.
+INPUT_LIMIT = 64 << 10
+
+
+class ConsoleDevice(VirtioDevice):
+    """hvc0: guest output to ``out``, host input from ``enqueue_input``."""
+
+    device_id = VIRTIO_ID_CONSOLE
+
+    def __init__(self, out: Callable[[memoryview], None]) -> None:
+        super().__init__((QUEUE_SIZE, QUEUE_SIZE))
+        self._out = out
+        self._pending = bytearray()
+
+    def config_space(self) -> bytes:
+        # cols, rows, max_nr_ports, emerg_wr: meaningful only with features we don't offer.
+        return bytes(12)
+
+    def process_queue(self, index: int) -> None:
+        if index == TRANSMIT_QUEUE:
+            self.serve(self.queues[TRANSMIT_QUEUE], self._transmit)
+        elif index == RECEIVE_QUEUE:
+            self._deliver()
+
+    def _transmit(self, chain: DescriptorChain) -> int:
+        for view in chain.readable:
+            if len(view):
+                self._out(view)
+        return 0
+
+    # -- host input (main thread) ---------------------------------------------
+
+    def input_room(self) -> int:
+        """Bytes of host input we can take now."""
+        return INPUT_LIMIT - len(self._pending)
+
+    def enqueue_input(self, data: bytes) -> None:
+        """Queue host input for the guest; delivered as receive buffers allow."""
+        with self.lock:
+            self._pending += data[:max(0, self.input_room())]
+            self._deliver()
+
+    def _deliver(self) -> None:
+        queue = self.queues[RECEIVE_QUEUE]
+        if not self._pending or not self.active or not queue.ready:
+            return
+        pending = self._pending
+
+        def fill(chain: DescriptorChain) -> int:
+            count = write_into(chain.writable, pending)
+            del pending[:count]
+            return count
+
+        memory = self.memory
+        assert memory is not None
+        used_before = queue.next_used
+        while pending:
+            chain = queue.pop(memory)
+            if chain is None:
+                break
+            queue.add_used(chain.head, fill(chain))
+        queue.set_avail_event()
+        if queue.needs_interrupt(used_before):
+            self._raise_used()
+
+    def reset(self) -> None:
+        super().reset()
+        # Input typed before the driver (re)starts is kept for it.

@@ -1,0 +1,119 @@
+"""What every virtio device shares: feature bits, queues, activation, reset.
+
+A device knows nothing of the transport or of KVM: the transport calls
+``activate`` with guest memory, the negotiated features and a function that
+raises the used-buffer interrupt; after that it calls ``process_queue`` when
+the driver notifies.  ``serve`` is the common loop: pop chains, let the device
+handle each, publish them as used, then interrupt only if the driver wants it
+(``VIRTIO_F_EVENT_IDX`` or the ``NO_INTERRUPT`` flag).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from pyvmm.devices.virtio.queue import DescriptorChain, SplitQueue
+from pyvmm.memory import GuestMemory
+
+# Feature bits common to all devices (virtio 1.2, section 6).
+VIRTIO_F_INDIRECT_DESC = 28
+VIRTIO_F_EVENT_IDX = 29
+VIRTIO_F_VERSION_1 = 32
+
+#: What every pyvmm device offers on top of its own features.
+COMMON_FEATURES = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_INDIRECT_DESC) \
+    | (1 << VIRTIO_F_EVENT_IDX)
+
+#: Handles one chain; returns the number of bytes it wrote into the chain.
+ChainHandler = Callable[[DescriptorChain], int]
+
+
+class VirtioDevice:
+    """Base of the virtio devices; subclasses set ``device_id`` and the queues."""
+
+    device_id = 0
+
+    def __init__(self, queue_sizes: tuple[int, ...]) -> None:
+        self.queues = [SplitQueue(size) for size in queue_sizes]
+        #: Guards queues and device state: the transport holds it for register
+        #: accesses and notifications, the device for work from other sources.
+        self.lock = threading.RLock()
+        self.memory: GuestMemory | None = None
+        self.driver_features = 0
+        self._raise_used: Callable[[], None] = lambda: None
+
+    # -- what the transport asks --------------------------------------------------
+
+    def device_features(self) -> int:
+        """The features this device offers (64 bits)."""
+        return COMMON_FEATURES
+
+    def read_config(self, offset: int, data: memoryview) -> None:
+        """Fill ``data`` from the device configuration space (zeros past its end)."""
+        config = self.config_space()
+        chunk = config[offset:offset + len(data)]
+        data[:len(chunk)] = chunk
+        data[len(chunk):] = bytes(len(data) - len(chunk))
+
+    def write_config(self, offset: int, data: bytes | memoryview) -> None:
+        """Writable configuration fields; most devices have none."""
+
+    def config_space(self) -> bytes:
+        return b""
+
+    @property
+    def active(self) -> bool:
+        return self.memory is not None
+
+    def activate(self, memory: GuestMemory, driver_features: int,
+                 raise_used: Callable[[], None]) -> None:
+        """The driver set DRIVER_OK: start serving its queues."""
+        self.memory = memory
+        self.driver_features = driver_features
+        self._raise_used = raise_used
+
+    def reset(self) -> None:
+        """The driver wrote 0 to the status register: forget everything it set up."""
+        for queue in self.queues:
+            queue.reset()
+        self.memory = None
+        self.driver_features = 0
+        self._raise_used = lambda: None
+
+    def process_queue(self, index: int) -> None:
+        """The driver notified queue ``index``."""
+
+    def shutdown(self) -> None:
+        """The VMM is exiting: finish or fail what is in flight, make data durable."""
+
+    # -- for subclasses ---------------------------------------------------------------
+
+    def has_feature(self, bit: int) -> bool:
+        return bool(self.driver_features >> bit & 1)
+
+    def serve(self, queue: SplitQueue, handle: ChainHandler) -> int:
+        """Handle every available chain of ``queue``; return how many were used.
+
+        QueueError (a malformed chain) propagates to the transport, which puts
+        the device in DEVICE_NEEDS_RESET.
+        """
+        memory = self.memory
+        if memory is None or not queue.ready:
+            return 0
+        used_before = queue.next_used
+        served = 0
+        while True:
+            chain = queue.pop(memory)
+            if chain is None:
+                # With EVENT_IDX, re-check after publishing avail_event: the driver
+                # may have added a chain meanwhile without notifying.
+                queue.set_avail_event()
+                if not queue.has_available():
+                    break
+                continue
+            queue.add_used(chain.head, handle(chain))
+            served += 1
+        if queue.needs_interrupt(used_before):
+            self._raise_used()
+        return served

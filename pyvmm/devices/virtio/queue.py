@@ -1,0 +1,219 @@
+"""The virtio 1.x split virtqueue, device side, over untrusted guest memory.
+
+Everything here is read from memory the guest controls, so every address and
+length is checked: a descriptor outside guest RAM, a chain longer than the
+queue (which includes any loop), a nested or malformed indirect table, or a
+readable descriptor after a writable one raises ``QueueError``.  The caller
+(the transport) then puts the device in ``DEVICE_NEEDS_RESET``; nothing here
+touches host memory outside the guest, because every access goes through
+``GuestMemory``'s bounds checks.
+
+Buffers are handed to devices as ``memoryview``s into guest RAM: no copies.
+The ring views are taken once when the queue becomes ready, so popping a chain
+is a few ``struct.unpack_from`` calls on them.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from pyvmm.errors import GuestMemoryError, PyvmmError
+from pyvmm.memory import GuestMemory
+
+VIRTQ_DESC_F_NEXT = 1
+VIRTQ_DESC_F_WRITE = 2
+VIRTQ_DESC_F_INDIRECT = 4
+VIRTQ_AVAIL_F_NO_INTERRUPT = 1
+VIRTQ_USED_F_NO_NOTIFY = 1
+
+#: Largest queue we offer (QueueNumMax); virtio allows up to 32768.
+QUEUE_MAX_SIZE = 256
+
+_DESC = struct.Struct("<QIHH")     # addr, len, flags, next
+_U16 = struct.Struct("<H")
+_USED_ELEM = struct.Struct("<II")  # id, len
+
+
+class QueueError(PyvmmError):
+    """The driver handed us a malformed ring or descriptor chain."""
+
+
+@dataclass
+class DescriptorChain:
+    """One request: the head index and its buffers, readable first then writable."""
+
+    head: int
+    readable: list[memoryview] = field(default_factory=list)
+    writable: list[memoryview] = field(default_factory=list)
+
+    @property
+    def readable_length(self) -> int:
+        return sum(len(view) for view in self.readable)
+
+    @property
+    def writable_length(self) -> int:
+        return sum(len(view) for view in self.writable)
+
+
+class SplitQueue:
+    """One virtqueue: the registers the driver sets, and the rings once ready."""
+
+    def __init__(self, max_size: int = QUEUE_MAX_SIZE) -> None:
+        self.max_size = max_size
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the state after a device reset."""
+        self.size = self.max_size
+        self.ready = False
+        self.desc_addr = 0
+        self.avail_addr = 0
+        self.used_addr = 0
+        self.event_idx = False
+        self.next_avail = 0
+        self.next_used = 0
+        self._desc: memoryview | None = None
+        self._avail: memoryview | None = None
+        self._used: memoryview | None = None
+
+    # -- set-up -----------------------------------------------------------------
+
+    def activate(self, memory: GuestMemory, event_idx: bool) -> None:
+        """Check the driver's layout and take views of the three rings.
+
+        Raises QueueError for a size that is not a power of two, misaligned
+        rings, or rings outside guest RAM.
+        """
+        size = self.size
+        if size == 0 or size > self.max_size or size & (size - 1):
+            raise QueueError(f"queue size {size} is not a power of two <= {self.max_size}")
+        if self.desc_addr % 16 or self.avail_addr % 2 or self.used_addr % 4:
+            raise QueueError("virtqueue rings are misaligned")
+        try:
+            self._desc = memory.view(self.desc_addr, 16 * size)
+            # flags, idx, ring[size], used_event
+            self._avail = memory.view(self.avail_addr, 6 + 2 * size)
+            # flags, idx, ring[size] of (id, len), avail_event
+            self._used = memory.view(self.used_addr, 6 + 8 * size)
+        except GuestMemoryError as exc:
+            raise QueueError(f"virtqueue ring outside guest RAM: {exc}") from None
+        self.event_idx = event_idx
+        self.next_avail = 0
+        self.next_used = 0
+
+    # -- the driver's side, as the device reads it ----------------------------
+
+    def has_available(self) -> bool:
+        assert self._avail is not None
+        return _U16.unpack_from(self._avail, 2)[0] != self.next_avail
+
+    def pop(self, memory: GuestMemory) -> DescriptorChain | None:
+        """The next available chain, or None.  QueueError if it is malformed."""
+        avail = self._avail
+        assert avail is not None
+        avail_idx = _U16.unpack_from(avail, 2)[0]
+        if avail_idx == self.next_avail:
+            return None
+        if (avail_idx - self.next_avail) & 0xFFFF > self.size:
+            raise QueueError(f"available index {avail_idx} ran more than the queue size "
+                             f"ahead of {self.next_avail}")
+        head = _U16.unpack_from(avail, 4 + 2 * (self.next_avail % self.size))[0]
+        self.next_avail = (self.next_avail + 1) & 0xFFFF
+        if head >= self.size:
+            raise QueueError(f"descriptor head {head} is past the queue size {self.size}")
+        chain = DescriptorChain(head)
+        self._walk(memory, self._desc, self.size, head, chain, indirect_allowed=True)
+        return chain
+
+    def _walk(self, memory: GuestMemory, table: memoryview | None, table_size: int,
+              index: int, chain: DescriptorChain, indirect_allowed: bool) -> None:
+        assert table is not None
+        seen = 0
+        while True:
+            seen += 1
+            if seen > table_size:
+                raise QueueError("descriptor chain is longer than its table (a loop?)")
+            addr, length, flags, next_index = _DESC.unpack_from(table, 16 * index)
+            if flags & VIRTQ_DESC_F_INDIRECT:
+                if not indirect_allowed or flags & VIRTQ_DESC_F_NEXT:
+                    raise QueueError("nested or chained indirect descriptor table")
+                if length == 0 or length % 16:
+                    raise QueueError(f"indirect table length {length} is not a multiple of 16")
+                count = length // 16
+                if count > 0xFFFF:
+                    raise QueueError("indirect table is too large")
+                try:
+                    indirect = memory.view(addr, length)
+                except GuestMemoryError as exc:
+                    raise QueueError(f"indirect table outside guest RAM: {exc}") from None
+                self._walk(memory, indirect, count, 0, chain, indirect_allowed=False)
+                return
+            try:
+                view = memory.view(addr, length)
+            except GuestMemoryError as exc:
+                raise QueueError(f"descriptor buffer outside guest RAM: {exc}") from None
+            if flags & VIRTQ_DESC_F_WRITE:
+                chain.writable.append(view)
+            elif chain.writable:
+                raise QueueError("a device-readable descriptor follows a writable one")
+            else:
+                chain.readable.append(view)
+            if not flags & VIRTQ_DESC_F_NEXT:
+                return
+            if next_index >= table_size:
+                raise QueueError(f"next descriptor {next_index} is past the table size")
+            index = next_index
+
+    # -- the device's answers -----------------------------------------------
+
+    def add_used(self, head: int, length: int) -> None:
+        """Return chain ``head`` to the driver with ``length`` bytes written."""
+        used = self._used
+        assert used is not None
+        _USED_ELEM.pack_into(used, 4 + 8 * (self.next_used % self.size), head, length)
+        self.next_used = (self.next_used + 1) & 0xFFFF
+        # x86 keeps stores in order, so the element is visible before the index.
+        _U16.pack_into(used, 2, self.next_used)
+
+    def set_avail_event(self) -> None:
+        """With EVENT_IDX: ask to be notified only for chains after those taken."""
+        if self.event_idx and self._used is not None:
+            _U16.pack_into(self._used, 4 + 8 * self.size, self.next_avail)
+
+    def needs_interrupt(self, used_before: int) -> bool:
+        """Whether the driver wants an interrupt for the chains used since ``used_before``."""
+        avail = self._avail
+        assert avail is not None
+        if self.next_used == used_before:
+            return False
+        if self.event_idx:
+            used_event = _U16.unpack_from(avail, 4 + 2 * self.size)[0]
+            # vring_need_event(): was used_event among the indices just published?
+            return ((self.next_used - used_event - 1) & 0xFFFF) < \
+                ((self.next_used - used_before) & 0xFFFF)
+        return not _U16.unpack_from(avail, 0)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT
+
+
+def write_into(views: list[memoryview], data: bytes | memoryview) -> int:
+    """Scatter ``data`` over ``views``; return the bytes written (≤ their total)."""
+    offset = 0
+    for view in views:
+        if offset >= len(data):
+            break
+        count = min(len(view), len(data) - offset)
+        view[:count] = data[offset:offset + count]
+        offset += count
+    return offset
+
+
+def read_from(views: list[memoryview], length: int) -> bytes:
+    """Gather the first ``length`` bytes of ``views`` (short if they hold less)."""
+    parts = []
+    remaining = length
+    for view in views:
+        if remaining <= 0:
+            break
+        parts.append(bytes(view[:remaining]))
+        remaining -= len(view)
+    return b"".join(parts)

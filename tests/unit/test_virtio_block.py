@@ -1,0 +1,211 @@
+"""virtio-block over a mock driver queue and a real image file; no VM."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+
+import pytest
+
+from pyvmm.devices.virtio.block import (VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR,
+                                        VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+                                        VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+                                        VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+                                        VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+                                        BlockDevice)
+from pyvmm.devices.virtio.device import COMMON_FEATURES
+from pyvmm.devices.virtio.disk import DiskImage, DriveConfig
+from pyvmm.devices.virtio.testing import DriverQueue
+from pyvmm.errors import DeviceError
+from pyvmm.memory import GuestMemory
+
+SECTORS = 64
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "disk.img"
+    path.write_bytes(bytes(range(256)) * (SECTORS * 2))
+    return path
+
+
+class Harness:
+    def __init__(self, path, readonly=False, serial="pyvmm-disk0", event_idx=False):
+        self.memory = GuestMemory.from_bytes(4 << 20)
+        self.device = BlockDevice(DiskImage(DriveConfig(str(path), readonly=readonly)),
+                                  serial=serial)
+        self.interrupts = 0
+        self.driver = DriverQueue(self.memory, 0x10000, size=16)
+        features = COMMON_FEATURES
+        self.driver.configure(self.device.queues[0], event_idx=event_idx)
+        self.device.activate(self.memory, features, self._interrupt)
+
+    def _interrupt(self):
+        self.interrupts += 1
+
+    def request(self, kind, sector, data=b"", read_length=0, indirect=False):
+        """Submit one request; return (status, used length, data read)."""
+        header = self.driver.alloc(16, struct.pack("<IIQ", kind, 0, sector))
+        buffers = [(header, 16, False)]
+        if data:
+            buffers.append((self.driver.alloc(len(data), data), len(data), False))
+        read_at = None
+        if read_length:
+            read_at = self.driver.alloc(read_length)
+            buffers.append((read_at, read_length, True))
+        status = self.driver.alloc(1, b"\xee")
+        buffers.append((status, 1, True))
+        head = self.driver.add_chain(buffers, indirect=indirect)
+        self.device.process_queue(0)
+        used = self.driver.take_used()
+        assert used and used[-1][0] == head
+        read = self.memory.read(read_at, read_length) if read_at else b""
+        return self.memory.read_u8(status), used[-1][1], read
+
+
+def test_read_sectors(image) -> None:
+    h = Harness(image)
+    status, used, data = h.request(VIRTIO_BLK_T_IN, 2, read_length=1024)
+    assert status == VIRTIO_BLK_S_OK and used == 1025
+    assert data == image.read_bytes()[1024:2048]
+    assert h.interrupts == 1
+
+
+def test_write_then_flush_reaches_the_file(image) -> None:
+    h = Harness(image)
+    pattern = b"\xab" * 512
+    assert h.request(VIRTIO_BLK_T_OUT, 5, data=pattern)[:2] == (VIRTIO_BLK_S_OK, 1)
+    assert h.request(VIRTIO_BLK_T_FLUSH, 0)[0] == VIRTIO_BLK_S_OK
+    assert image.read_bytes()[5 * 512:6 * 512] == pattern
+
+
+def test_indirect_request(image) -> None:
+    h = Harness(image)
+    status, _, data = h.request(VIRTIO_BLK_T_IN, 0, read_length=512, indirect=True)
+    assert status == VIRTIO_BLK_S_OK and data == image.read_bytes()[:512]
+
+
+def test_get_id(image) -> None:
+    status, used, data = Harness(image).request(VIRTIO_BLK_T_GET_ID, 0, read_length=20)
+    assert status == VIRTIO_BLK_S_OK
+    assert data == b"pyvmm-disk0".ljust(20, b"\0") and used == 21
+
+
+@pytest.mark.parametrize("sector, length", [(SECTORS, 512), (SECTORS - 1, 1024),
+                                            (2**63, 512), (0, 100)])
+def test_out_of_range_or_odd_reads_fail(image, sector, length) -> None:
+    status, _, _ = Harness(image).request(VIRTIO_BLK_T_IN, sector, read_length=length)
+    assert status == VIRTIO_BLK_S_IOERR
+
+
+def test_write_past_the_end_fails_and_changes_nothing(image) -> None:
+    before = image.read_bytes()
+    status, _, _ = Harness(image).request(VIRTIO_BLK_T_OUT, SECTORS, data=b"x" * 512)
+    assert status == VIRTIO_BLK_S_IOERR
+    assert image.read_bytes() == before
+
+
+def test_readonly_drive_refuses_writes(image) -> None:
+    before = image.read_bytes()
+    h = Harness(image, readonly=True)
+    assert h.device.device_features() >> VIRTIO_BLK_F_RO & 1
+    assert h.request(VIRTIO_BLK_T_OUT, 0, data=b"x" * 512)[0] == VIRTIO_BLK_S_IOERR
+    assert h.request(VIRTIO_BLK_T_WRITE_ZEROES, 0,
+                     data=struct.pack("<QII", 0, 1, 0))[0] == VIRTIO_BLK_S_IOERR
+    assert image.read_bytes() == before
+
+
+def test_readonly_drive_is_never_opened_for_writing(image) -> None:
+    os.chmod(image, 0o444)
+    disk = DiskImage(DriveConfig(str(image), readonly=True))
+    assert fcntl.fcntl(disk.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+    disk.close()
+
+
+def test_unknown_request_type(image) -> None:
+    assert Harness(image).request(99, 0)[0] == VIRTIO_BLK_S_UNSUPP
+
+
+def test_write_zeroes_and_discard(image) -> None:
+    h = Harness(image)
+    segment = struct.pack("<QII", 4, 2, 0)
+    assert h.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, data=segment)[0] == VIRTIO_BLK_S_OK
+    assert image.read_bytes()[4 * 512:6 * 512] == bytes(1024)
+    assert h.request(VIRTIO_BLK_T_DISCARD, 0, data=struct.pack("<QII", 8, 8, 0))[0] \
+        == VIRTIO_BLK_S_OK
+    bad = struct.pack("<QII", SECTORS - 1, 2, 0)
+    assert h.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, data=bad)[0] == VIRTIO_BLK_S_IOERR
+
+
+def test_short_header_fails_the_request(image) -> None:
+    h = Harness(image)
+    header = h.driver.alloc(8, b"\0" * 8)
+    status = h.driver.alloc(1, b"\xee")
+    h.driver.add_chain([(header, 8, False), (status, 1, True)])
+    h.device.process_queue(0)
+    assert h.memory.read_u8(status) == VIRTIO_BLK_S_IOERR
+
+
+def test_chain_without_status_byte_is_returned_unused(image) -> None:
+    h = Harness(image)
+    head = h.driver.add_chain([(h.driver.alloc(16, bytes(16)), 16, False)])
+    h.device.process_queue(0)
+    assert h.driver.take_used() == [(head, 0)]
+
+
+def test_config_space_capacity(image) -> None:
+    device = Harness(image).device
+    buffer = memoryview(bytearray(8))
+    device.read_config(0, buffer)
+    assert int.from_bytes(buffer, "little") == SECTORS
+    assert len(device.config_space()) == 60
+
+
+def test_image_lock(image) -> None:
+    first = DiskImage(DriveConfig(str(image)))
+    with pytest.raises(DeviceError, match="locked by another process"):
+        DiskImage(DriveConfig(str(image)))
+    first.close()
+    DiskImage(DriveConfig(str(image))).close()
+
+
+def test_read_only_file_needs_readonly_on(image) -> None:
+    os.chmod(image, 0o444)
+    if os.access(image, os.W_OK):
+        pytest.skip("root can write read-only files")
+    with pytest.raises(DeviceError, match="readonly=on"):
+        DiskImage(DriveConfig(str(image)))
+
+
+def test_missing_image(tmp_path) -> None:
+    with pytest.raises(DeviceError, match="not found"):
+        DiskImage(DriveConfig(str(tmp_path / "nope.img")))
+
+
+def test_cache_none_uses_o_direct_with_unaligned_guest_buffers(image) -> None:
+    h = Harness.__new__(Harness)
+    h.memory = GuestMemory.from_bytes(4 << 20)
+    try:
+        disk = DiskImage(DriveConfig(str(image), cache="none"))
+    except DeviceError as exc:
+        pytest.skip(str(exc))
+    h.device = BlockDevice(disk)
+    h.interrupts = 0
+    h.driver = DriverQueue(h.memory, 0x10000, size=16)
+    h.driver.configure(h.device.queues[0])
+    h.device.activate(h.memory, COMMON_FEATURES, lambda: None)
+    h.driver.alloc(3)  # misalign what follows
+    status, _, data = h.request(VIRTIO_BLK_T_IN, 1, read_length=512)
+    assert status == VIRTIO_BLK_S_OK and data == image.read_bytes()[512:1024]
+    assert h.request(VIRTIO_BLK_T_OUT, 3, data=b"z" * 512)[0] == VIRTIO_BLK_S_OK
+    disk.close()
+    assert image.read_bytes()[3 * 512:4 * 512] == b"z" * 512
+
+
+def test_event_idx_batches_interrupts(image) -> None:
+    h = Harness(image, event_idx=True)
+    h.driver.set_used_event(5)
+    for _ in range(3):
+        h.request(VIRTIO_BLK_T_IN, 0, read_length=512)
+    assert h.interrupts == 0

@@ -14,7 +14,8 @@ from typing import Any
 import click
 
 from pyvmm import __version__
-from pyvmm.config import CPU_POLICIES, DEFAULT_CMDLINE, MachineConfig, parse_size
+from pyvmm.config import (CPU_POLICIES, DEFAULT_CMDLINE, MachineConfig, parse_drive,
+                          parse_size)
 from pyvmm.errors import PyvmmError
 from pyvmm.exitstatus import ExitStatus
 
@@ -93,9 +94,16 @@ def main() -> None:
               help="CPU features shown to the guest: host (all KVM supports), compat "
                    "(hide what software emulation can't run), auto (compat on a "
                    "kvm_pvm host, else host).")
+@click.option("--drive", "-d", "drives", multiple=True, metavar="SPEC",
+              help="A virtio-block disk: path=IMG[,readonly=on][,cache=none|writeback]"
+                   "[,serial=ID].  Repeat for vda, vdb, ...")
+@click.option("--virtio-console/--no-virtio-console", default=True, show_default=True,
+              help="Give the guest a virtio console (hvc0); with console=hvc0 on the "
+                   "command line it takes the terminal.")
 @click.option("--verbose", "-v", is_flag=True, help="Log what pyvmm does to stderr.")
 def run(kernel: str, initrd: str | None, cmdline: str | None, memory: int, cpus: int,
-        timeout: float | None, cpu_policy: str, verbose: bool) -> None:
+        timeout: float | None, cpu_policy: str, drives: tuple[str, ...],
+        virtio_console: bool, verbose: bool) -> None:
     """Boot a kernel and show its serial console.
 
     \b
@@ -111,7 +119,9 @@ def run(kernel: str, initrd: str | None, cmdline: str | None, memory: int, cpus:
         config = MachineConfig(kernel=kernel, initrd=initrd,
                                cmdline=DEFAULT_CMDLINE if cmdline is None else cmdline,
                                memory=memory, cpus=cpus, timeout=timeout,
-                               cpu_policy=cpu_policy)
+                               cpu_policy=cpu_policy,
+                               drives=tuple(parse_drive(d) for d in drives),
+                               virtio_console=virtio_console)
         from pyvmm.machine import build_machine
 
         machine = build_machine(config)

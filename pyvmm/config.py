@@ -27,6 +27,55 @@ def parse_size(text: str) -> int:
     return number * _SIZE_UNITS[unit]
 
 
+#: Values of ``cache=`` in --drive: page-cache writeback, or O_DIRECT.
+CACHE_MODES = ("writeback", "none")
+_ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+
+
+@dataclass(frozen=True)
+class DriveConfig:
+    """One --drive: a raw image file and how to open it."""
+
+    path: str
+    readonly: bool = False
+    cache: str = "writeback"
+    serial: str = ""
+
+
+def parse_drive(text: str) -> DriveConfig:
+    """``path=disk.img[,readonly=on][,cache=none|writeback][,serial=ID]`` (QEMU-style).
+
+    A bare ``disk.img`` is taken as the path.
+    """
+    fields: dict[str, str] = {}
+    for index, part in enumerate(text.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep and index == 0:
+            key, value = "path", part
+        elif not sep:
+            raise ConfigError(f"--drive {text!r}: {part!r} is not key=value")
+        if key in fields:
+            raise ConfigError(f"--drive {text!r}: {key} given twice")
+        fields[key.strip()] = value.strip()
+    unknown = set(fields) - {"path", "file", "readonly", "cache", "serial"}
+    if unknown:
+        raise ConfigError(f"--drive {text!r}: unknown option {sorted(unknown)[0]!r} "
+                          "(path, readonly, cache, serial)")
+    path = fields.get("path") or fields.get("file")
+    if not path:
+        raise ConfigError(f"--drive {text!r}: path= is missing")
+    readonly = fields.get("readonly", "off").lower()
+    if readonly not in _ON + _OFF:
+        raise ConfigError(f"--drive {text!r}: readonly={readonly} (use on or off)")
+    cache = fields.get("cache", "writeback")
+    if cache not in CACHE_MODES:
+        raise ConfigError(f"--drive {text!r}: cache={cache} (use none or writeback)")
+    serial = fields.get("serial", "")
+    if len(serial.encode()) > 20:
+        raise ConfigError(f"--drive {text!r}: serial is longer than 20 bytes")
+    return DriveConfig(path, readonly in _ON, cache, serial)
+
+
 @dataclass(frozen=True)
 class MachineConfig:
     """Everything ``pyvmm run`` needs to build and run one VM."""
@@ -38,6 +87,8 @@ class MachineConfig:
     cpus: int = 1
     timeout: float | None = None
     cpu_policy: str = "auto"
+    drives: tuple[DriveConfig, ...] = ()
+    virtio_console: bool = True
 
     def __post_init__(self) -> None:
         if self.memory < MIN_MEMORY:

@@ -30,6 +30,7 @@ from pyvmm.devices.bus import Bus
 from pyvmm.devices.i8042 import I8042
 from pyvmm.devices.legacy import DebugExit, IgnoredPorts
 from pyvmm.devices.serial import Serial
+from pyvmm.devices.virtio.console import ConsoleDevice
 from pyvmm.dispatch import UnknownAccessLog, dispatch_exit
 from pyvmm.errors import ConfigError, LoaderError
 from pyvmm.eventloop import EventLoop
@@ -39,6 +40,7 @@ from pyvmm.kvm.system import Kvm, is_pvm_host
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.memory import GuestMemory
+from pyvmm.virtio_slots import announce, attach_virtio, open_virtio_devices, plan_virtio_slots
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,9 @@ class Machine:
     pio_bus: Bus = field(default_factory=Bus)
     mmio_bus: Bus = field(default_factory=Bus)
     serial: Serial | None = None
+    #: Where host stdin goes: the UART, or hvc0 when the guest's console is there.
+    console_input: object | None = None
+    virtio: list = field(default_factory=list)
     pvm_host: bool = False
     _stop_reason: StopReason | None = None
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -148,8 +153,9 @@ class Machine:
 
     def _feed_stdin(self, _events: int = 0) -> None:
         """Move what stdin has into the UART, pausing while its buffer is full."""
-        assert self.serial is not None
-        room = self.serial.input_room()
+        target = self.console_input
+        assert target is not None
+        room = target.input_room()
         if room <= 0:
             if not self._stdin_is_file and not self._stdin_paused:
                 self.loop.remove(self.console.stdin_fd)
@@ -157,15 +163,15 @@ class Machine:
             return
         data = self.console.read_input(min(room, 4096))
         if data:
-            self.serial.enqueue_input(data)
+            target.enqueue_input(data)
         elif self.console.at_eof and not self._stdin_is_file:
             self.loop.remove(self.console.stdin_fd)
 
     def _tick(self) -> float | None:
         """Resume a paused stdin, or poll a stdin that epoll can't watch."""
-        if self.console.at_eof or self.serial is None:
+        if self.console.at_eof or self.console_input is None:
             return None
-        if self._stdin_paused and self.serial.input_room() > 0:
+        if self._stdin_paused and self.console_input.input_room() > 0:
             self._stdin_paused = False
             self.loop.add(self.console.stdin_fd, self._feed_stdin)
         elif self._stdin_is_file:
@@ -206,11 +212,23 @@ class Machine:
             self._stopping = True
             self._join_vcpus()
             self._note_where_vcpus_were()
+            self._shut_down_devices()
             self.console.restore()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         assert self._stop_reason is not None
         return self._stop_reason
+
+    def _shut_down_devices(self) -> None:
+        """Finish device work and make disk writes durable, whatever stopped us."""
+        for transport in self.virtio:
+            try:
+                transport.shutdown()
+            except Exception as exc:  # noqa: BLE001 - the others still get flushed
+                log.error("shutting down virtio device %d: %s", transport.device.device_id, exc)
+                if self._stop_reason is not None and self._stop_reason.status == 0:
+                    self._stop_reason = StopReason.vmm_error(
+                        f"could not flush a disk at exit: {exc}")
 
     def _note_where_vcpus_were(self) -> None:
         """For a timeout or signal, say where each vCPU was: evidence for a hung guest."""
@@ -260,8 +278,12 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
     initrd_image = _read_file(config.initrd, "initrd") if config.initrd else None
 
     # Everything that can be wrong with the input is found before KVM is opened.
+    slots = plan_virtio_slots(config)
+    cmdline = " ".join(part for part in (config.cmdline, announce(slots)) if part)
     memory = GuestMemory.anonymous(layout.ram_ranges(config.memory))
-    boot = prepare_boot(memory, kernel_image, initrd_image, config.cmdline)
+    boot = prepare_boot(memory, kernel_image, initrd_image, cmdline)
+    console = console or HostConsole(on_quit=lambda: None)
+    devices = open_virtio_devices(slots, console.write)
 
     kvm = Kvm()
     kvm.require_capabilities()
@@ -296,11 +318,22 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
 
     loop = EventLoop()
     machine = Machine(config=config, kvm=kvm, vm=vm, memory=memory, vcpus=vcpus,
-                      boot=boot, console=console or HostConsole(on_quit=lambda: None),
-                      loop=loop, pvm_host=pvm_host)
+                      boot=boot, console=console, loop=loop, pvm_host=pvm_host)
     machine.console.on_quit = lambda: machine.request_stop(StopReason.user_quit())
     _attach_legacy_devices(machine)
+    machine.virtio = attach_virtio(vm, loop, machine.mmio_bus, memory, slots, devices)
+    machine.console_input = machine.serial
+    if _guest_console_is_hvc(cmdline):
+        machine.console_input = next(
+            (t.device for t in machine.virtio if isinstance(t.device, ConsoleDevice)),
+            machine.serial)
     return machine
+
+
+def _guest_console_is_hvc(cmdline: str) -> bool:
+    """Linux's last console= is where /dev/console (and so the shell) goes."""
+    consoles = [arg.split("=", 1)[1] for arg in cmdline.split() if arg.startswith("console=")]
+    return bool(consoles) and consoles[-1].startswith("hvc")
 
 
 def _attach_legacy_devices(machine: Machine) -> None:

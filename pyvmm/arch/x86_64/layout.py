@@ -64,8 +64,10 @@ I8042_DATA_PORT = 0x60
 I8042_COMMAND_PORT = 0x64
 #: QEMU isa-debug-exit compatible port: the guest writes a status byte.
 DEBUG_EXIT_PORT = 0xF4
-#: First IRQ line handed out to virtio-mmio devices (one line each).
-VIRTIO_IRQ_BASE = 5
+#: ISA IRQ lines handed out to virtio-mmio devices, one each, in order.  They
+#: skip the PIC cascade (2), COM1 (4), the RTC (8), the FPU (13) and the
+#: legacy IDE lines, so a kernel with only the 8259 PIC can use them too.
+VIRTIO_IRQS = (5, 6, 7, 9, 10, 11, 12, 14, 15)
 
 
 def ram_ranges(mem_size: int) -> list[tuple[int, int]]:

@@ -13,23 +13,13 @@ import errno
 import fcntl
 import mmap
 import os
-from dataclasses import dataclass
-
+from pyvmm.config import DriveConfig
 from pyvmm.errors import DeviceError
 
 SECTOR_SIZE = 512
+__all__ = ["DiskImage", "DriveConfig", "SECTOR_SIZE"]
 #: O_DIRECT needs buffers aligned to the logical block size; this covers it.
 DIRECT_ALIGNMENT = 4096
-
-
-@dataclass(frozen=True)
-class DriveConfig:
-    """One --drive: a raw image and how to open it."""
-
-    path: str
-    readonly: bool = False
-    cache: str = "writeback"  # or "none" (O_DIRECT)
-    serial: str = ""
 
 
 class DiskImage:

@@ -1,0 +1,111 @@
+"""Where the virtio-mmio devices go, and how they are wired to KVM.
+
+``plan_virtio_slots`` is pure: one MMIO window and one IRQ line per device,
+disks first (so --drive order gives vda, vdb, …), then the console.
+``attach_virtio`` does the KVM side the devices know nothing of: each queue's
+notify register becomes an ioeventfd (the vCPU does not leave the kernel for
+it; the event loop serves the queue) and each IRQ line an irqfd.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from pyvmm.arch.x86_64 import layout
+from pyvmm.config import DriveConfig, MachineConfig
+from pyvmm.errors import ConfigError
+
+#: What pyvmm announces as each window's size on the kernel command line.
+ANNOUNCED_SIZE = "4K"
+
+
+@dataclass(frozen=True)
+class VirtioSlot:
+    """One virtio-mmio device: its window, IRQ line and what it is."""
+
+    base: int
+    irq: int
+    kind: str                      # "block" or "console"
+    drive: DriveConfig | None = None
+
+    def announcement(self) -> str:
+        """The ``virtio_mmio.device=`` parameter Linux reads (VIRTIO_MMIO_CMDLINE_DEVICES)."""
+        return f"virtio_mmio.device={ANNOUNCED_SIZE}@{self.base:#x}:{self.irq}"
+
+
+def plan_virtio_slots(config: MachineConfig) -> list[VirtioSlot]:
+    kinds: list[tuple[str, DriveConfig | None]] = [("block", d) for d in config.drives]
+    if config.virtio_console:
+        kinds.append(("console", None))
+    if len(kinds) > len(layout.VIRTIO_IRQS):
+        raise ConfigError(f"{len(kinds)} virtio devices asked for; pyvmm has IRQ lines "
+                          f"for {len(layout.VIRTIO_IRQS)}")
+    return [VirtioSlot(layout.VIRTIO_MMIO_START + index * layout.VIRTIO_MMIO_SIZE,
+                       layout.VIRTIO_IRQS[index], kind, drive)
+            for index, (kind, drive) in enumerate(kinds)]
+
+
+def announce(slots: list[VirtioSlot]) -> str:
+    return " ".join(slot.announcement() for slot in slots)
+
+
+def open_virtio_devices(slots: list[VirtioSlot], console_out: Callable[[memoryview], None]):
+    """The devices for ``slots``; disks are opened (and locked) here, before KVM."""
+    from pyvmm.devices.virtio.block import BlockDevice
+    from pyvmm.devices.virtio.console import ConsoleDevice
+    from pyvmm.devices.virtio.disk import DiskImage
+
+    devices = []
+    try:
+        for slot in slots:
+            if slot.kind == "block":
+                assert slot.drive is not None
+                serial = slot.drive.serial or f"pyvmm-vd{chr(ord('a') + len(devices))}"
+                devices.append(BlockDevice(DiskImage(slot.drive), serial))
+            else:
+                devices.append(ConsoleDevice(console_out))
+    except Exception:
+        for device in devices:
+            device.shutdown()
+        raise
+    return devices
+
+
+class IrqfdTrigger:
+    """An edge into the in-kernel irqchip: a write to an eventfd bound by KVM_IRQFD."""
+
+    def __init__(self, event_fd: int) -> None:
+        self.event_fd = event_fd
+
+    def trigger(self) -> None:
+        os.eventfd_write(self.event_fd, 1)
+
+
+def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices) -> list:
+    """Map each device's transport and bind its notifications and interrupt to KVM."""
+    from pyvmm.devices.virtio.mmio import QUEUE_NOTIFY, VirtioMmioTransport
+
+    transports = []
+    for slot, device in zip(slots, devices):
+        irq_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        vm.register_irqfd(irq_fd, slot.irq)
+        transport = VirtioMmioTransport(device, memory, IrqfdTrigger(irq_fd))
+        mmio_bus.insert(transport, slot.base, layout.VIRTIO_MMIO_SIZE)
+        for index in range(len(device.queues)):
+            notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            vm.register_ioeventfd(notify_fd, slot.base + QUEUE_NOTIFY, 4, datamatch=index)
+            loop.add(notify_fd, _notify_handler(notify_fd, transport, index))
+        transports.append(transport)
+    return transports
+
+
+def _notify_handler(event_fd: int, transport, index: int) -> Callable[[int], None]:
+    def on_notify(_events: int) -> None:
+        try:
+            os.eventfd_read(event_fd)
+        except BlockingIOError:
+            return
+        transport.notify(index)
+    return on_notify

@@ -69,13 +69,21 @@ class Terminal:
             self._saved = None
 
 
+def _fileno(stream: object, mode: int) -> int:
+    """The fd behind a std stream; /dev/null when there is none (closed, or a test's)."""
+    try:
+        return stream.fileno()  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return os.open(os.devnull, mode | os.O_CLOEXEC)
+
+
 class HostConsole:
     """Reads our stdin for the guest and writes guest output to our stdout."""
 
     def __init__(self, on_quit: Callable[[], None], stdin_fd: int | None = None,
                  stdout_fd: int | None = None) -> None:
-        self.stdin_fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
-        self.stdout_fd = sys.stdout.fileno() if stdout_fd is None else stdout_fd
+        self.stdin_fd = _fileno(sys.stdin, os.O_RDONLY) if stdin_fd is None else stdin_fd
+        self.stdout_fd = _fileno(sys.stdout, os.O_WRONLY) if stdout_fd is None else stdout_fd
         self.is_tty = os.isatty(self.stdin_fd)
         self.on_quit = on_quit
         self._escapes = EscapeParser() if self.is_tty else None

@@ -100,10 +100,11 @@ def assert_one_line_error(result, fragment: str, status: int = 2) -> None:
 
 @pytest.mark.parametrize("data, fragment", [
     (make_bzimage()[:0x150], "truncated"),
-    (b"\x7fELF" + b"\0" * 4096, "not a bzImage"),
+    (b"MZ" + b"\0" * 4096, "not a bzImage"),
     (make_bzimage(version=0x0209), "protocol"),
     (make_bzimage(xloadflags=0), "64-bit"),
-])
+    (b"\x7fELF" + b"\0" * 60, "ELF"),
+], ids=["truncated", "not-bzimage", "old-protocol", "not-64-bit", "corrupt-elf"])
 def test_bad_kernels(tmp_path, data: bytes, fragment: str) -> None:
     assert_one_line_error(run_with_kernel(tmp_path, data), fragment)
 

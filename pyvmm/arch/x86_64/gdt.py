@@ -1,7 +1,8 @@
 """Pack GDT descriptors and turn them into segment register state.
 
 Linux's 64-bit boot protocol wants ``__BOOT_CS`` = 0x10 and ``__BOOT_DS`` =
-0x18, so the boot GDT is: null, null, 64-bit code, data, TSS.
+0x18, so the boot GDT is: null, 32-bit code (for the PVH entry, which starts
+in protected mode), 64-bit code, data, TSS.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: Descriptor flag words (access byte in bits 0..7, flags nibble in 12..15).
+FLAGS_CODE32 = 0xC09B  # present, ring 0, code exec/read accessed, D=1, G=1
 FLAGS_CODE64 = 0xA09B  # present, ring 0, code exec/read accessed, L=1, G=1
 FLAGS_DATA = 0xC093    # present, ring 0, data read/write accessed, D/B=1, G=1
 FLAGS_TSS = 0x808B     # present, busy 32/64-bit TSS, G=1
 
+BOOT_CS32_SELECTOR = 0x08
 BOOT_CS_SELECTOR = 0x10
 BOOT_DS_SELECTOR = 0x18
 BOOT_TSS_SELECTOR = 0x20
@@ -20,7 +23,7 @@ BOOT_TSS_SELECTOR = 0x20
 #: (flags, base, limit) of each boot GDT slot, by index (selector / 8).
 BOOT_GDT = (
     (0, 0, 0),
-    (0, 0, 0),
+    (FLAGS_CODE32, 0, 0xFFFFF),
     (FLAGS_CODE64, 0, 0xFFFFF),
     (FLAGS_DATA, 0, 0xFFFFF),
     (FLAGS_TSS, 0, 0xFFFFF),

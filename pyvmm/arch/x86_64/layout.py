@@ -18,6 +18,11 @@ PAGE_SIZE = 4 * KIB
 BOOT_GDT_START = 0x500
 #: Empty IDT loaded at entry (the kernel installs its own before enabling IRQs).
 BOOT_IDT_START = 0x520
+#: PVH boot: struct hvm_start_info (EBX at entry), its module list (the
+#: initrd) and its memory map, in the page below the zero page.
+PVH_START_INFO_START = 0x6000
+PVH_MODLIST_START = 0x6040
+PVH_MEMMAP_START = 0x6080
 #: The "zero page": struct boot_params handed to the kernel in RSI.
 ZERO_PAGE_START = 0x7000
 #: Initial stack pointer for the boot CPU (grows down, below the page tables).

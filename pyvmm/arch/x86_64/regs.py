@@ -6,7 +6,7 @@ import struct
 from dataclasses import dataclass
 
 from pyvmm.arch.x86_64 import layout
-from pyvmm.arch.x86_64.gdt import (BOOT_CS_SELECTOR, BOOT_DS_SELECTOR, BOOT_TSS_SELECTOR,
+from pyvmm.arch.x86_64.gdt import (BOOT_CS32_SELECTOR, BOOT_CS_SELECTOR, BOOT_DS_SELECTOR, BOOT_TSS_SELECTOR,
                                    Segment, boot_gdt_entries, segment_from_gdt_entry)
 from pyvmm.memory import GuestMemory
 
@@ -53,6 +53,7 @@ class GeneralRegisters:
     rbp: int
     rsi: int
     rflags: int = RFLAGS_RESERVED
+    rbx: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,3 +92,23 @@ def boot_regs_64(entry: int, zero_page: int) -> GeneralRegisters:
     """RIP at the 64-bit entry, RSI at the zero page, a stack in low memory."""
     return GeneralRegisters(rip=entry, rsp=layout.BOOT_STACK_POINTER,
                             rbp=layout.BOOT_STACK_POINTER, rsi=zero_page)
+
+
+def boot_sregs_32() -> SpecialRegisters:
+    """The PVH entry state: 32-bit protected mode, flat segments, paging off."""
+    entries = boot_gdt_entries()
+    code = segment_from_gdt_entry(entries[BOOT_CS32_SELECTOR // 8], BOOT_CS32_SELECTOR // 8)
+    data = segment_from_gdt_entry(entries[BOOT_DS_SELECTOR // 8], BOOT_DS_SELECTOR // 8)
+    tss = segment_from_gdt_entry(entries[BOOT_TSS_SELECTOR // 8], BOOT_TSS_SELECTOR // 8)
+    return SpecialRegisters(
+        cs=code, ds=data, es=data, fs=data, gs=data, ss=data, tr=tss, ldt=RESET_LDT,
+        gdt_base=layout.BOOT_GDT_START, gdt_limit=len(entries) * 8 - 1,
+        idt_base=layout.BOOT_IDT_START, idt_limit=7,
+        cr0=X86_CR0_PE | X86_CR0_ET, cr3=0, cr4=0, efer=0,
+    )
+
+
+def boot_regs_pvh(entry: int, start_info: int) -> GeneralRegisters:
+    """EIP at the PVH entry, EBX at hvm_start_info."""
+    return GeneralRegisters(rip=entry, rsp=layout.BOOT_STACK_POINTER,
+                            rbp=layout.BOOT_STACK_POINTER, rsi=0, rbx=start_info)

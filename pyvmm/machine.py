@@ -29,6 +29,7 @@ from pyvmm.console import HostConsole
 from pyvmm.devices.bus import Bus
 from pyvmm.devices.i8042 import I8042
 from pyvmm.devices.legacy import DebugExit, IgnoredPorts
+from pyvmm.devices.platform import PvPanic, SleepControl
 from pyvmm.devices.serial import Serial
 from pyvmm.devices.virtio.console import ConsoleDevice
 from pyvmm.dispatch import UnknownAccessLog, dispatch_exit
@@ -337,7 +338,7 @@ def _guest_console_is_hvc(cmdline: str) -> bool:
 
 
 def _attach_legacy_devices(machine: Machine) -> None:
-    """COM1, the i8042 (reset), the debug-exit port and the quietly ignored ports."""
+    """COM1, the i8042 (reset), debug-exit, pvpanic, ACPI sleep, the ignored ports."""
     bus = machine.pio_bus
     machine.serial = Serial(KvmIrqLine(machine.vm, layout.COM1_IRQ), machine.console.write)
     bus.insert(machine.serial, layout.COM1_PORT, 8)
@@ -346,5 +347,11 @@ def _attach_legacy_devices(machine: Machine) -> None:
         layout.I8042_DATA_PORT, 5)
     bus.insert(DebugExit(lambda status: machine.request_stop(StopReason.debug_exit(status))),
                layout.DEBUG_EXIT_PORT, 4)
+    bus.insert(PvPanic(lambda: machine.request_stop(
+        StopReason.guest_panic("the guest kernel panicked (pvpanic)"))),
+        layout.PVPANIC_PORT, 1)
+    bus.insert(SleepControl(lambda: machine.request_stop(
+        StopReason.poweroff("the guest powered off (ACPI S5)"))),
+        layout.ACPI_SLEEP_CONTROL_PORT, 2)
     for base, length in IGNORED_PORT_RANGES:
         bus.insert(IgnoredPorts(), base, length)

@@ -57,3 +57,31 @@ def test_ignored_ports_read_all_ones() -> None:
     data = bytearray(4)
     IgnoredPorts().read(0, memoryview(data))
     assert data == b"\xff" * 4
+
+
+# -- pvpanic and ACPI sleep control -----------------------------------------------
+
+from pyvmm.devices.platform import PvPanic, SleepControl  # noqa: E402
+
+
+def test_pvpanic_reports_capabilities_and_panics() -> None:
+    panics = []
+    device = PvPanic(lambda: panics.append(1))
+    assert rd(device, 0) == 0b11
+    device.write(0, b"\x02")  # crash kernel loaded: not a stop
+    assert panics == []
+    device.write(0, b"\x01")
+    assert panics == [1]
+
+
+@pytest.mark.parametrize("value, stops", [
+    (0x34, True),     # SLP_EN | SLP_TYP 5: S5 poweroff
+    (0x14, False),    # SLP_TYP 5 without SLP_EN
+    (0x2C, False),    # SLP_EN | SLP_TYP 3 (S3): not supported
+])
+def test_sleep_control_powers_off_on_s5(value: int, stops: bool) -> None:
+    stopped = []
+    device = SleepControl(lambda: stopped.append(1))
+    device.write(0, bytes([value]))
+    device.write(1, b"\xff")  # the status register never stops the VM
+    assert bool(stopped) is stops

@@ -69,6 +69,12 @@ I8042_DATA_PORT = 0x60
 I8042_COMMAND_PORT = 0x64
 #: QEMU isa-debug-exit compatible port: the guest writes a status byte.
 DEBUG_EXIT_PORT = 0xF4
+#: QEMU pvpanic (ACPI QEMU0001): one port the guest writes when it panics.
+PVPANIC_PORT = 0x505
+#: ACPI hardware-reduced sleep control and status registers (FADT), one byte
+#: each; the same port Cloud Hypervisor uses.
+ACPI_SLEEP_CONTROL_PORT = 0x3C0
+ACPI_SLEEP_STATUS_PORT = 0x3C1
 #: ISA IRQ lines handed out to virtio-mmio devices, one each, in order.  They
 #: skip the PIC cascade (2), COM1 (4), the RTC (8), the FPU (13) and the
 #: legacy IDE lines, so a kernel with only the 8259 PIC can use them too.

@@ -7,16 +7,18 @@ plain ``pyvmm run`` imports neither rich nor pyelftools.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
-from typing import Any
+import time
+from typing import Any, Callable
 
 import click
 
 from pyvmm import __version__
 from pyvmm.config import (CPU_POLICIES, DEFAULT_CMDLINE, MachineConfig, parse_drive,
                           parse_size)
-from pyvmm.errors import PyvmmError
+from pyvmm.errors import ConfigError, PyvmmError
 from pyvmm.exitstatus import ExitStatus
 
 #: Subcommands imported on first use: name -> (module, attribute).
@@ -76,59 +78,129 @@ def main() -> None:
     """pyvmm: boot Linux kernels on KVM from the command line."""
 
 
+#: Options of ``pyvmm run`` that a config file may also set: option name -> file key.
+FILE_KEYS = {"kernel": "kernel", "initrd": "initrd", "cmdline": "append", "memory": "memory",
+             "cpus": "cpus", "timeout": "timeout", "cpu_policy": "cpu",
+             "virtio_console": "virtio_console", "drives": "drive"}
+#: What an option is when neither the command line nor the file sets it.
+DEFAULTS: dict[str, Any] = {"initrd": None, "cmdline": DEFAULT_CMDLINE, "memory": 512 << 20,
+                            "cpus": 1, "timeout": None, "cpu_policy": "auto",
+                            "virtio_console": True, "drives": ()}
+
+
+def machine_options(command: Callable) -> Callable:
+    """The options that describe a machine, shared by ``run`` and ``config show``."""
+    options = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                     help="A machine config file (TOML); options given here override it."),
+        click.option("--kernel", "-k", type=click.Path(dir_okay=False),
+                     help="Kernel to boot: a bzImage, or an ELF vmlinux with a PVH entry."),
+        click.option("--initrd", "-i", type=click.Path(dir_okay=False),
+                     help="Initial ramdisk (e.g. a cpio archive) handed to the kernel."),
+        click.option("--append", "-a", "cmdline", metavar="CMDLINE",
+                     help=f"Kernel command line (default: {DEFAULT_CMDLINE!r})."),
+        click.option("--memory", "-m", type=_SizeType(),
+                     help="Guest RAM, e.g. 512M or 2G (a bare number is MiB; default 512M)."),
+        click.option("--cpus", "-c", type=int, help="Number of vCPUs (default 1)."),
+        click.option("--timeout", "-t", type=float, metavar="SECONDS",
+                     help="Stop the guest after SECONDS and exit 124."),
+        click.option("--cpu", "cpu_policy", type=click.Choice(CPU_POLICIES),
+                     help="CPU features shown to the guest: host (all KVM supports), compat "
+                          "(hide what software emulation can't run), auto (default: compat "
+                          "on a kvm_pvm host, else host)."),
+        click.option("--drive", "-d", "drives", multiple=True, metavar="SPEC",
+                     help="A virtio-block disk: path=IMG[,readonly=on][,cache=none|writeback]"
+                          "[,serial=ID].  Repeat for vda, vdb, ..."),
+        click.option("--virtio-console/--no-virtio-console", default=None,
+                     help="Give the guest a virtio console, hvc0 (default on); with "
+                          "console=hvc0 on the command line it takes the terminal."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def effective_config(ctx: click.Context, params: dict[str, Any]) -> MachineConfig:
+    """Defaults, then the config file, then what the command line gave."""
+    values = dict(DEFAULTS)
+    if params.get("config_file"):
+        from pyvmm.config_file import load_config_file
+
+        from_file = load_config_file(params["config_file"])
+        for name, key in FILE_KEYS.items():
+            if key in from_file:
+                values[name] = from_file[key]
+    for name in FILE_KEYS:
+        source = ctx.get_parameter_source(name)
+        given = params.get(name)
+        if name == "drives":
+            if given:
+                values[name] = tuple(parse_drive(d) for d in given)
+        elif given is not None and source == click.core.ParameterSource.COMMANDLINE:
+            values[name] = given
+    if not values.get("kernel"):
+        raise ConfigError("no kernel: give --kernel PATH (or kernel = in --config)")
+    return MachineConfig(**values)
+
+
 @main.command()
-@click.option("--kernel", "-k", required=True, type=click.Path(dir_okay=False),
-              help="Kernel to boot: a bzImage.")
-@click.option("--initrd", "-i", type=click.Path(dir_okay=False),
-              help="Initial ramdisk (e.g. a cpio archive) handed to the kernel.")
-@click.option("--append", "-a", "cmdline", default=None, metavar="CMDLINE",
-              help=f"Kernel command line (default: {DEFAULT_CMDLINE!r}).")
-@click.option("--memory", "-m", type=_SizeType(), default="512M", show_default=True,
-              help="Guest RAM, e.g. 512M or 2G (a bare number is MiB).")
-@click.option("--cpus", "-c", type=int, default=1, show_default=True,
-              help="Number of vCPUs.")
-@click.option("--timeout", "-t", type=float, default=None, metavar="SECONDS",
-              help="Stop the guest after SECONDS and exit 124.")
-@click.option("--cpu", "cpu_policy", type=click.Choice(CPU_POLICIES), default="auto",
+@machine_options
+@click.option("--on-reboot", type=click.Choice(("exit", "restart")), default="exit",
               show_default=True,
-              help="CPU features shown to the guest: host (all KVM supports), compat "
-                   "(hide what software emulation can't run), auto (compat on a "
-                   "kvm_pvm host, else host).")
-@click.option("--drive", "-d", "drives", multiple=True, metavar="SPEC",
-              help="A virtio-block disk: path=IMG[,readonly=on][,cache=none|writeback]"
-                   "[,serial=ID].  Repeat for vda, vdb, ...")
-@click.option("--virtio-console/--no-virtio-console", default=True, show_default=True,
-              help="Give the guest a virtio console (hvc0); with console=hvc0 on the "
-                   "command line it takes the terminal.")
+              help="When the guest reboots: exit 0, or restart it with the same machine.")
 @click.option("--verbose", "-v", is_flag=True, help="Log what pyvmm does to stderr.")
-def run(kernel: str, initrd: str | None, cmdline: str | None, memory: int, cpus: int,
-        timeout: float | None, cpu_policy: str, drives: tuple[str, ...],
-        virtio_console: bool, verbose: bool) -> None:
+@click.pass_context
+def run(ctx: click.Context, on_reboot: str, verbose: bool, **params: Any) -> None:
     """Boot a kernel and show its serial console.
 
     \b
     Exit status: 0 the guest powered off or rebooted; odd N the guest wrote
     (N-1)/2 to the debug-exit port 0xf4; 2 bad input; 4 host can't run VMs;
     6 pyvmm error; 8 guest triple fault; 10 KVM internal/emulation error;
-    124 --timeout; 128+N killed by signal N.  Console: Ctrl-A x quits,
-    Ctrl-A h helps.
+    12 guest panic; 124 --timeout; 128+N killed by signal N.  Console:
+    Ctrl-A x quits, Ctrl-A h helps.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="pyvmm: %(message)s", stream=sys.stderr)
     try:
-        config = MachineConfig(kernel=kernel, initrd=initrd,
-                               cmdline=DEFAULT_CMDLINE if cmdline is None else cmdline,
-                               memory=memory, cpus=cpus, timeout=timeout,
-                               cpu_policy=cpu_policy,
-                               drives=tuple(parse_drive(d) for d in drives),
-                               virtio_console=virtio_console)
+        config = effective_config(ctx, params)
         from pyvmm.machine import build_machine
 
-        machine = build_machine(config)
-        reason = machine.run()
+        deadline = None if config.timeout is None else time.monotonic() + config.timeout
+        while True:
+            if deadline is not None:  # --timeout bounds the whole run, restarts included
+                config = dataclasses.replace(
+                    config, timeout=max(deadline - time.monotonic(), 0.001))
+            machine = build_machine(config)
+            reason = machine.run()
+            machine.close()
+            if reason.kind != "reboot" or on_reboot != "restart":
+                break
+            click.echo("\npyvmm: the guest rebooted; restarting it", err=True)
     except PyvmmError as error:
         _fail(error)
         return
     if reason.status != ExitStatus.OK or verbose:
         click.echo(f"\npyvmm: {reason.message}", err=True)
     sys.exit(reason.status)
+
+
+@main.group()
+def config() -> None:
+    """Machine configuration files."""
+
+
+@config.command("show")
+@machine_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool, **params: Any) -> None:
+    """Print the machine that 'pyvmm run' would build from these options."""
+    try:
+        machine = effective_config(ctx, params)
+    except PyvmmError as error:
+        _fail(error)
+        return
+    from pyvmm.config_view import show_config
+
+    show_config(machine, as_json)

@@ -94,6 +94,8 @@ class Machine:
     #: Where host stdin goes: the UART, or hvc0 when the guest's console is there.
     console_input: object | None = None
     virtio: list = field(default_factory=list)
+    #: eventfds made for ioeventfd/irqfd wiring, closed with the machine.
+    owned_fds: list[int] = field(default_factory=list)
     pvm_host: bool = False
     _stop_reason: StopReason | None = None
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -220,6 +222,22 @@ class Machine:
         assert self._stop_reason is not None
         return self._stop_reason
 
+    def close(self) -> None:
+        """Release the VM: vCPU and VM fds, guest RAM, the event loop."""
+        for transport in self.virtio:
+            transport.device.reset()  # drops its views of guest RAM
+        for vcpu in self.vcpus:
+            vcpu.close()
+        for fd in self.owned_fds:
+            os.close(fd)
+        self.vm.close()
+        self.loop.close()
+        os.close(self.kvm.fd)
+        try:
+            self.memory.close()
+        except BufferError:
+            log.debug("guest RAM still has views; left to the garbage collector")
+
     def _shut_down_devices(self) -> None:
         """Finish device work and make disk writes durable, whatever stopped us."""
         for transport in self.virtio:
@@ -273,6 +291,9 @@ def _read_file(path: str, what: str) -> bytes:
         raise LoaderError(f"cannot read {what} {path!r}: {exc.strerror}") from None
 
 
+_policy_warned: list[bool] = []
+
+
 def build_machine(config: MachineConfig, console: HostConsole | None = None) -> Machine:
     """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices."""
     kernel_image = _read_file(config.kernel, "kernel")
@@ -294,7 +315,8 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
     policy = config.cpu_policy
     if policy == "auto":
         policy = "compat" if pvm_host else "host"
-    if pvm_host and config.cpu_policy == "auto":
+    if pvm_host and config.cpu_policy == "auto" and not _policy_warned:
+        _policy_warned.append(True)  # once per process, not per --on-reboot restart
         log.warning("/dev/kvm is kvm_pvm, which emulates this guest in software; %s "
                     "(--cpu host keeps them)", describe_policy(policy))
     supported = [CpuidEntry(*leaf) for leaf in kvm.supported_cpuid()]
@@ -322,7 +344,8 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
                       boot=boot, console=console, loop=loop, pvm_host=pvm_host)
     machine.console.on_quit = lambda: machine.request_stop(StopReason.user_quit())
     _attach_legacy_devices(machine)
-    machine.virtio = attach_virtio(vm, loop, machine.mmio_bus, memory, slots, devices)
+    machine.virtio = attach_virtio(vm, loop, machine.mmio_bus, memory, slots, devices,
+                                   machine.owned_fds)
     machine.console_input = machine.serial
     if _guest_console_is_hvc(cmdline):
         machine.console_input = next(

@@ -83,18 +83,24 @@ class IrqfdTrigger:
         os.eventfd_write(self.event_fd, 1)
 
 
-def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices) -> list:
-    """Map each device's transport and bind its notifications and interrupt to KVM."""
+def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices,
+                  owned_fds: list[int]) -> list:
+    """Map each device's transport and bind its notifications and interrupt to KVM.
+
+    The eventfds made here are appended to ``owned_fds`` for the machine to close.
+    """
     from pyvmm.devices.virtio.mmio import QUEUE_NOTIFY, VirtioMmioTransport
 
     transports = []
     for slot, device in zip(slots, devices):
         irq_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        owned_fds.append(irq_fd)
         vm.register_irqfd(irq_fd, slot.irq)
         transport = VirtioMmioTransport(device, memory, IrqfdTrigger(irq_fd))
         mmio_bus.insert(transport, slot.base, layout.VIRTIO_MMIO_SIZE)
         for index in range(len(device.queues)):
             notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            owned_fds.append(notify_fd)
             vm.register_ioeventfd(notify_fd, slot.base + QUEUE_NOTIFY, 4, datamatch=index)
             loop.add(notify_fd, _notify_handler(notify_fd, transport, index))
         transports.append(transport)

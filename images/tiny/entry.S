@@ -27,4 +27,5 @@ startup_64:
     .balign 16
 stack:
     .skip 16384
+    .globl stack_top
 stack_top:

@@ -48,8 +48,15 @@ int getc_poll(void)
     return inb(COM1);
 }
 
+/* Set by the PVH entry (pvh.S) to the address of struct hvm_start_info. */
+uint32_t pvh_start_info;
+
 const char *cmdline(const uint8_t *zp)
 {
+    if (!zp) {   /* PVH boot: hvm_start_info.cmdline_paddr at offset 24 */
+        uint64_t addr = pvh_start_info ? *(const volatile uint64_t *)(uintptr_t)(pvh_start_info + 24) : 0;
+        return addr ? (const char *)addr : "";
+    }
     uint64_t addr = rd32(zp, ZP_CMD_LINE_PTR) | ((uint64_t)rd32(zp, ZP_EXT_CMD_LINE_PTR) << 32);
     return addr ? (const char *)addr : "";
 }
@@ -90,6 +97,9 @@ uint64_t parse_dec(const char *s)
 void reset(void)
 {
     outb(I8042_COMMAND, 0xfe);
+    /* A machine without an i8042 (QEMU microvm) ignores that: say 0 through
+       the debug-exit port instead (QEMU then exits 1). */
+    outb(DEBUG_EXIT_PORT, 0);
     for (;;)
         __asm__ volatile("hlt");
 }
@@ -99,4 +109,31 @@ void debug_exit(uint8_t value)
     outb(DEBUG_EXIT_PORT, value);
     for (;;)
         __asm__ volatile("hlt");
+}
+
+int streq(const char *a, const char *b)
+{
+    while (*a && *a == *b) {
+        a++;
+        b++;
+    }
+    return *a == *b;
+}
+
+/* gcc may emit calls to these for loops and struct copies, even freestanding. */
+void *memset(void *dst, int c, size_t n)
+{
+    uint8_t *d = dst;
+    while (n--)
+        *d++ = (uint8_t)c;
+    return dst;
+}
+
+void *memcpy(void *dst, const void *src, size_t n)
+{
+    uint8_t *d = dst;
+    const uint8_t *s = src;
+    while (n--)
+        *d++ = *s++;
+    return dst;
 }

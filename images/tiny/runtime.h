@@ -47,6 +47,9 @@ const char *cmdline(const uint8_t *zp);
 /* Value of "key=" on the command line, copied into buf; 0 if absent. */
 int cmdline_get(const char *line, const char *key, char *buf, size_t len);
 uint64_t parse_dec(const char *s);
+int streq(const char *a, const char *b);
+void *memset(void *dst, int c, size_t n);
+void *memcpy(void *dst, const void *src, size_t n);
 __attribute__((noreturn)) void reset(void);
 __attribute__((noreturn)) void debug_exit(uint8_t value);
 

@@ -41,12 +41,12 @@ class Workload:
 
 
 WORKLOADS = (
-    Workload("seq read 1 MiB", "read", 1 << 20, 256 << 20, depth=4),
-    Workload("seq write 1 MiB", "write", 1 << 20, 256 << 20, depth=4),
-    Workload("seq read 4 KiB", "read", 4096, 8 << 20, depth=16),
-    Workload("seq write 4 KiB", "write", 4096, 8 << 20, depth=16),
-    Workload("latency 4 KiB read, depth 1", "read", 4096, 2 << 20, depth=1),
-    Workload("console 4 KiB writes", "console", 4096, 16 << 20, depth=1),
+    Workload("seq read 1 MiB", "read", 1 << 20, 4 << 30, depth=4),
+    Workload("seq write 1 MiB", "write", 1 << 20, 2 << 30, depth=4),
+    Workload("seq read 4 KiB", "read", 4096, 64 << 20, depth=16),
+    Workload("seq write 4 KiB", "write", 4096, 64 << 20, depth=16),
+    Workload("latency 4 KiB read, depth 1", "read", 4096, 16 << 20, depth=1),
+    Workload("console 4 KiB writes", "console", 4096, 32 << 20, depth=1),
 )
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 from pyvmm import __version__
-from pyvmm.config import (CPU_POLICIES, DEFAULT_CMDLINE, MachineConfig, parse_drive,
+from pyvmm.config import (CPU_POLICIES, DEFAULT_CMDLINE, VIRTIO_ANNOUNCE, MachineConfig, parse_drive,
                           parse_size)
 from pyvmm.errors import ConfigError, PyvmmError
 from pyvmm.exitstatus import ExitStatus
@@ -81,11 +81,13 @@ def main() -> None:
 #: Options of ``pyvmm run`` that a config file may also set: option name -> file key.
 FILE_KEYS = {"kernel": "kernel", "initrd": "initrd", "cmdline": "append", "memory": "memory",
              "cpus": "cpus", "timeout": "timeout", "cpu_policy": "cpu",
-             "virtio_console": "virtio_console", "drives": "drive"}
+             "virtio_console": "virtio_console", "drives": "drive",
+             "virtio_announce": "virtio_announce", "acpi": "acpi"}
 #: What an option is when neither the command line nor the file sets it.
 DEFAULTS: dict[str, Any] = {"initrd": None, "cmdline": DEFAULT_CMDLINE, "memory": 512 << 20,
                             "cpus": 1, "timeout": None, "cpu_policy": "auto",
-                            "virtio_console": True, "drives": ()}
+                            "virtio_console": True, "drives": (),
+                            "virtio_announce": "both", "acpi": True}
 
 
 def machine_options(command: Callable) -> Callable:
@@ -114,6 +116,12 @@ def machine_options(command: Callable) -> Callable:
         click.option("--virtio-console/--no-virtio-console", default=None,
                      help="Give the guest a virtio console, hvc0 (default on); with "
                           "console=hvc0 on the command line it takes the terminal."),
+        click.option("--virtio-announce", type=click.Choice(VIRTIO_ANNOUNCE),
+                     help="How the guest learns of virtio devices: the kernel command line "
+                          "(virtio_mmio.device=, needs VIRTIO_MMIO_CMDLINE_DEVICES), the ACPI "
+                          "DSDT, or both (default)."),
+        click.option("--acpi/--no-acpi", default=None,
+                     help="Give the guest ACPI tables (default on): CPUs, devices, poweroff."),
     ]
     for option in reversed(options):
         command = option(command)

@@ -13,6 +13,8 @@ DEFAULT_CMDLINE = "console=ttyS0 reboot=k"
 MIN_MEMORY = 16 << 20
 #: CPU feature policies: see pyvmm.arch.x86_64.cpuid.
 CPU_POLICIES = ("auto", "host", "compat")
+#: Ways of telling the guest about virtio-mmio devices.
+VIRTIO_ANNOUNCE = ("both", "acpi", "cmdline")
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -89,6 +91,10 @@ class MachineConfig:
     cpu_policy: str = "auto"
     drives: tuple[DriveConfig, ...] = ()
     virtio_console: bool = True
+    #: Where the guest learns of virtio devices: "cmdline", "acpi" or "both".
+    virtio_announce: str = "both"
+    #: Write ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) into guest memory.
+    acpi: bool = True
 
     def __post_init__(self) -> None:
         if self.memory < MIN_MEMORY:
@@ -101,5 +107,10 @@ class MachineConfig:
             raise ConfigError(f"--cpus {self.cpus}: a machine needs at least one vCPU")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"--timeout {self.timeout:g}: must be a positive number of seconds")
+        if self.virtio_announce not in VIRTIO_ANNOUNCE:
+            raise ConfigError(f"--virtio-announce {self.virtio_announce!r}: choose one of "
+                              f"{', '.join(VIRTIO_ANNOUNCE)}")
+        if self.virtio_announce in ("acpi", "both") and not self.acpi:
+            object.__setattr__(self, "virtio_announce", "cmdline")
         if self.cpu_policy not in CPU_POLICIES:
             raise ConfigError(f"--cpu {self.cpu_policy!r}: choose one of {', '.join(CPU_POLICIES)}")

@@ -9,6 +9,8 @@ cpus = 2
 timeout = 60
 cpu = "auto"
 virtio_console = true
+virtio_announce = "both"               # or "acpi", "cmdline"
+acpi = true
 
 [[drive]]
 path = "disk.img"
@@ -29,14 +31,15 @@ import re
 import tomllib
 from typing import Any
 
-from pyvmm.config import CACHE_MODES, CPU_POLICIES, DriveConfig, parse_size
+from pyvmm.config import (CACHE_MODES, CPU_POLICIES, VIRTIO_ANNOUNCE, DriveConfig,
+                          parse_size)
 from pyvmm.errors import ConfigError, PyvmmError
 
 #: key -> the Python types its value may have.
 SCHEMA: dict[str, tuple[type, ...]] = {
     "kernel": (str,), "initrd": (str,), "append": (str,), "memory": (str, int),
     "cpus": (int,), "timeout": (int, float), "cpu": (str,), "virtio_console": (bool,),
-    "drive": (list,),
+    "drive": (list,), "virtio_announce": (str,), "acpi": (bool,),
 }
 DRIVE_SCHEMA: dict[str, tuple[type, ...]] = {
     "path": (str,), "readonly": (bool,), "cache": (str,), "serial": (str,),
@@ -123,6 +126,8 @@ def _convert(key: str, value: Any, where: _Locator, base: str) -> Any:
         raise where.fail(key, f"{value} (must be a positive number of seconds)")
     if key == "cpu" and value not in CPU_POLICIES:
         raise where.fail(key, f"{value!r} (choose one of {', '.join(CPU_POLICIES)})")
+    if key == "virtio_announce" and value not in VIRTIO_ANNOUNCE:
+        raise where.fail(key, f"{value!r} (choose one of {', '.join(VIRTIO_ANNOUNCE)})")
     if key == "drive":
         return tuple(_drive(item, index, where, base) for index, item in enumerate(value))
     return value

@@ -36,6 +36,8 @@ def show_config(config: MachineConfig, as_json: bool) -> None:
     table.add_row("memory", f"{config.memory >> 20} MiB")
     table.add_row("vCPUs", str(config.cpus))
     table.add_row("CPU policy", config.cpu_policy)
+    table.add_row("ACPI", "on" if config.acpi else "off")
+    table.add_row("virtio announced on", config.virtio_announce)
     table.add_row("timeout", f"{config.timeout:g} s" if config.timeout else "none")
     for device in data["virtio_devices"]:
         what = device["kind"] + (f" {device['path']}" if device["path"] else "")

@@ -41,7 +41,8 @@ from pyvmm.kvm.system import Kvm, is_pvm_host
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.memory import GuestMemory
-from pyvmm.virtio_slots import announce, attach_virtio, open_virtio_devices, plan_virtio_slots
+from pyvmm.acpi.tables import write_acpi_tables
+from pyvmm.virtio_slots import acpi_platform, announce, attach_virtio, open_virtio_devices, plan_virtio_slots
 
 log = logging.getLogger(__name__)
 
@@ -301,9 +302,14 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
 
     # Everything that can be wrong with the input is found before KVM is opened.
     slots = plan_virtio_slots(config)
-    cmdline = " ".join(part for part in (config.cmdline, announce(slots)) if part)
+    cmdline = config.cmdline
+    if config.virtio_announce in ("cmdline", "both"):
+        cmdline = " ".join(part for part in (cmdline, announce(slots)) if part)
     memory = GuestMemory.anonymous(layout.ram_ranges(config.memory))
-    boot = prepare_boot(memory, kernel_image, initrd_image, cmdline)
+    rsdp = 0
+    if config.acpi:
+        rsdp = write_acpi_tables(memory, acpi_platform(config, slots))
+    boot = prepare_boot(memory, kernel_image, initrd_image, cmdline, rsdp_address=rsdp)
     console = console or HostConsole(on_quit=lambda: None)
     devices = open_virtio_devices(slots, console.write)
 

@@ -19,6 +19,8 @@ from pyvmm.errors import ConfigError
 
 #: What pyvmm announces as each window's size on the kernel command line.
 ANNOUNCED_SIZE = "4K"
+#: The same window as an ACPI resource (Memory32Fixed length).
+ACPI_WINDOW_SIZE = 0x1000
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,16 @@ def plan_virtio_slots(config: MachineConfig) -> list[VirtioSlot]:
     return [VirtioSlot(layout.VIRTIO_MMIO_START + index * layout.VIRTIO_MMIO_SIZE,
                        layout.VIRTIO_IRQS[index], kind, drive)
             for index, (kind, drive) in enumerate(kinds)]
+
+
+def acpi_platform(config: MachineConfig, slots: list[VirtioSlot]):
+    """What the ACPI tables describe: CPUs, and virtio slots only if announced there."""
+    from pyvmm.acpi.tables import AcpiPlatform
+    from pyvmm.acpi.tables import VirtioSlot as AcpiVirtioSlot
+
+    described = () if config.virtio_announce == "cmdline" else tuple(
+        AcpiVirtioSlot(slot.base, ACPI_WINDOW_SIZE, slot.irq) for slot in slots)
+    return AcpiPlatform(cpus=config.cpus, virtio=described)
 
 
 def announce(slots: list[VirtioSlot]) -> str:

@@ -1,0 +1,186 @@
+"""The ACPI tables of a hardware-reduced x86 micro-VM, written into guest RAM.
+
+As QEMU ``-M microvm``, Firecracker and Cloud Hypervisor do, pyvmm describes
+its platform through ACPI so stock kernels (which may lack MP-table parsing
+and ``virtio_mmio.device=`` support) find the CPUs, the UART, the virtio-mmio
+devices, the pvpanic port and how to power off:
+
+    RSDP (in the BIOS area Linux scans) -> XSDT -> FADT -> DSDT (AML)
+                                                -> MADT
+
+The FADT declares HW_REDUCED_ACPI: no PM1 blocks, no SCI; poweroff is a
+write to the sleep control register (``SLP_TYP`` 5, matching ``\\_S5_``),
+reset a write of 0xFE to the i8042 command port.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from pyvmm.acpi import aml
+from pyvmm.arch.x86_64 import layout
+from pyvmm.devices.platform import S5_SLP_TYP
+from pyvmm.memory import GuestMemory
+
+OEM_ID = b"PYVMM "
+OEM_TABLE_ID = b"PYVMMACP"
+CREATOR_ID = b"PYVM"
+HEADER = struct.Struct("<4sIBB6s8sI4sI")
+#: Bytes the tables may use from the RSDP up (the BIOS area ends at 1 MiB).
+AREA_SIZE = layout.HIMEM_START - layout.RSDP_START
+
+FADT_REVISION = 6
+FADT_LENGTH = 276
+FADT_RESET_REG_SUP = 1 << 10
+FADT_HW_REDUCED_ACPI = 1 << 20
+IAPC_VGA_NOT_PRESENT = 1 << 2
+IAPC_CMOS_RTC_NOT_PRESENT = 1 << 5
+GAS_SYSTEM_IO = 1
+MADT_PCAT_COMPAT = 1
+
+
+@dataclass(frozen=True)
+class VirtioSlot:
+    base: int
+    size: int
+    irq: int
+
+
+@dataclass(frozen=True)
+class AcpiPlatform:
+    """What the tables describe."""
+
+    cpus: int
+    virtio: tuple[VirtioSlot, ...] = ()
+    serial_port: int = layout.COM1_PORT
+    serial_irq: int = layout.COM1_IRQ
+    pvpanic_port: int | None = layout.PVPANIC_PORT
+    sleep_control_port: int = layout.ACPI_SLEEP_CONTROL_PORT
+    sleep_status_port: int = layout.ACPI_SLEEP_STATUS_PORT
+    reset_port: int = layout.I8042_COMMAND_PORT
+    reset_value: int = 0xFE
+    ioapic_address: int = layout.IOAPIC_START
+    lapic_address: int = layout.APIC_START
+
+
+def checksum(data: bytes) -> int:
+    """The byte that makes ``data`` sum to zero."""
+    return (-sum(data)) & 0xFF
+
+
+def table(signature: bytes, revision: int, body: bytes) -> bytes:
+    """A system description table: header (with checksum) + body."""
+    length = HEADER.size + len(body)
+    header = HEADER.pack(signature, length, revision, 0, OEM_ID, OEM_TABLE_ID, 1,
+                         CREATOR_ID, 1)
+    raw = bytearray(header + body)
+    raw[9] = checksum(raw)
+    return bytes(raw)
+
+
+def gas_io(port: int, width_bits: int = 8) -> bytes:
+    """A Generic Address Structure for an I/O port."""
+    return struct.pack("<BBBBQ", GAS_SYSTEM_IO, width_bits, 0, 1, port)
+
+
+def build_dsdt(platform: AcpiPlatform) -> bytes:
+    devices = [aml.device(
+        "COM1",
+        aml.name("_HID", aml.eisa_id("PNP0501")),
+        aml.name("_UID", 0),
+        aml.name("_STA", 0x0F),
+        aml.name("_CRS", aml.resource_template(aml.io_port(platform.serial_port, 8),
+                                               aml.irq_no_flags(platform.serial_irq))))]
+    for index, slot in enumerate(platform.virtio):
+        devices.append(aml.device(
+            f"VR{index:02X}",
+            aml.name("_HID", "LNRO0005"),   # the virtio-mmio ACPI ID Linux matches
+            aml.name("_UID", index),
+            aml.name("_CCA", 1),            # cache-coherent DMA
+            aml.name("_CRS", aml.resource_template(
+                aml.memory32_fixed(slot.base, slot.size),
+                # Edge: pyvmm injects virtio interrupts through irqfds, which pulse.
+                aml.interrupt(slot.irq, edge=True)))))
+    if platform.pvpanic_port is not None:
+        devices.append(aml.device(
+            "PEVT",
+            aml.name("_HID", "QEMU0001"),
+            aml.name("_STA", 0x0F),
+            aml.name("_CRS", aml.resource_template(aml.io_port(platform.pvpanic_port, 1)))))
+    body = aml.scope("\\_SB_", *devices) + \
+        aml.name("\\_S5_", aml.package(S5_SLP_TYP, S5_SLP_TYP, 0, 0))
+    return table(b"DSDT", 2, body)
+
+
+def build_madt(platform: AcpiPlatform) -> bytes:
+    entries = b""
+    for cpu in range(platform.cpus):
+        entries += struct.pack("<BBBBI", 0, 8, cpu, cpu, 1)        # local APIC, enabled
+    entries += struct.pack("<BBBBII", 1, 12, 0, 0, platform.ioapic_address, 0)  # IOAPIC
+    entries += struct.pack("<BBBBIH", 2, 10, 0, 0, 2, 0)           # IRQ0 -> GSI 2
+    entries += struct.pack("<BBBHB", 4, 6, 0xFF, 0, 1)            # NMI on LINT1, all CPUs
+    return table(b"APIC", 5, struct.pack("<II", platform.lapic_address, MADT_PCAT_COMPAT)
+                 + entries)
+
+
+def build_fadt(platform: AcpiPlatform, dsdt_address: int) -> bytes:
+    body = bytearray(FADT_LENGTH - HEADER.size)
+
+    def put(offset: int, fmt: str, *values: int | bytes) -> None:
+        struct.pack_into(fmt, body, offset - HEADER.size, *values)
+
+    put(109, "<H", IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT)
+    put(112, "<I", FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP)
+    body[116 - HEADER.size:128 - HEADER.size] = gas_io(platform.reset_port)
+    put(128, "<B", platform.reset_value)
+    put(131, "<B", 0)                                   # FADT minor version
+    put(140, "<Q", dsdt_address)                         # X_DSDT
+    body[244 - HEADER.size:256 - HEADER.size] = gas_io(platform.sleep_control_port)
+    body[256 - HEADER.size:268 - HEADER.size] = gas_io(platform.sleep_status_port)
+    put(268, "<8s", b"PYVMM\0\0\0")                      # hypervisor vendor identity
+    return table(b"FACP", FADT_REVISION, bytes(body))
+
+
+def build_xsdt(addresses: list[int]) -> bytes:
+    return table(b"XSDT", 1, struct.pack(f"<{len(addresses)}Q", *addresses))
+
+
+def build_rsdp(xsdt_address: int) -> bytes:
+    raw = bytearray(struct.pack("<8sB6sBIIQB3x", b"RSD PTR ", 0, OEM_ID, 2, 0, 36,
+                                xsdt_address, 0))
+    raw[8] = checksum(raw[:20])
+    raw[32] = checksum(raw)
+    return bytes(raw)
+
+
+def _align(value: int, alignment: int = 16) -> int:
+    return (value + alignment - 1) // alignment * alignment
+
+
+def build_tables(platform: AcpiPlatform, base: int = layout.RSDP_START) -> dict[str, tuple[int, bytes]]:
+    """Every table and where it goes: name -> (guest address, bytes).  Pure."""
+    dsdt = build_dsdt(platform)
+    madt = build_madt(platform)
+    rsdp_at = base
+    xsdt_at = _align(rsdp_at + 36)
+    fadt_at = _align(xsdt_at + HEADER.size + 16)
+    madt_at = _align(fadt_at + FADT_LENGTH)
+    dsdt_at = _align(madt_at + len(madt))
+    if dsdt_at + len(dsdt) > base + AREA_SIZE:
+        raise ValueError("ACPI tables do not fit in the BIOS area")
+    return {
+        "RSDP": (rsdp_at, build_rsdp(xsdt_at)),
+        "XSDT": (xsdt_at, build_xsdt([fadt_at, madt_at])),
+        "FACP": (fadt_at, build_fadt(platform, dsdt_at)),
+        "APIC": (madt_at, madt),
+        "DSDT": (dsdt_at, dsdt),
+    }
+
+
+def write_acpi_tables(memory: GuestMemory, platform: AcpiPlatform,
+                      base: int = layout.RSDP_START) -> int:
+    """Write the tables into guest RAM; return the RSDP address (for the zero page)."""
+    for address, data in build_tables(platform, base).values():
+        memory.write(address, data)
+    return base

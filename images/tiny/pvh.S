@@ -61,6 +61,7 @@ pvh_gdt_desc:
 
     .section .data
     .balign 4096
+    .globl pvh_pml4
 pvh_pml4:
     .quad pvh_pdpt + 0x3
     .fill 511, 8, 0

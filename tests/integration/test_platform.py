@@ -1,0 +1,90 @@
+"""The platform pyvmm gives a guest: ACPI tables, SMP, poweroff, panic, PVH, restart."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pyvmm.exitstatus import ExitStatus
+from pyvmm.kvm.system import is_pvm_host
+
+from .conftest import image, run_pyvmm
+
+
+@pytest.mark.parametrize("cpus", [1, 4])
+def test_every_vcpu_starts_and_reports_its_apic_id(cpus: int) -> None:
+    result = run_pyvmm("run", "-k", str(image("tiny/smp.bzImage")), "--cpus", str(cpus),
+                       "--timeout", "60")
+    assert result.status == ExitStatus.OK, result.stdout + result.stderr
+    assert f"smp: {cpus} cpus up" in result.stdout
+    assert sorted(int(i) for i in re.findall(r"smp: cpu (\d+) up", result.stdout)) == \
+        list(range(1, cpus))
+
+
+def test_guest_walks_the_acpi_tables(tmp_path) -> None:
+    disk = tmp_path / "d.img"
+    disk.write_bytes(bytes(4096))
+    result = run_pyvmm("run", "-k", str(image("tiny/acpi.bzImage")), "--cpus", "2",
+                       "--drive", str(disk), "-a", "console=ttyS0 acpitest=walk")
+    assert result.status == ExitStatus.OK, result.stdout
+    # Two virtio devices: the disk and the console.
+    assert "acpi: ok cpus=2 virtio=2 pvpanic=0x505 sleep=0x3c0" in result.stdout
+
+
+def test_virtio_devices_only_on_the_command_line_when_asked() -> None:
+    result = run_pyvmm("run", "-k", str(image("tiny/acpi.bzImage")),
+                       "--virtio-announce", "cmdline", "-a", "console=ttyS0 acpitest=walk")
+    assert "virtio=0" in result.stdout
+
+
+def test_acpi_poweroff_exits_zero() -> None:
+    result = run_pyvmm("run", "-k", str(image("tiny/acpi.bzImage")),
+                       "-a", "console=ttyS0 acpitest=poweroff", "-v")
+    assert result.status == ExitStatus.OK
+    assert "acpi: powering off" in result.stdout
+    assert "ACPI S5" in result.stderr
+
+
+def test_pvpanic_gives_the_panic_status() -> None:
+    result = run_pyvmm("run", "-k", str(image("tiny/acpi.bzImage")),
+                       "-a", "console=ttyS0 acpitest=panic")
+    assert result.status == ExitStatus.GUEST_PANIC
+    assert "panicked (pvpanic)" in result.stderr
+
+
+def test_no_acpi_means_no_tables() -> None:
+    result = run_pyvmm("run", "-k", str(image("tiny/acpi.bzImage")), "--no-acpi",
+                       "-a", "console=ttyS0 acpitest=walk")
+    assert result.status == 3  # the guest's FAIL: debug-exit 1
+    assert "acpi: FAIL no RSDP" in result.stdout
+
+
+def test_on_reboot_restart_runs_the_guest_again_within_the_timeout() -> None:
+    result = run_pyvmm("run", "-k", str(image("tiny/bootcheck.bzImage")),
+                       "--on-reboot", "restart", "--timeout", "3")
+    assert result.status == ExitStatus.TIMEOUT
+    assert result.stdout.count("pyvmm-tiny: hello") >= 2
+    assert "restarting" in result.stderr
+
+
+def test_tiny_guest_as_pvh_elf() -> None:
+    result = run_pyvmm("run", "-k", str(image("tiny/smp.elf")), "--cpus", "2",
+                       "--timeout", "60")
+    assert result.status == ExitStatus.OK and "smp: 2 cpus up" in result.stdout
+
+
+def test_minimal_linux_as_elf_through_pvh() -> None:
+    vmlinux = image("linux/vmlinux")
+    cmdline = "console=ttyS0 noxsave panic=-1"
+    result = run_pyvmm("run", "-k", str(vmlinux), "-i", str(image("initramfs.cpio.gz")),
+                       "--cpus", "2", "-a", cmdline, "--timeout", "240", timeout=300)
+    assert "Linux version 6.1" in result.stdout
+    assert "ACPI: RSDP 0x00000000000E0000" in result.stdout   # found our tables
+    assert "smpboot: Allowing 2 CPUs" in result.stdout        # from our MADT
+    assert "RAMDISK:" in result.stdout                        # the PVH initrd module
+    if is_pvm_host():
+        assert result.status == ExitStatus.KVM_FAILURE
+        assert "emulation failure" in result.stderr
+    else:
+        assert result.status == ExitStatus.OK

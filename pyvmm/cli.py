@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 from pyvmm import __version__
-from pyvmm.config import (CPU_POLICIES, DEFAULT_CMDLINE, VIRTIO_ANNOUNCE, MachineConfig, parse_drive,
+from pyvmm.config import (CPU_POLICIES, DEFAULT_CMDLINE, DUMP_EVENTS, VIRTIO_ANNOUNCE, MachineConfig, parse_drive,
                           parse_size)
 from pyvmm.errors import ConfigError, PyvmmError
 from pyvmm.exitstatus import ExitStatus
@@ -82,12 +82,14 @@ def main() -> None:
 FILE_KEYS = {"kernel": "kernel", "initrd": "initrd", "cmdline": "append", "memory": "memory",
              "cpus": "cpus", "timeout": "timeout", "cpu_policy": "cpu",
              "virtio_console": "virtio_console", "drives": "drive",
-             "virtio_announce": "virtio_announce", "acpi": "acpi"}
+             "virtio_announce": "virtio_announce", "acpi": "acpi", "dump": "dump",
+             "dump_on": "dump_on", "control": "control"}
 #: What an option is when neither the command line nor the file sets it.
 DEFAULTS: dict[str, Any] = {"initrd": None, "cmdline": DEFAULT_CMDLINE, "memory": 512 << 20,
                             "cpus": 1, "timeout": None, "cpu_policy": "auto",
                             "virtio_console": True, "drives": (),
-                            "virtio_announce": "both", "acpi": True}
+                            "virtio_announce": "both", "acpi": True, "dump": None,
+                            "dump_on": (), "control": None}
 
 
 def machine_options(command: Callable) -> Callable:
@@ -122,6 +124,16 @@ def machine_options(command: Callable) -> Callable:
                           "DSDT, or both (default)."),
         click.option("--acpi/--no-acpi", default=None,
                      help="Give the guest ACPI tables (default on): CPUs, devices, poweroff."),
+        click.option("--dump", type=click.Path(dir_okay=False),
+                     help="Write an ELF core of the guest (as QEMU's dump-guest-memory) "
+                          "here; read it with 'pyvmm inspect'."),
+        click.option("--dump-on", "dump_on", multiple=True, type=click.Choice(DUMP_EVENTS),
+                     help="When to dump (repeatable; default panic and timeout): guest "
+                          "panic / triple fault / KVM failure, any exit, SIGUSR1 (live), "
+                          "--timeout."),
+        click.option("--control", type=click.Path(dir_okay=False),
+                     help="Listen on this unix socket for live dumps "
+                          "('pyvmm inspect summary SOCKET' reads the running guest)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -144,6 +156,9 @@ def effective_config(ctx: click.Context, params: dict[str, Any]) -> MachineConfi
         if name == "drives":
             if given:
                 values[name] = tuple(parse_drive(d) for d in given)
+        elif name == "dump_on":
+            if given:
+                values[name] = tuple(given)
         elif given is not None and source == click.core.ParameterSource.COMMANDLINE:
             values[name] = given
     if not values.get("kernel"):

@@ -13,6 +13,10 @@ DEFAULT_CMDLINE = "console=ttyS0 reboot=k"
 MIN_MEMORY = 16 << 20
 #: CPU feature policies: see pyvmm.arch.x86_64.cpuid.
 CPU_POLICIES = ("auto", "host", "compat")
+#: When a dump is written: guest panic (pvpanic, triple fault, KVM failure), any
+#: exit, SIGUSR1 (live: the guest pauses, is dumped, resumes), --timeout.
+DUMP_EVENTS = ("panic", "exit", "signal", "timeout")
+DEFAULT_DUMP_EVENTS = ("panic", "timeout")
 #: Ways of telling the guest about virtio-mmio devices.
 VIRTIO_ANNOUNCE = ("both", "acpi", "cmdline")
 
@@ -95,6 +99,11 @@ class MachineConfig:
     virtio_announce: str = "both"
     #: Write ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) into guest memory.
     acpi: bool = True
+    #: Write an ELF core of the guest here when one of ``dump_on`` happens.
+    dump: str | None = None
+    dump_on: tuple[str, ...] = ()
+    #: A unix socket on which the running VMM takes live-dump requests.
+    control: str | None = None
 
     def __post_init__(self) -> None:
         if self.memory < MIN_MEMORY:
@@ -112,5 +121,12 @@ class MachineConfig:
                               f"{', '.join(VIRTIO_ANNOUNCE)}")
         if self.virtio_announce in ("acpi", "both") and not self.acpi:
             object.__setattr__(self, "virtio_announce", "cmdline")
+        bad = set(self.dump_on) - set(DUMP_EVENTS)
+        if bad:
+            raise ConfigError(f"--dump-on {sorted(bad)[0]!r}: choose from {', '.join(DUMP_EVENTS)}")
+        if self.dump_on and not self.dump:
+            raise ConfigError("--dump-on needs --dump PATH (where to write the dump)")
+        if self.dump and not self.dump_on:
+            object.__setattr__(self, "dump_on", DEFAULT_DUMP_EVENTS)
         if self.cpu_policy not in CPU_POLICIES:
             raise ConfigError(f"--cpu {self.cpu_policy!r}: choose one of {', '.join(CPU_POLICIES)}")

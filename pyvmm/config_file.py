@@ -31,7 +31,8 @@ import re
 import tomllib
 from typing import Any
 
-from pyvmm.config import (CACHE_MODES, CPU_POLICIES, VIRTIO_ANNOUNCE, DriveConfig,
+from pyvmm.config import (CACHE_MODES, CPU_POLICIES, DUMP_EVENTS, VIRTIO_ANNOUNCE,
+                          DriveConfig,
                           parse_size)
 from pyvmm.errors import ConfigError, PyvmmError
 
@@ -39,12 +40,13 @@ from pyvmm.errors import ConfigError, PyvmmError
 SCHEMA: dict[str, tuple[type, ...]] = {
     "kernel": (str,), "initrd": (str,), "append": (str,), "memory": (str, int),
     "cpus": (int,), "timeout": (int, float), "cpu": (str,), "virtio_console": (bool,),
-    "drive": (list,), "virtio_announce": (str,), "acpi": (bool,),
+    "drive": (list,), "virtio_announce": (str,), "acpi": (bool,), "dump": (str,),
+    "dump_on": (list,), "control": (str,),
 }
 DRIVE_SCHEMA: dict[str, tuple[type, ...]] = {
     "path": (str,), "readonly": (bool,), "cache": (str,), "serial": (str,),
 }
-_PATH_KEYS = ("kernel", "initrd")
+_PATH_KEYS = ("kernel", "initrd", "dump", "control")
 
 
 class _Locator:
@@ -111,6 +113,10 @@ def load_config_file(path: str) -> dict[str, Any]:
 
 
 def _convert(key: str, value: Any, where: _Locator, base: str) -> Any:
+    if key == "dump_on":
+        if not all(isinstance(v, str) and v in DUMP_EVENTS for v in value):
+            raise where.fail(key, f"{value!r} (a list of: {', '.join(DUMP_EVENTS)})")
+        return tuple(value)
     if key in _PATH_KEYS:
         return os.path.join(base, os.path.expanduser(value))
     if key == "memory":

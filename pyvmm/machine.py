@@ -33,7 +33,7 @@ from pyvmm.devices.platform import PvPanic, SleepControl
 from pyvmm.devices.serial import Serial
 from pyvmm.devices.virtio.console import ConsoleDevice
 from pyvmm.dispatch import UnknownAccessLog, dispatch_exit
-from pyvmm.errors import ConfigError, LoaderError
+from pyvmm.errors import ConfigError, DeviceError, LoaderError, PyvmmError
 from pyvmm.eventloop import EventLoop
 from pyvmm.exitstatus import StopReason
 from pyvmm.kvm._ffi import address_of
@@ -104,6 +104,11 @@ class Machine:
     _threads: list[threading.Thread] = field(default_factory=list)
     _unknown: UnknownAccessLog = field(default_factory=UnknownAccessLog)
     _stdin_paused: bool = False
+    _pausing: bool = False
+    _parked: int = 0
+    _pause_cond: threading.Condition = field(default_factory=threading.Condition)
+    _usr1_pending: bool = False
+    _control: object | None = None
     _stdin_is_file: bool = False
 
     # -- stopping ------------------------------------------------------------
@@ -144,6 +149,9 @@ class Machine:
 
         try:
             while not self._stopping:
+                if self._pausing:
+                    self._park()
+                    continue
                 exit = vcpu.run()
                 reason = dispatch_exit(exit, pio, mmio, unknown, read_rip, self.pvm_host)
                 if reason is not None:
@@ -152,6 +160,53 @@ class Machine:
         except Exception as exc:  # noqa: BLE001 - reported, then the VM stops
             log.debug("vCPU %d failed:\n%s", vcpu.id, traceback.format_exc())
             self.request_stop(StopReason.vmm_error(f"vCPU {vcpu.id}: {exc}"))
+
+    # -- pausing for live dumps -----------------------------------------------------
+
+    def _park(self) -> None:
+        """Called by a vCPU thread: wait here until the pause is over."""
+        with self._pause_cond:
+            self._parked += 1
+            self._pause_cond.notify_all()
+            while self._pausing and not self._stopping:
+                self._pause_cond.wait(0.5)
+            self._parked -= 1
+
+    def live_dump(self, path: str) -> float:
+        """Pause every vCPU, dump the guest to ``path``, resume; return the seconds taken."""
+        from pyvmm.dump.capture import dump_machine
+
+        start = time.monotonic()
+        with self._pause_cond:
+            self._pausing = True
+        try:
+            deadline = time.monotonic() + VCPU_JOIN_SECONDS
+            with self._pause_cond:
+                while self._parked < len(self._threads) and time.monotonic() < deadline:
+                    self._pause_cond.release()
+                    try:
+                        self._kick_vcpus()
+                    finally:
+                        self._pause_cond.acquire()
+                    self._pause_cond.wait(0.02)
+                if self._parked < len(self._threads):
+                    raise DeviceError("could not pause the vCPUs for a live dump")
+            dump_machine(path, self.memory, self.vcpus, None)
+        finally:
+            with self._pause_cond:
+                self._pausing = False
+                self._pause_cond.notify_all()
+        return time.monotonic() - start
+
+    def _on_sigusr1(self) -> None:
+        """SIGUSR1 with --dump-on signal: a live dump to --dump."""
+        if self.config.dump and "signal" in self.config.dump_on:
+            try:
+                seconds = self.live_dump(self.config.dump)
+                log.warning("live dump written to %s (guest paused %.2f s)",
+                            self.config.dump, seconds)
+            except PyvmmError as exc:
+                log.error("live dump failed: %s", exc)
 
     # -- the console ------------------------------------------------------------
 
@@ -172,7 +227,10 @@ class Machine:
             self.loop.remove(self.console.stdin_fd)
 
     def _tick(self) -> float | None:
-        """Resume a paused stdin, or poll a stdin that epoll can't watch."""
+        """Serve a SIGUSR1; resume a paused stdin, or poll a stdin epoll can't watch."""
+        if self._usr1_pending:
+            self._usr1_pending = False
+            self._on_sigusr1()
         if self.console.at_eof or self.console_input is None:
             return None
         if self._stdin_paused and self.console_input.input_room() > 0:
@@ -199,6 +257,11 @@ class Machine:
         self.console.start()
         try:
             self._watch_stdin()
+            if self.config.control:
+                from pyvmm.control import ControlServer
+
+                self._control = ControlServer(self.config.control, self.live_dump)
+                self.loop.add(self._control.fd, self._control.on_ready)
             for vcpu in self.vcpus:
                 thread = threading.Thread(target=self._vcpu_main, args=(vcpu,),
                                           name=f"vcpu{vcpu.id}", daemon=True)
@@ -216,12 +279,27 @@ class Machine:
             self._stopping = True
             self._join_vcpus()
             self._note_where_vcpus_were()
+            self._dump_at_exit()
+            if self._control is not None:
+                self._control.close()
             self._shut_down_devices()
             self.console.restore()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         assert self._stop_reason is not None
         return self._stop_reason
+
+    def _dump_at_exit(self) -> None:
+        from pyvmm.dump.capture import dump_machine, wanted
+
+        reason = self._stop_reason
+        if not self.config.dump or reason is None or not wanted(self.config.dump_on, reason):
+            return
+        try:
+            seconds = dump_machine(self.config.dump, self.memory, self.vcpus, reason)
+            log.warning("guest dump written to %s in %.1f s", self.config.dump, seconds)
+        except Exception as exc:  # noqa: BLE001 - the exit status still tells what happened
+            log.error("could not write the guest dump: %s", exc)
 
     def close(self) -> None:
         """Release the VM: vCPU and VM fds, guest RAM, the event loop."""
@@ -271,8 +349,13 @@ class Machine:
         def stop_on_signal(signum: int, _frame: FrameType | None) -> None:
             self.request_stop(StopReason.signal(signum, signal.Signals(signum).name))
 
+        def usr1(_signum: int, _frame: FrameType | None) -> None:
+            self._usr1_pending = True
+            self.loop.wake()
+
         previous = {}
-        for signum, handler in ((signal.SIGINT, stop_on_signal),
+        for signum, handler in ((signal.SIGUSR1, usr1),
+                                (signal.SIGINT, stop_on_signal),
                                 (signal.SIGTERM, stop_on_signal),
                                 (signal.SIGHUP, stop_on_signal),
                                 (KICK_SIGNAL, lambda *_: None)):

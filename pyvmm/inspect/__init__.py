@@ -1,0 +1,1 @@
+"""``pyvmm inspect``: read guest memory dumps (and running VMs) for people and scripts."""

@@ -152,6 +152,8 @@ class CoreDump:
         self.path = path
         try:
             with open(path, "rb") as stream:
+                if os.fstat(stream.fileno()).st_size == 0:
+                    raise DumpError(f"{path}: not an ELF file (it is empty)")
                 self._map = mmap.mmap(stream.fileno(), 0, prot=mmap.PROT_READ)
         except FileNotFoundError:
             raise DumpError(f"dump {path!r} not found") from None

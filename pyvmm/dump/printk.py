@@ -94,12 +94,18 @@ def read_log(read_virt: Callable[[int, int], bytes], prb_pointer: int,
 
 def _text(read_virt, data: int, size_bits: int, size: int, begin: int, next_lpos: int,
           text_len: int) -> bytes:
-    """A record's text: a data block (an id word, then the text), maybe wrapped to 0."""
-    if begin == next_lpos or begin & 1:  # data-less or invalid positions
+    """A record's text, as the kernel's get_data() finds it.
+
+    A data block is an id word then the text; one that would run past the end
+    of the ring is stored at its beginning instead ("wrapped").
+    """
+    if begin == next_lpos or begin & 1 or next_lpos & 1:  # data-less records
         return b""
-    if begin >> size_bits == next_lpos >> size_bits:
+    if begin >> size_bits == (next_lpos - 1) >> size_bits and begin < next_lpos:
         block, available = begin % size, next_lpos - begin
-    else:  # the block did not fit at the end, so it starts at the ring's beginning
+    elif (begin + size) >> size_bits == next_lpos >> size_bits:
         block, available = 0, next_lpos % size
+    else:
+        return b""
     length = max(0, min(text_len, available - 8))
     return read_virt(data + block + 8, length) if length else b""

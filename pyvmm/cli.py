@@ -187,7 +187,7 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, **params: Any) -> Non
                         format="pyvmm: %(message)s", stream=sys.stderr)
     try:
         config = effective_config(ctx, params)
-        from pyvmm.machine import build_machine
+        from pyvmm.builder import build_machine
 
         deadline = None if config.timeout is None else time.monotonic() + config.timeout
         while True:

@@ -1,7 +1,6 @@
-"""Machine assembly and the run loop.
+"""A built machine and its run loop.
 
-``build_machine`` is the recipe: open KVM, create the VM and its RAM, load the
-kernel, set up the boot CPU, attach the devices.  ``Machine.run`` runs one
+``pyvmm.builder.build_machine`` assembles one; ``Machine.run`` runs one
 thread per vCPU (KVM_RUN releases the GIL) while the main thread runs the
 epoll loop over stdin, signals and device events, and stops everything on the
 first ``StopReason``: poweroff, reset, triple fault, timeout, a signal, or an
@@ -21,60 +20,26 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Callable
 
-from pyvmm.arch.x86_64 import layout
-from pyvmm.arch.x86_64.boot import BootState, prepare_boot
-from pyvmm.arch.x86_64.cpuid import CpuidEntry, adjust_cpuid, describe_policy
+from pyvmm.arch.x86_64.boot import BootState
 from pyvmm.config import MachineConfig
 from pyvmm.console import HostConsole
 from pyvmm.devices.bus import Bus
-from pyvmm.devices.i8042 import I8042
-from pyvmm.devices.legacy import DebugExit, IgnoredPorts
-from pyvmm.devices.platform import PvPanic, SleepControl
 from pyvmm.devices.serial import Serial
-from pyvmm.devices.virtio.console import ConsoleDevice
 from pyvmm.dispatch import UnknownAccessLog, dispatch_exit
-from pyvmm.errors import ConfigError, DeviceError, LoaderError, PyvmmError
+from pyvmm.errors import DeviceError, PyvmmError
 from pyvmm.eventloop import EventLoop
 from pyvmm.exitstatus import StopReason
-from pyvmm.kvm._ffi import address_of
-from pyvmm.kvm.system import Kvm, is_pvm_host
+from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.memory import GuestMemory
-from pyvmm.acpi.tables import write_acpi_tables
-from pyvmm.virtio_slots import acpi_platform, announce, attach_virtio, open_virtio_devices, plan_virtio_slots
 
 log = logging.getLogger(__name__)
 
 #: Signal used to kick a vCPU thread out of KVM_RUN (its handler does nothing).
 KICK_SIGNAL = signal.SIGRTMIN
-#: Three pages Intel VMX needs for its real-mode TSS, just below the BIOS ROM.
-KVM_TSS_ADDRESS = 0xFFFB_D000
 #: How long stopping waits for vCPU threads before giving up on them.
 VCPU_JOIN_SECONDS = 5.0
-#: Port ranges Linux pokes on a PC that pyvmm answers quietly (reads all-ones).
-IGNORED_PORT_RANGES = (
-    (0x80, 1),     # POST diagnostic port (also Linux's I/O delay port)
-    (0x70, 2),     # CMOS/RTC index and data
-    (0xCF8, 8),    # PCI configuration mechanism #1 (no PCI bus here)
-    (0x2F8, 8),    # COM2 .. COM4: absent UARTs answer all-ones
-    (0x3E8, 8),
-    (0x2E8, 8),
-)
-
-
-class KvmIrqLine:
-    """An InterruptLine driving one GSI of the in-kernel irqchip; ioctl only on change."""
-
-    def __init__(self, vm: Vm, gsi: int) -> None:
-        self._vm = vm
-        self._gsi = gsi
-        self._level = False
-
-    def set_level(self, high: bool) -> None:
-        if high != self._level:
-            self._level = high
-            self._vm.set_irq_line(self._gsi, high)
 
 
 @dataclass
@@ -361,109 +326,3 @@ class Machine:
                                 (KICK_SIGNAL, lambda *_: None)):
             previous[signum] = signal.signal(signum, handler)
         return previous
-
-
-def _read_file(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as stream:
-            return stream.read()
-    except FileNotFoundError:
-        raise LoaderError(f"{what} {path!r} not found") from None
-    except IsADirectoryError:
-        raise LoaderError(f"{what} {path!r} is a directory") from None
-    except OSError as exc:
-        raise LoaderError(f"cannot read {what} {path!r}: {exc.strerror}") from None
-
-
-_policy_warned: list[bool] = []
-
-
-def build_machine(config: MachineConfig, console: HostConsole | None = None) -> Machine:
-    """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices."""
-    kernel_image = _read_file(config.kernel, "kernel")
-    initrd_image = _read_file(config.initrd, "initrd") if config.initrd else None
-
-    # Everything that can be wrong with the input is found before KVM is opened.
-    slots = plan_virtio_slots(config)
-    cmdline = config.cmdline
-    if config.virtio_announce in ("cmdline", "both"):
-        cmdline = " ".join(part for part in (cmdline, announce(slots)) if part)
-    memory = GuestMemory.anonymous(layout.ram_ranges(config.memory))
-    rsdp = 0
-    if config.acpi:
-        rsdp = write_acpi_tables(memory, acpi_platform(config, slots))
-    boot = prepare_boot(memory, kernel_image, initrd_image, cmdline, rsdp_address=rsdp)
-    console = console or HostConsole(on_quit=lambda: None)
-    devices = open_virtio_devices(slots, console.write)
-
-    kvm = Kvm()
-    kvm.require_capabilities()
-    if config.cpus > kvm.max_vcpus():
-        raise ConfigError(f"--cpus {config.cpus}: this host allows at most {kvm.max_vcpus()}")
-    pvm_host = is_pvm_host()
-    policy = config.cpu_policy
-    if policy == "auto":
-        policy = "compat" if pvm_host else "host"
-    if pvm_host and config.cpu_policy == "auto" and not _policy_warned:
-        _policy_warned.append(True)  # once per process, not per --on-reboot restart
-        log.warning("/dev/kvm is kvm_pvm, which emulates this guest in software; %s "
-                    "(--cpu host keeps them)", describe_policy(policy))
-    supported = [CpuidEntry(*leaf) for leaf in kvm.supported_cpuid()]
-
-    vm = kvm.create_vm()
-    vm.set_tss_address(KVM_TSS_ADDRESS)
-    vm.create_irqchip()
-    vm.create_pit2()
-    for slot, region in enumerate(memory.regions):
-        vm.set_user_memory_region(slot, region.guest_base, region.size,
-                                  address_of(region.buffer))
-
-    vcpus = [vm.create_vcpu(index) for index in range(config.cpus)]
-    for vcpu in vcpus:
-        vcpu.set_cpuid(adjust_cpuid(supported, vcpu.id, config.cpus, policy))
-        vcpu.set_msrs(boot.msrs)
-        vcpu.configure_lapic_lint()
-        vcpu.set_fpu(boot.fpu.fcw, boot.fpu.mxcsr)
-    # Only the boot CPU starts at the kernel entry; the others wait for INIT/SIPI.
-    vcpus[0].set_sregs(boot.sregs)
-    vcpus[0].set_regs(boot.regs_dict())
-
-    loop = EventLoop()
-    machine = Machine(config=config, kvm=kvm, vm=vm, memory=memory, vcpus=vcpus,
-                      boot=boot, console=console, loop=loop, pvm_host=pvm_host)
-    machine.console.on_quit = lambda: machine.request_stop(StopReason.user_quit())
-    _attach_legacy_devices(machine)
-    machine.virtio = attach_virtio(vm, loop, machine.mmio_bus, memory, slots, devices,
-                                   machine.owned_fds)
-    machine.console_input = machine.serial
-    if _guest_console_is_hvc(cmdline):
-        machine.console_input = next(
-            (t.device for t in machine.virtio if isinstance(t.device, ConsoleDevice)),
-            machine.serial)
-    return machine
-
-
-def _guest_console_is_hvc(cmdline: str) -> bool:
-    """Linux's last console= is where /dev/console (and so the shell) goes."""
-    consoles = [arg.split("=", 1)[1] for arg in cmdline.split() if arg.startswith("console=")]
-    return bool(consoles) and consoles[-1].startswith("hvc")
-
-
-def _attach_legacy_devices(machine: Machine) -> None:
-    """COM1, the i8042 (reset), debug-exit, pvpanic, ACPI sleep, the ignored ports."""
-    bus = machine.pio_bus
-    machine.serial = Serial(KvmIrqLine(machine.vm, layout.COM1_IRQ), machine.console.write)
-    bus.insert(machine.serial, layout.COM1_PORT, 8)
-    bus.insert(I8042(lambda: machine.request_stop(
-        StopReason.reboot("the guest reset the machine (i8042)"))),
-        layout.I8042_DATA_PORT, 5)
-    bus.insert(DebugExit(lambda status: machine.request_stop(StopReason.debug_exit(status))),
-               layout.DEBUG_EXIT_PORT, 4)
-    bus.insert(PvPanic(lambda: machine.request_stop(
-        StopReason.guest_panic("the guest kernel panicked (pvpanic)"))),
-        layout.PVPANIC_PORT, 1)
-    bus.insert(SleepControl(lambda: machine.request_stop(
-        StopReason.poweroff("the guest powered off (ACPI S5)"))),
-        layout.ACPI_SLEEP_CONTROL_PORT, 2)
-    for base, length in IGNORED_PORT_RANGES:
-        bus.insert(IgnoredPorts(), base, length)

@@ -148,7 +148,7 @@ def test_plain_run_imports_neither_rich_nor_elftools() -> None:
             "from click.testing import CliRunner\n"
             "from pyvmm.cli import main\n"
             "CliRunner().invoke(main, ['run', '--kernel', '/nonexistent'])\n"
-            "import pyvmm.machine\n"
+            "import pyvmm.builder\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'elftools'))\n"
             "print(heavy)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-
-import pytest
-
 from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.console import ConsoleDevice
 from pyvmm.devices.virtio.testing import DriverQueue

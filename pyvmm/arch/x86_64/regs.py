@@ -71,21 +71,27 @@ def write_boot_gdt(memory: GuestMemory) -> None:
     memory.write_u64(layout.BOOT_IDT_START, 0)
 
 
-def boot_sregs_64(cr3: int) -> SpecialRegisters:
-    """Long mode with paging on, flat segments from the boot GDT."""
+def _flat_sregs(code_selector: int, cr0: int, cr3: int, cr4: int,
+                efer: int) -> SpecialRegisters:
+    """Flat segments from the boot GDT (code from ``code_selector``) and control registers."""
     entries = boot_gdt_entries()
-    code = segment_from_gdt_entry(entries[BOOT_CS_SELECTOR // 8], BOOT_CS_SELECTOR // 8)
-    data = segment_from_gdt_entry(entries[BOOT_DS_SELECTOR // 8], BOOT_DS_SELECTOR // 8)
-    tss = segment_from_gdt_entry(entries[BOOT_TSS_SELECTOR // 8], BOOT_TSS_SELECTOR // 8)
+
+    def segment(selector: int):
+        return segment_from_gdt_entry(entries[selector // 8], selector // 8)
+
+    data = segment(BOOT_DS_SELECTOR)
     return SpecialRegisters(
-        cs=code, ds=data, es=data, fs=data, gs=data, ss=data, tr=tss, ldt=RESET_LDT,
+        cs=segment(code_selector), ds=data, es=data, fs=data, gs=data, ss=data,
+        tr=segment(BOOT_TSS_SELECTOR), ldt=RESET_LDT,
         gdt_base=layout.BOOT_GDT_START, gdt_limit=len(entries) * 8 - 1,
         idt_base=layout.BOOT_IDT_START, idt_limit=7,
-        cr0=X86_CR0_PE | X86_CR0_ET | X86_CR0_PG,
-        cr3=cr3,
-        cr4=X86_CR4_PAE,
-        efer=EFER_LME | EFER_LMA,
-    )
+        cr0=cr0, cr3=cr3, cr4=cr4, efer=efer)
+
+
+def boot_sregs_64(cr3: int) -> SpecialRegisters:
+    """Long mode with paging on, flat segments from the boot GDT."""
+    return _flat_sregs(BOOT_CS_SELECTOR, X86_CR0_PE | X86_CR0_ET | X86_CR0_PG, cr3,
+                       X86_CR4_PAE, EFER_LME | EFER_LMA)
 
 
 def boot_regs_64(entry: int, zero_page: int) -> GeneralRegisters:
@@ -96,16 +102,7 @@ def boot_regs_64(entry: int, zero_page: int) -> GeneralRegisters:
 
 def boot_sregs_32() -> SpecialRegisters:
     """The PVH entry state: 32-bit protected mode, flat segments, paging off."""
-    entries = boot_gdt_entries()
-    code = segment_from_gdt_entry(entries[BOOT_CS32_SELECTOR // 8], BOOT_CS32_SELECTOR // 8)
-    data = segment_from_gdt_entry(entries[BOOT_DS_SELECTOR // 8], BOOT_DS_SELECTOR // 8)
-    tss = segment_from_gdt_entry(entries[BOOT_TSS_SELECTOR // 8], BOOT_TSS_SELECTOR // 8)
-    return SpecialRegisters(
-        cs=code, ds=data, es=data, fs=data, gs=data, ss=data, tr=tss, ldt=RESET_LDT,
-        gdt_base=layout.BOOT_GDT_START, gdt_limit=len(entries) * 8 - 1,
-        idt_base=layout.BOOT_IDT_START, idt_limit=7,
-        cr0=X86_CR0_PE | X86_CR0_ET, cr3=0, cr4=0, efer=0,
-    )
+    return _flat_sregs(BOOT_CS32_SELECTOR, X86_CR0_PE | X86_CR0_ET, 0, 0, 0)
 
 
 def boot_regs_pvh(entry: int, start_info: int) -> GeneralRegisters:

@@ -210,3 +210,27 @@ def test_event_idx_batches_interrupts(image) -> None:
     for _ in range(3):
         h.request(VIRTIO_BLK_T_IN, 0, read_length=512)
     assert h.interrupts == 0
+
+
+def test_read_into_a_read_only_buffer_fails(image) -> None:
+    """A T_IN whose data descriptor is device-readable: the device must not write it."""
+    h = Harness(image)
+    header = h.driver.alloc(16, struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, 0))
+    data = h.driver.alloc(512, b"\x11" * 512)
+    status = h.driver.alloc(1, b"\xee")
+    h.driver.add_chain([(header, 16, False), (data, 512, False), (status, 1, True)])
+    h.device.process_queue(0)
+    assert h.memory.read_u8(status) == VIRTIO_BLK_S_IOERR
+    assert h.memory.read(data, 512) == b"\x11" * 512
+
+
+def test_write_with_writable_data_fails(image) -> None:
+    before = image.read_bytes()
+    h = Harness(image)
+    header = h.driver.alloc(16, struct.pack("<IIQ", VIRTIO_BLK_T_OUT, 0, 0))
+    data = h.driver.alloc(512, b"\x22" * 512)
+    status = h.driver.alloc(1, b"\xee")
+    h.driver.add_chain([(header, 16, False), (data, 512, True), (status, 1, True)])
+    h.device.process_queue(0)
+    assert h.memory.read_u8(status) == VIRTIO_BLK_S_IOERR
+    assert image.read_bytes() == before

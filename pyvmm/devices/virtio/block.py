@@ -82,11 +82,15 @@ def parse_request(chain: DescriptorChain) -> BlockRequest | None:
     if len(header) < _HEADER.size:
         return BlockRequest(MALFORMED, 0, [], status)
     type_, _reserved, sector = _HEADER.unpack(header)
+    readable_data = _skip(chain.readable, _HEADER.size)
     if type_ in (VIRTIO_BLK_T_IN, VIRTIO_BLK_T_GET_ID):
-        data = writable
-    else:
-        data = _skip(chain.readable, _HEADER.size)
-    return BlockRequest(type_, sector, data, status)
+        # The device writes the data: a read-only data buffer is the driver's error.
+        if any(len(v) for v in readable_data):
+            return BlockRequest(MALFORMED, 0, [], status)
+        return BlockRequest(type_, sector, writable, status)
+    if any(len(v) for v in writable):
+        return BlockRequest(MALFORMED, 0, [], status)  # writable data on a write/flush
+    return BlockRequest(type_, sector, readable_data, status)
 
 
 def _skip(views: list[memoryview], count: int) -> list[memoryview]:

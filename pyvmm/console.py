@@ -13,7 +13,7 @@ import os
 import sys
 import termios
 import tty
-from typing import Callable
+from typing import Any, Callable
 
 ESCAPE_CHAR = 0x01  # Ctrl-A
 
@@ -69,10 +69,10 @@ class Terminal:
             self._saved = None
 
 
-def _fileno(stream: object, mode: int) -> int:
+def _fileno(stream: Any, mode: int) -> int:
     """The fd behind a std stream; /dev/null when there is none (closed, or a test's)."""
     try:
-        return stream.fileno()  # type: ignore[union-attr]
+        return int(stream.fileno())
     except (AttributeError, ValueError, OSError):
         return os.open(os.devnull, mode | os.O_CLOEXEC)
 

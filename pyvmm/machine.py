@@ -18,7 +18,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Callable
+from typing import TYPE_CHECKING, Protocol, Callable
 
 from pyvmm.arch.x86_64.boot import BootState
 from pyvmm.config import MachineConfig
@@ -34,7 +34,18 @@ from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.memory import GuestMemory
 
+if TYPE_CHECKING:
+    from pyvmm.control import ControlServer
+
 log = logging.getLogger(__name__)
+
+
+class ConsoleInput(Protocol):
+    """A device that takes host keyboard input (the UART, virtio-console)."""
+
+    def input_room(self) -> int: ...
+
+    def enqueue_input(self, data: bytes) -> object: ...
 
 #: Signal used to kick a vCPU thread out of KVM_RUN (its handler does nothing).
 KICK_SIGNAL = signal.SIGRTMIN
@@ -58,7 +69,7 @@ class Machine:
     mmio_bus: Bus = field(default_factory=Bus)
     serial: Serial | None = None
     #: Where host stdin goes: the UART, or hvc0 when the guest's console is there.
-    console_input: object | None = None
+    console_input: ConsoleInput | None = None
     virtio: list = field(default_factory=list)
     #: eventfds made for ioeventfd/irqfd wiring, closed with the machine.
     owned_fds: list[int] = field(default_factory=list)
@@ -73,7 +84,7 @@ class Machine:
     _parked: int = 0
     _pause_cond: threading.Condition = field(default_factory=threading.Condition)
     _usr1_pending: bool = False
-    _control: object | None = None
+    _control: ControlServer | None = None
     _stdin_is_file: bool = False
 
     # -- stopping ------------------------------------------------------------
@@ -318,7 +329,7 @@ class Machine:
             self._usr1_pending = True
             self.loop.wake()
 
-        previous = {}
+        previous: dict[int, Callable | int | None] = {}
         for signum, handler in ((signal.SIGUSR1, usr1),
                                 (signal.SIGINT, stop_on_signal),
                                 (signal.SIGTERM, stop_on_signal),

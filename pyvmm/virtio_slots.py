@@ -15,6 +15,7 @@ from typing import Callable
 
 from pyvmm.arch.x86_64 import layout
 from pyvmm.config import DriveConfig, MachineConfig
+from pyvmm.devices.virtio.device import VirtioDevice
 from pyvmm.errors import ConfigError
 
 #: What pyvmm announces as each window's size on the kernel command line.
@@ -63,13 +64,14 @@ def announce(slots: list[VirtioSlot]) -> str:
     return " ".join(slot.announcement() for slot in slots)
 
 
-def open_virtio_devices(slots: list[VirtioSlot], console_out: Callable[[memoryview], None]):
+def open_virtio_devices(slots: list[VirtioSlot],
+                        console_out: Callable[[memoryview], None]) -> list[VirtioDevice]:
     """The devices for ``slots``; disks are opened (and locked) here, before KVM."""
     from pyvmm.devices.virtio.block import BlockDevice
     from pyvmm.devices.virtio.console import ConsoleDevice
     from pyvmm.devices.virtio.disk import DiskImage
 
-    devices = []
+    devices: list[VirtioDevice] = []
     try:
         for slot in slots:
             if slot.kind == "block":

@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/host-deps.sh
 python3 -m pip install -q -e '.[test]'
 bash images/build.sh
+python3 -m mypy pyvmm
 python3 -m pytest -q "$@"

@@ -64,7 +64,7 @@ class AcpiPlatform:
     lapic_address: int = layout.APIC_START
 
 
-def checksum(data: bytes) -> int:
+def checksum(data: bytes | bytearray) -> int:
     """The byte that makes ``data`` sum to zero."""
     return (-sum(data)) & 0xFF
 

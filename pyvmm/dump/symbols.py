@@ -36,11 +36,12 @@ def load_symbols(path: str) -> dict[str, int]:
 def _elf_symbols(path: str) -> dict[str, int]:
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
 
     try:
         with open(path, "rb") as stream:
             table = ELFFile(stream).get_section_by_name(".symtab")
-            if table is None:
+            if not isinstance(table, SymbolTableSection):
                 raise DumpError(f"{path!r} has no symbol table (stripped?)")
             return {s.name: s["st_value"] for s in table.iter_symbols() if s.name}
     except ELFError as exc:

@@ -271,7 +271,7 @@ def search(dump: str, pattern: str, maximum: int, as_json: bool) -> None:
     except PyvmmError as error:
         _fail(error)
         return
-    hits = []
+    hits: list[int] = []
     for r in core.ranges:
         data = core._map
         at = data.find(needle, r.offset, r.offset + r.size)
@@ -306,5 +306,7 @@ def strings(dump: str, minimum: int, maximum: int, as_json: bool) -> None:
             found.append((r.paddr + match.start() - r.offset, match.group().decode()))
             if len(found) >= maximum:
                 break
-    _emit(as_json, [{"address": a, "text": t} for a, t in found],
-          lambda console: [click.echo(f"{a:#x} {t}") for a, t in found])
+    def render(_console) -> None:
+        for address, text in found:
+            click.echo(f"{address:#x} {text}")
+    _emit(as_json, [{"address": a, "text": t} for a, t in found], render)

@@ -195,7 +195,7 @@ class SplitQueue:
         return not _U16.unpack_from(avail, 0)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT
 
 
-def write_into(views: list[memoryview], data: bytes | memoryview) -> int:
+def write_into(views: list[memoryview], data: bytes | bytearray | memoryview) -> int:
     """Scatter ``data`` over ``views``; return the bytes written (≤ their total)."""
     offset = 0
     for view in views:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command: install what the tests need, build the guest
-# images (cached in images/out/), run the whole test suite.
+# images (cached in images/out/), type-check, run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/host-deps.sh

@@ -127,5 +127,6 @@ def _notify_handler(event_fd: int, transport, index: int) -> Callable[[int], Non
             os.eventfd_read(event_fd)
         except BlockingIOError:
             return
-        transport.notify(index)
+        if transport.notify(index):
+            os.eventfd_write(event_fd, 1)  # more to do: after the loop's other events
     return on_notify

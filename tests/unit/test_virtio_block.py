@@ -234,3 +234,4 @@ def test_write_with_writable_data_fails(image) -> None:
     h.device.process_queue(0)
     assert h.memory.read_u8(status) == VIRTIO_BLK_S_IOERR
     assert image.read_bytes() == before
+

@@ -175,3 +175,23 @@ def test_event_idx_interrupts_only_when_used_event_is_crossed() -> None:
         assert queue.needs_interrupt(before) is expected
     queue.set_avail_event()
     assert driver.avail_event() == 4
+
+
+def test_a_racing_driver_cannot_hold_the_device_forever() -> None:
+    """Each handled chain makes another available: one call still ends, work is left."""
+    from pyvmm.devices.virtio.device import COMMON_FEATURES, VirtioDevice
+
+    memory = GuestMemory.from_bytes(RAM)
+    driver = DriverQueue(memory, 0x1000, size=8)
+    device = VirtioDevice((8,))
+    driver.configure(device.queues[0])
+    device.activate(memory, COMMON_FEATURES, lambda: None)
+    buffer = driver.alloc(4)
+    driver.add_chain([(buffer, 4, True)])
+
+    def handle(chain):
+        driver.add_chain([(buffer, 4, True)])  # the driver refills at once
+        return 0
+
+    assert device.serve(device.queues[0], handle) == 8
+    assert device.pending(0)

@@ -40,6 +40,10 @@ class ConsoleDevice(VirtioDevice):
         elif index == RECEIVE_QUEUE:
             self._deliver()
 
+    def pending(self, index: int) -> bool:
+        # Posted receive buffers wait for host input, not for us to come back.
+        return index == TRANSMIT_QUEUE and super().pending(index)
+
     def _transmit(self, chain: DescriptorChain) -> int:
         for view in chain.readable:
             if len(view):

@@ -84,6 +84,11 @@ class VirtioDevice:
     def process_queue(self, index: int) -> None:
         """The driver notified queue ``index``."""
 
+    def pending(self, index: int) -> bool:
+        """Whether queue ``index`` still has chains that ``process_queue`` left."""
+        queue = self.queues[index]
+        return self.active and queue.ready and queue.has_available()
+
     def shutdown(self) -> None:
         """The VMM is exiting: finish or fail what is in flight, make data durable."""
 
@@ -93,8 +98,10 @@ class VirtioDevice:
         return bool(self.driver_features >> bit & 1)
 
     def serve(self, queue: SplitQueue, handle: ChainHandler) -> int:
-        """Handle every available chain of ``queue``; return how many were used.
+        """Handle the available chains of ``queue``; return how many were used.
 
+        At most one queue's worth per call, so a driver that keeps adding
+        chains can't hold the event loop: ``pending`` then says to come back.
         QueueError (a malformed chain) propagates to the transport, which puts
         the device in DEVICE_NEEDS_RESET.
         """
@@ -103,7 +110,7 @@ class VirtioDevice:
             return 0
         used_before = queue.next_used
         served = 0
-        while True:
+        while served < queue.size:
             chain = queue.pop(memory)
             if chain is None:
                 # With EVENT_IDX, re-check after publishing avail_event: the driver

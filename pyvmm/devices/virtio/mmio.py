@@ -112,17 +112,23 @@ class VirtioMmioTransport:
 
     # -- notifications (event loop, or a QUEUE_NOTIFY write) ----------------------
 
-    def notify(self, queue_index: int) -> None:
-        """The driver has new buffers in queue ``queue_index``."""
+    def notify(self, queue_index: int) -> bool:
+        """The driver has new buffers in queue ``queue_index``.
+
+        Returns True when work is left (the device serves one queue's worth
+        at a time): the caller should come back after its other events.
+        """
         with self._lock:
             if not self.status & STATUS_DRIVER_OK or self.status & STATUS_NEEDS_RESET:
-                return
+                return False
             if not 0 <= queue_index < len(self.device.queues):
-                return
+                return False
             try:
                 self.device.process_queue(queue_index)
+                return self.device.pending(queue_index)
             except QueueError as exc:
                 self._needs_reset(str(exc))
+                return False
 
     def _needs_reset(self, why: str) -> None:
         """The driver broke the rules: stop using its queues until it resets us."""

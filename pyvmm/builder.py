@@ -126,7 +126,9 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
 
     loop = EventLoop()
     machine = Machine(config=config, kvm=kvm, vm=vm, memory=memory, vcpus=vcpus,
-                      boot=boot, console=console, loop=loop, pvm_host=pvm_host)
+                      boot=boot, console=console, loop=loop, pvm_host=pvm_host,
+                      emulation_assist=config.emulation_assist == "on"
+                      or (config.emulation_assist == "auto" and pvm_host))
     machine.console.on_quit = lambda: machine.request_stop(StopReason.user_quit())
     _attach_legacy_devices(machine)
     machine.virtio = attach_virtio(vm, loop, machine.mmio_bus, memory, slots, devices,

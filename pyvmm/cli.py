@@ -83,13 +83,14 @@ FILE_KEYS = {"kernel": "kernel", "initrd": "initrd", "cmdline": "append", "memor
              "cpus": "cpus", "timeout": "timeout", "cpu_policy": "cpu",
              "virtio_console": "virtio_console", "drives": "drive",
              "virtio_announce": "virtio_announce", "acpi": "acpi", "dump": "dump",
-             "dump_on": "dump_on", "control": "control"}
+             "dump_on": "dump_on", "control": "control",
+             "emulation_assist": "emulation_assist"}
 #: What an option is when neither the command line nor the file sets it.
 DEFAULTS: dict[str, Any] = {"initrd": None, "cmdline": DEFAULT_CMDLINE, "memory": 512 << 20,
                             "cpus": 1, "timeout": None, "cpu_policy": "auto",
                             "virtio_console": True, "drives": (),
                             "virtio_announce": "both", "acpi": True, "dump": None,
-                            "dump_on": (), "control": None}
+                            "dump_on": (), "control": None, "emulation_assist": "auto"}
 
 
 def machine_options(command: Callable) -> Callable:
@@ -134,6 +135,10 @@ def machine_options(command: Callable) -> Callable:
         click.option("--control", type=click.Path(dir_okay=False),
                      help="Listen on this unix socket for live dumps "
                           "('pyvmm inspect summary SOCKET' reads the running guest)."),
+        click.option("--emulation-assist", type=click.Choice(("auto", "on", "off")),
+                     help="After KVM's software emulator fails on int3 or fwait, carry "
+                          "them out in pyvmm (inject #BP / skip) and go on (default auto: "
+                          "on where /dev/kvm is kvm_pvm)."),
     ]
     for option in reversed(options):
         command = option(command)

@@ -104,6 +104,8 @@ class MachineConfig:
     dump_on: tuple[str, ...] = ()
     #: A unix socket on which the running VMM takes live-dump requests.
     control: str | None = None
+    #: Finish int3/fwait when software-emulating KVM can't ("auto": on kvm_pvm).
+    emulation_assist: str = "auto"
 
     def __post_init__(self) -> None:
         if self.memory < MIN_MEMORY:
@@ -128,5 +130,7 @@ class MachineConfig:
             raise ConfigError("--dump-on needs --dump PATH (where to write the dump)")
         if self.dump and not self.dump_on:
             object.__setattr__(self, "dump_on", DEFAULT_DUMP_EVENTS)
+        if self.emulation_assist not in ("auto", "on", "off"):
+            raise ConfigError(f"--emulation-assist {self.emulation_assist!r}: auto, on or off")
         if self.cpu_policy not in CPU_POLICIES:
             raise ConfigError(f"--cpu {self.cpu_policy!r}: choose one of {', '.join(CPU_POLICIES)}")

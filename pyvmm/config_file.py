@@ -41,7 +41,7 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "kernel": (str,), "initrd": (str,), "append": (str,), "memory": (str, int),
     "cpus": (int,), "timeout": (int, float), "cpu": (str,), "virtio_console": (bool,),
     "drive": (list,), "virtio_announce": (str,), "acpi": (bool,), "dump": (str,),
-    "dump_on": (list,), "control": (str,),
+    "dump_on": (list,), "control": (str,), "emulation_assist": (str,),
 }
 DRIVE_SCHEMA: dict[str, tuple[type, ...]] = {
     "path": (str,), "readonly": (bool,), "cache": (str,), "serial": (str,),

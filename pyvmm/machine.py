@@ -29,6 +29,8 @@ from pyvmm.dispatch import UnknownAccessLog, dispatch_exit
 from pyvmm.errors import DeviceError, PyvmmError
 from pyvmm.eventloop import EventLoop
 from pyvmm.exitstatus import StopReason
+from pyvmm.emulation_assist import plan_assist
+from pyvmm.kvm.exits import InternalError
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
@@ -74,6 +76,10 @@ class Machine:
     #: eventfds made for ioeventfd/irqfd wiring, closed with the machine.
     owned_fds: list[int] = field(default_factory=list)
     pvm_host: bool = False
+    #: Finish int3/fwait after an emulation failure (see pyvmm.emulation_assist).
+    emulation_assist: bool = False
+    #: How many instructions were finished that way, by name.
+    assists: dict[str, int] = field(default_factory=dict)
     _stop_reason: StopReason | None = None
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: bool = False
@@ -129,6 +135,9 @@ class Machine:
                     self._park()
                     continue
                 exit = vcpu.run()
+                if isinstance(exit, InternalError) and self.emulation_assist \
+                        and self._assist(vcpu, exit):
+                    continue
                 reason = dispatch_exit(exit, pio, mmio, unknown, read_rip, self.pvm_host)
                 if reason is not None:
                     self.request_stop(reason)
@@ -136,6 +145,21 @@ class Machine:
         except Exception as exc:  # noqa: BLE001 - reported, then the VM stops
             log.debug("vCPU %d failed:\n%s", vcpu.id, traceback.format_exc())
             self.request_stop(StopReason.vmm_error(f"vCPU {vcpu.id}: {exc}"))
+
+    def _assist(self, vcpu: Vcpu, exit: InternalError) -> bool:
+        """Carry out an instruction KVM's emulator failed on, if we soundly can."""
+        assist = plan_assist(exit)
+        if assist is None:
+            return False
+        regs = vcpu.get_regs()
+        regs["rip"] += assist.length
+        vcpu.set_regs(regs)
+        if assist.vector is not None:
+            vcpu.inject_exception(assist.vector)
+        self.assists[assist.name] = self.assists.get(assist.name, 0) + 1
+        log.debug("vCPU %d: finished %s for the emulator at RIP %#x", vcpu.id, assist.name,
+                  regs["rip"] - assist.length)
+        return True
 
     # -- pausing for live dumps -----------------------------------------------------
 
@@ -255,6 +279,7 @@ class Machine:
             self._stopping = True
             self._join_vcpus()
             self._note_where_vcpus_were()
+            self._note_assists()
             self._dump_at_exit()
             if self._control is not None:
                 self._control.close()
@@ -303,6 +328,13 @@ class Machine:
                 if self._stop_reason is not None and self._stop_reason.status == 0:
                     self._stop_reason = StopReason.vmm_error(
                         f"could not flush a disk at exit: {exc}")
+
+    def _note_assists(self) -> None:
+        reason = self._stop_reason
+        if self.assists and reason is not None:
+            done = ", ".join(f"{count} {name}" for name, count in sorted(self.assists.items()))
+            self._stop_reason = dataclasses.replace(
+                reason, message=f"{reason.message} [emulation assists: {done}]")
 
     def _note_where_vcpus_were(self) -> None:
         """For a timeout or signal, say where each vCPU was: evidence for a hung guest."""

@@ -165,6 +165,11 @@ struct kvm_cpuid2 { __u32 nent; __u32 padding; struct kvm_cpuid_entry2 entries[]
 struct kvm_lapic_state { char regs[...]; };
 struct kvm_mp_state { __u32 mp_state; };
 
+/* struct kvm_vcpu_events: only the pending/injected exception is used. */
+typedef struct { __u8 injected; __u8 nr; __u8 has_error_code; __u8 pending;
+                 __u32 error_code; } pyvmm_events_exception;
+struct kvm_vcpu_events { pyvmm_events_exception exception; __u32 flags; ...; };
+
 int pyvmm_ioctl(int fd, unsigned long request, void *arg);
 int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg);
 
@@ -193,6 +198,7 @@ typedef __typeof__(((struct kvm_run *)0)->mmio) pyvmm_exit_mmio;
 typedef __typeof__(((struct kvm_run *)0)->internal) pyvmm_exit_internal;
 typedef __typeof__(((struct kvm_run *)0)->emulation_failure) pyvmm_exit_emulation_failure;
 typedef __typeof__(((struct kvm_run *)0)->system_event) pyvmm_exit_system_event;
+typedef __typeof__(((struct kvm_vcpu_events *)0)->exception) pyvmm_events_exception;
 /* Every exit member shares the union's offset. */
 #define PYVMM_KVM_RUN_EXIT_OFFSET offsetof(struct kvm_run, io)
 

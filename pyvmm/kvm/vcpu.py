@@ -190,6 +190,16 @@ class Vcpu:
                 setattr(slot, field, getattr(leaf, field))
         ioctl(self.fd, lib.KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2")
 
+    def inject_exception(self, vector: int) -> None:
+        """KVM_SET_VCPU_EVENTS: deliver exception ``vector`` (no error code) on the next entry."""
+        events = ffi.new("struct kvm_vcpu_events *")
+        ioctl(self.fd, lib.KVM_GET_VCPU_EVENTS, events, "KVM_GET_VCPU_EVENTS")
+        events.exception.injected = 1
+        events.exception.nr = vector
+        events.exception.has_error_code = 0
+        events.exception.pending = 0
+        ioctl(self.fd, lib.KVM_SET_VCPU_EVENTS, events, "KVM_SET_VCPU_EVENTS")
+
     def configure_lapic_lint(self) -> None:
         """Program LINT0 as ExtINT and LINT1 as NMI, as a PC's firmware does."""
         lapic = ffi.new("struct kvm_lapic_state *")

@@ -41,6 +41,7 @@ COMPAT_HIDDEN: tuple[tuple[int, int, str, tuple[int, ...], str], ...] = (
     (LEAF_FEATURES, 0, "ecx", (26, 27), "XSAVE/OSXSAVE"),
     (LEAF_FEATURES, 0, "ecx", (12, 28, 29), "FMA/AVX/F16C (need XSAVE)"),
     (LEAF_FEATURES, 0, "ecx", (17,), "PCID"),
+    (LEAF_FEATURES, 0, "ecx", (23,), "POPCNT"),
     (LEAF_EXTENDED_FEATURES, 0, "ebx", (5, 16, 17, 21, 26, 27, 28, 30, 31),
      "AVX2/AVX-512"),
     (LEAF_EXTENDED_FEATURES, 0, "ebx", (10,), "INVPCID"),

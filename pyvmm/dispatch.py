@@ -112,10 +112,19 @@ def _port_access(bus: AccessBus, unknown: UnknownAccessLog, port: int, size: int
 def describe_instruction(code: bytes) -> str | None:
     """Name the instructions software emulators commonly cannot run, if ``code`` is one."""
     body = code.lstrip(b"\xf0\xf2\xf3\x66\x67\x2e\x3e\x26\x64\x65\x36")
+    prefixes = code[:len(code) - len(body)]
     while body and 0x40 <= body[0] <= 0x4F:  # REX prefixes
         body = body[1:]
     if body[:1] == b"\xcc":
         return "int3 (breakpoint; the kernel's alternatives self-test runs one)"
+    if body[:1] == b"\x9b":
+        return "fwait"
+    if body[:2] == b"\x0f\xb8" and b"\xf3" in prefixes:
+        return "popcnt (Linux: clearcpuid=popcnt)"
+    if body[:3] in (b"\x0f\x01\xca", b"\x0f\x01\xcb"):
+        return "clac/stac (SMAP; Linux: clearcpuid=smap)"
+    if body[:2] in (b"\x0f\x05", b"\x0f\x07"):
+        return "syscall/sysret"
     if body[:2] == b"\x0f\xc7" and len(body) > 2 and (body[2] >> 3) & 7 == 1:
         return "cmpxchg8b/cmpxchg16b"
     if body[:2] == b"\x0f\xae" and len(body) > 2 and body[2] < 0xC0:
@@ -143,7 +152,7 @@ def explain_internal_error(exit: InternalError, rip: int, pvm_host: bool) -> str
     if pvm_host and exit.suberror == INTERNAL_ERROR_EMULATION:
         line += ("; this host's KVM (kvm_pvm) emulates non-PVM guests in software "
                  "and cannot execute it: run on hardware KVM (VMX/SVM), or boot a "
-                 "guest that avoids it")
+                 "guest that avoids it (Linux: noxsave clearcpuid=popcnt,smap,smep)")
     elif exit.suberror == INTERNAL_ERROR_EMULATION:
         line += "; KVM's instruction emulator does not support it"
     return line

@@ -8,6 +8,7 @@ plain ``pyvmm run`` imports neither rich nor pyelftools.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import sys
 import time
@@ -54,9 +55,21 @@ class _LazyGroup(click.Group):
         return available
 
 
-def _fail(error: PyvmmError) -> None:
+def fail(error: PyvmmError) -> None:
+    """Report ``error`` as one line on stderr and exit with its status."""
     click.echo(f"pyvmm: error: {error}", err=True)
     sys.exit(error.exit_status)
+
+
+def reports_errors(command: Callable) -> Callable:
+    """A command whose PyvmmErrors end as ``fail`` does: one line, the error's status."""
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except PyvmmError as error:
+            fail(error)
+    return wrapper
 
 
 class _SizeType(click.ParamType):
@@ -178,6 +191,7 @@ def effective_config(ctx: click.Context, params: dict[str, Any]) -> MachineConfi
               help="When the guest reboots: exit 0, or restart it with the same machine.")
 @click.option("--verbose", "-v", is_flag=True, help="Log what pyvmm does to stderr.")
 @click.pass_context
+@reports_errors
 def run(ctx: click.Context, on_reboot: str, verbose: bool, **params: Any) -> None:
     """Boot a kernel and show its serial console.
 
@@ -190,24 +204,20 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, **params: Any) -> Non
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="pyvmm: %(message)s", stream=sys.stderr)
-    try:
-        config = effective_config(ctx, params)
-        from pyvmm.builder import build_machine
+    config = effective_config(ctx, params)
+    from pyvmm.builder import build_machine
 
-        deadline = None if config.timeout is None else time.monotonic() + config.timeout
-        while True:
-            if deadline is not None:  # --timeout bounds the whole run, restarts included
-                config = dataclasses.replace(
-                    config, timeout=max(deadline - time.monotonic(), 0.001))
-            machine = build_machine(config)
-            reason = machine.run()
-            machine.close()
-            if reason.kind != "reboot" or on_reboot != "restart":
-                break
-            click.echo("\npyvmm: the guest rebooted; restarting it", err=True)
-    except PyvmmError as error:
-        _fail(error)
-        return
+    deadline = None if config.timeout is None else time.monotonic() + config.timeout
+    while True:
+        if deadline is not None:  # --timeout bounds the whole run, restarts included
+            config = dataclasses.replace(
+                config, timeout=max(deadline - time.monotonic(), 0.001))
+        machine = build_machine(config)
+        reason = machine.run()
+        machine.close()
+        if reason.kind != "reboot" or on_reboot != "restart":
+            break
+        click.echo("\npyvmm: the guest rebooted; restarting it", err=True)
     if reason.status != ExitStatus.OK or verbose:
         click.echo(f"\npyvmm: {reason.message}", err=True)
     sys.exit(reason.status)
@@ -222,13 +232,10 @@ def config() -> None:
 @machine_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_context
+@reports_errors
 def config_show(ctx: click.Context, as_json: bool, **params: Any) -> None:
     """Print the machine that 'pyvmm run' would build from these options."""
-    try:
-        machine = effective_config(ctx, params)
-    except PyvmmError as error:
-        _fail(error)
-        return
+    machine = effective_config(ctx, params)
     from pyvmm.config_view import show_config
 
     show_config(machine, as_json)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass
 from typing import Iterable
@@ -220,6 +221,27 @@ class CoreDump:
 
     def read_u64(self, paddr: int) -> int:
         return struct.unpack("<Q", self.read(paddr, 8))[0]
+
+    def find(self, needle: bytes, maximum: int) -> list[int]:
+        """Guest-physical addresses of ``needle`` in RAM, at most ``maximum``."""
+        hits: list[int] = []
+        for r in self.ranges:
+            at = self._map.find(needle, r.offset, r.offset + r.size)
+            while at >= 0 and len(hits) < maximum:
+                hits.append(r.paddr + at - r.offset)
+                at = self._map.find(needle, at + 1, r.offset + r.size)
+        return hits
+
+    def strings(self, minimum: int, maximum: int) -> list[tuple[int, str]]:
+        """(guest-physical address, text) of printable ASCII runs, at most ``maximum``."""
+        pattern = re.compile(rb"[\x20-\x7e]{%d,}" % max(minimum, 1))
+        found: list[tuple[int, str]] = []
+        for r in self.ranges:
+            for match in pattern.finditer(self._map, r.offset, r.offset + r.size):
+                if len(found) >= maximum:
+                    return found
+                found.append((r.paddr + match.start() - r.offset, match.group().decode()))
+        return found
 
     def close(self) -> None:
         self._map.close()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import sys
 from typing import Any
 
 import click
@@ -18,17 +16,13 @@ from pyvmm.dump import DumpError
 from pyvmm.dump.core import CoreDump
 from pyvmm.dump.pagewalk import PageWalkError
 from pyvmm.dump.state import GENERAL
-from pyvmm.errors import PyvmmError
+from pyvmm.cli import reports_errors
+from pyvmm.dump.pagewalk import WalkStep
 from pyvmm.inspect.view import GuestView
 
 DUMP = click.argument("dump", type=click.Path(dir_okay=False))
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 CPU = click.option("--cpu", default=0, show_default=True, help="Which vCPU's registers to use.")
-
-
-def _fail(error: PyvmmError) -> None:
-    click.echo(f"pyvmm: error: {error}", err=True)
-    sys.exit(error.exit_status)
 
 
 def _number(text: str) -> int:
@@ -87,13 +81,10 @@ def _open(path: str) -> CoreDump:
 @inspect.command()
 @DUMP
 @AS_JSON
+@reports_errors
 def summary(dump: str, as_json: bool) -> None:
     """RAM ranges, vCPUs and what ended the run."""
-    try:
-        core = _open(dump)
-    except PyvmmError as error:
-        _fail(error)
-        return
+    core = _open(dump)
     data = {"ranges": [{"start": r.paddr, "size": r.size} for r in core.ranges],
             "vcpus": [{"index": v.index, "rip": v.regs.get("rip", 0),
                        "rsp": v.regs.get("rsp", 0), "cr3": v.control.get("cr3", 0)}
@@ -128,17 +119,12 @@ def summary(dump: str, as_json: bool) -> None:
 @DUMP
 @CPU
 @AS_JSON
+@reports_errors
 def regs(dump: str, cpu: int, as_json: bool) -> None:
     """The registers of one vCPU."""
-    try:
-        view = GuestView(_open(dump), cpu)
-    except PyvmmError as error:
-        _fail(error)
-        return
-    vcpu = view.vcpu
+    vcpu = GuestView(_open(dump), cpu).vcpu
     if vcpu is None:
-        _fail(DumpError("the dump has no vCPU state"))
-        return
+        raise DumpError("the dump has no vCPU state")
     data = {"vcpu": cpu, **{n: vcpu.regs.get(n, 0) for n in GENERAL}, **vcpu.control,
             "segments": {n: vars(s) for n, s in vcpu.segments.items()},
             "gdt": list(vcpu.gdt), "idt": list(vcpu.idt)}
@@ -160,6 +146,11 @@ def regs(dump: str, cpu: int, as_json: bool) -> None:
     _emit(as_json, data, render)
 
 
+def _steps_as_data(steps: list[WalkStep]) -> list[dict[str, Any]]:
+    return [{"level": s.level, "entry_address": s.entry_address, "entry": s.entry}
+            for s in steps]
+
+
 @inspect.command()
 @DUMP
 @click.argument("address")
@@ -167,33 +158,27 @@ def regs(dump: str, cpu: int, as_json: bool) -> None:
 @click.option("--virt", is_flag=True, help="ADDRESS is virtual: walk the vCPU's page tables.")
 @CPU
 @AS_JSON
+@reports_errors
 def mem(dump: str, address: str, length: str, virt: bool, cpu: int, as_json: bool) -> None:
     """Hexdump guest memory at ADDRESS (physical, or virtual with --virt)."""
+    view = GuestView(_open(dump), cpu)
+    start, count = _number(address), _number(length)
+    steps = []
     try:
-        view = GuestView(_open(dump), cpu)
-        start, count = _number(address), _number(length)
-        steps = []
         if virt:
             walk = view.walk(start)
-            steps = [{"level": s.level, "entry_address": s.entry_address, "entry": s.entry}
-                     for s in walk.steps]
+            steps = _steps_as_data(walk.steps)
             data = view.read_virt(start, count)
         else:
             data = view.dump.read(start, count)
-    except PageWalkError as error:
+    except PageWalkError as error:  # show how far the walk got, then the error line
         if as_json:
-            click.echo(json.dumps({"error": str(error), "steps": [
-                {"level": s.level, "entry_address": s.entry_address, "entry": s.entry}
-                for s in error.steps]}))
+            click.echo(json.dumps({"error": str(error), "steps": _steps_as_data(error.steps)}))
         else:
             for s in error.steps:
                 click.echo(f"{s.level:>4} entry at {s.entry_address:#x} = {s.entry:#018x}",
                            err=True)
-        _fail(error)
-        return
-    except PyvmmError as error:
-        _fail(error)
-        return
+        raise
     result = {"address": start, "virtual": virt, "length": count, "hex": data.hex(),
               "walk": steps}
     if virt:
@@ -223,24 +208,21 @@ def mem(dump: str, address: str, length: str, virt: bool, cpu: int, as_json: boo
               help="The guest kernel's System.map.")
 @CPU
 @AS_JSON
+@reports_errors
 def dmesg(dump: str, kernel: str | None, system_map: str | None, cpu: int,
           as_json: bool) -> None:
     """The guest kernel's log (Linux 5.10+), found through its symbols."""
     from pyvmm.dump.printk import read_log
     from pyvmm.dump.symbols import load_symbols
 
-    try:
-        if not (kernel or system_map):
-            raise DumpError("dmesg needs the guest's symbols: --kernel vmlinux or "
-                            "--system-map System.map")
-        symbols = load_symbols(system_map or kernel)  # type: ignore[arg-type]
-        if "prb" not in symbols:
-            raise DumpError("no 'prb' symbol: not a Linux 5.10+ kernel's symbols")
-        view = GuestView(_open(dump), cpu)
-        records = read_log(view.read_virt, symbols["prb"])
-    except PyvmmError as error:
-        _fail(error)
-        return
+    if not (kernel or system_map):
+        raise DumpError("dmesg needs the guest's symbols: --kernel vmlinux or "
+                        "--system-map System.map")
+    symbols = load_symbols(system_map or kernel)  # type: ignore[arg-type]
+    if "prb" not in symbols:
+        raise DumpError("no 'prb' symbol: not a Linux 5.10+ kernel's symbols")
+    view = GuestView(_open(dump), cpu)
+    records = read_log(view.read_virt, symbols["prb"])
     data = [{"seq": r.seq, "ts_nsec": r.ts_nsec, "level": r.level, "text": r.text}
             for r in records]
 
@@ -255,29 +237,20 @@ def dmesg(dump: str, kernel: str | None, system_map: str | None, cpu: int,
 @click.argument("pattern")
 @click.option("--max", "maximum", default=100, show_default=True, help="Stop after N hits.")
 @AS_JSON
+@reports_errors
 def search(dump: str, pattern: str, maximum: int, as_json: bool) -> None:
     """Find PATTERN (text, or hex bytes as 0x...) in guest RAM."""
-    try:
-        core = _open(dump)
-        if pattern.startswith("0x"):
-            try:
-                needle = bytes.fromhex(pattern[2:])
-            except ValueError:
-                raise DumpError(f"{pattern!r} is not hex bytes") from None
-        else:
-            needle = pattern.encode()
-        if not needle:
-            raise DumpError("empty pattern")
-    except PyvmmError as error:
-        _fail(error)
-        return
-    hits: list[int] = []
-    for r in core.ranges:
-        data = core._map
-        at = data.find(needle, r.offset, r.offset + r.size)
-        while at >= 0 and len(hits) < maximum:
-            hits.append(r.paddr + at - r.offset)
-            at = data.find(needle, at + 1, r.offset + r.size)
+    core = _open(dump)
+    if pattern.startswith("0x"):
+        try:
+            needle = bytes.fromhex(pattern[2:])
+        except ValueError:
+            raise DumpError(f"{pattern!r} is not hex bytes") from None
+    else:
+        needle = pattern.encode()
+    if not needle:
+        raise DumpError("empty pattern")
+    hits = core.find(needle, maximum)
 
     def render(console) -> None:
         for hit in hits:
@@ -292,20 +265,11 @@ def search(dump: str, pattern: str, maximum: int, as_json: bool) -> None:
 @click.option("--min", "minimum", default=6, show_default=True, help="Shortest string.")
 @click.option("--max", "maximum", default=1000, show_default=True, help="Stop after N.")
 @AS_JSON
+@reports_errors
 def strings(dump: str, minimum: int, maximum: int, as_json: bool) -> None:
     """Printable ASCII strings in guest RAM, with their physical addresses."""
-    try:
-        core = _open(dump)
-    except PyvmmError as error:
-        _fail(error)
-        return
-    pattern = re.compile(rb"[\x20-\x7e]{%d,}" % max(minimum, 1))
-    found = []
-    for r in core.ranges:
-        for match in pattern.finditer(core._map, r.offset, r.offset + r.size):
-            found.append((r.paddr + match.start() - r.offset, match.group().decode()))
-            if len(found) >= maximum:
-                break
+    found = _open(dump).strings(minimum, maximum)
+
     def render(_console) -> None:
         for address, text in found:
             click.echo(f"{address:#x} {text}")

@@ -90,3 +90,8 @@ def test_not_a_dump(tmp_path) -> None:
     path.write_bytes(b"plain text")
     result = invoke("summary", str(path))
     assert result.exit_code == 2 and "not an ELF file" in result.output
+
+
+def test_strings_and_search_stop_at_max(dump) -> None:
+    assert len(json.loads(invoke("strings", dump, "--min", "4", "--max", "1", "--json").output)) == 1
+    assert len(json.loads(invoke("search", dump, "e", "--max", "2", "--json").output)["hits"]) == 2

@@ -42,17 +42,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: Signal used to kick a vCPU thread out of KVM_RUN (its handler does nothing).
+KICK_SIGNAL = signal.SIGRTMIN
+#: How long stopping waits for vCPU threads before giving up on them.
+VCPU_JOIN_SECONDS = 5.0
+
+
 class ConsoleInput(Protocol):
     """A device that takes host keyboard input (the UART, virtio-console)."""
 
     def input_room(self) -> int: ...
 
     def enqueue_input(self, data: bytes) -> object: ...
-
-#: Signal used to kick a vCPU thread out of KVM_RUN (its handler does nothing).
-KICK_SIGNAL = signal.SIGRTMIN
-#: How long stopping waits for vCPU threads before giving up on them.
-VCPU_JOIN_SECONDS = 5.0
 
 
 @dataclass
@@ -181,16 +182,14 @@ class Machine:
             self._pausing = True
         try:
             deadline = time.monotonic() + VCPU_JOIN_SECONDS
-            with self._pause_cond:
-                while self._parked < len(self._threads) and time.monotonic() < deadline:
-                    self._pause_cond.release()
-                    try:
-                        self._kick_vcpus()
-                    finally:
-                        self._pause_cond.acquire()
-                    self._pause_cond.wait(0.02)
-                if self._parked < len(self._threads):
-                    raise DeviceError("could not pause the vCPUs for a live dump")
+            all_parked = lambda: self._parked >= len(self._threads)  # noqa: E731
+            while time.monotonic() < deadline:
+                self._kick_vcpus()  # out of KVM_RUN, into _park
+                with self._pause_cond:
+                    if self._pause_cond.wait_for(all_parked, 0.02):
+                        break
+            else:
+                raise DeviceError("could not pause the vCPUs for a live dump")
             dump_machine(path, self.memory, self.vcpus, None)
         finally:
             with self._pause_cond:
@@ -329,12 +328,15 @@ class Machine:
                     self._stop_reason = StopReason.vmm_error(
                         f"could not flush a disk at exit: {exc}")
 
-    def _note_assists(self) -> None:
-        reason = self._stop_reason
-        if self.assists and reason is not None:
-            done = ", ".join(f"{count} {name}" for name, count in sorted(self.assists.items()))
+    def _add_to_stop_message(self, text: str) -> None:
+        if self._stop_reason is not None:
             self._stop_reason = dataclasses.replace(
-                reason, message=f"{reason.message} [emulation assists: {done}]")
+                self._stop_reason, message=f"{self._stop_reason.message} {text}")
+
+    def _note_assists(self) -> None:
+        if self.assists:
+            done = ", ".join(f"{count} {name}" for name, count in sorted(self.assists.items()))
+            self._add_to_stop_message(f"[emulation assists: {done}]")
 
     def _note_where_vcpus_were(self) -> None:
         """For a timeout or signal, say where each vCPU was: evidence for a hung guest."""
@@ -350,8 +352,7 @@ class Machine:
             except Exception:  # noqa: BLE001 - only a report
                 pass
         if places:
-            self._stop_reason = dataclasses.replace(
-                reason, message=f"{reason.message} ({', '.join(places)})")
+            self._add_to_stop_message(f"({', '.join(places)})")
 
     def _install_signal_handlers(self) -> dict[int, Callable | int | None]:
         def stop_on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -209,15 +209,15 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, **params: Any) -> Non
 
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
     while True:
-        if deadline is not None:  # --timeout bounds the whole run, restarts included
-            config = dataclasses.replace(
-                config, timeout=max(deadline - time.monotonic(), 0.001))
         machine = build_machine(config)
         reason = machine.run()
         machine.close()
         if reason.kind != "reboot" or on_reboot != "restart":
             break
         click.echo("\npyvmm: the guest rebooted; restarting it", err=True)
+        if deadline is not None:  # --timeout bounds the whole run, restarts included
+            config = dataclasses.replace(
+                config, timeout=max(deadline - time.monotonic(), 0.001))
     if reason.status != ExitStatus.OK or verbose:
         click.echo(f"\npyvmm: {reason.message}", err=True)
     sys.exit(reason.status)

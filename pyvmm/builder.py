@@ -81,6 +81,10 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
 
     # Everything that can be wrong with the input is found before KVM is opened.
     slots = plan_virtio_slots(config)
+    if config.control:
+        from pyvmm.control import check_control_path
+
+        check_control_path(config.control)
     cmdline = config.cmdline
     if config.virtio_announce in ("cmdline", "both"):
         cmdline = " ".join(part for part in (cmdline, announce(slots)) if part)

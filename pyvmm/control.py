@@ -18,15 +18,20 @@ from pyvmm.errors import ConfigError, PyvmmError
 MAX_REQUEST = 4096
 
 
+def check_control_path(path: str) -> None:
+    """ConfigError unless a control socket can be created at ``path``."""
+    if os.path.exists(path):
+        raise ConfigError(f"--control {path!r} already exists (another VMM, or stale: "
+                          "remove it)")
+
+
 class ControlServer:
     """Listens on ``path``; ``live_dump(path) -> seconds`` does the work."""
 
     def __init__(self, path: str, live_dump: Callable[[str], float]) -> None:
         self.path = path
         self._live_dump = live_dump
-        if os.path.exists(path):
-            raise ConfigError(f"--control {path!r} already exists (another VMM, or stale: "
-                              "remove it)")
+        check_control_path(path)
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old_umask = os.umask(0o077)
         try:

@@ -154,3 +154,32 @@ def test_plain_run_imports_neither_rich_nor_elftools() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_dump_on_without_dump(tmp_path) -> None:
+    result = run_with_kernel(tmp_path, make_bzimage(), "--dump-on", "exit")
+    assert_one_line_error(result, "--dump-on needs --dump PATH")
+
+
+def test_control_socket_path_taken(tmp_path) -> None:
+    taken = tmp_path / "vmm.sock"
+    taken.write_text("")
+    result = run_with_kernel(tmp_path, make_bzimage(), "--control", str(taken))
+    assert_one_line_error(result, "already exists")
+
+
+def test_more_virtio_devices_than_irq_lines(tmp_path) -> None:
+    drives = [arg for i in range(9) for arg in ("--drive", str(tmp_path / f"d{i}.img"))]
+    result = run_with_kernel(tmp_path, make_bzimage(), *drives)
+    assert_one_line_error(result, "10 virtio devices asked for")
+
+
+def test_inspect_a_socket_nobody_answers(tmp_path) -> None:
+    import socket
+
+    path = tmp_path / "dead.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.close()  # the file stays, nobody listens
+    result = invoke("inspect", "summary", str(path))
+    assert_one_line_error(result, "no running pyvmm answers")

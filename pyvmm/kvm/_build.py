@@ -179,6 +179,10 @@ int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg);
 #define FALLOC_FL_PUNCH_HOLE ...
 #define FALLOC_FL_ZERO_RANGE ...
 int pyvmm_fallocate(int fd, int mode, long long offset, long long length);
+
+/* A full memory barrier (mfence on x86): Python has none, and the virtio
+   ring protocol needs one where a store must be seen before a later load. */
+void pyvmm_fence(void);
 """
 
 SOURCE = r"""
@@ -217,6 +221,11 @@ static int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg)
 static int pyvmm_fallocate(int fd, int mode, long long offset, long long length)
 {
     return fallocate(fd, mode, offset, length) < 0 ? -errno : 0;
+}
+
+static void pyvmm_fence(void)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 """
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from pyvmm.barrier import fence
 from pyvmm.errors import GuestMemoryError, PyvmmError
 from pyvmm.memory import GuestMemory
 
@@ -180,6 +181,9 @@ class SplitQueue:
         """With EVENT_IDX: ask to be notified only for chains after those taken."""
         if self.event_idx and self._used is not None:
             _U16.pack_into(self._used, 4 + 8 * self.size, self.next_avail)
+            # The caller re-reads avail idx next: that load must not pass this
+            # store, or a chain added meanwhile goes unnoticed (virtio 1.2 §2.7.10).
+            fence()
 
     def needs_interrupt(self, used_before: int) -> bool:
         """Whether the driver wants an interrupt for the chains used since ``used_before``."""
@@ -187,6 +191,9 @@ class SplitQueue:
         assert avail is not None
         if self.next_used == used_before:
             return False
+        # The used idx just stored must be visible before used_event or the
+        # flags are read, or an interrupt the driver asked for is lost.
+        fence()
         if self.event_idx:
             used_event = _U16.unpack_from(avail, 4 + 2 * self.size)[0]
             # vring_need_event(): was used_event among the indices just published?

@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""Run a command where ``/dev/kvm`` is real hardware-assisted KVM, on any Linux host.
+
+    python3 scripts/rig.py [options] -- COMMAND [ARGS...]
+
+QEMU's TCG emulates an AMD CPU with SVM and nested paging; Debian's own
+kernel (``linux-image-amd64``) boots in it, loads ``kvm_amd``, and inside,
+``/dev/kvm`` is SVM KVM.  This host's ``/`` is shared in read-only over 9p
+with a tmpfs overlay on top, so the host's Python, the checkout and QEMU run
+there unchanged, in the current directory.  Writes inside are thrown away;
+``/job`` (``$RIG_JOB``) is shared read-write to pass files out.
+
+The rig is not perfectly reliable itself (QEMU's TCG emulation of SVM can
+panic or freeze the rig's kernel), so it watches its own health and keeps its
+failures apart from the command's:
+
+* the rig kernel's console (ttyS0) is read for panics and oopses (``oops=panic``
+  makes every oops a panic, printed whatever the log level) and for a
+  heartbeat the rig's init prints every few seconds; silence past
+  ``--watchdog`` while the command runs means the rig froze;
+* the command's output travels on a second serial port (ttyS1), streamed to
+  our stdout as it comes, and is never searched for failures;
+* the command's status comes back as a ``RIG-RC=`` line on ttyS0; a rig that
+  stops without one failed.
+
+A failed rig session is retried (``--retries``, default once).  Exit status:
+the command's; 124 if the command outlived ``--timeout``; 125 if the rig
+itself failed on every attempt (the reason on stderr, starting ``rig:
+FAILED``); 126 if the rig can't run on this host (missing packages).
+
+Everything built is cached in ``/var/tmp/pyvmm-rig`` (the rig's initramfs,
+keyed by kernel version and init script).  Before booting, the checkout is
+byte-compiled (``compileall``): this environment sets PYTHONDONTWRITEBYTECODE
+and the rig's writable layer is discarded, so otherwise every Python start
+inside would recompile pyvmm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import re
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path("/var/tmp/pyvmm-rig")
+EXIT_TIMEOUT, EXIT_RIG_FAILED, EXIT_UNAVAILABLE = 124, 125, 126
+HEARTBEAT_SECONDS = 5
+
+#: Modules the rig's init loads (with what they depend on, from modules.dep).
+MODULES = ("kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "overlay")
+#: Environment variables carried into the command (PATH and HOME always).
+CARRIED_ENV = ("PATH", "HOME", "TERM", "LANG", "CI", "PYVMM_REQUIRE_IMAGES",
+               "PYTHONDONTWRITEBYTECODE", "PYTEST_ADDOPTS")
+#: What on the rig kernel's console means the rig itself broke.
+FAILURE_PATTERNS = re.compile(
+    rb"Kernel panic|Oops:|BUG: |kernel BUG at|stack guard page|general protection fault"
+    rb"|soft lockup|rcu_sched self-detected stall|RIG-ERROR")
+
+INIT = r"""#!/bin/sh
+# The rig's init: load KVM and 9p, build the root (host / read-only + tmpfs),
+# run /job/cmd.sh with its output on ttyS1, report its status on ttyS0.
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in $(cat /lib/modules/order); do
+    insmod /lib/modules/$m || echo "RIG-ERROR: insmod $m failed" > /dev/ttyS0
+done
+o="trans=virtio,version=9p2000.L,msize=1048576,cache=loose"
+mount -t 9p -o $o,ro host /mnt && mount -t 9p -o $o job /job \
+    || echo "RIG-ERROR: 9p mount failed" > /dev/ttyS0
+mount -t tmpfs -o size=75% tmpfs /run; mkdir -p /run/u /run/w /run/root
+mount -t overlay overlay -o lowerdir=/mnt,upperdir=/run/u,workdir=/run/w /run/root
+for d in dev proc sys; do mount --bind /$d /run/root/$d; done
+mkdir -p /run/root/dev/pts /run/root/dev/shm /run/root/job
+mount -t devpts devpts /run/root/dev/pts; mount -t tmpfs tmpfs /run/root/dev/shm
+mount --bind /job /run/root/job
+[ -c /dev/kvm ] || echo "RIG-ERROR: no /dev/kvm after loading kvm_amd" > /dev/ttyS0
+(while :; do echo RIG-HEARTBEAT > /dev/ttyS0; sleep @HEARTBEAT@; done) &
+stty -F /dev/ttyS1 raw -echo
+echo RIG-START > /dev/ttyS0
+sh=/bin/sh; [ -x /run/root/bin/bash ] && sh=/bin/bash
+chroot /run/root $sh -c ". /job/env; cd \"\$RIG_CWD\" && exec $sh /job/cmd.sh" \
+    </dev/null >/dev/ttyS1 2>&1
+rc=$?
+sync
+echo "RIG-RC=$rc" > /dev/ttyS0
+poweroff -f
+""".replace("@HEARTBEAT@", str(HEARTBEAT_SECONDS))
+
+
+class Unavailable(Exception):
+    """The rig can't run on this host (said in one line)."""
+
+
+def rig_kernel() -> str:
+    """The newest installed Debian kernel that has kvm_amd and an image in /boot."""
+    found = []
+    for release in os.listdir("/lib/modules") if os.path.isdir("/lib/modules") else ():
+        if Path(f"/boot/vmlinuz-{release}").exists() and _module_index(release).get("kvm_amd"):
+            found.append(release)
+    if not found:
+        raise Unavailable("no kernel with kvm_amd in /boot and /lib/modules "
+                          "(apt-get install linux-image-amd64)")
+    return sorted(found, key=lambda r: [int(x) if x.isdigit() else x
+                                        for x in re.split(r"[.-]", r)])[-1]
+
+
+def _module_index(release: str) -> dict[str, tuple[str, list[str]]]:
+    """name -> (path, dependency paths) from modules.dep."""
+    index: dict[str, tuple[str, list[str]]] = {}
+    try:
+        lines = Path(f"/lib/modules/{release}/modules.dep").read_text().splitlines()
+    except OSError:
+        return index
+    for line in lines:
+        path, _, deps = line.partition(":")
+        name = re.sub(r"\.ko(\.\w+)?$", "", os.path.basename(path)).replace("-", "_")
+        index[name] = (path, deps.split())
+    return index
+
+
+def module_load_order(release: str, wanted: tuple[str, ...]) -> list[str]:
+    """Module paths (relative to /lib/modules/RELEASE) so each follows its dependencies."""
+    index = _module_index(release)
+    by_path = {path: deps for path, deps in index.values()}
+    order: list[str] = []
+
+    def visit(path: str) -> None:
+        if path in order:
+            return
+        for dep in by_path.get(path, []):
+            visit(dep)
+        order.append(path)
+
+    for name in wanted:
+        if name not in index:
+            raise Unavailable(f"kernel {release} has no module {name}")
+        visit(index[name][0])
+    return order
+
+
+def _module_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix == ".xz":
+        return lzma.decompress(data)
+    if path.suffix == ".zst":
+        return subprocess.run(["zstd", "-dc", str(path)], check=True,
+                              capture_output=True).stdout
+    return data
+
+
+def _cpio(entries: list[tuple[str, int, bytes]]) -> bytes:
+    """A newc archive of (name, mode, data); directories have empty data."""
+    out = io.BytesIO()
+    for ino, (name, mode, data) in enumerate(entries + [("TRAILER!!!", 0, b"")], 1):
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0)
+        out.write(b"070701" + b"".join(b"%08X" % f for f in fields))
+        out.write(name.encode() + b"\0")
+        out.write(b"\0" * (-out.tell() % 4))
+        out.write(data)
+        out.write(b"\0" * (-out.tell() % 4))
+    return out.getvalue()
+
+
+def rig_initramfs(release: str) -> Path:
+    """The rig's initramfs (busybox, modules, init), built once per kernel and init."""
+    busybox = Path("/bin/busybox")
+    if not busybox.exists():
+        raise Unavailable("no /bin/busybox (apt-get install busybox-static)")
+    modules = module_load_order(release, MODULES)
+    key = hashlib.sha256("\n".join([release, INIT, *modules]).encode()
+                         + busybox.read_bytes()).hexdigest()[:16]
+    path = CACHE / f"initramfs-{release}-{key}.cpio.gz"
+    if path.exists():
+        return path
+    entries: list[tuple[str, int, bytes]] = [
+        (d, 0o40755, b"") for d in ("bin", "dev", "proc", "sys", "mnt", "job", "run",
+                                    "lib", "lib/modules")]
+    entries.append(("bin/busybox", 0o100755, busybox.read_bytes()))
+    for applet in ("sh", "mount", "insmod", "mkdir", "chroot", "poweroff", "cat",
+                   "echo", "sleep", "stty", "sync"):
+        entries.append((f"bin/{applet}", 0o120777, b"busybox"))
+    names = []
+    for module in modules:
+        name = re.sub(r"\.ko(\.\w+)?$", ".ko", os.path.basename(module))
+        entries.append((f"lib/modules/{name}", 0o100644,
+                        _module_bytes(Path(f"/lib/modules/{release}") / module)))
+        names.append(name)
+    entries.append(("lib/modules/order", 0o100644, ("\n".join(names) + "\n").encode()))
+    entries.append(("init", 0o100755, INIT.encode()))
+    CACHE.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=CACHE, prefix=".initramfs-")
+    with os.fdopen(fd, "wb") as file:
+        file.write(gzip.compress(_cpio(entries), compresslevel=1))
+    os.replace(tmp, path)
+    return path
+
+
+class Session:
+    """One boot of the rig running the job; says how it ended."""
+
+    def __init__(self, args: argparse.Namespace, release: str, initramfs: Path,
+                 job: Path) -> None:
+        self.args, self.release, self.initramfs, self.job = args, release, initramfs, job
+        self.console = bytearray()      # the rig kernel's console (ttyS0)
+        self.status: int | None = None  # the command's, from RIG-RC=
+        self.failure: str | None = None  # the rig's own failure, if any
+        self.timed_out = False
+
+    def command(self) -> list[str]:
+        a = self.args
+        return [
+            "qemu-system-x86_64", "-accel", f"tcg,thread={a.tcg_threads}",
+            "-cpu", "EPYC-Rome,+svm,+npt", "-smp", str(a.cpus), "-m", a.memory,
+            "-M", "q35", "-display", "none", "-monitor", "none", "-no-reboot",
+            "-kernel", f"/boot/vmlinuz-{self.release}", "-initrd", str(self.initramfs),
+            "-append", "console=ttyS0 quiet oops=panic softlockup_panic=1 panic=-1",
+            "-serial", "stdio", "-serial", f"file:{self.job / 'output'}",
+            "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,"
+                       "multidevs=remap",
+            "-virtfs", f"local,path={self.job},mount_tag=job,security_model=none",
+        ]
+
+    def run(self) -> None:
+        (self.job / "output").write_bytes(b"")
+        proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        output = open(self.job / "output", "rb")
+        started = last_heard = time.monotonic()
+        running = False  # the job has started: the watchdog applies
+        pending = b""
+        try:
+            while True:
+                ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+                self._stream(output)
+                now = time.monotonic()
+                if ready:
+                    data = os.read(proc.stdout.fileno(), 65536)
+                    if not data:
+                        break
+                    last_heard = now
+                    self.console += data
+                    pending += data
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        self._line(line)
+                    running = running or b"RIG-START" in self.console
+                if self.failure or self.status is not None:
+                    break
+                if now - started > self.args.timeout:
+                    self.timed_out = True
+                    break
+                if running and now - last_heard > self.args.watchdog:
+                    self.failure = f"froze: nothing on its console for {self.args.watchdog:.0f} s"
+                    break
+                if not running and now - started > self.args.boot_timeout:
+                    self.failure = f"did not start the job within {self.args.boot_timeout:.0f} s"
+                    break
+            if self.status is not None:
+                try:  # it powers off at once; wait a little for the last output
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            self._stream(output)
+            output.close()
+        if self.status is None and not self.failure and not self.timed_out:
+            self.failure = f"stopped without the command's status (qemu exit {proc.returncode})"
+
+    def _line(self, line: bytes) -> None:
+        match = re.search(rb"RIG-RC=(\d+)", line)
+        if match:
+            self.status = int(match.group(1))
+        elif FAILURE_PATTERNS.search(line):
+            self.failure = line.decode(errors="replace").strip()
+
+    @staticmethod
+    def _stream(output: io.BufferedReader) -> None:
+        data = output.read()
+        if data:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+
+    def console_tail(self, lines: int = 15) -> str:
+        text = self.console.decode(errors="replace").replace("\r", "")
+        kept = [line for line in text.splitlines() if line.strip()
+                and "RIG-HEARTBEAT" not in line and "TCG doesn't support" not in line]
+        return "\n".join(kept[-lines:])
+
+
+def write_job(job: Path, argv: list[str]) -> None:
+    command = argv[0] if len(argv) == 1 else shlex.join(argv)
+    (job / "cmd.sh").write_text(command + "\n")
+    env = [f"export {name}={shlex.quote(os.environ[name])}"
+           for name in CARRIED_ENV if name in os.environ]
+    env += ["export RIG=1 RIG_JOB=/job", f"RIG_CWD={shlex.quote(os.getcwd())}"]
+    (job / "env").write_text("\n".join(env) + "\n")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="rig.py", description="Run COMMAND where /dev/kvm is hardware-assisted (SVM) KVM.")
+    parser.add_argument("-m", "--memory", default="4G", help="the rig's RAM (default 4G)")
+    parser.add_argument("-c", "--cpus", type=int, default=2, help="the rig's CPUs (default 2)")
+    parser.add_argument("--tcg-threads", choices=("multi", "single"), default="multi",
+                        help="QEMU TCG threading (default multi)")
+    parser.add_argument("-t", "--timeout", type=float, default=1800,
+                        help="seconds the command may run (exit 124 past it)")
+    parser.add_argument("--watchdog", type=float, default=60,
+                        help="seconds without the rig's heartbeat that count as a freeze")
+    parser.add_argument("--boot-timeout", type=float, default=120,
+                        help="seconds for the rig to boot and start the command")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="new sessions after a rig failure (default 1)")
+    parser.add_argument("--job", type=Path, help="the shared job directory (kept; default a "
+                        "private temporary one, removed)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="don't byte-compile the checkout first")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    if not args.command:
+        parser.error("no command given (rig.py [options] -- COMMAND)")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        if shutil.which("qemu-system-x86_64") is None:
+            raise Unavailable("no qemu-system-x86_64 (apt-get install qemu-system-x86)")
+        release = rig_kernel()
+        initramfs = rig_initramfs(release)
+    except Unavailable as exc:
+        print(f"rig: can't run here: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if not args.no_compile:
+        compileall.compile_dir(str(REPO / "pyvmm"), quiet=1)
+        compileall.compile_dir(str(REPO / "tests"), quiet=1)
+    job = args.job or Path(tempfile.mkdtemp(prefix="pyvmm-rig-job."))
+    job.mkdir(parents=True, exist_ok=True)
+    write_job(job, args.command)
+    # A SIGTERM (CI's timeout) should still kill QEMU through the finally below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        for attempt in range(1 + max(0, args.retries)):
+            session = Session(args, release, initramfs, job)
+            session.run()
+            if session.timed_out:
+                print(f"rig: the command ran past --timeout {args.timeout:.0f} s",
+                      file=sys.stderr)
+                return EXIT_TIMEOUT
+            if session.failure is None:
+                assert session.status is not None
+                return session.status
+            print(f"rig: FAILED (the rig itself, not the command; attempt {attempt + 1}): "
+                  f"{session.failure}\nrig: its console ended:\n{session.console_tail()}",
+                  file=sys.stderr)
+        return EXIT_RIG_FAILED
+    finally:
+        if args.job is None:
+            shutil.rmtree(job, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages pyvmm's builds and tests use, if any is missing.
-# Needs root (or sudo). Set PYVMM_WITH_QEMU=1 to add QEMU for the benchmarks.
+# Needs root (or sudo).  QEMU and Debian's kernel are for the hardware-KVM rig
+# (scripts/rig.py) and the side-by-side checks and benchmarks.
 set -euo pipefail
 packages=(gcc binutils make python3-venv busybox-static cpio xz-utils bc flex bison
-          libelf-dev libssl-dev linux-source-6.1 acpica-tools gdb)
-[ "${PYVMM_WITH_QEMU:-0}" = 1 ] && packages+=(qemu-system-x86)
+          libelf-dev libssl-dev linux-source-6.1 acpica-tools gdb e2fsprogs
+          qemu-system-x86 linux-image-amd64)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -92,9 +92,10 @@ mount --bind /job /run/root/job
 stty -F /dev/ttyS1 raw -echo
 echo RIG-START > /dev/ttyS0
 sh=/bin/sh; [ -x /run/root/bin/bash ] && sh=/bin/bash
-chroot /run/root $sh -c ". /job/env; cd \"\$RIG_CWD\" && exec $sh /job/cmd.sh" \
-    </dev/null >/dev/ttyS1 2>&1
-rc=$?
+# Through a pipe, as under CI: the command's output is not a terminal.
+{ chroot /run/root $sh -c ". /job/env; cd \"\$RIG_CWD\" && exec $sh /job/cmd.sh" \
+    </dev/null 2>&1; echo $? > /run/rc; } | cat > /dev/ttyS1
+rc=$(cat /run/rc)
 sync
 echo "RIG-RC=$rc" > /dev/ttyS0
 poweroff -f

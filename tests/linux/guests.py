@@ -1,0 +1,93 @@
+"""The Linux guests the ``linux`` tests boot, under pyvmm and under QEMU microvm.
+
+Each guest is a kernel and an initramfs from images/out/ whose ``/init``
+(images/initramfs/init) runs the shell command given as ``pyvmm.run=`` on the
+kernel command line (spaces written as commas), prints ``pyvmm-init: exit N``
+and powers off.  The same command line boots the same guest under QEMU, so
+results can be compared.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.integration.conftest import image, pyvmm_command
+
+#: Keeps the console to what the tests read: the init's lines and errors.
+QUIET = "quiet"
+
+
+@dataclass(frozen=True)
+class Guest:
+    name: str
+    kernel: str      # relative to images/out/
+    initrd: str
+    console: str     # the guest's console: ttyS0 (built in) or hvc0 (virtio)
+
+    def append(self, run: str, extra: str = "") -> str:
+        if "," in run:
+            raise ValueError("pyvmm.run= turns commas into spaces: no commas in the command")
+        return " ".join(filter(None, [f"console={self.console}", QUIET, extra,
+                                      "pyvmm.run=" + run.replace(" ", ",")]))
+
+
+MINIMAL = Guest("minimal", "linux/bzImage", "initramfs.cpio.gz", "ttyS0")
+MINIMAL_PVH = Guest("minimal-pvh", "linux/vmlinux", "initramfs.cpio.gz", "ttyS0")
+#: Debian's cloud kernel: virtio drivers are modules (the initramfs loads
+#: them), devices are found through ACPI only, the console is virtio's hvc0.
+CLOUD = Guest("cloud", "cloud/vmlinuz", "cloud/initramfs.cpio.gz", "hvc0")
+
+
+@dataclass
+class Boot:
+    status: int
+    output: str      # the guest console
+    stderr: str
+    seconds: float
+
+    def guest_lines(self) -> list[str]:
+        """What the command printed: the lines between the init's markers."""
+        text = self.output.replace("\r", "")
+        match = re.search(r"pyvmm-init: ok\n(.*?)pyvmm-init: exit \d+", text, re.S)
+        assert match, f"no init markers in the console:\n{text[-2000:]}"
+        return match.group(1).splitlines()
+
+
+def pyvmm_args(guest: Guest, run: str, *, cpus: int = 1, drives: tuple[Path, ...] = (),
+               extra_append: str = "", options: tuple[str, ...] = ()) -> list[str]:
+    args = ["run", "--kernel", str(image(guest.kernel)), "--initrd", str(image(guest.initrd)),
+            "--cpus", str(cpus), "--memory", "512M",
+            "--append", guest.append(run, extra_append), *options]
+    if guest.console == "hvc0":
+        args += ["--virtio-announce", "acpi"]
+    for drive in drives:
+        args += ["--drive", f"path={drive}"]
+    return pyvmm_command(*args)
+
+
+def qemu_args(guest: Guest, run: str, *, cpus: int = 1,
+              drives: tuple[Path, ...] = ()) -> list[str]:
+    args = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,rtc=off", "-enable-kvm",
+            "-cpu", "host", "-m", "512M", "-smp", str(cpus), "-nographic", "-no-reboot",
+            "-nodefaults", "-kernel", str(image(guest.kernel)),
+            "-initrd", str(image(guest.initrd)), "-append", guest.append(run)]
+    if guest.console == "hvc0":
+        args += ["-chardev", "stdio,id=con", "-device", "virtio-serial-device",
+                 "-device", "virtconsole,chardev=con"]
+    else:
+        args += ["-serial", "stdio"]
+    for index, drive in enumerate(drives):
+        args += ["-drive", f"id=d{index},file={drive},format=raw,if=none",
+                 "-device", f"virtio-blk-device,drive=d{index}"]
+    return args
+
+
+def boot(command: list[str], *, stdin: bytes = b"", timeout: float = 300) -> Boot:
+    start = time.monotonic()
+    proc = subprocess.run(command, input=stdin, capture_output=True, timeout=timeout)
+    return Boot(proc.returncode, proc.stdout.decode(errors="replace"),
+                proc.stderr.decode(errors="replace"), time.monotonic() - start)

@@ -190,9 +190,14 @@ def effective_config(ctx: click.Context, params: dict[str, Any]) -> MachineConfi
               show_default=True,
               help="When the guest reboots: exit 0, or restart it with the same machine.")
 @click.option("--verbose", "-v", is_flag=True, help="Log what pyvmm does to stderr.")
+@click.option("--stats", type=click.Choice(("text", "json")), is_flag=False,
+              flag_value="text", default=None,
+              help="At exit, print start-up times and vCPU exits by kind and port/address "
+                   "with the time serving them to stderr (--stats=json: one JSON line).")
 @click.pass_context
 @reports_errors
-def run(ctx: click.Context, on_reboot: str, verbose: bool, **params: Any) -> None:
+def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None,
+        **params: Any) -> None:
     """Boot a kernel and show its serial console.
 
     \b
@@ -204,12 +209,23 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, **params: Any) -> Non
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="pyvmm: %(message)s", stream=sys.stderr)
+    run_stats = None
+    if stats:
+        from pyvmm import IMPORTED_AT
+        from pyvmm.stats import RunStats
+
+        run_stats = RunStats()
+        run_stats.mark("pyvmm_imported", IMPORTED_AT)
+        run_stats.mark("cli_parsed")
     config = effective_config(ctx, params)
     from pyvmm.builder import build_machine
 
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
     while True:
         machine = build_machine(config)
+        if run_stats is not None:
+            machine.stats = run_stats
+            run_stats.mark("machine_built")
         reason = machine.run()
         machine.close()
         if reason.kind != "reboot" or on_reboot != "restart":
@@ -220,6 +236,8 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, **params: Any) -> Non
                 config, timeout=max(deadline - time.monotonic(), 0.001))
     if reason.status != ExitStatus.OK or verbose:
         click.echo(f"\npyvmm: {reason.message}", err=True)
+    if run_stats is not None:
+        click.echo(run_stats.json_line() if stats == "json" else run_stats.text(), err=True)
     sys.exit(reason.status)
 
 

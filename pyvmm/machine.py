@@ -35,6 +35,7 @@ from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.memory import GuestMemory
+from pyvmm.stats import RunStats, exit_key
 
 if TYPE_CHECKING:
     from pyvmm.control import ControlServer
@@ -81,6 +82,8 @@ class Machine:
     emulation_assist: bool = False
     #: How many instructions were finished that way, by name.
     assists: dict[str, int] = field(default_factory=dict)
+    #: Exit counts and start-up milestones for --stats (None: not counted).
+    stats: RunStats | None = None
     _stop_reason: StopReason | None = None
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: bool = False
@@ -125,27 +128,47 @@ class Machine:
     # -- vCPU threads ---------------------------------------------------------
 
     def _vcpu_main(self, vcpu: Vcpu) -> None:
+        try:
+            reason = self._vcpu_loop(vcpu)
+            if reason is not None:
+                self.request_stop(reason)
+        except Exception as exc:  # noqa: BLE001 - reported, then the VM stops
+            log.debug("vCPU %d failed:\n%s", vcpu.id, traceback.format_exc())
+            self.request_stop(StopReason.vmm_error(f"vCPU {vcpu.id}: {exc}"))
+
+    def _vcpu_loop(self, vcpu: Vcpu) -> StopReason | None:
+        """KVM_RUN and serve exits until one stops the machine (or we are stopping)."""
         pio, mmio, unknown = self.pio_bus, self.mmio_bus, self._unknown
+        counter = None if self.stats is None else self.stats.counter()
+        clock = time.perf_counter_ns
 
         def read_rip() -> int:
             return vcpu.get_regs()["rip"]
 
-        try:
-            while not self._stopping:
-                if self._pausing:
-                    self._park()
-                    continue
+        if self.stats is not None:
+            self.stats.note_first_run()
+        while not self._stopping:
+            if self._pausing:
+                self._park()
+                continue
+            if counter is None:
                 exit = vcpu.run()
-                if isinstance(exit, InternalError) and self.emulation_assist \
-                        and self._assist(vcpu, exit):
-                    continue
+            else:
+                entered = clock()
+                interrupted = vcpu.enter()
+                returned = clock()
+                counter.in_kvm_ns += returned - entered
+                exit = interrupted or vcpu.decode_exit()
+            if isinstance(exit, InternalError) and self.emulation_assist \
+                    and self._assist(vcpu, exit):
+                reason = None
+            else:
                 reason = dispatch_exit(exit, pio, mmio, unknown, read_rip, self.pvm_host)
-                if reason is not None:
-                    self.request_stop(reason)
-                    return
-        except Exception as exc:  # noqa: BLE001 - reported, then the VM stops
-            log.debug("vCPU %d failed:\n%s", vcpu.id, traceback.format_exc())
-            self.request_stop(StopReason.vmm_error(f"vCPU {vcpu.id}: {exc}"))
+            if counter is not None:
+                counter.add(exit_key(exit), clock() - returned)
+            if reason is not None:
+                return reason
+        return None
 
     def _assist(self, vcpu: Vcpu, exit: InternalError) -> bool:
         """Carry out an instruction KVM's emulator failed on, if we soundly can."""

@@ -57,19 +57,24 @@ class Vcpu:
 
     def run(self) -> VmExit:
         """KVM_RUN until the next exit to userspace (the GIL is released meanwhile)."""
+        return self.enter() or self.decode_exit()
+
+    def enter(self) -> Interrupted | None:
+        """KVM_RUN alone: ``Interrupted`` if kicked, else None (then ``decode_exit``)."""
         ret = lib.pyvmm_ioctl(self.fd, lib.KVM_RUN, ffi.NULL)
         if ret < 0:
             if ret in (-errno.EINTR, -errno.EAGAIN):
                 self._run.immediate_exit = 0
                 return Interrupted()
             raise KvmError("KVM_RUN", -ret)
-        return self._decode_exit()
+        return None
 
     def request_exit(self) -> None:
         """Make the next (or current, once kicked by a signal) KVM_RUN return at once."""
         self._run.immediate_exit = 1
 
-    def _decode_exit(self) -> VmExit:
+    def decode_exit(self) -> VmExit:
+        """The exit the last KVM_RUN left in the kvm_run area, as data."""
         reason = self._run.exit_reason
         if reason == lib.KVM_EXIT_IO:
             io = self._io

@@ -35,10 +35,10 @@ from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.memory import GuestMemory
-from pyvmm.stats import RunStats, exit_key
 
 if TYPE_CHECKING:
     from pyvmm.control import ControlServer
+    from pyvmm.stats import RunStats
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,8 @@ class Machine:
         pio, mmio, unknown = self.pio_bus, self.mmio_bus, self._unknown
         counter = None if self.stats is None else self.stats.counter()
         clock = time.perf_counter_ns
+        if counter is not None:
+            from pyvmm.stats import exit_key
 
         def read_rip() -> int:
             return vcpu.get_regs()["rip"]
@@ -313,10 +315,12 @@ class Machine:
         return self._stop_reason
 
     def _dump_at_exit(self) -> None:
+        reason = self._stop_reason
+        if not self.config.dump or reason is None:
+            return
         from pyvmm.dump.capture import dump_machine, wanted
 
-        reason = self._stop_reason
-        if not self.config.dump or reason is None or not wanted(self.config.dump_on, reason):
+        if not wanted(self.config.dump_on, reason):
             return
         try:
             seconds = dump_machine(self.config.dump, self.memory, self.vcpus, reason)

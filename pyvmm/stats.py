@@ -13,7 +13,6 @@ editable install's ``.pth`` processing count too.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -125,6 +124,8 @@ class RunStats:
                                for (kind, addr), (count, ns) in merged]}
 
     def json_line(self) -> str:
+        import json  # only for --stats=json: a plain run does not pay for it
+
         return json.dumps({"pyvmm_stats": self.as_dict()}, separators=(",", ":"))
 
     def text(self) -> str:

@@ -154,7 +154,8 @@ def _guest_console_is_hvc(cmdline: str) -> bool:
 def _attach_legacy_devices(machine: Machine) -> None:
     """COM1, the i8042 (reset), debug-exit, pvpanic, ACPI sleep, the ignored ports."""
     bus = machine.pio_bus
-    machine.serial = Serial(KvmIrqLine(machine.vm, layout.COM1_IRQ), machine.console.write)
+    machine.serial = Serial(KvmIrqLine(machine.vm, layout.COM1_IRQ), machine.console.write,
+                            on_pending=machine.loop.wake)
     bus.insert(machine.serial, layout.COM1_PORT, 8)
     bus.insert(I8042(lambda: machine.request_stop(
         StopReason.reboot("the guest reset the machine (i8042)"))),

@@ -251,10 +251,16 @@ class Machine:
             self.loop.remove(self.console.stdin_fd)
 
     def _tick(self) -> float | None:
-        """Serve a SIGUSR1; resume a paused stdin, or poll a stdin epoll can't watch."""
+        """Serve a SIGUSR1, flush the UART's waiting output, feed stdin; the next wait bound."""
         if self._usr1_pending:
             self._usr1_pending = False
             self._on_sigusr1()
+        output = self.serial.flush_due() if self.serial is not None else None
+        stdin = self._tick_stdin()
+        return stdin if output is None else output if stdin is None else min(output, stdin)
+
+    def _tick_stdin(self) -> float | None:
+        """Resume a paused stdin, or poll a stdin epoll can't watch."""
         if self.console.at_eof or self.console_input is None:
             return None
         if self._stdin_paused and self.console_input.input_room() > 0:
@@ -302,6 +308,7 @@ class Machine:
         finally:
             self._stopping = True
             self._join_vcpus()
+            self._flush_console()
             self._note_where_vcpus_were()
             self._note_assists()
             self._dump_at_exit()
@@ -313,6 +320,14 @@ class Machine:
                 signal.signal(signum, handler)
         assert self._stop_reason is not None
         return self._stop_reason
+
+    def _flush_console(self) -> None:
+        """Every byte the guest sent reaches the console before pyvmm goes on."""
+        if self.serial is not None:
+            try:
+                self.serial.flush()
+            except Exception as exc:  # noqa: BLE001 - the stop reason still counts
+                log.error("could not write the guest's last console output: %s", exc)
 
     def _dump_at_exit(self) -> None:
         reason = self._stop_reason

@@ -35,6 +35,7 @@ from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.memory import GuestMemory
+from pyvmm.uart_fastpath import RING_POLL_SECONDS, UartFastPath
 
 if TYPE_CHECKING:
     from pyvmm.control import ControlServer
@@ -84,6 +85,8 @@ class Machine:
     assists: dict[str, int] = field(default_factory=dict)
     #: Exit counts and start-up milestones for --stats (None: not counted).
     stats: RunStats | None = None
+    #: COM1's THR writes coalesced and LSR reads served in C (None: all through Serial).
+    uart_fast: UartFastPath | None = None
     _stop_reason: StopReason | None = None
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: bool = False
@@ -138,7 +141,7 @@ class Machine:
 
     def _vcpu_loop(self, vcpu: Vcpu) -> StopReason | None:
         """KVM_RUN and serve exits until one stops the machine (or we are stopping)."""
-        pio, mmio, unknown = self.pio_bus, self.mmio_bus, self._unknown
+        pio, mmio, unknown, fast = self.pio_bus, self.mmio_bus, self._unknown, self.uart_fast
         counter = None if self.stats is None else self.stats.counter()
         clock = time.perf_counter_ns
         if counter is not None:
@@ -154,13 +157,14 @@ class Machine:
                 self._park()
                 continue
             if counter is None:
-                exit = vcpu.run()
+                exit = vcpu.run() if fast is None else fast.run(vcpu)
             else:
                 entered = clock()
-                interrupted = vcpu.enter()
+                exit = vcpu.run() if fast is None else fast.run(vcpu)
                 returned = clock()
                 counter.in_kvm_ns += returned - entered
-                exit = interrupted or vcpu.decode_exit()
+            if fast is not None:
+                fast.drain_pending()  # writes the guest made before this exit come first
             if isinstance(exit, InternalError) and self.emulation_assist \
                     and self._assist(vcpu, exit):
                 reason = None
@@ -169,8 +173,12 @@ class Machine:
             if counter is not None:
                 counter.add(exit_key(exit), clock() - returned)
             if reason is not None:
-                return reason
-        return None
+                break
+        else:
+            reason = None
+        if counter is not None and fast is not None:
+            counter.add_uncounted(("pio-in-c", fast.lsr_port), fast.lsr_reads_in_c(vcpu))
+        return reason
 
     def _assist(self, vcpu: Vcpu, exit: InternalError) -> bool:
         """Carry out an instruction KVM's emulator failed on, if we soundly can."""
@@ -255,7 +263,11 @@ class Machine:
         if self._usr1_pending:
             self._usr1_pending = False
             self._on_sigusr1()
+        if self.uart_fast is not None and self.uart_fast.coalescing:
+            self.uart_fast.drain()
         output = self.serial.flush_due() if self.serial is not None else None
+        if self.uart_fast is not None and self.uart_fast.coalescing:
+            output = min(output or RING_POLL_SECONDS, RING_POLL_SECONDS)
         stdin = self._tick_stdin()
         return stdin if output is None else output if stdin is None else min(output, stdin)
 
@@ -325,6 +337,12 @@ class Machine:
         """Every byte the guest sent reaches the console before pyvmm goes on."""
         if self.serial is not None:
             try:
+                if self.uart_fast is not None:
+                    self.uart_fast.close()
+                    if self.stats is not None:
+                        self.stats.counter().add_uncounted(
+                            ("pio-out-coalesced", self.uart_fast.thr_port),
+                            self.uart_fast.coalesced_writes)
                 self.serial.flush()
             except Exception as exc:  # noqa: BLE001 - the stop reason still counts
                 log.error("could not write the guest's last console output: %s", exc)

@@ -95,7 +95,7 @@ class Serial:
         self._out = out
         #: Called (no lock held) when output starts waiting for ``flush_due``.
         self.on_pending = on_pending
-        #: Called with the new ``tx_polled`` when a register write changes it.
+        #: Called with the new ``tx_polled`` just before a register write changes it.
         self.on_tx_polled = on_tx_polled
         self._lock = threading.Lock()
         self._out_lock = threading.Lock()  # held while handing a chunk to ``out``: keeps order
@@ -179,14 +179,24 @@ class Serial:
         if offset == RBR_THR_DLL:
             self.transmit(data[:1])
             return
+        value = data[0]
+        if self.on_tx_polled is not None and offset in (IER_DLM, MCR):
+            with self._lock:
+                polled, will_be = self.tx_polled, self._tx_polled_after(offset, value)
+            if polled != will_be:
+                self.on_tx_polled(will_be)  # before the write: batched THR writes come first
         with self._lock:
-            polled = self.tx_polled
-            self._write_register(offset, data[0])
+            self._write_register(offset, value)
             self._update_interrupt()
             self._publish_lsr()
-            changed = polled != self.tx_polled
-        if changed and self.on_tx_polled is not None:
-            self.on_tx_polled(not polled)
+
+    def _tx_polled_after(self, offset: int, value: int) -> bool:
+        ier, mcr = self._ier, self._mcr
+        if offset == IER_DLM and not self._lcr & LCR_DLAB:
+            ier = value & IER_MASK
+        elif offset == MCR:
+            mcr = value & MCR_MASK
+        return not (ier & IER_THR_EMPTY or mcr & MCR_LOOP)
 
     def transmit(self, data: bytes | memoryview) -> None:
         """Writes of ``data`` to offset 0 (THR, or the divisor latch), one byte each, in order."""

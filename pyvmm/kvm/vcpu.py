@@ -69,6 +69,30 @@ class Vcpu:
             raise KvmError("KVM_RUN", -ret)
         return None
 
+    def run_uart_fast(self, fast: Any) -> VmExit:
+        """``run`` with a ``pyvmm_uart_fast`` for this vCPU: UART line-status polls are
+        answered in C, without returning to Python (see _build.py)."""
+        ret = lib.pyvmm_run_uart_fast(fast)
+        if ret < 0:
+            if ret in (-errno.EINTR, -errno.EAGAIN):
+                self._run.immediate_exit = 0
+                return Interrupted()
+            raise KvmError("KVM_RUN", -ret)
+        return self.decode_exit()
+
+    def uart_fast(self, lsr: Any, lsr_port: int, ring: Any) -> Any:
+        """A ``pyvmm_uart_fast`` for ``run_uart_fast``: ``lsr`` points at the LSR value."""
+        return ffi.new("pyvmm_uart_fast *", {"fd": self.fd, "run": self._run, "ring": ring,
+                                             "lsr": lsr, "lsr_port": lsr_port})
+
+    def coalesced_ring(self) -> Any:
+        """The VM's coalesced-I/O ring (a page of every vCPU's kvm_run mapping)."""
+        offset = lib.KVM_COALESCED_MMIO_PAGE_OFFSET * mmap.PAGESIZE
+        if len(self._run_map) < offset + mmap.PAGESIZE:
+            raise KvmError("coalesced I/O ring not mapped", errno.ENODEV)
+        base = ffi.cast("char *", ffi.from_buffer(self._run_map))
+        return ffi.cast("struct kvm_coalesced_mmio_ring *", base + offset)
+
     def request_exit(self) -> None:
         """Make the next (or current, once kicked by a signal) KVM_RUN return at once."""
         self._run.immediate_exit = 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from .conftest import image, run_pyvmm
 
 
@@ -12,20 +14,39 @@ def stats_of(stderr: str) -> dict:
     return json.loads(line)["pyvmm_stats"]
 
 
-def test_stats_count_the_console_exits_of_a_tiny_guest() -> None:
+def _count(stats: dict, kinds: tuple[str, ...], address: int) -> int:
+    return sum(row["count"] for row in stats["by_address"]
+               if row["kind"] in kinds and row["address"] == address)
+
+
+@pytest.mark.parametrize("fastpath", ["off", "coalesce", "c", "on"])
+def test_every_console_byte_is_counted_and_printed_in_every_mode(fastpath, monkeypatch) -> None:
+    monkeypatch.setenv("PYVMM_UART_FASTPATH", fastpath)
     result = run_pyvmm("run", "--kernel", str(image("tiny/bootcheck.bzImage")),
                        "--append", "console=ttyS0", "--timeout", "60", "--stats=json")
     assert result.status == 0, result.stderr
-    assert "pyvmm-tiny: done" in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == "pyvmm-tiny: hello" and lines[-1] == "pyvmm-tiny: done"
+    assert "cmdline: console=ttyS0 virtio_mmio.device=" in result.stdout
     stats = stats_of(result.stderr)
     startup = stats["startup_s"]
     assert 0 < startup["pyvmm_imported"] < startup["cli_parsed"] < startup["machine_built"] \
         <= startup["first_kvm_run"] < 30
-    # The tiny guest polls LSR before each byte it writes: one read of 0x3fd per byte.
-    polls = next(row for row in stats["by_address"]
-                 if row["kind"] == "pio-in" and row["address"] == 0x3FD)
-    assert polls["count"] >= len("pyvmm-tiny: done")
-    assert stats["exits"] == sum(row["count"] for row in stats["by_address"])
+    # One THR write per byte printed, exiting or coalesced; one LSR poll before each.
+    assert _count(stats, ("pio-out", "pio-out-coalesced"), 0x3F8) == len(result.stdout)
+    assert _count(stats, ("pio-in", "pio-in-c"), 0x3FD) == len(result.stdout)
+    exits_for_thr = _count(stats, ("pio-out",), 0x3F8)
+    exits_for_lsr = _count(stats, ("pio-in",), 0x3FD)
+    if fastpath in ("off", "c"):
+        assert exits_for_thr == len(result.stdout)
+    else:
+        assert exits_for_thr == 0
+    if fastpath in ("off", "coalesce"):
+        assert exits_for_lsr == len(result.stdout)
+    else:  # back to Python once per line, to write it out
+        assert exits_for_lsr <= len(lines) + 1
+    assert stats["exits"] == sum(row["count"] for row in stats["by_address"]
+                                 if row["kind"] not in ("pio-in-c", "pio-out-coalesced"))
 
 
 def test_stats_text_goes_to_stderr_only() -> None:

@@ -24,6 +24,7 @@ column).  Only ratios within one run mean anything under an emulated host.
 
 Usage: python3 bench/boot_time.py [--runs 5] [--quiet-kernel]
        python3 bench/boot_time.py --rig [--runs 5] [--baseline DIR] [--json OUT]
+       python3 bench/boot_time.py --exit-latency [--runs 20]
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def scenarios(quiet: bool) -> list[Scenario]:
 # -- --rig: hardware KVM, pyvmm and QEMU interleaved -----------------------------------
 
 #: What each rig run watches for on the console, in boot order.
-RIG_MARKERS = {"banner": b"Linux version", "init": b"pyvmm-init: ok"}
+RIG_MARKERS = {"banner": b"Linux version", "init": b"pyvmm-init: ok",
+               "done": b"pyvmm-init: exit"}
 
 
 @dataclass
@@ -233,10 +235,13 @@ def summarize(runs: list[RigRun]) -> dict:
     result: dict = {name: _median([r.at[name] for r in runs if name in r.at])
                     for name in RIG_MARKERS}
     result["exit"] = _median([r.to_exit for r in runs])
+    # From /init's last line (then sync, poweroff -f) to the VMM's exit.
+    result["shutdown"] = _median([r.to_exit - r.at["done"] for r in runs if "done" in r.at])
     result["statuses"] = sorted({r.status for r in runs})
     stats = [r.stats for r in runs if r.stats]
     if stats:
         result["startup"] = _median([s["startup_s"]["first_kvm_run"] for s in stats])
+        result["stopping"] = _median([s["stopping_s"] for s in stats if s.get("stopping_s")])
         result["exits"] = _median([s["exits"] for s in stats])
         kinds: dict[str, dict[str, float | None]] = {}
         for kind in sorted({k for s in stats for k in s["by_kind"]}):
@@ -272,24 +277,58 @@ def rig_main(args: argparse.Namespace) -> int:
     summary = {f"{case}|{vmm}": summarize(r) for (case, vmm), r in runs.items()}
     print(f"medians of {args.runs} interleaved runs, seconds from spawn")
     print(f"{'case':22} {'vmm':8} {'banner':>7} {'/init':>7} {'exit':>7} {'init ratio':>10} "
-          f"{'start-up':>8} {'exits':>7}  exits by kind (count, mean us)")
+          f"{'shutdown':>8} {'start-up':>8} {'exits':>7}  exits by kind (count, mean us)")
     for case in cases:
         qemu_init = summary[f"{case.name}|qemu"]["init"]
         for vmm in vmms:
             row = summary[f"{case.name}|{vmm}"]
             ratio = "" if row["init"] is None or not qemu_init else f"{row['init'] / qemu_init:.2f}"
             kinds = ", ".join(f"{kind} {v['count']:.0f} x {v['mean_us']:.0f}"
+                              if v["mean_us"] else f"{kind} {v['count']:.0f}"
                               for kind, v in row.get("by_kind", {}).items())
             startup = f"{row['startup']:.3f}" if "startup" in row else ""
             exits = f"{row['exits']:.0f}" if "exits" in row else ""
             print(f"{case.name:22} {vmm:8} {_fmt(row['banner']):>7} {_fmt(row['init']):>7} "
-                  f"{_fmt(row['exit']):>7} {ratio:>10} {startup:>8} {exits:>7}  {kinds}"
+                  f"{_fmt(row['exit']):>7} {ratio:>10} {_fmt(row['shutdown']):>8} "
+                  f"{startup:>8} {exits:>7}  {kinds}"
                   + ("" if row["statuses"] == [0] else f"  status {row['statuses']}"))
     if args.json:
         with open(args.json, "w") as stream:
             json.dump({"runs": args.runs, "summary": summary,
                        "raw": {f"{c}|{v}": [r.__dict__ for r in rs]
                                for (c, v), rs in runs.items()}}, stream, indent=1)
+    return 0
+
+
+# -- --exit-latency: from the guest's last line to the VMM's exit ------------------------
+
+def exit_latency(runs: int) -> int:
+    """The tiny ``exitcode`` guest prints a line and writes the debug-exit port at once:
+    the time from that line to the VMM's exit is the VMM's own stopping time."""
+    tiny = OUT / "tiny"
+    commands = {"pyvmm": pyvmm("-k", str(tiny / "exitcode.bzImage"), "-a", "exitcode=3"),
+                "qemu": QEMU_MICROVM + ["-kernel", str(tiny / "exitcode.elf"),
+                                        "-append", "exitcode=3"]}
+    if QEMU is None:
+        del commands["qemu"]
+    results: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, command in commands.items():
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, cwd=REPO)
+            assert proc.stdout is not None
+            seen, line_at = b"", None
+            while chunk := os.read(proc.stdout.fileno(), 65536):
+                seen += chunk
+                if line_at is None and b"pyvmm-tiny: exit 3" in seen:
+                    line_at = time.monotonic()
+            proc.wait()
+            if line_at is not None:
+                results[name].append((time.monotonic() - line_at) * 1000)
+    for name, values in results.items():
+        if values:
+            print(f"{name:6} last line -> exit, ms: median {statistics.median(values):.1f}, "
+                  f"max {max(values):.1f} over {len(values)} runs")
     return 0
 
 
@@ -307,7 +346,11 @@ def main() -> int:
     parser.add_argument("--memory", default="512M", help="--rig: guest RAM")
     parser.add_argument("--baseline", help="--rig: another pyvmm checkout to run alongside")
     parser.add_argument("--json", help="--rig: write every run and the medians here")
+    parser.add_argument("--exit-latency", action="store_true",
+                        help="time from a tiny guest's last line to the VMM's exit")
     args = parser.parse_args()
+    if args.exit_latency:
+        return exit_latency(args.runs)
     if args.rig:
         return rig_main(args)
     print(f"{'scenario':40} {'to marker (s)':>14} {'to exit (s)':>12}  exit status")

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 KICK_SIGNAL = signal.SIGRTMIN
 #: How long stopping waits for vCPU threads before giving up on them.
 VCPU_JOIN_SECONDS = 5.0
+#: How long the VM teardown child waits for pyvmm to exit before it lets go anyway.
+VM_TEARDOWN_WAIT_SECONDS = 10.0
 
 
 class ConsoleInput(Protocol):
@@ -87,6 +89,8 @@ class Machine:
     stats: RunStats | None = None
     #: COM1's THR writes coalesced and LSR reads served in C (None: all through Serial).
     uart_fast: UartFastPath | None = None
+    #: perf_counter() when the first stop reason came (for --stats).
+    stop_requested_at: float | None = None
     _stop_reason: StopReason | None = None
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: bool = False
@@ -107,6 +111,7 @@ class Machine:
         with self._stop_lock:
             if self._stop_reason is None:
                 self._stop_reason = reason
+                self.stop_requested_at = time.perf_counter()
             self._stopping = True
         self.loop.stop()
 
@@ -376,6 +381,30 @@ class Machine:
             self.memory.close()
         except BufferError:
             log.debug("guest RAM still has views; left to the garbage collector")
+
+    def close_at_exit(self) -> None:
+        """Before the process exits: leave the VM's teardown to a short-lived child.
+
+        Destroying a VM (in-kernel irqchip and PIT, SRCU grace periods) takes
+        15 - 350 ms on a busy host, and the process whose exit drops the last
+        reference to the VM fd waits for it.  A forked child that keeps only
+        the VM fd takes that wait, after pyvmm has exited with its status.
+        Guest RAM is MADV_DONTFORK, so the fork copies no guest page tables.
+        """
+        try:
+            pid = os.fork()
+        except OSError:
+            return  # the exit then waits for the teardown; nothing else changes
+        if pid == 0:  # the child: no Python clean-up, no other fd (disk locks, pipes)
+            try:
+                parent = os.getppid()
+                os.closerange(0, self.vm.fd)
+                os.closerange(self.vm.fd + 1, 1 << 20)
+                deadline = time.monotonic() + VM_TEARDOWN_WAIT_SECONDS
+                while os.getppid() == parent and time.monotonic() < deadline:
+                    time.sleep(0.002)  # until pyvmm has exited: then the VM fd is ours alone
+            finally:
+                os._exit(0)
 
     def _shut_down_devices(self) -> None:
         """Finish device work and make disk writes durable, whatever stopped us."""

@@ -62,11 +62,11 @@ def map_ram(size: int) -> tuple[mmap.mmap, memoryview]:
     mapping = mmap.mmap(-1, size + align, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
                         | MAP_NORESERVE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     offset = -_host_address(mapping) % align
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
-            mapping.madvise(mmap.MADV_HUGEPAGE, offset, size)
-        except OSError:
-            pass  # a host kernel without transparent huge pages: 4 KiB pages it is
+    try:
+        mapping.madvise(mmap.MADV_HUGEPAGE, offset, size)
+    except OSError:
+        pass  # a host kernel without transparent huge pages: 4 KiB pages it is
+    mapping.madvise(mmap.MADV_DONTFORK)  # a child (a helper we exec) never needs guest RAM
     return mapping, memoryview(mapping)[offset:offset + size]
 
 

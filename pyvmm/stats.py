@@ -88,6 +88,8 @@ class RunStats:
     milestones: list[tuple[str, float]] = field(default_factory=list)
     counters: list[ExitCounter] = field(default_factory=list)
     first_run: float | None = None
+    #: Seconds from the guest's (or a signal's) stop request to the report.
+    stopping: float | None = None
 
     def mark(self, name: str, when: float | None = None) -> None:
         """Note that start-up reached ``name`` (now, or at ``when``)."""
@@ -103,6 +105,10 @@ class RunStats:
         """Called by each vCPU thread before its first KVM_RUN; the first one counts."""
         if self.first_run is None:
             self.first_run = time.perf_counter()
+
+    def note_stop(self, requested_at: float | None) -> None:
+        """The stop was asked for at ``requested_at``; pyvmm has finished with the VM now."""
+        self.stopping = None if requested_at is None else time.perf_counter() - requested_at
 
     def merged(self) -> dict[ExitKey, list[int]]:
         total: dict[ExitKey, list[int]] = {}
@@ -125,6 +131,7 @@ class RunStats:
             entry[0] += count
             entry[1] += ns
         return {"startup_s": startup,
+                "stopping_s": None if self.stopping is None else round(self.stopping, 6),
                 "exits": sum(count for kind, (count, _) in by_kind.items()
                              if kind not in NO_EXIT_KINDS),
                 "without_exit": sum(count for kind, (count, _) in by_kind.items()
@@ -144,6 +151,9 @@ class RunStats:
         data = self.as_dict()
         lines = ["pyvmm stats: start-up (seconds from spawn): " + ", ".join(
             f"{name} {seconds:.3f}" for name, seconds in data["startup_s"].items())]
+        if self.stopping is not None:
+            lines.append(f"pyvmm stats: {self.stopping * 1000:.1f} ms from the stop request "
+                         "to this report")
         served = sum(kind["total_us"] for kind in data["by_kind"].values())
         lines.append(f"pyvmm stats: {data['exits']} exits to pyvmm, {served / 1e6:.3f} s "
                      f"serving them, {data['in_kvm_run_s']:.3f} s in KVM_RUN; "

@@ -72,6 +72,7 @@ def test_anonymous_ram_is_aligned_for_huge_pages(size: int, alignment: int) -> N
         flags = _vm_flags(address)
         assert "nr" in flags  # MAP_NORESERVE, really set (Python's mmap lacks the name)
         assert "hg" in flags  # madvise(MADV_HUGEPAGE)
+        assert "dc" in flags  # MADV_DONTFORK: a forked child copies none of it
         memory.write(size - 4, b"last")
         assert memory.read(size - 4, 4) == b"last"
     finally:

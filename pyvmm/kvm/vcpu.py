@@ -61,24 +61,20 @@ class Vcpu:
 
     def enter(self) -> Interrupted | None:
         """KVM_RUN alone: ``Interrupted`` if kicked, else None (then ``decode_exit``)."""
-        ret = lib.pyvmm_ioctl(self.fd, lib.KVM_RUN, ffi.NULL)
+        return self._entered(lib.pyvmm_ioctl(self.fd, lib.KVM_RUN, ffi.NULL))
+
+    def run_uart_fast(self, fast: Any) -> VmExit:
+        """``run`` with a ``pyvmm_uart_fast`` for this vCPU: UART line-status polls are
+        answered in C, without returning to Python (see _build.py)."""
+        return self._entered(lib.pyvmm_run_uart_fast(fast)) or self.decode_exit()
+
+    def _entered(self, ret: int) -> Interrupted | None:
         if ret < 0:
             if ret in (-errno.EINTR, -errno.EAGAIN):
                 self._run.immediate_exit = 0
                 return Interrupted()
             raise KvmError("KVM_RUN", -ret)
         return None
-
-    def run_uart_fast(self, fast: Any) -> VmExit:
-        """``run`` with a ``pyvmm_uart_fast`` for this vCPU: UART line-status polls are
-        answered in C, without returning to Python (see _build.py)."""
-        ret = lib.pyvmm_run_uart_fast(fast)
-        if ret < 0:
-            if ret in (-errno.EINTR, -errno.EAGAIN):
-                self._run.immediate_exit = 0
-                return Interrupted()
-            raise KvmError("KVM_RUN", -ret)
-        return self.decode_exit()
 
     def uart_fast(self, lsr: Any, lsr_port: int, ring: Any) -> Any:
         """A ``pyvmm_uart_fast`` for ``run_uart_fast``: ``lsr`` points at the LSR value."""

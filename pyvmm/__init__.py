@@ -1,4 +1,9 @@
 """pyvmm: a small virtual machine monitor in Python on Linux KVM."""
 
+import time as _time
+
+#: When the interpreter got as far as pyvmm (``--stats`` start-up milestone).
+IMPORTED_AT = _time.perf_counter()
+
 __version__ = "0.1.0"
 __all__ = ["__version__"]

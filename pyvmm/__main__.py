@@ -1,5 +1,5 @@
 """``python -m pyvmm`` runs the CLI."""
 
-from pyvmm.cli import main
+from pyvmm.cli import entry
 
-main()
+entry()

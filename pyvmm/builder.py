@@ -27,6 +27,7 @@ from pyvmm.kvm.system import Kvm, is_pvm_host
 from pyvmm.kvm.vm import Vm
 from pyvmm.machine import Machine
 from pyvmm.memory import GuestMemory
+from pyvmm.uart_fastpath import UartFastPath
 from pyvmm.virtio_slots import (acpi_platform, announce, attach_virtio, open_virtio_devices,
                                 plan_virtio_slots)
 
@@ -135,6 +136,8 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
                       or (config.emulation_assist == "auto" and pvm_host))
     machine.console.on_quit = lambda: machine.request_stop(StopReason.user_quit())
     _attach_legacy_devices(machine)
+    assert machine.serial is not None
+    machine.uart_fast = UartFastPath(kvm, vm, vcpus, machine.serial, layout.COM1_PORT)
     machine.virtio = attach_virtio(vm, loop, machine.mmio_bus, memory, slots, devices,
                                    machine.owned_fds)
     machine.console_input = machine.serial
@@ -154,7 +157,8 @@ def _guest_console_is_hvc(cmdline: str) -> bool:
 def _attach_legacy_devices(machine: Machine) -> None:
     """COM1, the i8042 (reset), debug-exit, pvpanic, ACPI sleep, the ignored ports."""
     bus = machine.pio_bus
-    machine.serial = Serial(KvmIrqLine(machine.vm, layout.COM1_IRQ), machine.console.write)
+    machine.serial = Serial(KvmIrqLine(machine.vm, layout.COM1_IRQ), machine.console.write,
+                            on_pending=machine.loop.wake)
     bus.insert(machine.serial, layout.COM1_PORT, 8)
     bus.insert(I8042(lambda: machine.request_stop(
         StopReason.reboot("the guest reset the machine (i8042)"))),

@@ -55,6 +55,36 @@ class _LazyGroup(click.Group):
         return available
 
 
+def entry() -> None:
+    """The ``pyvmm`` command: ``main``, then exit without Python's interpreter teardown.
+
+    A run has finished everything that matters (console output, terminal
+    modes, disk flushes, dumps) before ``main`` returns; finalizing the
+    interpreter would add tens of milliseconds to every exit, which a script
+    waiting on pyvmm pays.  atexit handlers still run.
+    """
+    import atexit
+    import os
+
+    try:
+        main()
+        status = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            status = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            status = 1
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
 def fail(error: PyvmmError) -> None:
     """Report ``error`` as one line on stderr and exit with its status."""
     click.echo(f"pyvmm: error: {error}", err=True)
@@ -190,9 +220,14 @@ def effective_config(ctx: click.Context, params: dict[str, Any]) -> MachineConfi
               show_default=True,
               help="When the guest reboots: exit 0, or restart it with the same machine.")
 @click.option("--verbose", "-v", is_flag=True, help="Log what pyvmm does to stderr.")
+@click.option("--stats", type=click.Choice(("text", "json")), is_flag=False,
+              flag_value="text", default=None,
+              help="At exit, print start-up times and vCPU exits by kind and port/address "
+                   "with the time serving them to stderr (--stats=json: one JSON line).")
 @click.pass_context
 @reports_errors
-def run(ctx: click.Context, on_reboot: str, verbose: bool, **params: Any) -> None:
+def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None,
+        **params: Any) -> None:
     """Boot a kernel and show its serial console.
 
     \b
@@ -204,22 +239,37 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, **params: Any) -> Non
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="pyvmm: %(message)s", stream=sys.stderr)
+    run_stats = None
+    if stats:
+        from pyvmm import IMPORTED_AT
+        from pyvmm.stats import RunStats
+
+        run_stats = RunStats()
+        run_stats.mark("pyvmm_imported", IMPORTED_AT)
+        run_stats.mark("cli_parsed")
     config = effective_config(ctx, params)
     from pyvmm.builder import build_machine
 
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
     while True:
         machine = build_machine(config)
+        if run_stats is not None:
+            machine.stats = run_stats
+            run_stats.mark("machine_built")
         reason = machine.run()
-        machine.close()
         if reason.kind != "reboot" or on_reboot != "restart":
+            machine.close_at_exit()
             break
+        machine.close()
         click.echo("\npyvmm: the guest rebooted; restarting it", err=True)
         if deadline is not None:  # --timeout bounds the whole run, restarts included
             config = dataclasses.replace(
                 config, timeout=max(deadline - time.monotonic(), 0.001))
     if reason.status != ExitStatus.OK or verbose:
         click.echo(f"\npyvmm: {reason.message}", err=True)
+    if run_stats is not None:
+        run_stats.note_stop(machine.stop_requested_at)
+        click.echo(run_stats.json_line() if stats == "json" else run_stats.text(), err=True)
     sys.exit(reason.status)
 
 

@@ -35,9 +35,11 @@ from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.memory import GuestMemory
+from pyvmm.uart_fastpath import RING_POLL_SECONDS, UartFastPath
 
 if TYPE_CHECKING:
     from pyvmm.control import ControlServer
+    from pyvmm.stats import RunStats
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 KICK_SIGNAL = signal.SIGRTMIN
 #: How long stopping waits for vCPU threads before giving up on them.
 VCPU_JOIN_SECONDS = 5.0
+#: How long the VM teardown child waits for pyvmm to exit before it lets go anyway.
+VM_TEARDOWN_WAIT_SECONDS = 10.0
 
 
 class ConsoleInput(Protocol):
@@ -81,6 +85,12 @@ class Machine:
     emulation_assist: bool = False
     #: How many instructions were finished that way, by name.
     assists: dict[str, int] = field(default_factory=dict)
+    #: Exit counts and start-up milestones for --stats (None: not counted).
+    stats: RunStats | None = None
+    #: COM1's THR writes coalesced and LSR reads served in C (None: all through Serial).
+    uart_fast: UartFastPath | None = None
+    #: perf_counter() when the first stop reason came (for --stats).
+    stop_requested_at: float | None = None
     _stop_reason: StopReason | None = None
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: bool = False
@@ -101,6 +111,7 @@ class Machine:
         with self._stop_lock:
             if self._stop_reason is None:
                 self._stop_reason = reason
+                self.stop_requested_at = time.perf_counter()
             self._stopping = True
         self.loop.stop()
 
@@ -125,27 +136,54 @@ class Machine:
     # -- vCPU threads ---------------------------------------------------------
 
     def _vcpu_main(self, vcpu: Vcpu) -> None:
-        pio, mmio, unknown = self.pio_bus, self.mmio_bus, self._unknown
+        try:
+            reason = self._vcpu_loop(vcpu)
+            if reason is not None:
+                self.request_stop(reason)
+        except Exception as exc:  # noqa: BLE001 - reported, then the VM stops
+            log.debug("vCPU %d failed:\n%s", vcpu.id, traceback.format_exc())
+            self.request_stop(StopReason.vmm_error(f"vCPU {vcpu.id}: {exc}"))
+
+    def _vcpu_loop(self, vcpu: Vcpu) -> StopReason | None:
+        """KVM_RUN and serve exits until one stops the machine (or we are stopping)."""
+        pio, mmio, unknown, fast = self.pio_bus, self.mmio_bus, self._unknown, self.uart_fast
+        counter = None if self.stats is None else self.stats.counter()
+        clock = time.perf_counter_ns
+        if counter is not None:
+            from pyvmm.stats import exit_key
 
         def read_rip() -> int:
             return vcpu.get_regs()["rip"]
 
-        try:
-            while not self._stopping:
-                if self._pausing:
-                    self._park()
-                    continue
-                exit = vcpu.run()
-                if isinstance(exit, InternalError) and self.emulation_assist \
-                        and self._assist(vcpu, exit):
-                    continue
+        if self.stats is not None:
+            self.stats.note_first_run()
+        while not self._stopping:
+            if self._pausing:
+                self._park()
+                continue
+            if counter is None:
+                exit = vcpu.run() if fast is None else fast.run(vcpu)
+            else:
+                entered = clock()
+                exit = vcpu.run() if fast is None else fast.run(vcpu)
+                returned = clock()
+                counter.in_kvm_ns += returned - entered
+            if fast is not None:
+                fast.drain_pending()  # writes the guest made before this exit come first
+            if isinstance(exit, InternalError) and self.emulation_assist \
+                    and self._assist(vcpu, exit):
+                reason = None
+            else:
                 reason = dispatch_exit(exit, pio, mmio, unknown, read_rip, self.pvm_host)
-                if reason is not None:
-                    self.request_stop(reason)
-                    return
-        except Exception as exc:  # noqa: BLE001 - reported, then the VM stops
-            log.debug("vCPU %d failed:\n%s", vcpu.id, traceback.format_exc())
-            self.request_stop(StopReason.vmm_error(f"vCPU {vcpu.id}: {exc}"))
+            if counter is not None:
+                counter.add(exit_key(exit), clock() - returned)
+            if reason is not None:
+                break
+        else:
+            reason = None
+        if counter is not None and fast is not None:
+            counter.add_uncounted(("pio-in-c", fast.lsr_port), fast.lsr_reads_in_c(vcpu))
+        return reason
 
     def _assist(self, vcpu: Vcpu, exit: InternalError) -> bool:
         """Carry out an instruction KVM's emulator failed on, if we soundly can."""
@@ -226,10 +264,20 @@ class Machine:
             self.loop.remove(self.console.stdin_fd)
 
     def _tick(self) -> float | None:
-        """Serve a SIGUSR1; resume a paused stdin, or poll a stdin epoll can't watch."""
+        """Serve a SIGUSR1, flush the UART's waiting output, feed stdin; the next wait bound."""
         if self._usr1_pending:
             self._usr1_pending = False
             self._on_sigusr1()
+        if self.uart_fast is not None and self.uart_fast.coalescing:
+            self.uart_fast.drain()
+        output = self.serial.flush_due() if self.serial is not None else None
+        if self.uart_fast is not None and self.uart_fast.coalescing:
+            output = min(output or RING_POLL_SECONDS, RING_POLL_SECONDS)
+        stdin = self._tick_stdin()
+        return stdin if output is None else output if stdin is None else min(output, stdin)
+
+    def _tick_stdin(self) -> float | None:
+        """Resume a paused stdin, or poll a stdin epoll can't watch."""
         if self.console.at_eof or self.console_input is None:
             return None
         if self._stdin_paused and self.console_input.input_room() > 0:
@@ -277,6 +325,7 @@ class Machine:
         finally:
             self._stopping = True
             self._join_vcpus()
+            self._flush_console()
             self._note_where_vcpus_were()
             self._note_assists()
             self._dump_at_exit()
@@ -289,11 +338,27 @@ class Machine:
         assert self._stop_reason is not None
         return self._stop_reason
 
+    def _flush_console(self) -> None:
+        """Every byte the guest sent reaches the console before pyvmm goes on."""
+        if self.serial is not None:
+            try:
+                if self.uart_fast is not None:
+                    self.uart_fast.close()
+                    if self.stats is not None:
+                        self.stats.counter().add_uncounted(
+                            ("pio-out-coalesced", self.uart_fast.thr_port),
+                            self.uart_fast.coalesced_writes)
+                self.serial.flush()
+            except Exception as exc:  # noqa: BLE001 - the stop reason still counts
+                log.error("could not write the guest's last console output: %s", exc)
+
     def _dump_at_exit(self) -> None:
+        reason = self._stop_reason
+        if not self.config.dump or reason is None:
+            return
         from pyvmm.dump.capture import dump_machine, wanted
 
-        reason = self._stop_reason
-        if not self.config.dump or reason is None or not wanted(self.config.dump_on, reason):
+        if not wanted(self.config.dump_on, reason):
             return
         try:
             seconds = dump_machine(self.config.dump, self.memory, self.vcpus, reason)
@@ -316,6 +381,30 @@ class Machine:
             self.memory.close()
         except BufferError:
             log.debug("guest RAM still has views; left to the garbage collector")
+
+    def close_at_exit(self) -> None:
+        """Before the process exits: leave the VM's teardown to a short-lived child.
+
+        Destroying a VM (in-kernel irqchip and PIT, SRCU grace periods) takes
+        15 - 350 ms on a busy host, and the process whose exit drops the last
+        reference to the VM fd waits for it.  A forked child that keeps only
+        the VM fd takes that wait, after pyvmm has exited with its status.
+        Guest RAM is MADV_DONTFORK, so the fork copies no guest page tables.
+        """
+        try:
+            pid = os.fork()
+        except OSError:
+            return  # the exit then waits for the teardown; nothing else changes
+        if pid == 0:  # the child: no Python clean-up, no other fd (disk locks, pipes)
+            try:
+                parent = os.getppid()
+                os.closerange(0, self.vm.fd)
+                os.closerange(self.vm.fd + 1, 1 << 20)
+                deadline = time.monotonic() + VM_TEARDOWN_WAIT_SECONDS
+                while os.getppid() == parent and time.monotonic() < deadline:
+                    time.sleep(0.002)  # until pyvmm has exited: then the VM fd is ours alone
+            finally:
+                os._exit(0)
 
     def _shut_down_devices(self) -> None:
         """Finish device work and make disk writes durable, whatever stopped us."""

@@ -1,15 +1,27 @@
 """A 16550A UART (the PC's COM1), modelled on QEMU's serial.c and vm-superio.
 
-Transmit goes to ``out`` one byte per THR write (the guest's 8250 driver
-writes bytes one at a time anyway); receive comes from ``enqueue_input`` on
-the main thread and raises the RX interrupt.  The interrupt output follows
-the pending-interrupt state as a level, like the real chip's INTR pin.  The
-vCPU thread and the main thread both touch the state, hence the lock.
+Transmitted bytes are buffered and handed to ``out`` a line at a time (at a
+newline, when ``TX_BUFFER_BYTES`` are waiting, or on ``flush``): a console
+write per byte is what made a verbose boot slow.  Bytes left without a newline
+(a shell prompt) are the owner's to flush: ``on_pending`` tells it that output
+started waiting, ``flush_due`` when to flush it.  Receive comes from
+``enqueue_input`` on the main thread and raises the RX interrupt.  The
+interrupt output follows the pending-interrupt state as a level, like the real
+chip's INTR pin.  The vCPU threads and the main thread both touch the state,
+hence the lock.
+
+For a VMM that serves some accesses without calling ``read``/``write`` (a
+coalesced THR, a line-status read answered in C), the UART says when that is
+exact: ``tx_polled`` (no THR-empty interrupt, no loopback: a THR write has no
+effect but the byte, so writes may be batched and applied by ``transmit``)
+and ``lsr_cell`` (the line-status value a read returns now; reading it has no
+side effect while no overrun is flagged, which this model never does).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable
 
 from pyvmm.devices.irq import InterruptLine
@@ -67,17 +79,30 @@ INPUT_CAPACITY = 64 * 1024
 #: Divisor latch at reset: 115200 baud from the 1.8432 MHz clock.
 DEFAULT_DIVISOR = 1
 
-_SINGLE_BYTES = [bytes([value]) for value in range(256)]
+#: Transmitted bytes held before ``out`` gets them, at most (a newline flushes sooner).
+TX_BUFFER_BYTES = 4096
+#: How long a partial line may wait for its newline before ``flush_due`` says flush.
+TX_FLUSH_DELAY = 0.01
 
 
 class Serial:
     """16550A registers at offsets 0..7."""
 
-    def __init__(self, interrupt: InterruptLine, out: Callable[[bytes], None]) -> None:
+    def __init__(self, interrupt: InterruptLine, out: Callable[[bytes], None],
+                 on_pending: Callable[[], None] | None = None,
+                 on_tx_polled: Callable[[bool], None] | None = None) -> None:
         self._interrupt = interrupt
         self._out = out
+        #: Called (no lock held) when output starts waiting for ``flush_due``.
+        self.on_pending = on_pending
+        #: Called with the new ``tx_polled`` just before a register write changes it.
+        self.on_tx_polled = on_tx_polled
         self._lock = threading.Lock()
+        self._out_lock = threading.Lock()  # held while handing a chunk to ``out``: keeps order
         self._input = bytearray()
+        self._tx = bytearray()
+        self._tx_since = 0.0
+        self._tx_watched = False
         self._divisor = DEFAULT_DIVISOR
         self._ier = 0
         self._lcr = 0
@@ -88,6 +113,8 @@ class Serial:
         self._fifo_enabled = False
         self._thr_interrupt_pending = False
         self._irq_level = False
+        #: The value an LSR read returns now, kept current for readers without the lock.
+        self.lsr_cell = bytearray([self._lsr])
 
     # -- host side -------------------------------------------------------------
 
@@ -102,7 +129,39 @@ class Serial:
             taken = data[:INPUT_CAPACITY - len(self._input)]
             self._input += taken
             self._update_interrupt()
+            self._publish_lsr()
             return len(taken)
+
+    def flush(self) -> None:
+        """Hand what the guest transmitted so far to ``out`` (any thread, in order)."""
+        with self._out_lock:
+            with self._lock:
+                if not self._tx:
+                    return
+                chunk = bytes(self._tx)
+                self._tx.clear()
+            self._out(chunk)
+
+    def flush_due(self, now: float | None = None) -> float | None:
+        """Flush output that waited ``TX_FLUSH_DELAY``; seconds until the next is due.
+
+        None when nothing waits: the next byte calls ``on_pending`` again.
+        """
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if not self._tx:
+                self._tx_watched = False
+                return None
+            wait = self._tx_since + TX_FLUSH_DELAY - now
+        if wait > 0:
+            return wait
+        self.flush()
+        return TX_FLUSH_DELAY
+
+    @property
+    def tx_polled(self) -> bool:
+        """True when a THR write does nothing but send its byte (see the module doc)."""
+        return not (self._ier & IER_THR_EMPTY or self._mcr & MCR_LOOP)
 
     # -- guest side ------------------------------------------------------------
 
@@ -110,17 +169,59 @@ class Serial:
         with self._lock:
             value = self._read_register(offset)
             self._update_interrupt()
+            if offset == RBR_THR_DLL:
+                self._publish_lsr()
         data[0] = value
         if len(data) > 1:
             data[1:] = b"\x00" * (len(data) - 1)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
-        output = None
+        if offset == RBR_THR_DLL:
+            self.transmit(data[:1])
+            return
+        value = data[0]
+        if self.on_tx_polled is not None and offset in (IER_DLM, MCR):
+            with self._lock:
+                polled, will_be = self.tx_polled, self._tx_polled_after(offset, value)
+            if polled != will_be:
+                self.on_tx_polled(will_be)  # before the write: batched THR writes come first
         with self._lock:
-            output = self._write_register(offset, data[0])
+            self._write_register(offset, value)
             self._update_interrupt()
-        if output is not None:
-            self._out(_SINGLE_BYTES[output])
+            self._publish_lsr()
+
+    def _tx_polled_after(self, offset: int, value: int) -> bool:
+        ier, mcr = self._ier, self._mcr
+        if offset == IER_DLM and not self._lcr & LCR_DLAB:
+            ier = value & IER_MASK
+        elif offset == MCR:
+            mcr = value & MCR_MASK
+        return not (ier & IER_THR_EMPTY or mcr & MCR_LOOP)
+
+    def transmit(self, data: bytes | memoryview) -> None:
+        """Writes of ``data`` to offset 0 (THR, or the divisor latch), one byte each, in order."""
+        with self._lock:
+            waiting = len(self._tx)
+            for value in data:
+                self._write_register(RBR_THR_DLL, value)
+            self._update_interrupt()
+            self._publish_lsr()
+            added = len(self._tx) - waiting
+            start_watch = added and not self._tx_watched
+            if start_watch:
+                self._tx_watched = True
+            if added and not waiting:
+                self._tx_since = time.monotonic()
+            flush = added and (len(self._tx) >= TX_BUFFER_BYTES or 0x0A in data)
+        if flush:
+            self.flush()
+        elif start_watch and self.on_pending is not None:
+            self.on_pending()
+
+    def _publish_lsr(self) -> None:
+        value = self._lsr | (LSR_DATA_READY if self._input else 0)
+        if self.lsr_cell[0] != value:
+            self.lsr_cell[0] = value
 
     def _read_register(self, offset: int) -> int:
         dlab = self._lcr & LCR_DLAB
@@ -152,24 +253,25 @@ class Serial:
             return value
         return self._scr
 
-    def _write_register(self, offset: int, value: int) -> int | None:
-        """Apply a register write; return a byte to transmit, if any."""
+    def _write_register(self, offset: int, value: int) -> None:
+        """Apply a register write (a transmitted byte goes to ``_tx``)."""
         dlab = self._lcr & LCR_DLAB
         if offset == RBR_THR_DLL:
             if dlab:
                 self._divisor = (self._divisor & 0xFF00) | value
-                return None
+                return
             # The byte leaves at once, so THR is empty again: THRE re-arms.
             self._thr_interrupt_pending = True
             if self._mcr & MCR_LOOP:
                 if len(self._input) < INPUT_CAPACITY:
                     self._input.append(value)
-                return None
-            return value
+                return
+            self._tx.append(value)
+            return
         if offset == IER_DLM:
             if dlab:
                 self._divisor = (self._divisor & 0x00FF) | (value << 8)
-                return None
+                return
             enabling_thre = value & IER_THR_EMPTY and not self._ier & IER_THR_EMPTY
             self._ier = value & IER_MASK
             if enabling_thre:
@@ -184,7 +286,6 @@ class Serial:
             self._mcr = value & MCR_MASK
         elif offset == SCR:
             self._scr = value
-        return None
 
     def _modem_status(self) -> int:
         if not self._mcr & MCR_LOOP:

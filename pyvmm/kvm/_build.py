@@ -4,7 +4,9 @@ Compiled at install time against the host's ``<linux/kvm.h>``: the C compiler
 fills in every struct layout and ioctl number below (``...`` means "ask the
 header"), so nothing here is a hand-counted offset.  The only hand-written code
 is a pair of ioctl wrappers that return ``-errno`` (cffi releases the GIL
-around them, so a vCPU thread blocked in ``KVM_RUN`` doesn't stop the others).
+around them, so a vCPU thread blocked in ``KVM_RUN`` doesn't stop the others),
+and the UART fast path: a KVM_RUN loop that answers the 8250's line-status
+polls itself, and the coalesced-I/O ring reader (pyvmm.uart_fastpath).
 """
 
 from __future__ import annotations
@@ -47,8 +49,13 @@ typedef unsigned long long __u64;
 #define KVM_SET_VCPU_EVENTS ...
 #define KVM_GET_MP_STATE ...
 #define KVM_SET_MP_STATE ...
+#define KVM_REGISTER_COALESCED_MMIO ...
+#define KVM_UNREGISTER_COALESCED_MMIO ...
+#define KVM_COALESCED_MMIO_PAGE_OFFSET ...
 
 /* capabilities */
+#define KVM_CAP_COALESCED_MMIO ...
+#define KVM_CAP_COALESCED_PIO ...
 #define KVM_CAP_IRQCHIP ...
 #define KVM_CAP_HLT ...
 #define KVM_CAP_USER_MEMORY ...
@@ -170,6 +177,27 @@ typedef struct { __u8 injected; __u8 nr; __u8 has_error_code; __u8 pending;
                  __u32 error_code; } pyvmm_events_exception;
 struct kvm_vcpu_events { pyvmm_events_exception exception; __u32 flags; ...; };
 
+/* Coalesced MMIO/PIO: zones whose writes KVM queues in a ring page instead of exiting. */
+struct kvm_coalesced_mmio_zone { __u64 addr; __u32 size; __u32 pio; ...; };
+struct kvm_coalesced_mmio { __u64 phys_addr; __u32 len; __u32 pio; __u8 data[8]; ...; };
+struct kvm_coalesced_mmio_ring { __u32 first; __u32 last; ...; };
+int pyvmm_coalesced_drain(struct kvm_coalesced_mmio_ring *ring,
+                          struct kvm_coalesced_mmio *out, int room);
+
+/* The UART fast path (one per vCPU): KVM_RUN until an exit other than a 1-byte
+   read of lsr_port, which gets *lsr; returns to the caller (0) for any other
+   exit, and for an LSR read when the newest coalesced write is a newline (so
+   the line goes out now). -errno when KVM_RUN fails (EINTR: kicked). */
+typedef struct {
+    int fd;
+    struct kvm_run *run;
+    struct kvm_coalesced_mmio_ring *ring;
+    const __u8 *lsr;
+    __u16 lsr_port;
+    __u64 served;
+} pyvmm_uart_fast;
+int pyvmm_run_uart_fast(pyvmm_uart_fast *fast);
+
 int pyvmm_ioctl(int fd, unsigned long request, void *arg);
 int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg);
 
@@ -190,6 +218,7 @@ SOURCE = r"""
 #include <errno.h>
 #include <stddef.h>
 #include <fcntl.h>
+#include <unistd.h>
 #include <sys/ioctl.h>
 #include <linux/falloc.h>
 #include <linux/kvm.h>
@@ -216,6 +245,64 @@ static int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg)
 {
     int ret = ioctl(fd, request, arg);
     return ret < 0 ? -errno : ret;
+}
+
+/* Slots in the ring page (the kernel's KVM_COALESCED_MMIO_MAX, which needs PAGE_SIZE). */
+static __u32 pyvmm_coalesced_max(void)
+{
+    return (sysconf(_SC_PAGESIZE) - sizeof(struct kvm_coalesced_mmio_ring))
+           / sizeof(struct kvm_coalesced_mmio);
+}
+
+/* Single consumer (the caller serialises): read 'last' before the entries, free
+   the slots only after copying them (the kernel's producer side pairs these). */
+static int pyvmm_coalesced_drain(struct kvm_coalesced_mmio_ring *ring,
+                                 struct kvm_coalesced_mmio *out, int room)
+{
+    __u32 max = pyvmm_coalesced_max();
+    __u32 first = ring->first;
+    __u32 last = __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
+    int taken = 0;
+    while (first != last && taken < room) {
+        out[taken++] = ring->coalesced_mmio[first];
+        first = (first + 1) % max;
+    }
+    __atomic_store_n(&ring->first, first, __ATOMIC_RELEASE);
+    return taken;
+}
+
+typedef struct {
+    int fd;
+    struct kvm_run *run;
+    struct kvm_coalesced_mmio_ring *ring;
+    const __u8 *lsr;
+    __u16 lsr_port;
+    __u64 served;
+} pyvmm_uart_fast;
+
+static int pyvmm_newest_coalesced_is_newline(struct kvm_coalesced_mmio_ring *ring)
+{
+    __u32 last = __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
+    __u32 max = pyvmm_coalesced_max();
+    if (ring->first == last)
+        return 0;
+    return ring->coalesced_mmio[(last + max - 1) % max].data[0] == '\n';
+}
+
+static int pyvmm_run_uart_fast(pyvmm_uart_fast *fast)
+{
+    struct kvm_run *run = fast->run;
+    for (;;) {
+        if (ioctl(fast->fd, KVM_RUN, 0) < 0)
+            return -errno;
+        if (run->exit_reason != KVM_EXIT_IO || run->io.direction != KVM_EXIT_IO_IN
+                || run->io.port != fast->lsr_port || run->io.size != 1 || run->io.count != 1)
+            return 0;
+        if (fast->ring && pyvmm_newest_coalesced_is_newline(fast->ring))
+            return 0;
+        ((__u8 *)run)[run->io.data_offset] = __atomic_load_n(fast->lsr, __ATOMIC_ACQUIRE);
+        fast->served++;
+    }
 }
 
 static int pyvmm_fallocate(int fd, int mode, long long offset, long long length)

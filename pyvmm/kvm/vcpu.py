@@ -57,19 +57,44 @@ class Vcpu:
 
     def run(self) -> VmExit:
         """KVM_RUN until the next exit to userspace (the GIL is released meanwhile)."""
-        ret = lib.pyvmm_ioctl(self.fd, lib.KVM_RUN, ffi.NULL)
+        return self.enter() or self.decode_exit()
+
+    def enter(self) -> Interrupted | None:
+        """KVM_RUN alone: ``Interrupted`` if kicked, else None (then ``decode_exit``)."""
+        return self._entered(lib.pyvmm_ioctl(self.fd, lib.KVM_RUN, ffi.NULL))
+
+    def run_uart_fast(self, fast: Any) -> VmExit:
+        """``run`` with a ``pyvmm_uart_fast`` for this vCPU: UART line-status polls are
+        answered in C, without returning to Python (see _build.py)."""
+        return self._entered(lib.pyvmm_run_uart_fast(fast)) or self.decode_exit()
+
+    def _entered(self, ret: int) -> Interrupted | None:
         if ret < 0:
             if ret in (-errno.EINTR, -errno.EAGAIN):
                 self._run.immediate_exit = 0
                 return Interrupted()
             raise KvmError("KVM_RUN", -ret)
-        return self._decode_exit()
+        return None
+
+    def uart_fast(self, lsr: Any, lsr_port: int, ring: Any) -> Any:
+        """A ``pyvmm_uart_fast`` for ``run_uart_fast``: ``lsr`` points at the LSR value."""
+        return ffi.new("pyvmm_uart_fast *", {"fd": self.fd, "run": self._run, "ring": ring,
+                                             "lsr": lsr, "lsr_port": lsr_port})
+
+    def coalesced_ring(self) -> Any:
+        """The VM's coalesced-I/O ring (a page of every vCPU's kvm_run mapping)."""
+        offset = lib.KVM_COALESCED_MMIO_PAGE_OFFSET * mmap.PAGESIZE
+        if len(self._run_map) < offset + mmap.PAGESIZE:
+            raise KvmError("coalesced I/O ring not mapped", errno.ENODEV)
+        base = ffi.cast("char *", ffi.from_buffer(self._run_map))
+        return ffi.cast("struct kvm_coalesced_mmio_ring *", base + offset)
 
     def request_exit(self) -> None:
         """Make the next (or current, once kicked by a signal) KVM_RUN return at once."""
         self._run.immediate_exit = 1
 
-    def _decode_exit(self) -> VmExit:
+    def decode_exit(self) -> VmExit:
+        """The exit the last KVM_RUN left in the kvm_run area, as data."""
         reason = self._run.exit_reason
         if reason == lib.KVM_EXIT_IO:
             io = self._io

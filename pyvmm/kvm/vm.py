@@ -66,6 +66,14 @@ class Vm:
         request = ffi.new("struct kvm_irqfd *", {"fd": event_fd, "gsi": gsi, "flags": 0})
         ioctl(self.fd, lib.KVM_IRQFD, request, "KVM_IRQFD")
 
+    def coalesce_pio(self, port: int, length: int, on: bool = True) -> None:
+        """KVM_(UN)REGISTER_COALESCED_MMIO with pio=1: guest writes to these ports queue
+        in the ring page (``Vcpu.coalesced_ring``) instead of exiting; reads still exit."""
+        zone = ffi.new("struct kvm_coalesced_mmio_zone *",
+                       {"addr": port, "size": length, "pio": 1})
+        request = lib.KVM_REGISTER_COALESCED_MMIO if on else lib.KVM_UNREGISTER_COALESCED_MMIO
+        ioctl(self.fd, request, zone, "KVM_(UN)REGISTER_COALESCED_MMIO")
+
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         """KVM_CREATE_VCPU: vCPU ``vcpu_id`` (its initial APIC ID)."""
         fd = ioctl_value(self.fd, lib.KVM_CREATE_VCPU, vcpu_id, "KVM_CREATE_VCPU")

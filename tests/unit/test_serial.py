@@ -113,3 +113,97 @@ def test_input_is_bounded() -> None:
     device, _, _ = make()
     assert device.enqueue_input(b"x" * (uart.INPUT_CAPACITY + 10)) == uart.INPUT_CAPACITY
     assert device.input_room() == 0
+
+
+def test_output_waits_for_a_newline_then_goes_out_whole() -> None:
+    pending: list[bool] = []
+    device, _, out = make()
+    device.on_pending = lambda: pending.append(True)
+    for byte in b"boot: ":
+        device.write(uart.RBR_THR_DLL, bytes([byte]))
+    assert out == b"" and pending == [True]  # told once, not per byte
+    for byte in b"ok\nnext":
+        device.write(uart.RBR_THR_DLL, bytes([byte]))
+    assert out == b"boot: ok\n"
+    device.flush()
+    assert out == b"boot: ok\nnext"
+    device.flush()
+    assert out == b"boot: ok\nnext"
+
+
+def test_a_partial_line_is_flushed_after_the_delay() -> None:
+    device, _, out = make()
+    device.write(uart.RBR_THR_DLL, b"$")
+    now = __import__("time").monotonic()
+    wait = device.flush_due(now)
+    assert wait is not None and 0 < wait <= uart.TX_FLUSH_DELAY and out == b""
+    assert device.flush_due(now + uart.TX_FLUSH_DELAY) is not None
+    assert out == b"$"
+    assert device.flush_due(now + 1) is None  # nothing waits: the timer may stop
+
+
+def test_output_without_newlines_is_bounded() -> None:
+    device, _, out = make()
+    device.transmit(b"x" * (uart.TX_BUFFER_BYTES + 5))
+    assert len(out) == uart.TX_BUFFER_BYTES + 5
+
+
+def test_flushes_from_two_threads_keep_the_order() -> None:
+    import threading
+
+    device, _, out = make()
+    data = bytes(range(256)) * 200
+    done = threading.Event()
+
+    def flusher() -> None:
+        while not done.is_set():
+            device.flush()
+
+    thread = threading.Thread(target=flusher)
+    thread.start()
+    for start in range(0, len(data), 7):
+        device.transmit(data[start:start + 7])
+    done.set()
+    thread.join()
+    device.flush()
+    assert bytes(out) == data
+
+
+def test_tx_polled_follows_thre_interrupt_and_loopback() -> None:
+    modes: list[bool] = []
+    device, _, _ = make()
+    device.on_tx_polled = modes.append
+    assert device.tx_polled
+    device.write(uart.IER_DLM, bytes([uart.IER_RX_DATA]))
+    assert modes == []  # RX interrupts do not depend on transmitting
+    device.write(uart.IER_DLM, bytes([uart.IER_RX_DATA | uart.IER_THR_EMPTY]))
+    device.write(uart.IER_DLM, bytes([uart.IER_RX_DATA]))
+    device.write(uart.MCR, bytes([uart.MCR_LOOP]))
+    device.write(uart.MCR, bytes([uart.MCR_OUT2]))
+    assert modes == [False, True, False, True]
+
+
+def test_lsr_cell_is_what_a_read_returns() -> None:
+    device, _, _ = make()
+    assert device.lsr_cell[0] == rd(device, uart.LSR)
+    device.enqueue_input(b"ab")
+    assert device.lsr_cell[0] == rd(device, uart.LSR) and device.lsr_cell[0] & uart.LSR_DATA_READY
+    rd(device, uart.RBR_THR_DLL)
+    rd(device, uart.RBR_THR_DLL)
+    assert device.lsr_cell[0] == rd(device, uart.LSR)
+    assert not device.lsr_cell[0] & uart.LSR_DATA_READY
+    device.write(uart.MCR, bytes([uart.MCR_LOOP]))
+    device.transmit(b"L")  # loopback: into the receiver
+    assert device.lsr_cell[0] == rd(device, uart.LSR) and device.lsr_cell[0] & uart.LSR_DATA_READY
+    device.enqueue_input(b"more")
+    device.write(uart.IIR_FCR, bytes([uart.FCR_ENABLE_FIFO | uart.FCR_CLEAR_RX]))
+    assert device.lsr_cell[0] == rd(device, uart.LSR)
+
+
+def test_transmit_under_dlab_sets_the_divisor() -> None:
+    device, _, out = make()
+    device.write(uart.LCR, bytes([uart.LCR_DLAB]))
+    device.transmit(b"\x01\x02\x03")
+    assert rd(device, uart.RBR_THR_DLL) == 3
+    device.flush()
+    assert out == b""

@@ -1,0 +1,121 @@
+"""COM1's two hottest registers off Python's path: where a verbose boot spends its exits.
+
+Linux's 8250 console polls the line-status register (LSR) before each byte
+and then writes the byte to THR: two exits per character, 97% of a verbose
+boot's exits.  Here:
+
+* **THR writes are coalesced** (``KVM_CAP_COALESCED_PIO``): KVM queues them in
+  its ring page instead of exiting, for as long as the UART says a THR write
+  has no effect but its byte (``Serial.tx_polled``: no THR-empty interrupt, no
+  loopback; the 8250 console driver masks the interrupts while it prints).
+  The ring is drained in order into ``Serial.transmit`` before any exit is
+  served (so a write is always seen before the access that followed it) and
+  on the event loop's timer.  When the guest enables the THR-empty interrupt,
+  the zone is unregistered and each write exits again, so the interrupt
+  follows the write at once.
+* **LSR reads are answered in C** (``pyvmm_run_uart_fast``, a KVM_RUN loop in
+  the cffi module) from ``Serial.lsr_cell``, the value the Python read would
+  return; reading LSR changes nothing in this model.  The loop returns to
+  Python for every other exit, and when the newest coalesced byte is a
+  newline, so each line is drained and written out as it completes.
+
+``Serial`` stays the reference for every register, and ``PYVMM_UART_FASTPATH``
+(``on``, ``coalesce``, ``c``, ``off``) turns either half off for comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from pyvmm.devices.serial import LSR, RBR_THR_DLL, Serial
+from pyvmm.kvm._ffi import ffi, lib
+from pyvmm.kvm.exits import VmExit
+from pyvmm.kvm.system import Kvm
+from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.kvm.vm import Vm
+
+log = logging.getLogger(__name__)
+
+#: Ring entries copied per drain call (the ring holds 170 with 4 KiB pages).
+_DRAIN_BATCH = 256
+#: How often the event loop drains the ring while THR writes are coalesced.
+RING_POLL_SECONDS = 0.02
+
+
+def wanted_halves(setting: str | None) -> tuple[bool, bool]:
+    """(coalesce THR, LSR in C) for a PYVMM_UART_FASTPATH value."""
+    setting = (setting or "on").lower()
+    return setting in ("on", "coalesce"), setting in ("on", "c")
+
+
+class UartFastPath:
+    """Coalesced THR writes and LSR reads in C for one UART at ``base_port``."""
+
+    def __init__(self, kvm: Kvm, vm: Vm, vcpus: list[Vcpu], serial: Serial,
+                 base_port: int, setting: str | None = None) -> None:
+        coalesce, in_c = wanted_halves(setting if setting is not None
+                                       else os.environ.get("PYVMM_UART_FASTPATH"))
+        self._vm = vm
+        self._serial = serial
+        self.thr_port = base_port + RBR_THR_DLL
+        self.lsr_port = base_port + LSR
+        self._lock = threading.Lock()
+        self._ring: Any = None
+        if coalesce and kvm.check_extension(lib.KVM_CAP_COALESCED_PIO) > 0:
+            self._ring = vcpus[0].coalesced_ring()
+        self._entries = ffi.new("struct kvm_coalesced_mmio[]", _DRAIN_BATCH)
+        self.coalescing = False
+        #: THR writes that came through the ring (for --stats).
+        self.coalesced_writes = 0
+        self._lsr = ffi.from_buffer("__u8[]", serial.lsr_cell)
+        self._fast = {vcpu.id: vcpu.uart_fast(self._lsr, self.lsr_port,
+                                              self._ring if self._ring is not None else ffi.NULL)
+                      for vcpu in vcpus} if in_c else {}
+        if self._ring is not None:
+            serial.on_tx_polled = self._set_coalescing
+            self._set_coalescing(serial.tx_polled)
+
+    def _set_coalescing(self, on: bool) -> None:
+        if on != self.coalescing:
+            self.drain()  # what the ring holds was written under the old mode
+            self._vm.coalesce_pio(self.thr_port, 1, on)
+            self.coalescing = on
+            log.debug("COM1 THR writes %s", "coalesced" if on else "exit again")
+
+    def run(self, vcpu: Vcpu) -> VmExit:
+        """KVM_RUN on ``vcpu``, LSR polls answered in C if enabled; then call ``drain_pending``."""
+        fast = self._fast.get(vcpu.id)
+        return vcpu.run() if fast is None else vcpu.run_uart_fast(fast)
+
+    def drain_pending(self) -> None:
+        """``drain`` if the ring holds anything: before serving any exit."""
+        ring = self._ring
+        if ring is not None and ring.first != ring.last:
+            self.drain()
+
+    def lsr_reads_in_c(self, vcpu: Vcpu) -> int:
+        """How many LSR reads of ``vcpu`` the C loop answered."""
+        fast = self._fast.get(vcpu.id)
+        return 0 if fast is None else int(fast.served)
+
+    def drain(self) -> None:
+        """Apply the coalesced THR writes, oldest first (any thread)."""
+        ring = self._ring
+        if ring is None:
+            return
+        with self._lock:  # one consumer at a time, and batches reach the UART in order
+            while ring.first != ring.last:
+                count = lib.pyvmm_coalesced_drain(ring, self._entries, _DRAIN_BATCH)
+                entries = self._entries
+                data = bytes(entries[i].data[0] for i in range(count))
+                self.coalesced_writes += count
+                self._serial.transmit(data)
+
+    def close(self) -> None:
+        """Stop coalescing and apply what is left (before the vCPUs' mappings go)."""
+        self.drain()
+        self._ring = None
+        self._fast = {}

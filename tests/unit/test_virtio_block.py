@@ -167,8 +167,43 @@ def test_image_lock(image) -> None:
     first = DiskImage(DriveConfig(str(image)))
     with pytest.raises(DeviceError, match="locked by another process"):
         DiskImage(DriveConfig(str(image)))
+    with pytest.raises(DeviceError, match="has write access"):
+        DiskImage(DriveConfig(str(image), readonly=True))
     first.close()
     DiskImage(DriveConfig(str(image))).close()
+
+
+def test_readers_share_an_image_but_keep_writers_out(image) -> None:
+    readers = [DiskImage(DriveConfig(str(image), readonly=True)) for _ in range(2)]
+    with pytest.raises(DeviceError, match="does not share write"):
+        DiskImage(DriveConfig(str(image)))
+    for reader in readers:
+        reader.close()
+
+
+def test_image_lock_takes_qemus_lock_bytes(image) -> None:
+    """A writer holds bytes 100 (read), 101 (write) and 201 (write not shared)."""
+    disk = DiskImage(DriveConfig(str(image)))
+    probe = os.open(image, os.O_RDONLY)
+    flock = struct.Struct("hh4xqqi4x")
+    held = [offset for offset in (*range(100, 106), *range(200, 206))
+            if flock.unpack(fcntl.fcntl(probe, fcntl.F_OFD_GETLK, flock.pack(
+                fcntl.F_WRLCK, 0, offset, 1, 0)))[0] != fcntl.F_UNLCK]
+    os.close(probe)
+    disk.close()
+    assert held == [100, 101, 201, 203]
+
+
+@pytest.mark.parametrize("make", ["fifo", "chardev"])
+def test_only_files_and_block_devices_are_images(tmp_path, make) -> None:
+    if make == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+    else:
+        path = "/dev/zero"
+    for readonly in (False, True):
+        with pytest.raises(DeviceError, match="not a regular file or a block device"):
+            DiskImage(DriveConfig(str(path), readonly=readonly))
 
 
 def test_read_only_file_needs_readonly_on(image) -> None:

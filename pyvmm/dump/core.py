@@ -16,6 +16,7 @@ import mmap
 import os
 import re
 import struct
+import tempfile
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -98,12 +99,7 @@ def write_core(path: str, memory, vcpus: list[VcpuState], note: dict | None = No
     ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
     header = ELF_HEADER.pack(ident, ET_CORE, EM_X86_64, 1, 0, ELF_HEADER.size, 0, 0,
                              ELF_HEADER.size, PROGRAM_HEADER.size, phnum, 0, 0, 0)
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise DumpError(f"cannot write dump {path!r}: {exc.strerror}") from None
+    fd, temporary = _create_temporary(path)
     try:
         os.write(fd, header + b"".join(headers) + notes)
         os.lseek(fd, (notes_offset + len(notes) + PAGE - 1) // PAGE * PAGE, os.SEEK_SET)
@@ -111,17 +107,36 @@ def write_core(path: str, memory, vcpus: list[VcpuState], note: dict | None = No
             _write_ram(fd, memoryview(region.buffer))
         os.ftruncate(fd, offset)
         os.fsync(fd)
-    except OSError as exc:
         os.close(fd)
+        fd = -1
+        os.replace(temporary, path)
+    except BaseException as exc:
+        if fd >= 0:
+            os.close(fd)
         os.unlink(temporary)
-        raise DumpError(f"cannot write dump {path!r}: {exc.strerror}") from None
-    except BaseException:
-        os.close(fd)
-        os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise DumpError(f"cannot write dump {path!r}: {exc.strerror}") from None
         raise
-    os.close(fd)
-    os.replace(temporary, path)
     return offset
+
+
+def _create_temporary(path: str) -> tuple[int, str]:
+    """A new file beside ``path`` that nobody else can have made or can read.
+
+    The dump holds guest RAM and may be written by root into a directory others
+    can write: its name is unpredictable, it is created with O_EXCL and
+    O_NOFOLLOW (``mkstemp``) and mode 0600, and the rename replaces whatever
+    ``path`` was (a planted symlink is replaced, never followed).
+    """
+    if os.path.isdir(path):
+        raise DumpError(f"cannot write dump {path!r}: it is a directory")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+                                         suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise DumpError(f"cannot write dump {path!r}: {exc.strerror}") from None
+    return fd, temporary
 
 
 def _write_ram(fd: int, ram: memoryview) -> None:

@@ -22,6 +22,7 @@ from typing import Iterable
 
 from pyvmm.dump import DumpError
 from pyvmm.dump.state import GENERAL, Segment, VcpuState
+from pyvmm.inputfile import open_input
 
 ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
@@ -43,6 +44,8 @@ QEMU_SEGMENT_ORDER = ("cs", "ds", "es", "fs", "gs", "ss", "ldt", "tr")
 #: RAM is written and checked for zeros this many bytes at a time.
 CHUNK = 64 << 10
 PAGE = 4096
+#: Longest shortest-string ``strings`` takes (a regex repeat count has a limit).
+MAX_STRING_MIN = 1 << 20
 _ZERO_CHUNK = bytes(CHUNK)
 
 
@@ -166,15 +169,15 @@ class CoreDump:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        fd = open_input(path, "dump", DumpError)
         try:
-            with open(path, "rb") as stream:
-                if os.fstat(stream.fileno()).st_size == 0:
-                    raise DumpError(f"{path}: not an ELF file (it is empty)")
-                self._map = mmap.mmap(stream.fileno(), 0, prot=mmap.PROT_READ)
-        except FileNotFoundError:
-            raise DumpError(f"dump {path!r} not found") from None
+            if os.fstat(fd).st_size == 0:
+                raise DumpError(f"{path}: not an ELF file (it is empty)")
+            self._map = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
         except (OSError, ValueError) as exc:
             raise DumpError(f"cannot read dump {path!r}: {exc}") from None
+        finally:
+            os.close(fd)
         self.ranges: list[LoadRange] = []
         self.vcpus: list[VcpuState] = []
         self.note: dict = {}
@@ -216,9 +219,10 @@ class CoreDump:
                 qemu_states.append(desc)
             elif name == b"PYVMM" and kind == PYVMM_NOTE_TYPE:
                 try:
-                    self.note = json.loads(desc)
-                except ValueError:
-                    self.note = {}
+                    note = json.loads(desc)
+                except (ValueError, RecursionError):
+                    note = None  # a crafted note: ignore it, as an unknown one
+                self.note = note if isinstance(note, dict) else {}
         for index, desc in enumerate(qemu_states):
             self.vcpus.append(_vcpu_from_qemu(index, desc))
 
@@ -249,7 +253,9 @@ class CoreDump:
 
     def strings(self, minimum: int, maximum: int) -> list[tuple[int, str]]:
         """(guest-physical address, text) of printable ASCII runs, at most ``maximum``."""
-        pattern = re.compile(rb"[\x20-\x7e]{%d,}" % max(minimum, 1))
+        if not 1 <= minimum <= MAX_STRING_MIN:
+            raise DumpError(f"--min {minimum}: choose a length from 1 to {MAX_STRING_MIN}")
+        pattern = re.compile(rb"[\x20-\x7e]{%d,}" % minimum)
         found: list[tuple[int, str]] = []
         for r in self.ranges:
             for match in pattern.finditer(self._map, r.offset, r.offset + r.size):

@@ -12,7 +12,7 @@ from pyvmm.acpi.tables import write_acpi_tables
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.boot import prepare_boot
 from pyvmm.arch.x86_64.cpuid import CpuidEntry, adjust_cpuid, describe_policy
-from pyvmm.config import MachineConfig
+from pyvmm.config import MachineConfig, size_name
 from pyvmm.console import HostConsole
 from pyvmm.devices.i8042 import I8042
 from pyvmm.devices.legacy import DebugExit, IgnoredPorts
@@ -22,6 +22,7 @@ from pyvmm.devices.virtio.console import ConsoleDevice
 from pyvmm.errors import ConfigError, LoaderError
 from pyvmm.eventloop import EventLoop
 from pyvmm.exitstatus import StopReason
+from pyvmm.inputfile import read_input
 from pyvmm.kvm._ffi import address_of
 from pyvmm.kvm.system import Kvm, is_pvm_host
 from pyvmm.kvm.vm import Vm
@@ -60,25 +61,16 @@ class KvmIrqLine:
             self._vm.set_irq_line(self._gsi, high)
 
 
-def _read_file(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as stream:
-            return stream.read()
-    except FileNotFoundError:
-        raise LoaderError(f"{what} {path!r} not found") from None
-    except IsADirectoryError:
-        raise LoaderError(f"{what} {path!r} is a directory") from None
-    except OSError as exc:
-        raise LoaderError(f"cannot read {what} {path!r}: {exc.strerror}") from None
-
-
 _policy_warned: list[bool] = []
 
 
 def build_machine(config: MachineConfig, console: HostConsole | None = None) -> Machine:
     """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices."""
-    kernel_image = _read_file(config.kernel, "kernel")
-    initrd_image = _read_file(config.initrd, "initrd") if config.initrd else None
+    # A kernel or initrd larger than guest RAM can't fit in it.
+    ram = f"(the guest's --memory {config.memory >> 20}M)"
+    kernel_image = read_input(config.kernel, "kernel", LoaderError, config.memory, ram)
+    initrd_image = read_input(config.initrd, "initrd", LoaderError, config.memory, ram) \
+        if config.initrd else None
 
     # Everything that can be wrong with the input is found before KVM is opened.
     slots = plan_virtio_slots(config)
@@ -89,7 +81,11 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
     cmdline = config.cmdline
     if config.virtio_announce in ("cmdline", "both"):
         cmdline = " ".join(part for part in (cmdline, announce(slots)) if part)
-    memory = GuestMemory.anonymous(layout.ram_ranges(config.memory))
+    try:
+        memory = GuestMemory.anonymous(layout.ram_ranges(config.memory))
+    except OSError as exc:
+        raise ConfigError(f"--memory {size_name(config.memory)}: this host can't reserve "
+                          f"that much guest RAM ({exc.strerror or exc})") from None
     rsdp = 0
     if config.acpi:
         rsdp = write_acpi_tables(memory, acpi_platform(config, slots))

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
+from pyvmm.arch.x86_64.cpuid import MAX_CPUS
 from pyvmm.errors import ConfigError
 
 #: The guest command line used when --append is not given.
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k"
 #: Smallest guest RAM we accept; a kernel needs more, and says so when loaded.
 MIN_MEMORY = 16 << 20
+#: Largest guest RAM we accept (guest-physical addresses stay below 1 TiB + 4 GiB;
+#: whether the host can back it is found when RAM is reserved).
+MAX_MEMORY = 1 << 40
+#: Longest --timeout: a year (longer is a mistake, and time.monotonic() + it must stay exact).
+MAX_TIMEOUT = 366 * 24 * 3600.0
 #: CPU feature policies: see pyvmm.arch.x86_64.cpuid.
 CPU_POLICIES = ("auto", "host", "compat")
 #: When a dump is written: guest panic (pvpanic, triple fault, KVM failure), any
@@ -22,6 +29,43 @@ VIRTIO_ANNOUNCE = ("both", "acpi", "cmdline")
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size_name(size: int) -> str:
+    """``size`` as a user would write it: 512M, 2G, or bytes."""
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if size > 0 and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return f"{size} bytes"
+
+
+# What is wrong with a value, or None: shared by the command line (MachineConfig)
+# and config files (which add the file and line), so each limit is stated once.
+
+def memory_problem(size: int) -> str | None:
+    if size < MIN_MEMORY:
+        return f"too small; pyvmm needs at least {MIN_MEMORY >> 20}M"
+    if size % 4096:
+        return "must be a multiple of 4 KiB"
+    if size > MAX_MEMORY:
+        return f"more than pyvmm gives a guest ({size_name(MAX_MEMORY)})"
+    return None
+
+
+def cpus_problem(count: int) -> str | None:
+    if count < 1:
+        return "a machine needs at least one vCPU"
+    if count > MAX_CPUS:
+        return f"the platform describes at most {MAX_CPUS} vCPUs (8-bit xAPIC IDs)"
+    return None
+
+
+def timeout_problem(seconds: float) -> str | None:
+    if not math.isfinite(seconds) or seconds <= 0:
+        return "must be a positive number of seconds"
+    if seconds > MAX_TIMEOUT:
+        return f"longer than a year ({MAX_TIMEOUT:g} s)"
+    return None
 
 
 def parse_size(text: str) -> int:
@@ -36,6 +80,8 @@ def parse_size(text: str) -> int:
 #: Values of ``cache=`` in --drive: page-cache writeback, or O_DIRECT.
 CACHE_MODES = ("writeback", "none")
 _ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+#: Other names --drive takes for a key (QEMU's -drive says file=).
+_DRIVE_ALIASES = {"file": "path"}
 
 
 @dataclass(frozen=True)
@@ -60,14 +106,19 @@ def parse_drive(text: str) -> DriveConfig:
             key, value = "path", part
         elif not sep:
             raise ConfigError(f"--drive {text!r}: {part!r} is not key=value")
+        given = key.strip()
+        key = _DRIVE_ALIASES.get(given, given)
         if key in fields:
-            raise ConfigError(f"--drive {text!r}: {key} given twice")
-        fields[key.strip()] = value.strip()
-    unknown = set(fields) - {"path", "file", "readonly", "cache", "serial"}
+            also = "" if given == key and key not in _DRIVE_ALIASES.values() else \
+                f" ({', '.join(k + '=' for k, v in _DRIVE_ALIASES.items() if v == key)} "\
+                f"is another name for {key}=)"
+            raise ConfigError(f"--drive {text!r}: {key} given twice{also}")
+        fields[key] = value.strip()
+    unknown = set(fields) - {"path", "readonly", "cache", "serial"}
     if unknown:
         raise ConfigError(f"--drive {text!r}: unknown option {sorted(unknown)[0]!r} "
                           "(path, readonly, cache, serial)")
-    path = fields.get("path") or fields.get("file")
+    path = fields.get("path")
     if not path:
         raise ConfigError(f"--drive {text!r}: path= is missing")
     readonly = fields.get("readonly", "off").lower()
@@ -108,16 +159,15 @@ class MachineConfig:
     emulation_assist: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.memory < MIN_MEMORY:
-            raise ConfigError(
-                f"--memory {self.memory >> 20}M is too small; pyvmm needs at least "
-                f"{MIN_MEMORY >> 20}M")
-        if self.memory % 4096:
-            raise ConfigError("--memory must be a multiple of 4 KiB")
-        if self.cpus < 1:
-            raise ConfigError(f"--cpus {self.cpus}: a machine needs at least one vCPU")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError(f"--timeout {self.timeout:g}: must be a positive number of seconds")
+        problem = memory_problem(self.memory)
+        if problem:
+            raise ConfigError(f"--memory {size_name(self.memory)}: {problem}")
+        problem = cpus_problem(self.cpus)
+        if problem:
+            raise ConfigError(f"--cpus {self.cpus}: {problem}")
+        problem = None if self.timeout is None else timeout_problem(self.timeout)
+        if problem:
+            raise ConfigError(f"--timeout {self.timeout:g}: {problem}")
         if self.virtio_announce not in VIRTIO_ANNOUNCE:
             raise ConfigError(f"--virtio-announce {self.virtio_announce!r}: choose one of "
                               f"{', '.join(VIRTIO_ANNOUNCE)}")

@@ -32,9 +32,13 @@ import tomllib
 from typing import Any
 
 from pyvmm.config import (CACHE_MODES, CPU_POLICIES, DUMP_EVENTS, VIRTIO_ANNOUNCE,
-                          DriveConfig,
-                          parse_size)
+                          DriveConfig, cpus_problem, memory_problem, parse_size,
+                          timeout_problem)
 from pyvmm.errors import ConfigError, PyvmmError
+from pyvmm.inputfile import read_input
+
+#: Larger than any machine file needs to be.
+MAX_CONFIG_BYTES = 1 << 20
 
 #: key -> the Python types its value may have.
 SCHEMA: dict[str, tuple[type, ...]] = {
@@ -79,21 +83,16 @@ class _Locator:
         return ConfigError(f"{self.where(key, table)}: {key}: {message}")
 
 
-def _type_names(types: tuple[type, ...]) -> str:
+def _type_names(key: str, types: tuple[type, ...]) -> str:
     names = {str: "a string", int: "a number", float: "a number", bool: "true or false",
-             list: "a list of [[drive]] tables"}
+             list: "a list of [[drive]] tables" if key == "drive"
+             else f"a list such as {list(DUMP_EVENTS[:2])}"}
     return " or ".join(dict.fromkeys(names[t] for t in types))
 
 
 def load_config_file(path: str) -> dict[str, Any]:
     """Read and check ``path``; return option values keyed like ``pyvmm run``'s."""
-    try:
-        with open(path, "rb") as stream:
-            raw = stream.read()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path!r} not found") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
+    raw = read_input(path, "config file", ConfigError, MAX_CONFIG_BYTES)
     text = raw.decode("utf-8", errors="replace")
     try:
         data = tomllib.loads(text)
@@ -107,7 +106,7 @@ def load_config_file(path: str) -> dict[str, Any]:
             raise where.fail(key, f"unknown key (known: {', '.join(sorted(SCHEMA))})")
         types = SCHEMA[key]
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            raise where.fail(key, f"{value!r} should be {_type_names(types)}")
+            raise where.fail(key, f"{value!r} should be {_type_names(key, types)}")
         values[key] = _convert(key, value, where, base)
     return values
 
@@ -120,16 +119,18 @@ def _convert(key: str, value: Any, where: _Locator, base: str) -> Any:
     if key in _PATH_KEYS:
         return os.path.join(base, os.path.expanduser(value))
     if key == "memory":
-        if isinstance(value, int):
-            return value << 20
         try:
-            return parse_size(value)
+            size = value << 20 if isinstance(value, int) else parse_size(value)
         except PyvmmError:
             raise where.fail(key, f"{value!r} is not a size (use e.g. 512M or 2G)") from None
-    if key == "cpus" and value < 1:
-        raise where.fail(key, f"{value} (a machine needs at least one vCPU)")
-    if key == "timeout" and value <= 0:
-        raise where.fail(key, f"{value} (must be a positive number of seconds)")
+        problem = memory_problem(size)
+        if problem:
+            raise where.fail(key, f"{value!r}: {problem}")
+        return size
+    problem = cpus_problem(value) if key == "cpus" else \
+        timeout_problem(value) if key == "timeout" else None
+    if problem:
+        raise where.fail(key, f"{value}: {problem}")
     if key == "cpu" and value not in CPU_POLICIES:
         raise where.fail(key, f"{value!r} (choose one of {', '.join(CPU_POLICIES)})")
     if key == "virtio_announce" and value not in VIRTIO_ANNOUNCE:
@@ -144,10 +145,11 @@ def _drive(item: Any, index: int, where: _Locator, base: str) -> DriveConfig:
         raise where.fail("drive", "each drive must be a [[drive]] table")
     for key, value in item.items():
         if key not in DRIVE_SCHEMA:
-            raise where.fail(key, f"unknown drive key (known: {', '.join(DRIVE_SCHEMA)})")
-        if not isinstance(value, DRIVE_SCHEMA[key]):
-            raise where.fail(key, f"{value!r} should be {_type_names(DRIVE_SCHEMA[key])}",
+            raise where.fail(key, f"unknown drive key (known: {', '.join(DRIVE_SCHEMA)})",
                              table=index)
+        if not isinstance(value, DRIVE_SCHEMA[key]):
+            raise where.fail(key, f"{value!r} should be "
+                             f"{_type_names(key, DRIVE_SCHEMA[key])}", table=index)
     if "path" not in item:
         raise ConfigError(f"{where.path}: drive {index + 1}: path is missing")
     cache = item.get("cache", "writeback")

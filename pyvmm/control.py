@@ -16,13 +16,25 @@ from pyvmm.errors import ConfigError, PyvmmError
 
 #: Longest request line we read.
 MAX_REQUEST = 4096
+#: Longest unix socket path (sun_path is 108 bytes, with its terminating NUL).
+MAX_SOCKET_PATH = 107
+#: How long the VMM waits for a connected client's request line.
+REQUEST_SECONDS = 0.5
+#: How long ``pyvmm inspect`` waits for a running VMM to answer.
+ANSWER_SECONDS = 10.0
 
 
 def check_control_path(path: str) -> None:
     """ConfigError unless a control socket can be created at ``path``."""
-    if os.path.exists(path):
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ConfigError(f"--control {path!r}: a unix socket path is at most "
+                          f"{MAX_SOCKET_PATH} bytes")
+    if os.path.lexists(path):
         raise ConfigError(f"--control {path!r} already exists (another VMM, or stale: "
                           "remove it)")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConfigError(f"--control {path!r}: no directory {directory!r}")
 
 
 class ControlServer:
@@ -38,7 +50,7 @@ class ControlServer:
             self.socket.bind(path)
         except OSError as exc:
             self.socket.close()
-            raise ConfigError(f"--control {path!r}: {exc.strerror}") from None
+            raise ConfigError(f"--control {path!r}: {exc.strerror or exc}") from None
         finally:
             os.umask(old_umask)
         self.socket.listen(4)
@@ -51,7 +63,7 @@ class ControlServer:
         """Serve one connection (called by the event loop)."""
         connection, _ = self.socket.accept()
         with connection:
-            connection.settimeout(2.0)
+            connection.settimeout(REQUEST_SECONDS)
             try:
                 request = connection.recv(MAX_REQUEST).decode(errors="replace").strip()
             except OSError:
@@ -77,9 +89,14 @@ class ControlServer:
             pass
 
 
-def request_dump(socket_path: str, dump_path: str, timeout: float = 120.0) -> float:
-    """Client side: ask the VMM at ``socket_path`` to dump to ``dump_path``."""
+def request_dump(socket_path: str, dump_path: str, timeout: float | None = None) -> float:
+    """Client side: ask the VMM at ``socket_path`` to dump to ``dump_path``.
+
+    A VMM that does not answer within ``timeout`` (ANSWER_SECONDS) is an error.
+    """
     from pyvmm.dump import DumpError
+
+    timeout = ANSWER_SECONDS if timeout is None else timeout
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(timeout)
@@ -87,6 +104,9 @@ def request_dump(socket_path: str, dump_path: str, timeout: float = 120.0) -> fl
             client.connect(socket_path)
             client.sendall(f"dump {os.path.abspath(dump_path)}\n".encode())
             reply = client.makefile().readline().strip()
+        except TimeoutError:
+            raise DumpError(f"no running pyvmm answered on {socket_path!r} within "
+                            f"{timeout:g} s") from None
         except OSError as exc:
             raise DumpError(f"no running pyvmm answers on {socket_path!r}: "
                             f"{exc.strerror or exc}") from None

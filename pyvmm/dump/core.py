@@ -16,11 +16,13 @@ import mmap
 import os
 import re
 import struct
+import tempfile
 from dataclasses import dataclass
 from typing import Iterable
 
 from pyvmm.dump import DumpError
 from pyvmm.dump.state import GENERAL, Segment, VcpuState
+from pyvmm.inputfile import open_input
 
 ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
@@ -42,6 +44,8 @@ QEMU_SEGMENT_ORDER = ("cs", "ds", "es", "fs", "gs", "ss", "ldt", "tr")
 #: RAM is written and checked for zeros this many bytes at a time.
 CHUNK = 64 << 10
 PAGE = 4096
+#: Longest shortest-string ``strings`` takes (a regex repeat count has a limit).
+MAX_STRING_MIN = 1 << 20
 _ZERO_CHUNK = bytes(CHUNK)
 
 
@@ -98,12 +102,7 @@ def write_core(path: str, memory, vcpus: list[VcpuState], note: dict | None = No
     ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
     header = ELF_HEADER.pack(ident, ET_CORE, EM_X86_64, 1, 0, ELF_HEADER.size, 0, 0,
                              ELF_HEADER.size, PROGRAM_HEADER.size, phnum, 0, 0, 0)
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise DumpError(f"cannot write dump {path!r}: {exc.strerror}") from None
+    fd, temporary = _create_temporary(path)
     try:
         os.write(fd, header + b"".join(headers) + notes)
         os.lseek(fd, (notes_offset + len(notes) + PAGE - 1) // PAGE * PAGE, os.SEEK_SET)
@@ -111,17 +110,36 @@ def write_core(path: str, memory, vcpus: list[VcpuState], note: dict | None = No
             _write_ram(fd, memoryview(region.buffer))
         os.ftruncate(fd, offset)
         os.fsync(fd)
-    except OSError as exc:
         os.close(fd)
+        fd = -1
+        os.replace(temporary, path)
+    except BaseException as exc:
+        if fd >= 0:
+            os.close(fd)
         os.unlink(temporary)
-        raise DumpError(f"cannot write dump {path!r}: {exc.strerror}") from None
-    except BaseException:
-        os.close(fd)
-        os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise DumpError(f"cannot write dump {path!r}: {exc.strerror}") from None
         raise
-    os.close(fd)
-    os.replace(temporary, path)
     return offset
+
+
+def _create_temporary(path: str) -> tuple[int, str]:
+    """A new file beside ``path`` that nobody else can have made or can read.
+
+    The dump holds guest RAM and may be written by root into a directory others
+    can write: its name is unpredictable, it is created with O_EXCL and
+    O_NOFOLLOW (``mkstemp``) and mode 0600, and the rename replaces whatever
+    ``path`` was (a planted symlink is replaced, never followed).
+    """
+    if os.path.isdir(path):
+        raise DumpError(f"cannot write dump {path!r}: it is a directory")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+                                         suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise DumpError(f"cannot write dump {path!r}: {exc.strerror}") from None
+    return fd, temporary
 
 
 def _write_ram(fd: int, ram: memoryview) -> None:
@@ -151,15 +169,15 @@ class CoreDump:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        fd = open_input(path, "dump", DumpError)
         try:
-            with open(path, "rb") as stream:
-                if os.fstat(stream.fileno()).st_size == 0:
-                    raise DumpError(f"{path}: not an ELF file (it is empty)")
-                self._map = mmap.mmap(stream.fileno(), 0, prot=mmap.PROT_READ)
-        except FileNotFoundError:
-            raise DumpError(f"dump {path!r} not found") from None
+            if os.fstat(fd).st_size == 0:
+                raise DumpError(f"{path}: not an ELF file (it is empty)")
+            self._map = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
         except (OSError, ValueError) as exc:
             raise DumpError(f"cannot read dump {path!r}: {exc}") from None
+        finally:
+            os.close(fd)
         self.ranges: list[LoadRange] = []
         self.vcpus: list[VcpuState] = []
         self.note: dict = {}
@@ -201,9 +219,10 @@ class CoreDump:
                 qemu_states.append(desc)
             elif name == b"PYVMM" and kind == PYVMM_NOTE_TYPE:
                 try:
-                    self.note = json.loads(desc)
-                except ValueError:
-                    self.note = {}
+                    note = json.loads(desc)
+                except (ValueError, RecursionError):
+                    note = None  # a crafted note: ignore it, as an unknown one
+                self.note = note if isinstance(note, dict) else {}
         for index, desc in enumerate(qemu_states):
             self.vcpus.append(_vcpu_from_qemu(index, desc))
 
@@ -234,7 +253,9 @@ class CoreDump:
 
     def strings(self, minimum: int, maximum: int) -> list[tuple[int, str]]:
         """(guest-physical address, text) of printable ASCII runs, at most ``maximum``."""
-        pattern = re.compile(rb"[\x20-\x7e]{%d,}" % max(minimum, 1))
+        if not 1 <= minimum <= MAX_STRING_MIN:
+            raise DumpError(f"--min {minimum}: choose a length from 1 to {MAX_STRING_MIN}")
+        pattern = re.compile(rb"[\x20-\x7e]{%d,}" % minimum)
         found: list[tuple[int, str]] = []
         for r in self.ranges:
             for match in pattern.finditer(self._map, r.offset, r.offset + r.size):

@@ -92,6 +92,37 @@ def test_live_dumps_while_the_guest_runs(tmp_path) -> None:
     assert not socket_path.exists()
 
 
+def test_failed_live_dumps_leave_the_guest_running_and_nothing_behind(tmp_path) -> None:
+    """A live dump nobody can write (SIGUSR1, the control socket) is an error, not a stop."""
+    socket_path, target = tmp_path / "vmm.sock", tmp_path / "adir"
+    target.mkdir()
+    proc = subprocess.Popen(
+        pyvmm_command("run", "-k", str(image("tiny/loop.bzImage")), "--timeout", "60",
+                      "--control", str(socket_path), "--dump", str(tmp_path / "no/such.core"),
+                      "--dump-on", "signal"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        assert proc.poll() is None
+        from pyvmm.control import request_dump
+        from pyvmm.dump import DumpError
+
+        with pytest.raises(DumpError, match="is a directory"):
+            request_dump(str(socket_path), str(target))
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "live dump failed" in stderr.decode() and "No such file" in stderr.decode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
+    assert list(target.iterdir()) == []
+
+
 def test_kernel_log_from_a_linux_dump(tmp_path) -> None:
     dump = tmp_path / "linux.core"
     result = run_pyvmm("run", "-k", str(image("linux/vmlinux")), "-a", "console=ttyS0 noxsave",

@@ -109,3 +109,43 @@ def test_gdb_reads_the_registers(tmp_path) -> None:
     out = subprocess.run(["gdb", "-batch", "-ex", "info registers rip rbx",
                           "-core", str(path)], capture_output=True, text=True).stdout
     assert "0x101234" in out and "0x1001" in out
+
+
+def test_dump_replaces_a_planted_symlink_and_is_private(tmp_path, monkeypatch) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root's file")
+    path = tmp_path / "guest.core"
+    path.symlink_to(victim)
+    modes = []
+    real_replace = os.replace
+
+    def replace(source, target):
+        modes.append(os.stat(source).st_mode & 0o777)
+        real_replace(source, target)
+    monkeypatch.setattr(os, "replace", replace)
+    write_core(str(path), GuestMemory.from_bytes(MIB), [vcpu(0, 0)])
+    assert victim.read_bytes() == b"root's file"
+    assert not path.is_symlink() and CoreDump(str(path)).vcpus[0].regs["rip"] == 0
+    assert modes == [0o600]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["guest.core", "victim"]
+
+
+def test_temporary_names_are_not_predictable(tmp_path, monkeypatch) -> None:
+    """A file planted where an older pyvmm put its temporary is left alone."""
+    path = tmp_path / "guest.core"
+    planted = tmp_path / f".guest.core.tmp-{os.getpid()}"
+    planted.write_bytes(b"planted")
+    write_core(str(path), GuestMemory.from_bytes(MIB), [vcpu(0, 0)])
+    assert planted.read_bytes() == b"planted"
+
+
+@pytest.mark.parametrize("target, message", [
+    ("dir", "is a directory"),
+    ("missing/guest.core", "No such file or directory"),
+])
+def test_unwritable_dump_targets_are_clean_errors(tmp_path, target, message) -> None:
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(DumpError, match=message):
+        write_core(str(tmp_path / target), GuestMemory.from_bytes(MIB), [vcpu(0, 0)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]
+    assert list((tmp_path / "dir").iterdir()) == []

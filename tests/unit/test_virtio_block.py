@@ -167,8 +167,43 @@ def test_image_lock(image) -> None:
     first = DiskImage(DriveConfig(str(image)))
     with pytest.raises(DeviceError, match="locked by another process"):
         DiskImage(DriveConfig(str(image)))
+    with pytest.raises(DeviceError, match="has write access"):
+        DiskImage(DriveConfig(str(image), readonly=True))
     first.close()
     DiskImage(DriveConfig(str(image))).close()
+
+
+def test_readers_share_an_image_but_keep_writers_out(image) -> None:
+    readers = [DiskImage(DriveConfig(str(image), readonly=True)) for _ in range(2)]
+    with pytest.raises(DeviceError, match="does not share write"):
+        DiskImage(DriveConfig(str(image)))
+    for reader in readers:
+        reader.close()
+
+
+def test_image_lock_takes_qemus_lock_bytes(image) -> None:
+    """A writer holds bytes 100 (read), 101 (write) and 201 (write not shared)."""
+    disk = DiskImage(DriveConfig(str(image)))
+    probe = os.open(image, os.O_RDONLY)
+    flock = struct.Struct("hh4xqqi4x")
+    held = [offset for offset in (*range(100, 106), *range(200, 206))
+            if flock.unpack(fcntl.fcntl(probe, fcntl.F_OFD_GETLK, flock.pack(
+                fcntl.F_WRLCK, 0, offset, 1, 0)))[0] != fcntl.F_UNLCK]
+    os.close(probe)
+    disk.close()
+    assert held == [100, 101, 201, 203]
+
+
+@pytest.mark.parametrize("make", ["fifo", "chardev"])
+def test_only_files_and_block_devices_are_images(tmp_path, make) -> None:
+    if make == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+    else:
+        path = "/dev/zero"
+    for readonly in (False, True):
+        with pytest.raises(DeviceError, match="not a regular file or a block device"):
+            DiskImage(DriveConfig(str(path), readonly=readonly))
 
 
 def test_read_only_file_needs_readonly_on(image) -> None:
@@ -237,3 +272,91 @@ def test_write_with_writable_data_fails(image) -> None:
     assert h.memory.read_u8(status) == VIRTIO_BLK_S_IOERR
     assert image.read_bytes() == before
 
+
+
+def test_config_space_advertises_the_limits_it_enforces(image) -> None:
+    from pyvmm.devices.virtio.block import (MAX_DISCARD_SECTORS, MAX_WRITE_ZEROES_SECTORS,
+                                            SEG_MAX, SIZE_MAX, VIRTIO_BLK_F_SIZE_MAX)
+
+    device = Harness(image).device
+    assert device.device_features() >> VIRTIO_BLK_F_SIZE_MAX & 1
+    config = device.config_space()
+    size_max, seg_max = struct.unpack_from("<II", config, 8)
+    discard = struct.unpack_from("<III", config, 36)
+    zeroes = struct.unpack_from("<II", config, 48)
+    assert (size_max, seg_max) == (SIZE_MAX, SEG_MAX)
+    assert discard == (MAX_DISCARD_SECTORS, 1, 8)
+    assert zeroes == (MAX_WRITE_ZEROES_SECTORS, 1)
+
+
+def test_overlapping_discard_payload_is_refused_without_reading_it(image) -> None:
+    """Many descriptors over one big buffer: once the audit grew RSS by gigabytes."""
+    import tracemalloc
+
+    h = Harness(image)
+    before = image.read_bytes()
+    payload = h.driver.alloc(1 << 20)
+    for kind in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
+        header = h.driver.alloc(16, struct.pack("<IIQ", kind, 0, 0))
+        status = h.driver.alloc(1, b"\xee")
+        buffers = [(header, 16, False)] + [(payload, 1 << 20, False)] * 12 + [(status, 1, True)]
+        h.driver.add_chain(buffers, indirect=True)
+        tracemalloc.start()
+        h.device.process_queue(0)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert h.memory.read_u8(status) == VIRTIO_BLK_S_IOERR
+        assert peak < 256 << 10
+    assert image.read_bytes() == before
+
+
+def test_write_zeroes_range_is_bounded(image, monkeypatch) -> None:
+    import pyvmm.devices.virtio.block as block
+
+    monkeypatch.setattr(block, "MAX_WRITE_ZEROES_SECTORS", 4)
+    h = Harness(image)
+    assert h.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, data=struct.pack("<QII", 0, 5, 0))[0] \
+        == VIRTIO_BLK_S_IOERR
+    assert h.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, data=struct.pack("<QII", 0, 4, 0))[0] \
+        == VIRTIO_BLK_S_OK
+    two = struct.pack("<QII", 0, 1, 0) * 2  # more segments than advertised (1)
+    assert h.request(VIRTIO_BLK_T_DISCARD, 0, data=two)[0] == VIRTIO_BLK_S_IOERR
+
+
+def test_data_buffer_over_size_max_fails(image, monkeypatch) -> None:
+    import pyvmm.devices.virtio.block as block
+
+    monkeypatch.setattr(block, "SIZE_MAX", 1024)
+    before = image.read_bytes()
+    h = Harness(image)
+    assert h.request(VIRTIO_BLK_T_IN, 0, read_length=2048)[0] == VIRTIO_BLK_S_IOERR
+    assert h.request(VIRTIO_BLK_T_OUT, 0, data=b"q" * 2048)[0] == VIRTIO_BLK_S_IOERR
+    assert h.request(VIRTIO_BLK_T_IN, 0, read_length=1024)[0] == VIRTIO_BLK_S_OK
+    assert image.read_bytes() == before
+
+
+def test_cache_none_bounce_buffer_stays_bounded(tmp_path) -> None:
+    """An unaligned 3 MiB read and write go through a 1 MiB bounce buffer, correctly."""
+    from pyvmm.devices.virtio.disk import BOUNCE_SIZE
+
+    path = tmp_path / "big.img"
+    content = os.urandom(4 << 20)
+    path.write_bytes(content)
+    try:
+        disk = DiskImage(DriveConfig(str(path), cache="none"))
+    except DeviceError as exc:
+        pytest.skip(str(exc))
+    memory = GuestMemory.from_bytes(16 << 20)
+    views = [memory.view(0x1003, 1 << 20), memory.view(0x200005, 2 << 20)]
+    assert disk.read_into(views, 4096) == 3 << 20
+    assert bytes(views[0]) + bytes(views[1]) == content[4096:4096 + (3 << 20)]
+    assert disk._bounce is not None and len(disk._bounce) == BOUNCE_SIZE
+    memory.write(0x1003, b"\x5a" * (1 << 20))
+    assert disk.write_from(views, 0) == 3 << 20
+    for view in views:
+        view.release()
+    disk.close()
+    data = path.read_bytes()
+    assert data[:1 << 20] == b"\x5a" * (1 << 20)
+    assert data[1 << 20:3 << 20] == content[4096 + (1 << 20):4096 + (3 << 20)]
+    assert data[3 << 20:] == content[3 << 20:]

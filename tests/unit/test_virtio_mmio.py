@@ -172,3 +172,44 @@ def test_live_queue_layout_cannot_change() -> None:
     d.write(mmio.QUEUE_SEL, 1)
     d.write(mmio.QUEUE_DESC_LOW, 0x5000)
     assert d.device.queues[1].desc_addr == d.queues[1].desc
+
+
+def test_eight_byte_register_reads_are_zeros() -> None:
+    """A 64-bit read of a 32-bit register (a hostile or buggy driver) reads zeros."""
+    d = Driver()
+    d.bring_up()
+    for offset in (mmio.MAGIC_VALUE, mmio.STATUS, mmio.QUEUE_DESC_LOW, mmio.INTERRUPT_STATUS):
+        assert d.read(offset, size=8) == 0
+    assert d.read(mmio.MAGIC_VALUE) == 0x74726976  # and the device still works
+    assert d.read(mmio.STATUS) == 0b1111
+
+
+def test_malformed_receive_chain_with_host_input_sets_needs_reset() -> None:
+    d = Driver()
+    d.bring_up()
+    d.queues[0].add_chain([((1 << 20) - 2, 64, True)])  # runs out of RAM
+    d.device.enqueue_input(b"typed")  # from the host side, not a notify
+    assert d.read(mmio.STATUS) & mmio.STATUS_NEEDS_RESET
+    assert d.read(mmio.INTERRUPT_STATUS) & mmio.INTERRUPT_CONFIG_CHANGE
+    d.device.enqueue_input(b"more")  # the broken queue is left alone
+    d.write(mmio.STATUS, 0)
+    d.memory.fill(0x10000, 0x30000)
+    d.queues = [DriverQueue(d.memory, 0x10000 * (i + 1), size=16) for i in range(2)]
+    d.bring_up()
+    buffer = d.queues[0].alloc(64)
+    d.queues[0].add_chain([(buffer, 64, True)])
+    d.transport.notify(0)
+    assert d.memory.read(buffer, 9) == b"typedmore"  # kept for the reset driver
+
+
+def test_transmit_chain_output_is_bounded() -> None:
+    """Overlapping huge buffers in one chain can't make us write many times guest RAM."""
+    from pyvmm.devices.virtio.console import TRANSMIT_LIMIT
+
+    d = Driver()
+    d.bring_up()
+    queue = d.queues[1]
+    d.queues[1].add_chain([(0, 1 << 19, False)] * 8, indirect=True)  # 4 MiB of 512 KiB
+    d.write(mmio.QUEUE_NOTIFY, 1)
+    assert sum(map(len, d.output)) == TRANSMIT_LIMIT
+    assert queue.take_used() == [(0, 0)]

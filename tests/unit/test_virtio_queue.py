@@ -195,3 +195,56 @@ def test_a_racing_driver_cannot_hold_the_device_forever() -> None:
 
     assert device.serve(device.queues[0], handle) == 8
     assert device.pending(0)
+
+
+def test_indirect_table_larger_than_the_queue(setup) -> None:
+    """QEMU's limit: a chain has at most queue-size descriptors (here 8), even indirect."""
+    memory, driver, queue = setup
+    table = driver.alloc(16 * 9)
+    for index in range(9):
+        driver.write_descriptor(index, driver.alloc(8), 8, VIRTQ_DESC_F_NEXT if index < 8 else 0,
+                                index + 1, table=table)
+    driver.write_descriptor(0, table, 16 * 9, VIRTQ_DESC_F_INDIRECT)
+    driver.make_available(0)
+    with pytest.raises(QueueError, match="larger than the queue"):
+        queue.pop(memory)
+
+
+def test_direct_then_indirect_chain_is_bounded_by_the_queue(setup) -> None:
+    memory, driver, queue = setup
+    table = driver.alloc(16 * 8)
+    for index in range(8):
+        driver.write_descriptor(index, driver.alloc(8), 8, VIRTQ_DESC_F_NEXT if index < 7 else 0,
+                                index + 1, table=table)
+    driver.write_descriptor(0, driver.alloc(8), 8, VIRTQ_DESC_F_NEXT, 1)
+    driver.write_descriptor(1, table, 16 * 8, VIRTQ_DESC_F_INDIRECT)
+    driver.make_available(0)
+    with pytest.raises(QueueError, match="longer than the queue"):
+        queue.pop(memory)
+
+
+def test_serve_returns_to_the_loop_after_its_time_budget() -> None:
+    """Slow chains: serve stops after its budget and says there is more to do."""
+    import time
+
+    from pyvmm.devices.virtio.device import (COMMON_FEATURES, SERVE_BUDGET_SECONDS,
+                                             VirtioDevice)
+
+    memory = GuestMemory.from_bytes(RAM)
+    device = VirtioDevice((64,))
+    driver = DriverQueue(memory, 0x1000, size=64)
+    driver.configure(device.queues[0])
+    device.activate(memory, COMMON_FEATURES, lambda: None)
+    for _ in range(64):
+        driver.add_chain([(driver.alloc(8), 8, False)])
+
+    def slow(_chain) -> int:
+        time.sleep(0.005)
+        return 0
+    start = time.monotonic()
+    served = device.serve(device.queues[0], slow)
+    assert time.monotonic() - start < SERVE_BUDGET_SECONDS + 0.05
+    assert 1 <= served < 64 and device.pending(0)
+    while device.pending(0):
+        served += device.serve(device.queues[0], slow)
+    assert served == 64 and len(driver.take_used()) == 64

@@ -25,6 +25,12 @@ LEAF_XSAVE = 0xD
 LEAF_TOPOLOGY_V2 = 0x1F
 LEAF_EXT_FEATURES = 0x80000001
 
+#: Most vCPUs the platform can describe: xAPIC IDs (CPUID leaf 1 EBX[31:24], the
+#: MADT's local APIC entries) are 8 bits, and 0xFF is the broadcast ID.
+MAX_CPUS = 255
+#: CPUID leaf 4 EAX[31:26] holds "cores per package - 1" in 6 bits.
+LEAF4_MAX_CORES = 64
+
 # Leaf 1 bits.
 EBX_APIC_ID_SHIFT = 24
 EBX_LOGICAL_COUNT_SHIFT = 16
@@ -87,17 +93,20 @@ def adjust_cpuid(entries: Sequence[CpuidEntry], vcpu_id: int, cpu_count: int,
     """The CPUID table for vCPU ``vcpu_id`` (its APIC ID) under ``policy``."""
     if policy not in CPU_POLICIES:
         raise ValueError(f"unknown CPU policy {policy!r}")
+    if not 0 <= vcpu_id < cpu_count <= MAX_CPUS:
+        raise ValueError(f"vCPU {vcpu_id} of {cpu_count}: at most {MAX_CPUS} vCPUs")
     result = []
     for entry in entries:
         if entry.function == LEAF_FEATURES:
             ebx = ((entry.ebx & 0xFFFF) | (vcpu_id << EBX_APIC_ID_SHIFT)
-                   | (min(cpu_count, 255) << EBX_LOGICAL_COUNT_SHIFT))
+                   | (cpu_count << EBX_LOGICAL_COUNT_SHIFT))
             edx = entry.edx | EDX_HTT if cpu_count > 1 else entry.edx & ~EDX_HTT
             entry = dataclasses.replace(entry, ebx=ebx, ecx=entry.ecx | ECX_HYPERVISOR,
                                         edx=edx)
         elif entry.function == LEAF_CACHE_PARAMS:
             entry = dataclasses.replace(
-                entry, eax=(entry.eax & 0x03FFFFFF) | ((cpu_count - 1) << 26))
+                entry, eax=(entry.eax & 0x03FFFFFF)
+                | ((min(cpu_count, LEAF4_MAX_CORES) - 1) << 26))
         elif entry.function in (LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2):
             entry = _topology_leaf(entry, vcpu_id, cpu_count)
         if policy == "compat":

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 VIRTIO_ID_BLOCK = 2
 
 # Feature bits (section 5.2.3).
+VIRTIO_BLK_F_SIZE_MAX = 1
 VIRTIO_BLK_F_SEG_MAX = 2
 VIRTIO_BLK_F_RO = 5
 VIRTIO_BLK_F_BLK_SIZE = 6
@@ -46,8 +47,19 @@ WRITE_ZEROES_FLAG_UNMAP = 1
 QUEUE_SIZE = 256
 #: Request type we give a chain whose header is too short to read.
 MALFORMED = -1
-#: Largest discard / write-zeroes range we take in one segment (2 GiB).
+# The limits we advertise in config space, and enforce: they bound the host
+# memory and time one request can take, whatever the guest puts in a chain.
+#: Largest data buffer (descriptor) of a request (size_max).
+SIZE_MAX = 1 << 20
+#: Most data buffers in a request (seg_max): the header and status take two.
+SEG_MAX = QUEUE_SIZE - 2
+#: Largest discard range in one segment (2 GiB: punching a hole is cheap).
 MAX_DISCARD_SECTORS = 1 << 22
+#: Largest write-zeroes range (32 MiB): where the filesystem can't zero a
+#: range, the zeros are written, so this bounds the time a request takes.
+MAX_WRITE_ZEROES_SECTORS = 1 << 16
+#: Segments in one discard / write-zeroes request; so its payload is 16 bytes.
+MAX_DISCARD_SEGMENTS = 1
 
 _HEADER = struct.Struct("<IIQ")      # type, reserved, sector
 _SEGMENT = struct.Struct("<QII")     # sector, num_sectors, flags
@@ -93,6 +105,11 @@ def parse_request(chain: DescriptorChain) -> BlockRequest | None:
     return BlockRequest(type_, sector, readable_data, status)
 
 
+def within_limits(request: BlockRequest) -> bool:
+    """Whether the data buffers keep to the seg_max and size_max we advertise."""
+    return len(request.data) <= SEG_MAX and all(len(view) <= SIZE_MAX for view in request.data)
+
+
 def _skip(views: list[memoryview], count: int) -> list[memoryview]:
     """``views`` without their first ``count`` bytes."""
     result = []
@@ -117,7 +134,8 @@ class BlockDevice(VirtioDevice):
 
     def device_features(self) -> int:
         features = super().device_features() | 1 << VIRTIO_BLK_F_FLUSH \
-            | 1 << VIRTIO_BLK_F_SEG_MAX | 1 << VIRTIO_BLK_F_BLK_SIZE
+            | 1 << VIRTIO_BLK_F_SEG_MAX | 1 << VIRTIO_BLK_F_SIZE_MAX \
+            | 1 << VIRTIO_BLK_F_BLK_SIZE
         if self.disk.readonly:
             features |= 1 << VIRTIO_BLK_F_RO
         else:
@@ -127,13 +145,13 @@ class BlockDevice(VirtioDevice):
     def config_space(self) -> bytes:
         return _CONFIG.pack(
             self.disk.sectors,
-            0,                          # size_max: no VIRTIO_BLK_F_SIZE_MAX
-            QUEUE_SIZE - 2,             # seg_max: the header and status take two
+            SIZE_MAX,
+            SEG_MAX,
             SECTOR_SIZE,                # blk_size
             0,                          # writeback (no CONFIG_WCE)
             1,                          # num_queues
-            MAX_DISCARD_SECTORS, 1, 8,  # discard: sectors, segments, 4 KiB alignment
-            MAX_DISCARD_SECTORS, 1,     # write zeroes: sectors, segments
+            MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, 8,  # 8: 4 KiB alignment
+            MAX_WRITE_ZEROES_SECTORS, MAX_DISCARD_SEGMENTS,
             1)                          # write_zeroes_may_unmap
 
     def process_queue(self, index: int) -> None:
@@ -158,7 +176,7 @@ class BlockDevice(VirtioDevice):
     def _execute(self, request: BlockRequest) -> tuple[int, int]:
         """Run one request; return (status, bytes written into the guest's buffers)."""
         kind = request.type
-        if kind == MALFORMED:
+        if kind == MALFORMED or not within_limits(request):
             return VIRTIO_BLK_S_IOERR, 0
         try:
             if kind == VIRTIO_BLK_T_IN:
@@ -201,12 +219,15 @@ class BlockDevice(VirtioDevice):
     def _discard_or_zero(self, request: BlockRequest) -> int:
         if self.disk.readonly:
             return VIRTIO_BLK_S_IOERR
-        payload = read_from(request.data, request.data_length)
-        if not payload or len(payload) % _SEGMENT.size:
-            return VIRTIO_BLK_S_IOERR
+        length = request.data_length
+        if not length or length % _SEGMENT.size or \
+                length > MAX_DISCARD_SEGMENTS * _SEGMENT.size:
+            return VIRTIO_BLK_S_IOERR  # checked before reading: the payload stays small
+        payload = read_from(request.data, length)
+        largest = MAX_DISCARD_SECTORS if request.type == VIRTIO_BLK_T_DISCARD \
+            else MAX_WRITE_ZEROES_SECTORS
         for sector, count, flags in _SEGMENT.iter_unpack(payload):
-            if count > MAX_DISCARD_SECTORS or \
-                    not self._in_bounds(sector, count * SECTOR_SIZE):
+            if count > largest or not self._in_bounds(sector, count * SECTOR_SIZE):
                 return VIRTIO_BLK_S_IOERR
             offset, length = sector * SECTOR_SIZE, count * SECTOR_SIZE
             if request.type == VIRTIO_BLK_T_DISCARD:

@@ -7,10 +7,13 @@ bounded buffer until the guest posts receive buffers, then fills them.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 from pyvmm.devices.virtio.device import VirtioDevice
-from pyvmm.devices.virtio.queue import DescriptorChain, write_into
+from pyvmm.devices.virtio.queue import DescriptorChain, QueueError, write_into
+
+log = logging.getLogger(__name__)
 
 VIRTIO_ID_CONSOLE = 3
 RECEIVE_QUEUE = 0
@@ -18,6 +21,10 @@ TRANSMIT_QUEUE = 1
 QUEUE_SIZE = 256
 #: Host input kept while the guest has no receive buffers posted.
 INPUT_LIMIT = 64 << 10
+#: Most output we take from one transmit chain.  Linux's hvc sends at most a
+#: page per buffer; a chain of overlapping huge buffers could otherwise make
+#: us write many times guest RAM.  The rest of such a chain is dropped.
+TRANSMIT_LIMIT = 1 << 20
 
 
 class ConsoleDevice(VirtioDevice):
@@ -29,6 +36,8 @@ class ConsoleDevice(VirtioDevice):
         super().__init__((QUEUE_SIZE, QUEUE_SIZE))
         self._out = out
         self._pending = bytearray()
+        self._truncated_once = False
+        self._receive_broken = False
 
     def config_space(self) -> bytes:
         # cols, rows, max_nr_ports, emerg_wr: meaningful only with features we don't offer.
@@ -45,9 +54,17 @@ class ConsoleDevice(VirtioDevice):
         return index == TRANSMIT_QUEUE and super().pending(index)
 
     def _transmit(self, chain: DescriptorChain) -> int:
+        room = TRANSMIT_LIMIT
         for view in chain.readable:
+            if len(view) > room:
+                if not self._truncated_once:
+                    self._truncated_once = True
+                    log.warning("virtio-console: a transmit chain of %d bytes was cut to %d",
+                                chain.readable_length, TRANSMIT_LIMIT)
+                view = view[:room]
             if len(view):
                 self._out(view)
+                room -= len(view)
         return 0
 
     # -- host input (main thread) ---------------------------------------------
@@ -60,11 +77,15 @@ class ConsoleDevice(VirtioDevice):
         """Queue host input for the guest; delivered as receive buffers allow."""
         with self.lock:
             self._pending += data[:max(0, self.input_room())]
-            self._deliver()
+            try:
+                self._deliver()
+            except QueueError as exc:
+                self._receive_broken = True  # until the driver resets the device
+                self._broken(str(exc))       # the transport sets DEVICE_NEEDS_RESET
 
     def _deliver(self) -> None:
         queue = self.queues[RECEIVE_QUEUE]
-        if not self._pending or not self.active or not queue.ready:
+        if not self._pending or not self.active or not queue.ready or self._receive_broken:
             return
         pending = self._pending
 
@@ -87,4 +108,5 @@ class ConsoleDevice(VirtioDevice):
 
     def reset(self) -> None:
         super().reset()
+        self._receive_broken = False
         # Input typed before the driver (re)starts is kept for it.

@@ -11,6 +11,7 @@ handle each, publish them as used, then interrupt only if the driver wants it
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable
 
 from pyvmm.devices.virtio.queue import DescriptorChain, SplitQueue
@@ -27,6 +28,9 @@ COMMON_FEATURES = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_INDIRECT_DESC) \
 
 #: Handles one chain; returns the number of bytes it wrote into the chain.
 ChainHandler = Callable[[DescriptorChain], int]
+#: Most time one ``serve`` call spends before it returns to the event loop
+#: (which then answers --timeout, signals and Ctrl-A x, and comes back).
+SERVE_BUDGET_SECONDS = 0.02
 
 
 class VirtioDevice:
@@ -42,6 +46,7 @@ class VirtioDevice:
         self.memory: GuestMemory | None = None
         self.driver_features = 0
         self._raise_used: Callable[[], None] = lambda: None
+        self._broken: Callable[[str], None] = lambda why: None
 
     # -- what the transport asks --------------------------------------------------
 
@@ -67,11 +72,19 @@ class VirtioDevice:
         return self.memory is not None
 
     def activate(self, memory: GuestMemory, driver_features: int,
-                 raise_used: Callable[[], None]) -> None:
-        """The driver set DRIVER_OK: start serving its queues."""
+                 raise_used: Callable[[], None],
+                 broken: Callable[[str], None] | None = None) -> None:
+        """The driver set DRIVER_OK: start serving its queues.
+
+        ``broken(why)`` is for a malformed queue the device finds on its own
+        (not in ``process_queue``, whose QueueError the transport catches):
+        the transport then sets DEVICE_NEEDS_RESET.
+        """
         self.memory = memory
         self.driver_features = driver_features
         self._raise_used = raise_used
+        if broken is not None:
+            self._broken = broken
 
     def reset(self) -> None:
         """The driver wrote 0 to the status register: forget everything it set up."""
@@ -80,6 +93,7 @@ class VirtioDevice:
         self.memory = None
         self.driver_features = 0
         self._raise_used = lambda: None
+        self._broken = lambda why: None
 
     def process_queue(self, index: int) -> None:
         """The driver notified queue ``index``."""
@@ -100,8 +114,10 @@ class VirtioDevice:
     def serve(self, queue: SplitQueue, handle: ChainHandler) -> int:
         """Handle the available chains of ``queue``; return how many were used.
 
-        At most one queue's worth per call, so a driver that keeps adding
-        chains can't hold the event loop: ``pending`` then says to come back.
+        At most one queue's worth per call, and no more chains once
+        ``SERVE_BUDGET_SECONDS`` are spent, so a driver that keeps adding
+        chains (or makes each one slow) can't hold the event loop:
+        ``pending`` then says to come back.
         QueueError (a malformed chain) propagates to the transport, which puts
         the device in DEVICE_NEEDS_RESET.
         """
@@ -110,7 +126,8 @@ class VirtioDevice:
             return 0
         used_before = queue.next_used
         served = 0
-        while served < queue.size:
+        budget_end = time.monotonic() + SERVE_BUDGET_SECONDS
+        while served < queue.size and (served == 0 or time.monotonic() < budget_end):
             chain = queue.pop(memory)
             if chain is None:
                 # With EVENT_IDX, re-check after publishing avail_event: the driver

@@ -2,61 +2,95 @@
 
 I/O goes straight between the file and guest memory: ``preadv`` / ``pwritev``
 take the guest's buffers (memoryviews into guest RAM) as the iovec, so no
-bytes are copied in Python.  The image is locked with ``flock`` (exclusive
-for read-write, shared for read-only, as QEMU's image locking behaves) so two
-VMMs can't write one image.  A read-only image is never opened for writing.
+bytes are copied in Python.  The image is locked with QEMU's own OFD lock
+bytes (``image_lock``), so neither QEMU nor a second pyvmm can write an image
+we use.  A read-only image is never opened for writing.  Only regular files
+and block devices are images: a FIFO or a character device is refused.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
+import logging
 import mmap
 import os
+import stat
+
 from pyvmm.config import DriveConfig
+from pyvmm.devices.virtio.image_lock import ImageLockError, lock_image
 from pyvmm.errors import DeviceError
+
+log = logging.getLogger(__name__)
 
 SECTOR_SIZE = 512
 __all__ = ["DiskImage", "DriveConfig", "SECTOR_SIZE"]
 #: O_DIRECT needs buffers aligned to the logical block size; this covers it.
 DIRECT_ALIGNMENT = 4096
+#: The cache=none bounce buffer: unaligned requests are copied this much at a time.
+BOUNCE_SIZE = 1 << 20
+
+
+def _open_image(config: DriveConfig) -> int:
+    """Open the image as the drive asks; DeviceError with one line if we can't.
+
+    O_NONBLOCK keeps the open from waiting on a FIFO (refused just after);
+    it means nothing for files and block devices and is cleared again.
+    """
+    flags = (os.O_RDONLY if config.readonly else os.O_RDWR) | os.O_CLOEXEC | os.O_NONBLOCK
+    if config.cache == "none":
+        flags |= os.O_DIRECT
+    path = config.path
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise DeviceError(f"disk image {path!r} not found") from None
+    except IsADirectoryError:
+        raise DeviceError(f"disk image {path!r} is a directory") from None
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = "" if config.readonly else " (use readonly=on for a read-only image)"
+            raise DeviceError(f"disk image {path!r} is not writable{hint}") from None
+        if exc.errno == errno.EINVAL and config.cache == "none":
+            raise DeviceError(f"disk image {path!r}: this filesystem does not "
+                              "support cache=none (O_DIRECT)") from None
+        raise DeviceError(f"cannot open disk image {path!r}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        os.close(fd)
+        raise DeviceError(f"disk image {path!r} is not a regular file or a block device")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _usable_size(fd: int) -> int:
+    """Bytes the guest sees: whole sectors of the file, or of the block device."""
+    # lseek(SEEK_END) is a block device's size (BLKGETSIZE64) and a file's st_size.
+    size = os.lseek(fd, 0, os.SEEK_END)
+    return size - size % SECTOR_SIZE
 
 
 class DiskImage:
-    """An open, locked raw image file."""
+    """An open, locked raw image: a regular file or a block device."""
 
     def __init__(self, config: DriveConfig) -> None:
         self.path = config.path
         self.readonly = config.readonly
         self.direct = config.cache == "none"
-        flags = (os.O_RDONLY if config.readonly else os.O_RDWR) | os.O_CLOEXEC
-        if self.direct:
-            flags |= os.O_DIRECT
+        self.fd = _open_image(config)
         try:
-            self.fd = os.open(config.path, flags)
-        except FileNotFoundError:
-            raise DeviceError(f"disk image {config.path!r} not found") from None
-        except IsADirectoryError:
-            raise DeviceError(f"disk image {config.path!r} is a directory") from None
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                hint = "" if config.readonly else " (use readonly=on for a read-only image)"
-                raise DeviceError(f"disk image {config.path!r} is not writable{hint}") \
-                    from None
-            if exc.errno == errno.EINVAL and self.direct:
-                raise DeviceError(f"disk image {config.path!r}: this filesystem does not "
-                                  "support cache=none (O_DIRECT)") from None
-            raise DeviceError(f"cannot open disk image {config.path!r}: {exc.strerror}") \
-                from None
-        try:
-            fcntl.flock(self.fd, (fcntl.LOCK_SH if config.readonly else fcntl.LOCK_EX)
-                        | fcntl.LOCK_NB)
-        except BlockingIOError:
+            self.size = _usable_size(self.fd)
+            try:
+                lock_image(self.fd, config.readonly)
+            except ImageLockError as exc:
+                raise DeviceError(f"disk image {config.path!r} is locked by another process "
+                                  f"(is another VM using it? {exc})") from None
+            except OSError as exc:
+                # As QEMU's locking=auto: a filesystem without OFD locks still works.
+                log.warning("disk image %r: cannot lock it (%s); another VM could write "
+                            "it too", config.path, exc.strerror)
+        except BaseException:
             os.close(self.fd)
-            raise DeviceError(f"disk image {config.path!r} is locked by another process "
-                              "(is another VM using it?)") from None
-        size = os.fstat(self.fd).st_size
-        self.size = size - size % SECTOR_SIZE
+            raise
         self._bounce: mmap.mmap | None = None
 
     @property
@@ -82,37 +116,50 @@ class DiskImage:
         return self._bounced_write(views, offset)
 
     # O_DIRECT refuses buffers that are not block-aligned; guests may hand us
-    # such buffers, so those requests go through one aligned bounce buffer.
+    # such buffers, so those requests go through one aligned bounce buffer of
+    # at most BOUNCE_SIZE, a piece at a time: its size never follows the guest's.
 
-    def _bounce_buffer(self, length: int) -> memoryview:
-        size = -(-length // DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT
-        if self._bounce is None or len(self._bounce) < size:
-            if self._bounce is not None:
-                self._bounce.close()
-            self._bounce = mmap.mmap(-1, size)  # page-aligned
-        return memoryview(self._bounce)[:length]
+    def _bounce_buffer(self) -> memoryview:
+        if self._bounce is None:
+            self._bounce = mmap.mmap(-1, BOUNCE_SIZE)  # page-aligned
+        return memoryview(self._bounce)
 
     def _bounced_read(self, views: list[memoryview], offset: int) -> int:
-        total = sum(len(v) for v in views)
-        bounce = self._bounce_buffer(total)
-        done = os.preadv(self.fd, [bounce], offset)
-        position = 0
-        for view in views:
-            count = max(0, min(len(view), done - position))
-            view[:count] = bounce[position:position + count]
-            position += len(view)
-        bounce.release()
+        bounce = self._bounce_buffer()
+        done = 0
+        try:
+            for piece in _pieces(views, len(bounce)):
+                length = sum(len(v) for v in piece)
+                # The disk's length is sector-aligned; O_DIRECT wants whole blocks.
+                count = os.preadv(self.fd, [bounce[:_align_up(length)]], offset + done)
+                count = min(count, length)
+                position = 0
+                for view in piece:
+                    take = max(0, min(len(view), count - position))
+                    view[:take] = bounce[position:position + take]
+                    position += len(view)
+                done += count
+                if count < length:
+                    break
+        finally:
+            bounce.release()
         return done
 
     def _bounced_write(self, views: list[memoryview], offset: int) -> int:
-        total = sum(len(v) for v in views)
-        bounce = self._bounce_buffer(total)
-        position = 0
-        for view in views:
-            bounce[position:position + len(view)] = view
-            position += len(view)
-        done = os.pwritev(self.fd, [bounce], offset)
-        bounce.release()
+        bounce = self._bounce_buffer()
+        done = 0
+        try:
+            for piece in _pieces(views, len(bounce)):
+                position = 0
+                for view in piece:
+                    bounce[position:position + len(view)] = view
+                    position += len(view)
+                count = os.pwritev(self.fd, [bounce[:position]], offset + done)
+                done += count
+                if count < position:
+                    break
+        finally:
+            bounce.release()
         return done
 
     def flush(self) -> None:
@@ -131,3 +178,24 @@ class DiskImage:
         if self._bounce is not None:
             self._bounce.close()
             self._bounce = None
+
+
+def _align_up(length: int) -> int:
+    return -(-length // DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT
+
+
+def _pieces(views: list[memoryview], limit: int):
+    """Split ``views`` into consecutive groups of at most ``limit`` bytes each."""
+    piece: list[memoryview] = []
+    room = limit
+    for view in views:
+        while len(view):
+            take = min(len(view), room)
+            piece.append(view[:take])
+            view = view[take:]
+            room -= take
+            if room == 0:
+                yield piece
+                piece, room = [], limit
+    if piece:
+        yield piece

@@ -91,6 +91,7 @@ class VirtioMmioTransport:
         self._lock = device.lock
         self._irq_lock = threading.Lock()
         self.interrupt_status = 0
+        self._odd_read_logged = False
         self._reset_registers()
 
     def _reset_registers(self) -> None:
@@ -146,10 +147,15 @@ class VirtioMmioTransport:
             with self._lock:
                 self.device.read_config(offset - CONFIG, data)
             return
-        value = 0
-        if len(data) == 4 and offset % 4 == 0:
-            value = self._read_register(offset)
-        data[:] = value.to_bytes(4, "little")[:len(data)]
+        if len(data) != 4 or offset % 4:
+            # The driver must use aligned 32-bit accesses (4.2.2.2); others read zeros.
+            if not self._odd_read_logged:
+                self._odd_read_logged = True
+                log.warning("virtio-mmio: %d-byte read at %#x answered with zeros "
+                            "(registers are 32-bit)", len(data), offset)
+            data[:] = bytes(len(data))
+            return
+        data[:] = self._read_register(offset).to_bytes(4, "little")
 
     def _read_register(self, offset: int) -> int:
         device = self.device
@@ -268,7 +274,8 @@ class VirtioMmioTransport:
                 return
             self.status = value
             self.device.activate(self.memory, self.driver_features,
-                                 lambda: self.raise_interrupt(INTERRUPT_USED_BUFFER))
+                                 lambda: self.raise_interrupt(INTERRUPT_USED_BUFFER),
+                                 self._needs_reset)
             # Buffers queued before DRIVER_OK (without a notification) are served now.
             for index, queue in enumerate(self.device.queues):
                 if queue.ready:

@@ -3,7 +3,9 @@
 Everything here is read from memory the guest controls, so every address and
 length is checked: a descriptor outside guest RAM, a chain longer than the
 queue (which includes any loop), a nested or malformed indirect table, or a
-readable descriptor after a writable one raises ``QueueError``.  The caller
+readable descriptor after a writable one raises ``QueueError``.  A chain,
+indirect tables included, holds at most as many descriptors as the queue
+(QEMU's limit too), so the work of popping one is bounded.  The caller
 (the transport) then puts the device in ``DEVICE_NEEDS_RESET``; nothing here
 touches host memory outside the guest, because every access goes through
 ``GuestMemory``'s bounds checks.
@@ -142,14 +144,17 @@ class SplitQueue:
                 if length == 0 or length % 16:
                     raise QueueError(f"indirect table length {length} is not a multiple of 16")
                 count = length // 16
-                if count > 0xFFFF:
-                    raise QueueError("indirect table is too large")
+                if count > self.size:
+                    raise QueueError(f"indirect table of {count} descriptors is larger "
+                                     f"than the queue ({self.size})")
                 try:
                     indirect = memory.view(addr, length)
                 except GuestMemoryError as exc:
                     raise QueueError(f"indirect table outside guest RAM: {exc}") from None
                 self._walk(memory, indirect, count, 0, chain, indirect_allowed=False)
                 return
+            if len(chain.readable) + len(chain.writable) >= self.size:
+                raise QueueError(f"descriptor chain is longer than the queue ({self.size})")
             try:
                 view = memory.view(addr, length)
             except GuestMemoryError as exc:

@@ -360,3 +360,20 @@ def test_cache_none_bounce_buffer_stays_bounded(tmp_path) -> None:
     assert data[:1 << 20] == b"\x5a" * (1 << 20)
     assert data[1 << 20:3 << 20] == content[4096 + (1 << 20):4096 + (3 << 20)]
     assert data[3 << 20:] == content[3 << 20:]
+
+
+def test_out_of_budget_the_device_still_asks_for_the_next_notification(image, monkeypatch) -> None:
+    """Stopping early (time budget) must publish avail_event, or with EVENT_IDX the
+    driver never notifies again for the chains it adds later."""
+    monkeypatch.setattr("pyvmm.devices.virtio.device.SERVE_BUDGET_SECONDS", -1.0)
+    h = Harness(image, event_idx=True)
+    for _ in range(3):
+        header = h.driver.alloc(16, struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, 0))
+        h.driver.add_chain([(header, 16, False), (h.driver.alloc(512), 512, True),
+                            (h.driver.alloc(1), 1, True)])
+    h.device.process_queue(0)             # one chain per call once the budget is spent
+    assert h.driver.avail_event() == 1    # "notify me for chain 1 on"
+    assert h.device.pending(0)            # and the caller knows chains 1 and 2 wait
+    h.device.process_queue(0)
+    h.device.process_queue(0)
+    assert h.driver.avail_event() == 3 and not h.device.pending(0)

@@ -127,7 +127,15 @@ class VirtioDevice:
         used_before = queue.next_used
         served = 0
         budget_end = time.monotonic() + SERVE_BUDGET_SECONDS
-        while served < queue.size and (served == 0 or time.monotonic() < budget_end):
+        while True:
+            if served >= queue.size or (served and time.monotonic() >= budget_end):
+                # Out of budget.  With EVENT_IDX the driver notifies only for a
+                # chain at avail_event: publish how far we got, or every chain
+                # it adds from now on goes unnoticed (a driver spinning on its
+                # buffer, like hvc's, would wait forever).  ``pending`` tells
+                # the caller about the chains already there.
+                queue.set_avail_event()
+                break
             chain = queue.pop(memory)
             if chain is None:
                 # With EVENT_IDX, re-check after publishing avail_event: the driver

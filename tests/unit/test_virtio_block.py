@@ -360,3 +360,42 @@ def test_cache_none_bounce_buffer_stays_bounded(tmp_path) -> None:
     assert data[:1 << 20] == b"\x5a" * (1 << 20)
     assert data[1 << 20:3 << 20] == content[4096 + (1 << 20):4096 + (3 << 20)]
     assert data[3 << 20:] == content[3 << 20:]
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A block device (a loop device over a 4 MiB file), where the host allows one."""
+    import shutil
+    import subprocess
+
+    backing = tmp_path / "backing.img"
+    backing.write_bytes(bytes(range(256)) * (4 << 12))
+    if shutil.which("losetup") is None:
+        pytest.skip("no losetup")
+    made = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a loop device: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    yield device, backing
+    subprocess.run(["losetup", "-d", device], check=False)
+
+
+def test_block_device_drive_is_sized_and_written(loop_device) -> None:
+    device, backing = loop_device
+    h = Harness.__new__(Harness)
+    h.memory = GuestMemory.from_bytes(4 << 20)
+    disk = DiskImage(DriveConfig(device))
+    assert disk.sectors == (4 << 20) // 512  # BLKGETSIZE64, not st_size (0)
+    h.device = BlockDevice(disk)
+    h.interrupts = 0
+    h.driver = DriverQueue(h.memory, 0x10000, size=16)
+    h.driver.configure(h.device.queues[0])
+    h.device.activate(h.memory, COMMON_FEATURES, lambda: None)
+    assert h.request(VIRTIO_BLK_T_OUT, 7, data=b"\x77" * 512)[0] == VIRTIO_BLK_S_OK
+    assert h.request(VIRTIO_BLK_T_IN, (4 << 20) // 512, read_length=512)[0] \
+        == VIRTIO_BLK_S_IOERR  # past the end
+    with pytest.raises(DeviceError, match="locked"):
+        DiskImage(DriveConfig(device))
+    disk.close()
+    assert backing.read_bytes()[7 * 512:8 * 512] == b"\x77" * 512

@@ -55,7 +55,8 @@ class Outcome:
     #: milliseconds of the --timeout clock, so this is that clock) or from SIGTERM.
     seconds: float
     peak_rss: int         # bytes
-    output: str
+    output: str           # the guest's console (stdout)
+    errors: str           # pyvmm's own messages (stderr)
 
 
 def pyvmm_args(attack: Attack | None, disk: str, extra: tuple[str, ...] = ()) -> list[str]:
@@ -76,14 +77,16 @@ def run(args: list[str], repo: Path = REPO, sigterm_after: str | None = None,
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "pyvmm", *args], cwd=repo,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    output = b""
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    output = errors = b""
     signalled = signal_at = first_output = None
     deadline = start + limit
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.05)
-        if ready:
+        ready, _, _ = select.select([proc.stdout, proc.stderr], [], [], 0.05)
+        if proc.stderr in ready:
+            errors += os.read(proc.stderr.fileno(), 1 << 16)
+        if proc.stdout in ready:
             chunk = os.read(proc.stdout.fileno(), 1 << 20)
             if not chunk:
                 break
@@ -101,9 +104,12 @@ def run(args: list[str], repo: Path = REPO, sigterm_after: str | None = None,
     _, raw_status, usage = os.wait4(proc.pid, 0)
     end = time.monotonic()
     proc.returncode = os.waitstatus_to_exitcode(raw_status)
+    errors += proc.stderr.read()
     proc.stdout.close()
+    proc.stderr.close()
     return Outcome(proc.returncode, end - (signalled or first_output or start),
-                   usage.ru_maxrss * 1024, output.decode(errors="replace"))
+                   usage.ru_maxrss * 1024, output.decode(errors="replace"),
+                   errors.decode(errors="replace"))
 
 
 def measure(attack: Attack | None, timeout: float, repo: Path = REPO) -> dict:
@@ -121,7 +127,7 @@ def measure(attack: Attack | None, timeout: float, repo: Path = REPO) -> dict:
         if attack is not None and not attack.forever:
             outcome = run(pyvmm_args(attack, disk, ("--timeout", "60")), repo)
             result.update(status=outcome.status, peak_rss=outcome.peak_rss,
-                          output=outcome.output)
+                          output=outcome.output, errors=outcome.errors)
             return result
         timed = run(pyvmm_args(attack, disk, ("--timeout", str(timeout))), repo)
         termed = run(pyvmm_args(attack, disk, ("--timeout", "60")), repo,

@@ -54,6 +54,8 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001 - reported: the falsifying example is printed
         failed = True
         print(f"FAILED: {type(exc).__name__}: {exc}")
+        for inner in getattr(exc, "exceptions", ()):  # what a flaky failure saw first
+            print(f"  first seen: {type(inner).__name__}: {inner}")
     print(f"{time.monotonic() - start:.0f} s: " +
           ", ".join(f"{value} {name}" for name, value in totals.items()))
     return 1 if failed else 0

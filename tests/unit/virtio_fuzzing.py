@@ -11,7 +11,7 @@ block request headers and discard segments, available indices), notifications
 
 ``World.check`` holds after every operation: nothing escaped as an exception,
 the canaries around guest RAM are intact (nothing outside guest RAM was
-written), the disk did not grow, the operation took under ``MAX_SECONDS``, and
+written), the disk did not grow, the operation took under ``MAX_SECONDS`` of CPU, and
 it allocated less than guest RAM (``tracemalloc``: nothing copies a request's
 buffers more than once).  Used by tests/unit/test_virtio_fuzz.py (bounded) and
 scripts/fuzz_virtio.py (long).
@@ -191,11 +191,11 @@ class World:
         used_before = [q.next_used for q in self.device.queues]
         broken_before = self.transport.status & mmio.STATUS_NEEDS_RESET
         tracemalloc.start()
-        start = time.monotonic()
+        start = time.process_time()  # CPU time: a loaded host must not fail the property
         try:
             self.apply(op)
         finally:
-            seconds = time.monotonic() - start
+            seconds = time.process_time() - start
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
         self.chains += sum(max(0, q.next_used - before)

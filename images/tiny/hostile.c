@@ -14,9 +14,9 @@
  *                    segments, 256 per notification, forever
  *   indirect-forever indirect tables of 65535 descriptors, forever (resetting
  *                    the device each time it gives up on us)
- *   read-forever     256 READs per notification, each of 254 overlapping
- *                    1 MiB buffers (254 MiB), at an odd address (so
- *                    cache=none bounces), forever
+ *   read-forever     256 READs per notification, each as large as the device
+ *                    allows (254 overlapping buffers of size_max), at an odd
+ *                    address (so cache=none bounces), forever
  * With the virtio console:
  *   tx-forever       transmit chains of 256 overlapping 32 MiB buffers, forever
  *   rx-outside       a receive buffer outside guest RAM, then wait: host input
@@ -238,9 +238,12 @@ static __attribute__((noreturn)) void read_forever(const char *line)
     find_and_init(VIRTIO_ID_BLOCK, 1ull << F_INDIRECT, 1, line);
     volatile struct req_header *header = (volatile struct req_header *)(uintptr_t)PAYLOAD;
     *header = (struct req_header){T_IN, 0, 0};
+    uint32_t size_max = vio_config32(&dev, 8);
+    if (size_max == 0 || size_max > (1u << 20))
+        size_max = 1u << 20;
     for (uint32_t i = 0; i < VQ_SIZE; i++)
         fill_table((volatile struct vdesc *)(uintptr_t)(TABLES + i * 4096ull), PAYLOAD, 254,
-                   BIG + 1, 1u << 20, 1, PAYLOAD + 64 + i);
+                   BIG + 1, size_max, 1, PAYLOAD + 64 + i);
     submit_forever(256 * 16);
 }
 

@@ -323,15 +323,22 @@ def test_write_zeroes_range_is_bounded(image, monkeypatch) -> None:
     assert h.request(VIRTIO_BLK_T_DISCARD, 0, data=two)[0] == VIRTIO_BLK_S_IOERR
 
 
-def test_data_buffer_over_size_max_fails(image, monkeypatch) -> None:
+def test_request_larger_than_seg_max_times_size_max_fails(image, monkeypatch) -> None:
     import pyvmm.devices.virtio.block as block
 
-    monkeypatch.setattr(block, "SIZE_MAX", 1024)
+    monkeypatch.setattr(block, "SIZE_MAX", 512)
+    monkeypatch.setattr(block, "SEG_MAX", 2)  # so at most 1024 bytes a request
     before = image.read_bytes()
     h = Harness(image)
-    assert h.request(VIRTIO_BLK_T_IN, 0, read_length=2048)[0] == VIRTIO_BLK_S_IOERR
-    assert h.request(VIRTIO_BLK_T_OUT, 0, data=b"q" * 2048)[0] == VIRTIO_BLK_S_IOERR
-    assert h.request(VIRTIO_BLK_T_IN, 0, read_length=1024)[0] == VIRTIO_BLK_S_OK
+    assert h.request(VIRTIO_BLK_T_IN, 0, read_length=1536)[0] == VIRTIO_BLK_S_IOERR
+    assert h.request(VIRTIO_BLK_T_OUT, 0, data=b"q" * 1536)[0] == VIRTIO_BLK_S_IOERR
+    assert h.request(VIRTIO_BLK_T_IN, 0, read_length=1024)[0] == VIRTIO_BLK_S_OK  # one buffer
+    header = h.driver.alloc(16, struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, 0))
+    status = h.driver.alloc(1, b"\xee")
+    h.driver.add_chain([(header, 16, False)] + [(h.driver.alloc(512), 512, True)] * 3
+                       + [(status, 1, True)])  # three buffers: more than seg_max
+    h.device.process_queue(0)
+    assert h.memory.read_u8(status) == VIRTIO_BLK_S_IOERR
     assert image.read_bytes() == before
 
 

@@ -28,9 +28,10 @@ _spec.loader.exec_module(hostile)
 #: pyvmm with a 64 MiB guest runs in ~20 MiB here; before the fixes one request took 3 GiB.
 RSS_BOUND = 256 << 20
 #: How late pyvmm may answer --timeout or SIGTERM.  It answers in about 0.1 s
-#: (bench/hostile.py); the bound leaves room for a shared, loaded host, and is
+#: (bench/hostile.py) on a quiet host; at load 10 on 2 cores even the spinning
+#: tiny/loop guest is 0.4-0.6 s late, so the bound leaves room for that, and is
 #: still far from what the attacks cost before (72 s and 116 s late).
-LATENCY_BOUND = 1.0
+LATENCY_BOUND = 2.0
 
 
 @pytest.fixture(autouse=True)

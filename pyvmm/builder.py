@@ -67,7 +67,7 @@ _policy_warned: list[bool] = []
 def build_machine(config: MachineConfig, console: HostConsole | None = None) -> Machine:
     """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices."""
     # A kernel or initrd larger than guest RAM can't fit in it.
-    ram = f"(the guest's --memory {config.memory >> 20}M)"
+    ram = f"(the guest's --memory {size_name(config.memory)})"
     kernel_image = read_input(config.kernel, "kernel", LoaderError, config.memory, ram)
     initrd_image = read_input(config.initrd, "initrd", LoaderError, config.memory, ram) \
         if config.initrd else None

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol, Callable
 
 from pyvmm.arch.x86_64.boot import BootState
 from pyvmm.config import MachineConfig
-from pyvmm.console import HostConsole
+from pyvmm.console import FATAL_SIGNALS, HostConsole
 from pyvmm.devices.bus import Bus
 from pyvmm.devices.serial import Serial
 from pyvmm.dispatch import UnknownAccessLog, dispatch_exit
@@ -288,8 +288,7 @@ class Machine:
         return 0.05 if (self._stdin_paused or self._stdin_is_file) else None
 
     def _watch_stdin(self) -> None:
-        try:
-            os.set_blocking(self.console.stdin_fd, False)
+        try:  # stdin stays blocking: the console reads it only when poll says so
             self.loop.add(self.console.stdin_fd, self._feed_stdin)
         except PermissionError:
             self._stdin_is_file = True  # a regular file or /dev/null: never blocks
@@ -452,10 +451,9 @@ class Machine:
             self.loop.wake()
 
         previous: dict[int, Callable | int | None] = {}
-        for signum, handler in ((signal.SIGUSR1, usr1),
-                                (signal.SIGINT, stop_on_signal),
-                                (signal.SIGTERM, stop_on_signal),
-                                (signal.SIGHUP, stop_on_signal),
-                                (KICK_SIGNAL, lambda *_: None)):
+        handlers: list[tuple[int, Callable]] = [(signum, stop_on_signal)
+                                                for signum in FATAL_SIGNALS]
+        handlers += [(signal.SIGUSR1, usr1), (KICK_SIGNAL, lambda *_: None)]
+        for signum, handler in handlers:
             previous[signum] = signal.signal(signum, handler)
         return previous

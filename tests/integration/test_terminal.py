@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import select
@@ -9,6 +10,8 @@ import signal
 import subprocess
 import termios
 import time
+
+import pytest
 
 from tests.integration.conftest import REPO, image, pyvmm_command
 
@@ -34,15 +37,20 @@ def start_on_pty(*args: str) -> tuple[subprocess.Popen, int, int, list]:
     return proc, master, slave, before
 
 
-def test_sigterm_stops_and_restores_the_terminal() -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR2,
+                                    signal.SIGALRM, signal.SIGHUP],
+                         ids=lambda signum: signal.Signals(signum).name)
+def test_fatal_signals_stop_and_restore_the_terminal(signum) -> None:
     kernel = str(image("tiny/loop.bzImage"))
     proc, master, slave, before = start_on_pty("run", "--kernel", kernel, "--timeout", "60")
+    flags = fcntl.fcntl(slave, fcntl.F_GETFL)
     try:
         assert b"pyvmm-tiny: looping" in read_until(master, b"looping", 30)
         assert termios.tcgetattr(slave)[3] & termios.ECHO == 0  # raw while running
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 128 + signal.SIGTERM
+        proc.send_signal(signum)
+        assert proc.wait(10) == 128 + signum
         assert termios.tcgetattr(slave) == before
+        assert fcntl.fcntl(slave, fcntl.F_GETFL) == flags
     finally:
         proc.kill()
         os.close(master)
@@ -63,3 +71,54 @@ def test_ctrl_a_x_quits_with_status_0() -> None:
         proc.kill()
         os.close(master)
         os.close(slave)
+
+
+def test_slow_terminal_reader_loses_no_output_and_no_flag_is_left() -> None:
+    """The guest prints faster than the terminal is read: every line arrives."""
+    kernel = str(image("tiny/hostile.bzImage"))
+    lines = 3000
+    proc, master, slave, before = start_on_pty(
+        "run", "--kernel", kernel, "-m", "64M", "-a",
+        f"console=ttyS0 hostile=flood lines={lines}", "--timeout", "120")
+    flags = fcntl.fcntl(slave, fcntl.F_GETFL)
+    try:
+        time.sleep(3)  # nobody reads: the terminal's buffer fills and stays full
+        seen = b""
+        while b"flood done" not in seen:
+            ready, _, _ = select.select([master], [], [], 30)
+            assert ready, seen[-200:]
+            seen += os.read(master, 512)
+            time.sleep(0.001)  # a slow reader
+        assert proc.wait(30) == 0
+        numbers = [int(line.split()[-1]) for line in seen.replace(b"\r", b"").split(b"\n")
+                   if line.startswith(b"hostile: line ")]
+        assert numbers == list(range(lines))
+        assert termios.tcgetattr(slave) == before
+        assert fcntl.fcntl(slave, fcntl.F_GETFL) == flags
+    finally:
+        proc.kill()
+        os.close(master)
+        os.close(slave)
+
+
+def test_stdin_pipe_flags_are_left_as_they_were() -> None:
+    """A later reader of the same pipe (a script's next command) must not get EAGAIN."""
+    read_end, write_end = os.pipe()
+    before = fcntl.fcntl(read_end, fcntl.F_GETFL)
+    proc = subprocess.Popen(pyvmm_command("run", "--kernel", str(image("tiny/loop.bzImage")),
+                                          "--timeout", "60"),
+                            stdin=read_end, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        assert proc.stdout is not None
+        assert b"looping" in read_until(proc.stdout.fileno(), b"looping", 30)
+        assert fcntl.fcntl(read_end, fcntl.F_GETFL) & os.O_NONBLOCK == 0  # not even meanwhile
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 128 + signal.SIGTERM
+        assert fcntl.fcntl(read_end, fcntl.F_GETFL) == before
+        os.write(write_end, b"still here")
+        assert os.read(read_end, 100) == b"still here"
+    finally:
+        proc.kill()
+        os.close(read_end)
+        os.close(write_end)

@@ -67,3 +67,60 @@ def test_non_tty_input_is_passed_verbatim_and_eof_noted() -> None:
     assert console.read_input() == b""
     assert console.at_eof
     os.close(read_end)
+
+
+def test_empty_blocking_stdin_is_not_waited_for() -> None:
+    read_end, write_end = os.pipe()
+    console = HostConsole(on_quit=lambda: None, stdin_fd=read_end, stdout_fd=write_end)
+    assert os.get_blocking(read_end)
+    assert console.read_input() == b""  # returns at once: nothing to read yet
+    assert not console.at_eof
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_full_non_blocking_stdout_waits_instead_of_dropping() -> None:
+    """stdout made O_NONBLOCK by someone else, read slowly: every byte still arrives."""
+    import threading
+    import time
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    console = HostConsole(on_quit=lambda: None, stdin_fd=read_end, stdout_fd=write_end)
+    data = bytes(range(256)) * 4096  # 1 MiB, far more than a pipe holds
+    received = bytearray()
+
+    def slow_reader() -> None:
+        while len(received) < len(data):
+            time.sleep(0.005)
+            received.extend(os.read(read_end, 65536))
+    reader = threading.Thread(target=slow_reader)
+    reader.start()
+    console.write(data)
+    reader.join(30)
+    assert bytes(received) == data
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_restore_puts_back_the_file_flags() -> None:
+    read_end, write_end = os.pipe()
+    console = HostConsole(on_quit=lambda: None, stdin_fd=read_end, stdout_fd=write_end)
+    console.start()
+    os.set_blocking(read_end, False)   # changed while running (by anyone)
+    os.set_blocking(write_end, False)
+    console.restore()
+    assert os.get_blocking(read_end) and os.get_blocking(write_end)
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_fatal_signals_are_catchable_and_exclude_faults() -> None:
+    import signal
+
+    from pyvmm.console import FATAL_SIGNALS
+
+    for signum in (signal.SIGQUIT, signal.SIGUSR2, signal.SIGALRM, signal.SIGTERM):
+        assert signum in FATAL_SIGNALS
+    for signum in (signal.SIGSEGV, signal.SIGBUS, signal.SIGKILL, signal.SIGUSR1):
+        assert signum not in FATAL_SIGNALS

@@ -323,15 +323,22 @@ def test_write_zeroes_range_is_bounded(image, monkeypatch) -> None:
     assert h.request(VIRTIO_BLK_T_DISCARD, 0, data=two)[0] == VIRTIO_BLK_S_IOERR
 
 
-def test_data_buffer_over_size_max_fails(image, monkeypatch) -> None:
+def test_request_larger_than_seg_max_times_size_max_fails(image, monkeypatch) -> None:
     import pyvmm.devices.virtio.block as block
 
-    monkeypatch.setattr(block, "SIZE_MAX", 1024)
+    monkeypatch.setattr(block, "SIZE_MAX", 512)
+    monkeypatch.setattr(block, "SEG_MAX", 2)  # so at most 1024 bytes a request
     before = image.read_bytes()
     h = Harness(image)
-    assert h.request(VIRTIO_BLK_T_IN, 0, read_length=2048)[0] == VIRTIO_BLK_S_IOERR
-    assert h.request(VIRTIO_BLK_T_OUT, 0, data=b"q" * 2048)[0] == VIRTIO_BLK_S_IOERR
-    assert h.request(VIRTIO_BLK_T_IN, 0, read_length=1024)[0] == VIRTIO_BLK_S_OK
+    assert h.request(VIRTIO_BLK_T_IN, 0, read_length=1536)[0] == VIRTIO_BLK_S_IOERR
+    assert h.request(VIRTIO_BLK_T_OUT, 0, data=b"q" * 1536)[0] == VIRTIO_BLK_S_IOERR
+    assert h.request(VIRTIO_BLK_T_IN, 0, read_length=1024)[0] == VIRTIO_BLK_S_OK  # one buffer
+    header = h.driver.alloc(16, struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, 0))
+    status = h.driver.alloc(1, b"\xee")
+    h.driver.add_chain([(header, 16, False)] + [(h.driver.alloc(512), 512, True)] * 3
+                       + [(status, 1, True)])  # three buffers: more than seg_max
+    h.device.process_queue(0)
+    assert h.memory.read_u8(status) == VIRTIO_BLK_S_IOERR
     assert image.read_bytes() == before
 
 
@@ -377,3 +384,42 @@ def test_out_of_budget_the_device_still_asks_for_the_next_notification(image, mo
     h.device.process_queue(0)
     h.device.process_queue(0)
     assert h.driver.avail_event() == 3 and not h.device.pending(0)
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A block device (a loop device over a 4 MiB file), where the host allows one."""
+    import shutil
+    import subprocess
+
+    backing = tmp_path / "backing.img"
+    backing.write_bytes(bytes(range(256)) * (4 << 12))
+    if shutil.which("losetup") is None:
+        pytest.skip("no losetup")
+    made = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a loop device: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    yield device, backing
+    subprocess.run(["losetup", "-d", device], check=False)
+
+
+def test_block_device_drive_is_sized_and_written(loop_device) -> None:
+    device, backing = loop_device
+    h = Harness.__new__(Harness)
+    h.memory = GuestMemory.from_bytes(4 << 20)
+    disk = DiskImage(DriveConfig(device))
+    assert disk.sectors == (4 << 20) // 512  # BLKGETSIZE64, not st_size (0)
+    h.device = BlockDevice(disk)
+    h.interrupts = 0
+    h.driver = DriverQueue(h.memory, 0x10000, size=16)
+    h.driver.configure(h.device.queues[0])
+    h.device.activate(h.memory, COMMON_FEATURES, lambda: None)
+    assert h.request(VIRTIO_BLK_T_OUT, 7, data=b"\x77" * 512)[0] == VIRTIO_BLK_S_OK
+    assert h.request(VIRTIO_BLK_T_IN, (4 << 20) // 512, read_length=512)[0] \
+        == VIRTIO_BLK_S_IOERR  # past the end
+    with pytest.raises(DeviceError, match="locked"):
+        DiskImage(DriveConfig(device))
+    disk.close()
+    assert backing.read_bytes()[7 * 512:8 * 512] == b"\x77" * 512

@@ -72,3 +72,35 @@ def test_random_rings_never_break_the_device(tmp_path_factory, table, ring, avai
     finally:
         device.shutdown()
     assert transport.status & mmio.STATUS_NEEDS_RESET or queue.next_used == queue.next_avail
+
+
+# -- the hostile driver: MMIO of every width, bring-ups, rings, notifications, input ----
+
+from tests.unit.virtio_fuzzing import run_one, runs  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(run=runs)
+def test_hostile_driver_never_escapes_the_bounds(run) -> None:
+    """No exception, nothing written outside RAM, the disk never grows, each step < 1 s
+    and allocating less than guest RAM (see tests/unit/virtio_fuzzing.py)."""
+    kind, ops = run
+    run_one(kind, ops)
+
+
+def test_the_checks_can_fail(tmp_path) -> None:
+    """The properties are real: a write past a RAM range, or a grown disk, is caught."""
+    import pytest
+
+    from tests.unit.virtio_fuzzing import RANGE, World
+
+    world = World("block", str(tmp_path))
+    world.backing[RANGE + 4096 + 10] ^= 0xFF  # just past the first range
+    with pytest.raises(AssertionError, match="outside guest RAM"):
+        world.check()
+    world.backing[RANGE + 4096 + 10] ^= 0xFF
+    with open(world.disk_path, "ab") as stream:
+        stream.write(b"x")
+    with pytest.raises(AssertionError, match="disk grew"):
+        world.check()
+    world.close()

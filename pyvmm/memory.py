@@ -6,7 +6,9 @@ touches host memory.  Views are ``memoryview`` slices of the backing buffer, so
 devices can read and write guest buffers without copying.
 
 ``GuestMemory.anonymous`` backs RAM with private anonymous mmaps (what KVM
-registers as memory slots); ``GuestMemory.from_bytes`` backs it with a
+registers as memory slots), or with ``shared=True`` with one memfd mapped
+``MAP_SHARED``, so that a vhost-user backend (virtiofsd) can map the same RAM
+from the fd; ``GuestMemory.from_bytes`` backs it with a
 ``bytearray`` for unit tests that need no VM.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -32,6 +35,9 @@ class MemoryRegion:
     guest_base: int
     size: int
     buffer: mmap.mmap | bytearray
+    #: With shared RAM: the memfd behind the buffer and the buffer's offset in it.
+    fd: int | None = None
+    fd_offset: int = 0
 
     @property
     def guest_end(self) -> int:
@@ -51,21 +57,39 @@ class GuestMemory:
         self.regions: tuple[MemoryRegion, ...] = tuple(ordered)
         self._bases = [r.guest_base for r in ordered]
         self._views = [memoryview(r.buffer) for r in ordered]
+        self._memfd: int | None = None
 
     @classmethod
-    def anonymous(cls, ranges: Sequence[tuple[int, int]]) -> "GuestMemory":
-        """Back each ``(guest_base, size)`` range with a private anonymous mmap.
+    def anonymous(cls, ranges: Sequence[tuple[int, int]],
+                  shared: bool = False) -> "GuestMemory":
+        """Back each ``(guest_base, size)`` range with an anonymous mmap.
 
         ``MAP_NORESERVE`` keeps a large, mostly untouched guest from charging
-        its whole size to the host up front.
+        its whole size to the host up front.  ``shared`` puts all ranges in
+        one memfd, back to back, mapped ``MAP_SHARED`` (each region records
+        its fd and offset for ``VHOST_USER_SET_MEM_TABLE``).
         """
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
-        regions = [
-            MemoryRegion(base, size, mmap.mmap(-1, size, flags=flags,
-                                               prot=mmap.PROT_READ | mmap.PROT_WRITE))
-            for base, size in ranges
-        ]
-        return cls(regions)
+        noreserve = getattr(mmap, "MAP_NORESERVE", 0)
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        if not shared:
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | noreserve
+            return cls([MemoryRegion(base, size, mmap.mmap(-1, size, flags=flags, prot=prot))
+                        for base, size in ranges])
+        fd = os.memfd_create("pyvmm-guest-ram", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, sum(size for _, size in ranges))
+            regions, offset = [], 0
+            for base, size in ranges:
+                buffer = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | noreserve, prot=prot,
+                                   offset=offset)
+                regions.append(MemoryRegion(base, size, buffer, fd, offset))
+                offset += size
+        except BaseException:
+            os.close(fd)
+            raise
+        memory = cls(regions)
+        memory._memfd = fd
+        return memory
 
     @classmethod
     def from_bytes(cls, size: int, guest_base: int = 0) -> "GuestMemory":
@@ -161,3 +185,6 @@ class GuestMemory:
         for region in self.regions:
             if isinstance(region.buffer, mmap.mmap):
                 region.buffer.close()
+        if self._memfd is not None:
+            os.close(self._memfd)
+            self._memfd = None

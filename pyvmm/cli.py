@@ -18,7 +18,7 @@ import click
 
 from pyvmm import __version__
 from pyvmm.config import (CPU_POLICIES, DEFAULT_CMDLINE, DUMP_EVENTS, VIRTIO_ANNOUNCE, MachineConfig, parse_drive,
-                          parse_size)
+                          parse_share, parse_size)
 from pyvmm.errors import ConfigError, PyvmmError
 from pyvmm.exitstatus import ExitStatus
 
@@ -129,6 +129,10 @@ def machine_options(command: Callable) -> Callable:
         click.option("--drive", "-d", "drives", multiple=True, metavar="SPEC",
                      help="A virtio-block disk: path=IMG[,readonly=on][,cache=none|writeback]"
                           "[,serial=ID].  Repeat for vda, vdb, ..."),
+        click.option("--share", "shares", multiple=True, metavar="DIR[,tag=NAME][,ro]",
+                     help="Give the guest a host directory over virtio-fs (a virtiofsd per "
+                          "share): mount -t virtiofs NAME /mnt (default tags share0, "
+                          "share1, ...).  Repeatable."),
         click.option("--virtio-console/--no-virtio-console", default=None,
                      help="Give the guest a virtio console, hvc0 (default on); with "
                           "console=hvc0 on the command line it takes the terminal."),
@@ -179,6 +183,9 @@ def effective_config(ctx: click.Context, params: dict[str, Any]) -> MachineConfi
                 values[name] = tuple(given)
         elif given is not None and source == click.core.ParameterSource.COMMANDLINE:
             values[name] = given
+    if params.get("shares"):
+        values["shares"] = tuple(parse_share(text, index)
+                                 for index, text in enumerate(params["shares"]))
     if not values.get("kernel"):
         raise ConfigError("no kernel: give --kernel PATH (or kernel = in --config)")
     return MachineConfig(**values)

@@ -137,3 +137,28 @@ def test_private_ram_cannot_be_shared() -> None:
     memory, device, transport, failures = make(FakeBackend(), shared=False)
     with pytest.raises(DeviceError, match="shared"):
         bring_up(memory, transport)
+
+
+def test_share_options_parse_and_tags_must_differ() -> None:
+    from pyvmm.config import MachineConfig, ShareConfig, parse_share
+
+    assert parse_share("/srv", 2) == ShareConfig("/srv", "share2", False)
+    assert parse_share("/srv,tag=data,ro") == ShareConfig("/srv", "data", True)
+    for bad in ("/srv,tag=", "/srv,mode=x", ",ro", "/srv,tag=" + "x" * 37):
+        with pytest.raises(ConfigError):
+            parse_share(bad)
+    with pytest.raises(ConfigError, match="given twice"):
+        MachineConfig(kernel="k", shares=(ShareConfig("/a", "t"), ShareConfig("/b", "t")))
+
+
+def test_a_missing_share_is_one_line_before_anything_starts(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from pyvmm.cli import main
+
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"x")
+    result = CliRunner().invoke(main, ["run", "-k", str(kernel), "--share",
+                                       str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"pyvmm: error: --share {tmp_path / 'nope'}: does not exist"

@@ -114,6 +114,10 @@ class FsDevice(VirtioDevice):
             self._on_failure(str(exc))
         super().reset()
 
+    def shutdown(self) -> None:
+        """The VMM is exiting and the back end with it: no GET_VRING_BASE on the way out."""
+        self._started = []
+
     def close(self) -> None:
         for fd in self.kick_fds:
             os.close(fd)

@@ -197,10 +197,24 @@ def effective_config(ctx: click.Context, params: dict[str, Any]) -> MachineConfi
               show_default=True,
               help="When the guest reboots: exit 0, or restart it with the same machine.")
 @click.option("--verbose", "-v", is_flag=True, help="Log what pyvmm does to stderr.")
+@click.option("--rw", is_flag=True,
+              help="Command mode: the guest writes through to the host's files (default: "
+                   "a tmpfs overlay keeps its writes).")
+@click.option("--modules", type=click.Path(file_okay=False), metavar="DIR",
+              help="Command mode: kernel modules to carry (default /lib/modules/RELEASE of "
+                   "the kernel, when it exists).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @reports_errors
-def run(ctx: click.Context, on_reboot: str, verbose: bool, **params: Any) -> None:
-    """Boot a kernel and show its serial console.
+def run(ctx: click.Context, on_reboot: str, verbose: bool, rw: bool, modules: str | None,
+        command: tuple[str, ...], **params: Any) -> None:
+    """Boot a kernel and show its serial console; or, given a COMMAND, run it.
+
+    \b
+    pyvmm run -k KERNEL [options] -- CMD [ARGS...] runs CMD in the guest on the
+    host's own files (its / over virtio-fs), as you, in this directory; its
+    stdout, stderr and stdin are this pyvmm's, and pyvmm exits with its status
+    (255 and a line on stderr if the guest or pyvmm fails first).
 
     \b
     Exit status: 0 the guest powered off or rebooted; odd N the guest wrote
@@ -211,6 +225,8 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, **params: Any) -> Non
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="pyvmm: %(message)s", stream=sys.stderr)
+    if command:
+        _run_command(ctx, params, command, rw, modules, verbose)
     config = effective_config(ctx, params)
     from pyvmm.builder import build_machine
 
@@ -228,6 +244,22 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, **params: Any) -> Non
     if reason.status != ExitStatus.OK or verbose:
         click.echo(f"\npyvmm: {reason.message}", err=True)
     sys.exit(reason.status)
+
+
+def _run_command(ctx: click.Context, params: dict[str, Any], command: tuple[str, ...],
+                 rw: bool, modules: str | None, verbose: bool) -> None:
+    """Command mode: exit with the command's status, or 255 and one line."""
+    from pyvmm.command import FAILED, run_command
+
+    try:
+        config = effective_config(ctx, params)
+        user_append = params.get("cmdline") if ctx.get_parameter_source("cmdline") == \
+            click.core.ParameterSource.COMMANDLINE else None
+        status = run_command(config, command, rw, modules, user_append, verbose)
+    except PyvmmError as error:
+        click.echo(f"pyvmm: error: {error}", err=True)
+        status = FAILED
+    sys.exit(status)
 
 
 @main.group()

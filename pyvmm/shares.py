@@ -9,12 +9,16 @@ instead of leaving the guest waiting on its requests.
 
 from __future__ import annotations
 
+import logging
 import select
 from typing import Callable, Sequence
 
 from pyvmm.config import ShareConfig
 from pyvmm.devices.virtio.fs import FsDevice, check_tag
+from pyvmm.errors import DeviceError
 from pyvmm.virtiofsd import VirtiofsdProcess, check_shared_dir, find_virtiofsd
+
+log = logging.getLogger(__name__)
 
 
 class Shares:
@@ -32,10 +36,8 @@ class Shares:
         devices = []
         try:
             for directory, share in self.configs:
-                assert self.binary is not None
-                process = VirtiofsdProcess(self.binary, directory, share.readonly)
+                process, features = self._start(directory, share.readonly)
                 self.processes.append(process)
-                features = process.frontend.handshake()
                 devices.append(FsDevice(process.frontend, features, share.tag, on_failure))
         except BaseException:
             for device in devices:
@@ -43,6 +45,24 @@ class Shares:
             self.close()
             raise
         return devices
+
+    def _start(self, directory: str, readonly: bool) -> tuple[VirtiofsdProcess, int]:
+        """A virtiofsd that answered the handshake, and its features.
+
+        Its namespace sandbox pivots into the directory, which fails where pyvmm
+        itself runs in a chroot (the rig) or some containers: then it is tried
+        once more with the chroot sandbox.
+        """
+        assert self.binary is not None
+        for sandbox in ("namespace", "chroot"):
+            process = VirtiofsdProcess(self.binary, directory, readonly, sandbox)
+            try:
+                return process, process.frontend.handshake()
+            except DeviceError as exc:
+                reason = f"{exc}; {process.death_reason()}"
+                process.close()
+                log.debug("virtiofsd with the %s sandbox failed: %s", sandbox, reason)
+        raise DeviceError(reason)
 
     def watch(self, loop, on_death: Callable[[str], None]) -> None:
         """Call ``on_death(reason)`` when a daemon's connection goes away."""

@@ -36,16 +36,19 @@ class Virtiofsd:
     path: str
     flavour: str  # "rust" or "qemu"
 
-    def command(self, socket_path: str, directory: str, readonly: bool) -> list[str]:
+    def command(self, socket_path: str, directory: str, readonly: bool,
+                sandbox: str = "namespace") -> list[str]:
+        """The command line; ``sandbox`` is namespace (default) or chroot (inside a chroot
+        or container, where pivot_root fails)."""
         if self.flavour == "rust":
-            command = [self.path, "--socket-path", socket_path, "--shared-dir", directory,
-                       "--cache", "auto", "--log-level", "warn"]
             if os.geteuid() != 0:
-                command += ["--sandbox", "none"]
+                sandbox = "none"
+            command = [self.path, "--socket-path", socket_path, "--shared-dir", directory,
+                       "--cache", "auto", "--log-level", "warn", "--sandbox", sandbox]
             return command + (["--readonly"] if readonly else [])
         # QEMU 7.2's has no read-only option: the guest mounts such a share read-only.
         return [self.path, f"--socket-path={socket_path}", "-o", f"source={directory}",
-                "-o", "cache=auto", "-o", "log_level=warn"]
+                "-o", "cache=auto", "-o", "log_level=warn", "-o", f"sandbox={sandbox}"]
 
 
 def find_virtiofsd() -> Virtiofsd:
@@ -73,7 +76,8 @@ def check_shared_dir(path: str) -> str:
 class VirtiofsdProcess:
     """A running virtiofsd serving ``directory``, and our connection to it."""
 
-    def __init__(self, binary: Virtiofsd, directory: str, readonly: bool) -> None:
+    def __init__(self, binary: Virtiofsd, directory: str, readonly: bool,
+                 sandbox: str = "namespace") -> None:
         self.directory = directory
         self.name = f"virtiofsd for {directory}"
         self._dir = tempfile.mkdtemp(prefix="pyvmm-fs-")  # 0700, O_EXCL-style
@@ -83,7 +87,7 @@ class VirtiofsdProcess:
                          | os.O_CLOEXEC, 0o600)
         try:
             self.process = subprocess.Popen(
-                binary.command(self.socket_path, directory, readonly),
+                binary.command(self.socket_path, directory, readonly, sandbox),
                 stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, close_fds=True,
                 start_new_session=True)  # a Ctrl-C on the terminal is for pyvmm, not for it
         except OSError as exc:

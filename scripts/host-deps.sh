@@ -2,8 +2,10 @@
 # Install the Debian packages pyvmm's builds and tests use, if any is missing.
 # Needs root (or sudo). Set PYVMM_WITH_QEMU=1 to add QEMU for the benchmarks.
 set -euo pipefail
+# qemu-system-common: /usr/lib/qemu/virtiofsd, for --share and command mode (bookworm has
+# no standalone virtiofsd package; where there is one on PATH, pyvmm prefers it).
 packages=(gcc binutils make python3-venv busybox-static cpio xz-utils bc flex bison
-          libelf-dev libssl-dev linux-source-6.1 acpica-tools gdb)
+          libelf-dev libssl-dev linux-source-6.1 acpica-tools gdb qemu-system-common)
 [ "${PYVMM_WITH_QEMU:-0}" = 1 ] && packages+=(qemu-system-x86)
 missing=()
 for package in "${packages[@]}"; do

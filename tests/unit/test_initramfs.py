@@ -105,3 +105,38 @@ def test_kernel_release_from_a_bzimage_header() -> None:
 def test_kernel_release_of_debians_kernel() -> None:
     with open("/boot/vmlinuz-6.1.0-56-amd64", "rb") as stream:
         assert kernel_release(stream.read(0x10000)) == "6.1.0-56-amd64"
+
+
+@pytest.mark.skipif(not os.path.isfile("/bin/busybox"), reason="busybox is not installed")
+def test_the_base_archive_is_cached_privately_and_reused(tmp_path, monkeypatch) -> None:
+    from pyvmm.initramfs.build import base_archive
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("PYVMM_BUSYBOX", raising=False)
+    (tmp_path / "mods").mkdir()
+    module = tmp_path / "mods" / "fuse.ko"
+    module.write_bytes(b"\x7fELF fuse")
+    from pyvmm.initramfs.modules import ModuleSet
+
+    modules = ModuleSet(str(tmp_path / "mods"), (("fuse.ko", str(module)),), ())
+    first = base_archive(modules)
+    (entry,) = (tmp_path / "pyvmm").iterdir()
+    assert os.stat(tmp_path / "pyvmm").st_mode & 0o777 == 0o700
+    assert os.stat(entry).st_mode & 0o777 == 0o600
+    assert entry.read_bytes() == first
+    assert b"modules/order" in first and b"fuse.ko\n" in first and b"\x7fELF fuse" in first
+    assert base_archive(modules) == first
+    module.write_bytes(b"\x7fELF fuse, rebuilt")  # a changed module is a new cache entry
+    assert b"rebuilt" in base_archive(modules)
+    assert len(list((tmp_path / "pyvmm").iterdir())) == 2
+
+
+def test_a_dynamic_busybox_is_refused(tmp_path, monkeypatch) -> None:
+    from pyvmm.errors import ConfigError
+    from pyvmm.initramfs.build import base_archive
+
+    fake = tmp_path / "busybox"
+    fake.write_bytes(b"\x7fELF" + b"\0" * 100 + b"/lib64/ld-linux-x86-64.so.2")
+    monkeypatch.setenv("PYVMM_BUSYBOX", str(fake))
+    with pytest.raises(ConfigError, match="busybox-static"):
+        base_archive(None)

@@ -203,11 +203,13 @@ def effective_config(ctx: click.Context, params: dict[str, Any]) -> MachineConfi
 @click.option("--modules", type=click.Path(file_okay=False), metavar="DIR",
               help="Command mode: kernel modules to carry (default /lib/modules/RELEASE of "
                    "the kernel, when it exists).")
+@click.option("--user", "-u", metavar="NAME|UID[:GID]",
+              help="Command mode: run the command as this user (default: you).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @reports_errors
 def run(ctx: click.Context, on_reboot: str, verbose: bool, rw: bool, modules: str | None,
-        command: tuple[str, ...], **params: Any) -> None:
+        user: str | None, command: tuple[str, ...], **params: Any) -> None:
     """Boot a kernel and show its serial console; or, given a COMMAND, run it.
 
     \b
@@ -226,7 +228,7 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, rw: bool, modules: st
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="pyvmm: %(message)s", stream=sys.stderr)
     if command:
-        _run_command(ctx, params, command, rw, modules, verbose)
+        _run_command(ctx, params, command, rw, modules, verbose, user)
     config = effective_config(ctx, params)
     from pyvmm.builder import build_machine
 
@@ -247,7 +249,7 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, rw: bool, modules: st
 
 
 def _run_command(ctx: click.Context, params: dict[str, Any], command: tuple[str, ...],
-                 rw: bool, modules: str | None, verbose: bool) -> None:
+                 rw: bool, modules: str | None, verbose: bool, user: str | None) -> None:
     """Command mode: exit with the command's status, or 255 and one line."""
     from pyvmm.command import FAILED, run_command
 
@@ -255,7 +257,7 @@ def _run_command(ctx: click.Context, params: dict[str, Any], command: tuple[str,
         config = effective_config(ctx, params)
         user_append = params.get("cmdline") if ctx.get_parameter_source("cmdline") == \
             click.core.ParameterSource.COMMANDLINE else None
-        status = run_command(config, command, rw, modules, user_append, verbose)
+        status = run_command(config, command, rw, modules, user_append, verbose, user)
     except PyvmmError as error:
         click.echo(f"pyvmm: error: {error}", err=True)
         status = FAILED

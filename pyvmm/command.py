@@ -129,13 +129,37 @@ class Streams:
         return None, None
 
 
-def make_job(argv: tuple[str, ...], rw: bool, shares: tuple[ShareConfig, ...]) -> Job:
-    env = tuple((name, os.environ[name]) for name in CARRIED_ENV if name in os.environ)
-    if not any(name == "PATH" for name, _ in env):
-        env += (("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"),)
-    groups = tuple(g for g in os.getgroups() if g != os.getegid())
+def make_job(argv: tuple[str, ...], rw: bool, shares: tuple[ShareConfig, ...],
+             user: str | None = None) -> Job:
+    """The job: the caller's directory, identity and environment (or ``user``'s)."""
+    env = dict((name, os.environ[name]) for name in CARRIED_ENV if name in os.environ)
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+    uid, gid = os.geteuid(), os.getegid()
+    groups = tuple(g for g in os.getgroups() if g != gid)
+    if user is not None:
+        uid, gid, groups, home, name = _lookup_user(user)
+        env.update({"HOME": home, "USER": name, "LOGNAME": name})
     mounts = tuple((share.tag, os.path.abspath(share.path), share.readonly) for share in shares)
-    return Job(argv, os.getcwd(), os.geteuid(), os.getegid(), groups, env, rw, mounts)
+    return Job(argv, os.getcwd(), uid, gid, groups, tuple(env.items()), rw, mounts)
+
+
+def _lookup_user(user: str) -> tuple[int, int, tuple[int, ...], str, str]:
+    """--user NAME or UID[:GID]: (uid, gid, supplementary groups, home, name)."""
+    import pwd
+
+    name, _, group = user.partition(":")
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        if not name.isdigit():
+            raise ConfigError(f"--user {user}: no such user") from None
+        uid = int(name)
+        return uid, int(group) if group.isdigit() else uid, (), "/", name
+    if group and not group.isdigit():
+        raise ConfigError(f"--user {user}: give the group as a number")
+    gid = int(group) if group else entry.pw_gid
+    groups = tuple(g for g in os.getgrouplist(entry.pw_name, gid) if g != gid)
+    return entry.pw_uid, gid, groups, entry.pw_dir, entry.pw_name
 
 
 def command_config(config: MachineConfig, rw: bool, initrd: str, user_append: str | None) -> \
@@ -149,7 +173,7 @@ def command_config(config: MachineConfig, rw: bool, initrd: str, user_append: st
 
 
 def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules: str | None,
-                user_append: str | None, verbose: bool) -> int:
+                user_append: str | None, verbose: bool, user: str | None = None) -> int:
     """Run ``argv`` in a guest; return its status (255 and a line on stderr if we fail first)."""
     from pyvmm.kvm.system import is_pvm_host
 
@@ -161,7 +185,7 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules:
     with open(config.kernel, "rb") as stream:
         head = stream.read(1 << 16)
     base = base_archive(modules_for(head, modules))
-    job = make_job(argv, rw, config.shares)
+    job = make_job(argv, rw, config.shares, user)
     private = tempfile.mkdtemp(prefix="pyvmm-run-")
     console = LogConsole(verbose)
     try:

@@ -99,6 +99,14 @@ def test_cwd_uid_and_environment_carry_over(kernel: str, tmp_path: Path) -> None
         str(tmp_path), str(os.geteuid()), str(os.getegid()), os.environ.get("HOME", "")]
 
 
+def test_another_user_with_user(kernel: str, tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    result = command(kernel, "sh", "-c", "id -u; id -g; touch /root/x", cwd=tmp_path,
+                     options=("--user", "65534:65534"))
+    assert result.stdout == b"65534\n65534\n"
+    assert result.status == 1 and b"Permission denied" in result.stderr
+
+
 def test_writes_stay_in_the_guest_unless_rw(kernel: str, tmp_path: Path) -> None:
     target = tmp_path / "written"
     result = command(kernel, "sh", "-c", f"echo guest > {target} && cat {target}")

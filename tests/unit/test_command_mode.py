@@ -121,3 +121,17 @@ def test_make_job_carries_the_callers_identity(monkeypatch, tmp_path) -> None:
     job = command.make_job(("id",), rw=False, shares=())
     assert (job.cwd, job.uid, job.gid) == (str(tmp_path), os.geteuid(), os.getegid())
     assert ("TERM", "xterm-test") in job.env
+
+
+def test_user_option_takes_the_users_identity_and_home() -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    job = command.make_job(("id",), rw=False, shares=(), user="nobody")
+    assert (job.uid, job.gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert ("HOME", nobody.pw_dir) in job.env and ("USER", "nobody") in job.env
+    job = command.make_job(("id",), rw=False, shares=(), user="4242:4243")
+    assert (job.uid, job.gid, job.groups) == (4242, 4243, ())
+    from pyvmm.errors import ConfigError
+    with pytest.raises(ConfigError, match="no such user"):
+        command.make_job(("id",), rw=False, shares=(), user="no-such-user-here")

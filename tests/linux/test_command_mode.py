@@ -135,3 +135,49 @@ def test_a_guest_panic_mid_command_is_255_with_the_reason(kernel: str) -> None:
     assert result.stdout == b"before\n"
     assert result.stderr.count(b"\n") == 1
     assert b"panic" in result.stderr.lower()
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, name) of every process below ``pid``."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            parent = int(stat[stat.rindex(")") + 2:].split()[1])
+            children.setdefault(parent, []).append((int(entry), name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
+
+
+def test_a_virtiofsd_that_dies_is_a_clean_stop_with_the_reason(kernel: str) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "pyvmm", "run", "-k", kernel,
+                             "-t", str(GUEST_TIMEOUT), "--", "sh", "-c",
+                             "echo ready; while :; do ls / >/dev/null; done"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        daemons = [pid for pid, name in _descendants(proc.pid) if name == "virtiofsd"]
+        assert daemons
+        for pid in daemons:
+            os.kill(pid, signal.SIGKILL)
+        started = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 255
+    assert stderr.count(b"\n") == 1
+    assert b"virtiofsd for / was killed by signal 9" in stderr

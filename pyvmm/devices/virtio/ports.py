@@ -4,7 +4,8 @@ Each port is a character device in the guest (``/dev/vportNpM``, its name in
 ``/sys/class/virtio-ports/vportNpM/name``), binary-safe and without line
 discipline, which is what command mode needs for stdin, stdout and stderr.
 An output port hands each guest buffer to its sink whole; an input port
-fills the guest's receive buffers from a bounded buffer, and once its source
+fills the guest's receive buffers from a bounded buffer (only while a guest
+process has it open: Linux discards data for a closed port), and once its source
 ends and everything is delivered, the host side closes (``PORT_OPEN`` 0), so
 the guest's ``read`` returns 0: end of file.
 
@@ -204,7 +205,8 @@ class PortsDevice(VirtioDevice):
         port = self.ports[number]
         queue: SplitQueue = self.queues[queue_indexes(number)[0]]
         memory = self.memory
-        if memory is not None and queue.ready and port.pending:
+        # Linux drops what arrives on a port no guest process has open: wait for the open.
+        if memory is not None and queue.ready and port.pending and port.guest_open:
             used_before = queue.next_used
             while port.pending:
                 chain = queue.pop(memory)

@@ -140,7 +140,18 @@ def make_job(argv: tuple[str, ...], rw: bool, shares: tuple[ShareConfig, ...],
         uid, gid, groups, home, name = _lookup_user(user)
         env.update({"HOME": home, "USER": name, "LOGNAME": name})
     mounts = tuple((share.tag, os.path.abspath(share.path), share.readonly) for share in shares)
-    return Job(argv, os.getcwd(), uid, gid, groups, tuple(env.items()), rw, mounts)
+    env_binary = _host_tool("env", "coreutils")
+    setpriv_binary = _host_tool("setpriv", "util-linux") if uid or gid else ""
+    return Job(argv, os.getcwd(), uid, gid, groups, tuple(env.items()), rw, mounts,
+               env_binary, setpriv_binary)
+
+
+def _host_tool(name: str, package: str) -> str:
+    """The absolute path of a host program the job runs (the guest sees the host's /)."""
+    path = shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin")
+    if path is None:
+        raise ConfigError(f"command mode needs {name} on the host (install {package})")
+    return os.path.abspath(path)
 
 
 def _lookup_user(user: str) -> tuple[int, int, tuple[int, ...], str, str]:

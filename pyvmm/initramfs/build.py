@@ -40,6 +40,11 @@ class Job:
     rw: bool
     #: (tag, mount point, read-only) of the --share directories.
     mounts: tuple[tuple[str, str, bool], ...] = ()
+    #: The host's env(1) and setpriv(1), by absolute path: the busybox that runs
+    #: the job would otherwise run its own applets of the same names, and its env
+    #: would run busybox's ls, cat, sh... instead of the host's.
+    env_binary: str = "/usr/bin/env"
+    setpriv_binary: str = "/usr/bin/setpriv"
 
     def script(self) -> str:
         """``/job.sh``: sourced by /init; variables and two functions."""
@@ -51,11 +56,11 @@ class Job:
         if self.uid != 0 or self.gid != 0:
             groups = (f"--groups={','.join(map(str, self.groups))}" if self.groups
                       else "--clear-groups")
-            drop = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", groups, "--"]
+            drop = [self.setpriv_binary, f"--reuid={self.uid}", f"--regid={self.gid}", groups, "--"]
         env = [f"{name}={value}" for name, value in self.env]
         command = (["chroot", "/newroot", "/run/pyvmm/busybox", "sh", "-c",
                     'cd "$1" || exit 1; shift; exec "$@"', "sh", self.cwd] + drop
-                   + ["/run/pyvmm/busybox", "env", "-i"] + env + list(self.argv))
+                   + [self.env_binary, "-i"] + env + list(self.argv))
         return "\n".join([
             f"PYVMM_RW={int(self.rw)}",
             f"PYVMM_CWD={q(self.cwd)}",

@@ -99,6 +99,22 @@ def test_cwd_uid_and_environment_carry_over(kernel: str, tmp_path: Path) -> None
         str(tmp_path), str(os.geteuid()), str(os.getegid()), os.environ.get("HOME", "")]
 
 
+def test_the_hosts_own_programs_run(kernel: str) -> None:
+    # Not the busybox that /init runs on: the host's readlink and sh, found on its PATH.
+    result = command(kernel, "sh", "-c", 'readlink /proc/self/exe; readlink /proc/$$/exe')
+    assert result.status == 0, result.stderr
+    assert result.stdout.decode().split() == [
+        os.path.realpath(p) for p in (shutil_which("readlink"), shutil_which("sh"))]
+
+
+def shutil_which(name: str) -> str:
+    import shutil
+
+    found = shutil.which(name)
+    assert found
+    return found
+
+
 def test_another_user_with_user(kernel: str, tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     result = command(kernel, "sh", "-c", "id -u; id -g; touch /root/x", cwd=tmp_path,

@@ -30,21 +30,24 @@ def run_job(job: Job, tmp_path, function: str) -> list[str]:
 
 def test_the_command_reaches_chroot_word_for_word(tmp_path) -> None:
     job = Job(WEIRD, "/home/me/dir with space", 1000, 1000, (27, 100),
-              (("PATH", "/usr/bin:/bin"), ("HOME", "/home/me")), rw=False)
+              (("PATH", "/usr/bin:/bin"), ("HOME", "/home/me")), rw=False,
+              env_binary="/usr/bin/env", setpriv_binary="/usr/bin/setpriv")
     args = run_job(job, tmp_path, "pyvmm_run")
     assert args[:6] == ["/newroot", "/run/pyvmm/busybox", "sh", "-c",
                         'cd "$1" || exit 1; shift; exec "$@"', "sh"]
     assert args[6] == "/home/me/dir with space"
-    assert args[7:12] == ["setpriv", "--reuid=1000", "--regid=1000", "--groups=27,100", "--"]
-    assert args[12:15] == ["/run/pyvmm/busybox", "env", "-i"]
-    assert args[15:17] == ["PATH=/usr/bin:/bin", "HOME=/home/me"]
-    assert tuple(args[17:]) == WEIRD
+    # By absolute path: busybox's sh would run its own setpriv applet for "setpriv".
+    assert args[7:12] == ["/usr/bin/setpriv", "--reuid=1000", "--regid=1000",
+                          "--groups=27,100", "--"]
+    assert args[12:14] == ["/usr/bin/env", "-i"]
+    assert args[14:16] == ["PATH=/usr/bin:/bin", "HOME=/home/me"]
+    assert tuple(args[16:]) == WEIRD
 
 
 def test_root_keeps_its_privileges_and_shares_mount_at_their_paths(tmp_path) -> None:
     job = Job(("true",), "/", 0, 0, (), (), rw=True,
               mounts=(("share0", "/srv/a b", True), ("share1", "/data", False)))
-    assert "setpriv" not in run_job(job, tmp_path, "pyvmm_run")
+    assert not any("setpriv" in arg for arg in run_job(job, tmp_path, "pyvmm_run"))
     assert run_job(job, tmp_path, "pyvmm_mount_shares") == [
         "-t", "virtiofs", "-o", "ro", "share0", "/newroot/srv/a b",
         "-t", "virtiofs", "share1", "/newroot/data"]
@@ -120,6 +123,7 @@ def test_make_job_carries_the_callers_identity(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("TERM", "xterm-test")
     job = command.make_job(("id",), rw=False, shares=())
     assert (job.cwd, job.uid, job.gid) == (str(tmp_path), os.geteuid(), os.getegid())
+    assert os.path.isabs(job.env_binary) and os.access(job.env_binary, os.X_OK)
     assert ("TERM", "xterm-test") in job.env
 
 

@@ -32,9 +32,13 @@ def default_files(limit: int = 200 << 20) -> list[str]:
     return files
 
 
-def timed(argv: list[str]) -> tuple[float, int, bytes]:
+def timed(argv: list[str], limit: float = 600) -> tuple[float, int, bytes]:
     start = time.monotonic()
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True)
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=limit)
+    except subprocess.TimeoutExpired:
+        return time.monotonic() - start, -1, b"(timed out)"
     return time.monotonic() - start, proc.returncode, proc.stdout[-200:]
 
 

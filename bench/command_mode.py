@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--files")
     parser.add_argument("--only", help="comma-separated workloads: true,find,cat")
+    parser.add_argument("--runners", default="pyvmm,vng,host",
+                        help="comma-separated: pyvmm,vng,host")
     args = parser.parse_args()
     files = open(args.files).read().split() if args.files else default_files()
     workloads = {
@@ -64,6 +66,7 @@ def main() -> None:
         "vng": lambda cmd: [args.vng, "-r", args.kernel, "-m", "1G", "--", "sh", "-c", cmd],
         "host": lambda cmd: ["sh", "-c", cmd],
     }
+    runners = {k: v for k, v in runners.items() if k in args.runners.split(",")}
     for name, cmd in workloads.items():
         times: dict[str, list[float]] = {runner: [] for runner in runners}
         outputs: dict[str, set] = {runner: set() for runner in runners}
@@ -74,7 +77,8 @@ def main() -> None:
                 outputs[runner].add((status, out.strip()[-40:]))
         medians = {runner: statistics.median(t) for runner, t in times.items()}
         print(f"{name}: " + ", ".join(f"{r} {m:.2f} s" for r, m in medians.items())
-              + f"; pyvmm/vng {medians['pyvmm'] / medians['vng']:.2f}"
+              + (f"; pyvmm/vng {medians['pyvmm'] / medians['vng']:.2f}"
+                 if "vng" in medians else "")
               + f"  (status, output tail: {outputs})", flush=True)
 
 

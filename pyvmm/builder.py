@@ -7,6 +7,7 @@ checked before /dev/kvm is opened, so bad input never depends on the host.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from pyvmm.acpi.tables import write_acpi_tables
 from pyvmm.arch.x86_64 import layout
@@ -19,6 +20,7 @@ from pyvmm.devices.legacy import DebugExit, IgnoredPorts
 from pyvmm.devices.platform import PvPanic, SleepControl
 from pyvmm.devices.serial import Serial
 from pyvmm.devices.virtio.console import ConsoleDevice
+from pyvmm.devices.virtio.device import VirtioDevice
 from pyvmm.errors import ConfigError, LoaderError
 from pyvmm.eventloop import EventLoop
 from pyvmm.exitstatus import StopReason
@@ -28,6 +30,7 @@ from pyvmm.kvm.system import Kvm, is_pvm_host
 from pyvmm.kvm.vm import Vm
 from pyvmm.machine import Machine
 from pyvmm.memory import GuestMemory
+from pyvmm.shares import Shares
 from pyvmm.uart_fastpath import UartFastPath
 from pyvmm.virtio_slots import (acpi_platform, announce, attach_virtio, open_virtio_devices,
                                 plan_virtio_slots)
@@ -64,8 +67,12 @@ class KvmIrqLine:
 _policy_warned: list[bool] = []
 
 
-def build_machine(config: MachineConfig, console: HostConsole | None = None) -> Machine:
-    """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices."""
+def build_machine(config: MachineConfig, console: HostConsole | None = None,
+                  ports: VirtioDevice | None = None) -> Machine:
+    """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices.
+
+    ``ports`` is the stream device of command mode (``config.stdio_ports``).
+    """
     # A kernel or initrd larger than guest RAM can't fit in it.
     ram = f"(the guest's --memory {size_name(config.memory)})"
     kernel_image = read_input(config.kernel, "kernel", LoaderError, config.memory, ram)
@@ -74,6 +81,17 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
 
     # Everything that can be wrong with the input is found before KVM is opened.
     slots = plan_virtio_slots(config)
+    shares = Shares(config.shares)
+    try:
+        return _build(config, console, ports, kernel_image, initrd_image, slots, shares)
+    except BaseException:
+        shares.close()
+        raise
+
+
+def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevice | None,
+           kernel_image: bytes, initrd_image: bytes | None, slots: list,
+           shares: Shares) -> Machine:
     if config.control:
         from pyvmm.control import check_control_path
 
@@ -81,8 +99,10 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
     cmdline = config.cmdline
     if config.virtio_announce in ("cmdline", "both"):
         cmdline = " ".join(part for part in (cmdline, announce(slots)) if part)
+    # A vhost-user back end maps guest RAM itself: then it must be a shareable memfd.
     try:
-        memory = GuestMemory.anonymous(layout.ram_ranges(config.memory))
+        memory = GuestMemory.anonymous(layout.ram_ranges(config.memory),
+                                       shared=bool(config.shares))
     except OSError as exc:
         raise ConfigError(f"--memory {size_name(config.memory)}: this host can't reserve "
                           f"that much guest RAM ({exc.strerror or exc})") from None
@@ -91,7 +111,13 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
         rsdp = write_acpi_tables(memory, acpi_platform(config, slots))
     boot = prepare_boot(memory, kernel_image, initrd_image, cmdline, rsdp_address=rsdp)
     console = console or HostConsole(on_quit=lambda: None)
-    devices = open_virtio_devices(slots, console.write)
+    late_stop: list[Callable[[str], None]] = []
+
+    def backend_failed(message: str) -> None:
+        for stop in late_stop:
+            stop(message)
+
+    devices = open_virtio_devices(slots, console.write, shares.open(backend_failed), ports)
 
     kvm = Kvm()
     kvm.require_capabilities()
@@ -136,6 +162,9 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
     machine.uart_fast = UartFastPath(kvm, vm, vcpus, machine.serial, layout.COM1_PORT)
     machine.virtio = attach_virtio(vm, loop, machine.mmio_bus, memory, slots, devices,
                                    machine.owned_fds)
+    late_stop.append(lambda message: machine.request_stop(StopReason.backend_failed(message)))
+    shares.watch(loop, backend_failed)
+    machine.closers.append(shares.close)
     machine.console_input = machine.serial
     if _guest_console_is_hvc(cmdline):
         machine.console_input = next(

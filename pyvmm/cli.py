@@ -18,7 +18,7 @@ import click
 
 from pyvmm import __version__
 from pyvmm.config import (CPU_POLICIES, DEFAULT_CMDLINE, DUMP_EVENTS, VIRTIO_ANNOUNCE, MachineConfig, parse_drive,
-                          parse_size)
+                          parse_share, parse_size)
 from pyvmm.errors import ConfigError, PyvmmError
 from pyvmm.exitstatus import ExitStatus
 
@@ -159,6 +159,10 @@ def machine_options(command: Callable) -> Callable:
         click.option("--drive", "-d", "drives", multiple=True, metavar="SPEC",
                      help="A virtio-block disk: path=IMG[,readonly=on][,cache=none|writeback]"
                           "[,serial=ID].  Repeat for vda, vdb, ..."),
+        click.option("--share", "shares", multiple=True, metavar="DIR[,tag=NAME][,ro]",
+                     help="Give the guest a host directory over virtio-fs (a virtiofsd per "
+                          "share): mount -t virtiofs NAME /mnt (default tags share0, "
+                          "share1, ...).  Repeatable."),
         click.option("--virtio-console/--no-virtio-console", default=None,
                      help="Give the guest a virtio console, hvc0 (default on); with "
                           "console=hvc0 on the command line it takes the terminal."),
@@ -209,6 +213,9 @@ def effective_config(ctx: click.Context, params: dict[str, Any]) -> MachineConfi
                 values[name] = tuple(given)
         elif given is not None and source == click.core.ParameterSource.COMMANDLINE:
             values[name] = given
+    if params.get("shares"):
+        values["shares"] = tuple(parse_share(text, index)
+                                 for index, text in enumerate(params["shares"]))
     if not values.get("kernel"):
         raise ConfigError("no kernel: give --kernel PATH (or kernel = in --config)")
     return MachineConfig(**values)
@@ -224,11 +231,27 @@ def effective_config(ctx: click.Context, params: dict[str, Any]) -> MachineConfi
               flag_value="text", default=None,
               help="At exit, print start-up times and vCPU exits by kind and port/address "
                    "with the time serving them to stderr (--stats=json: one JSON line).")
+@click.option("--rw", is_flag=True,
+              help="Command mode: the guest writes through to the host's files (default: "
+                   "a tmpfs overlay keeps its writes).")
+@click.option("--modules", type=click.Path(file_okay=False), metavar="DIR",
+              help="Command mode: kernel modules to carry (default /lib/modules/RELEASE of "
+                   "the kernel, when it exists).")
+@click.option("--user", "-u", metavar="NAME|UID[:GID]",
+              help="Command mode: run the command as this user (default: you).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @reports_errors
-def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None,
+def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None, rw: bool,
+        modules: str | None, user: str | None, command: tuple[str, ...],
         **params: Any) -> None:
-    """Boot a kernel and show its serial console.
+    """Boot a kernel and show its serial console; or, given a COMMAND, run it.
+
+    \b
+    pyvmm run -k KERNEL [options] -- CMD [ARGS...] runs CMD in the guest on the
+    host's own files (its / over virtio-fs), as you, in this directory; its
+    stdout, stderr and stdin are this pyvmm's, and pyvmm exits with its status
+    (255 and a line on stderr if the guest or pyvmm fails first).
 
     \b
     Exit status: 0 the guest powered off or rebooted; odd N the guest wrote
@@ -239,6 +262,8 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None,
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="pyvmm: %(message)s", stream=sys.stderr)
+    if command:
+        _run_command(ctx, params, command, rw, modules, verbose, user)
     run_stats = None
     if stats:
         from pyvmm import IMPORTED_AT
@@ -271,6 +296,22 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None,
         run_stats.note_stop(machine.stop_requested_at)
         click.echo(run_stats.json_line() if stats == "json" else run_stats.text(), err=True)
     sys.exit(reason.status)
+
+
+def _run_command(ctx: click.Context, params: dict[str, Any], command: tuple[str, ...],
+                 rw: bool, modules: str | None, verbose: bool, user: str | None) -> None:
+    """Command mode: exit with the command's status, or 255 and one line."""
+    from pyvmm.command import FAILED, run_command
+
+    try:
+        config = effective_config(ctx, params)
+        user_append = params.get("cmdline") if ctx.get_parameter_source("cmdline") == \
+            click.core.ParameterSource.COMMANDLINE else None
+        status = run_command(config, command, rw, modules, user_append, verbose, user)
+    except PyvmmError as error:
+        click.echo(f"pyvmm: error: {error}", err=True)
+        status = FAILED
+    sys.exit(status)
 
 
 @main.group()

@@ -134,6 +134,36 @@ def parse_drive(text: str) -> DriveConfig:
 
 
 @dataclass(frozen=True)
+class ShareConfig:
+    """One --share: a host directory the guest mounts with ``mount -t virtiofs TAG``."""
+
+    path: str
+    tag: str
+    readonly: bool = False
+
+
+def parse_share(text: str, index: int = 0) -> ShareConfig:
+    """``HOST_DIR[,tag=NAME][,ro]``; the tag defaults to ``share0``, ``share1``, ..."""
+    path, *options = text.split(",")
+    if not path:
+        raise ConfigError(f"--share {text!r}: the host directory is missing")
+    tag, readonly = f"share{index}", False
+    for option in options:
+        key, sep, value = option.partition("=")
+        if key == "tag" and sep and value:
+            tag = value
+        elif key in ("ro", "readonly") and (not sep or value in _ON + _OFF):
+            readonly = not sep or value in _ON
+        elif key == "rw" and not sep:
+            readonly = False
+        else:
+            raise ConfigError(f"--share {text!r}: unknown option {option!r} (tag=NAME, ro)")
+    if not 0 < len(tag.encode()) <= 36:
+        raise ConfigError(f"--share {text!r}: the tag must be 1 to 36 bytes")
+    return ShareConfig(path, tag, readonly)
+
+
+@dataclass(frozen=True)
 class MachineConfig:
     """Everything ``pyvmm run`` needs to build and run one VM."""
 
@@ -145,6 +175,10 @@ class MachineConfig:
     timeout: float | None = None
     cpu_policy: str = "auto"
     drives: tuple[DriveConfig, ...] = ()
+    #: Host directories given to the guest over virtio-fs (vhost-user, virtiofsd).
+    shares: tuple[ShareConfig, ...] = ()
+    #: A multiport virtio console carrying the command mode's stdin/stdout/stderr.
+    stdio_ports: bool = False
     virtio_console: bool = True
     #: Where the guest learns of virtio devices: "cmdline", "acpi" or "both".
     virtio_announce: str = "both"
@@ -180,6 +214,10 @@ class MachineConfig:
             raise ConfigError("--dump-on needs --dump PATH (where to write the dump)")
         if self.dump and not self.dump_on:
             object.__setattr__(self, "dump_on", DEFAULT_DUMP_EVENTS)
+        tags = [share.tag for share in self.shares]
+        if len(set(tags)) != len(tags):
+            raise ConfigError(f"--share: the tag {next(t for t in tags if tags.count(t) > 1)!r} "
+                              "is given twice")
         if self.emulation_assist not in ("auto", "on", "off"):
             raise ConfigError(f"--emulation-assist {self.emulation_assist!r}: auto, on or off")
         if self.cpu_policy not in CPU_POLICIES:

@@ -81,5 +81,10 @@ class StopReason:
         return cls("panic", message, ExitStatus.GUEST_PANIC)
 
     @classmethod
+    def backend_failed(cls, message: str) -> "StopReason":
+        """A helper process serving a device (virtiofsd) died or misbehaved."""
+        return cls("backend", message, ExitStatus.VMM_ERROR)
+
+    @classmethod
     def vmm_error(cls, message: str) -> "StopReason":
         return cls("vmm-error", message, ExitStatus.VMM_ERROR)

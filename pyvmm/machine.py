@@ -80,6 +80,8 @@ class Machine:
     virtio: list = field(default_factory=list)
     #: eventfds made for ioeventfd/irqfd wiring, closed with the machine.
     owned_fds: list[int] = field(default_factory=list)
+    #: Called by ``close`` after the devices: helper processes (virtiofsd) and the like.
+    closers: list[Callable[[], None]] = field(default_factory=list)
     pvm_host: bool = False
     #: Finish int3/fwait after an emulation failure (see pyvmm.emulation_assist).
     emulation_assist: bool = False
@@ -373,6 +375,8 @@ class Machine:
             vcpu.close()
         for fd in self.owned_fds:
             os.close(fd)
+        for closer in self.closers:
+            closer()
         self.vm.close()
         self.loop.close()
         os.close(self.kvm.fd)

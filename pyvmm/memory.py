@@ -6,7 +6,9 @@ touches host memory.  Views are ``memoryview`` slices of the backing buffer, so
 devices can read and write guest buffers without copying.
 
 ``GuestMemory.anonymous`` backs RAM with private anonymous mmaps (what KVM
-registers as memory slots), each aligned for huge pages (``map_ram``);
+registers as memory slots), each aligned for huge pages (``map_ram``), or
+with ``shared=True`` with one memfd mapped ``MAP_SHARED``, so that a
+vhost-user backend (virtiofsd) can map the same RAM from the fd;
 ``GuestMemory.from_bytes`` backs it with a ``bytearray`` for unit tests that
 need no VM.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import mmap
+import os
 import struct
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -79,6 +82,9 @@ class MemoryRegion:
     buffer: mmap.mmap | bytearray | memoryview
     #: The mapping ``buffer`` is a view of, closed with the memory (None: bytearray).
     mapping: mmap.mmap | None = field(default=None, compare=False)
+    #: With shared RAM: the memfd behind the buffer and the buffer's offset in it.
+    fd: int | None = None
+    fd_offset: int = 0
 
     @property
     def guest_end(self) -> int:
@@ -98,15 +104,39 @@ class GuestMemory:
         self.regions: tuple[MemoryRegion, ...] = tuple(ordered)
         self._bases = [r.guest_base for r in ordered]
         self._views = [memoryview(r.buffer) for r in ordered]
+        self._memfd: int | None = None
 
     @classmethod
-    def anonymous(cls, ranges: Sequence[tuple[int, int]]) -> "GuestMemory":
-        """Back each ``(guest_base, size)`` range with a private anonymous mapping."""
-        regions = []
-        for base, size in ranges:
-            mapping, view = map_ram(size)
-            regions.append(MemoryRegion(base, size, view, mapping))
-        return cls(regions)
+    def anonymous(cls, ranges: Sequence[tuple[int, int]],
+                  shared: bool = False) -> "GuestMemory":
+        """Back each ``(guest_base, size)`` range with an anonymous mapping.
+
+        Private RAM is huge-page aligned and advised (``map_ram``).  ``shared``
+        puts all ranges in one memfd, back to back, mapped ``MAP_SHARED`` (each
+        region records its fd and offset for ``VHOST_USER_SET_MEM_TABLE``).
+        """
+        if not shared:
+            regions = []
+            for base, size in ranges:
+                mapping, view = map_ram(size)
+                regions.append(MemoryRegion(base, size, view, mapping))
+            return cls(regions)
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        fd = os.memfd_create("pyvmm-guest-ram", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, sum(size for _, size in ranges))
+            regions, offset = [], 0
+            for base, size in ranges:
+                buffer = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | MAP_NORESERVE, prot=prot,
+                                   offset=offset)
+                regions.append(MemoryRegion(base, size, buffer, None, fd, offset))
+                offset += size
+        except BaseException:
+            os.close(fd)
+            raise
+        memory = cls(regions)
+        memory._memfd = fd
+        return memory
 
     @classmethod
     def from_bytes(cls, size: int, guest_base: int = 0) -> "GuestMemory":
@@ -206,3 +236,6 @@ class GuestMemory:
                 region.mapping.close()
             elif isinstance(region.buffer, mmap.mmap):
                 region.buffer.close()
+        if self._memfd is not None:
+            os.close(self._memfd)
+            self._memfd = None

@@ -3,8 +3,11 @@
 # Needs root (or sudo).  QEMU and Debian's kernel are for the hardware-KVM rig
 # (scripts/rig.py) and the side-by-side checks and benchmarks.
 set -euo pipefail
+# qemu-system-common: /usr/lib/qemu/virtiofsd, for --share and command mode (bookworm has
+# no standalone virtiofsd package; where there is one on PATH, pyvmm prefers it).
 packages=(gcc binutils make python3-venv busybox-static cpio xz-utils bc flex bison
           libelf-dev libssl-dev linux-source-6.1 acpica-tools gdb e2fsprogs
+          qemu-system-common
           qemu-system-x86 linux-image-amd64)
 missing=()
 for package in "${packages[@]}"; do

@@ -37,6 +37,10 @@ class VirtioDevice:
     """Base of the virtio devices; subclasses set ``device_id`` and the queues."""
 
     device_id = 0
+    #: True when another process (a vhost-user back end) raises the used-buffer
+    #: interrupt through the irqfd itself: the transport then always reports a
+    #: used buffer in InterruptStatus, so the driver looks at its queues.
+    backend_interrupts = False
 
     def __init__(self, queue_sizes: tuple[int, ...]) -> None:
         self.queues = [SplitQueue(size) for size in queue_sizes]

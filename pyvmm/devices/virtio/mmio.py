@@ -169,6 +169,8 @@ class VirtioMmioTransport:
             return VENDOR_PYVMM
         if offset == INTERRUPT_STATUS:
             with self._irq_lock:
+                if device.backend_interrupts:
+                    return self.interrupt_status | INTERRUPT_USED_BUFFER
                 return self.interrupt_status
         with self._lock:
             if offset == DEVICE_FEATURES:

@@ -1,0 +1,1 @@
+"""Command mode's initramfs, built on the fly: a newc writer, the kernel modules, the init."""

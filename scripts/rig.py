@@ -42,7 +42,6 @@ import compileall
 import gzip
 import hashlib
 import io
-import lzma
 import os
 import re
 import select
@@ -56,6 +55,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # pyvmm's cpio writer and module resolver, from this checkout
+from pyvmm.errors import PyvmmError  # noqa: E402
+from pyvmm.initramfs.cpio import CpioWriter  # noqa: E402
+from pyvmm.initramfs.modules import ModuleSet, find_modules, read_module  # noqa: E402
+
 CACHE = Path("/var/tmp/pyvmm-rig")
 EXIT_TIMEOUT, EXIT_RIG_FAILED, EXIT_UNAVAILABLE = 124, 125, 126
 HEARTBEAT_SECONDS = 5
@@ -110,7 +114,7 @@ def rig_kernel() -> str:
     """The newest installed Debian kernel that has kvm_amd and an image in /boot."""
     found = []
     for release in os.listdir("/lib/modules") if os.path.isdir("/lib/modules") else ():
-        if Path(f"/boot/vmlinuz-{release}").exists() and _module_index(release).get("kvm_amd"):
+        if Path(f"/boot/vmlinuz-{release}").exists() and _modules(release, ("kvm_amd",)):
             found.append(release)
     if not found:
         raise Unavailable("no kernel with kvm_amd in /boot and /lib/modules "
@@ -119,61 +123,13 @@ def rig_kernel() -> str:
                                         for x in re.split(r"[.-]", r)])[-1]
 
 
-def _module_index(release: str) -> dict[str, tuple[str, list[str]]]:
-    """name -> (path, dependency paths) from modules.dep."""
-    index: dict[str, tuple[str, list[str]]] = {}
+def _modules(release: str, wanted: tuple[str, ...]) -> ModuleSet | None:
+    """The modules of ``wanted`` with their dependencies, in load order (None: missing)."""
     try:
-        lines = Path(f"/lib/modules/{release}/modules.dep").read_text().splitlines()
-    except OSError:
-        return index
-    for line in lines:
-        path, _, deps = line.partition(":")
-        name = re.sub(r"\.ko(\.\w+)?$", "", os.path.basename(path)).replace("-", "_")
-        index[name] = (path, deps.split())
-    return index
-
-
-def module_load_order(release: str, wanted: tuple[str, ...]) -> list[str]:
-    """Module paths (relative to /lib/modules/RELEASE) so each follows its dependencies."""
-    index = _module_index(release)
-    by_path = {path: deps for path, deps in index.values()}
-    order: list[str] = []
-
-    def visit(path: str) -> None:
-        if path in order:
-            return
-        for dep in by_path.get(path, []):
-            visit(dep)
-        order.append(path)
-
-    for name in wanted:
-        if name not in index:
-            raise Unavailable(f"kernel {release} has no module {name}")
-        visit(index[name][0])
-    return order
-
-
-def _module_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
-    if path.suffix == ".xz":
-        return lzma.decompress(data)
-    if path.suffix == ".zst":
-        return subprocess.run(["zstd", "-dc", str(path)], check=True,
-                              capture_output=True).stdout
-    return data
-
-
-def _cpio(entries: list[tuple[str, int, bytes]]) -> bytes:
-    """A newc archive of (name, mode, data); directories have empty data."""
-    out = io.BytesIO()
-    for ino, (name, mode, data) in enumerate(entries + [("TRAILER!!!", 0, b"")], 1):
-        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0)
-        out.write(b"070701" + b"".join(b"%08X" % f for f in fields))
-        out.write(name.encode() + b"\0")
-        out.write(b"\0" * (-out.tell() % 4))
-        out.write(data)
-        out.write(b"\0" * (-out.tell() % 4))
-    return out.getvalue()
+        found = find_modules(f"/lib/modules/{release}", list(wanted))
+    except PyvmmError:
+        return None
+    return None if found.missing else found
 
 
 def rig_initramfs(release: str) -> Path:
@@ -181,31 +137,29 @@ def rig_initramfs(release: str) -> Path:
     busybox = Path("/bin/busybox")
     if not busybox.exists():
         raise Unavailable("no /bin/busybox (apt-get install busybox-static)")
-    modules = module_load_order(release, MODULES)
-    key = hashlib.sha256("\n".join([release, INIT, *modules]).encode()
+    modules = _modules(release, MODULES)
+    if modules is None:
+        raise Unavailable(f"kernel {release} lacks one of the modules {', '.join(MODULES)}")
+    key = hashlib.sha256("\n".join([release, INIT, *(p for _, p in modules.files)]).encode()
                          + busybox.read_bytes()).hexdigest()[:16]
     path = CACHE / f"initramfs-{release}-{key}.cpio.gz"
     if path.exists():
         return path
-    entries: list[tuple[str, int, bytes]] = [
-        (d, 0o40755, b"") for d in ("bin", "dev", "proc", "sys", "mnt", "job", "run",
-                                    "lib", "lib/modules")]
-    entries.append(("bin/busybox", 0o100755, busybox.read_bytes()))
+    archive = CpioWriter()
+    for directory in ("bin", "dev", "proc", "sys", "mnt", "job", "run", "lib", "lib/modules"):
+        archive.directory(directory)
+    archive.file("bin/busybox", busybox.read_bytes(), mode=0o755)
     for applet in ("sh", "mount", "insmod", "mkdir", "chroot", "poweroff", "cat",
                    "echo", "sleep", "stty", "sync"):
-        entries.append((f"bin/{applet}", 0o120777, b"busybox"))
-    names = []
-    for module in modules:
-        name = re.sub(r"\.ko(\.\w+)?$", ".ko", os.path.basename(module))
-        entries.append((f"lib/modules/{name}", 0o100644,
-                        _module_bytes(Path(f"/lib/modules/{release}") / module)))
-        names.append(name)
-    entries.append(("lib/modules/order", 0o100644, ("\n".join(names) + "\n").encode()))
-    entries.append(("init", 0o100755, INIT.encode()))
+        archive.symlink(f"bin/{applet}", "busybox")
+    for name, host_path in modules.files:
+        archive.file(f"lib/modules/{name}", read_module(host_path))
+    archive.file("lib/modules/order", "".join(f"{name}\n" for name, _ in modules.files).encode())
+    archive.file("init", INIT.encode(), mode=0o755)
     CACHE.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=CACHE, prefix=".initramfs-")
     with os.fdopen(fd, "wb") as file:
-        file.write(gzip.compress(_cpio(entries), compresslevel=1))
+        file.write(gzip.compress(archive.finish(), compresslevel=1))
     os.replace(tmp, path)
     return path
 

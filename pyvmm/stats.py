@@ -25,7 +25,7 @@ ExitKey = tuple[str, "int | None"]
 #: How many (kind, address) rows the text report lists.
 TEXT_ROWS = 12
 #: Kinds counted without an exit to Python: KVM coalesced the write, or C answered it.
-NO_EXIT_KINDS = ("pio-out-coalesced", "pio-in-c")
+NO_EXIT_KINDS = ("pio-out-coalesced", "pio-in-c", "pio-out-c")
 
 
 def exit_key(exit: VmExit) -> ExitKey:

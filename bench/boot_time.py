@@ -241,6 +241,9 @@ def summarize(runs: list[RigRun]) -> dict:
     stats = [r.stats for r in runs if r.stats]
     if stats:
         result["startup"] = _median([s["startup_s"]["first_kvm_run"] for s in stats])
+        result["startup_cpu"] = {
+            name: _median([s["startup_cpu_s"][name] for s in stats if name in s["startup_cpu_s"]])
+            for name in stats[0]["startup_cpu_s"]}
         result["stopping"] = _median([s["stopping_s"] for s in stats if s.get("stopping_s")])
         result["exits"] = _median([s["exits"] for s in stats])
         kinds: dict[str, dict[str, float | None]] = {}

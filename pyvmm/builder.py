@@ -89,7 +89,7 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None) -> 
     cmdline = config.cmdline
     if config.virtio_announce in ("cmdline", "both"):
         cmdline = " ".join(part for part in (cmdline, announce(slots)) if part)
-    memory = GuestMemory.anonymous(layout.ram_ranges(config.memory))
+    memory = GuestMemory.anonymous(layout.ram_ranges(config.memory), address_of)
     rsdp = 0
     if config.acpi:
         rsdp = write_acpi_tables(memory, acpi_platform(config, slots))

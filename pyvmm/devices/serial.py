@@ -140,15 +140,23 @@ class Serial:
             self._publish()
             return len(taken)
 
-    def flush(self) -> None:
-        """Hand what the guest transmitted so far to ``out`` (any thread, in order)."""
-        with self._out_lock:
+    def flush(self, wait: bool = True) -> bool:
+        """Hand what the guest transmitted so far to ``out`` (any thread, in order).
+
+        With ``wait`` False, return False at once if another thread is writing.
+        """
+        if not self._out_lock.acquire(blocking=wait):
+            return False
+        try:
             with self._lock:
                 if not self._tx:
-                    return
+                    return True
                 chunk = bytes(self._tx)
                 self._tx.clear()
             self._out(chunk)
+            return True
+        finally:
+            self._out_lock.release()
 
     def flush_due(self, now: float | None = None) -> float | None:
         """Flush output that waited ``TX_FLUSH_DELAY``; seconds until the next is due.
@@ -163,7 +171,7 @@ class Serial:
             wait = self._tx_since + TX_FLUSH_DELAY - now
         if wait > 0:
             return wait
-        self.flush()
+        self.flush(wait=False)  # a vCPU already writing (to a slow stdout) has it in hand
         return TX_FLUSH_DELAY
 
     @property

@@ -219,3 +219,28 @@ def test_transmit_under_dlab_sets_the_divisor() -> None:
     assert rd(device, uart.RBR_THR_DLL) == 3
     device.flush()
     assert out == b""
+
+
+def test_the_timer_flush_does_not_wait_behind_a_writer() -> None:
+    import threading
+
+    release = threading.Event()
+    writing = threading.Event()
+    chunks: list[bytes] = []
+
+    def slow_out(data: bytes) -> None:
+        writing.set()
+        release.wait(5)
+        chunks.append(data)
+
+    device = Serial(FakeLine(), slow_out)
+    device.transmit(b"first line\n"[:5])
+    writer = threading.Thread(target=device.flush)
+    writer.start()
+    assert writing.wait(5)
+    device.transmit(b"more")
+    assert device.flush_due(__import__("time").monotonic() + 1) is not None  # no wait
+    release.set()
+    writer.join(5)
+    device.flush()
+    assert chunks == [b"first", b"more"]

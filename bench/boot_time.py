@@ -34,6 +34,7 @@ import json
 import os
 import select
 import shutil
+import site
 import statistics
 import subprocess
 import sys
@@ -148,11 +149,12 @@ class RigRun:
     stats: dict | None
 
 
-def time_rig_run(command: list[str], cwd: Path, limit: float) -> RigRun:
+def time_rig_run(command: list[str], cwd: Path, limit: float,
+                 env: dict[str, str] | None = None) -> RigRun:
     """Spawn ``command``, stamp the markers on stdout, collect --stats=json from stderr."""
     start = time.monotonic()
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=cwd)
+                            stderr=subprocess.PIPE, cwd=cwd, env=env)
     assert proc.stdout is not None and proc.stderr is not None
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     open_fds, seen, errors, at = {out_fd, err_fd}, b"", b"", {}
@@ -241,6 +243,9 @@ def summarize(runs: list[RigRun]) -> dict:
     stats = [r.stats for r in runs if r.stats]
     if stats:
         result["startup"] = _median([s["startup_s"]["first_kvm_run"] for s in stats])
+        result["startup_cpu"] = {
+            name: _median([s["startup_cpu_s"][name] for s in stats if name in s["startup_cpu_s"]])
+            for name in stats[0]["startup_cpu_s"]}
         result["stopping"] = _median([s["stopping_s"] for s in stats if s.get("stopping_s")])
         result["exits"] = _median([s["exits"] for s in stats])
         kinds: dict[str, dict[str, float | None]] = {}
@@ -253,7 +258,11 @@ def summarize(runs: list[RigRun]) -> dict:
 
 
 def rig_main(args: argparse.Namespace) -> int:
-    vmms = ["pyvmm", "qemu"] + (["baseline"] if args.baseline else [])
+    vmms = (["pyvmm", "qemu"] + (["baseline"] if args.baseline else [])
+            + (["pyvmm-S"] if args.no_pth else []))
+    # pyvmm-S: the interpreter without site's .pth files (an editable install's import
+    # finder, this host's own additions), as a regular install would start.
+    no_pth_env = dict(os.environ, PYTHONPATH=os.pathsep.join(site.getsitepackages()))
     cases = [RigCase(kernel, cpus, quiet) for kernel in args.kernels.split(",")
              for cpus in (int(c) for c in args.cpus.split(",")) for quiet in (False, True)
              if ("quiet" if quiet else "verbose") in args.modes.split(",")]
@@ -268,7 +277,10 @@ def rig_main(args: argparse.Namespace) -> int:
             for vmm in vmms:  # interleaved: every VMM once per case per round
                 cwd = Path(args.baseline) if vmm == "baseline" else REPO
                 command = commands["qemu" if vmm == "qemu" else "pyvmm"]
-                run = time_rig_run(command, cwd, args.limit)
+                if vmm == "pyvmm-S":
+                    command = [command[0], "-S", *command[1:]]
+                run = time_rig_run(command, cwd, args.limit,
+                                   no_pth_env if vmm == "pyvmm-S" else None)
                 runs.setdefault((case.name, vmm), []).append(run)
                 print(f"# round {round_ + 1} {case.name:22} {vmm:8} " + " ".join(
                     f"{name} {_fmt(run.at.get(name))}" for name in RIG_MARKERS)
@@ -346,6 +358,8 @@ def main() -> int:
     parser.add_argument("--memory", default="512M", help="--rig: guest RAM")
     parser.add_argument("--baseline", help="--rig: another pyvmm checkout to run alongside")
     parser.add_argument("--json", help="--rig: write every run and the medians here")
+    parser.add_argument("--no-pth", action="store_true",
+                        help="--rig: also run pyvmm with python -S (no .pth processing)")
     parser.add_argument("--exit-latency", action="store_true",
                         help="time from a tiny guest's last line to the VMM's exit")
     args = parser.parse_args()

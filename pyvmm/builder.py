@@ -102,7 +102,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevi
     # A vhost-user back end maps guest RAM itself: then it must be a shareable memfd.
     try:
         memory = GuestMemory.anonymous(layout.ram_ranges(config.memory),
-                                       shared=bool(config.shares))
+                                       shared=bool(config.shares), address_of=address_of)
     except OSError as exc:
         raise ConfigError(f"--memory {size_name(config.memory)}: this host can't reserve "
                           f"that much guest RAM ({exc.strerror or exc})") from None

@@ -266,11 +266,11 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None, rw
         _run_command(ctx, params, command, rw, modules, verbose, user)
     run_stats = None
     if stats:
-        from pyvmm import IMPORTED_AT
+        from pyvmm import IMPORTED_AT, IMPORTED_CPU
         from pyvmm.stats import RunStats
 
         run_stats = RunStats()
-        run_stats.mark("pyvmm_imported", IMPORTED_AT)
+        run_stats.mark("pyvmm_imported", IMPORTED_AT, IMPORTED_CPU)
         run_stats.mark("cli_parsed")
     config = effective_config(ctx, params)
     from pyvmm.builder import build_machine

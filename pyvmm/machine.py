@@ -184,7 +184,8 @@ class Machine:
         else:
             reason = None
         if counter is not None and fast is not None:
-            counter.add_uncounted(("pio-in-c", fast.lsr_port), fast.lsr_reads_in_c(vcpu))
+            for key, count in fast.served_in_c(vcpu).items():
+                counter.add_uncounted(key, count)
         return reason
 
     def _assist(self, vcpu: Vcpu, exit: InternalError) -> bool:

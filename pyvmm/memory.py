@@ -20,7 +20,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from pyvmm.errors import GuestMemoryError
 
@@ -42,7 +42,7 @@ def ram_alignment(size: int) -> int:
 
 
 def _host_address(mapping: mmap.mmap) -> int:
-    import ctypes  # only here: 7 ms of imports a VM-less unit test need not pay
+    import ctypes  # only without address_of: its import is start-up time a run can skip
 
     anchor = ctypes.c_char.from_buffer(mapping)
     try:
@@ -51,20 +51,21 @@ def _host_address(mapping: mmap.mmap) -> int:
         del anchor  # the export would keep the mapping from being closed
 
 
-def map_ram(size: int) -> tuple[mmap.mmap, memoryview]:
+def map_ram(size: int,
+            address_of: Callable[[mmap.mmap], int] | None = None) -> tuple[mmap.mmap, memoryview]:
     """Map ``size`` bytes of guest RAM: the mapping and the aligned view of it to use.
 
     Over-maps by the alignment and uses the aligned part, so the guest's
     2 MiB pages are 2 MiB host pages once transparent huge pages back them
     (``MADV_HUGEPAGE``); otherwise KVM's nested page tables use 4 KiB pages.
     The unused head and tail are never touched, so they cost address space
-    only; ``MAP_NORESERVE`` keeps a large, mostly untouched guest from
+    only (``address_of`` tells where the mapping landed: ctypes if not given); ``MAP_NORESERVE`` keeps a large, mostly untouched guest from
     charging its whole size to the host up front.
     """
     align = ram_alignment(size)
     mapping = mmap.mmap(-1, size + align, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
                         | MAP_NORESERVE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    offset = -_host_address(mapping) % align
+    offset = -(address_of or _host_address)(mapping) % align
     try:
         mapping.madvise(mmap.MADV_HUGEPAGE, offset, size)
     except OSError:
@@ -108,7 +109,8 @@ class GuestMemory:
 
     @classmethod
     def anonymous(cls, ranges: Sequence[tuple[int, int]],
-                  shared: bool = False) -> "GuestMemory":
+                  shared: bool = False,
+                  address_of: Callable[[mmap.mmap], int] | None = None) -> "GuestMemory":
         """Back each ``(guest_base, size)`` range with an anonymous mapping.
 
         Private RAM is huge-page aligned and advised (``map_ram``).  ``shared``
@@ -118,7 +120,7 @@ class GuestMemory:
         if not shared:
             regions = []
             for base, size in ranges:
-                mapping, view = map_ram(size)
+                mapping, view = map_ram(size, address_of)
                 regions.append(MemoryRegion(base, size, view, mapping))
             return cls(regions)
         prot = mmap.PROT_READ | mmap.PROT_WRITE

@@ -13,11 +13,12 @@ boot's exits.  Here:
   on the event loop's timer.  When the guest enables the THR-empty interrupt,
   the zone is unregistered and each write exits again, so the interrupt
   follows the write at once.
-* **LSR reads are answered in C** (``pyvmm_run_uart_fast``, a KVM_RUN loop in
-  the cffi module) from ``Serial.lsr_cell``, the value the Python read would
-  return; reading LSR changes nothing in this model.  The loop returns to
-  Python for every other exit, and when the newest coalesced byte is a
-  newline, so each line is drained and written out as it completes.
+* **LSR reads, IER reads and IER writes that change nothing are answered in C**
+  (``pyvmm_run_uart_fast``, a KVM_RUN loop in the cffi module) from
+  ``Serial.cells``, what the Python UART would answer (the console driver
+  reads IER, clears it and restores it around every message).  The loop
+  returns to Python for every other exit, and when the newest coalesced byte
+  is a newline, so each line is drained and written out as it completes.
 
 ``Serial`` stays the reference for every register, and ``PYVMM_UART_FASTPATH``
 (``on``, ``coalesce``, ``c``, ``off``) turns either half off for comparison.
@@ -30,7 +31,7 @@ import os
 import threading
 from typing import Any
 
-from pyvmm.devices.serial import LSR, RBR_THR_DLL, Serial
+from pyvmm.devices.serial import IER_DLM, LSR, RBR_THR_DLL, Serial
 from pyvmm.kvm._ffi import ffi, lib
 from pyvmm.kvm.exits import VmExit
 from pyvmm.kvm.system import Kvm
@@ -62,16 +63,17 @@ class UartFastPath:
         self._serial = serial
         self.thr_port = base_port + RBR_THR_DLL
         self.lsr_port = base_port + LSR
+        self.ier_port = base_port + IER_DLM
         self._lock = threading.Lock()
         self._ring: Any = None
         if coalesce and kvm.check_extension(lib.KVM_CAP_COALESCED_PIO) > 0:
             self._ring = vcpus[0].coalesced_ring()
-        self._entries = ffi.new("struct kvm_coalesced_mmio[]", _DRAIN_BATCH)
+        self._drained = ffi.new("__u8[]", _DRAIN_BATCH)
         self.coalescing = False
         #: THR writes that came through the ring (for --stats).
         self.coalesced_writes = 0
-        self._lsr = ffi.from_buffer("__u8[]", serial.lsr_cell)
-        self._fast = {vcpu.id: vcpu.uart_fast(self._lsr, self.lsr_port,
+        self._cells = ffi.from_buffer("__u8[]", serial.cells)
+        self._fast = {vcpu.id: vcpu.uart_fast(self._cells, base_port,
                                               self._ring if self._ring is not None else ffi.NULL)
                       for vcpu in vcpus} if in_c else {}
         if self._ring is not None:
@@ -96,10 +98,14 @@ class UartFastPath:
         if ring is not None and ring.first != ring.last:
             self.drain()
 
-    def lsr_reads_in_c(self, vcpu: Vcpu) -> int:
-        """How many LSR reads of ``vcpu`` the C loop answered."""
+    def served_in_c(self, vcpu: Vcpu) -> dict[tuple[str, int], int]:
+        """What the C loop answered for ``vcpu``, as --stats keys: LSR, IER reads, IER writes."""
         fast = self._fast.get(vcpu.id)
-        return 0 if fast is None else int(fast.served)
+        if fast is None:
+            return {}
+        return {("pio-in-c", self.lsr_port): int(fast.served[0]),
+                ("pio-in-c", self.ier_port): int(fast.served[1]),
+                ("pio-out-c", self.ier_port): int(fast.served[2])}
 
     def drain(self) -> None:
         """Apply the coalesced THR writes, oldest first (any thread)."""
@@ -108,11 +114,9 @@ class UartFastPath:
             return
         with self._lock:  # one consumer at a time, and batches reach the UART in order
             while ring.first != ring.last:
-                count = lib.pyvmm_coalesced_drain(ring, self._entries, _DRAIN_BATCH)
-                entries = self._entries
-                data = bytes(entries[i].data[0] for i in range(count))
+                count = lib.pyvmm_coalesced_drain(ring, self._drained, _DRAIN_BATCH)
                 self.coalesced_writes += count
-                self._serial.transmit(data)
+                self._serial.transmit(ffi.buffer(self._drained, count)[:])
 
     def close(self) -> None:
         """Stop coalescing and apply what is left (before the vCPUs' mappings go)."""

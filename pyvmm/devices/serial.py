@@ -14,8 +14,10 @@ For a VMM that serves some accesses without calling ``read``/``write`` (a
 coalesced THR, a line-status read answered in C), the UART says when that is
 exact: ``tx_polled`` (no THR-empty interrupt, no loopback: a THR write has no
 effect but the byte, so writes may be batched and applied by ``transmit``)
-and ``lsr_cell`` (the line-status value a read returns now; reading it has no
-side effect while no overrun is flagged, which this model never does).
+and ``cells``, kept current under the lock: the value an LSR read returns
+(reading it has no side effect while no overrun is flagged, which this model
+never does), IER's value, and whether IER is at offset 1 (DLAB clear):
+reading IER, or writing the value it has, changes nothing.
 """
 
 from __future__ import annotations
@@ -79,6 +81,11 @@ INPUT_CAPACITY = 64 * 1024
 #: Divisor latch at reset: 115200 baud from the 1.8432 MHz clock.
 DEFAULT_DIVISOR = 1
 
+#: Indices into ``Serial.cells``.
+CELL_LSR = 0
+CELL_IER = 1
+CELL_IER_VALID = 2
+
 #: Transmitted bytes held before ``out`` gets them, at most (a newline flushes sooner).
 TX_BUFFER_BYTES = 4096
 #: How long a partial line may wait for its newline before ``flush_due`` says flush.
@@ -113,8 +120,9 @@ class Serial:
         self._fifo_enabled = False
         self._thr_interrupt_pending = False
         self._irq_level = False
-        #: The value an LSR read returns now, kept current for readers without the lock.
-        self.lsr_cell = bytearray([self._lsr])
+        #: LSR, IER and "IER is at offset 1" as a read would see them now (module doc).
+        self.cells = bytearray(3)
+        self._publish()
 
     # -- host side -------------------------------------------------------------
 
@@ -129,18 +137,26 @@ class Serial:
             taken = data[:INPUT_CAPACITY - len(self._input)]
             self._input += taken
             self._update_interrupt()
-            self._publish_lsr()
+            self._publish()
             return len(taken)
 
-    def flush(self) -> None:
-        """Hand what the guest transmitted so far to ``out`` (any thread, in order)."""
-        with self._out_lock:
+    def flush(self, wait: bool = True) -> bool:
+        """Hand what the guest transmitted so far to ``out`` (any thread, in order).
+
+        With ``wait`` False, return False at once if another thread is writing.
+        """
+        if not self._out_lock.acquire(blocking=wait):
+            return False
+        try:
             with self._lock:
                 if not self._tx:
-                    return
+                    return True
                 chunk = bytes(self._tx)
                 self._tx.clear()
             self._out(chunk)
+            return True
+        finally:
+            self._out_lock.release()
 
     def flush_due(self, now: float | None = None) -> float | None:
         """Flush output that waited ``TX_FLUSH_DELAY``; seconds until the next is due.
@@ -155,7 +171,7 @@ class Serial:
             wait = self._tx_since + TX_FLUSH_DELAY - now
         if wait > 0:
             return wait
-        self.flush()
+        self.flush(wait=False)  # a vCPU already writing (to a slow stdout) has it in hand
         return TX_FLUSH_DELAY
 
     @property
@@ -170,7 +186,7 @@ class Serial:
             value = self._read_register(offset)
             self._update_interrupt()
             if offset == RBR_THR_DLL:
-                self._publish_lsr()
+                self._publish()
         data[0] = value
         if len(data) > 1:
             data[1:] = b"\x00" * (len(data) - 1)
@@ -188,7 +204,7 @@ class Serial:
         with self._lock:
             self._write_register(offset, value)
             self._update_interrupt()
-            self._publish_lsr()
+            self._publish()
 
     def _tx_polled_after(self, offset: int, value: int) -> bool:
         ier, mcr = self._ier, self._mcr
@@ -205,7 +221,7 @@ class Serial:
             for value in data:
                 self._write_register(RBR_THR_DLL, value)
             self._update_interrupt()
-            self._publish_lsr()
+            self._publish()
             added = len(self._tx) - waiting
             start_watch = added and not self._tx_watched
             if start_watch:
@@ -218,10 +234,11 @@ class Serial:
         elif start_watch and self.on_pending is not None:
             self.on_pending()
 
-    def _publish_lsr(self) -> None:
-        value = self._lsr | (LSR_DATA_READY if self._input else 0)
-        if self.lsr_cell[0] != value:
-            self.lsr_cell[0] = value
+    def _publish(self) -> None:
+        cells = self.cells
+        cells[CELL_LSR] = self._lsr | (LSR_DATA_READY if self._input else 0)
+        cells[CELL_IER] = self._ier
+        cells[CELL_IER_VALID] = 0 if self._lcr & LCR_DLAB else 1
 
     def _read_register(self, offset: int) -> int:
         dlab = self._lcr & LCR_DLAB

@@ -181,20 +181,22 @@ struct kvm_vcpu_events { pyvmm_events_exception exception; __u32 flags; ...; };
 struct kvm_coalesced_mmio_zone { __u64 addr; __u32 size; __u32 pio; ...; };
 struct kvm_coalesced_mmio { __u64 phys_addr; __u32 len; __u32 pio; __u8 data[8]; ...; };
 struct kvm_coalesced_mmio_ring { __u32 first; __u32 last; ...; };
-int pyvmm_coalesced_drain(struct kvm_coalesced_mmio_ring *ring,
-                          struct kvm_coalesced_mmio *out, int room);
+int pyvmm_coalesced_drain(struct kvm_coalesced_mmio_ring *ring, __u8 *out, int room);
 
-/* The UART fast path (one per vCPU): KVM_RUN until an exit other than a 1-byte
-   read of lsr_port, which gets *lsr; returns to the caller (0) for any other
-   exit, and for an LSR read when the newest coalesced write is a newline (so
-   the line goes out now). -errno when KVM_RUN fails (EINTR: kicked). */
+/* The UART fast path (one per vCPU): KVM_RUN until an exit it can't answer from
+   cells[] (the UART's published registers, see pyvmm.devices.serial): a 1-byte
+   read of LSR (base+5), a read of IER (base+1) or a write of the value IER
+   already has (a no-op) while cells[2] says IER is at base+1 (DLAB clear).
+   It returns 0 for any other exit, and for an LSR read when the newest
+   coalesced write is a newline (so the line goes out now); -errno when KVM_RUN
+   fails (EINTR: kicked).  served[] counts LSR reads, IER reads, IER writes. */
 typedef struct {
     int fd;
     struct kvm_run *run;
     struct kvm_coalesced_mmio_ring *ring;
-    const __u8 *lsr;
-    __u16 lsr_port;
-    __u64 served;
+    const __u8 *cells;
+    __u16 base;
+    __u64 served[3];
 } pyvmm_uart_fast;
 int pyvmm_run_uart_fast(pyvmm_uart_fast *fast);
 
@@ -255,16 +257,16 @@ static __u32 pyvmm_coalesced_max(void)
 }
 
 /* Single consumer (the caller serialises): read 'last' before the entries, free
-   the slots only after copying them (the kernel's producer side pairs these). */
-static int pyvmm_coalesced_drain(struct kvm_coalesced_mmio_ring *ring,
-                                 struct kvm_coalesced_mmio *out, int room)
+   the slots only after copying them (the kernel's producer side pairs these).
+   Each entry is a 1-byte write to the one coalesced port: its byte goes to out. */
+static int pyvmm_coalesced_drain(struct kvm_coalesced_mmio_ring *ring, __u8 *out, int room)
 {
     __u32 max = pyvmm_coalesced_max();
     __u32 first = ring->first;
     __u32 last = __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
     int taken = 0;
     while (first != last && taken < room) {
-        out[taken++] = ring->coalesced_mmio[first];
+        out[taken++] = ring->coalesced_mmio[first].data[0];
         first = (first + 1) % max;
     }
     __atomic_store_n(&ring->first, first, __ATOMIC_RELEASE);
@@ -275,10 +277,12 @@ typedef struct {
     int fd;
     struct kvm_run *run;
     struct kvm_coalesced_mmio_ring *ring;
-    const __u8 *lsr;
-    __u16 lsr_port;
-    __u64 served;
+    const __u8 *cells;
+    __u16 base;
+    __u64 served[3];
 } pyvmm_uart_fast;
+
+enum { PYVMM_CELL_LSR, PYVMM_CELL_IER, PYVMM_CELL_IER_VALID };
 
 static int pyvmm_newest_coalesced_is_newline(struct kvm_coalesced_mmio_ring *ring)
 {
@@ -295,13 +299,26 @@ static int pyvmm_run_uart_fast(pyvmm_uart_fast *fast)
     for (;;) {
         if (ioctl(fast->fd, KVM_RUN, 0) < 0)
             return -errno;
-        if (run->exit_reason != KVM_EXIT_IO || run->io.direction != KVM_EXIT_IO_IN
-                || run->io.port != fast->lsr_port || run->io.size != 1 || run->io.count != 1)
+        if (run->exit_reason != KVM_EXIT_IO || run->io.size != 1 || run->io.count != 1)
             return 0;
-        if (fast->ring && pyvmm_newest_coalesced_is_newline(fast->ring))
+        __u8 *data = (__u8 *)run + run->io.data_offset;
+        __u16 port = run->io.port;
+        int ier_here = __atomic_load_n(&fast->cells[PYVMM_CELL_IER_VALID], __ATOMIC_ACQUIRE);
+        __u8 ier = __atomic_load_n(&fast->cells[PYVMM_CELL_IER], __ATOMIC_ACQUIRE);
+        if (run->io.direction == KVM_EXIT_IO_IN && port == fast->base + 5) {
+            if (fast->ring && pyvmm_newest_coalesced_is_newline(fast->ring))
+                return 0;
+            *data = __atomic_load_n(&fast->cells[PYVMM_CELL_LSR], __ATOMIC_ACQUIRE);
+            fast->served[0]++;
+        } else if (run->io.direction == KVM_EXIT_IO_IN && port == fast->base + 1 && ier_here) {
+            *data = ier;
+            fast->served[1]++;
+        } else if (run->io.direction == KVM_EXIT_IO_OUT && port == fast->base + 1 && ier_here
+                   && *data == ier) {
+            fast->served[2]++;
+        } else {
             return 0;
-        ((__u8 *)run)[run->io.data_offset] = __atomic_load_n(fast->lsr, __ATOMIC_ACQUIRE);
-        fast->served++;
+        }
     }
 }
 

@@ -76,10 +76,11 @@ class Vcpu:
             raise KvmError("KVM_RUN", -ret)
         return None
 
-    def uart_fast(self, lsr: Any, lsr_port: int, ring: Any) -> Any:
-        """A ``pyvmm_uart_fast`` for ``run_uart_fast``: ``lsr`` points at the LSR value."""
+    def uart_fast(self, cells: Any, base_port: int, ring: Any) -> Any:
+        """A ``pyvmm_uart_fast`` for ``run_uart_fast``: ``cells`` are the UART's published
+        LSR, IER and IER-valid bytes (pyvmm.devices.serial)."""
         return ffi.new("pyvmm_uart_fast *", {"fd": self.fd, "run": self._run, "ring": ring,
-                                             "lsr": lsr, "lsr_port": lsr_port})
+                                             "cells": cells, "base": base_port})
 
     def coalesced_ring(self) -> Any:
         """The VM's coalesced-I/O ring (a page of every vCPU's kvm_run mapping)."""

@@ -58,12 +58,15 @@ def _vm_flags(address: int) -> set[str]:
     raise AssertionError(f"{address:#x} is not mapped")
 
 
-@pytest.mark.parametrize("size, alignment", [(1 << 20, 2 << 20), (64 << 20, 2 << 20),
-                                             (1 << 30, 1 << 30)])
-def test_anonymous_ram_is_aligned_for_huge_pages(size: int, alignment: int) -> None:
+@pytest.mark.parametrize("size, alignment, cffi", [(1 << 20, 2 << 20, False),
+                                                   (64 << 20, 2 << 20, True),
+                                                   (1 << 30, 1 << 30, False)])
+def test_anonymous_ram_is_aligned_for_huge_pages(size: int, alignment: int, cffi: bool) -> None:
     import ctypes
 
-    memory = GuestMemory.anonymous([(0, size)])
+    from pyvmm.kvm._ffi import address_of
+
+    memory = GuestMemory.anonymous([(0, size)], address_of=address_of if cffi else None)
     anchor = ctypes.c_char.from_buffer(memory.regions[0].buffer)
     address = ctypes.addressof(anchor)
     del anchor

@@ -185,19 +185,31 @@ def test_tx_polled_follows_thre_interrupt_and_loopback() -> None:
 
 def test_lsr_cell_is_what_a_read_returns() -> None:
     device, _, _ = make()
-    assert device.lsr_cell[0] == rd(device, uart.LSR)
+    assert device.cells[uart.CELL_LSR] == rd(device, uart.LSR)
     device.enqueue_input(b"ab")
-    assert device.lsr_cell[0] == rd(device, uart.LSR) and device.lsr_cell[0] & uart.LSR_DATA_READY
+    assert device.cells[uart.CELL_LSR] == rd(device, uart.LSR) and device.cells[uart.CELL_LSR] & uart.LSR_DATA_READY
     rd(device, uart.RBR_THR_DLL)
     rd(device, uart.RBR_THR_DLL)
-    assert device.lsr_cell[0] == rd(device, uart.LSR)
-    assert not device.lsr_cell[0] & uart.LSR_DATA_READY
+    assert device.cells[uart.CELL_LSR] == rd(device, uart.LSR)
+    assert not device.cells[uart.CELL_LSR] & uart.LSR_DATA_READY
     device.write(uart.MCR, bytes([uart.MCR_LOOP]))
     device.transmit(b"L")  # loopback: into the receiver
-    assert device.lsr_cell[0] == rd(device, uart.LSR) and device.lsr_cell[0] & uart.LSR_DATA_READY
+    assert device.cells[uart.CELL_LSR] == rd(device, uart.LSR) and device.cells[uart.CELL_LSR] & uart.LSR_DATA_READY
     device.enqueue_input(b"more")
     device.write(uart.IIR_FCR, bytes([uart.FCR_ENABLE_FIFO | uart.FCR_CLEAR_RX]))
-    assert device.lsr_cell[0] == rd(device, uart.LSR)
+    assert device.cells[uart.CELL_LSR] == rd(device, uart.LSR)
+
+
+def test_ier_cells_follow_ier_and_dlab() -> None:
+    device, _, _ = make()
+    assert device.cells[uart.CELL_IER] == 0 and device.cells[uart.CELL_IER_VALID] == 1
+    device.write(uart.IER_DLM, bytes([uart.IER_RX_DATA | uart.IER_LINE_STATUS]))
+    assert device.cells[uart.CELL_IER] == rd(device, uart.IER_DLM) == 0x05
+    device.write(uart.LCR, bytes([uart.LCR_DLAB]))
+    assert device.cells[uart.CELL_IER_VALID] == 0  # offset 1 is the divisor latch now
+    device.write(uart.IER_DLM, b"\x00")
+    device.write(uart.LCR, b"\x03")
+    assert device.cells[uart.CELL_IER_VALID] == 1 and device.cells[uart.CELL_IER] == 0x05
 
 
 def test_transmit_under_dlab_sets_the_divisor() -> None:
@@ -207,3 +219,28 @@ def test_transmit_under_dlab_sets_the_divisor() -> None:
     assert rd(device, uart.RBR_THR_DLL) == 3
     device.flush()
     assert out == b""
+
+
+def test_the_timer_flush_does_not_wait_behind_a_writer() -> None:
+    import threading
+
+    release = threading.Event()
+    writing = threading.Event()
+    chunks: list[bytes] = []
+
+    def slow_out(data: bytes) -> None:
+        writing.set()
+        release.wait(5)
+        chunks.append(data)
+
+    device = Serial(FakeLine(), slow_out)
+    device.transmit(b"first line\n"[:5])
+    writer = threading.Thread(target=device.flush)
+    writer.start()
+    assert writing.wait(5)
+    device.transmit(b"more")
+    assert device.flush_due(__import__("time").monotonic() + 1) is not None  # no wait
+    release.set()
+    writer.join(5)
+    device.flush()
+    assert chunks == [b"first", b"more"]

@@ -9,7 +9,7 @@ from pyvmm.devices.serial import Serial
 from pyvmm.kvm._ffi import ffi, lib
 from pyvmm.uart_fastpath import UartFastPath, wanted_halves
 
-from .test_serial import FakeLine
+from .test_serial import FakeLine, rd
 
 SLOTS = (mmap.PAGESIZE - ffi.sizeof("struct kvm_coalesced_mmio_ring")) \
     // ffi.sizeof("struct kvm_coalesced_mmio")
@@ -54,8 +54,8 @@ class FakeVcpu:
     def coalesced_ring(self):
         return self._ring.ring
 
-    def uart_fast(self, lsr, lsr_port, ring):
-        return ffi.new("pyvmm_uart_fast *", {"fd": -1, "lsr": lsr, "lsr_port": lsr_port,
+    def uart_fast(self, cells, base_port, ring):
+        return ffi.new("pyvmm_uart_fast *", {"fd": -1, "cells": cells, "base": base_port,
                                              "ring": ring})
 
 
@@ -113,11 +113,14 @@ def test_a_mode_switch_applies_what_the_ring_still_holds_first() -> None:
     assert not device.input_room() < uart.INPUT_CAPACITY
 
 
-def test_lsr_value_for_c_is_the_uart_cell() -> None:
+def test_the_c_loop_reads_the_uart_cells() -> None:
     fast, device, _, _, _ = make()
     device.enqueue_input(b"k")
-    assert fast._lsr[0] == device.lsr_cell[0]  # the byte the C loop answers with
-    assert device.lsr_cell[0] & uart.LSR_DATA_READY
+    device.write(uart.IER_DLM, bytes([uart.IER_RX_DATA]))
+    cells = fast._cells  # what pyvmm_run_uart_fast answers from
+    assert cells[uart.CELL_LSR] == rd(device, uart.LSR) and cells[uart.CELL_LSR] & 1
+    assert cells[uart.CELL_IER] == rd(device, uart.IER_DLM) == uart.IER_RX_DATA
+    assert cells[uart.CELL_IER_VALID] == 1
 
 
 def test_halves_can_be_turned_off() -> None:

@@ -82,7 +82,7 @@ def test_numbers_and_options_out_of_range(tmp_path, args, fragment) -> None:
 def test_guest_ram_the_host_cannot_reserve(tmp_path, monkeypatch) -> None:
     from pyvmm.memory import GuestMemory
 
-    def refuse(_ranges, shared=False):
+    def refuse(_ranges, **_options):
         raise OSError(12, "Cannot allocate memory")
     monkeypatch.setattr(GuestMemory, "anonymous", staticmethod(refuse))
     result = run_with_kernel(tmp_path, make_bzimage(), "--memory", "1T")

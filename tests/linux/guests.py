@@ -62,6 +62,8 @@ def pyvmm_args(guest: Guest, run: str, *, cpus: int = 1, drives: tuple[Path, ...
     args = ["run", "--kernel", str(image(guest.kernel)), "--initrd", str(image(guest.initrd)),
             "--cpus", str(cpus), "--memory", "512M",
             "--append", guest.append(run, extra_append), *options]
+    if "--timeout" not in options:  # a hang is a failure with a status, not a stuck test
+        args += ["--timeout", "200"]
     if guest.console == "hvc0":
         args += ["--virtio-announce", "acpi"]
     for drive in drives:
@@ -84,6 +86,34 @@ def qemu_args(guest: Guest, run: str, *, cpus: int = 1,
         args += ["-drive", f"id=d{index},file={drive},format=raw,if=none",
                  "-device", f"virtio-blk-device,drive=d{index}"]
     return args
+
+
+def boot_and_type(command: list[str], *, prompt: bytes, line: bytes,
+                  timeout: float = 300) -> Boot:
+    """Boot, and once the guest prints ``prompt``, type ``line`` on its console.
+
+    Input sent earlier may rightly be lost: the 8250 driver clears the UART's
+    FIFOs when the port is opened, as a real UART does.
+    """
+    start = time.monotonic()
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    seen = b""
+    try:
+        while prompt not in seen and time.monotonic() - start < timeout:
+            chunk = proc.stdout.read1(4096)  # type: ignore[attr-defined]
+            if not chunk:
+                break
+            seen += chunk
+        if prompt in seen:
+            proc.stdin.write(line)
+            proc.stdin.flush()
+        out, err = proc.communicate(timeout=max(1.0, timeout - (time.monotonic() - start)))
+    finally:
+        proc.kill()
+    return Boot(proc.returncode, (seen + out).decode(errors="replace"),
+                err.decode(errors="replace"), time.monotonic() - start)
 
 
 def boot(command: list[str], *, stdin: bytes = b"", timeout: float = 300) -> Boot:

@@ -10,7 +10,7 @@ import pytest
 
 from pyvmm.exitstatus import ExitStatus
 
-from .guests import CLOUD, boot, pyvmm_args
+from .guests import CLOUD, boot, boot_and_type, pyvmm_args
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 4])
@@ -37,6 +37,7 @@ def test_two_disks_the_guest_formats_and_writes_and_the_host_reads(tmp_path: Pat
 
 
 def test_host_input_reaches_the_shell_on_hvc0() -> None:
-    result = boot(pyvmm_args(CLOUD, "read line; echo got-$line"), stdin=b"hello-hvc\n")
+    result = boot_and_type(pyvmm_args(CLOUD, "echo type-now; read line; echo got-$line"),
+                           prompt=b"type-now", line=b"hello-hvc\n")
     assert "got-hello-hvc" in result.output
     assert result.status == ExitStatus.OK, result.stderr

@@ -13,7 +13,7 @@ import pytest
 from pyvmm.exitstatus import ExitStatus
 from tests.integration.conftest import image, run_pyvmm
 
-from .guests import MINIMAL, MINIMAL_PVH, Guest, boot, pyvmm_args
+from .guests import MINIMAL, MINIMAL_PVH, Guest, boot, boot_and_type, pyvmm_args
 
 
 @pytest.mark.parametrize("guest", [MINIMAL, MINIMAL_PVH], ids=lambda g: g.name)
@@ -93,6 +93,7 @@ def test_sigterm_exits_143_with_the_guests_flushed_writes_on_disk(tmp_path: Path
 
 
 def test_serial_input_reaches_the_guest_shell() -> None:
-    result = boot(pyvmm_args(MINIMAL, "read line; echo got-$line"), stdin=b"hello-guest\n")
+    result = boot_and_type(pyvmm_args(MINIMAL, "echo type-now; read line; echo got-$line"),
+                           prompt=b"type-now", line=b"hello-guest\n")
     assert "got-hello-guest" in result.output
     assert result.status == ExitStatus.OK, result.stderr

@@ -26,19 +26,26 @@ if hardware_kvm; then
     python3 -m pytest -q -m linux "$@" && linux=0 || linux=$?
 else
     echo "test.sh: /dev/kvm is not hardware KVM here: the linux tests run in scripts/rig.py" >&2
-    job="images/out/rig-job"   # kept: the output and any dumps of a failed run
-    rm -rf "$job"
-    python3 scripts/rig.py --job "$job" -- \
-        python3 -m pytest -q -p no:cacheprovider -m linux "$@" && linux=0 || linux=$?
-    if [ "$linux" -eq 125 ]; then
-        echo "test.sh: SKIPPED the linux tests: the rig failed on its own twice" \
-             "(its reason is above, after 'rig: FAILED'); this is not a pyvmm failure" >&2
-        linux=0
-    elif [ "$linux" -eq 126 ]; then
-        echo "test.sh: the rig can't run here (see above)" >&2
-    fi
+    # One rig session per test file: a failure of the rig itself then costs a
+    # retry of that file only.  The job directories keep output and any dumps.
+    linux=0
+    for file in tests/linux/test_*.py; do
+        job="images/out/rig-job/$(basename "$file" .py)"
+        rm -rf "$job"
+        python3 scripts/rig.py --job "$job" -- \
+            python3 -m pytest -q -p no:cacheprovider -m linux "$file" "$@" && rc=0 || rc=$?
+        if [ "$rc" -eq 125 ]; then
+            echo "test.sh: SKIPPED $file: the rig failed on its own twice (its reason is" \
+                 "above, after 'rig: FAILED'); this is not a pyvmm failure" >&2
+            rc=0
+        elif [ "$rc" -eq 126 ]; then
+            echo "test.sh: the rig can't run here (see above)" >&2
+        fi
+        if [ "$rc" -eq 5 ]; then rc=0; fi   # nothing selected in this file
+        if [ "$rc" -ne 0 ]; then linux=$rc; fi
+    done
 fi
-[ "$linux" -eq 5 ] && linux=0   # no linux test selected by the arguments
-[ "$status" -eq 5 ] && status=0
-[ "$status" -ne 0 ] && exit "$status"
+if [ "$linux" -eq 5 ]; then linux=0; fi   # no linux test selected by the arguments
+if [ "$status" -eq 5 ]; then status=0; fi
+if [ "$status" -ne 0 ]; then exit "$status"; fi
 exit "$linux"

@@ -140,6 +140,8 @@ class Machine:
     def _vcpu_main(self, vcpu: Vcpu) -> None:
         try:
             reason = self._vcpu_loop(vcpu)
+            if reason is not None and reason.kind == "triple-fault":
+                reason = dataclasses.replace(reason, message=f"{reason.message} on vCPU {vcpu.id}")
             if reason is not None:
                 self.request_stop(reason)
         except Exception as exc:  # noqa: BLE001 - reported, then the VM stops
@@ -432,9 +434,9 @@ class Machine:
             self._add_to_stop_message(f"[emulation assists: {done}]")
 
     def _note_where_vcpus_were(self) -> None:
-        """For a timeout or signal, say where each vCPU was: evidence for a hung guest."""
+        """For a timeout, signal or triple fault, say where each vCPU was: evidence."""
         reason = self._stop_reason
-        if reason is None or reason.kind not in ("timeout", "signal"):
+        if reason is None or reason.kind not in ("timeout", "signal", "triple-fault"):
             return
         places = []
         for vcpu, thread in zip(self.vcpus, self._threads):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 
 import pytest
@@ -65,6 +66,7 @@ def test_triple_fault_is_a_crash() -> None:
     assert "pyvmm-tiny: triple fault" in result.stdout
     assert result.status == 8
     assert "triple-faulted" in result.stderr
+    assert re.search(r"on vCPU 0 \(vCPU 0 at RIP 0x[0-9a-f]+\)", result.stderr), result.stderr
 
 
 def test_timeout_exits_124() -> None:

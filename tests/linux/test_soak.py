@@ -40,7 +40,7 @@ def test_boots_in_a_row(guest: Guest, cpus: int, tmp_path: Path,
         lines = result.guest_lines() if "pyvmm-init: exit" in result.output else None
         if result.status != 0 or lines != [str(cpus), "4096"]:
             failures.append(f"boot {attempt}: status {result.status}, lines {lines}, "
-                            f"{result.stderr.strip()[-300:]}")
+                            f"{result.stderr.strip()[-300:]}\nconsole tail:\n{result.output[-1500:]}")
     with capsys.disabled():
         print(f"\nsoak {guest.name} {cpus} vCPU: {BOOTS} boots, {len(failures)} failed; "
               f"pyvmm median {statistics.median(times):.1f} s, slowest {max(times):.1f} s; "

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the --stats reader of this checkout
+from pyvmm.stats import read_json_stats  # noqa: E402
 OUT = REPO / "images" / "out"
 QEMU = shutil.which("qemu-system-x86_64")
 QEMU_MICROVM = [QEMU or "qemu-system-x86_64", "-M", "microvm,x-option-roms=off,rtc=off,acpi=off",
@@ -178,11 +180,7 @@ def time_rig_run(command: list[str], cwd: Path, limit: float,
                         at[name] = now
     status = proc.wait()
     to_exit = time.monotonic() - start
-    stats = None
-    for line in errors.decode(errors="replace").splitlines():
-        if line.startswith('{"pyvmm_stats"'):
-            stats = json.loads(line)["pyvmm_stats"]
-    return RigRun(at, to_exit, status, stats)
+    return RigRun(at, to_exit, status, read_json_stats(errors.decode(errors="replace")))
 
 
 @dataclass

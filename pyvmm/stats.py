@@ -64,6 +64,22 @@ class ExitCounter:
             entry[1] += serve_ns
 
 
+#: The key of the one JSON object ``--stats=json`` prints on a line of stderr.
+JSON_KEY = "pyvmm_stats"
+
+
+def read_json_stats(stderr: str) -> dict[str, Any] | None:
+    """The ``--stats=json`` report in a run's stderr (None if absent): for benches and tests."""
+    import json
+
+    prefix = '{"' + JSON_KEY + '"'
+    for line in stderr.splitlines():
+        if line.startswith(prefix):
+            report: dict[str, Any] = json.loads(line)[JSON_KEY]
+            return report
+    return None
+
+
 def _row(count: int, ns: int) -> dict[str, Any]:
     return {"count": count, "total_us": round(ns / 1000, 1),
             "mean_us": round(ns / count / 1000, 2)}
@@ -149,7 +165,7 @@ class RunStats:
     def json_line(self) -> str:
         import json  # only for --stats=json: a plain run does not pay for it
 
-        return json.dumps({"pyvmm_stats": self.as_dict()}, separators=(",", ":"))
+        return json.dumps({JSON_KEY: self.as_dict()}, separators=(",", ":"))
 
     def text(self) -> str:
         """The human-readable summary printed to stderr at exit."""

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
+
+from pyvmm.stats import read_json_stats
 
 from .conftest import image, run_pyvmm
 
 
 def stats_of(stderr: str) -> dict:
-    line = next(line for line in stderr.splitlines() if line.startswith('{"pyvmm_stats"'))
-    return json.loads(line)["pyvmm_stats"]
+    stats = read_json_stats(stderr)
+    assert stats is not None, f"no --stats=json line in stderr:\n{stderr[-2000:]}"
+    return stats
 
 
 def _count(stats: dict, kinds: tuple[str, ...], address: int) -> int:

@@ -1,0 +1,75 @@
+"""scripts/rig.py without booting it: what it says when it can't run, and how it reads its console."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+RIG = Path(__file__).resolve().parents[2] / "scripts" / "rig.py"
+
+
+def load_rig() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("rig_under_test", RIG)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_qemu_is_exit_126_in_one_line(tmp_path: Path) -> None:
+    env = dict(os.environ, PATH=str(tmp_path))  # nothing to find on it
+    proc = subprocess.run([sys.executable, str(RIG), "--no-compile", "--", "true"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 126
+    assert proc.stderr.strip().splitlines() == [
+        "rig: can't run here: no qemu-system-x86_64 (apt-get install qemu-system-x86)"]
+
+
+def test_no_kernel_with_kvm_amd_is_exit_126(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    rig = load_rig()
+    monkeypatch.setattr(rig.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(rig.os.path, "isdir", lambda path: False)  # no /lib/modules
+    assert rig.main(["--no-compile", "--", "true"]) == 126
+    assert "no kernel with kvm_amd" in capsys.readouterr().err
+
+
+def test_the_newest_kernel_with_kvm_amd_is_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    rig = load_rig()
+    releases = ["6.1.0-9-amd64", "6.1.0-56-amd64", "6.1.0-60-amd64"]
+    monkeypatch.setattr(rig.os.path, "isdir", lambda path: True)
+    monkeypatch.setattr(rig.os, "listdir", lambda path: releases)
+    monkeypatch.setattr(rig.Path, "exists", lambda self: True)
+    # 6.1.0-60 has no kvm_amd: the newest usable one is 6.1.0-56 (numeric, not text, order).
+    monkeypatch.setattr(rig, "_modules",
+                        lambda release, wanted: None if "-60-" in release else object())
+    assert rig.rig_kernel() == "6.1.0-56-amd64"
+
+
+@pytest.mark.parametrize("line,failure", [
+    (b"[   89.028058] Kernel panic - not syncing: softlockup: hung tasks", True),
+    (b"[    3.1] BUG: TASK stack guard page was hit at 0000 (stack is 0..1)", True),
+    (b"[    7.2] Oops: 0000 [#1] PREEMPT SMP NOPTI", True),
+    (b"[   75.3] kvm [200]: vcpu0, guest rIP: 0xffffffffb3673744 Unhandled WRMSR", False),
+    (b"RIG-HEARTBEAT", False),
+])
+def test_the_rig_console_is_read_for_its_own_failures(line: bytes, failure: bool) -> None:
+    rig = load_rig()
+    session = rig.Session(rig.parse_args(["--", "true"]), "r", Path("/nonexistent"),
+                          Path("/nonexistent"))
+    session._line(line)
+    assert (session.failure is not None) == failure and session.status is None
+
+
+def test_the_status_line_ends_the_session_with_the_commands_status() -> None:
+    rig = load_rig()
+    session = rig.Session(rig.parse_args(["--", "true"]), "r", Path("/nonexistent"),
+                          Path("/nonexistent"))
+    session._line(b"RIG-RC=7\r")
+    assert session.status == 7 and session.failure is None

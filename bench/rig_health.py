@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """How often the rig fails on its own: N sessions of scripts/rig.py, tallied.
 
-    python3 bench/rig_health.py [--sessions 30] [--busy] [rig options] [-- COMMAND]
+    python3 bench/rig_health.py [--sessions 30] [--boots 1] [--busy] [rig options] [-- COMMAND]
 
 Each session runs COMMAND (default: boot Debian's cloud kernel with 2 vCPUs
-under pyvmm, which exercises nested SVM the way the linux tests do) with
+under pyvmm ``--boots`` times, which exercises nested SVM the way the linux
+tests do; the rig fails more often the longer a session runs) with
 ``--retries 0``, and is counted as ok, a failure of the command, or a failure
 of the rig itself (exit 125, by the reason rig.py gives).  ``--busy`` keeps
 one host core busy with a spinning process for the whole run, as a CI
@@ -30,13 +31,15 @@ DEFAULT = ("python3 -m pyvmm run -k images/out/cloud/vmlinuz -i images/out/cloud
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=30)
+    parser.add_argument("--boots", type=int, default=1,
+                        help="guest boots per session of the default command")
     parser.add_argument("--busy", action="store_true", help="spin one host core meanwhile")
     parser.add_argument("--rig-option", action="append", default=[],
                         help="passed to rig.py, e.g. --rig-option=--tcg-threads=single")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    command = command or [DEFAULT]
+    command = command or [f"for i in $(seq {args.boots}); do {DEFAULT} || exit $?; done"]
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
     outcomes: collections.Counter[str] = collections.Counter()
     times = []
@@ -65,7 +68,8 @@ def main() -> int:
         if spinner:
             spinner.kill()
     failures = sum(n for o, n in outcomes.items() if o.startswith("rig failure"))
-    print(f"\nrig options {args.rig_option or 'default'}, busy={args.busy}: "
+    print(f"\nrig options {args.rig_option or 'default'}, busy={args.busy}, "
+          f"boots per session {args.boots}: "
           f"{args.sessions} sessions, {failures} rig failures "
           f"({100 * failures / args.sessions:.0f}%), {outcomes['ok']} ok"
           + (f", median ok session {statistics.median(times):.1f} s" if times else ""))

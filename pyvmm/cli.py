@@ -8,15 +8,15 @@ plain ``pyvmm run`` imports neither rich nor pyelftools.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import click
 
 from pyvmm import __version__
+from pyvmm.cli_errors import reports_errors
 from pyvmm.cli_options import effective_config, machine_options
 from pyvmm.errors import PyvmmError
 from pyvmm.exitstatus import ExitStatus
@@ -82,23 +82,6 @@ def entry() -> None:
         except (OSError, ValueError):
             pass
     os._exit(status)
-
-
-def fail(error: PyvmmError) -> None:
-    """Report ``error`` as one line on stderr and exit with its status."""
-    click.echo(f"pyvmm: error: {error}", err=True)
-    sys.exit(error.exit_status)
-
-
-def reports_errors(command: Callable) -> Callable:
-    """A command whose PyvmmErrors end as ``fail`` does: one line, the error's status."""
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except PyvmmError as error:
-            fail(error)
-    return wrapper
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -78,7 +78,12 @@ class _Locator:
                 break  # the next table ends the one searched
             if pattern.match(self.lines[number]):
                 return f"{self.path}:{number + 1}"
-        return f"{self.path}:{start}" if table is not None else self.path
+        if table is not None:
+            return f"{self.path}:{start}"
+        for number, line in enumerate(self.lines):  # a [key] table where a value belongs
+            if (match := _HEADER.match(line)) and match.group(1) == key:
+                return f"{self.path}:{number + 1}"
+        return self.path
 
     def fail(self, key: str, message: str, table: str | None = None,
              index: int = 0) -> ConfigError:

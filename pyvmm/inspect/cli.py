@@ -12,11 +12,11 @@ from typing import Any
 
 import click
 
+from pyvmm.cli_errors import reports_errors
 from pyvmm.dump import DumpError
 from pyvmm.dump.core import CoreDump
 from pyvmm.dump.pagewalk import PageWalkError
 from pyvmm.dump.state import GENERAL
-from pyvmm.cli import reports_errors
 from pyvmm.dump.pagewalk import WalkStep
 from pyvmm.inspect.view import GuestView
 

@@ -7,8 +7,12 @@ plain ``pyvmm run`` imports neither rich nor pyelftools.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import importlib
+import importlib.util
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -34,16 +38,12 @@ class _LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         command = super().get_command(ctx, name)
         if command is None and name in self._available():
-            import importlib
-
             module_name, attribute = _LAZY_COMMANDS[name]
             command = getattr(importlib.import_module(module_name), attribute)
         return command
 
     @staticmethod
     def _available() -> set[str]:
-        import importlib.util
-
         available = set()
         for name, (module, _) in _LAZY_COMMANDS.items():
             try:
@@ -62,9 +62,6 @@ def entry() -> None:
     interpreter would add tens of milliseconds to every exit, which a script
     waiting on pyvmm pays.  atexit handlers still run.
     """
-    import atexit
-    import os
-
     try:
         main()
         status = 0

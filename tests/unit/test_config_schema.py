@@ -57,6 +57,8 @@ def test_every_option_is_a_click_option(command) -> None:
         flags = set(params[option.field].opts) | set(params[option.field].secondary_opts)
         assert set(option.flags[0].split("/")) | set(option.flags[1:]) <= flags
         assert params[option.field].help == option.help
+        long_flag = option.flags[0].split("/")[0]
+        assert option.toml == long_flag.removeprefix("--").replace("-", "_")  # as README says
 
 
 def test_every_option_is_a_toml_key(tmp_path) -> None:

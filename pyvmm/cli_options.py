@@ -118,9 +118,7 @@ def effective_config(ctx: click.Context, params: dict[str, Any]) -> MachineConfi
         value = params.get(option.field)
         if option.multiple:
             if value:
-                kind = option.kind
-                given[option.field] = kind.from_texts(value) if hasattr(kind, "from_texts") \
-                    else tuple(value)
+                given[option.field] = option.kind.from_texts(value)
         elif value is not None and \
                 ctx.get_parameter_source(option.field) == click.core.ParameterSource.COMMANDLINE:
             given[option.field] = value

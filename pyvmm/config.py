@@ -27,7 +27,7 @@ from pyvmm.errors import ConfigError
 
 __all__ = ["MachineConfig", "DriveConfig", "ShareConfig", "Option", "machine_options",
            "config_from_options", "check_values", "parse_drive", "parse_share", "parse_size",
-           "size_name", "memory_problem", "timeout_problem", "cpus_problem", "MIN_MEMORY",
+           "size_name", "memory_problem", "timeout_problem", "MIN_MEMORY",
            "MAX_MEMORY", "MAX_TIMEOUT", "BadValue", "ConfigError", "CACHE_MODES", "TablesKind",
            "table_keys"]
 
@@ -71,10 +71,7 @@ def _option(*flags: str, help: str, kind: Kind | None = None, name: str = "",
                            metavar=metavar, multiple=multiple)}
 
 
-def cpus_problem(count: int) -> str | None:
-    return _CPUS.problem(count)
-
-
+#: vCPUs: xAPIC IDs are 8 bits (see pyvmm.arch.x86_64.cpuid).
 _CPUS = CountKind(1, MAX_CPUS, "a machine needs at least one vCPU",
                   f"the platform describes at most {MAX_CPUS} vCPUs (8-bit xAPIC IDs)")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from pyvmm.config_values import (OFF, ON, BadValue, ChoiceKind, Kind, PathKind, SwitchKind,
                                  TextKind)
@@ -65,9 +65,12 @@ class TablesKind(Kind):
 
     def __init__(self, table: type, parse_spec: Callable[[str, int], Any]) -> None:
         self.table, self.parse_spec = table, parse_spec
-        self.toml_name = f"a list of tables"
+        self.toml_name = "a list of tables"
 
-    def from_texts(self, specs: tuple[str, ...]) -> tuple:
+    def from_text(self, text: str) -> tuple:
+        return self.from_texts([text])
+
+    def from_texts(self, specs: Sequence[str]) -> tuple:
         return tuple(self.parse_spec(spec, index) for index, spec in enumerate(specs))
 
     def from_value(self, value: Any) -> Any:

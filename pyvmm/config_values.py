@@ -85,6 +85,10 @@ class Kind:
         """The value of command-line (or TOML, or keyword) text."""
         return text
 
+    def from_texts(self, texts: Sequence[str]) -> Any:
+        """The value of a repeatable option given once per text (``--dump-on a --dump-on b``)."""
+        return tuple(self.from_text(text) for text in texts)
+
     def from_value(self, value: Any) -> Any:
         """The value of a Python value: text is read as the command line reads it."""
         if isinstance(value, str):
@@ -255,6 +259,9 @@ class EventsKind(ChoiceKind):
 
     def from_text(self, text: str) -> tuple[str, ...]:
         return (text,)
+
+    def from_texts(self, texts: Sequence[str]) -> tuple[str, ...]:
+        return tuple(texts)
 
     def from_value(self, value: Any) -> Any:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):

@@ -9,15 +9,18 @@ writing them out was.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from pyvmm.config import MachineConfig, Option, Origin, check_values
+from pyvmm.config import MachineConfig, Option, check_values
 from pyvmm.config import machine_options as schema
 from pyvmm.config_values import (BadValue, ChoiceKind, CountKind, EventsKind, Kind, PathKind,
                                  SecondsKind, SizeKind, SwitchKind)
 from pyvmm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyvmm.config import Origin
 
 
 class _KindType(click.ParamType):

@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Protocol
 
-from pyvmm.arch.x86_64.cpuid import MAX_CPUS
+from pyvmm.arch.x86_64.layout import MAX_CPUS
 from pyvmm.config_tables import (CACHE_MODES, DriveConfig, ShareConfig, TablesKind,
                                  parse_drive, parse_share, table_keys)
 from pyvmm.config_values import (MAX_MEMORY, MAX_TIMEOUT, MIN_MEMORY, BadValue, ChoiceKind,
@@ -44,9 +44,9 @@ VIRTIO_ANNOUNCE = ("both", "acpi", "cmdline")
 EMULATION_ASSIST = ("auto", "on", "off")
 
 
-@dataclass(frozen=True)
-class Option:
-    """One machine option, as every front end sees it."""
+class Option(NamedTuple):
+    """One machine option, as every front end sees it (a NamedTuple: a fifth of a
+    frozen dataclass's class-creation time, which every ``pyvmm`` start pays)."""
 
     #: The MachineConfig attribute (also click's parameter name).
     field: str
@@ -71,7 +71,7 @@ def _option(*flags: str, help: str, kind: Kind | None = None, name: str = "",
                            metavar=metavar, multiple=multiple)}
 
 
-#: vCPUs: xAPIC IDs are 8 bits (see pyvmm.arch.x86_64.cpuid).
+#: vCPUs: xAPIC IDs are 8 bits (see pyvmm.arch.x86_64.layout).
 _CPUS = CountKind(1, MAX_CPUS, "a machine needs at least one vCPU",
                   f"the platform describes at most {MAX_CPUS} vCPUs (8-bit xAPIC IDs)")
 
@@ -171,14 +171,15 @@ def machine_options() -> tuple[Option, ...]:
     return tuple(options)
 
 
-class Origin(Protocol):
-    """Where values came from, so an error names them as the user wrote them."""
+if TYPE_CHECKING:  # a type only: a Protocol class costs start-up time to make
+    class Origin(Protocol):
+        """Where values came from, so an error names them as the user wrote them."""
 
-    def error(self, option: Option, message: str, value: Any = None) -> ConfigError:
-        """``message`` about ``option`` (given as ``value``, when there is one)."""
+        def error(self, option: Option, message: str, value: Any = None) -> ConfigError:
+            """``message`` about ``option`` (given as ``value``, when there is one)."""
 
-    def needs(self, option: Option, other: Option, why: str) -> ConfigError:
-        """``option`` is given without ``other``, which it needs."""
+        def needs(self, option: Option, other: Option, why: str) -> ConfigError:
+            """``option`` is given without ``other``, which it needs."""
 
 
 class _Keywords:

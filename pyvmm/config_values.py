@@ -29,7 +29,8 @@ MAX_MEMORY = 1 << 40
 #: Longest --timeout: a year (longer is a mistake, and time.monotonic() + it must stay exact).
 MAX_TIMEOUT = 366 * 24 * 3600.0
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+#: A size; compiled on first use (re caches it), not at every pyvmm start.
+_SIZE_PATTERN = r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$"
 _SIZE_UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 ON, OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
 
@@ -49,7 +50,7 @@ def size_name(size: int) -> str:
 
 def parse_size(text: str) -> int:
     """Bytes in a size such as ``512M``, ``2G``, ``1GiB`` or ``768`` (MiB, as QEMU's -m)."""
-    match = _SIZE_RE.match(text)
+    match = re.match(_SIZE_PATTERN, text, re.IGNORECASE)
     if not match:
         raise BadValue(f"{text!r} is not a size (use e.g. 512M or 2G)")
     number, unit = int(match.group(1)), match.group(2).upper()

@@ -1,4 +1,6 @@
 """Only here to hand the cffi build script to setuptools (pyproject has the rest)."""
 from setuptools import setup
 
-setup(cffi_modules=["pyvmm/kvm/_build.py:ffibuilder"])
+# Two compiled modules: the KVM binding, and the host helpers a disk or a virtio
+# queue needs without KVM (fallocate, a memory fence).
+setup(cffi_modules=["pyvmm/kvm/_build.py:ffibuilder", "pyvmm/_hostio_build.py:ffibuilder"])

@@ -5,12 +5,13 @@ load overtake an earlier store to a different address.  The virtio split ring
 depends on exactly that pair being ordered (publish avail_event, then re-read
 avail idx; publish used idx, then read used_event or the no-interrupt flag),
 so each such place calls :func:`fence` between the two.  It is one ``mfence``
-through the compiled helper module.
+through the compiled host helper module (pyvmm._hostio_build), which a queue
+can load without KVM.
 """
 
 from __future__ import annotations
 
-from pyvmm.kvm._ffi import lib
+from pyvmm._hostio_cffi import lib
 
 __all__ = ["fence"]
 

@@ -7,19 +7,22 @@ plain ``pyvmm run`` imports neither rich nor pyelftools.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
-import functools
+import importlib
+import importlib.util
 import logging
+import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import click
 
 from pyvmm import __version__
-from pyvmm.config import (CPU_POLICIES, DEFAULT_CMDLINE, DUMP_EVENTS, VIRTIO_ANNOUNCE, MachineConfig, parse_drive,
-                          parse_share, parse_size)
-from pyvmm.errors import ConfigError, PyvmmError
+from pyvmm.cli_errors import reports_errors
+from pyvmm.cli_options import effective_config, machine_options
+from pyvmm.errors import PyvmmError
 from pyvmm.exitstatus import ExitStatus
 
 #: Subcommands imported on first use: name -> (module, attribute).
@@ -35,16 +38,12 @@ class _LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         command = super().get_command(ctx, name)
         if command is None and name in self._available():
-            import importlib
-
             module_name, attribute = _LAZY_COMMANDS[name]
             command = getattr(importlib.import_module(module_name), attribute)
         return command
 
     @staticmethod
     def _available() -> set[str]:
-        import importlib.util
-
         available = set()
         for name, (module, _) in _LAZY_COMMANDS.items():
             try:
@@ -63,9 +62,6 @@ def entry() -> None:
     interpreter would add tens of milliseconds to every exit, which a script
     waiting on pyvmm pays.  atexit handlers still run.
     """
-    import atexit
-    import os
-
     try:
         main()
         status = 0
@@ -85,140 +81,10 @@ def entry() -> None:
     os._exit(status)
 
 
-def fail(error: PyvmmError) -> None:
-    """Report ``error`` as one line on stderr and exit with its status."""
-    click.echo(f"pyvmm: error: {error}", err=True)
-    sys.exit(error.exit_status)
-
-
-def reports_errors(command: Callable) -> Callable:
-    """A command whose PyvmmErrors end as ``fail`` does: one line, the error's status."""
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except PyvmmError as error:
-            fail(error)
-    return wrapper
-
-
-class _SizeType(click.ParamType):
-    name = "SIZE"
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(value)
-        except PyvmmError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pyvmm")
 def main() -> None:
     """pyvmm: boot Linux kernels on KVM from the command line."""
-
-
-#: Options of ``pyvmm run`` that a config file may also set: option name -> file key.
-FILE_KEYS = {"kernel": "kernel", "initrd": "initrd", "cmdline": "append", "memory": "memory",
-             "cpus": "cpus", "timeout": "timeout", "cpu_policy": "cpu",
-             "virtio_console": "virtio_console", "drives": "drive",
-             "virtio_announce": "virtio_announce", "acpi": "acpi", "dump": "dump",
-             "dump_on": "dump_on", "control": "control",
-             "emulation_assist": "emulation_assist"}
-#: What an option is when neither the command line nor the file sets it.
-DEFAULTS: dict[str, Any] = {"initrd": None, "cmdline": DEFAULT_CMDLINE, "memory": 512 << 20,
-                            "cpus": 1, "timeout": None, "cpu_policy": "auto",
-                            "virtio_console": True, "drives": (),
-                            "virtio_announce": "both", "acpi": True, "dump": None,
-                            "dump_on": (), "control": None, "emulation_assist": "auto"}
-
-
-def machine_options(command: Callable) -> Callable:
-    """The options that describe a machine, shared by ``run`` and ``config show``."""
-    options = [
-        click.option("--config", "config_file", type=click.Path(dir_okay=False),
-                     help="A machine config file (TOML); options given here override it."),
-        click.option("--kernel", "-k", type=click.Path(dir_okay=False),
-                     help="Kernel to boot: a bzImage, or an ELF vmlinux with a PVH entry."),
-        click.option("--initrd", "-i", type=click.Path(dir_okay=False),
-                     help="Initial ramdisk (e.g. a cpio archive) handed to the kernel."),
-        click.option("--append", "-a", "cmdline", metavar="CMDLINE",
-                     help=f"Kernel command line (default: {DEFAULT_CMDLINE!r})."),
-        click.option("--memory", "-m", type=_SizeType(),
-                     help="Guest RAM, e.g. 512M or 2G (a bare number is MiB; default 512M)."),
-        click.option("--cpus", "-c", type=int, help="Number of vCPUs (default 1)."),
-        click.option("--timeout", "-t", type=float, metavar="SECONDS",
-                     help="Stop the guest after SECONDS and exit 124."),
-        click.option("--cpu", "cpu_policy", type=click.Choice(CPU_POLICIES),
-                     help="CPU features shown to the guest: host (all KVM supports), compat "
-                          "(hide what software emulation can't run), auto (default: compat "
-                          "on a kvm_pvm host, else host)."),
-        click.option("--drive", "-d", "drives", multiple=True, metavar="SPEC",
-                     help="A virtio-block disk: path=IMG[,readonly=on][,cache=none|writeback]"
-                          "[,serial=ID].  Repeat for vda, vdb, ..."),
-        click.option("--share", "shares", multiple=True, metavar="DIR[,tag=NAME][,ro]",
-                     help="Give the guest a host directory over virtio-fs (a virtiofsd per "
-                          "share): mount -t virtiofs NAME /mnt (default tags share0, "
-                          "share1, ...).  Repeatable."),
-        click.option("--virtio-console/--no-virtio-console", default=None,
-                     help="Give the guest a virtio console, hvc0 (default on); with "
-                          "console=hvc0 on the command line it takes the terminal."),
-        click.option("--virtio-announce", type=click.Choice(VIRTIO_ANNOUNCE),
-                     help="How the guest learns of virtio devices: the kernel command line "
-                          "(virtio_mmio.device=, needs VIRTIO_MMIO_CMDLINE_DEVICES), the ACPI "
-                          "DSDT, or both (default)."),
-        click.option("--acpi/--no-acpi", default=None,
-                     help="Give the guest ACPI tables (default on): CPUs, devices, poweroff."),
-        click.option("--dump", type=click.Path(dir_okay=False),
-                     help="Write an ELF core of the guest (as QEMU's dump-guest-memory) "
-                          "here; read it with 'pyvmm inspect'."),
-        click.option("--dump-on", "dump_on", multiple=True, type=click.Choice(DUMP_EVENTS),
-                     help="When to dump (repeatable; default panic and timeout): guest "
-                          "panic / triple fault / KVM failure, any exit, SIGUSR1 (live), "
-                          "--timeout."),
-        click.option("--control", type=click.Path(dir_okay=False),
-                     help="Listen on this unix socket for live dumps "
-                          "('pyvmm inspect summary SOCKET' reads the running guest)."),
-        click.option("--emulation-assist", type=click.Choice(("auto", "on", "off")),
-                     help="After KVM's software emulator fails on int3 or fwait, carry "
-                          "them out in pyvmm (inject #BP / skip) and go on (default auto: "
-                          "on where /dev/kvm is kvm_pvm)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def effective_config(ctx: click.Context, params: dict[str, Any]) -> MachineConfig:
-    """Defaults, then the config file, then what the command line gave."""
-    values = dict(DEFAULTS)
-    if params.get("config_file"):
-        from pyvmm.config_file import load_config_file
-
-        from_file = load_config_file(params["config_file"])
-        for name, key in FILE_KEYS.items():
-            if key in from_file:
-                values[name] = from_file[key]
-    for name in FILE_KEYS:
-        source = ctx.get_parameter_source(name)
-        given = params.get(name)
-        if name == "drives":
-            if given:
-                values[name] = tuple(parse_drive(d) for d in given)
-        elif name == "dump_on":
-            if given:
-                values[name] = tuple(given)
-        elif given is not None and source == click.core.ParameterSource.COMMANDLINE:
-            values[name] = given
-    if params.get("shares"):
-        values["shares"] = tuple(parse_share(text, index)
-                                 for index, text in enumerate(params["shares"]))
-    if not values.get("kernel"):
-        raise ConfigError("no kernel: give --kernel PATH (or kernel = in --config)")
-    return MachineConfig(**values)
 
 
 @main.command()

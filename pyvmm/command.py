@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pwd
+import select
 import shutil
 import sys
 import tempfile
 import threading
 from typing import Callable
 
+from pyvmm.builder import build_machine
 from pyvmm.config import MachineConfig, ShareConfig
 from pyvmm.console import HostConsole
 from pyvmm.devices.virtio.ports import Port, PortsDevice
 from pyvmm.errors import ConfigError, HostError, PyvmmError
 from pyvmm.exitstatus import StopReason
 from pyvmm.initramfs.build import Job, base_archive, job_archive, modules_for
+from pyvmm.kvm import system as kvm_system  # a module: tests stand in for is_pvm_host
 
 #: pyvmm's status when it, or the guest, fails before the command ends.
 FAILED = 255
@@ -81,7 +85,6 @@ def _fd_writer(fd: int) -> Callable[[memoryview], None]:
             try:
                 view = view[os.write(fd, view):]
             except BlockingIOError:
-                import select
                 select.select([], [fd], [], 1.0)
             except OSError:
                 broken[0] = True
@@ -156,8 +159,6 @@ def _host_tool(name: str, package: str) -> str:
 
 def _lookup_user(user: str) -> tuple[int, int, tuple[int, ...], str, str]:
     """--user NAME or UID[:GID]: (uid, gid, supplementary groups, home, name)."""
-    import pwd
-
     name, _, group = user.partition(":")
     try:
         entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
@@ -186,11 +187,9 @@ def command_config(config: MachineConfig, rw: bool, initrd: str, user_append: st
 def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules: str | None,
                 user_append: str | None, verbose: bool, user: str | None = None) -> int:
     """Run ``argv`` in a guest; return its status (255 and a line on stderr if we fail first)."""
-    from pyvmm.kvm.system import is_pvm_host
-
     if config.initrd:
         raise ConfigError("command mode builds its own initramfs: leave out --initrd")
-    if is_pvm_host():
+    if kvm_system.is_pvm_host():
         raise HostError("command mode needs hardware KVM: /dev/kvm here is kvm_pvm, which "
                         "cannot run Linux user space")
     with open(config.kernel, "rb") as stream:
@@ -214,8 +213,6 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules:
 
 
 def _run(config: MachineConfig, console: LogConsole) -> int:
-    from pyvmm.builder import build_machine
-
     streams = Streams()
     machine = build_machine(config, console, streams.device)
     streams.start_stdin()

@@ -17,11 +17,19 @@ path = "disk.img"
 readonly = false
 cache = "writeback"
 serial = "data0"
+
+[[share]]
+path = "src"
+tag = "src"                            # default share0, share1, ...
+readonly = true
 ```
 
-Errors name the file, the line and the key (``machine.toml:4: memory: '12X' is
-not a size``).  tomllib reports no positions for values, so the line is found
-by looking for the key in the text.
+The keys are the ``toml`` names of ``pyvmm.config.machine_options()``, and
+of the fields of ``DriveConfig`` / ``ShareConfig`` in their tables, so a new
+option is a new key without a change here.  Errors name the file, the line
+and the key (``machine.toml:4: memory: '12X' is not a size``).  tomllib
+reports no positions, so the line is found by looking for the key (in its
+table) in the text.
 """
 
 from __future__ import annotations
@@ -31,26 +39,14 @@ import re
 import tomllib
 from typing import Any
 
-from pyvmm.config import (CACHE_MODES, CPU_POLICIES, DUMP_EVENTS, VIRTIO_ANNOUNCE,
-                          DriveConfig, cpus_problem, memory_problem, parse_size,
-                          timeout_problem)
-from pyvmm.errors import ConfigError, PyvmmError
+from pyvmm.config import Option, TablesKind, check_values, machine_options, table_keys
+from pyvmm.config_values import BadValue, Kind
+from pyvmm.errors import ConfigError
 from pyvmm.inputfile import read_input
 
 #: Larger than any machine file needs to be.
 MAX_CONFIG_BYTES = 1 << 20
-
-#: key -> the Python types its value may have.
-SCHEMA: dict[str, tuple[type, ...]] = {
-    "kernel": (str,), "initrd": (str,), "append": (str,), "memory": (str, int),
-    "cpus": (int,), "timeout": (int, float), "cpu": (str,), "virtio_console": (bool,),
-    "drive": (list,), "virtio_announce": (str,), "acpi": (bool,), "dump": (str,),
-    "dump_on": (list,), "control": (str,), "emulation_assist": (str,),
-}
-DRIVE_SCHEMA: dict[str, tuple[type, ...]] = {
-    "path": (str,), "readonly": (bool,), "cache": (str,), "serial": (str,),
-}
-_PATH_KEYS = ("kernel", "initrd", "dump", "control")
+_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\"'-]+)\s*\]\]?\s*(#.*)?$")
 
 
 class _Locator:
@@ -60,103 +56,116 @@ class _Locator:
         self.path = path
         self.lines = text.splitlines()
 
-    def where(self, key: str, table: int | None = None) -> str:
-        """``file:line`` of ``key``: top-level, or in the ``table``-th [[drive]]."""
-        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
-        start, seen = 0, -1
+    def where(self, key: str | None, table: str | None = None, index: int = 0) -> str:
+        """``file:line`` of ``key``: top-level, or in the ``index``-th ``[[table]]``.
+
+        An entry written inline (``drive = [{ path = "a" }]``) is found at its
+        array's line; a table's own problem (``key=None``) at its header.
+        """
+        start = 0
         if table is not None:
-            for number, line in enumerate(self.lines):
-                if line.strip().startswith("[[drive]]"):
-                    seen += 1
-                    if seen == table:
-                        start = number + 1
-                        break
+            headers = [number for number, line in enumerate(self.lines)
+                       if (match := _HEADER.match(line)) and match.group(1) == table]
+            if index >= len(headers):
+                return self.where(table)
+            if key is None:
+                return f"{self.path}:{headers[index] + 1}"
+            start = headers[index] + 1
+        assert key is not None
+        pattern = re.compile(rf"^\s*([\"']?){re.escape(key)}\1\s*=")
         for number in range(start, len(self.lines)):
-            line = self.lines[number]
-            if line.lstrip().startswith("["):
+            if _HEADER.match(self.lines[number]):
                 break  # the next table ends the one searched
-            if pattern.match(line):
+            if pattern.match(self.lines[number]):
+                return f"{self.path}:{number + 1}"
+        if table is not None:
+            return f"{self.path}:{start}"
+        for number, line in enumerate(self.lines):  # a [key] table where a value belongs
+            if (match := _HEADER.match(line)) and match.group(1) == key:
                 return f"{self.path}:{number + 1}"
         return self.path
 
-    def fail(self, key: str, message: str, table: int | None = None) -> ConfigError:
-        return ConfigError(f"{self.where(key, table)}: {key}: {message}")
+    def fail(self, key: str, message: str, table: str | None = None,
+             index: int = 0) -> ConfigError:
+        return ConfigError(f"{self.where(key, table, index)}: {key}: {message}")
 
 
-def _type_names(key: str, types: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "a number", float: "a number", bool: "true or false",
-             list: "a list of [[drive]] tables" if key == "drive"
-             else f"a list such as {list(DUMP_EVENTS[:2])}"}
-    return " or ".join(dict.fromkeys(names[t] for t in types))
+class ConfigFile:
+    """One machine file's option values (keyed by ``MachineConfig`` field), and
+    where each came from, to word errors about them (an ``Origin``)."""
+
+    def __init__(self, path: str) -> None:
+        raw = read_input(path, "config file", ConfigError, MAX_CONFIG_BYTES)
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        self.path = path
+        self._where = _Locator(path, text)
+        self._base = os.path.dirname(os.path.abspath(path))
+        by_key = {option.toml: option for option in machine_options()}
+        self.values: dict[str, Any] = {}
+        for key, value in data.items():
+            option = by_key.get(key)
+            if option is None:
+                raise self._where.fail(key, f"unknown key (known: {', '.join(by_key)})")
+            if isinstance(option.kind, TablesKind):
+                self.values[option.field] = self._tables(option, value)
+            else:
+                self.values[option.field] = self._value(option.kind, key, value)
+        check_values(self.values, self, together=False)  # the command line may add to them
+
+    def _value(self, kind: Kind, key: str, value: Any, table: str | None = None,
+               index: int = 0) -> Any:
+        """A checked value of ``key`` (in the ``index``-th ``[[table]]``)."""
+        types = kind.toml_types
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise self._where.fail(key, f"{value!r} should be {kind.toml_name}", table, index)
+        try:
+            converted = kind.from_toml(value, self._base)
+        except BadValue as exc:
+            raise self._where.fail(key, str(exc), table, index) from None
+        problem = kind.problem(converted)
+        if problem:
+            raise self._where.fail(key, f"{value!r}: {problem}", table, index)
+        return converted
+
+    def _tables(self, option: Option, value: Any) -> tuple:
+        assert isinstance(option.kind, TablesKind)
+        key = option.toml
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise self._where.fail(key, f"{value!r} should be a list of [[{key}]] tables")
+        kinds = table_keys(option.kind.table)
+        entries = []
+        for index, item in enumerate(value):
+            values = {}
+            for name, raw in item.items():
+                if name not in kinds:
+                    raise self._where.fail(name, f"unknown {key} key (known: "
+                                           f"{', '.join(kinds)})", key, index)
+                values[name] = self._value(kinds[name], name, raw, key, index)
+            try:
+                entries.append(option.kind.build(values, index))
+            except BadValue as exc:
+                message = str(exc).replace("entry ", f"{key} ", 1)
+                raise ConfigError(f"{self._where.where(None, key, index)}: {message}") \
+                    from None
+        return tuple(entries)
+
+    # An Origin (pyvmm.config): errors about this file's values.
+
+    def error(self, option: Option, message: str, value: Any = None) -> ConfigError:
+        if isinstance(option.kind, TablesKind):  # at its first [[table]]
+            where = self._where.where(None, option.toml, 0)
+            return ConfigError(f"{where}: {option.toml}: {message}")
+        return self._where.fail(option.toml, message if value is None else
+                                f"{value!r}: {message}")
+
+    def needs(self, option: Option, other: Option, why: str) -> ConfigError:
+        return self._where.fail(option.toml, f"needs {other.toml} ({why})")
 
 
 def load_config_file(path: str) -> dict[str, Any]:
-    """Read and check ``path``; return option values keyed like ``pyvmm run``'s."""
-    raw = read_input(path, "config file", ConfigError, MAX_CONFIG_BYTES)
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    where = _Locator(path, text)
-    base = os.path.dirname(os.path.abspath(path))
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in SCHEMA:
-            raise where.fail(key, f"unknown key (known: {', '.join(sorted(SCHEMA))})")
-        types = SCHEMA[key]
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            raise where.fail(key, f"{value!r} should be {_type_names(key, types)}")
-        values[key] = _convert(key, value, where, base)
-    return values
-
-
-def _convert(key: str, value: Any, where: _Locator, base: str) -> Any:
-    if key == "dump_on":
-        if not all(isinstance(v, str) and v in DUMP_EVENTS for v in value):
-            raise where.fail(key, f"{value!r} (a list of: {', '.join(DUMP_EVENTS)})")
-        return tuple(value)
-    if key in _PATH_KEYS:
-        return os.path.join(base, os.path.expanduser(value))
-    if key == "memory":
-        try:
-            size = value << 20 if isinstance(value, int) else parse_size(value)
-        except PyvmmError:
-            raise where.fail(key, f"{value!r} is not a size (use e.g. 512M or 2G)") from None
-        problem = memory_problem(size)
-        if problem:
-            raise where.fail(key, f"{value!r}: {problem}")
-        return size
-    problem = cpus_problem(value) if key == "cpus" else \
-        timeout_problem(value) if key == "timeout" else None
-    if problem:
-        raise where.fail(key, f"{value}: {problem}")
-    if key == "cpu" and value not in CPU_POLICIES:
-        raise where.fail(key, f"{value!r} (choose one of {', '.join(CPU_POLICIES)})")
-    if key == "virtio_announce" and value not in VIRTIO_ANNOUNCE:
-        raise where.fail(key, f"{value!r} (choose one of {', '.join(VIRTIO_ANNOUNCE)})")
-    if key == "drive":
-        return tuple(_drive(item, index, where, base) for index, item in enumerate(value))
-    return value
-
-
-def _drive(item: Any, index: int, where: _Locator, base: str) -> DriveConfig:
-    if not isinstance(item, dict):
-        raise where.fail("drive", "each drive must be a [[drive]] table")
-    for key, value in item.items():
-        if key not in DRIVE_SCHEMA:
-            raise where.fail(key, f"unknown drive key (known: {', '.join(DRIVE_SCHEMA)})",
-                             table=index)
-        if not isinstance(value, DRIVE_SCHEMA[key]):
-            raise where.fail(key, f"{value!r} should be "
-                             f"{_type_names(key, DRIVE_SCHEMA[key])}", table=index)
-    if "path" not in item:
-        raise ConfigError(f"{where.path}: drive {index + 1}: path is missing")
-    cache = item.get("cache", "writeback")
-    if cache not in CACHE_MODES:
-        raise where.fail("cache", f"{cache!r} (use none or writeback)", table=index)
-    serial = item.get("serial", "")
-    if len(serial.encode()) > 20:
-        raise where.fail("serial", "longer than 20 bytes", table=index)
-    return DriveConfig(os.path.join(base, os.path.expanduser(item["path"])),
-                       item.get("readonly", False), cache, serial)
+    """Read and check ``path``; return its option values keyed by MachineConfig field."""
+    return ConfigFile(path).values

@@ -12,6 +12,7 @@ import os
 import socket
 from typing import Callable
 
+from pyvmm.dump import DumpError
 from pyvmm.errors import ConfigError, PyvmmError
 
 #: Longest request line we read.
@@ -94,8 +95,6 @@ def request_dump(socket_path: str, dump_path: str, timeout: float | None = None)
 
     A VMM that does not answer within ``timeout`` (ANSWER_SECONDS) is an error.
     """
-    from pyvmm.dump import DumpError
-
     timeout = ANSWER_SECONDS if timeout is None else timeout
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:

@@ -11,25 +11,19 @@ import logging
 from typing import Callable, Protocol
 
 from pyvmm.exitstatus import StopReason
-from pyvmm.kvm.exits import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut,
-                             MmioRead, MmioWrite, Shutdown, SystemEvent, UnknownExit,
-                             VmExit)
+from pyvmm.kvm.exits import (INTERNAL_ERROR_DELIVERY_EV, INTERNAL_ERROR_EMULATION,
+                             INTERNAL_ERROR_SIMUL_EX, INTERNAL_ERROR_UNEXPECTED_EXIT_REASON,
+                             SYSTEM_EVENT_CRASH, SYSTEM_EVENT_RESET,
+                             FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut,
+                             MmioRead, MmioWrite, Shutdown, SystemEvent, UnknownExit, VmExit)
 
 log = logging.getLogger(__name__)
-
-# Values of KVM_INTERNAL_ERROR_* and KVM_SYSTEM_EVENT_* (ABI, from <linux/kvm.h>).
-INTERNAL_ERROR_EMULATION = 1
-INTERNAL_ERROR_SIMUL_EX = 2
-INTERNAL_ERROR_DELIVERY_EV = 3
-SYSTEM_EVENT_SHUTDOWN = 1
-SYSTEM_EVENT_RESET = 2
-SYSTEM_EVENT_CRASH = 3
 
 _INTERNAL_ERRORS = {
     INTERNAL_ERROR_EMULATION: "emulation failure",
     INTERNAL_ERROR_SIMUL_EX: "exception while delivering an exception",
     INTERNAL_ERROR_DELIVERY_EV: "event delivery failed",
-    4: "unexpected exit reason",
+    INTERNAL_ERROR_UNEXPECTED_EXIT_REASON: "unexpected exit reason",
 }
 
 

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyvmm.kvm.exits import InternalError
+# KVM_INTERNAL_ERROR_EMULATION is the only failure that carries instruction bytes.
+from pyvmm.kvm.exits import INTERNAL_ERROR_EMULATION, InternalError
 
-#: KVM_INTERNAL_ERROR_EMULATION: the only failure that carries instruction bytes.
-INTERNAL_ERROR_EMULATION = 1
 INT3 = 0xCC
 FWAIT = 0x9B
 BREAKPOINT_VECTOR = 3

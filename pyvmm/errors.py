@@ -7,6 +7,8 @@ Every error a user can cause (bad input, a host that cannot run VMs) is a
 
 from __future__ import annotations
 
+import os
+
 
 class PyvmmError(Exception):
     """Base of the errors that are reported to the user as one line."""
@@ -37,8 +39,6 @@ class KvmError(HostError):
     """A KVM ioctl failed."""
 
     def __init__(self, what: str, errno_value: int) -> None:
-        import os
-
         super().__init__(f"{what} failed: {os.strerror(errno_value)} (errno {errno_value})")
         self.errno = errno_value
 

@@ -1,10 +1,14 @@
-"""Host file operations Python's os module lacks: fallocate(2) with mode flags."""
+"""Host file operations Python's os module lacks: fallocate(2) with mode flags.
+
+From the small host helper module (pyvmm._hostio_build), not the KVM binding:
+a disk image needs no KVM.
+"""
 
 from __future__ import annotations
 
 import os
 
-from pyvmm.kvm._kvm_cffi import lib
+from pyvmm._hostio_cffi import lib
 
 #: Deallocate the range (reads return zeros); the file keeps its size.
 PUNCH_HOLE = lib.FALLOC_FL_PUNCH_HOLE | lib.FALLOC_FL_KEEP_SIZE

@@ -61,6 +61,8 @@ def plan_virtio_slots(config: MachineConfig) -> list[VirtioSlot]:
 
 def acpi_platform(config: MachineConfig, slots: list[VirtioSlot]):
     """What the ACPI tables describe: CPUs, and virtio slots only if announced there."""
+    # Here, not at the top: `pyvmm config show` plans slots without the ~12 ms
+    # of the ACPI and device modules (the same holds for the imports below).
     from pyvmm.acpi.tables import AcpiPlatform
     from pyvmm.acpi.tables import VirtioSlot as AcpiVirtioSlot
 

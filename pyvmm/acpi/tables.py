@@ -31,13 +31,75 @@ HEADER = struct.Struct("<4sIBB6s8sI4sI")
 AREA_SIZE = layout.HIMEM_START - layout.RSDP_START
 
 FADT_REVISION = 6
-FADT_LENGTH = 276
 FADT_RESET_REG_SUP = 1 << 10
 FADT_HW_REDUCED_ACPI = 1 << 20
 IAPC_VGA_NOT_PRESENT = 1 << 2
 IAPC_CMOS_RTC_NOT_PRESENT = 1 << 5
 GAS_SYSTEM_IO = 1
 MADT_PCAT_COMPAT = 1
+
+#: The FADT after its header (ACPI 6.5, table 5.9): every field, in order, with its
+#: struct format; each offset (the comment) follows from those before it, so the
+#: layout is stated once.  Fields pyvmm leaves zero are listed for their place.
+FADT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("firmware_ctrl", "I"),                   # 36
+    ("dsdt", "I"),                            # 40
+    ("reserved_int_model", "B"),              # 44
+    ("preferred_pm_profile", "B"),            # 45
+    ("sci_int", "H"),                         # 46
+    ("smi_cmd", "I"),                         # 48
+    ("acpi_enable", "B"),                     # 52
+    ("acpi_disable", "B"),                    # 53
+    ("s4bios_req", "B"),                      # 54
+    ("pstate_cnt", "B"),                      # 55
+    ("pm1a_evt_blk", "I"),                    # 56
+    ("pm1b_evt_blk", "I"),                    # 60
+    ("pm1a_cnt_blk", "I"),                    # 64
+    ("pm1b_cnt_blk", "I"),                    # 68
+    ("pm2_cnt_blk", "I"),                     # 72
+    ("pm_tmr_blk", "I"),                      # 76
+    ("gpe0_blk", "I"),                        # 80
+    ("gpe1_blk", "I"),                        # 84
+    ("pm1_evt_len", "B"),                     # 88
+    ("pm1_cnt_len", "B"),                     # 89
+    ("pm2_cnt_len", "B"),                     # 90
+    ("pm_tmr_len", "B"),                      # 91
+    ("gpe0_blk_len", "B"),                    # 92
+    ("gpe1_blk_len", "B"),                    # 93
+    ("gpe1_base", "B"),                       # 94
+    ("cst_cnt", "B"),                         # 95
+    ("p_lvl2_lat", "H"),                      # 96
+    ("p_lvl3_lat", "H"),                      # 98
+    ("flush_size", "H"),                      # 100
+    ("flush_stride", "H"),                    # 102
+    ("duty_offset", "B"),                     # 104
+    ("duty_width", "B"),                      # 105
+    ("day_alrm", "B"),                        # 106
+    ("mon_alrm", "B"),                        # 107
+    ("century", "B"),                         # 108
+    ("iapc_boot_arch", "H"),                  # 109
+    ("reserved", "B"),                        # 111
+    ("flags", "I"),                           # 112
+    ("reset_reg", "12s"),                     # 116
+    ("reset_value", "B"),                     # 128
+    ("arm_boot_arch", "H"),                   # 129
+    ("fadt_minor_version", "B"),              # 131
+    ("x_firmware_ctrl", "Q"),                 # 132
+    ("x_dsdt", "Q"),                          # 140
+    ("x_pm1a_evt_blk", "12s"),                # 148
+    ("x_pm1b_evt_blk", "12s"),                # 160
+    ("x_pm1a_cnt_blk", "12s"),                # 172
+    ("x_pm1b_cnt_blk", "12s"),                # 184
+    ("x_pm2_cnt_blk", "12s"),                 # 196
+    ("x_pm_tmr_blk", "12s"),                  # 208
+    ("x_gpe0_blk", "12s"),                    # 220
+    ("x_gpe1_blk", "12s"),                    # 232
+    ("sleep_control_reg", "12s"),             # 244
+    ("sleep_status_reg", "12s"),              # 256
+    ("hypervisor_vendor_identity", "8s"),     # 268
+)
+FADT_BODY = struct.Struct("<" + "".join(fmt for _, fmt in FADT_FIELDS))
+FADT_LENGTH = HEADER.size + FADT_BODY.size  # 276
 
 
 @dataclass(frozen=True)
@@ -124,22 +186,27 @@ def build_madt(platform: AcpiPlatform) -> bytes:
                  + entries)
 
 
+def fadt_offset(name: str) -> int:
+    """Offset of a FADT field from the start of the table (header included)."""
+    names = [field for field, _ in FADT_FIELDS]
+    before = "".join(fmt for _, fmt in FADT_FIELDS[:names.index(name)])
+    return HEADER.size + struct.calcsize("<" + before)
+
+
 def build_fadt(platform: AcpiPlatform, dsdt_address: int) -> bytes:
-    body = bytearray(FADT_LENGTH - HEADER.size)
-
-    def put(offset: int, fmt: str, *values: int | bytes) -> None:
-        struct.pack_into(fmt, body, offset - HEADER.size, *values)
-
-    put(109, "<H", IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT)
-    put(112, "<I", FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP)
-    body[116 - HEADER.size:128 - HEADER.size] = gas_io(platform.reset_port)
-    put(128, "<B", platform.reset_value)
-    put(131, "<B", 0)                                   # FADT minor version
-    put(140, "<Q", dsdt_address)                         # X_DSDT
-    body[244 - HEADER.size:256 - HEADER.size] = gas_io(platform.sleep_control_port)
-    body[256 - HEADER.size:268 - HEADER.size] = gas_io(platform.sleep_status_port)
-    put(268, "<8s", b"PYVMM\0\0\0")                      # hypervisor vendor identity
-    return table(b"FACP", FADT_REVISION, bytes(body))
+    values: dict[str, int | bytes] = {name: b"" if fmt.endswith("s") else 0
+                                      for name, fmt in FADT_FIELDS}
+    values.update(
+        iapc_boot_arch=IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT,
+        flags=FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP,
+        reset_reg=gas_io(platform.reset_port),
+        reset_value=platform.reset_value,
+        x_dsdt=dsdt_address,
+        sleep_control_reg=gas_io(platform.sleep_control_port),
+        sleep_status_reg=gas_io(platform.sleep_status_port),
+        hypervisor_vendor_identity=b"PYVMM",
+    )
+    return table(b"FACP", FADT_REVISION, FADT_BODY.pack(*values.values()))
 
 
 def build_xsdt(addresses: list[int]) -> bytes:

@@ -6,7 +6,8 @@ guest RAM range with ``p_paddr`` = its guest-physical base: gdb and crash
 read it.  Writing streams RAM straight from guest memory in small chunks (no
 second copy of RAM), seeks over all-zero chunks (a sparse file), and goes to
 a temporary file renamed into place, so a half-written dump never replaces a
-good one.
+good one.  Reading (``CoreDump``) is pyelftools' (its program headers and
+note iterator), so a core is walked by one parser, the one gdb users know.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ import re
 import struct
 import tempfile
 from dataclasses import dataclass
-from typing import Iterable
+from typing import IO, Iterable, cast
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import NoteSegment
 
 from pyvmm.dump import DumpError
 from pyvmm.dump.state import GENERAL, Segment, VcpuState
@@ -184,47 +189,34 @@ class CoreDump:
         self._parse()
 
     def _parse(self) -> None:
-        data = self._map
-        if len(data) < ELF_HEADER.size or data[:4] != b"\x7fELF":
+        """Ranges, vCPUs and the pyvmm note, read with pyelftools from the mapping."""
+        if len(self._map) < ELF_HEADER.size or self._map[:4] != b"\x7fELF":
             raise DumpError(f"{self.path}: not an ELF file")
-        fields = ELF_HEADER.unpack_from(data, 0)
-        ident, e_type, machine = fields[0], fields[1], fields[2]
-        phoff, phentsize, phnum = fields[5], fields[9], fields[10]
-        if ident[4] != 2 or ident[5] != 1 or e_type != ET_CORE or machine != EM_X86_64:
-            raise DumpError(f"{self.path}: not an x86-64 ELF core (a guest memory dump)")
-        if phentsize != PROGRAM_HEADER.size or phoff + phnum * phentsize > len(data):
-            raise DumpError(f"{self.path}: truncated (program headers missing)")
-        for index in range(phnum):
-            kind, _, offset, _, paddr, filesz, memsz, _ = PROGRAM_HEADER.unpack_from(
-                data, phoff + index * phentsize)
-            if offset + filesz > len(data):
-                raise DumpError(f"{self.path}: truncated (a segment runs past the end; "
-                                "was the dump cut short?)")
-            if kind == PT_LOAD:
-                self.ranges.append(LoadRange(paddr, filesz, offset))
-            elif kind == PT_NOTE:
-                self._parse_notes(data[offset:offset + filesz])
+        qemu_states = []
+        try:
+            # An mmap is a file-like stream (read, seek, tell): nothing is copied.
+            elf = ELFFile(cast(IO[bytes], self._map))
+            if elf.elfclass != 64 or not elf.little_endian or elf["e_type"] != "ET_CORE" \
+                    or elf["e_machine"] != "EM_X86_64":
+                raise DumpError(f"{self.path}: not an x86-64 ELF core (a guest memory dump)")
+            for segment in elf.iter_segments():
+                if segment["p_offset"] + segment["p_filesz"] > len(self._map):
+                    raise DumpError(f"{self.path}: truncated (a segment runs past the end; "
+                                    "was the dump cut short?)")
+                if segment["p_type"] == "PT_LOAD":
+                    self.ranges.append(LoadRange(segment["p_paddr"], segment["p_filesz"],
+                                                 segment["p_offset"]))
+                elif isinstance(segment, NoteSegment):
+                    for note in segment.iter_notes():
+                        if note["n_name"] == "QEMU" and note["n_type"] == QEMU_NOTE_TYPE \
+                                and len(note["n_descdata"]) >= QEMU_CPU_STATE.size:
+                            qemu_states.append(note["n_descdata"])
+                        elif note["n_name"] == "PYVMM" and note["n_type"] == PYVMM_NOTE_TYPE:
+                            self.note = _pyvmm_note(note["n_descdata"])
+        except (ELFError, struct.error) as exc:
+            raise DumpError(f"{self.path}: truncated or corrupt ({exc})") from None
+        self.vcpus = [_vcpu_from_qemu(index, desc) for index, desc in enumerate(qemu_states)]
         self.ranges.sort(key=lambda r: r.paddr)
-
-    def _parse_notes(self, notes: bytes) -> None:
-        offset, qemu_states = 0, []
-        while offset + NOTE_HEADER.size <= len(notes):
-            namesz, descsz, kind = NOTE_HEADER.unpack_from(notes, offset)
-            name_at = offset + NOTE_HEADER.size
-            desc_at = name_at + (namesz + 3) // 4 * 4
-            name = notes[name_at:name_at + namesz].rstrip(b"\0")
-            desc = notes[desc_at:desc_at + descsz]
-            offset = desc_at + (descsz + 3) // 4 * 4
-            if name == b"QEMU" and kind == QEMU_NOTE_TYPE and len(desc) >= QEMU_CPU_STATE.size:
-                qemu_states.append(desc)
-            elif name == b"PYVMM" and kind == PYVMM_NOTE_TYPE:
-                try:
-                    note = json.loads(desc)
-                except (ValueError, RecursionError):
-                    note = None  # a crafted note: ignore it, as an unknown one
-                self.note = note if isinstance(note, dict) else {}
-        for index, desc in enumerate(qemu_states):
-            self.vcpus.append(_vcpu_from_qemu(index, desc))
 
     # -- memory ------------------------------------------------------------------
 
@@ -266,6 +258,15 @@ class CoreDump:
 
     def close(self) -> None:
         self._map.close()
+
+
+def _pyvmm_note(desc: bytes) -> dict:
+    """The pyvmm note's JSON object; a crafted one is ignored, as an unknown note."""
+    try:
+        note = json.loads(desc)
+    except (ValueError, RecursionError):
+        return {}
+    return note if isinstance(note, dict) else {}
 
 
 def _vcpu_from_qemu(index: int, desc: bytes) -> VcpuState:

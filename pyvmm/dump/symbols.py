@@ -6,6 +6,10 @@ import os
 import struct
 from typing import BinaryIO
 
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
 from pyvmm.dump import DumpError
 from pyvmm.inputfile import open_input
 
@@ -45,10 +49,6 @@ def load_symbols(path: str) -> dict[str, int]:
 
 
 def _elf_symbols(path: str, stream: BinaryIO) -> dict[str, int]:
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-    from elftools.elf.sections import SymbolTableSection
-
     try:
         stream.seek(0)
         table = ELFFile(stream).get_section_by_name(".symtab")

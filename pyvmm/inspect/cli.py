@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import tempfile
 from typing import Any
 
 import click
 
+from pyvmm.cli_errors import reports_errors
+from pyvmm.control import request_dump
 from pyvmm.dump import DumpError
 from pyvmm.dump.core import CoreDump
-from pyvmm.dump.pagewalk import PageWalkError
+from pyvmm.dump.pagewalk import PageWalkError, WalkStep
+from pyvmm.dump.printk import read_log
 from pyvmm.dump.state import GENERAL
-from pyvmm.cli import reports_errors
-from pyvmm.dump.pagewalk import WalkStep
+from pyvmm.dump.symbols import load_symbols
 from pyvmm.inspect.view import GuestView
 
 DUMP = click.argument("dump", type=click.Path(dir_okay=False))
@@ -33,6 +37,7 @@ def _number(text: str) -> int:
 
 
 def _console():
+    # rich takes ~50 ms to import: only the table views pay for it, not --json.
     from rich.console import Console
 
     return Console()
@@ -56,18 +61,12 @@ def inspect() -> None:
 
 def _open(path: str) -> CoreDump:
     """A dump file, or a running VMM's --control socket (then: a live dump, now)."""
-    import stat
-
     try:
         is_socket = stat.S_ISSOCK(os.stat(path).st_mode)
     except OSError:
         is_socket = False
     if not is_socket:
         return CoreDump(path)
-    import tempfile
-
-    from pyvmm.control import request_dump
-
     directory = tempfile.mkdtemp(prefix="pyvmm-live-")
     live = os.path.join(directory, "live.core")
     request_dump(path, live)
@@ -212,9 +211,6 @@ def mem(dump: str, address: str, length: str, virt: bool, cpu: int, as_json: boo
 def dmesg(dump: str, kernel: str | None, system_map: str | None, cpu: int,
           as_json: bool) -> None:
     """The guest kernel's log (Linux 5.10+), found through its symbols."""
-    from pyvmm.dump.printk import read_log
-    from pyvmm.dump.symbols import load_symbols
-
     if not (kernel or system_map):
         raise DumpError("dmesg needs the guest's symbols: --kernel vmlinux or "
                         "--system-map System.map")

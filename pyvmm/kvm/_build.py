@@ -202,17 +202,6 @@ int pyvmm_run_uart_fast(pyvmm_uart_fast *fast);
 
 int pyvmm_ioctl(int fd, unsigned long request, void *arg);
 int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg);
-
-/* fallocate(2) with its mode flags (os.posix_fallocate has none): discard and
-   write-zeroes for virtio-block. Returns -errno. */
-#define FALLOC_FL_KEEP_SIZE ...
-#define FALLOC_FL_PUNCH_HOLE ...
-#define FALLOC_FL_ZERO_RANGE ...
-int pyvmm_fallocate(int fd, int mode, long long offset, long long length);
-
-/* A full memory barrier (mfence on x86): Python has none, and the virtio
-   ring protocol needs one where a store must be seen before a later load. */
-void pyvmm_fence(void);
 """
 
 SOURCE = r"""
@@ -222,7 +211,6 @@ SOURCE = r"""
 #include <fcntl.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
-#include <linux/falloc.h>
 #include <linux/kvm.h>
 
 typedef __typeof__(((struct kvm_run *)0)->hw) pyvmm_exit_hw;
@@ -320,16 +308,6 @@ static int pyvmm_run_uart_fast(pyvmm_uart_fast *fast)
             return 0;
         }
     }
-}
-
-static int pyvmm_fallocate(int fd, int mode, long long offset, long long length)
-{
-    return fallocate(fd, mode, offset, length) < 0 ? -errno : 0;
-}
-
-static void pyvmm_fence(void)
-{
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 """
 

@@ -10,6 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pyvmm.kvm._ffi import lib
+
+# The numbers some exits carry, from <linux/kvm.h> through the compiled binding
+# (the header is the ABI; a copy could drift from it).
+#: ``InternalError.suberror``: what KVM could not do.
+INTERNAL_ERROR_EMULATION = lib.KVM_INTERNAL_ERROR_EMULATION
+INTERNAL_ERROR_SIMUL_EX = lib.KVM_INTERNAL_ERROR_SIMUL_EX
+INTERNAL_ERROR_DELIVERY_EV = lib.KVM_INTERNAL_ERROR_DELIVERY_EV
+INTERNAL_ERROR_UNEXPECTED_EXIT_REASON = lib.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON
+#: ``SystemEvent.type``.
+SYSTEM_EVENT_SHUTDOWN = lib.KVM_SYSTEM_EVENT_SHUTDOWN
+SYSTEM_EVENT_RESET = lib.KVM_SYSTEM_EVENT_RESET
+SYSTEM_EVENT_CRASH = lib.KVM_SYSTEM_EVENT_CRASH
+
 
 @dataclass(slots=True)
 class IoIn:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from pyvmm.arch.x86_64 import layout
 from pyvmm.errors import LoaderError
 from pyvmm.memory import GuestMemory
 
@@ -122,17 +121,21 @@ def _align_up(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment if alignment > 1 else value
 
 
-def load_bzimage(memory: GuestMemory, image: bytes) -> KernelImage:
-    """Copy the protected-mode kernel to its load address; return where it went."""
+def load_bzimage(memory: GuestMemory, image: bytes, highmem_start: int) -> KernelImage:
+    """Copy the protected-mode kernel to its load address; return where it went.
+
+    ``highmem_start`` is where the platform's high memory begins (1 MiB on a
+    PC): the lowest address a kernel may go to, as linux-loader takes it.
+    """
     header = parse_setup_header(image)
     payload = memoryview(image)[header.setup_size:]
     footprint = max(header.init_size, len(payload))
     low_end = next(iter(memory.ranges()))[1]  # RAM below the MMIO hole starts at 0
 
-    load = header.pref_address or layout.HIMEM_START
+    load = header.pref_address or highmem_start
     if load + footprint > low_end and header.relocatable_kernel:
-        load = _align_up(layout.HIMEM_START, header.kernel_alignment)
-    if load < layout.HIMEM_START or load + footprint > low_end:
+        load = _align_up(highmem_start, header.kernel_alignment)
+    if load < highmem_start or load + footprint > low_end:
         needed = (load + footprint + (1 << 20) - 1) >> 20
         raise LoaderError(
             f"the kernel needs {footprint >> 20} MiB at {load:#x}: give the guest at "

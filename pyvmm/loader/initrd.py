@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pyvmm.arch.x86_64 import layout
 from pyvmm.errors import LoaderError
 from pyvmm.memory import GuestMemory
+
+#: The initrd starts on a page boundary (x86's 4 KiB pages), as boot loaders place it.
+INITRD_ALIGNMENT = 4096
 
 
 def place_initrd(memory: GuestMemory, size: int, kernel_end: int,
@@ -12,7 +14,7 @@ def place_initrd(memory: GuestMemory, size: int, kernel_end: int,
     """Highest page-aligned address for ``size`` bytes between the kernel and the limit."""
     low_end = next(iter(memory.ranges()))[1]
     limit = min(initrd_addr_max + 1 if initrd_addr_max else low_end, low_end)
-    address = (limit - size) // layout.PAGE_SIZE * layout.PAGE_SIZE
+    address = (limit - size) // INITRD_ALIGNMENT * INITRD_ALIGNMENT
     if size > limit or address < kernel_end:
         raise LoaderError(
             f"initrd ({size / (1 << 20):.1f} MiB) does not fit in guest RAM between the "

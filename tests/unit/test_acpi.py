@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from pyvmm.acpi import aml
-from pyvmm.acpi.tables import AcpiPlatform, VirtioSlot, build_tables, write_acpi_tables
+from pyvmm.acpi.tables import (FADT_LENGTH, AcpiPlatform, VirtioSlot, build_tables, fadt_offset,
+                               write_acpi_tables)
 from pyvmm.memory import GuestMemory
 
 
@@ -103,8 +104,8 @@ def test_walk_from_rsdp_scan_to_dsdt() -> None:
     signatures = {memory.read(address, 4): address for address in entries}
     assert set(signatures) == {b"FACP", b"APIC"}
     fadt = signatures[b"FACP"]
-    assert memory.read_u32(fadt + 112) & (1 << 20)  # HW_REDUCED_ACPI
-    dsdt = memory.read_u64(fadt + 140)
+    assert memory.read_u32(fadt + fadt_offset("flags")) & (1 << 20)  # HW_REDUCED_ACPI
+    dsdt = memory.read_u64(fadt + fadt_offset("x_dsdt"))
     assert memory.read(dsdt, 4) == b"DSDT"
     body = memory.read(dsdt, memory.read_u32(dsdt + 4))
     for needle in (b"LNRO0005", b"QEMU0001", b"_S5_"):
@@ -129,3 +130,12 @@ def test_iasl_disassembles_the_tables(tmp_path) -> None:
     fadt = (tmp_path / "facp.dsl").read_text()
     assert "Hardware Reduced (V5) : 1" in fadt
     assert "Sleep Control Register" in fadt
+
+
+def test_fadt_layout_is_the_specs() -> None:
+    """Offsets that follow from FADT_FIELDS are ACPI 6.5 table 5.9's."""
+    assert FADT_LENGTH == 276
+    assert [fadt_offset(name) for name in ("dsdt", "iapc_boot_arch", "flags", "reset_reg",
+                                           "fadt_minor_version", "x_dsdt",
+                                           "sleep_control_reg", "hypervisor_vendor_identity")] \
+        == [40, 109, 112, 116, 131, 140, 244, 268]

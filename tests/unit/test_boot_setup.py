@@ -71,12 +71,13 @@ def test_initrd_too_big() -> None:
 
 def test_cmdline_written_and_limited() -> None:
     memory = GuestMemory.from_bytes(4 * MIB)
-    assert write_cmdline(memory, "console=ttyS0", 2047) == (layout.CMDLINE_START, 13)
+    assert write_cmdline(memory, "console=ttyS0", 2047, layout.CMDLINE_START,
+                         layout.CMDLINE_MAX_SIZE) == (layout.CMDLINE_START, 13)
     assert memory.read(layout.CMDLINE_START, 14) == b"console=ttyS0\0"
     with pytest.raises(LoaderError, match="at most 10"):
-        write_cmdline(memory, "x" * 11, 10)
+        write_cmdline(memory, "x" * 11, 10, layout.CMDLINE_START, layout.CMDLINE_MAX_SIZE)
     with pytest.raises(LoaderError, match="NUL"):
-        write_cmdline(memory, "a\0b", 100)
+        write_cmdline(memory, "a\0b", 100, layout.CMDLINE_START, layout.CMDLINE_MAX_SIZE)
 
 
 def test_identity_page_tables() -> None:

@@ -7,6 +7,9 @@ import pytest
 from pyvmm.errors import LoaderError
 from pyvmm.loader.bzimage import load_bzimage, parse_setup_header
 from pyvmm.memory import GuestMemory
+
+#: Where a PC's high memory starts: the lowest address a kernel may be loaded at.
+HIMEM_START = 1 << 20
 from tests.unit.bzimages import make_bzimage
 
 
@@ -21,7 +24,7 @@ def test_valid_header() -> None:
 def test_loads_payload_at_pref_address() -> None:
     memory = GuestMemory.from_bytes(64 << 20)
     payload = bytes(range(256)) * 4
-    kernel = load_bzimage(memory, make_bzimage(payload))
+    kernel = load_bzimage(memory, make_bzimage(payload), HIMEM_START)
     assert kernel.load_address == 0x1000000
     assert kernel.entry_address == 0x1000200
     assert kernel.end_address == 0x1000000 + 0x10000
@@ -44,16 +47,17 @@ def test_setup_sects_zero_means_four() -> None:
 ])
 def test_bad_images(image: bytes, message: str) -> None:
     with pytest.raises(LoaderError, match=message):
-        load_bzimage(GuestMemory.from_bytes(64 << 20), image)
+        load_bzimage(GuestMemory.from_bytes(64 << 20), image, HIMEM_START)
 
 
 def test_memory_too_small_for_kernel() -> None:
     image = make_bzimage(init_size=40 << 20, pref_address=0x1000000, relocatable=0)
     with pytest.raises(LoaderError, match="--memory"):
-        load_bzimage(GuestMemory.from_bytes(32 << 20), image)
+        load_bzimage(GuestMemory.from_bytes(32 << 20), image, HIMEM_START)
 
 
 def test_relocatable_kernel_moves_down_when_pref_address_does_not_fit() -> None:
     memory = GuestMemory.from_bytes(20 << 20)
-    kernel = load_bzimage(memory, make_bzimage(init_size=8 << 20, pref_address=0x1000000))
+    kernel = load_bzimage(memory, make_bzimage(init_size=8 << 20, pref_address=0x1000000),
+                          HIMEM_START)
     assert kernel.load_address == 0x200000  # 1 MiB rounded up to kernel_alignment

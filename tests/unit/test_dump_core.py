@@ -149,3 +149,22 @@ def test_unwritable_dump_targets_are_clean_errors(tmp_path, target, message) -> 
         write_core(str(tmp_path / target), GuestMemory.from_bytes(MIB), [vcpu(0, 0)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]
     assert list((tmp_path / "dir").iterdir()) == []
+
+
+@pytest.mark.parametrize("field", [0, 4, 8])  # namesz, descsz, type of the first note
+def test_corrupt_notes_are_read_without_a_traceback(tmp_path, field: int) -> None:
+    """pyelftools walks the notes: a wild size ends the walk, never the process."""
+    import struct
+
+    from pyvmm.dump.core import ELF_HEADER, PROGRAM_HEADER
+
+    path = tmp_path / "guest.core"
+    write_core(str(path), two_range_memory(), [vcpu(0, 0x1234)], {"reason": "x"})
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<I", data, ELF_HEADER.size + 3 * PROGRAM_HEADER.size + field, 0x7FFFFFFF)
+    path.write_bytes(data)
+    try:
+        dump = CoreDump(str(path))
+    except DumpError:
+        return
+    assert len(dump.ranges) == 2 and len(dump.vcpus) <= 1

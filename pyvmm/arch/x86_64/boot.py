@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.boot_params import build_zero_page, e820_map
 from pyvmm.arch.x86_64.msr import boot_msrs
@@ -21,7 +22,7 @@ from pyvmm.arch.x86_64.regs import (FpuState, GeneralRegisters, SpecialRegisters
                                     write_boot_gdt)
 from pyvmm.loader.bzimage import KernelImage, load_bzimage
 from pyvmm.loader.cmdline import write_cmdline
-from pyvmm.loader.elf import ElfKernel, is_elf
+from pyvmm.loader.elf import ElfKernel, is_elf, load_elf
 from pyvmm.loader.initrd import load_initrd
 from pyvmm.memory import GuestMemory
 
@@ -59,7 +60,7 @@ def prepare_bzimage_boot(memory: GuestMemory, kernel_image: bytes,
                          initrd_image: bytes | None, cmdline: str,
                          rsdp_address: int = 0) -> BootState:
     """Load a bzImage (and initrd, command line) into ``memory``; return CPU state."""
-    kernel = load_bzimage(memory, kernel_image)
+    kernel = load_bzimage(memory, kernel_image, layout.HIMEM_START)
     header = kernel.header
 
     initrd = None
@@ -68,7 +69,9 @@ def prepare_bzimage_boot(memory: GuestMemory, kernel_image: bytes,
                               header.initrd_addr_max)
         initrd = (address, len(initrd_image))
 
-    cmdline_address, cmdline_length = write_cmdline(memory, cmdline, header.cmdline_size)
+    cmdline_address, cmdline_length = write_cmdline(memory, cmdline, header.cmdline_size,
+                                                    layout.CMDLINE_START,
+                                                    layout.CMDLINE_MAX_SIZE)
     zero_page = build_zero_page(header, cmdline_address, initrd,
                                 e820_map(list(memory.ranges())), acpi_rsdp_addr=rsdp_address)
     memory.write(layout.ZERO_PAGE_START, zero_page)
@@ -93,14 +96,14 @@ def prepare_pvh_boot(memory: GuestMemory, kernel_image: bytes, initrd_image: byt
     The entry runs in 32-bit protected mode with paging off and EBX pointing at
     ``hvm_start_info`` (the command line, the initrd as module 0, the memory map).
     """
-    from pyvmm.loader.elf import load_elf
-
     kernel = load_elf(memory, kernel_image)
     initrd = None
     if initrd_image is not None:
         address = load_initrd(memory, initrd_image, kernel.end_address, 0)
         initrd = (address, len(initrd_image))
-    cmdline_address, cmdline_length = write_cmdline(memory, cmdline, PVH_CMDLINE_SIZE)
+    cmdline_address, cmdline_length = write_cmdline(memory, cmdline, PVH_CMDLINE_SIZE,
+                                                    layout.CMDLINE_START,
+                                                    layout.CMDLINE_MAX_SIZE)
     info = StartInfo(cmdline_address=cmdline_address, rsdp_address=rsdp_address,
                      memmap_address=layout.PVH_MEMMAP_START,
                      memmap=tuple(e820_map(list(memory.ranges()))),

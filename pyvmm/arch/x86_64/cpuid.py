@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
+from pyvmm.arch.x86_64 import layout
+
 #: The feature policies --cpu accepts (besides "auto", resolved by the machine).
 CPU_POLICIES = ("host", "compat")
 
@@ -25,9 +27,8 @@ LEAF_XSAVE = 0xD
 LEAF_TOPOLOGY_V2 = 0x1F
 LEAF_EXT_FEATURES = 0x80000001
 
-#: Most vCPUs the platform can describe: xAPIC IDs (CPUID leaf 1 EBX[31:24], the
-#: MADT's local APIC entries) are 8 bits, and 0xFF is the broadcast ID.
-MAX_CPUS = 255
+#: Most vCPUs the platform can describe (8-bit xAPIC IDs): see layout.
+MAX_CPUS = layout.MAX_CPUS
 #: CPUID leaf 4 EAX[31:26] holds "cores per package - 1" in 6 bits.
 LEAF4_MAX_CORES = 64
 

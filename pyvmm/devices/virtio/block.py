@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pyvmm.devices.virtio.device import VirtioDevice
 from pyvmm.devices.virtio.disk import SECTOR_SIZE, DiskImage
 from pyvmm.devices.virtio.queue import DescriptorChain, read_from, write_into
+from pyvmm.hostio import PUNCH_HOLE, ZERO_RANGE, fallocate
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +246,6 @@ class BlockDevice(VirtioDevice):
         return VIRTIO_BLK_S_OK
 
     def _discard(self, offset: int, length: int) -> None:
-        from pyvmm.hostio import PUNCH_HOLE, fallocate
-
         try:
             fallocate(self.disk.fd, PUNCH_HOLE, offset, length)
         except OSError as exc:
@@ -254,8 +253,6 @@ class BlockDevice(VirtioDevice):
                 raise  # discard is a hint: a filesystem that can't is not an error
 
     def _zero(self, offset: int, length: int, unmap: bool) -> None:
-        from pyvmm.hostio import PUNCH_HOLE, ZERO_RANGE, fallocate
-
         try:
             fallocate(self.disk.fd, PUNCH_HOLE if unmap else ZERO_RANGE, offset, length)
             return

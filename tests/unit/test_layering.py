@@ -1,0 +1,152 @@
+"""How pyvmm's modules depend on each other: no import cycles, light start-up.
+
+The graph is read from the source (every import, at any depth, and module
+names given to importlib as strings), so an import hidden in a function
+still counts: a cycle through one is still a cycle for the reader.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pyvmm
+
+PACKAGE = Path(pyvmm.__file__).parent
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the pyvmm modules it imports (packages count as their __init__)."""
+    modules = _modules()
+
+    def known(name: str) -> str:
+        while name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {known(a.name) for a in node.names if a.name.startswith("pyvmm")}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(parent + ([base] if base else []))
+                if base.startswith("pyvmm"):
+                    imported |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules
+                                 else known(base) for a in node.names}
+            elif isinstance(node, ast.Constant) and node.value in modules \
+                    and isinstance(node.value, str) and "." in node.value:
+                imported.add(node.value)  # importlib.import_module("pyvmm.x")
+        # A module may import its own package (``pyvmm.__version__``): not a cycle.
+        graph[name] = imported - {name} - {p for p in modules if name.startswith(p + ".")}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in graph[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                other = stack.pop()
+                component.append(other)
+                if other == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_graph_sees_lazy_imports() -> None:
+    graph = import_graph()
+    assert "pyvmm.inspect.cli" in graph["pyvmm.cli"]  # through importlib, by name
+    assert "pyvmm.config_file" in graph["pyvmm.cli_options"]  # inside a function
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_no_cycle_between_packages() -> None:
+    """arch uses the loaders; a loader takes the platform's addresses as arguments."""
+    graph = import_graph()
+
+    def package(name: str) -> str:
+        return ".".join(name.split(".")[:2])
+
+    packages: dict[str, set[str]] = {}
+    for name, imported in graph.items():
+        packages.setdefault(package(name), set()).update(
+            package(other) for other in imported if package(other) != package(name))
+    packages = {name: imported & set(packages) for name, imported in packages.items()}
+    assert [c for c in cycles(packages) if "pyvmm" not in c] == []
+
+
+def test_cycle_finder_finds_one() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """Each module imports first in a fresh interpreter (an order-dependent cycle fails)."""
+    names = sorted(name for name in _modules() if not name.endswith("__main__")
+                   and not name.endswith("_build"))
+    script = ("import importlib, subprocess, sys\n"
+              "bad = [n for n in sys.argv[1:] if subprocess.run([sys.executable, '-c', "
+              "f'import {n}'], capture_output=True).returncode]\n"
+              "print(' '.join(bad))")
+    result = subprocess.run([sys.executable, "-c", script, *names], capture_output=True,
+                            text=True, cwd=PACKAGE.parent, timeout=600)
+    assert result.stdout.split() == []
+
+
+def test_run_imports_no_heavy_modules() -> None:
+    """``pyvmm run`` pays for neither rich, pyelftools nor tomllib unless asked."""
+    script = ("import sys, pyvmm.cli; print(' '.join(m for m in ('rich', 'elftools', "
+              "'tomllib', 'pyvmm.inspect.cli', 'pyvmm.config_file') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=PACKAGE.parent, check=True)
+    assert result.stdout.split() == []
+
+
+def test_devices_do_not_need_kvm() -> None:
+    """A disk, a virtio queue or device loads neither the KVM binding nor /dev/kvm."""
+    script = ("import sys\n"
+              "import pyvmm.devices.virtio.block, pyvmm.devices.virtio.console, "
+              "pyvmm.devices.virtio.disk, pyvmm.devices.virtio.mmio, pyvmm.devices.serial\n"
+              "print(' '.join(m for m in sys.modules if m.startswith('pyvmm.kvm')))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=PACKAGE.parent, check=True)
+    assert result.stdout.split() == []

@@ -143,7 +143,8 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevi
 
     vcpus = [vm.create_vcpu(index) for index in range(config.cpus)]
     for vcpu in vcpus:
-        vcpu.set_cpuid(adjust_cpuid(supported, vcpu.id, config.cpus, policy))
+        vcpu.set_cpuid(adjust_cpuid(supported, vcpu.id, config.cpus, policy,
+                                    tsc_deadline=kvm.has_tsc_deadline_timer()))
         vcpu.set_msrs(boot.msrs)
         vcpu.configure_lapic_lint()
         vcpu.set_fpu(boot.fpu.fcw, boot.fpu.mxcsr)

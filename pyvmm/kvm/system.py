@@ -58,6 +58,10 @@ class Kvm:
         """KVM_CHECK_EXTENSION: 0 when absent, else a capability-specific value."""
         return ioctl_value(self.fd, lib.KVM_CHECK_EXTENSION, capability, "KVM_CHECK_EXTENSION")
 
+    def has_tsc_deadline_timer(self) -> bool:
+        """Whether the in-kernel LAPIC emulates TSC-deadline mode (userspace must say so in CPUID)."""
+        return bool(self.check_extension(lib.KVM_CAP_TSC_DEADLINE_TIMER))
+
     def require_capabilities(self) -> None:
         """Raise HostError naming the first capability this host lacks."""
         for name, capability in REQUIRED_CAPABILITIES.items():

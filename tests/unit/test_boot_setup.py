@@ -122,6 +122,13 @@ def test_cpuid_apic_ids_and_topology() -> None:
         assert adjusted[(0xB, 1)].edx == vcpu and adjusted[(0xB, 1)].ebx == 4
 
 
+def test_cpuid_offers_tsc_deadline_only_when_kvm_emulates_it() -> None:
+    table = [leaf(1, ecx=1)]
+    offered = adjust_cpuid(table, 0, 1, "host", tsc_deadline=True)[0]
+    assert offered.ecx & (1 << 24) and offered.ecx & 1
+    assert not adjust_cpuid(table, 0, 1, "host")[0].ecx & (1 << 24)
+
+
 def test_cpuid_compat_hides_what_emulation_cannot_run() -> None:
     table = [leaf(1, ecx=(1 << 13) | (1 << 26) | (1 << 28) | 1), leaf(7, ebx=1 << 5),
              leaf(0xD, eax=7, ebx=0x240)]

@@ -37,6 +37,9 @@ EBX_APIC_ID_SHIFT = 24
 EBX_LOGICAL_COUNT_SHIFT = 16
 EDX_HTT = 1 << 28
 ECX_HYPERVISOR = 1 << 31
+#: The LAPIC timer's TSC-deadline mode: KVM_GET_SUPPORTED_CPUID leaves it out because
+#: userspace must check KVM_CAP_TSC_DEADLINE_TIMER (QEMU and Firecracker set it then).
+ECX_TSC_DEADLINE = 1 << 24
 
 # Leaf 0xB/0x1F ECX[15:8] level types.
 LEVEL_TYPE_SMT = 1
@@ -90,8 +93,12 @@ def _topology_leaf(entry: CpuidEntry, apic_id: int, cpu_count: int) -> CpuidEntr
 
 
 def adjust_cpuid(entries: Sequence[CpuidEntry], vcpu_id: int, cpu_count: int,
-                 policy: str) -> list[CpuidEntry]:
-    """The CPUID table for vCPU ``vcpu_id`` (its APIC ID) under ``policy``."""
+                 policy: str, tsc_deadline: bool = False) -> list[CpuidEntry]:
+    """The CPUID table for vCPU ``vcpu_id`` (its APIC ID) under ``policy``.
+
+    ``tsc_deadline``: KVM emulates the LAPIC timer's TSC-deadline mode, so offer it:
+    the guest then arms its timer with one WRMSR instead of an emulated MMIO write.
+    """
     if policy not in CPU_POLICIES:
         raise ValueError(f"unknown CPU policy {policy!r}")
     if not 0 <= vcpu_id < cpu_count <= MAX_CPUS:
@@ -102,8 +109,8 @@ def adjust_cpuid(entries: Sequence[CpuidEntry], vcpu_id: int, cpu_count: int,
             ebx = ((entry.ebx & 0xFFFF) | (vcpu_id << EBX_APIC_ID_SHIFT)
                    | (cpu_count << EBX_LOGICAL_COUNT_SHIFT))
             edx = entry.edx | EDX_HTT if cpu_count > 1 else entry.edx & ~EDX_HTT
-            entry = dataclasses.replace(entry, ebx=ebx, ecx=entry.ecx | ECX_HYPERVISOR,
-                                        edx=edx)
+            ecx = entry.ecx | ECX_HYPERVISOR | (ECX_TSC_DEADLINE if tsc_deadline else 0)
+            entry = dataclasses.replace(entry, ebx=ebx, ecx=ecx, edx=edx)
         elif entry.function == LEAF_CACHE_PARAMS:
             entry = dataclasses.replace(
                 entry, eax=(entry.eax & 0x03FFFFFF)

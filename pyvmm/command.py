@@ -215,11 +215,13 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules:
 
 def _run(config: MachineConfig, console: LogConsole) -> int:
     from pyvmm.builder import build_machine
+    from pyvmm.signals import signals_stop
 
     streams = Streams()
     machine = build_machine(config, console, streams.device)
     streams.start_stdin()
-    reason = machine.run()
+    with signals_stop(machine):
+        reason = machine.run()
     machine.close()
     status, error = streams.outcome()
     if status is not None:

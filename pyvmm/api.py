@@ -213,23 +213,30 @@ def _config_from_options(**options: Any) -> MachineConfig:
         raise ConfigError("Machine(): no kernel: give kernel=PATH")
     values: dict[str, Any] = {}
     for name, value in options.items():
-        if value is None:
-            continue
-        if name in ("kernel", "initrd", "dump", "control"):
-            value = os.fspath(value)
-        elif name == "memory" and isinstance(value, str):
-            value = parse_size(value)
-        elif name == "drives":
-            value = tuple(_each(value, DriveConfig, parse_drive))
-        elif name == "shares":
-            value = tuple(v if isinstance(v, ShareConfig) else parse_share(os.fspath(v), index)
-                          for index, v in enumerate(_listed(value)))
-        elif name == "dump_on":
-            value = tuple(_listed(value))
-        elif name == "timeout":
-            value = float(value)
-        values[renamed.get(name, name)] = value
+        if value is not None:
+            try:
+                values[renamed.get(name, name)] = _converted(name, value)
+            except ConfigError as exc:
+                raise ConfigError(f"Machine({name}={value!r}): {exc}") from None
     return MachineConfig(**values)
+
+
+def _converted(name: str, value: Any) -> Any:
+    """One option's value as MachineConfig holds it (text parsed as the CLI parses it)."""
+    if name in ("kernel", "initrd", "dump", "control"):
+        return os.fspath(value)
+    if name == "memory" and isinstance(value, str):
+        return parse_size(value)
+    if name == "drives":
+        return tuple(_each(value, DriveConfig, parse_drive))
+    if name == "shares":
+        return tuple(v if isinstance(v, ShareConfig) else parse_share(os.fspath(v), index)
+                     for index, v in enumerate(_listed(value)))
+    if name == "dump_on":
+        return tuple(_listed(value))
+    if name == "timeout":
+        return float(value)
+    return value
 
 
 def _listed(value: Any) -> Iterable[Any]:

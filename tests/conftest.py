@@ -12,11 +12,13 @@ import os
 from importlib.metadata import entry_points
 
 
-def _autoloaded() -> bool:
+def plugin_autoloaded() -> bool:
+    """Whether pytest loads pyvmm's plugin by itself (its entry point is installed)."""
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         return False
     return any(point.value == "pyvmm.pytest_plugin"
                for point in entry_points(group="pytest11"))
 
 
-pytest_plugins = [] if _autoloaded() else ["pyvmm.pytest_plugin"]
+#: pytester: tests/integration/test_api.py checks what a failing test's report shows.
+pytest_plugins = ["pytester"] + ([] if plugin_autoloaded() else ["pyvmm.pytest_plugin"])

@@ -83,7 +83,8 @@ def pytest_runtest_makereport(item: pytest.Item,
     report: pytest.TestReport = outcome.get_result()
     if not report.failed:
         return
-    for index, machine in enumerate(item.stash.get(_MACHINES, [])):
+    machines: list[Machine] = item.stash.get(_MACHINES, [])
+    for index, machine in enumerate(machines):
         output = machine.console.output
         cut = len(output) > REPORT_BYTES
         text = output[-REPORT_BYTES:].decode(errors="replace")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 import traceback
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -81,6 +82,8 @@ class Machine:
         #: Instructions finished for a software-emulating KVM, by name (the runners count).
         self.assists = assists
         self._dump_pending = False
+        #: One paused section at a time (a live dump and a register read may race).
+        self._pause_lock = threading.Lock()
         self._control: ControlServer | None = None
         self._closed = False
 
@@ -111,7 +114,7 @@ class Machine:
         from pyvmm.dump.capture import dump_machine
 
         start = time.monotonic()
-        with self.runners.paused():
+        with self._pause_lock, self.runners.paused():
             dump_machine(path, self.memory, self.vcpus, None)
         return time.monotonic() - start
 
@@ -121,7 +124,7 @@ class Machine:
 
         if not 0 <= cpu < len(self.vcpus):
             raise IndexError(f"no vCPU {cpu}: the machine has {len(self.vcpus)}")
-        with self.runners.paused():
+        with self._pause_lock, self.runners.paused():
             return vcpu_states([self.vcpus[cpu]])[0]
 
     # -- running ------------------------------------------------------------------------

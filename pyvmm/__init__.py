@@ -1,6 +1,6 @@
 """pyvmm: a small virtual machine monitor in Python on Linux KVM.
 
-The library API (``pyvmm.Machine``, ``pyvmm.Outcome``, ``pyvmm.Console``) lives
+The library API (``pyvmm.Machine``, ``Outcome``, ``Console``, ``run_command``) lives
 in ``pyvmm.api`` and is imported on first use, so ``import pyvmm`` (and with
 it every ``pyvmm`` command's start-up) stays as cheap as it was.
 """
@@ -15,14 +15,14 @@ IMPORTED_AT = _time.perf_counter()
 IMPORTED_CPU = _time.process_time()
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "Machine", "Outcome", "Console"]
+__all__ = ["__version__", "Machine", "Outcome", "Console", "run_command"]
 
 if TYPE_CHECKING:
-    from pyvmm.api import Console, Machine, Outcome
+    from pyvmm.api import Console, Machine, Outcome, run_command
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Machine", "Outcome", "Console"):
+    if name in ("Machine", "Outcome", "Console", "run_command"):
         from pyvmm import api
 
         return getattr(api, name)

@@ -36,7 +36,7 @@ from pyvmm.vcpu_runner import ensure_kick_handler
 if TYPE_CHECKING:
     from pyvmm.dump.state import VcpuState
 
-__all__ = ["Machine", "Outcome", "Console"]
+__all__ = ["Machine", "Outcome", "Console", "run_command"]
 
 #: How long ``stop`` waits for the machine to wind down (flushes, dumps).
 STOP_SECONDS = 30.0
@@ -181,19 +181,58 @@ class Machine:
 
     def run(self, cmd: str | Sequence[str], timeout: float | None = None) -> \
             subprocess.CompletedProcess[bytes]:
-        """Run a command in the guest (not wired yet: use ``pyvmm run -k KERNEL -- CMD``).
+        """Run a command in this running guest: not possible yet.
 
-        Command mode (``pyvmm.command``) builds its own machine around one
-        command; running commands in a machine that is already up needs a
-        guest agent on its stream ports, which is not there yet.
+        Command mode builds its own machine around one command, whose
+        initramfs carries it: ``pyvmm.run_command(cmd, kernel=...)`` does
+        that.  Running commands in a machine that is already up needs a guest
+        agent on its stream ports, which is not there yet.
         """
         raise NotImplementedError(
-            "Machine.run(cmd) is not implemented yet: command mode runs one command per "
-            "machine, from the command line: pyvmm run -k KERNEL -- CMD [ARGS...]")
+            "Machine.run(cmd) needs a guest agent pyvmm does not have yet: run one command "
+            "in a guest of its own with pyvmm.run_command(cmd, kernel=...) (the library's "
+            "pyvmm run -k KERNEL -- CMD)")
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the machine is stopped and released")
+
+
+def run_command(cmd: str | Sequence[str], *, input: bytes | str = b"",
+                timeout: float | None = None, check: bool = False, rw: bool = False,
+                modules: str | None = None, user: str | None = None,
+                **options: Any) -> subprocess.CompletedProcess[bytes]:
+    """Run ``cmd`` in a guest on the host's files, as ``subprocess.run`` runs it here.
+
+    The library's ``pyvmm run -k KERNEL -- CMD`` (command mode, README):
+    the guest's root is the host's ``/`` (a tmpfs overlay keeps its writes
+    unless ``rw``), the command runs as you in this directory, gets
+    ``input`` on its stdin, and its stdout and stderr come back apart and
+    byte-exact.  ``cmd`` is an argv, or a string for ``sh -c``.  The return
+    code is the command's, or 255 when the guest or pyvmm failed first (its
+    one line then ends ``stderr``).  Past ``timeout`` seconds it raises
+    ``subprocess.TimeoutExpired``; with ``check``, ``CalledProcessError`` for
+    a non-zero status.  Other options are ``Machine``'s (``kernel``,
+    ``memory``, ``cpus``, ``shares``, ``append``, ...).  Needs hardware KVM;
+    bad options and hosts raise ``PyvmmError``.
+    """
+    from pyvmm.command import FAILED, Streams
+    from pyvmm.command import run_command as run_in_guest
+
+    argv = ("sh", "-c", cmd) if isinstance(cmd, str) else tuple(cmd)
+    config = _config_from_options(timeout=timeout, **options)
+    stdout, stderr = bytearray(), bytearray()
+    streams = Streams(stdout=stdout.extend, stderr=stderr.extend,
+                      stdin=input.encode() if isinstance(input, str) else bytes(input))
+    status = run_in_guest(config, argv, rw, modules, options.get("append"), False, user, streams)
+    if streams.error is not None:
+        stderr += streams.error.encode() + b"\n"
+    if status == FAILED and streams.reason is not None and streams.reason.kind == "timeout":
+        raise subprocess.TimeoutExpired(list(argv), timeout or 0, bytes(stdout), bytes(stderr))
+    result = subprocess.CompletedProcess(list(argv), status, bytes(stdout), bytes(stderr))
+    if check:
+        result.check_returncode()
+    return result
 
 
 def _config_from_options(**options: Any) -> MachineConfig:

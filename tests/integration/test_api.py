@@ -11,7 +11,8 @@ from typing import Callable
 import pytest
 
 import pyvmm
-from pyvmm.errors import PyvmmError
+from pyvmm.errors import HostError, PyvmmError
+from pyvmm.kvm.system import is_pvm_host
 from tests.conftest import plugin_autoloaded
 from tests.integration.conftest import image, run_pyvmm
 
@@ -160,7 +161,7 @@ def test_a_machine_started_from_another_thread(pyvmm_machine: Factory) -> None:
 
 def test_run_is_a_documented_hook(pyvmm_machine: Factory) -> None:
     vm = pyvmm_machine(kernel=image("tiny/loop.bzImage"), memory="64M", start=False)
-    with pytest.raises(NotImplementedError, match="pyvmm run -k KERNEL -- CMD"):
+    with pytest.raises(NotImplementedError, match="pyvmm.run_command"):
         vm.run(["true"])
 
 
@@ -175,3 +176,9 @@ def test_a_failing_test_report_carries_the_console(pytester: pytest.Pytester) ->
     result = pytester.runpytest_inprocess(*plugin)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*pyvmm console 0: bootcheck.bzImage*", "*pyvmm-tiny: hello*"])
+
+
+@pytest.mark.skipif(not is_pvm_host(), reason="kvm_pvm only: elsewhere command mode runs")
+def test_run_command_says_it_needs_hardware_kvm() -> None:
+    with pytest.raises(HostError, match="command mode needs hardware KVM"):
+        pyvmm.run_command(["true"], kernel=image("tiny/loop.bzImage"))

@@ -31,3 +31,16 @@ def test_the_api_types_into_the_guest_shell(pyvmm_machine: Factory) -> None:
     vm.console.write("echo typed-$((40+2)); poweroff -f\n")
     vm.console.expect("typed-42", 60)
     assert vm.wait(60).status == 0
+
+
+def test_run_command_runs_one_command_on_the_host_files(tmp_path) -> None:
+    """Command mode through the library: streams apart, input passed, the status back."""
+    (tmp_path / "data.txt").write_text("from-the-host\n")
+    result = pyvmm.run_command(
+        ["sh", "-c", f"cat {tmp_path}/data.txt; echo to-stderr >&2; cat; exit 3"],
+        input=b"from-python", kernel=image(MINIMAL.kernel), timeout=600)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == b"from-the-host\nfrom-python"
+    assert result.stderr == b"to-stderr\n"
+    assert pyvmm.run_command("test -d /proc/1", kernel=image(MINIMAL.kernel),
+                             timeout=600, check=True).returncode == 0

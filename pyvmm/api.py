@@ -29,7 +29,6 @@ from pyvmm.config import (DriveConfig, MachineConfig, ShareConfig, parse_drive, 
 from pyvmm.errors import ConfigError
 from pyvmm.exitstatus import StopReason
 from pyvmm.guest_console import Console
-from pyvmm.machine import Machine as _Machine
 from pyvmm.memory import GuestMemory
 from pyvmm.vcpu_runner import ensure_kick_handler
 

@@ -172,9 +172,14 @@ class VcpuRunner:
                 self._set_state(VcpuState.EXITED)
 
     def _loop(self) -> StopReason | None:
-        """KVM_RUN and serve exits until one stops the machine or we are told to stop."""
-        vcpu, serve = self.vcpu, self._serve
-        while not self._want_stop:
+        """KVM_RUN and serve exits until one stops the machine or we are told to stop.
+
+        A device that fires the exit event while an exit is served (debug-exit,
+        ACPI poweroff) stops this vCPU before it enters the guest again, and
+        every other vCPU at its next exit: the guest runs no further than that.
+        """
+        vcpu, serve, stopping = self.vcpu, self._serve, self._exit_event.is_set
+        while not self._want_stop and not stopping():
             if self._want_pause:
                 self._park()
                 continue

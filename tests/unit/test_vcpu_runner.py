@@ -195,3 +195,23 @@ def test_on_exit_runs_when_the_thread_ends() -> None:
     runner.start()
     assert runner.wait_for((VcpuState.EXITED,), WAIT)
     assert done == ["counted"]
+
+
+def test_a_device_firing_the_exit_event_stops_the_vcpu_before_it_runs_again() -> None:
+    """The debug-exit port stops the guest at once: no KVM_RUN after the exit that fired it."""
+    event = ExitEvent()
+    vcpu = ScriptedVcpu([port_write(0xF4, 3), port_write(0x3F8, 65)])
+    served: list[int] = []
+
+    def serve(exit: VmExit) -> StopReason | None:
+        if isinstance(exit, IoOut):
+            served.append(exit.port)
+            if exit.port == 0xF4:
+                event.set(StopReason.debug_exit(3))  # as DebugExit does: serving returns None
+        return None
+
+    runner = VcpuRunner(vcpu, serve, event)
+    runner.start()
+    assert runner.wait_for((VcpuState.EXITED,), WAIT)
+    assert served == [0xF4]
+    assert vcpu.runs == 1

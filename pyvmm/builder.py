@@ -7,7 +7,7 @@ checked before /dev/kvm is opened, so bad input never depends on the host.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from pyvmm.acpi.tables import write_acpi_tables
 from pyvmm.arch.x86_64 import layout
@@ -15,6 +15,8 @@ from pyvmm.arch.x86_64.boot import prepare_boot
 from pyvmm.arch.x86_64.cpuid import CpuidEntry, adjust_cpuid, describe_policy
 from pyvmm.config import MachineConfig, size_name
 from pyvmm.console import HostConsole
+from pyvmm.console_pump import ConsoleInput, ConsolePump
+from pyvmm.devices.bus import Bus
 from pyvmm.devices.i8042 import I8042
 from pyvmm.devices.legacy import DebugExit, IgnoredPorts
 from pyvmm.devices.platform import PvPanic, SleepControl
@@ -22,7 +24,9 @@ from pyvmm.devices.serial import Serial
 from pyvmm.devices.virtio.console import ConsoleDevice
 from pyvmm.devices.virtio.device import VirtioDevice
 from pyvmm.errors import ConfigError, LoaderError
+from pyvmm.dispatch import UnknownAccessLog
 from pyvmm.eventloop import EventLoop
+from pyvmm.exit_event import ExitEvent
 from pyvmm.exitstatus import StopReason
 from pyvmm.inputfile import read_input
 from pyvmm.kvm._ffi import address_of
@@ -32,8 +36,13 @@ from pyvmm.machine import Machine
 from pyvmm.memory import GuestMemory
 from pyvmm.shares import Shares
 from pyvmm.uart_fastpath import UartFastPath
+from pyvmm.vcpu_exits import ServedVcpu
+from pyvmm.vcpu_runner import VcpuRunner, VcpuRunners
 from pyvmm.virtio_slots import (acpi_platform, announce, attach_virtio, open_virtio_devices,
                                 plan_virtio_slots)
+
+if TYPE_CHECKING:
+    from pyvmm.stats import RunStats
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +77,13 @@ _policy_warned: list[bool] = []
 
 
 def build_machine(config: MachineConfig, console: HostConsole | None = None,
-                  ports: VirtioDevice | None = None) -> Machine:
-    """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices.
+                  ports: VirtioDevice | None = None, stats: RunStats | None = None) -> Machine:
+    """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices: a whole Machine.
 
-    ``ports`` is the stream device of command mode (``config.stdio_ports``).
+    ``console`` is where the guest's consoles go and its input comes from
+    (default: our stdin and stdout, Ctrl-A x stopping the machine); ``ports``
+    is the stream device of command mode (``config.stdio_ports``); ``stats``
+    counts exits and start-up milestones for ``--stats``.
     """
     # A kernel or initrd larger than guest RAM can't fit in it.
     ram = f"(the guest's --memory {size_name(config.memory)})"
@@ -83,14 +95,15 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     slots = plan_virtio_slots(config)
     shares = Shares(config.shares)
     try:
-        return _build(config, console, ports, kernel_image, initrd_image, slots, shares)
+        return _build(config, console, ports, stats, kernel_image, initrd_image, slots,
+                      shares)
     except BaseException:
         shares.close()
         raise
 
 
 def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevice | None,
-           kernel_image: bytes, initrd_image: bytes | None, slots: list,
+           stats: RunStats | None, kernel_image: bytes, initrd_image: bytes | None, slots: list,
            shares: Shares) -> Machine:
     if config.control:
         from pyvmm.control import check_control_path
@@ -110,12 +123,12 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevi
     if config.acpi:
         rsdp = write_acpi_tables(memory, acpi_platform(config, slots))
     boot = prepare_boot(memory, kernel_image, initrd_image, cmdline, rsdp_address=rsdp)
-    console = console or HostConsole(on_quit=lambda: None)
-    late_stop: list[Callable[[str], None]] = []
+    loop = EventLoop()
+    exit_event = ExitEvent(on_set=loop.stop)
+    console = console or HostConsole(on_quit=exit_event.setter(StopReason.user_quit()))
 
     def backend_failed(message: str) -> None:
-        for stop in late_stop:
-            stop(message)
+        exit_event.set(StopReason.backend_failed(message))
 
     devices = open_virtio_devices(slots, console.write, shares.open(backend_failed), ports)
 
@@ -152,26 +165,29 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevi
     vcpus[0].set_sregs(boot.sregs)
     vcpus[0].set_regs(boot.regs_dict())
 
-    loop = EventLoop()
-    machine = Machine(config=config, kvm=kvm, vm=vm, memory=memory, vcpus=vcpus,
-                      boot=boot, console=console, loop=loop, pvm_host=pvm_host,
-                      emulation_assist=config.emulation_assist == "on"
-                      or (config.emulation_assist == "auto" and pvm_host))
-    machine.console.on_quit = lambda: machine.request_stop(StopReason.user_quit())
-    _attach_legacy_devices(machine)
-    assert machine.serial is not None
-    machine.uart_fast = UartFastPath(kvm, vm, vcpus, machine.serial, layout.COM1_PORT)
-    machine.virtio = attach_virtio(vm, loop, machine.mmio_bus, memory, slots, devices,
-                                   machine.owned_fds)
-    late_stop.append(lambda message: machine.request_stop(StopReason.backend_failed(message)))
+    pio_bus, mmio_bus = Bus(), Bus()
+    serial = Serial(KvmIrqLine(vm, layout.COM1_IRQ), console.write, on_pending=loop.wake)
+    _attach_legacy_devices(pio_bus, serial, exit_event)
+    uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT)
+    transports, owned_fds = attach_virtio(vm, loop, mmio_bus, memory, slots, devices)
     shares.watch(loop, backend_failed)
-    machine.closers.append(shares.close)
-    machine.console_input = machine.serial
+    console_input: ConsoleInput = serial
     if _guest_console_is_hvc(cmdline):
-        machine.console_input = next(
-            (t.device for t in machine.virtio if isinstance(t.device, ConsoleDevice)),
-            machine.serial)
-    return machine
+        console_input = next((t.device for t in transports
+                              if isinstance(t.device, ConsoleDevice)), serial)
+
+    assist = config.emulation_assist == "on" or (config.emulation_assist == "auto" and pvm_host)
+    assists: dict[str, int] = {}
+    unknown = UnknownAccessLog()
+    served = [ServedVcpu(vcpu, pio_bus, mmio_bus, unknown, uart_fast, stats, pvm_host,
+                         assist, assists) for vcpu in vcpus]
+    runners = VcpuRunners([VcpuRunner(s, s.serve, exit_event, on_exit=s.finished)
+                           for s in served])
+    return Machine(config=config, kvm=kvm, vm=vm, memory=memory, vcpus=vcpus,
+                   exit_event=exit_event, loop=loop, console=console,
+                   pump=ConsolePump(console, console_input, serial, uart_fast),
+                   runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
+                   owned_fds=owned_fds, closers=[shares.close], stats=stats, assists=assists)
 
 
 def _guest_console_is_hvc(cmdline: str) -> bool:
@@ -180,23 +196,22 @@ def _guest_console_is_hvc(cmdline: str) -> bool:
     return bool(consoles) and consoles[-1].startswith("hvc")
 
 
-def _attach_legacy_devices(machine: Machine) -> None:
-    """COM1, the i8042 (reset), debug-exit, pvpanic, ACPI sleep, the ignored ports."""
-    bus = machine.pio_bus
-    machine.serial = Serial(KvmIrqLine(machine.vm, layout.COM1_IRQ), machine.console.write,
-                            on_pending=machine.loop.wake)
-    bus.insert(machine.serial, layout.COM1_PORT, 8)
-    bus.insert(I8042(lambda: machine.request_stop(
+def _attach_legacy_devices(bus: Bus, serial: Serial, exit_event: ExitEvent) -> None:
+    """COM1, the i8042 (reset), debug-exit, pvpanic, ACPI sleep, the ignored ports.
+
+    The devices get the machine's exit event, and can only say why it should stop.
+    """
+    bus.insert(serial, layout.COM1_PORT, 8)
+    bus.insert(I8042(exit_event.setter(
         StopReason.reboot("the guest reset the machine (i8042)"))),
         layout.I8042_DATA_PORT, 5)
-    bus.insert(DebugExit(lambda status: machine.request_stop(StopReason.debug_exit(status))),
+    bus.insert(DebugExit(lambda status: exit_event.set(StopReason.debug_exit(status))),
                layout.DEBUG_EXIT_PORT, 4)
-    bus.insert(PvPanic(lambda: machine.request_stop(
+    bus.insert(PvPanic(exit_event.setter(
         StopReason.guest_panic("the guest kernel panicked (pvpanic)"))),
         layout.PVPANIC_PORT, 1)
-    bus.insert(SleepControl(lambda: machine.request_stop(
+    bus.insert(SleepControl(exit_event.setter(
         StopReason.poweroff("the guest powered off (ACPI S5)"))),
         layout.ACPI_SLEEP_CONTROL_PORT, 2)
     for base, length in IGNORED_PORT_RANGES:
         bus.insert(IgnoredPorts(), base, length)
-

@@ -140,14 +140,15 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None, rw
         run_stats.mark("cli_parsed")
     config = effective_config(ctx, params)
     from pyvmm.builder import build_machine
+    from pyvmm.signals import signals_stop
 
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
     while True:
-        machine = build_machine(config)
+        machine = build_machine(config, stats=run_stats)
         if run_stats is not None:
-            machine.stats = run_stats
             run_stats.mark("machine_built")
-        reason = machine.run()
+        with signals_stop(machine):
+            reason = machine.run()
         if reason.kind != "reboot" or on_reboot != "restart":
             machine.close_at_exit()
             break

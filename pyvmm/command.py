@@ -12,6 +12,7 @@ first: then the status is 255, as ssh and vng report their own failures.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pwd
@@ -20,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from typing import Callable
+from typing import Callable, Iterator
 
 from pyvmm.builder import build_machine
 from pyvmm.config import MachineConfig, ShareConfig
@@ -30,6 +31,7 @@ from pyvmm.errors import ConfigError, HostError, PyvmmError
 from pyvmm.exitstatus import StopReason
 from pyvmm.initramfs.build import Job, base_archive, job_archive, modules_for
 from pyvmm.kvm import system as kvm_system  # a module: tests stand in for is_pvm_host
+from pyvmm.signals import signals_stop
 
 #: pyvmm's status when it, or the guest, fails before the command ends.
 FAILED = 255
@@ -92,29 +94,46 @@ def _fd_writer(fd: int) -> Callable[[memoryview], None]:
 
 
 class Streams:
-    """The four ports and the thread that feeds our stdin to the first."""
+    """The four ports and the thread that feeds the command's input to the first.
 
-    def __init__(self) -> None:
+    By default (``pyvmm run``) the command's streams are ours: fds 0, 1 and 2.
+    The library (``pyvmm.run_command``) gives its input as bytes and collects
+    stdout and stderr; pyvmm's own error line then goes to ``error``.
+    """
+
+    def __init__(self, stdout: Callable[[memoryview], None] | None = None,
+                 stderr: Callable[[memoryview], None] | None = None,
+                 stdin: bytes | None = None) -> None:
         self.status = bytearray()
+        self._stdin = stdin
+        #: pyvmm's one line when it, or the guest, failed before the command ended.
+        self.error: str | None = None
+        #: Why the machine stopped (set once it has).
+        self.reason: StopReason | None = None
 
         def keep_status(view: memoryview) -> None:
             self.status += bytes(view)[:max(0, STATUS_LIMIT - len(self.status))]
 
         self.device = PortsDevice([Port(PORT_NAMES[STDIN]),
-                                   Port(PORT_NAMES[STDOUT], _fd_writer(1)),
-                                   Port(PORT_NAMES[STDERR], _fd_writer(2)),
+                                   Port(PORT_NAMES[STDOUT], stdout or _fd_writer(1)),
+                                   Port(PORT_NAMES[STDERR], stderr or _fd_writer(2)),
                                    Port(PORT_NAMES[STATUS], keep_status)])
 
     def start_stdin(self) -> None:
         threading.Thread(target=self._feed, name="stdin", daemon=True).start()
 
+    def _chunks(self) -> Iterator[bytes]:
+        if self._stdin is not None:
+            yield self._stdin
+            return
+        while data := os.read(0, 65536):
+            yield data
+
     def _feed(self) -> None:
         try:
-            while True:
-                data = os.read(0, 65536)
-                if not data:
-                    break
-                self.device.enqueue_input(STDIN, data)
+            for data in self._chunks():
+                if data:
+                    self.device.enqueue_input(STDIN, data)
         except OSError:
             pass  # no stdin, or it failed: the guest sees end of file
         except PyvmmError:
@@ -185,8 +204,13 @@ def command_config(config: MachineConfig, rw: bool, initrd: str, user_append: st
 
 
 def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules: str | None,
-                user_append: str | None, verbose: bool, user: str | None = None) -> int:
-    """Run ``argv`` in a guest; return its status (255 and a line on stderr if we fail first)."""
+                user_append: str | None, verbose: bool, user: str | None = None,
+                streams: Streams | None = None) -> int:
+    """Run ``argv`` in a guest; return its status (255 and a line on stderr if we fail first).
+
+    ``streams`` given (the library): its input and writers instead of our fds,
+    pyvmm's error line in ``streams.error``, and no signal handlers.
+    """
     if config.initrd:
         raise ConfigError("command mode builds its own initramfs: leave out --initrd")
     if kvm_system.is_pvm_host():
@@ -206,24 +230,28 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules:
             stream.write(base)
             stream.write(job_archive(job))
         machine_config = command_config(config, rw, initrd, user_append)
-        return _run(machine_config, console)
+        return _run(machine_config, console, streams)
     finally:
         console.close()
         shutil.rmtree(private, ignore_errors=True)
 
 
-def _run(config: MachineConfig, console: LogConsole) -> int:
-    streams = Streams()
+def _run(config: MachineConfig, console: LogConsole, library: Streams | None) -> int:
+    streams = library or Streams()
     machine = build_machine(config, console, streams.device)
     streams.start_stdin()
-    reason = machine.run()
+    with signals_stop(machine) if library is None else contextlib.nullcontext():
+        reason = machine.run()
     machine.close()
+    streams.reason = reason
     status, error = streams.outcome()
     if status is not None:
         return status
     if error is None:
         error = _explain(reason, console)
-    print(f"pyvmm: {error}", file=sys.stderr)
+    streams.error = f"pyvmm: {error}"
+    if library is None:
+        print(streams.error, file=sys.stderr)
     if reason.kind == "signal":
         return reason.status
     return FAILED

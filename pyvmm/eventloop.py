@@ -36,8 +36,10 @@ class EventLoop:
             self._epoll.unregister(fd)
 
     def wake(self) -> None:
-        """Make ``run`` look at its stop condition now (any thread)."""
-        os.eventfd_write(self.wake_fd, 1)
+        """Make ``run`` look at its stop condition now (any thread; a no-op once closed)."""
+        fd = self.wake_fd
+        if fd >= 0:
+            os.eventfd_write(fd, 1)
 
     def stop(self) -> None:
         self._stopped = True
@@ -73,5 +75,6 @@ class EventLoop:
         return True
 
     def close(self) -> None:
+        fd, self.wake_fd = self.wake_fd, -1  # a late wake() must not write to a reused fd
         self._epoll.close()
-        os.close(self.wake_fd)
+        os.close(fd)

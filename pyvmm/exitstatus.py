@@ -68,6 +68,11 @@ class StopReason:
         return cls("quit", "quit from the console (Ctrl-A x)", ExitStatus.OK)
 
     @classmethod
+    def stopped(cls, how: str = "stopped by its host program (Machine.stop)") -> "StopReason":
+        """The program running the machine (``pyvmm.Machine.stop``) ended it."""
+        return cls("stop", how, ExitStatus.OK)
+
+    @classmethod
     def triple_fault(cls) -> "StopReason":
         return cls("triple-fault", "the guest triple-faulted (KVM shutdown exit)",
                    ExitStatus.GUEST_CRASHED)

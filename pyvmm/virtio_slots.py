@@ -119,12 +119,13 @@ class IrqfdTrigger:
         os.eventfd_write(self.event_fd, 1)
 
 
-def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices,
-                  owned_fds: list[int]) -> list:
+def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot],
+                  devices) -> tuple[list, list[int]]:
     """Map each device's transport and bind its notifications and interrupt to KVM.
 
-    The eventfds made here are appended to ``owned_fds`` for the machine to close.
+    Returns the transports and the eventfds made here, for the machine to close.
     """
+    owned_fds: list[int] = []
     from pyvmm.devices.virtio.mmio import QUEUE_NOTIFY, VirtioMmioTransport
 
     transports = []
@@ -147,7 +148,7 @@ def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices,
             owned_fds.append(notify_fd)
             vm.register_ioeventfd(notify_fd, slot.base + QUEUE_NOTIFY, 4, datamatch=index)
             loop.add(notify_fd, _notify_handler(notify_fd, transport, index))
-    return transports
+    return transports, owned_fds
 
 
 def _notify_handler(event_fd: int, transport, index: int) -> Callable[[int], None]:

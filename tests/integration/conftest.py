@@ -1,7 +1,8 @@
 """Fixtures that boot real guests under /dev/kvm.
 
 Guest images come from ``images/build.sh`` (into images/out/).  Where /dev/kvm
-or an image is missing the tests skip with the reason, unless
+(pyvmm's pytest plugin: the ``kvm`` marker) or an image is missing the tests
+skip with the reason, unless
 ``PYVMM_REQUIRE_IMAGES=1`` (CI sets it): then a missing image is a failure.
 """
 
@@ -19,21 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "images" / "out"
 
 
-def _kvm_usable() -> str | None:
-    try:
-        os.close(os.open("/dev/kvm", os.O_RDWR))
-    except OSError as exc:
-        return f"/dev/kvm is not usable here: {exc.strerror}"
-    return None
-
-
 def pytest_collection_modifyitems(config, items) -> None:
-    reason = _kvm_usable()
+    """Every test here boots a guest: the plugin's ``kvm`` marker skips it without /dev/kvm."""
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-            if reason:
-                item.add_marker(pytest.mark.skip(reason=reason))
+            item.add_marker(pytest.mark.kvm)
 
 
 def image(relative: str) -> Path:

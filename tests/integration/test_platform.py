@@ -3,61 +3,69 @@
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import pytest
 
+import pyvmm
 from pyvmm.exitstatus import ExitStatus
 from pyvmm.kvm.system import is_pvm_host
 
 from .conftest import image, run_pyvmm
 
+#: Most tests here boot through the library (the pyvmm_machine fixture); what only
+#: the command line does (--on-reboot restart) runs ``pyvmm run``.
+Factory = Callable[..., pyvmm.Machine]
+
 
 @pytest.mark.parametrize("cpus", [1, 4])
-def test_every_vcpu_starts_and_reports_its_apic_id(cpus: int) -> None:
-    result = run_pyvmm("run", "-k", str(image("tiny/smp.bzImage")), "--cpus", str(cpus),
-                       "--timeout", "60")
-    assert result.status == ExitStatus.OK, result.stdout + result.stderr
-    assert f"smp: {cpus} cpus up" in result.stdout
-    assert sorted(int(i) for i in re.findall(r"smp: cpu (\d+) up", result.stdout)) == \
+def test_every_vcpu_starts_and_reports_its_apic_id(pyvmm_machine: Factory, cpus: int) -> None:
+    vm = pyvmm_machine(kernel=image("tiny/smp.bzImage"), cpus=cpus, timeout=60)
+    outcome = vm.wait(60)
+    assert outcome.status == ExitStatus.OK, vm.console.text + outcome.reason
+    assert f"smp: {cpus} cpus up" in vm.console.text
+    assert sorted(int(i) for i in re.findall(r"smp: cpu (\d+) up", vm.console.text)) == \
         list(range(1, cpus))
 
 
-def test_guest_walks_the_acpi_tables(tmp_path) -> None:
+def test_guest_walks_the_acpi_tables(pyvmm_machine: Factory, tmp_path) -> None:
     disk = tmp_path / "d.img"
     disk.write_bytes(bytes(4096))
-    result = run_pyvmm("run", "-k", str(image("tiny/acpi.bzImage")), "--cpus", "2",
-                       "--drive", str(disk), "-a", "console=ttyS0 acpitest=walk")
-    assert result.status == ExitStatus.OK, result.stdout
+    vm = pyvmm_machine(kernel=image("tiny/acpi.bzImage"), cpus=2, drives=[disk],
+                       append="console=ttyS0 acpitest=walk", timeout=60)
     # Two virtio devices: the disk and the console.
-    assert "acpi: ok cpus=2 virtio=2 pvpanic=0x505 sleep=0x3c0" in result.stdout
+    vm.console.expect("acpi: ok cpus=2 virtio=2 pvpanic=0x505 sleep=0x3c0", 60)
+    assert vm.wait(60).status == ExitStatus.OK
 
 
-def test_virtio_devices_only_on_the_command_line_when_asked() -> None:
-    result = run_pyvmm("run", "-k", str(image("tiny/acpi.bzImage")),
-                       "--virtio-announce", "cmdline", "-a", "console=ttyS0 acpitest=walk")
-    assert "virtio=0" in result.stdout
+def test_virtio_devices_only_on_the_command_line_when_asked(pyvmm_machine: Factory) -> None:
+    vm = pyvmm_machine(kernel=image("tiny/acpi.bzImage"), virtio_announce="cmdline",
+                       append="console=ttyS0 acpitest=walk", timeout=60)
+    vm.console.expect("virtio=0", 60)
 
 
-def test_acpi_poweroff_exits_zero() -> None:
-    result = run_pyvmm("run", "-k", str(image("tiny/acpi.bzImage")),
-                       "-a", "console=ttyS0 acpitest=poweroff", "-v")
-    assert result.status == ExitStatus.OK
-    assert "acpi: powering off" in result.stdout
-    assert "ACPI S5" in result.stderr
+def test_acpi_poweroff_exits_zero(pyvmm_machine: Factory) -> None:
+    vm = pyvmm_machine(kernel=image("tiny/acpi.bzImage"), append="console=ttyS0 acpitest=poweroff",
+                       timeout=60)
+    outcome = vm.wait(60)
+    assert (outcome.status, outcome.kind) == (ExitStatus.OK, "poweroff")
+    assert "ACPI S5" in outcome.reason
+    assert "acpi: powering off" in vm.console.text
 
 
-def test_pvpanic_gives_the_panic_status() -> None:
-    result = run_pyvmm("run", "-k", str(image("tiny/acpi.bzImage")),
-                       "-a", "console=ttyS0 acpitest=panic")
-    assert result.status == ExitStatus.GUEST_PANIC
-    assert "panicked (pvpanic)" in result.stderr
+def test_pvpanic_gives_the_panic_status(pyvmm_machine: Factory) -> None:
+    vm = pyvmm_machine(kernel=image("tiny/acpi.bzImage"), append="console=ttyS0 acpitest=panic",
+                       timeout=60)
+    outcome = vm.wait(60)
+    assert outcome.status == ExitStatus.GUEST_PANIC
+    assert "panicked (pvpanic)" in outcome.reason
 
 
-def test_no_acpi_means_no_tables() -> None:
-    result = run_pyvmm("run", "-k", str(image("tiny/acpi.bzImage")), "--no-acpi",
-                       "-a", "console=ttyS0 acpitest=walk")
-    assert result.status == 3  # the guest's FAIL: debug-exit 1
-    assert "acpi: FAIL no RSDP" in result.stdout
+def test_no_acpi_means_no_tables(pyvmm_machine: Factory) -> None:
+    vm = pyvmm_machine(kernel=image("tiny/acpi.bzImage"), acpi=False,
+                       append="console=ttyS0 acpitest=walk", timeout=60)
+    vm.console.expect("acpi: FAIL no RSDP", 60)
+    assert vm.wait(60).status == 3  # the guest's FAIL: debug-exit 1
 
 
 def test_on_reboot_restart_runs_the_guest_again_within_the_timeout() -> None:

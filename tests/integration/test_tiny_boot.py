@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import re
 import struct
+from typing import Callable
 
 import pytest
 
+import pyvmm
+
 from tests.integration.conftest import image, run_pyvmm
+
+Factory = Callable[..., pyvmm.Machine]
 
 
 def fnv1a32(data: bytes) -> int:
@@ -23,16 +28,17 @@ def checked_initrd(payload: bytes) -> bytes:
             + struct.pack("<I", fnv1a32(payload)))
 
 
-def test_bootcheck_sees_what_the_boot_protocol_promised(tmp_path) -> None:
+def test_bootcheck_sees_what_the_boot_protocol_promised(pyvmm_machine: Factory,
+                                                         tmp_path) -> None:
     initrd = tmp_path / "initrd.img"
     data = checked_initrd(bytes(range(256)) * 40)
     initrd.write_bytes(data)
     cmdline = "console=ttyS0 pyvmm.test=bootcheck words with spaces"
-    result = run_pyvmm("run", "--kernel", str(image("tiny/bootcheck.bzImage")),
-                       "--initrd", str(initrd), "--append", cmdline, "--memory", "512M",
-                       "--timeout", "60")
-    out = result.stdout
-    assert result.status == 0, result.stderr + out
+    vm = pyvmm_machine(kernel=image("tiny/bootcheck.bzImage"), initrd=initrd, append=cmdline,
+                       memory="512M", timeout=60)
+    outcome = vm.wait(60)
+    out = vm.console.text
+    assert outcome.status == 0, outcome.reason + out
     assert "pyvmm-tiny: hello" in out
     assert "check hdrs ok" in out
     assert f"cmdline: {cmdline}" in out
@@ -44,7 +50,8 @@ def test_bootcheck_sees_what_the_boot_protocol_promised(tmp_path) -> None:
     assert "pyvmm-tiny: done" in out
 
 
-def test_bootcheck_without_initrd(tmp_path) -> None:
+def test_bootcheck_without_initrd() -> None:
+    """Through ``pyvmm run``: the default command line and the console on stdout."""
     result = run_pyvmm("run", "--kernel", str(image("tiny/bootcheck.bzImage")),
                        "--timeout", "60")
     assert result.status == 0, result.stderr + result.stdout
@@ -53,20 +60,20 @@ def test_bootcheck_without_initrd(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("code", [0, 1, 5, 100])
-def test_guest_exit_code_through_debug_exit_port(code: int) -> None:
-    result = run_pyvmm("run", "--kernel", str(image("tiny/exitcode.bzImage")),
-                       "--append", f"exitcode={code}", "--timeout", "60")
-    assert f"pyvmm-tiny: exit {code}" in result.stdout
-    assert result.status == ((code << 1) | 1) & 0xFF, result.stderr
+def test_guest_exit_code_through_debug_exit_port(pyvmm_machine: Factory, code: int) -> None:
+    vm = pyvmm_machine(kernel=image("tiny/exitcode.bzImage"), append=f"exitcode={code}",
+                       timeout=60)
+    vm.console.expect(f"pyvmm-tiny: exit {code}\n", 60)
+    assert vm.wait(60).status == ((code << 1) | 1) & 0xFF
 
 
-def test_triple_fault_is_a_crash() -> None:
-    result = run_pyvmm("run", "--kernel", str(image("tiny/triplefault.bzImage")),
-                       "--timeout", "60")
-    assert "pyvmm-tiny: triple fault" in result.stdout
-    assert result.status == 8
-    assert "triple-faulted" in result.stderr
-    assert re.search(r"on vCPU 0 \(vCPU 0 at RIP 0x[0-9a-f]+\)", result.stderr), result.stderr
+def test_triple_fault_is_a_crash(pyvmm_machine: Factory) -> None:
+    vm = pyvmm_machine(kernel=image("tiny/triplefault.bzImage"), timeout=60)
+    vm.console.expect("pyvmm-tiny: triple fault", 60)
+    outcome = vm.wait(60)
+    assert outcome.status == 8
+    assert re.search(r"triple-faulted .* on vCPU 0 \(vCPU 0 at RIP 0x[0-9a-f]+\)",
+                     outcome.reason), outcome.reason
 
 
 def test_timeout_exits_124() -> None:
@@ -84,3 +91,13 @@ def test_piped_stdin_reaches_the_guest() -> None:
     assert "pyvmm-tiny: echo ready" in result.stdout
     assert "hello-from-host" in result.stdout
     assert "pyvmm-tiny: bye" in result.stdout
+
+
+def test_console_write_reaches_the_guest(pyvmm_machine: Factory) -> None:
+    vm = pyvmm_machine(kernel=image("tiny/echo.bzImage"), timeout=60)
+    vm.console.expect("pyvmm-tiny: echo ready", 60)
+    vm.console.write(b"hello-from-python ")
+    vm.console.expect("hello-from-python", 60)
+    vm.console.write(b"q")
+    vm.console.expect("pyvmm-tiny: bye", 60)
+    assert vm.wait(60).status == 0

@@ -114,6 +114,15 @@ def test_virtio_console_as_the_only_console() -> None:
     assert "vcon: got typed on the host" in result.stdout
 
 
+def test_virtio_console_through_the_api(pyvmm_machine) -> None:
+    vm = pyvmm_machine(kernel=image("tiny/vcon.bzImage"), append="console=hvc0 contest=echo",
+                       timeout=60)
+    vm.console.expect("vcon: hello from hvc0", 60)
+    vm.console.write("typed from a test\n")
+    vm.console.expect("vcon: got typed from a test", 60)
+    assert vm.wait(60).status == ExitStatus.OK
+
+
 def test_missing_drive_is_bad_input(tmp_path) -> None:
     result = run_pyvmm("run", "-k", str(image("tiny/vblk.bzImage")),
                        "--drive", str(tmp_path / "nope.img"))

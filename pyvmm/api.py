@@ -1,0 +1,236 @@
+"""pyvmm as a library: ``with pyvmm.Machine(kernel=..., initrd=...) as vm: ...``.
+
+A test or a script runs guests in its own process and gets Python objects
+back: the console as it comes (``vm.console.expect``), the guest's RAM and
+registers, dumps, and the exit status ``pyvmm run`` would have reported.
+Several machines can run at once, each started from any thread (once the
+first has been started, or this module imported, on the main thread: see
+``pyvmm.vcpu_runner.ensure_kick_handler``).
+
+The machine is built when the ``Machine`` is made (bad options and images
+raise ``pyvmm.errors.PyvmmError`` there), runs on a thread of its own after
+``start``, and releases everything (vCPU threads, fds, guest RAM) at
+``stop``, which ``with`` calls however the block ends.  It installs no
+signal handlers: a Ctrl-C in a test stops the test, and ``with`` the guest.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Sequence
+
+from pyvmm.builder import build_machine
+from pyvmm.config import MachineConfig, config_from_options
+from pyvmm.exitstatus import StopReason
+from pyvmm.guest_console import Console
+from pyvmm.memory import GuestMemory
+from pyvmm.vcpu_runner import ensure_kick_handler
+
+if TYPE_CHECKING:
+    from pyvmm.dump.state import VcpuState
+
+__all__ = ["Machine", "Outcome", "Console", "run_command"]
+
+#: How long ``stop`` waits for the machine to wind down (flushes, dumps).
+STOP_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: ``status`` as ``pyvmm run`` exits, ``reason`` in words."""
+
+    #: The exit status the CLI reports for the same stop (0, 2N+1, 8, 124, ...).
+    status: int
+    #: Why the machine stopped, as the CLI's last line says it.
+    reason: str
+    #: A short name for it: poweroff, reboot, debug-exit, timeout, panic, stop, ...
+    kind: str
+
+    @classmethod
+    def of(cls, reason: StopReason) -> "Outcome":
+        return cls(int(reason.status), reason.message, reason.kind)
+
+
+class Machine:
+    """A VM in this process: ``Machine(kernel=..., ...)`` or ``Machine(config)``.
+
+    Options are ``pyvmm run``'s, by their schema names: ``kernel``, ``initrd``,
+    ``append``, ``memory`` (bytes, or a size such as ``"512M"``), ``cpus``,
+    ``timeout``, ``cpu``, ``drives`` and ``shares`` (specs as on the command
+    line, or ``DriveConfig`` / ``ShareConfig``), ``virtio_console``,
+    ``virtio_announce``, ``acpi``, ``dump``, ``dump_on``, ``control``,
+    ``emulation_assist``.
+    """
+
+    def __init__(self, config: MachineConfig | None = None, /, **options: Any) -> None:
+        if config is None:
+            config = config_from_options(**options)
+        elif options:
+            raise TypeError("Machine() takes a MachineConfig or options, not both")
+        self.config = config
+        #: The guest's console: serial and virtio console output, and its input.
+        self.console = Console()
+        try:
+            self._machine = build_machine(config, self.console.machine_side)
+        except BaseException:
+            self.console.close()
+            raise
+        self._thread: threading.Thread | None = None
+        self._outcome: Outcome | None = None
+        self._closed = False
+
+    # -- running ----------------------------------------------------------------------
+
+    def start(self) -> "Machine":
+        """Run the guest on a thread of its own; return at once."""
+        if self._thread is not None or self._closed:
+            raise RuntimeError("a Machine runs once: make a new one to boot again")
+        ensure_kick_handler()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"pyvmm-{os.path.basename(self.config.kernel)}")
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            reason = self._machine.run()
+        except BaseException as exc:  # run() reports its own; this is the last resort
+            reason = StopReason.vmm_error(f"the machine failed: {exc}")
+        self._outcome = Outcome.of(reason)
+        self.console.machine_stopped(reason.message)
+
+    @property
+    def running(self) -> bool:
+        """Started and not yet stopped."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> Outcome:
+        """Wait until the guest stops; how it ended.  ``TimeoutError`` if it runs on."""
+        if self._thread is None:
+            raise RuntimeError("the machine was not started")
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the guest still runs after {timeout:g} s")
+        assert self._outcome is not None
+        return self._outcome
+
+    def stop(self, timeout: float = STOP_SECONDS) -> Outcome:
+        """Stop the guest if it runs, and release the machine; how it ended.  Idempotent."""
+        if self._thread is None:
+            self._outcome = self._outcome or Outcome.of(
+                StopReason.stopped("stopped before it was started"))
+        else:
+            self._machine.request_stop(StopReason.stopped())
+            self._thread.join(timeout)
+            if self._thread.is_alive():  # should not happen: leave it rather than crash it
+                raise TimeoutError(f"the machine did not stop within {timeout:g} s")
+        self._close()
+        assert self._outcome is not None
+        return self._outcome
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.console.machine_stopped("closed")
+            self._machine.close()
+            self.console.close()
+
+    def __enter__(self) -> "Machine":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+    # -- looking inside --------------------------------------------------------------
+
+    @property
+    def memory(self) -> GuestMemory:
+        """Guest RAM by guest-physical address: ``vm.memory.read(gpa, n)`` (until ``stop``)."""
+        self._check_open()
+        return self._machine.memory
+
+    def registers(self, cpu: int = 0) -> VcpuState:
+        """vCPU ``cpu``'s registers (``.regs['rip']``, ``.control['cr3']``, ...).
+
+        A running guest is paused for the read, as for a live dump.
+        """
+        self._check_open()
+        return self._machine.registers(cpu)
+
+    def dump(self, path: str | os.PathLike[str]) -> None:
+        """Write an ELF core of the guest to ``path`` (``pyvmm inspect`` and gdb read it).
+
+        A running guest is paused while it is written, then runs on.
+        """
+        self._check_open()
+        if self.running:
+            self._machine.live_dump(os.fspath(path))
+            return
+        from pyvmm.dump.capture import dump_machine
+
+        dump_machine(os.fspath(path), self._machine.memory, self._machine.vcpus,
+                     self._machine.stop_reason)
+
+    def run(self, cmd: str | Sequence[str], timeout: float | None = None) -> \
+            subprocess.CompletedProcess[bytes]:
+        """Run a command in this running guest: not possible yet.
+
+        Command mode builds its own machine around one command, whose
+        initramfs carries it: ``pyvmm.run_command(cmd, kernel=...)`` does
+        that.  Running commands in a machine that is already up needs a guest
+        agent on its stream ports, which is not there yet.
+        """
+        raise NotImplementedError(
+            "Machine.run(cmd) needs a guest agent pyvmm does not have yet: run one command "
+            "in a guest of its own with pyvmm.run_command(cmd, kernel=...) (the library's "
+            "pyvmm run -k KERNEL -- CMD)")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the machine is stopped and released")
+
+
+def run_command(cmd: str | Sequence[str], *, input: bytes | str = b"",
+                timeout: float | None = None, check: bool = False, rw: bool = False,
+                modules: str | None = None, user: str | None = None,
+                **options: Any) -> subprocess.CompletedProcess[bytes]:
+    """Run ``cmd`` in a guest on the host's files, as ``subprocess.run`` runs it here.
+
+    The library's ``pyvmm run -k KERNEL -- CMD`` (command mode, README):
+    the guest's root is the host's ``/`` (a tmpfs overlay keeps its writes
+    unless ``rw``), the command runs as you in this directory, gets
+    ``input`` on its stdin, and its stdout and stderr come back apart and
+    byte-exact.  ``cmd`` is an argv, or a string for ``sh -c``.  The return
+    code is the command's, or 255 when the guest or pyvmm failed first (its
+    one line then ends ``stderr``).  Past ``timeout`` seconds it raises
+    ``subprocess.TimeoutExpired``; with ``check``, ``CalledProcessError`` for
+    a non-zero status.  Other options are ``Machine``'s (``kernel``,
+    ``memory``, ``cpus``, ``shares``, ``append``, ...).  Needs hardware KVM;
+    bad options and hosts raise ``PyvmmError``.
+    """
+    from pyvmm.command import FAILED, Streams
+    from pyvmm.command import run_command as run_in_guest
+
+    argv = ("sh", "-c", cmd) if isinstance(cmd, str) else tuple(cmd)
+    config = config_from_options(timeout=timeout, **options)
+    stdout, stderr = bytearray(), bytearray()
+    streams = Streams(stdout=stdout.extend, stderr=stderr.extend,
+                      stdin=input.encode() if isinstance(input, str) else bytes(input))
+    status = run_in_guest(config, argv, rw, modules, options.get("append"), False, user, streams)
+    if streams.error is not None:
+        stderr += streams.error.encode() + b"\n"
+    if status == FAILED and streams.reason is not None and streams.reason.kind == "timeout":
+        raise subprocess.TimeoutExpired(list(argv), timeout or 0, bytes(stdout), bytes(stderr))
+    result = subprocess.CompletedProcess(list(argv), status, bytes(stdout), bytes(stderr))
+    if check:
+        result.check_returncode()
+    return result
+
+
+if threading.current_thread() is threading.main_thread():
+    ensure_kick_handler()  # so machines can start from other threads later

@@ -9,6 +9,7 @@ same way.  No I/O.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -74,7 +75,7 @@ class TablesKind(Kind):
         return tuple(self.parse_spec(spec, index) for index, spec in enumerate(specs))
 
     def from_value(self, value: Any) -> Any:
-        if isinstance(value, (str, dict, self.table)):
+        if isinstance(value, (str, os.PathLike, dict, self.table)):
             value = [value]
         if not isinstance(value, (list, tuple)):
             raise BadValue(f"{value!r} should be a list of {self.table.__name__}, "
@@ -82,9 +83,11 @@ class TablesKind(Kind):
         return tuple(self.entry(item, index) for index, item in enumerate(value))
 
     def entry(self, item: Any, index: int) -> Any:
-        """One table from a dataclass, a dict of key values, or a command-line spec."""
+        """One table from a dataclass, a dict of key values, a command-line spec, or a path."""
         if isinstance(item, self.table):
             return item
+        if isinstance(item, os.PathLike):  # just the file: no spec parsing, commas and all
+            item = {"path": os.fspath(item)}
         if isinstance(item, str):
             return self.parse_spec(item, index)
         if not isinstance(item, dict):

@@ -154,6 +154,11 @@ def test_config_from_options() -> None:
     assert config_from_options(kernel="k", memory=256 << 20).memory == 256 << 20
     assert config_from_options(kernel="k", initrd=None).initrd is None
     assert config_from_options(kernel="k") == MachineConfig(kernel="k")
+    # A path object is a file, never a spec: its commas stay in the name.
+    assert config_from_options(kernel="k", drives=[Path("/d/a,b.img")],
+                               shares=Path("/srv")).drives == (DriveConfig("/d/a,b.img"),)
+    assert config_from_options(kernel="k", shares=Path("/srv")).shares == (
+        ShareConfig("/srv", "share0", False),)
 
 
 @pytest.mark.parametrize("options, message", [

@@ -9,11 +9,14 @@ results can be compared.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from tests.integration.conftest import image, pyvmm_command
 
@@ -117,7 +120,40 @@ def boot_and_type(command: list[str], *, prompt: bytes, line: bytes,
 
 
 def boot(command: list[str], *, stdin: bytes = b"", timeout: float = 300) -> Boot:
-    start = time.monotonic()
-    proc = subprocess.run(command, input=stdin, capture_output=True, timeout=timeout)
-    return Boot(proc.returncode, proc.stdout.decode(errors="replace"),
-                proc.stderr.decode(errors="replace"), time.monotonic() - start)
+    def once() -> Boot:
+        start = time.monotonic()
+        proc = subprocess.run(command, input=stdin, capture_output=True, timeout=timeout)
+        return Boot(proc.returncode, proc.stdout.decode(errors="replace"),
+                    proc.stderr.decode(errors="replace"), time.monotonic() - start)
+    return retried_in_rig(once, lambda boot: boot.stderr)
+
+
+class RigSuspectWarning(UserWarning):
+    """A guest triple fault inside the rig, retried once and counted apart."""
+
+
+#: Guest triple faults retried in the rig during this test session.
+RIG_SUSPECTS: list[str] = []
+Result = TypeVar("Result")
+
+
+def retried_in_rig(run: Callable[[], Result], stderr_of: Callable[[Result], str]) -> Result:
+    """Run ``run``; in the rig, run it once more if the guest triple-faulted.
+
+    Why: in the rig (QEMU TCG emulating SVM), Debian kernels with 1-4 vCPUs
+    triple-fault in about 1 boot in 30 when the host is idle and in none of
+    ~180 boots when it is busy; the faulting vCPU's state is gone (KVM resets
+    it on SVM's shutdown intercept) and the others sit in ``hlt`` or a
+    ``pause`` loop, so nothing yet tells the rig's emulation from pyvmm.  Like
+    the rig's own failures it is retried once, and every occurrence is
+    reported (a warning in the test summary, and RIG_SUSPECTS for the soak);
+    on hardware KVM it is never retried.
+    """
+    result = run()
+    stderr = stderr_of(result)
+    if os.environ.get("RIG") == "1" and "the guest triple-faulted" in stderr:
+        RIG_SUSPECTS.append(stderr.strip()[-400:])
+        warnings.warn(RigSuspectWarning(
+            f"rig: the guest triple-faulted; retried once: {stderr.strip()[-400:]}"))
+        result = run()
+    return result

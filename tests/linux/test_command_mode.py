@@ -18,6 +18,8 @@ import pytest
 
 from pyvmm.kvm.system import is_pvm_host
 
+from .guests import retried_in_rig
+
 REPO = Path(__file__).resolve().parents[2]
 KERNELS = {
     "minimal": REPO / "images" / "out" / "linux" / "bzImage",
@@ -49,12 +51,14 @@ def kernel(request) -> str:
 
 def command(kernel: str, *args: str, stdin: bytes = b"", cwd: Path = REPO,
             options: tuple[str, ...] = ()) -> Result:
-    proc = subprocess.run([sys.executable, "-m", "pyvmm", "run", "-k", kernel,
-                           "-t", str(GUEST_TIMEOUT), *options, "--", *args],
-                          input=stdin, capture_output=True, cwd=cwd,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)),
-                          timeout=GUEST_TIMEOUT + 60)
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    def once() -> Result:
+        proc = subprocess.run([sys.executable, "-m", "pyvmm", "run", "-k", kernel,
+                               "-t", str(GUEST_TIMEOUT), *options, "--", *args],
+                              input=stdin, capture_output=True, cwd=cwd,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)),
+                              timeout=GUEST_TIMEOUT + 60)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+    return retried_in_rig(once, lambda result: result.stderr.decode(errors="replace"))
 
 
 def test_true_is_0(kernel: str) -> None:

@@ -6,6 +6,7 @@ this package imports rich, so ``pyvmm run`` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -69,11 +70,12 @@ def _open(path: str) -> CoreDump:
         return CoreDump(path)
     directory = tempfile.mkdtemp(prefix="pyvmm-live-")
     live = os.path.join(directory, "live.core")
-    request_dump(path, live)
     try:
+        request_dump(path, live)
         return CoreDump(live)
     finally:  # the mapping stays valid after the file is gone
-        os.unlink(live)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(live)
         os.rmdir(directory)
 
 

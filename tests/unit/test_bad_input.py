@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 
 import pytest
 
@@ -171,6 +172,7 @@ def test_inspect_a_socket_that_never_answers(tmp_path, monkeypatch) -> None:
     from pyvmm import control
 
     monkeypatch.setattr(control, "ANSWER_SECONDS", 0.5)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the live dump would go
     path = tmp_path / "mute.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
@@ -181,3 +183,4 @@ def test_inspect_a_socket_that_never_answers(tmp_path, monkeypatch) -> None:
         listener.close()
     assert_one_line_error(result, "no running pyvmm answered")
     assert "within 0.5 s" in result.output
+    assert not list(tmp_path.glob("pyvmm-live-*")), "the live dump's directory was left behind"

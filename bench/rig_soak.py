@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Boot one Linux guest again and again under pyvmm and QEMU microvm, interleaved.
+
+    python3 scripts/rig.py --job DIR -- python3 bench/rig_soak.py [--boots 10] [--cpus 2]
+        [--guest cloud|minimal] [--no-qemu] [--append 'nokaslr']
+
+Run it where /dev/kvm is hardware KVM (inside the rig).  Each round boots the
+guest under pyvmm, then under QEMU (same kernel, initrd and command line, as
+the cross-check tests do) and classifies each boot: ok, guest triple fault
+(pyvmm exit 8; QEMU has no such status, its guest just resets and, with
+-no-reboot, exits 0 without the init's marker), timeout/hang, or other.  A
+pyvmm boot that triple-faults leaves its dump (``--dump-on panic``) in
+``$RIG_JOB`` (or ``--keep``), to be read with ``pyvmm inspect``.  The last
+line is ``SOAK {json}``, which bench/rig_health.py adds up over sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.linux.guests import CLOUD, MINIMAL, Guest, pyvmm_args, qemu_args  # noqa: E402
+
+GUESTS = {"cloud": CLOUD, "minimal": MINIMAL}
+#: pyvmm's exit status for a guest triple fault (README: exit statuses).
+TRIPLE_FAULT = 8
+
+
+def classify(status: int | None, console: str, vmm: str) -> str:
+    if status is None:
+        return "hang"
+    if "pyvmm-init: exit 0" in console and status == 0:
+        return "ok"
+    if vmm == "pyvmm" and status == TRIPLE_FAULT:
+        return "triple fault"
+    if vmm == "pyvmm" and status == 124:
+        return "timeout"
+    if vmm == "qemu" and status == 0:
+        return "reset"  # -no-reboot: a triple fault (or reboot) ends QEMU with 0
+    return f"exit {status}"
+
+
+def boot_once(command: list[str], timeout: float) -> tuple[str, float, str]:
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired as exc:
+        text = (exc.stdout or b"").decode(errors="replace")
+        return classify(None, text, ""), time.monotonic() - start, text[-300:]
+    console = proc.stdout.decode(errors="replace")
+    vmm = "qemu" if command[0].startswith("qemu") else "pyvmm"
+    outcome = classify(proc.returncode, console, vmm)
+    detail = "" if outcome == "ok" else (proc.stderr.decode(errors="replace") or console)[-300:]
+    return outcome, time.monotonic() - start, detail
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--boots", type=int, default=10, help="rounds (one boot per VMM each)")
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--guest", choices=GUESTS, default="cloud")
+    parser.add_argument("--append", default="", help="more kernel arguments")
+    parser.add_argument("--no-qemu", action="store_true")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds per boot")
+    parser.add_argument("--keep", type=Path, default=Path(os.environ.get("RIG_JOB", ".")),
+                        help="where a triple fault's dump goes (default $RIG_JOB)")
+    args = parser.parse_args()
+    guest: Guest = GUESTS[args.guest]
+    run = "nproc"
+    tally: dict[str, collections.Counter[str]] = {"pyvmm": collections.Counter(),
+                                                  "qemu": collections.Counter()}
+    times: dict[str, list[float]] = {"pyvmm": [], "qemu": []}
+    session = f"{os.getpid()}"
+    for round_ in range(1, args.boots + 1):
+        dump = args.keep / f"triple-fault-{session}-{round_}.core"
+        commands = {"pyvmm": pyvmm_args(guest, run, cpus=args.cpus, extra_append=args.append,
+                                        options=("--timeout", str(args.timeout - 10),
+                                                 "--dump", str(dump), "--dump-on", "panic"))}
+        if not args.no_qemu:
+            qemu = qemu_args(guest, run, cpus=args.cpus)
+            qemu[qemu.index("-append") + 1] = guest.append(run, args.append)
+            commands["qemu"] = qemu
+        for vmm, command in commands.items():
+            outcome, seconds, detail = boot_once(command, args.timeout)
+            tally[vmm][outcome] += 1
+            if outcome == "ok":
+                times[vmm].append(seconds)
+            print(f"round {round_} {vmm}: {outcome} in {seconds:.1f} s"
+                  + (f": {detail.strip().splitlines()[-1] if detail.strip() else ''}"
+                     if outcome != "ok" else ""), flush=True)
+    summary = {vmm: {"outcomes": dict(counts),
+                     "median_ok_s": round(statistics.median(times[vmm]), 2) if times[vmm] else None}
+               for vmm, counts in tally.items() if counts}
+    print("SOAK " + json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

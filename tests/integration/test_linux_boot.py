@@ -11,12 +11,11 @@ panics and says so through pvpanic.
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 
 from pyvmm.exitstatus import ExitStatus
 from pyvmm.kvm.system import is_pvm_host
+from tests.disk_images import partitioned_disk
 
 from .conftest import image, run_pyvmm
 
@@ -48,12 +47,7 @@ def test_linux_drives_our_devices_as_far_as_the_host_allows(tmp_path) -> None:
     """With the emulation assist, all of Linux's start-up runs under kvm_pvm: ACPI,
     virtio-blk reading a partition table, hvc0, up to init's first system call."""
     disk = tmp_path / "disk.img"
-    mbr = bytearray(512)
-    for slot, (start, count) in enumerate(((2048, 2048), (4096, 2048))):
-        mbr[446 + 16 * slot:462 + 16 * slot] = bytes(4) + b"\x83" + bytes(3) + \
-            struct.pack("<II", start, count)
-    mbr[510:512] = b"\x55\xaa"
-    disk.write_bytes(bytes(mbr) + bytes((4 << 20) - 512))
+    disk.write_bytes(partitioned_disk([(2048, 2048), (4096, 2048)], size=4 << 20))
     dump = tmp_path / "linux.core"
     cmdline = f"console=ttyS0 console=hvc0 {PVM_ARGS} pyvmm.run=echo,from-the-guest"
     result = run_pyvmm("run", "--kernel", str(image("linux/vmlinux")),

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import termios
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -29,76 +31,90 @@ def read_until(fd: int, marker: bytes, seconds: float) -> bytes:
     return seen
 
 
-def start_on_pty(*args: str) -> tuple[subprocess.Popen, int, int, list]:
-    master, slave = pty.openpty()
-    before = termios.tcgetattr(slave)
-    proc = subprocess.Popen(pyvmm_command(*args), stdin=slave, stdout=slave,
-                            stderr=slave, cwd=REPO, start_new_session=True)
-    return proc, master, slave, before
+@dataclass
+class Terminal:
+    """pyvmm running with a pty as its stdin, stdout and stderr; ``attrs`` and ``flags``
+    are the pty's termios attributes and file status flags from before it started."""
+
+    proc: subprocess.Popen
+    master: int
+    slave: int
+    attrs: list
+    flags: int
+
+    def assert_restored(self) -> None:
+        assert termios.tcgetattr(self.slave) == self.attrs
+        assert fcntl.fcntl(self.slave, fcntl.F_GETFL) == self.flags
+
+
+@pytest.fixture
+def on_pty() -> Iterator[Callable[..., Terminal]]:
+    """Starts ``pyvmm ARGS...`` on a new pty; after the test, kills it and closes the pty."""
+    started: list[Terminal] = []
+
+    def start(*args: str) -> Terminal:
+        master, slave = pty.openpty()
+        try:
+            attrs, flags = termios.tcgetattr(slave), fcntl.fcntl(slave, fcntl.F_GETFL)
+            proc = subprocess.Popen(pyvmm_command(*args), stdin=slave, stdout=slave,
+                                    stderr=slave, cwd=REPO, start_new_session=True)
+        except BaseException:
+            os.close(master)
+            os.close(slave)
+            raise
+        started.append(Terminal(proc, master, slave, attrs, flags))
+        return started[-1]
+
+    yield start
+    for terminal in started:
+        terminal.proc.kill()
+        terminal.proc.wait()
+        os.close(terminal.master)
+        os.close(terminal.slave)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR2,
                                     signal.SIGALRM, signal.SIGHUP],
                          ids=lambda signum: signal.Signals(signum).name)
-def test_fatal_signals_stop_and_restore_the_terminal(signum) -> None:
+def test_fatal_signals_stop_and_restore_the_terminal(on_pty, signum) -> None:
     kernel = str(image("tiny/loop.bzImage"))
-    proc, master, slave, before = start_on_pty("run", "--kernel", kernel, "--timeout", "60")
-    flags = fcntl.fcntl(slave, fcntl.F_GETFL)
-    try:
-        assert b"pyvmm-tiny: looping" in read_until(master, b"looping", 30)
-        assert termios.tcgetattr(slave)[3] & termios.ECHO == 0  # raw while running
-        proc.send_signal(signum)
-        assert proc.wait(10) == 128 + signum
-        assert termios.tcgetattr(slave) == before
-        assert fcntl.fcntl(slave, fcntl.F_GETFL) == flags
-    finally:
-        proc.kill()
-        os.close(master)
-        os.close(slave)
+    terminal = on_pty("run", "--kernel", kernel, "--timeout", "60")
+    assert b"pyvmm-tiny: looping" in read_until(terminal.master, b"looping", 30)
+    assert termios.tcgetattr(terminal.slave)[3] & termios.ECHO == 0  # raw while running
+    terminal.proc.send_signal(signum)
+    assert terminal.proc.wait(10) == 128 + signum
+    terminal.assert_restored()
 
 
-def test_ctrl_a_x_quits_with_status_0() -> None:
+def test_ctrl_a_x_quits_with_status_0(on_pty) -> None:
     kernel = str(image("tiny/loop.bzImage"))
-    proc, master, slave, before = start_on_pty("run", "--kernel", kernel, "--timeout", "60")
-    try:
-        read_until(master, b"looping", 30)
-        os.write(master, b"\x01h")
-        assert b"C-a x" in read_until(master, b"C-a x", 10)
-        os.write(master, b"\x01x")
-        assert proc.wait(10) == 0
-        assert termios.tcgetattr(slave) == before
-    finally:
-        proc.kill()
-        os.close(master)
-        os.close(slave)
+    terminal = on_pty("run", "--kernel", kernel, "--timeout", "60")
+    read_until(terminal.master, b"looping", 30)
+    os.write(terminal.master, b"\x01h")
+    assert b"C-a x" in read_until(terminal.master, b"C-a x", 10)
+    os.write(terminal.master, b"\x01x")
+    assert terminal.proc.wait(10) == 0
+    terminal.assert_restored()
 
 
-def test_slow_terminal_reader_loses_no_output_and_no_flag_is_left() -> None:
+def test_slow_terminal_reader_loses_no_output_and_no_flag_is_left(on_pty) -> None:
     """The guest prints faster than the terminal is read: every line arrives."""
     kernel = str(image("tiny/hostile.bzImage"))
     lines = 3000
-    proc, master, slave, before = start_on_pty(
-        "run", "--kernel", kernel, "-m", "64M", "-a",
-        f"console=ttyS0 hostile=flood lines={lines}", "--timeout", "120")
-    flags = fcntl.fcntl(slave, fcntl.F_GETFL)
-    try:
-        time.sleep(3)  # nobody reads: the terminal's buffer fills and stays full
-        seen = b""
-        while b"flood done" not in seen:
-            ready, _, _ = select.select([master], [], [], 30)
-            assert ready, seen[-200:]
-            seen += os.read(master, 512)
-            time.sleep(0.001)  # a slow reader
-        assert proc.wait(30) == 0
-        numbers = [int(line.split()[-1]) for line in seen.replace(b"\r", b"").split(b"\n")
-                   if line.startswith(b"hostile: line ")]
-        assert numbers == list(range(lines))
-        assert termios.tcgetattr(slave) == before
-        assert fcntl.fcntl(slave, fcntl.F_GETFL) == flags
-    finally:
-        proc.kill()
-        os.close(master)
-        os.close(slave)
+    terminal = on_pty("run", "--kernel", kernel, "-m", "64M", "-a",
+                      f"console=ttyS0 hostile=flood lines={lines}", "--timeout", "120")
+    time.sleep(3)  # nobody reads: the terminal's buffer fills and stays full
+    seen = b""
+    while b"flood done" not in seen:
+        ready, _, _ = select.select([terminal.master], [], [], 30)
+        assert ready, seen[-200:]
+        seen += os.read(terminal.master, 512)
+        time.sleep(0.001)  # a slow reader
+    assert terminal.proc.wait(30) == 0
+    numbers = [int(line.split()[-1]) for line in seen.replace(b"\r", b"").split(b"\n")
+               if line.startswith(b"hostile: line ")]
+    assert numbers == list(range(lines))
+    terminal.assert_restored()
 
 
 def test_stdin_pipe_flags_are_left_as_they_were() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import struct
 import subprocess
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pyvmm.exitstatus import ExitStatus
+from tests.disk_images import partitioned_disk
 from tests.integration.conftest import image, run_pyvmm
 
 from .guests import MINIMAL, MINIMAL_PVH, Guest, boot, boot_and_type, pyvmm_args
@@ -26,12 +26,7 @@ def test_reaches_init_and_powers_off(guest: Guest) -> None:
 
 def test_the_kernel_finds_our_platform_acpi_and_a_partitioned_disk(tmp_path: Path) -> None:
     disk = tmp_path / "disk.img"
-    mbr = bytearray(512)
-    for slot, (start, count) in enumerate(((2048, 2048), (4096, 2048))):
-        mbr[446 + 16 * slot:462 + 16 * slot] = bytes(4) + b"\x83" + bytes(3) + \
-            struct.pack("<II", start, count)
-    mbr[510:512] = b"\x55\xaa"
-    disk.write_bytes(bytes(mbr) + bytes((4 << 20) - 512))
+    disk.write_bytes(partitioned_disk([(2048, 2048), (4096, 2048)], size=4 << 20))
     result = boot(pyvmm_args(MINIMAL_PVH, "dmesg | grep -E 'AML tables|ACPI: PM|vda'; ls /dev/vda2",
                              drives=(disk,), options=("--virtio-announce", "acpi")))
     lines = "\n".join(result.guest_lines())

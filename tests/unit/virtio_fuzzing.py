@@ -19,6 +19,7 @@ scripts/fuzz_virtio.py (long).
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
 import tempfile
@@ -190,6 +191,9 @@ class World:
         """Apply ``op`` and check every property (AssertionError names the one broken)."""
         used_before = [q.next_used for q in self.device.queues]
         broken_before = self.transport.status & mmio.STATUS_NEEDS_RESET
+        # The harness's own garbage (thousands of examples) must not be timed as
+        # the device's: a full collection inside one operation took over 1 s.
+        gc.disable()
         tracemalloc.start()
         start = time.process_time()  # CPU time: a loaded host must not fail the property
         try:
@@ -198,6 +202,7 @@ class World:
             seconds = time.process_time() - start
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
+            gc.enable()
         self.chains += sum(max(0, q.next_used - before)
                            for q, before in zip(self.device.queues, used_before))
         if self.transport.status & mmio.STATUS_NEEDS_RESET and not broken_before:

@@ -10,7 +10,8 @@ the cross-check tests do) and classifies each boot: ok, guest triple fault
 (pyvmm exit 8; QEMU has no such status, its guest just resets and, with
 -no-reboot, exits 0 without the init's marker), timeout/hang, or other.  A
 pyvmm boot that triple-faults leaves its dump (``--dump-on panic``) in
-``$RIG_JOB`` (or ``--keep``), to be read with ``pyvmm inspect``.  The last
+``$RIG_JOB`` (or ``--keep``), to be read with ``pyvmm inspect``; every boot
+that is not ok leaves its console and stderr there too.  The last
 line is ``SOAK {json}``, which bench/rig_health.py adds up over sessions.
 """
 
@@ -50,19 +51,24 @@ def classify(status: int | None, console: str, vmm: str) -> str:
     return f"exit {status}"
 
 
-def boot_once(command: list[str], timeout: float) -> tuple[str, float, str]:
+def boot_once(command: list[str], timeout: float, keep: Path) -> tuple[str, float, str]:
+    """Boot once; a boot that is not ok leaves its console and stderr in ``keep``."""
     start = time.monotonic()
+    vmm = "qemu" if command[0].startswith("qemu") else "pyvmm"
     try:
         proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=timeout, cwd=REPO)
+        status: int | None = proc.returncode
+        console, stderr = proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as exc:
-        text = (exc.stdout or b"").decode(errors="replace")
-        return classify(None, text, ""), time.monotonic() - start, text[-300:]
-    console = proc.stdout.decode(errors="replace")
-    vmm = "qemu" if command[0].startswith("qemu") else "pyvmm"
-    outcome = classify(proc.returncode, console, vmm)
-    detail = "" if outcome == "ok" else (proc.stderr.decode(errors="replace") or console)[-300:]
-    return outcome, time.monotonic() - start, detail
+        status, console, stderr = None, exc.stdout or b"", exc.stderr or b""
+    seconds = time.monotonic() - start
+    outcome = classify(status, console.decode(errors="replace"), vmm)
+    if outcome == "ok":
+        return outcome, seconds, ""
+    keep.with_suffix(".console").write_bytes(console)
+    keep.with_suffix(".stderr").write_bytes(stderr)
+    return outcome, seconds, (stderr or console).decode(errors="replace")[-300:]
 
 
 def main() -> int:
@@ -92,7 +98,8 @@ def main() -> int:
             qemu[qemu.index("-append") + 1] = guest.append(run, args.append)
             commands["qemu"] = qemu
         for vmm, command in commands.items():
-            outcome, seconds, detail = boot_once(command, args.timeout)
+            outcome, seconds, detail = boot_once(
+                command, args.timeout, args.keep / f"{vmm}-{session}-{round_}")
             tally[vmm][outcome] += 1
             if outcome == "ok":
                 times[vmm].append(seconds)

@@ -9,7 +9,7 @@ guest under pyvmm, then under QEMU (same kernel, initrd and command line, as
 the cross-check tests do) and classifies each boot: ok, guest triple fault
 (pyvmm exit 8; QEMU has no such status, its guest just resets and, with
 -no-reboot, exits 0 without the init's marker), timeout/hang, or other.  A
-pyvmm boot that triple-faults leaves its dump (``--dump-on panic``) in
+pyvmm boot that triple-faults or times out leaves its dump in
 ``$RIG_JOB`` (or ``--keep``), to be read with ``pyvmm inspect``; every boot
 that is not ok leaves its console and stderr there too.  The last
 line is ``SOAK {json}``, which bench/rig_health.py adds up over sessions.
@@ -80,7 +80,7 @@ def main() -> int:
     parser.add_argument("--no-qemu", action="store_true")
     parser.add_argument("--timeout", type=float, default=120, help="seconds per boot")
     parser.add_argument("--keep", type=Path, default=Path(os.environ.get("RIG_JOB", ".")),
-                        help="where a triple fault's dump goes (default $RIG_JOB)")
+                        help="where failed boots leave dumps and consoles (default $RIG_JOB)")
     args = parser.parse_args()
     guest: Guest = GUESTS[args.guest]
     run = "nproc"
@@ -89,10 +89,11 @@ def main() -> int:
     times: dict[str, list[float]] = {"pyvmm": [], "qemu": []}
     session = f"{os.getpid()}"
     for round_ in range(1, args.boots + 1):
-        dump = args.keep / f"triple-fault-{session}-{round_}.core"
+        dump = args.keep / f"pyvmm-{session}-{round_}.core"
         commands = {"pyvmm": pyvmm_args(guest, run, cpus=args.cpus, extra_append=args.append,
                                         options=("--timeout", str(args.timeout - 10),
-                                                 "--dump", str(dump), "--dump-on", "panic"))}
+                                                 "--dump", str(dump), "--dump-on", "panic",
+                                                 "--dump-on", "timeout"))}
         if not args.no_qemu:
             qemu = qemu_args(guest, run, cpus=args.cpus)
             qemu[qemu.index("-append") + 1] = guest.append(run, args.append)

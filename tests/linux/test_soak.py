@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .guests import CLOUD, MINIMAL, RIG_SUSPECTS, Guest, boot, pyvmm_args, qemu_args
+from .guests import CLOUD, MINIMAL, QEMU_TIMEOUT, RIG_SUSPECTS, Guest, boot, pyvmm_args, qemu_args
 
 BOOTS = int(os.environ.get("PYVMM_SOAK_BOOTS", "20"))
 CASES = [(MINIMAL, 1), (CLOUD, 2)]
@@ -27,7 +27,7 @@ def test_boots_in_a_row(guest: Guest, cpus: int, tmp_path: Path,
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(4 << 20))
     run = "nproc; dd if=/dev/vda bs=4096 count=1 2>/dev/null | wc -c"
-    reference = boot(qemu_args(guest, run, cpus=cpus, drives=(disk,)))
+    reference = boot(qemu_args(guest, run, cpus=cpus, drives=(disk,)), timeout=QEMU_TIMEOUT)
     assert reference.status == 0, reference.stderr
     bound = 3 * reference.seconds + 15
     failures, times = [], []

@@ -35,7 +35,7 @@ def test_in_the_rig_a_triple_fault_is_run_again_and_reported(
         monkeypatch: pytest.MonkeyPatch, suspects: list[str]) -> None:
     monkeypatch.setenv("RIG", "1")
     run, calls = runs_returning(TRIPLE_FAULT, CLEAN)
-    with pytest.warns(RigSuspectWarning, match="the guest triple-faulted; retried once"):
+    with pytest.warns(RigSuspectWarning, match="the guest triple-faulted or hung; retried once"):
         assert retried_in_rig(run, lambda stderr: stderr) == CLEAN
     assert calls == [TRIPLE_FAULT, CLEAN]
     assert suspects == [TRIPLE_FAULT]
@@ -66,3 +66,49 @@ def test_otherwise_it_runs_once_and_records_nothing(
         assert retried_in_rig(run, lambda stderr: stderr) == stderr
     assert calls == [stderr]
     assert suspects == []
+
+
+def fake_qemu(tmp_path, body: str) -> list[str]:
+    """A command named like QEMU that runs ``body`` (sh) and counts its runs in ``runs``."""
+    script = tmp_path / "qemu-system-x86_64"
+    script.write_text(f"#!/bin/sh\necho run >> {tmp_path / 'runs'}\n{body}\n")
+    script.chmod(0o755)
+    return [str(script)]
+
+
+def runs_of(tmp_path) -> int:
+    return len((tmp_path / "runs").read_text().splitlines())
+
+
+def test_a_qemu_guest_that_resets_before_its_init_ends_is_named_and_retried(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, suspects: list[str]) -> None:
+    monkeypatch.setenv("RIG", "1")
+    with pytest.warns(RigSuspectWarning):
+        result = guests.boot(fake_qemu(tmp_path, "exit 0"))  # -no-reboot: a reset exits 0
+    assert guests.QEMU_TRIPLE_FAULT in result.stderr
+    assert runs_of(tmp_path) == 2 and len(suspects) == 1
+
+
+def test_a_qemu_guest_that_hangs_is_named_and_retried(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, suspects: list[str]) -> None:
+    monkeypatch.setenv("RIG", "1")
+    with pytest.warns(RigSuspectWarning):
+        result = guests.boot(fake_qemu(tmp_path, "exec sleep 30"), timeout=0.5)
+    assert result.stderr.startswith(guests.QEMU_HUNG) and result.status == -1
+    assert runs_of(tmp_path) == 2
+
+
+def test_a_qemu_guest_that_ends_its_init_is_not_a_suspect(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, suspects: list[str]) -> None:
+    monkeypatch.setenv("RIG", "1")
+    result = guests.boot(fake_qemu(tmp_path, "echo 'pyvmm-init: exit 0'"))
+    assert result.status == 0 and result.stderr == ""
+    assert runs_of(tmp_path) == 1 and suspects == []
+
+
+def test_a_pyvmm_hang_is_never_retried(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    monkeypatch.setenv("RIG", "1")
+    with pytest.raises(subprocess.TimeoutExpired):
+        guests.boot(["sh", "-c", "exec sleep 30"], timeout=0.5)

@@ -4,19 +4,23 @@
 input, before anything starts); ``open`` starts one daemon per share,
 negotiates with it and returns the devices; ``watch`` puts each connection
 on the event loop, so a daemon that dies stops the machine with one line
-instead of leaving the guest waiting on its requests.
+instead of leaving the guest waiting on its requests.  The vhost-user and
+virtiofsd code is imported only for a machine that has shares: a plain
+``pyvmm run`` doesn't pay for it at start-up.
 """
 
 from __future__ import annotations
 
 import logging
 import select
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from pyvmm.config import ShareConfig
-from pyvmm.devices.virtio.fs import FsDevice, check_tag
 from pyvmm.errors import DeviceError
-from pyvmm.virtiofsd import VirtiofsdProcess, check_shared_dir, find_virtiofsd
+
+if TYPE_CHECKING:
+    from pyvmm.devices.virtio.fs import FsDevice
+    from pyvmm.virtiofsd import Virtiofsd, VirtiofsdProcess
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +29,25 @@ class Shares:
     """The virtiofsd processes of one machine (closed with it)."""
 
     def __init__(self, shares: Sequence[ShareConfig]) -> None:
+        self.configs: list[tuple[str, ShareConfig]] = []
+        self.binary: Virtiofsd | None = None
+        self.processes: list[VirtiofsdProcess] = []
+        if not shares:
+            return
+        from pyvmm.devices.virtio.fs import check_tag
+        from pyvmm.virtiofsd import check_shared_dir, find_virtiofsd
+
         self.configs = [(check_shared_dir(share.path), share) for share in shares]
         for _, share in self.configs:
             check_tag(share.tag)
-        self.binary = find_virtiofsd() if shares else None
-        self.processes: list[VirtiofsdProcess] = []
+        self.binary = find_virtiofsd()
 
     def open(self, on_failure: Callable[[str], None]) -> list[FsDevice]:
         """Start a virtiofsd per share and make its device (in --share order)."""
+        if not self.configs:
+            return []
+        from pyvmm.devices.virtio.fs import FsDevice
+
         devices = []
         try:
             for directory, share in self.configs:
@@ -53,6 +68,8 @@ class Shares:
         itself runs in a chroot (the rig) or some containers: then it is tried
         once more with the chroot sandbox.
         """
+        from pyvmm.virtiofsd import VirtiofsdProcess
+
         assert self.binary is not None
         for sandbox in ("namespace", "chroot"):
             process = VirtiofsdProcess(self.binary, directory, readonly, sandbox)

@@ -140,7 +140,7 @@ def test_missing_kvm_device(tmp_path) -> None:
 
 
 def test_plain_run_imports_neither_rich_nor_elftools() -> None:
-    """Startup: `pyvmm run` loads only what a plain boot needs."""
+    """Startup: `pyvmm run` loads only what a plain boot needs (no --share: no vhost-user)."""
     import subprocess
     import sys
 
@@ -149,7 +149,10 @@ def test_plain_run_imports_neither_rich_nor_elftools() -> None:
             "from pyvmm.cli import main\n"
             "CliRunner().invoke(main, ['run', '--kernel', '/nonexistent'])\n"
             "import pyvmm.builder\n"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'elftools'))\n"
+            "from pyvmm.shares import Shares\n"
+            "Shares([]).open(print)\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'elftools')\n"
+            "               or m in ('pyvmm.vhost_user', 'pyvmm.virtiofsd', 'subprocess'))\n"
             "print(heavy)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

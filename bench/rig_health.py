@@ -84,8 +84,9 @@ def main() -> int:
             spinner.kill()
     failures = sum(n for o, n in outcomes.items() if o.startswith("rig failure"))
     print(f"\nrig options {args.rig_option or 'default'}, busy={args.busy}, "
-          f"boots per session {args.boots}: "
-          f"{args.sessions} sessions, {failures} rig failures "
+          + (f"boots per session {args.boots}: " if not args.command else
+             f"command {' '.join(command)!r}: ")
+          + f"{args.sessions} sessions, {failures} rig failures "
           f"({100 * failures / args.sessions:.0f}%), {outcomes['ok']} ok"
           + (f", median ok session {statistics.median(times):.1f} s" if times else ""))
     for outcome, count in sorted(outcomes.items()):

@@ -162,7 +162,8 @@ def retried_in_rig(run: Callable[[], Result], stderr_of: Callable[[Result], str]
     Why: in the rig (QEMU TCG emulating SVM), Debian's kernel with 4 vCPUs
     triple-faults under both VMMs in the same sessions, at similar rates
     (bench/rig_soak.py, 44 boots each on an idle host: pyvmm 3, QEMU 2 resets
-    and 4 hangs), at any point of the boot, on a vCPU that was idle or
+    and 4 hangs; 29 each on a busy one: pyvmm 0, QEMU 2 resets and 3 hangs),
+    at any point of the boot, on a vCPU that was idle or
     running user space: the rig's emulation, not the VMM.  Like the rig's own
     failures it is retried once, and every occurrence is reported (a warning
     in the test summary, and RIG_SUSPECTS for the soak); on hardware KVM it is

@@ -273,7 +273,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="rig.py", description="Run COMMAND where /dev/kvm is hardware-assisted (SVM) KVM.")
     parser.add_argument("-m", "--memory", default="4G", help="the rig's RAM (default 4G)")
-    parser.add_argument("-c", "--cpus", type=int, default=2, help="the rig's CPUs (default 2)")
+    # One CPU: with two, the TCG threads really run in parallel and the rig
+    # failed in 8 of 30 sessions on an idle host (1 in 30 with a core busy),
+    # guests under both VMMs triple-faulting or hanging; with one, 0 in 15 and
+    # every guest boot ok, the linux tests no slower (bench/rig_health.py).
+    parser.add_argument("-c", "--cpus", type=int, default=1, help="the rig's CPUs (default 1)")
     parser.add_argument("--tcg-threads", choices=("multi", "single"), default="multi",
                         help="QEMU TCG threading (default multi)")
     parser.add_argument("-t", "--timeout", type=float, default=1800,

@@ -56,3 +56,11 @@ def run_pyvmm(*args: str, stdin: bytes | None = b"", timeout: float = 120) -> Ru
                           timeout=timeout, cwd=REPO)
     return Run(proc.returncode, proc.stdout.decode(errors="replace"),
                proc.stderr.decode(errors="replace"))
+
+
+@pytest.fixture
+def on_pty():
+    """Starts ``pyvmm ARGS...`` on a new pty (a Terminal); afterwards kills it, closes the pty."""
+    from tests.integration.terminal import pty_starter
+
+    yield from pty_starter()

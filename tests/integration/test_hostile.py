@@ -85,27 +85,20 @@ def test_malformed_receive_chain_and_host_input_need_a_reset() -> None:
     assert b"needs a reset" in err
 
 
-def test_ctrl_a_x_is_answered_during_an_attack(tmp_path) -> None:
+def test_ctrl_a_x_is_answered_during_an_attack(tmp_path, on_pty) -> None:
     """Ctrl-A x from the terminal while the guest floods the disk queue: exit 0, promptly."""
-    import termios
-
-    from .test_terminal import read_until, start_on_pty
+    from .terminal import read_until
 
     disk = tmp_path / "disk.img"
     with open(disk, "wb") as stream:
         stream.truncate(hostile.DISK_SIZE)
-    proc, master, slave, before = start_on_pty(
+    terminal = on_pty(
         "run", "-k", str(image("tiny/hostile.bzImage")), "-m", "64M", "--drive", str(disk),
         "-a", "console=ttyS0 hostile=read-forever", "--timeout", "60")
-    try:
-        assert b"attacking" in read_until(master, b"attacking", 30)
-        time.sleep(1.0)
-        os.write(master, b"\x01x")
-        start = time.monotonic()
-        assert proc.wait(30) == ExitStatus.OK
-        assert time.monotonic() - start < LATENCY_BOUND
-        assert termios.tcgetattr(slave) == before
-    finally:
-        proc.kill()
-        os.close(master)
-        os.close(slave)
+    assert b"attacking" in read_until(terminal.master, b"attacking", 30)
+    time.sleep(1.0)
+    os.write(terminal.master, b"\x01x")
+    start = time.monotonic()
+    assert terminal.proc.wait(30) == ExitStatus.OK
+    assert time.monotonic() - start < LATENCY_BOUND
+    terminal.assert_restored()

@@ -22,53 +22,43 @@ import collections
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.linux.guests import CLOUD, MINIMAL, Guest, pyvmm_args, qemu_args  # noqa: E402
+from pyvmm.exitstatus import ExitStatus  # noqa: E402
+from tests.linux.guests import (CLOUD, HUNG, MINIMAL, QEMU_TRIPLE_FAULT, Boot, Guest,  # noqa: E402
+                                boot_once, is_qemu, pyvmm_args, qemu_args)
 
 GUESTS = {"cloud": CLOUD, "minimal": MINIMAL}
-#: pyvmm's exit status for a guest triple fault (README: exit statuses).
-TRIPLE_FAULT = 8
 
 
-def classify(status: int | None, console: str, vmm: str) -> str:
-    if status is None:
+def classify(boot: Boot, vmm: str) -> str:
+    if boot.status == HUNG:
         return "hang"
-    if "pyvmm-init: exit 0" in console and status == 0:
+    if "pyvmm-init: exit 0" in boot.output and boot.status == 0:
         return "ok"
-    if vmm == "pyvmm" and status == TRIPLE_FAULT:
-        return "triple fault"
-    if vmm == "pyvmm" and status == 124:
-        return "timeout"
-    if vmm == "qemu" and status == 0:
+    if QEMU_TRIPLE_FAULT in boot.stderr:
         return "reset"  # -no-reboot: a triple fault (or reboot) ends QEMU with 0
-    return f"exit {status}"
+    if vmm == "pyvmm" and boot.status == ExitStatus.GUEST_CRASHED:
+        return "triple fault"
+    if vmm == "pyvmm" and boot.status == ExitStatus.TIMEOUT:
+        return "timeout"
+    return f"exit {boot.status}"
 
 
-def boot_once(command: list[str], timeout: float, keep: Path) -> tuple[str, float, str]:
+def boot_and_keep(command: list[str], timeout: float, keep: Path) -> tuple[str, float, str]:
     """Boot once; a boot that is not ok leaves its console and stderr in ``keep``."""
-    start = time.monotonic()
-    vmm = "qemu" if command[0].startswith("qemu") else "pyvmm"
-    try:
-        proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout, cwd=REPO)
-        status: int | None = proc.returncode
-        console, stderr = proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        status, console, stderr = None, exc.stdout or b"", exc.stderr or b""
-    seconds = time.monotonic() - start
-    outcome = classify(status, console.decode(errors="replace"), vmm)
+    vmm = "qemu" if is_qemu(command) else "pyvmm"
+    boot = boot_once(command, timeout=timeout, cwd=REPO)
+    outcome = classify(boot, vmm)
     if outcome == "ok":
-        return outcome, seconds, ""
-    keep.with_suffix(".console").write_bytes(console)
-    keep.with_suffix(".stderr").write_bytes(stderr)
-    return outcome, seconds, (stderr or console).decode(errors="replace")[-300:]
+        return outcome, boot.seconds, ""
+    keep.with_suffix(".console").write_text(boot.output)
+    keep.with_suffix(".stderr").write_text(boot.stderr)
+    return outcome, boot.seconds, (boot.stderr or boot.output)[-300:]
 
 
 def main() -> int:
@@ -99,7 +89,7 @@ def main() -> int:
             qemu[qemu.index("-append") + 1] = guest.append(run, args.append)
             commands["qemu"] = qemu
         for vmm, command in commands.items():
-            outcome, seconds, detail = boot_once(
+            outcome, seconds, detail = boot_and_keep(
                 command, args.timeout, args.keep / f"{vmm}-{session}-{round_}")
             tally[vmm][outcome] += 1
             if outcome == "ok":

@@ -122,29 +122,45 @@ def boot_and_type(command: list[str], *, prompt: bytes, line: bytes,
 #: What QEMU's own failures in the rig are called (QEMU prints nothing for them).
 QEMU_TRIPLE_FAULT = "QEMU: the guest triple-faulted (it reset before its init ended; -no-reboot)"
 QEMU_HUNG = "QEMU: the guest hung"
+#: ``Boot.status`` of a boot that was killed at its timeout.
+HUNG = -1
 #: Seconds a QEMU boot of these guests may take in the rig (they take 3-11 s).
 QEMU_TIMEOUT = 120
 
 
-def boot(command: list[str], *, stdin: bytes = b"", timeout: float = 300) -> Boot:
-    """Boot to the end; a QEMU guest's reset or hang is named in ``stderr``, as pyvmm names its own."""
-    qemu = Path(command[0]).name.startswith("qemu")
+def is_qemu(command: list[str]) -> bool:
+    return Path(command[0]).name.startswith("qemu")
 
-    def once() -> Boot:
-        start = time.monotonic()
-        try:
-            proc = subprocess.run(command, input=stdin, capture_output=True, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            if not qemu:
-                raise
-            return Boot(-1, (exc.stdout or b"").decode(errors="replace"),
-                        f"{QEMU_HUNG}: no exit in {timeout:g} s", time.monotonic() - start)
-        result = Boot(proc.returncode, proc.stdout.decode(errors="replace"),
-                      proc.stderr.decode(errors="replace"), time.monotonic() - start)
-        if qemu and proc.returncode == 0 and "pyvmm-init: exit" not in result.output:
-            result.stderr += "\n" + QEMU_TRIPLE_FAULT
-        return result
-    return retried_in_rig(once, lambda boot: boot.stderr)
+
+def boot_once(command: list[str], *, stdin: bytes = b"", timeout: float = 300,
+              cwd: Path | None = None) -> Boot:
+    """Boot to the end once, never retried.
+
+    A boot killed at ``timeout`` has status ``HUNG`` and says so in
+    ``stderr``; a QEMU guest that ends (-no-reboot: status 0) before its
+    init's last line reset, which QEMU does not report, so it is named here.
+    """
+    vmm = "QEMU" if is_qemu(command) else "pyvmm"
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(command, input=stdin, capture_output=True, timeout=timeout,
+                              cwd=cwd)
+    except subprocess.TimeoutExpired as exc:
+        return Boot(HUNG, (exc.stdout or b"").decode(errors="replace"),
+                    (exc.stderr or b"").decode(errors="replace")
+                    + f"\n{vmm}: the guest hung: no exit in {timeout:g} s",
+                    time.monotonic() - start)
+    result = Boot(proc.returncode, proc.stdout.decode(errors="replace"),
+                  proc.stderr.decode(errors="replace"), time.monotonic() - start)
+    if vmm == "QEMU" and proc.returncode == 0 and "pyvmm-init: exit" not in result.output:
+        result.stderr += "\n" + QEMU_TRIPLE_FAULT
+    return result
+
+
+def boot(command: list[str], *, stdin: bytes = b"", timeout: float = 300) -> Boot:
+    """``boot_once``, retried once in the rig if the guest triple-faulted or QEMU hung."""
+    return retried_in_rig(lambda: boot_once(command, stdin=stdin, timeout=timeout),
+                          lambda boot: boot.stderr)
 
 
 class RigSuspectWarning(UserWarning):

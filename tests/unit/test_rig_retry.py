@@ -94,7 +94,7 @@ def test_a_qemu_guest_that_hangs_is_named_and_retried(
     monkeypatch.setenv("RIG", "1")
     with pytest.warns(RigSuspectWarning):
         result = guests.boot(fake_qemu(tmp_path, "exec sleep 30"), timeout=0.5)
-    assert result.stderr.startswith(guests.QEMU_HUNG) and result.status == -1
+    assert guests.QEMU_HUNG in result.stderr and result.status == guests.HUNG
     assert runs_of(tmp_path) == 2
 
 
@@ -106,9 +106,15 @@ def test_a_qemu_guest_that_ends_its_init_is_not_a_suspect(
     assert runs_of(tmp_path) == 1 and suspects == []
 
 
-def test_a_pyvmm_hang_is_never_retried(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import subprocess
-
+def test_a_pyvmm_hang_is_named_and_never_retried(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, suspects: list[str]) -> None:
     monkeypatch.setenv("RIG", "1")
-    with pytest.raises(subprocess.TimeoutExpired):
-        guests.boot(["sh", "-c", "exec sleep 30"], timeout=0.5)
+    script = tmp_path / "pyvmm"
+    script.write_text(f"#!/bin/sh\necho run >> {tmp_path / 'runs'}\nexec sleep 30\n")
+    script.chmod(0o755)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = guests.boot([str(script)], timeout=0.5)
+    assert result.status == guests.HUNG and "pyvmm: the guest hung" in result.stderr
+    assert guests.QEMU_HUNG not in result.stderr
+    assert runs_of(tmp_path) == 1 and suspects == []

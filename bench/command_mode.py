@@ -76,14 +76,15 @@ def unpack_tree(tar: str, scratch: str) -> Path:
     return root
 
 
-def timed(argv: list[str], limit: float = 600) -> tuple[float, int, bytes]:
+def timed(argv: list[str], limit: float = 600) -> tuple[float, int, bytes, bytes]:
+    """Seconds, status, the tails of stdout and stderr."""
     start = time.monotonic()
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=limit)
     except subprocess.TimeoutExpired:
-        return time.monotonic() - start, -1, b"(timed out)"
-    return time.monotonic() - start, proc.returncode, proc.stdout[-200:]
+        return time.monotonic() - start, -1, b"(timed out)", b""
+    return time.monotonic() - start, proc.returncode, proc.stdout[-200:], proc.stderr[-300:]
 
 
 def main() -> None:
@@ -141,8 +142,10 @@ def measure(workloads: dict[str, str], runners: dict[str, Callable[[str], list[s
         outputs: dict[str, set] = {runner: set() for runner in runners}
         for _ in range(rounds):
             for runner, make in runners.items():
-                seconds, status, out = timed(make(cmd))
-                print(f"# {name} {runner}: {seconds:.2f} s, status {status}", flush=True)
+                seconds, status, out, err = timed(make(cmd))
+                print(f"# {name} {runner}: {seconds:.2f} s, status {status}"
+                      + (f": {err.decode(errors='replace').strip()}" if status else ""),
+                      flush=True)
                 times[runner].append(seconds)
                 outputs[runner].add((status, out.strip()[-40:]))
         medians = {runner: statistics.median(t) for runner, t in times.items()}

@@ -17,7 +17,10 @@ failures apart from the command's:
 * the rig kernel's console (ttyS0) is read for panics and oopses (``oops=panic``
   makes every oops a panic, printed whatever the log level) and for a
   heartbeat the rig's init prints every few seconds; silence past
-  ``--watchdog`` while the command runs means the rig froze;
+  ``--watchdog`` while the command runs means the rig froze: its CPU's state
+  is saved from QEMU's monitor (``rig-freeze.txt`` in the job directory) and
+  it is sent an NMI; if that wakes it (a halted CPU whose timer interrupt
+  was lost), the session goes on and the freeze is reported on stderr;
 * the command's output travels on a second serial port (ttyS1), streamed to
   our stdout as it comes, and is never searched for failures;
 * the command's status comes back as a ``RIG-RC=`` line on ttyS0; a rig that
@@ -48,6 +51,7 @@ import select
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -167,6 +171,9 @@ def rig_initramfs(release: str) -> Path:
 class Session:
     """One boot of the rig running the job; says how it ended."""
 
+    #: Seconds to wait for the console after an NMI to a frozen rig.
+    NUDGE_WAIT = 15.0
+
     def __init__(self, args: argparse.Namespace, release: str, initramfs: Path,
                  job: Path) -> None:
         self.args, self.release, self.initramfs, self.job = args, release, initramfs, job
@@ -174,13 +181,17 @@ class Session:
         self.status: int | None = None  # the command's, from RIG-RC=
         self.failure: str | None = None  # the rig's own failure, if any
         self.timed_out = False
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.nudges: list[str] = []      # freezes an NMI ended (see _nudge)
+        self.monitor = Path(tempfile.mkdtemp(prefix="pyvmm-rig-")) / "monitor"
 
     def command(self) -> list[str]:
         a = self.args
         return [
             "qemu-system-x86_64", "-accel", f"tcg,thread={a.tcg_threads}",
             "-cpu", "EPYC-Rome,+svm,+npt", "-smp", str(a.cpus), "-m", a.memory,
-            "-M", "q35", "-display", "none", "-monitor", "none", "-no-reboot",
+            "-M", "q35", "-display", "none", "-no-reboot",
+            "-monitor", f"unix:{self.monitor},server=on,wait=off",
             "-kernel", f"/boot/vmlinuz-{self.release}", "-initrd", str(self.initramfs),
             "-append", "console=ttyS0 quiet oops=panic softlockup_panic=1 panic=-1",
             "-serial", "stdio", "-serial", f"file:{self.job / 'output'}",
@@ -191,8 +202,8 @@ class Session:
 
     def run(self) -> None:
         (self.job / "output").write_bytes(b"")
-        proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
         output = open(self.job / "output", "rb")
         started = last_heard = time.monotonic()
@@ -220,7 +231,9 @@ class Session:
                     self.timed_out = True
                     break
                 if running and now - last_heard > self.args.watchdog:
-                    self.failure = f"froze: nothing on its console for {self.args.watchdog:.0f} s"
+                    if self._nudge():
+                        last_heard = time.monotonic()
+                        continue
                     break
                 if not running and now - started > self.args.boot_timeout:
                     self.failure = f"did not start the job within {self.args.boot_timeout:.0f} s"
@@ -236,8 +249,60 @@ class Session:
             proc.wait()
             self._stream(output)
             output.close()
+            shutil.rmtree(self.monitor.parent, ignore_errors=True)
         if self.status is None and not self.failure and not self.timed_out:
             self.failure = f"stopped without the command's status (qemu exit {proc.returncode})"
+
+    def _nudge(self) -> bool:
+        """The console went silent: say where the rig's CPU is, and try an NMI.
+
+        Seen on the one-CPU rig: QEMU's TCG thread asleep with the rig's CPU
+        halted, nothing left to wake it (a lost timer interrupt).  An NMI
+        wakes a halted CPU; if the console speaks again the session goes on
+        and the freeze is reported, else the session has failed.
+        """
+        registers = self._monitor("info registers")
+        (self.job / "rig-freeze.txt").write_text(registers + self._monitor("info lapic"))
+        where = " ".join(re.findall(r"(?:RIP|RFL)=\S+|HLT=\d", registers)) or "no CPU state"
+        self._monitor("nmi")
+        silent = self.args.watchdog
+        deadline = time.monotonic() + self.NUDGE_WAIT
+        assert self.proc is not None and self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            if ready:
+                data = os.read(self.proc.stdout.fileno(), 65536)
+                if not data:
+                    break
+                self.console += data
+                self.nudges.append(f"silent {silent:.0f} s ({where}); an NMI woke it")
+                print(f"rig: the rig froze ({where}); an NMI woke it", file=sys.stderr)
+                return True
+        self.failure = (f"froze: nothing on its console for {silent:.0f} s ({where}); "
+                        "an NMI did not wake it")
+        return False
+
+    def _monitor(self, command: str) -> str:
+        """One HMP command on the rig's QEMU monitor, and its reply."""
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(3)
+                sock.connect(str(self.monitor))
+                sock.sendall(command.encode() + b"\n")
+                reply, deadline = b"", time.monotonic() + 3
+                while time.monotonic() < deadline:
+                    try:
+                        chunk = sock.recv(65536)
+                    except socket.timeout:
+                        break
+                    if not chunk:
+                        break
+                    reply += chunk
+                    if reply.count(b"(qemu)") >= 2:
+                        break
+                return reply.decode(errors="replace")
+        except OSError as exc:
+            return f"(no monitor: {exc})"
 
     def _line(self, line: bytes) -> None:
         match = re.search(rb"RIG-RC=(\d+)", line)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -73,3 +75,66 @@ def test_the_status_line_ends_the_session_with_the_commands_status() -> None:
                           Path("/nonexistent"))
     session._line(b"RIG-RC=7\r")
     assert session.status == 7 and session.failure is None
+
+
+REGISTERS = ("RAX=0000000000000000 RBX=0000000000000000\nRIP=ffffffff81e3a5ab RFL=00000246 "
+             "[---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\n(qemu) ")
+
+
+class FakeMonitor(threading.Thread):
+    """QEMU's HMP monitor on a unix socket: answers ``info``; ``nmi`` runs ``on_nmi``."""
+
+    def __init__(self, path: Path, on_nmi) -> None:
+        super().__init__(daemon=True)
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(str(path))
+        self.server.listen()
+        self.on_nmi, self.commands = on_nmi, []
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"QEMU 7.2 monitor\n(qemu) ")
+                command = conn.recv(1024).decode().strip()
+                self.commands.append(command)
+                if command == "nmi":
+                    self.on_nmi()
+                    conn.sendall(b"(qemu) ")
+                else:
+                    conn.sendall(REGISTERS.encode())
+
+
+def frozen_session(tmp_path: Path, woken: bool):
+    rig = load_rig()
+    args = rig.parse_args(["--watchdog", "60", "--", "true"])
+    session = rig.Session(args, "6.1.0-test", tmp_path / "initramfs", tmp_path)
+    read_end, write_end = os.pipe()
+    session.proc = SimpleNamespace(stdout=os.fdopen(read_end, "rb", buffering=0))
+    session.NUDGE_WAIT = 1.0
+    monitor = FakeMonitor(session.monitor, lambda: woken and os.write(
+        write_end, b"Uhhuh. NMI received for unknown reason 3d on CPU 0.\n"))
+    monitor.start()
+    return session, monitor
+
+
+@pytest.mark.parametrize("woken", [True, False])
+def test_a_frozen_rig_is_described_and_nudged_with_an_nmi(tmp_path: Path, woken: bool) -> None:
+    session, monitor = frozen_session(tmp_path, woken)
+    try:
+        assert session._nudge() is woken
+    finally:
+        monitor.server.close()
+    assert monitor.commands == ["info registers", "info lapic", "nmi"]
+    assert "HLT=1" in (tmp_path / "rig-freeze.txt").read_text()
+    if woken:
+        assert session.failure is None
+        assert session.nudges == ["silent 60 s (RIP=ffffffff81e3a5ab RFL=00000246 HLT=1); "
+                                  "an NMI woke it"]
+        assert b"NMI received" in session.console
+    else:
+        assert session.failure == ("froze: nothing on its console for 60 s (RIP=ffffffff81e3a5ab"
+                                   " RFL=00000246 HLT=1); an NMI did not wake it")

@@ -77,11 +77,19 @@ def unpack_tree(tar: str, scratch: str) -> Path:
 
 
 def timed(argv: list[str], limit: float = 600) -> tuple[float, int, bytes, bytes]:
-    """Seconds, status, the tails of stdout and stderr."""
+    """Seconds, status, the tails of stdout and stderr.
+
+    A command in a virtualenv's bin (vng) runs with that bin first on PATH, as
+    an activated virtualenv has it: vng runs its helpers from PATH.
+    """
+    bindir = os.path.dirname(os.path.abspath(argv[0]))
+    env = None
+    if os.path.exists(os.path.join(bindir, "activate")):
+        env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""))
     start = time.monotonic()
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=limit)
+                              timeout=limit, env=env)
     except subprocess.TimeoutExpired:
         return time.monotonic() - start, -1, b"(timed out)", b""
     return time.monotonic() - start, proc.returncode, proc.stdout[-200:], proc.stderr[-300:]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pyvmm.console import HostConsole
 from pyvmm.eventloop import EventLoop
-from pyvmm.uart_fastpath import RING_POLL_SECONDS, UartFastPath
+from pyvmm.uart_fastpath import UartFastPath
 
 if TYPE_CHECKING:
     from pyvmm.devices.serial import Serial
@@ -73,11 +73,10 @@ class ConsolePump:
     def tick(self) -> float | None:
         """Flush the UART's waiting output, feed stdin; the next wait bound."""
         fast = self._fast
-        if fast is not None and fast.coalescing:
-            fast.drain()
+        ring = fast.poll() if fast is not None and fast.coalescing else None
         output = self._serial.flush_due() if self._serial is not None else None
-        if fast is not None and fast.coalescing:
-            output = min(output or RING_POLL_SECONDS, RING_POLL_SECONDS)
+        if ring is not None:
+            output = ring if output is None else min(output, ring)
         stdin = self._tick_stdin()
         return stdin if output is None else output if stdin is None else min(output, stdin)
 

@@ -7,7 +7,7 @@ import mmap
 from pyvmm.devices import serial as uart
 from pyvmm.devices.serial import Serial
 from pyvmm.kvm._ffi import ffi, lib
-from pyvmm.uart_fastpath import UartFastPath, wanted_halves
+from pyvmm.uart_fastpath import RING_POLL_SECONDS, UartFastPath, wanted_halves
 
 from .test_serial import FakeLine, rd
 
@@ -133,3 +133,14 @@ def test_halves_can_be_turned_off() -> None:
     vm = FakeVm()
     fast = UartFastPath(FakeKvm(), vm, [FakeVcpu(FakeRing())], device, 0x3F8, "off")  # type: ignore[arg-type]
     assert vm.zones == [] and not fast.coalescing
+
+
+def test_the_ring_is_polled_less_often_while_it_stays_empty() -> None:
+    fast, device, ring, _, out = make()
+    waits = [fast.poll() for _ in range(6)]
+    assert waits == [0.04, 0.08, 0.16, 0.32, 0.32, 0.32]
+    ring.put(0x3F8, b"login: ")  # a prompt: no newline, no exit to drain it
+    assert fast.poll() == RING_POLL_SECONDS
+    device.flush()
+    assert out == b"login: "
+    assert fast.poll() == 2 * RING_POLL_SECONDS

@@ -46,8 +46,8 @@ _DRAIN_BATCH = 256
 #: THR writes are coalesced: a line without its newline yet, like a prompt).
 RING_POLL_SECONDS = 0.02
 #: The longest wait between drains: each empty one doubles the wait up to this, so
-#: a quiet guest doesn't wake the VMM 50 times a second (in the rig, where Python
-#: runs about 20x slower, those wake-ups took ~5% of the CPU the guest boots on).
+#: a quiet guest doesn't wake the VMM 50 times a second (a spinning tiny guest, 3 s:
+#: 149 event-loop wake-ups before, 14 after; Python's CPU, not a boot time, is saved).
 RING_POLL_IDLE_SECONDS = 0.32
 
 

@@ -19,8 +19,9 @@ failures apart from the command's:
   heartbeat the rig's init prints every few seconds; silence past
   ``--watchdog`` while the command runs means the rig froze: its CPU's state
   is saved from QEMU's monitor (``rig-freeze.txt`` in the job directory) and
-  it is sent an NMI; if that wakes it (a halted CPU whose timer interrupt
-  was lost), the session goes on and the freeze is reported on stderr;
+  it is sent an NMI, then a stop/cont; if that wakes it (QEMU's TCG thread
+  asleep with an interrupt pending: a lost kick), the session goes on and
+  the freeze is reported on stderr;
 * the command's output travels on a second serial port (ttyS1), streamed to
   our stdout as it comes, and is never searched for failures;
 * the command's status comes back as a ``RIG-RC=`` line on ttyS0; a rig that
@@ -171,7 +172,7 @@ def rig_initramfs(release: str) -> Path:
 class Session:
     """One boot of the rig running the job; says how it ended."""
 
-    #: Seconds to wait for the console after an NMI to a frozen rig.
+    #: Seconds to wait for the console after each nudge to a frozen rig.
     NUDGE_WAIT = 15.0
 
     def __init__(self, args: argparse.Namespace, release: str, initramfs: Path,
@@ -182,7 +183,7 @@ class Session:
         self.failure: str | None = None  # the rig's own failure, if any
         self.timed_out = False
         self.proc: subprocess.Popen[bytes] | None = None
-        self.nudges: list[str] = []      # freezes an NMI ended (see _nudge)
+        self.nudges: list[str] = []      # freezes a nudge ended (see _nudge)
         self.monitor = Path(tempfile.mkdtemp(prefix="pyvmm-rig-")) / "monitor"
 
     def command(self) -> list[str]:
@@ -254,33 +255,55 @@ class Session:
             self.failure = f"stopped without the command's status (qemu exit {proc.returncode})"
 
     def _nudge(self) -> bool:
-        """The console went silent: say where the rig's CPU is, and try an NMI.
+        """The console went silent: record the rig's state, then try to wake it.
 
-        Seen on the one-CPU rig: QEMU's TCG thread asleep with the rig's CPU
-        halted, nothing left to wake it (a lost timer interrupt).  An NMI
-        wakes a halted CPU; if the console speaks again the session goes on
-        and the freeze is reported, else the session has failed.
+        Seen on the one-CPU rig: QEMU's TCG thread asleep while the rig's CPU
+        has a timer interrupt pending and deliverable (IF set, vector above
+        the PPR) and is not halted: a lost kick.  First an NMI, then a
+        stop/cont on QEMU's monitor (which kicks every vCPU thread); if the
+        console speaks again the session goes on and the freeze is reported,
+        else the session has failed.
         """
         registers = self._monitor("info registers")
-        (self.job / "rig-freeze.txt").write_text(registers + self._monitor("info lapic"))
         where = " ".join(re.findall(r"(?:RIP|RFL)=\S+|HLT=\d", registers)) or "no CPU state"
-        self._monitor("nmi")
+        (self.job / "rig-freeze.txt").write_text(
+            registers + self._monitor("info lapic") + self._threads())
         silent = self.args.watchdog
-        deadline = time.monotonic() + self.NUDGE_WAIT
+        for attempt, commands in (("an NMI", ("nmi",)), ("stop/cont", ("stop", "cont"))):
+            for command in commands:
+                self._monitor(command)
+            if self._heard_within(self.NUDGE_WAIT):
+                self.nudges.append(f"silent {silent:.0f} s ({where}); {attempt} woke it")
+                print(f"rig: the rig froze ({where}); {attempt} woke it", file=sys.stderr)
+                return True
+        self.failure = (f"froze: nothing on its console for {silent:.0f} s ({where}); "
+                        "neither an NMI nor stop/cont woke it")
+        return False
+
+    def _heard_within(self, seconds: float) -> bool:
+        """Whether the rig's console says anything within ``seconds`` (kept in ``console``)."""
         assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
             if ready:
                 data = os.read(self.proc.stdout.fileno(), 65536)
-                if not data:
-                    break
                 self.console += data
-                self.nudges.append(f"silent {silent:.0f} s ({where}); an NMI woke it")
-                print(f"rig: the rig froze ({where}); an NMI woke it", file=sys.stderr)
-                return True
-        self.failure = (f"froze: nothing on its console for {silent:.0f} s ({where}); "
-                        "an NMI did not wake it")
+                return bool(data)
         return False
+
+    def _threads(self) -> str:
+        """QEMU's threads: name, state and where each sleeps in the host kernel."""
+        assert self.proc is not None
+        lines = []
+        for task in sorted(Path(f"/proc/{self.proc.pid}/task").glob("*")):
+            try:
+                state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                lines.append(f"{task.name} {(task / 'comm').read_text().strip()} {state} "
+                             f"{(task / 'wchan').read_text().strip()}")
+            except OSError:
+                continue
+        return "\nQEMU threads:\n" + "\n".join(lines) + "\n"
 
     def _monitor(self, command: str) -> str:
         """One HMP command on the rig's QEMU monitor, and its reply."""

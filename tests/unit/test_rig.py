@@ -82,14 +82,14 @@ REGISTERS = ("RAX=0000000000000000 RBX=0000000000000000\nRIP=ffffffff81e3a5ab RF
 
 
 class FakeMonitor(threading.Thread):
-    """QEMU's HMP monitor on a unix socket: answers ``info``; ``nmi`` runs ``on_nmi``."""
+    """QEMU's HMP monitor on a unix socket: answers ``info``; ``cont`` runs ``on_cont``."""
 
-    def __init__(self, path: Path, on_nmi) -> None:
+    def __init__(self, path: Path, on_cont) -> None:
         super().__init__(daemon=True)
         self.server = socket.socket(socket.AF_UNIX)
         self.server.bind(str(path))
         self.server.listen()
-        self.on_nmi, self.commands = on_nmi, []
+        self.on_cont, self.commands = on_cont, []
 
     def run(self) -> None:
         while True:
@@ -101,40 +101,44 @@ class FakeMonitor(threading.Thread):
                 conn.sendall(b"QEMU 7.2 monitor\n(qemu) ")
                 command = conn.recv(1024).decode().strip()
                 self.commands.append(command)
-                if command == "nmi":
-                    self.on_nmi()
-                    conn.sendall(b"(qemu) ")
-                else:
+                if command.startswith("info"):
                     conn.sendall(REGISTERS.encode())
+                else:
+                    if command == "cont":
+                        self.on_cont()
+                    conn.sendall(b"(qemu) ")
 
 
 def frozen_session(tmp_path: Path, woken: bool):
+    """A session whose rig is silent; its monitor's ``cont`` wakes it if ``woken``."""
     rig = load_rig()
     args = rig.parse_args(["--watchdog", "60", "--", "true"])
     session = rig.Session(args, "6.1.0-test", tmp_path / "initramfs", tmp_path)
     read_end, write_end = os.pipe()
-    session.proc = SimpleNamespace(stdout=os.fdopen(read_end, "rb", buffering=0))
-    session.NUDGE_WAIT = 1.0
+    session.proc = SimpleNamespace(stdout=os.fdopen(read_end, "rb", buffering=0),
+                                   pid=os.getpid())
+    session.NUDGE_WAIT = 0.5
     monitor = FakeMonitor(session.monitor, lambda: woken and os.write(
-        write_end, b"Uhhuh. NMI received for unknown reason 3d on CPU 0.\n"))
+        write_end, b"RIG-HEARTBEAT\n"))
     monitor.start()
     return session, monitor
 
 
 @pytest.mark.parametrize("woken", [True, False])
-def test_a_frozen_rig_is_described_and_nudged_with_an_nmi(tmp_path: Path, woken: bool) -> None:
+def test_a_frozen_rig_is_described_and_nudged(tmp_path: Path, woken: bool) -> None:
     session, monitor = frozen_session(tmp_path, woken)
     try:
         assert session._nudge() is woken
     finally:
         monitor.server.close()
-    assert monitor.commands == ["info registers", "info lapic", "nmi"]
-    assert "HLT=1" in (tmp_path / "rig-freeze.txt").read_text()
+    assert monitor.commands == ["info registers", "info lapic", "nmi", "stop", "cont"]
+    saved = (tmp_path / "rig-freeze.txt").read_text()
+    assert "HLT=1" in saved and "QEMU threads:" in saved
+    where = "RIP=ffffffff81e3a5ab RFL=00000246 HLT=1"
     if woken:
         assert session.failure is None
-        assert session.nudges == ["silent 60 s (RIP=ffffffff81e3a5ab RFL=00000246 HLT=1); "
-                                  "an NMI woke it"]
-        assert b"NMI received" in session.console
+        assert session.nudges == [f"silent 60 s ({where}); stop/cont woke it"]
+        assert b"RIG-HEARTBEAT" in session.console
     else:
-        assert session.failure == ("froze: nothing on its console for 60 s (RIP=ffffffff81e3a5ab"
-                                   " RFL=00000246 HLT=1); an NMI did not wake it")
+        assert session.failure == (f"froze: nothing on its console for 60 s ({where}); "
+                                   "neither an NMI nor stop/cont woke it")

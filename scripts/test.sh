@@ -15,7 +15,7 @@ python3 -m pip install -q -e '.[test]'
 # Python to: compile it once so no pyvmm run pays for it (stale files are ignored).
 python3 -m compileall -q pyvmm
 bash images/build.sh tiny linux initramfs cloud
-python3 -m mypy pyvmm
+python3 -m mypy pyvmm tests bench scripts
 python3 -m pytest -q -m "not linux" "$@" && status=0 || status=$?
 
 hardware_kvm() {

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import time
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,8 @@ from pyvmm.kvm.system import is_pvm_host
 from .conftest import REPO, image, pyvmm_command, run_pyvmm
 
 
-def inspect(*args: str) -> dict | list:
+def inspect(*args: str) -> Any:
+    """``pyvmm inspect ARGS --json``, parsed (a dict or a list, by view)."""
     result = run_pyvmm("inspect", *args, "--json")
     assert result.status == 0, result.stderr
     return json.loads(result.stdout)

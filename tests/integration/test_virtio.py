@@ -96,6 +96,7 @@ def test_flushed_writes_survive_every_exit(disk, stop) -> None:
     if stop == "sigterm":
         deadline = time.monotonic() + 60
         seen = b""
+        assert proc.stdout is not None
         while b"hanging" not in seen and time.monotonic() < deadline:
             seen += os.read(proc.stdout.fileno(), 4096)
         proc.send_signal(signal.SIGTERM)

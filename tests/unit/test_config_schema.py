@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -19,6 +21,12 @@ from pyvmm.errors import ConfigError
 OPTIONS = machine_options()
 VALUES = [option for option in OPTIONS if not isinstance(option.kind, TablesKind)]
 TABLES = {option.toml: option for option in OPTIONS if isinstance(option.kind, TablesKind)}
+
+
+def table_of(option: Any) -> type:
+    """The dataclass of a ``[[table]]`` option's entries."""
+    assert isinstance(option.kind, TablesKind)
+    return option.kind.table
 
 #: A good and a bad TOML value of each (non-table) option.  A new option fails
 #: test_every_option_has_cases until it is added here, and so gets its tests.
@@ -45,18 +53,21 @@ def test_every_option_has_cases() -> None:
     assert set(CASES) == {option.toml for option in VALUES}
     assert set(TABLES) == {"drive", "share"}
     for option in TABLES.values():
-        assert set(BAD_TABLE_VALUE) >= set(table_keys(option.kind.table))
+        assert set(BAD_TABLE_VALUE) >= set(table_keys(table_of(option)))
 
 
 @pytest.mark.parametrize("command", ["run", ("config", "show")])
 def test_every_option_is_a_click_option(command) -> None:
-    cmd = main.commands["run"] if command == "run" else main.commands["config"].commands["show"]
+    group = cast(click.Group, main)
+    cmd = group.commands["run"] if command == "run" else \
+        cast(click.Group, group.commands["config"]).commands["show"]
     params = {param.name: param for param in cmd.params}
     for option in OPTIONS:
         assert option.field in params, option
         flags = set(params[option.field].opts) | set(params[option.field].secondary_opts)
         assert set(option.flags[0].split("/")) | set(option.flags[1:]) <= flags
-        assert params[option.field].help == option.help
+        param = params[option.field]
+        assert isinstance(param, click.Option) and param.help == option.help
         long_flag = option.flags[0].split("/")[0]
         assert option.toml == long_flag.removeprefix("--").replace("-", "_")  # as README says
 
@@ -78,7 +89,7 @@ def test_every_key_has_file_line_errors(tmp_path, key) -> None:
 
 
 @pytest.mark.parametrize("table, key", [(t, k) for t, o in TABLES.items()
-                                        for k in table_keys(o.kind.table)] +
+                                        for k in table_keys(table_of(o))] +
                          [("drive", "size"), ("share", "mode")])
 def test_table_keys_have_file_line_errors(tmp_path, table, key) -> None:
     bad = BAD_TABLE_VALUE.get(key, "1")

@@ -48,7 +48,7 @@ def test_self_test_and_command_byte() -> None:
 @pytest.mark.parametrize("data,status", [(b"\x00", 1), (b"\x01", 3), (b"\x10", 33),
                                          (b"\x05\x00\x00\x00", 11), (b"\x80", 1)])
 def test_debug_exit_status(data: bytes, status: int) -> None:
-    seen = []
+    seen: list[int] = []
     DebugExit(seen.append).write(0, data)
     assert seen == [status]
 

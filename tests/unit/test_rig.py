@@ -89,7 +89,8 @@ class FakeMonitor(threading.Thread):
         self.server = socket.socket(socket.AF_UNIX)
         self.server.bind(str(path))
         self.server.listen()
-        self.on_cont, self.commands = on_cont, []
+        self.on_cont = on_cont
+        self.commands: list[str] = []
 
     def run(self) -> None:
         while True:

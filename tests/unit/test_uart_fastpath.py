@@ -131,7 +131,8 @@ def test_halves_can_be_turned_off() -> None:
     out = bytearray()
     device = Serial(FakeLine(), out.extend)
     vm = FakeVm()
-    fast = UartFastPath(FakeKvm(), vm, [FakeVcpu(FakeRing())], device, 0x3F8, "off")  # type: ignore[arg-type]
+    fast = UartFastPath(FakeKvm(), vm, [FakeVcpu(FakeRing())], device, 0x3F8,  # type: ignore[arg-type, list-item]
+                        "off")
     assert vm.zones == [] and not fast.coalescing
 
 

@@ -82,7 +82,8 @@ class Guest:
 
 def test_handshake_names_and_opens_every_port() -> None:
     out: list[bytes] = []
-    guest = Guest([Port("stdin"), Port("stdout", out.append), Port("stderr", out.append)])
+    guest = Guest([Port("stdin"), Port("stdout", lambda view: out.append(bytes(view))),
+                   Port("stderr", lambda view: out.append(bytes(view)))])
     assert struct.unpack("<HHII", bytes(guest.read(mmio.CONFIG + i) & 0xFF
                                         for i in range(12)))[2] == 3
     guest.send_control(0xFFFFFFFF, DEVICE_READY, 1)

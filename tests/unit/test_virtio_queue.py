@@ -170,6 +170,7 @@ def test_event_idx_interrupts_only_when_used_event_is_crossed() -> None:
     for expected in (False, False, True, False):
         driver.add_chain([(driver.alloc(4), 4, True)])
         chain = queue.pop(memory)
+        assert chain is not None
         before = queue.next_used
         queue.add_used(chain.head, 0)
         assert queue.needs_interrupt(before) is expected

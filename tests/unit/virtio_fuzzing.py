@@ -86,6 +86,7 @@ class World:
         self.disk_path = os.path.join(self.directory, "disk.img")
         with open(self.disk_path, "wb") as stream:
             stream.write(bytes(range(256)) * (DISK_SECTORS * 2))
+        self.device: BlockDevice | ConsoleDevice
         if self.kind == "block":
             self.device = BlockDevice(DiskImage(DriveConfig(self.disk_path)))
         else:

@@ -184,7 +184,7 @@ class Session:
         self.timed_out = False
         self.proc: subprocess.Popen[bytes] | None = None
         self.nudges: list[str] = []      # freezes a nudge ended (see _nudge)
-        self.monitor = Path(tempfile.mkdtemp(prefix="pyvmm-rig-")) / "monitor"
+        self.monitor = Path("/nonexistent")  # QEMU's monitor socket, in a private dir run() makes
 
     def command(self) -> list[str]:
         a = self.args
@@ -203,8 +203,13 @@ class Session:
 
     def run(self) -> None:
         (self.job / "output").write_bytes(b"")
-        proc = self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.monitor = Path(tempfile.mkdtemp(prefix="pyvmm-rig-")) / "monitor"
+        try:
+            proc = self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        except BaseException:
+            shutil.rmtree(self.monitor.parent, ignore_errors=True)
+            raise
         assert proc.stdout is not None
         output = open(self.job / "output", "rb")
         started = last_heard = time.monotonic()

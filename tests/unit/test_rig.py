@@ -115,6 +115,7 @@ def frozen_session(tmp_path: Path, woken: bool):
     rig = load_rig()
     args = rig.parse_args(["--watchdog", "60", "--", "true"])
     session = rig.Session(args, "6.1.0-test", tmp_path / "initramfs", tmp_path)
+    session.monitor = tmp_path / "monitor"
     read_end, write_end = os.pipe()
     session.proc = SimpleNamespace(stdout=os.fdopen(read_end, "rb", buffering=0),
                                    pid=os.getpid())
@@ -143,3 +144,17 @@ def test_a_frozen_rig_is_described_and_nudged(tmp_path: Path, woken: bool) -> No
     else:
         assert session.failure == (f"froze: nothing on its console for 60 s ({where}); "
                                    "neither an NMI nor stop/cont woke it")
+
+
+def test_a_session_leaves_no_monitor_directory(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "bin" / "qemu-system-x86_64"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho RIG-START\necho RIG-RC=3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    rig = load_rig()
+    session = rig.Session(rig.parse_args(["--", "true"]), "r", tmp_path / "initramfs", tmp_path)
+    session.run()
+    assert session.status == 3 and session.failure is None
+    assert session.monitor.name == "monitor" and not session.monitor.parent.exists()

@@ -174,6 +174,8 @@ class Session:
 
     #: Seconds to wait for the console after each nudge to a frozen rig.
     NUDGE_WAIT = 15.0
+    #: What is tried, in order, on a frozen rig: a name and its monitor commands.
+    NUDGES = (("an NMI", ("nmi",)), ("stop/cont", ("stop", "cont")))
 
     def __init__(self, args: argparse.Namespace, release: str, initramfs: Path,
                  job: Path) -> None:
@@ -183,7 +185,6 @@ class Session:
         self.failure: str | None = None  # the rig's own failure, if any
         self.timed_out = False
         self.proc: subprocess.Popen[bytes] | None = None
-        self.nudges: list[str] = []      # freezes a nudge ended (see _nudge)
         self.monitor = Path("/nonexistent")  # QEMU's monitor socket, in a private dir run() makes
 
     def command(self) -> list[str]:
@@ -215,6 +216,8 @@ class Session:
         started = last_heard = time.monotonic()
         running = False  # the job has started: the watchdog applies
         pending = b""
+        nudged = 0       # nudges sent since the console last spoke
+        where = ""       # the frozen CPU's registers, in brief
         try:
             while True:
                 ready, _, _ = select.select([proc.stdout], [], [], 0.1)
@@ -224,6 +227,10 @@ class Session:
                     data = os.read(proc.stdout.fileno(), 65536)
                     if not data:
                         break
+                    if nudged:
+                        print(f"rig: the rig froze ({where}); {self.NUDGES[nudged - 1][0]} "
+                              "woke it", file=sys.stderr)
+                        nudged = 0
                     last_heard = now
                     self.console += data
                     pending += data
@@ -236,11 +243,17 @@ class Session:
                 if now - started > self.args.timeout:
                     self.timed_out = True
                     break
-                if running and now - last_heard > self.args.watchdog:
-                    if self._nudge():
-                        last_heard = time.monotonic()
-                        continue
-                    break
+                if running and now - last_heard > self.args.watchdog + nudged * self.NUDGE_WAIT:
+                    if nudged == len(self.NUDGES):
+                        self.failure = (f"froze: nothing on its console for "
+                                        f"{self.args.watchdog:.0f} s ({where}); "
+                                        "neither an NMI nor stop/cont woke it")
+                        break
+                    if not nudged:
+                        where = self._record_freeze()
+                    for command in self.NUDGES[nudged][1]:
+                        self._monitor(command)
+                    nudged += 1
                 if not running and now - started > self.args.boot_timeout:
                     self.failure = f"did not start the job within {self.args.boot_timeout:.0f} s"
                     break
@@ -259,43 +272,19 @@ class Session:
         if self.status is None and not self.failure and not self.timed_out:
             self.failure = f"stopped without the command's status (qemu exit {proc.returncode})"
 
-    def _nudge(self) -> bool:
-        """The console went silent: record the rig's state, then try to wake it.
+    def _record_freeze(self) -> str:
+        """The console went silent: save the rig's state; its registers in brief.
 
         Seen on the one-CPU rig: QEMU's TCG thread asleep while the rig's CPU
         has a timer interrupt pending and deliverable (IF set, vector above
-        the PPR) and is not halted: a lost kick.  First an NMI, then a
-        stop/cont on QEMU's monitor (which kicks every vCPU thread); if the
-        console speaks again the session goes on and the freeze is reported,
-        else the session has failed.
+        the PPR) and is not halted, as if a kick were lost.  ``run`` then
+        tries ``NUDGES``; if the console speaks again the session goes on and
+        the freeze is reported, else the session has failed.
         """
         registers = self._monitor("info registers")
-        where = " ".join(re.findall(r"(?:RIP|RFL)=\S+|HLT=\d", registers)) or "no CPU state"
         (self.job / "rig-freeze.txt").write_text(
             registers + self._monitor("info lapic") + self._threads())
-        silent = self.args.watchdog
-        for attempt, commands in (("an NMI", ("nmi",)), ("stop/cont", ("stop", "cont"))):
-            for command in commands:
-                self._monitor(command)
-            if self._heard_within(self.NUDGE_WAIT):
-                self.nudges.append(f"silent {silent:.0f} s ({where}); {attempt} woke it")
-                print(f"rig: the rig froze ({where}); {attempt} woke it", file=sys.stderr)
-                return True
-        self.failure = (f"froze: nothing on its console for {silent:.0f} s ({where}); "
-                        "neither an NMI nor stop/cont woke it")
-        return False
-
-    def _heard_within(self, seconds: float) -> bool:
-        """Whether the rig's console says anything within ``seconds`` (kept in ``console``)."""
-        assert self.proc is not None and self.proc.stdout is not None
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-            if ready:
-                data = os.read(self.proc.stdout.fileno(), 65536)
-                self.console += data
-                return bool(data)
-        return False
+        return " ".join(re.findall(r"(?:RIP|RFL)=\S+|HLT=\d", registers)) or "no CPU state"
 
     def _threads(self) -> str:
         """QEMU's threads: name, state and where each sleeps in the host kernel."""

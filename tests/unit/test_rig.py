@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 
 import pytest
 
@@ -77,72 +75,62 @@ def test_the_status_line_ends_the_session_with_the_commands_status() -> None:
     assert session.status == 7 and session.failure is None
 
 
-REGISTERS = ("RAX=0000000000000000 RBX=0000000000000000\nRIP=ffffffff81e3a5ab RFL=00000246 "
-             "[---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\n(qemu) ")
+#: A stand-in for the rig's QEMU: says RIG-START, then falls silent; its HMP monitor
+#: answers ``info`` with a halted CPU, and the command named in $WAKE_ON (if any)
+#: makes it speak again and end the command at once: a heartbeat and RIG-RC=0.
+FROZEN_QEMU = r"""#!{python}
+import os, socket, sys
+path = next(a for a in sys.argv if a.startswith("unix:"))[5:].split(",")[0]
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+server.listen()
+print("RIG-START", flush=True)
+while True:
+    conn, _ = server.accept()
+    with conn:
+        conn.sendall(b"QEMU 7.2 monitor\n(qemu) ")
+        command = conn.recv(1024).decode().strip()
+        with open(os.environ["MONITOR_LOG"], "a") as log:
+            log.write(command + "\n")
+        if command.startswith("info"):
+            conn.sendall(b"RIP=ffffffff81e3a5ab RFL=00000246 [---Z-P-] HLT=1\n(qemu) ")
+            continue
+        conn.sendall(b"(qemu) ")
+        if command == os.environ.get("WAKE_ON"):
+            print("RIG-HEARTBEAT\nRIG-RC=0", flush=True)
+            sys.exit(0)
+"""
 
 
-class FakeMonitor(threading.Thread):
-    """QEMU's HMP monitor on a unix socket: answers ``info``; ``cont`` runs ``on_cont``."""
-
-    def __init__(self, path: Path, on_cont) -> None:
-        super().__init__(daemon=True)
-        self.server = socket.socket(socket.AF_UNIX)
-        self.server.bind(str(path))
-        self.server.listen()
-        self.on_cont = on_cont
-        self.commands: list[str] = []
-
-    def run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(b"QEMU 7.2 monitor\n(qemu) ")
-                command = conn.recv(1024).decode().strip()
-                self.commands.append(command)
-                if command.startswith("info"):
-                    conn.sendall(REGISTERS.encode())
-                else:
-                    if command == "cont":
-                        self.on_cont()
-                    conn.sendall(b"(qemu) ")
-
-
-def frozen_session(tmp_path: Path, woken: bool):
-    """A session whose rig is silent; its monitor's ``cont`` wakes it if ``woken``."""
+@pytest.mark.parametrize("wake_on", ["cont", None])
+def test_a_frozen_rig_is_described_and_nudged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str],
+                                             wake_on: str | None) -> None:
+    fake = tmp_path / "bin" / "qemu-system-x86_64"
+    fake.parent.mkdir()
+    fake.write_text(FROZEN_QEMU.format(python=sys.executable))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("MONITOR_LOG", str(tmp_path / "monitor.log"))
+    if wake_on:
+        monkeypatch.setenv("WAKE_ON", wake_on)
     rig = load_rig()
-    args = rig.parse_args(["--watchdog", "60", "--", "true"])
-    session = rig.Session(args, "6.1.0-test", tmp_path / "initramfs", tmp_path)
-    session.monitor = tmp_path / "monitor"
-    read_end, write_end = os.pipe()
-    session.proc = SimpleNamespace(stdout=os.fdopen(read_end, "rb", buffering=0),
-                                   pid=os.getpid())
+    session = rig.Session(rig.parse_args(["--watchdog", "1", "--", "true"]), "r",
+                          tmp_path / "initramfs", tmp_path)
     session.NUDGE_WAIT = 0.5
-    monitor = FakeMonitor(session.monitor, lambda: woken and os.write(
-        write_end, b"RIG-HEARTBEAT\n"))
-    monitor.start()
-    return session, monitor
-
-
-@pytest.mark.parametrize("woken", [True, False])
-def test_a_frozen_rig_is_described_and_nudged(tmp_path: Path, woken: bool) -> None:
-    session, monitor = frozen_session(tmp_path, woken)
-    try:
-        assert session._nudge() is woken
-    finally:
-        monitor.server.close()
-    assert monitor.commands == ["info registers", "info lapic", "nmi", "stop", "cont"]
+    session.run()
+    commands = (tmp_path / "monitor.log").read_text().split()
+    assert commands == ["info", "registers", "info", "lapic", "nmi", "stop", "cont"]
     saved = (tmp_path / "rig-freeze.txt").read_text()
     assert "HLT=1" in saved and "QEMU threads:" in saved
     where = "RIP=ffffffff81e3a5ab RFL=00000246 HLT=1"
-    if woken:
-        assert session.failure is None
-        assert session.nudges == [f"silent 60 s ({where}); stop/cont woke it"]
-        assert b"RIG-HEARTBEAT" in session.console
+    if wake_on:
+        # What the woken rig said went through the console's reading: its status counts.
+        assert session.failure is None and session.status == 0
+        assert capsys.readouterr().err == f"rig: the rig froze ({where}); stop/cont woke it\n"
     else:
-        assert session.failure == (f"froze: nothing on its console for 60 s ({where}); "
+        assert session.status is None
+        assert session.failure == (f"froze: nothing on its console for 1 s ({where}); "
                                    "neither an NMI nor stop/cont woke it")
 
 

@@ -162,5 +162,6 @@ def measure(workloads: dict[str, str], runners: dict[str, Callable[[str], list[s
                  if "vng" in medians and "pyvmm" in medians else "")
               + f"  (status, output tail: {outputs})", flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -68,9 +68,9 @@ def test_otherwise_it_runs_once_and_records_nothing(
     assert suspects == []
 
 
-def fake_qemu(tmp_path, body: str) -> list[str]:
-    """A command named like QEMU that runs ``body`` (sh) and counts its runs in ``runs``."""
-    script = tmp_path / "qemu-system-x86_64"
+def fake_qemu(tmp_path, body: str, name: str = "qemu-system-x86_64") -> list[str]:
+    """A command named ``name`` (QEMU's) that runs ``body`` (sh) and counts its runs in ``runs``."""
+    script = tmp_path / name
     script.write_text(f"#!/bin/sh\necho run >> {tmp_path / 'runs'}\n{body}\n")
     script.chmod(0o755)
     return [str(script)]
@@ -109,12 +109,9 @@ def test_a_qemu_guest_that_ends_its_init_is_not_a_suspect(
 def test_a_pyvmm_hang_is_named_and_never_retried(
         tmp_path, monkeypatch: pytest.MonkeyPatch, suspects: list[str]) -> None:
     monkeypatch.setenv("RIG", "1")
-    script = tmp_path / "pyvmm"
-    script.write_text(f"#!/bin/sh\necho run >> {tmp_path / 'runs'}\nexec sleep 30\n")
-    script.chmod(0o755)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = guests.boot([str(script)], timeout=0.5)
+        result = guests.boot(fake_qemu(tmp_path, "exec sleep 30", name="pyvmm"), timeout=0.5)
     assert result.status == guests.HUNG and "pyvmm: the guest hung" in result.stderr
     assert guests.QEMU_HUNG not in result.stderr
     assert runs_of(tmp_path) == 1 and suspects == []

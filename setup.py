@@ -3,4 +3,4 @@ from setuptools import setup
 
 # Two compiled modules: the KVM binding, and the host helpers a disk or a virtio
 # queue needs without KVM (fallocate, a memory fence).
-setup(cffi_modules=["pyvmm/kvm/_build.py:ffibuilder", "pyvmm/_hostio_build.py:ffibuilder"])
+setup(cffi_modules=["pyvmm/kvm/_build.py:ffibuilder", "pyvmm/host/_build.py:ffibuilder"])

@@ -44,7 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the --stats reader of this checkout
-from pyvmm.stats import read_json_stats  # noqa: E402
+from pyvmm.vcpu.stats import read_json_stats  # noqa: E402
 OUT = REPO / "images" / "out"
 QEMU = shutil.which("qemu-system-x86_64")
 QEMU_MICROVM = [QEMU or "qemu-system-x86_64", "-M", "microvm,x-option-roms=off,rtc=off,acpi=off",

@@ -1,5 +1,5 @@
 """``python -m pyvmm`` runs the CLI."""
 
-from pyvmm.cli import entry
+from pyvmm.cli.main import entry
 
 entry()

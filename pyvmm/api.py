@@ -5,7 +5,7 @@ back: the console as it comes (``vm.console.expect``), the guest's RAM and
 registers, dumps, and the exit status ``pyvmm run`` would have reported.
 Several machines can run at once, each started from any thread (once the
 first has been started, or this module imported, on the main thread: see
-``pyvmm.vcpu_runner.ensure_kick_handler``).
+``pyvmm.vcpu.runner.ensure_kick_handler``).
 
 The machine is built when the ``Machine`` is made (bad options and images
 raise ``pyvmm.errors.PyvmmError`` there), runs on a thread of its own after
@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Sequence
 
-from pyvmm.builder import build_machine
-from pyvmm.config import MachineConfig, config_from_options
+from pyvmm.vmm.builder import build_machine
+from pyvmm.config.machine import MachineConfig, config_from_options
 from pyvmm.exitstatus import StopReason
-from pyvmm.guest_console import Console
+from pyvmm.console.guest import Console
 from pyvmm.memory import GuestMemory
-from pyvmm.vcpu_runner import ensure_kick_handler
+from pyvmm.vcpu.runner import ensure_kick_handler
 
 if TYPE_CHECKING:
     from pyvmm.dump.state import VcpuState
@@ -213,8 +213,8 @@ def run_command(cmd: str | Sequence[str], *, input: bytes | str = b"",
     ``memory``, ``cpus``, ``shares``, ``append``, ...).  Needs hardware KVM;
     bad options and hosts raise ``PyvmmError``.
     """
-    from pyvmm.command import FAILED, Streams
-    from pyvmm.command import run_command as run_in_guest
+    from pyvmm.command.run import FAILED, Streams
+    from pyvmm.command.run import run_command as run_in_guest
 
     argv = ("sh", "-c", cmd) if isinstance(cmd, str) else tuple(cmd)
     config = config_from_options(timeout=timeout, **options)

@@ -62,8 +62,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # pyvmm's cpio writer and module resolver, from this checkout
 from pyvmm.errors import PyvmmError  # noqa: E402
-from pyvmm.initramfs.cpio import CpioWriter  # noqa: E402
-from pyvmm.initramfs.modules import ModuleSet, find_modules, read_module  # noqa: E402
+from pyvmm.command.initramfs.cpio import CpioWriter  # noqa: E402
+from pyvmm.command.initramfs.modules import ModuleSet, find_modules, read_module  # noqa: E402
 
 CACHE = Path("/var/tmp/pyvmm-rig")
 EXIT_TIMEOUT, EXIT_RIG_FAILED, EXIT_UNAVAILABLE = 124, 125, 126

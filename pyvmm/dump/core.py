@@ -27,7 +27,7 @@ from elftools.elf.segments import NoteSegment
 
 from pyvmm.dump import DumpError
 from pyvmm.dump.state import GENERAL, Segment, VcpuState
-from pyvmm.inputfile import open_input
+from pyvmm.host.inputfile import open_input
 
 ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")

@@ -11,7 +11,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from pyvmm.dump import DumpError
-from pyvmm.inputfile import open_input
+from pyvmm.host.inputfile import open_input
 
 #: x86-64 kernel text mapping: virtual __START_KERNEL_map + (physical - phys_base).
 START_KERNEL_MAP = 0xFFFF_FFFF_8000_0000

@@ -6,7 +6,7 @@ header"), so nothing here is a hand-counted offset.  The only hand-written code
 is a pair of ioctl wrappers that return ``-errno`` (cffi releases the GIL
 around them, so a vCPU thread blocked in ``KVM_RUN`` doesn't stop the others),
 and the UART fast path: a KVM_RUN loop that answers the 8250's line-status
-polls itself, and the coalesced-I/O ring reader (pyvmm.uart_fastpath).
+polls itself, and the coalesced-I/O ring reader (pyvmm.vcpu.uart_fastpath).
 """
 
 from __future__ import annotations

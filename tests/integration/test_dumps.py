@@ -110,7 +110,7 @@ def test_failed_live_dumps_leave_the_guest_running_and_nothing_behind(tmp_path) 
         proc.send_signal(signal.SIGUSR1)
         time.sleep(1.0)
         assert proc.poll() is None
-        from pyvmm.control import request_dump
+        from pyvmm.vmm.control import request_dump
         from pyvmm.dump import DumpError
 
         with pytest.raises(DumpError, match="is a directory"):

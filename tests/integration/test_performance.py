@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyvmm.stats import read_json_stats
+from pyvmm.vcpu.stats import read_json_stats
 
 from .conftest import image, run_pyvmm
 

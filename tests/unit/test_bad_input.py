@@ -169,7 +169,7 @@ def test_inspect_files_that_are_not_dumps_or_maps(tmp_path, odd_files, kind) -> 
 def test_inspect_a_socket_that_never_answers(tmp_path, monkeypatch) -> None:
     import socket
 
-    from pyvmm import control
+    from pyvmm.vmm import control
 
     monkeypatch.setattr(control, "ANSWER_SECONDS", 0.5)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the live dump would go

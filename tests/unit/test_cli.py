@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from pyvmm import __version__
-from pyvmm.cli import main
+from pyvmm.cli.main import main
 
 
 def invoke(*args: str, env: dict | None = None):
@@ -146,13 +146,13 @@ def test_plain_run_imports_neither_rich_nor_elftools() -> None:
 
     code = ("import sys\n"
             "from click.testing import CliRunner\n"
-            "from pyvmm.cli import main\n"
+            "from pyvmm.cli.main import main\n"
             "CliRunner().invoke(main, ['run', '--kernel', '/nonexistent'])\n"
-            "import pyvmm.builder\n"
-            "from pyvmm.shares import Shares\n"
+            "import pyvmm.vmm.builder\n"
+            "from pyvmm.vmm.shares import Shares\n"
             "Shares([]).open(print)\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'elftools')\n"
-            "               or m in ('pyvmm.vhost_user', 'pyvmm.virtiofsd', 'subprocess'))\n"
+            "               or m in ('pyvmm.vhost.frontend', 'pyvmm.vhost.virtiofsd', 'subprocess'))\n"
             "print(heavy)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

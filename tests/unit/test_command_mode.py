@@ -9,10 +9,10 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from pyvmm import command
-from pyvmm.cli import main
-from pyvmm.config import MachineConfig, ShareConfig
-from pyvmm.initramfs.build import Job
+from pyvmm.command import run as command
+from pyvmm.cli.main import main
+from pyvmm.config.machine import MachineConfig, ShareConfig
+from pyvmm.command.initramfs.build import Job
 
 WEIRD = ("printf", "%s|", "two words", "it's", 'say "hi"', "$HOME", "a\nb", "*", "")
 
@@ -109,10 +109,10 @@ def test_a_kvm_pvm_host_says_so(tmp_path, monkeypatch) -> None:
 
 def test_no_virtiofsd_names_the_package(tmp_path, monkeypatch) -> None:
     from pyvmm.errors import HostError
-    from pyvmm.virtiofsd import find_virtiofsd
+    from pyvmm.vhost.virtiofsd import find_virtiofsd
 
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr("pyvmm.virtiofsd.QEMU_VIRTIOFSD", (str(tmp_path / "none"),))
+    monkeypatch.setattr("pyvmm.vhost.virtiofsd.QEMU_VIRTIOFSD", (str(tmp_path / "none"),))
     monkeypatch.delenv("PYVMM_VIRTIOFSD", raising=False)
     with pytest.raises(HostError, match="qemu-system-common"):
         find_virtiofsd()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyvmm.config import MachineConfig, parse_size
+from pyvmm.config.machine import MachineConfig, parse_size
 from pyvmm.errors import ConfigError
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pyvmm.cli import main
-from pyvmm.config_file import load_config_file
+from pyvmm.cli.main import main
+from pyvmm.config.toml_file import load_config_file
 from pyvmm.errors import ConfigError
 
 FULL = """\

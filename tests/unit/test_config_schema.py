@@ -12,10 +12,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from pyvmm.cli import main
-from pyvmm.config import (DriveConfig, MachineConfig, ShareConfig, TablesKind,
+from pyvmm.cli.main import main
+from pyvmm.config.machine import (DriveConfig, MachineConfig, ShareConfig, TablesKind,
                           config_from_options, machine_options, table_keys)
-from pyvmm.config_file import load_config_file
+from pyvmm.config.toml_file import load_config_file
 from pyvmm.errors import ConfigError
 
 OPTIONS = machine_options()

@@ -6,7 +6,7 @@ import os
 import pty
 import termios
 
-from pyvmm.console import EscapeParser, HostConsole, Terminal
+from pyvmm.console.host import EscapeParser, HostConsole, Terminal
 
 
 def test_plain_bytes_pass_through() -> None:
@@ -118,7 +118,7 @@ def test_restore_puts_back_the_file_flags() -> None:
 def test_fatal_signals_are_catchable_and_exclude_faults() -> None:
     import signal
 
-    from pyvmm.console import FATAL_SIGNALS
+    from pyvmm.console.host import FATAL_SIGNALS
 
     for signum in (signal.SIGQUIT, signal.SIGUSR2, signal.SIGALRM, signal.SIGTERM):
         assert signum in FATAL_SIGNALS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyvmm.dispatch import (UnknownAccessLog, describe_instruction, dispatch_exit,
+from pyvmm.vcpu.dispatch import (UnknownAccessLog, describe_instruction, dispatch_exit,
                             explain_internal_error)
 from pyvmm.exitstatus import ExitStatus
 from pyvmm.kvm.exits import (FailEntry, InternalError, Interrupted, IoIn, IoOut, MmioRead,
@@ -73,7 +73,7 @@ def test_mmio_paths() -> None:
 
 def test_unknown_access_logged_once(caplog) -> None:
     log = UnknownAccessLog()
-    caplog.set_level("DEBUG", logger="pyvmm.dispatch")
+    caplog.set_level("DEBUG", logger="pyvmm.vcpu.dispatch")
     for _ in range(3):
         dispatch_exit(IoOut(0x99, 1, memoryview(bytearray(1))), RecordingBus(set()),
                       RecordingBus(set()), log, lambda: 0)

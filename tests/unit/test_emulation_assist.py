@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyvmm.emulation_assist import plan_assist
+from pyvmm.vcpu.emulation_assist import plan_assist
 from pyvmm.kvm.exits import InternalError
 
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from pyvmm.guest_console import Console
+from pyvmm.console.guest import Console
 
 
 @pytest.fixture

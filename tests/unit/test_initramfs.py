@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from pyvmm.initramfs.cpio import CpioWriter
-from pyvmm.initramfs.modules import (find_modules, kernel_release, load_order, module_name,
+from pyvmm.command.initramfs.cpio import CpioWriter
+from pyvmm.command.initramfs.modules import (find_modules, kernel_release, load_order, module_name,
                                      parse_modules_dep)
 
 
@@ -109,14 +109,14 @@ def test_kernel_release_of_debians_kernel() -> None:
 
 @pytest.mark.skipif(not os.path.isfile("/bin/busybox"), reason="busybox is not installed")
 def test_the_base_archive_is_cached_privately_and_reused(tmp_path, monkeypatch) -> None:
-    from pyvmm.initramfs.build import base_archive
+    from pyvmm.command.initramfs.build import base_archive
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("PYVMM_BUSYBOX", raising=False)
     (tmp_path / "mods").mkdir()
     module = tmp_path / "mods" / "fuse.ko"
     module.write_bytes(b"\x7fELF fuse")
-    from pyvmm.initramfs.modules import ModuleSet
+    from pyvmm.command.initramfs.modules import ModuleSet
 
     modules = ModuleSet(str(tmp_path / "mods"), (("fuse.ko", str(module)),), ())
     first = base_archive(modules)
@@ -133,7 +133,7 @@ def test_the_base_archive_is_cached_privately_and_reused(tmp_path, monkeypatch) 
 
 def test_a_dynamic_busybox_is_refused(tmp_path, monkeypatch) -> None:
     from pyvmm.errors import ConfigError
-    from pyvmm.initramfs.build import base_archive
+    from pyvmm.command.initramfs.build import base_archive
 
     fake = tmp_path / "busybox"
     fake.write_bytes(b"\x7fELF" + b"\0" * 100 + b"/lib64/ld-linux-x86-64.so.2")

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pyvmm.cli import main
+from pyvmm.cli.main import main
 from pyvmm.dump.core import write_core
 from pyvmm.dump.state import VcpuState
 from pyvmm.memory import GuestMemory

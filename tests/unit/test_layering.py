@@ -92,8 +92,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_lazy_imports() -> None:
     graph = import_graph()
-    assert "pyvmm.inspect.cli" in graph["pyvmm.cli"]  # through importlib, by name
-    assert "pyvmm.config_file" in graph["pyvmm.cli_options"]  # inside a function
+    assert "pyvmm.cli.inspect" in graph["pyvmm.cli.main"]  # through importlib, by name
+    assert "pyvmm.config.toml_file" in graph["pyvmm.cli.options"]  # inside a function
 
 
 def test_no_import_cycles() -> None:
@@ -134,8 +134,8 @@ def test_every_module_imports_on_its_own() -> None:
 
 def test_run_imports_no_heavy_modules() -> None:
     """``pyvmm run`` pays for neither rich, pyelftools nor tomllib unless asked."""
-    script = ("import sys, pyvmm.cli; print(' '.join(m for m in ('rich', 'elftools', "
-              "'tomllib', 'pyvmm.inspect.cli', 'pyvmm.config_file') if m in sys.modules))")
+    script = ("import sys, pyvmm.cli.main; print(' '.join(m for m in ('rich', 'elftools', "
+              "'tomllib', 'pyvmm.cli.inspect', 'pyvmm.config.toml_file') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=PACKAGE.parent, check=True)
     assert result.stdout.split() == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from pyvmm.kvm.exits import Hlt, IoIn, IoOut, MmioRead, MmioWrite
-from pyvmm.stats import RunStats, exit_key, process_age
+from pyvmm.vcpu.stats import RunStats, exit_key, process_age
 
 
 def test_exit_keys_name_the_port_or_address() -> None:

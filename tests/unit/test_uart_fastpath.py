@@ -7,7 +7,7 @@ import mmap
 from pyvmm.devices import serial as uart
 from pyvmm.devices.serial import Serial
 from pyvmm.kvm._ffi import ffi, lib
-from pyvmm.uart_fastpath import RING_POLL_SECONDS, UartFastPath, wanted_halves
+from pyvmm.vcpu.uart_fastpath import RING_POLL_SECONDS, UartFastPath, wanted_halves
 
 from .test_serial import FakeLine, rd
 

@@ -8,10 +8,10 @@ from typing import Callable
 
 import pytest
 
-from pyvmm.exit_event import ExitEvent
+from pyvmm.vcpu.exit_event import ExitEvent
 from pyvmm.exitstatus import StopReason
 from pyvmm.kvm.exits import Hlt, Interrupted, IoOut, VmExit
-from pyvmm.vcpu_runner import VcpuRunner, VcpuRunners, VcpuState, ensure_kick_handler
+from pyvmm.vcpu.runner import VcpuRunner, VcpuRunners, VcpuState, ensure_kick_handler
 
 WAIT = 5.0
 

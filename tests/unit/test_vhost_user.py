@@ -11,7 +11,7 @@ from typing import Callable
 import pytest
 
 from pyvmm.errors import DeviceError
-from pyvmm.vhost_user import (FLAG_NEED_REPLY, FLAG_REPLY, F_PROTOCOL_FEATURES,
+from pyvmm.vhost.frontend import (FLAG_NEED_REPLY, FLAG_REPLY, F_PROTOCOL_FEATURES,
                               PROTOCOL_F_REPLY_ACK, MemoryRegionFd, Request, VhostUserFrontend,
                               VringConfig)
 

@@ -12,7 +12,7 @@ from pyvmm.devices.virtio.fs import QUEUE_SIZE, FsDevice
 from pyvmm.devices.virtio.testing import DriverQueue
 from pyvmm.errors import ConfigError, DeviceError
 from pyvmm.memory import GuestMemory
-from pyvmm.vhost_user import MemoryRegionFd, VringConfig
+from pyvmm.vhost.frontend import MemoryRegionFd, VringConfig
 
 BACKEND_FEATURES = (1 << 32) | (1 << 29) | (1 << 30) | (1 << 28) | (1 << 0) | (1 << 34)
 
@@ -140,7 +140,7 @@ def test_private_ram_cannot_be_shared() -> None:
 
 
 def test_share_options_parse_and_tags_must_differ() -> None:
-    from pyvmm.config import MachineConfig, ShareConfig, parse_share
+    from pyvmm.config.machine import MachineConfig, ShareConfig, parse_share
 
     assert parse_share("/srv", 2) == ShareConfig("/srv", "share2", False)
     assert parse_share("/srv,tag=data,ro") == ShareConfig("/srv", "data", True)
@@ -154,7 +154,7 @@ def test_share_options_parse_and_tags_must_differ() -> None:
 def test_a_missing_share_is_one_line_before_anything_starts(tmp_path) -> None:
     from click.testing import CliRunner
 
-    from pyvmm.cli import main
+    from pyvmm.cli.main import main
 
     kernel = tmp_path / "k"
     kernel.write_bytes(b"x")

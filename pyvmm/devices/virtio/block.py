@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pyvmm.devices.virtio.device import VirtioDevice
 from pyvmm.devices.virtio.disk import SECTOR_SIZE, DiskImage
 from pyvmm.devices.virtio.queue import DescriptorChain, read_from, write_into
-from pyvmm.hostio import PUNCH_HOLE, ZERO_RANGE, fallocate
+from pyvmm.host.fallocate import PUNCH_HOLE, ZERO_RANGE, fallocate
 
 log = logging.getLogger(__name__)
 

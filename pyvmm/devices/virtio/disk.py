@@ -16,7 +16,7 @@ import mmap
 import os
 import stat
 
-from pyvmm.config import DriveConfig
+from pyvmm.config.machine import DriveConfig
 from pyvmm.devices.virtio.image_lock import ImageLockError, lock_image
 from pyvmm.errors import DeviceError
 

@@ -19,7 +19,7 @@ from pyvmm.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_D
                                          VIRTIO_F_VERSION_1, VirtioDevice)
 from pyvmm.errors import ConfigError, DeviceError
 from pyvmm.memory import GuestMemory
-from pyvmm.vhost_user import MemoryRegionFd, VringConfig
+from pyvmm.vhost.frontend import MemoryRegionFd, VringConfig
 
 VIRTIO_ID_FS = 26
 #: Bytes of the tag in the config space (UTF-8, NUL-padded, no terminator needed).

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from pyvmm.barrier import fence
+from pyvmm.host.barrier import fence
 from pyvmm.errors import GuestMemoryError, PyvmmError
 from pyvmm.memory import GuestMemory
 

@@ -1,0 +1,199 @@
+"""The ``pyvmm`` command line: click group, options -> MachineConfig -> Machine.
+
+Errors a user can cause are ``PyvmmError``s: one line on stderr, the error's
+exit status, no traceback.  ``inspect`` is loaded only when asked for, so a
+plain ``pyvmm run`` imports neither rich nor pyelftools.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from pyvmm import __version__
+from pyvmm.cli.reporting import reports_errors
+from pyvmm.cli.options import effective_config, machine_options
+from pyvmm.errors import PyvmmError
+from pyvmm.exitstatus import ExitStatus
+
+#: Subcommands imported on first use: name -> (module, attribute).
+_LAZY_COMMANDS = {"inspect": ("pyvmm.cli.inspect", "inspect")}
+
+
+class _LazyGroup(click.Group):
+    """A group whose heavier subcommands are imported only when invoked."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | self._available())
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and name in self._available():
+            module_name, attribute = _LAZY_COMMANDS[name]
+            command = getattr(importlib.import_module(module_name), attribute)
+        return command
+
+    @staticmethod
+    def _available() -> set[str]:
+        available = set()
+        for name, (module, _) in _LAZY_COMMANDS.items():
+            try:
+                if importlib.util.find_spec(module) is not None:
+                    available.add(name)
+            except ModuleNotFoundError:
+                pass
+        return available
+
+
+def entry() -> None:
+    """The ``pyvmm`` command: ``main``, then exit without Python's interpreter teardown.
+
+    A run has finished everything that matters (console output, terminal
+    modes, disk flushes, dumps) before ``main`` returns; finalizing the
+    interpreter would add tens of milliseconds to every exit, which a script
+    waiting on pyvmm pays.  atexit handlers still run.
+    """
+    try:
+        main()
+        status = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            status = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            status = 1
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pyvmm")
+def main() -> None:
+    """pyvmm: boot Linux kernels on KVM from the command line."""
+
+
+@main.command()
+@machine_options
+@click.option("--on-reboot", type=click.Choice(("exit", "restart")), default="exit",
+              show_default=True,
+              help="When the guest reboots: exit 0, or restart it with the same machine.")
+@click.option("--verbose", "-v", is_flag=True, help="Log what pyvmm does to stderr.")
+@click.option("--stats", type=click.Choice(("text", "json")), is_flag=False,
+              flag_value="text", default=None,
+              help="At exit, print start-up times and vCPU exits by kind and port/address "
+                   "with the time serving them to stderr (--stats=json: one JSON line).")
+@click.option("--rw", is_flag=True,
+              help="Command mode: the guest writes through to the host's files (default: "
+                   "a tmpfs overlay keeps its writes).")
+@click.option("--modules", type=click.Path(file_okay=False), metavar="DIR",
+              help="Command mode: kernel modules to carry (default /lib/modules/RELEASE of "
+                   "the kernel, when it exists).")
+@click.option("--user", "-u", metavar="NAME|UID[:GID]",
+              help="Command mode: run the command as this user (default: you).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+@reports_errors
+def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None, rw: bool,
+        modules: str | None, user: str | None, command: tuple[str, ...],
+        **params: Any) -> None:
+    """Boot a kernel and show its serial console; or, given a COMMAND, run it.
+
+    \b
+    pyvmm run -k KERNEL [options] -- CMD [ARGS...] runs CMD in the guest on the
+    host's own files (its / over virtio-fs), as you, in this directory; its
+    stdout, stderr and stdin are this pyvmm's, and pyvmm exits with its status
+    (255 and a line on stderr if the guest or pyvmm fails first).
+
+    \b
+    Exit status: 0 the guest powered off or rebooted; odd N the guest wrote
+    (N-1)/2 to the debug-exit port 0xf4; 2 bad input; 4 host can't run VMs;
+    6 pyvmm error; 8 guest triple fault; 10 KVM internal/emulation error;
+    12 guest panic; 124 --timeout; 128+N killed by signal N.  Console:
+    Ctrl-A x quits, Ctrl-A h helps.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="pyvmm: %(message)s", stream=sys.stderr)
+    if command:
+        _run_command(ctx, params, command, rw, modules, verbose, user)
+    run_stats = None
+    if stats:
+        from pyvmm import IMPORTED_AT, IMPORTED_CPU
+        from pyvmm.vcpu.stats import RunStats
+
+        run_stats = RunStats()
+        run_stats.mark("pyvmm_imported", IMPORTED_AT, IMPORTED_CPU)
+        run_stats.mark("cli_parsed")
+    config = effective_config(ctx, params)
+    from pyvmm.vmm.builder import build_machine
+    from pyvmm.vmm.signals import signals_stop
+
+    deadline = None if config.timeout is None else time.monotonic() + config.timeout
+    while True:
+        machine = build_machine(config, stats=run_stats)
+        if run_stats is not None:
+            run_stats.mark("machine_built")
+        with signals_stop(machine):
+            reason = machine.run()
+        if reason.kind != "reboot" or on_reboot != "restart":
+            machine.close_at_exit()
+            break
+        machine.close()
+        click.echo("\npyvmm: the guest rebooted; restarting it", err=True)
+        if deadline is not None:  # --timeout bounds the whole run, restarts included
+            config = dataclasses.replace(
+                config, timeout=max(deadline - time.monotonic(), 0.001))
+    if reason.status != ExitStatus.OK or verbose:
+        click.echo(f"\npyvmm: {reason.message}", err=True)
+    if run_stats is not None:
+        run_stats.note_stop(machine.stop_requested_at)
+        click.echo(run_stats.json_line() if stats == "json" else run_stats.text(), err=True)
+    sys.exit(reason.status)
+
+
+def _run_command(ctx: click.Context, params: dict[str, Any], command: tuple[str, ...],
+                 rw: bool, modules: str | None, verbose: bool, user: str | None) -> None:
+    """Command mode: exit with the command's status, or 255 and one line."""
+    from pyvmm.command.run import FAILED, run_command
+
+    try:
+        config = effective_config(ctx, params)
+        user_append = params.get("cmdline") if ctx.get_parameter_source("cmdline") == \
+            click.core.ParameterSource.COMMANDLINE else None
+        status = run_command(config, command, rw, modules, user_append, verbose, user)
+    except PyvmmError as error:
+        click.echo(f"pyvmm: error: {error}", err=True)
+        status = FAILED
+    sys.exit(status)
+
+
+@main.group()
+def config() -> None:
+    """Machine configuration files."""
+
+
+@config.command("show")
+@machine_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_context
+@reports_errors
+def config_show(ctx: click.Context, as_json: bool, **params: Any) -> None:
+    """Print the machine that 'pyvmm run' would build from these options."""
+    machine = effective_config(ctx, params)
+    from pyvmm.cli.show_config import show_config
+
+    show_config(machine, as_json)

@@ -1,0 +1,1 @@
+"""Command mode (``pyvmm run -k KERNEL -- CMD``) and the initramfs it builds."""

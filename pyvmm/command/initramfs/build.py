@@ -1,0 +1,164 @@
+"""Command mode's initramfs: a cached base (busybox, /init, modules) and a per-run job.
+
+The base depends only on the init script, busybox and the kernel's modules,
+so it is built once and kept under ``$XDG_CACHE_HOME/pyvmm`` (created 0700,
+written through a private temporary file and renamed into place).  The job
+(``/job.sh``: the command, its directory, user and environment, the shares
+to mount) is a second archive appended to it, as the kernel allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+
+from pyvmm.errors import ConfigError
+from pyvmm.command.initramfs.cpio import CpioWriter
+from pyvmm.command.initramfs.modules import ModuleSet, find_modules, kernel_release, read_module
+
+#: What command mode needs of the kernel: virtio-mmio, the console ports, virtio-fs, overlay.
+WANTED_MODULES = ["virtio_mmio", "virtio_console", "fuse", "virtiofs", "overlay"]
+BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
+#: Format of the cache entries; bump when the layout of the base archive changes.
+CACHE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One command to run in the guest, and how."""
+
+    argv: tuple[str, ...]
+    cwd: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    env: tuple[tuple[str, str], ...]
+    rw: bool
+    #: (tag, mount point, read-only) of the --share directories.
+    mounts: tuple[tuple[str, str, bool], ...] = ()
+    #: The host's env(1) and setpriv(1), by absolute path: the busybox that runs
+    #: the job would otherwise run its own applets of the same names, and its env
+    #: would run busybox's ls, cat, sh... instead of the host's.
+    env_binary: str = "/usr/bin/env"
+    setpriv_binary: str = "/usr/bin/setpriv"
+
+    def script(self) -> str:
+        """``/job.sh``: sourced by /init; variables and two functions."""
+        q = shlex.quote
+        mounts = [f"    mount -t virtiofs {'-o ro ' if ro else ''}{q(tag)} {q('/newroot' + path)} "
+                  f"|| fail {q(f'cannot mount the share {path}')}"
+                  for tag, path, ro in self.mounts]
+        drop = []
+        if self.uid != 0 or self.gid != 0:
+            groups = (f"--groups={','.join(map(str, self.groups))}" if self.groups
+                      else "--clear-groups")
+            drop = [self.setpriv_binary, f"--reuid={self.uid}", f"--regid={self.gid}", groups, "--"]
+        env = [f"{name}={value}" for name, value in self.env]
+        command = (["chroot", "/newroot", "/run/pyvmm/busybox", "sh", "-c",
+                    'cd "$1" || exit 1; shift; exec "$@"', "sh", self.cwd] + drop
+                   + [self.env_binary, "-i"] + env + list(self.argv))
+        return "\n".join([
+            f"PYVMM_RW={int(self.rw)}",
+            f"PYVMM_CWD={q(self.cwd)}",
+            "pyvmm_mount_shares() {", *mounts, "    :", "}",
+            "pyvmm_run() {", "    " + " ".join(q(part) for part in command) + " 3>&-", "}",
+            ""])
+
+
+def _busybox() -> str:
+    path = os.environ.get("PYVMM_BUSYBOX") or next(
+        (p for p in BUSYBOX_PATHS if os.path.isfile(p)), "")
+    if not path:
+        raise ConfigError("no busybox found: install busybox-static")
+    with open(path, "rb") as stream:
+        head = stream.read(1 << 16)
+    if b"ld-linux" in head or b"/lib64/ld" in head:
+        raise ConfigError(f"{path} is linked dynamically: install busybox-static")
+    return path
+
+
+def modules_for(kernel_image: bytes, modules_dir: str | None) -> ModuleSet | None:
+    """The modules to carry: from --modules, else /lib/modules/RELEASE if it exists."""
+    if modules_dir is not None:
+        if not os.path.isdir(modules_dir):
+            raise ConfigError(f"--modules {modules_dir}: not a directory")
+        return find_modules(modules_dir, WANTED_MODULES)
+    release = kernel_release(kernel_image)
+    if release and os.path.isdir(f"/lib/modules/{release}"):
+        return find_modules(f"/lib/modules/{release}", WANTED_MODULES)
+    return None  # a kernel with the drivers built in (or none: /init says which)
+
+
+def base_archive(modules: ModuleSet | None) -> bytes:
+    """busybox, /init and the modules as one newc archive, from the cache when there."""
+    busybox = _busybox()
+    init = resources.files("pyvmm.command.initramfs").joinpath("init.sh").read_bytes()
+    key = hashlib.sha256(CACHE_VERSION.encode() + init)
+    for path in [busybox] + [host for _, host in (modules.files if modules else ())]:
+        info = os.stat(path)
+        key.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
+    cached = _cache_path(key.hexdigest())
+    if cached is not None:
+        try:
+            fd = os.open(cached, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as stream:
+                return stream.read()
+        except OSError:
+            pass
+    writer = CpioWriter()
+    for directory in ("bin", "dev", "proc", "sys", "newroot", "lower", "rw", "modules"):
+        writer.directory(directory)
+    writer.char_device("dev/console", 5, 1)
+    writer.char_device("dev/null", 1, 3, 0o666)
+    writer.file("init", init, 0o755)
+    with open(busybox, "rb") as stream:
+        writer.file("bin/busybox", stream.read(), 0o755)
+    if modules:
+        for name, host in modules.files:
+            writer.file(f"modules/{name}", read_module(host))
+        writer.file("modules/order", "".join(f"{name}\n" for name, _ in modules.files).encode())
+    archive = writer.finish()
+    if cached is not None:
+        _store(cached, archive)
+    return archive
+
+
+def job_archive(job: Job) -> bytes:
+    writer = CpioWriter()
+    writer.file("job.sh", job.script().encode(), 0o644)
+    return writer.finish()
+
+
+def _cache_path(key: str) -> str | None:
+    """Our cache directory (made 0700, refused if not ours), or None to build every time."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    directory = os.path.join(base, "pyvmm")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.lstat(directory)
+    except OSError:
+        return None
+    if not os.path.isdir(directory) or os.path.islink(directory) or info.st_uid != os.getuid():
+        return None
+    return os.path.join(directory, f"initramfs-{key[:32]}.cpio")
+
+
+def _store(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a private temporary file (0600) renamed into place."""
+    try:
+        fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".initramfs-")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass

@@ -1,0 +1,49 @@
+"""cffi build script for the host helpers that are not KVM (API, out-of-line mode).
+
+``fallocate(2)`` with its mode flags (``os.posix_fallocate`` has none), for a
+disk's discard and write-zeroes, and a full memory fence for code sharing
+memory with a guest (the virtio rings).  They are a module of their own, apart
+from the KVM binding: a disk image or a virtio queue needs neither /dev/kvm
+nor <linux/kvm.h>.  The flags come from <linux/falloc.h> (``...``: the
+compiler fills them in).
+"""
+
+from __future__ import annotations
+
+import cffi
+
+CDEF = r"""
+#define FALLOC_FL_KEEP_SIZE ...
+#define FALLOC_FL_PUNCH_HOLE ...
+#define FALLOC_FL_ZERO_RANGE ...
+/* fallocate(2); returns -errno. */
+int pyvmm_fallocate(int fd, int mode, long long offset, long long length);
+
+/* A full memory barrier (mfence on x86): Python has none, and the virtio
+   ring protocol needs one where a store must be seen before a later load. */
+void pyvmm_fence(void);
+"""
+
+SOURCE = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+
+static int pyvmm_fallocate(int fd, int mode, long long offset, long long length)
+{
+    return fallocate(fd, mode, offset, length) < 0 ? -errno : 0;
+}
+
+static void pyvmm_fence(void)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+"""
+
+ffibuilder = cffi.FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("pyvmm.host._host_cffi", SOURCE)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

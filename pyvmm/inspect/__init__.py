@@ -1,1 +1,0 @@
-"""``pyvmm inspect``: read guest memory dumps (and running VMs) for people and scripts."""

@@ -1,0 +1,104 @@
+"""A vCPU as its runner sees it: KVM_RUN (through the UART fast path) and exits served.
+
+``ServedVcpu.run`` enters the guest and applies the UART writes KVM
+coalesced meanwhile, so they are seen before the exit that followed them;
+``serve`` finishes instructions a software-emulating KVM failed on
+(``pyvmm.vcpu.emulation_assist``) or routes the exit to the buses
+(``pyvmm.vcpu.dispatch``).  With ``--stats`` both are timed per exit kind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from pyvmm.vcpu.dispatch import AccessBus, UnknownAccessLog, dispatch_exit
+from pyvmm.vcpu.emulation_assist import plan_assist
+from pyvmm.exitstatus import StopReason
+from pyvmm.kvm.exits import InternalError, VmExit
+from pyvmm.kvm.vcpu import Vcpu
+
+if TYPE_CHECKING:
+    from pyvmm.vcpu.stats import RunStats
+    from pyvmm.vcpu.uart_fastpath import UartFastPath
+
+log = logging.getLogger(__name__)
+
+
+class ServedVcpu:
+    """One vCPU's KVM_RUN and exit handling, shared state passed in (buses, counters)."""
+
+    def __init__(self, vcpu: Vcpu, pio: AccessBus, mmio: AccessBus, unknown: UnknownAccessLog,
+                 fast: UartFastPath | None, stats: RunStats | None, pvm_host: bool,
+                 assist: bool, assists: dict[str, int]) -> None:
+        self.vcpu = vcpu
+        self.id = vcpu.id
+        self._pio, self._mmio, self._unknown = pio, mmio, unknown
+        self._fast = fast
+        self._stats = stats
+        self._counter = None if stats is None else stats.counter()
+        self._pvm_host = pvm_host
+        self._assist_on = assist
+        #: Instructions finished for the emulator, by name (shared by the machine's vCPUs).
+        self.assists = assists
+        self._returned = 0
+        self._first = True
+
+    def request_exit(self) -> None:
+        self.vcpu.request_exit()
+
+    def run(self) -> VmExit:
+        """KVM_RUN until the next exit; the UART's coalesced writes applied first."""
+        vcpu, fast, counter = self.vcpu, self._fast, self._counter
+        if self._first and self._stats is not None:
+            self._first = False
+            self._stats.note_first_run()
+        if counter is None:
+            exit = vcpu.run() if fast is None else fast.run(vcpu)
+        else:
+            entered = time.perf_counter_ns()
+            exit = vcpu.run() if fast is None else fast.run(vcpu)
+            self._returned = time.perf_counter_ns()
+            counter.in_kvm_ns += self._returned - entered
+        if fast is not None:
+            fast.drain_pending()  # writes the guest made before this exit come first
+        return exit
+
+    def serve(self, exit: VmExit) -> StopReason | None:
+        """Serve one exit; why to stop, or None to run on."""
+        if isinstance(exit, InternalError) and self._assist_on and self._assist(exit):
+            reason = None
+        else:
+            reason = dispatch_exit(exit, self._pio, self._mmio, self._unknown,
+                                   self._read_rip, self._pvm_host)
+        if self._counter is not None:
+            from pyvmm.vcpu.stats import exit_key  # only with --stats
+
+            self._counter.add(exit_key(exit), time.perf_counter_ns() - self._returned)
+        return reason
+
+    def finished(self) -> None:
+        """The thread is done: count what the C loop answered without Python."""
+        if self._counter is not None and self._fast is not None:
+            for key, count in self._fast.served_in_c(self.vcpu).items():
+                self._counter.add_uncounted(key, count)
+
+    def _read_rip(self) -> int:
+        return self.vcpu.get_regs()["rip"]
+
+    def _assist(self, exit: InternalError) -> bool:
+        """Carry out an instruction KVM's emulator failed on, if we soundly can."""
+        assist = plan_assist(exit)
+        if assist is None:
+            return False
+        vcpu = self.vcpu
+        regs = vcpu.get_regs()
+        regs["rip"] += assist.length
+        vcpu.set_regs(regs)
+        if assist.vector is not None:
+            vcpu.inject_exception(assist.vector)
+        self.assists[assist.name] = self.assists.get(assist.name, 0) + 1
+        log.debug("vCPU %d: finished %s for the emulator at RIP %#x", vcpu.id, assist.name,
+                  regs["rip"] - assist.length)
+        return True

@@ -1,0 +1,217 @@
+"""The assembly recipe: config -> KVM, RAM, kernel, boot CPU state, devices (a Machine).
+
+Everything the user can get wrong (kernel, initrd, sizes, disk images) is
+checked before /dev/kvm is opened, so bad input never depends on the host.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from pyvmm.acpi.tables import write_acpi_tables
+from pyvmm.arch.x86_64 import layout
+from pyvmm.arch.x86_64.boot import prepare_boot
+from pyvmm.arch.x86_64.cpuid import CpuidEntry, adjust_cpuid, describe_policy
+from pyvmm.config.machine import MachineConfig, size_name
+from pyvmm.console.host import HostConsole
+from pyvmm.console.pump import ConsoleInput, ConsolePump
+from pyvmm.devices.bus import Bus
+from pyvmm.devices.i8042 import I8042
+from pyvmm.devices.legacy import DebugExit, IgnoredPorts
+from pyvmm.devices.platform import PvPanic, SleepControl
+from pyvmm.devices.serial import Serial
+from pyvmm.devices.virtio.console import ConsoleDevice
+from pyvmm.devices.virtio.device import VirtioDevice
+from pyvmm.errors import ConfigError, LoaderError
+from pyvmm.vcpu.dispatch import UnknownAccessLog
+from pyvmm.eventloop import EventLoop
+from pyvmm.vcpu.exit_event import ExitEvent
+from pyvmm.exitstatus import StopReason
+from pyvmm.host.inputfile import read_input
+from pyvmm.kvm._ffi import address_of
+from pyvmm.kvm.system import Kvm, is_pvm_host
+from pyvmm.kvm.vm import Vm
+from pyvmm.vmm.machine import Machine
+from pyvmm.memory import GuestMemory
+from pyvmm.vmm.shares import Shares
+from pyvmm.vcpu.uart_fastpath import UartFastPath
+from pyvmm.vcpu.served import ServedVcpu
+from pyvmm.vcpu.runner import VcpuRunner, VcpuRunners
+from pyvmm.vmm.virtio_slots import (acpi_platform, announce, attach_virtio, open_virtio_devices,
+                                plan_virtio_slots)
+
+if TYPE_CHECKING:
+    from pyvmm.vcpu.stats import RunStats
+
+log = logging.getLogger(__name__)
+
+#: Three pages Intel VMX needs for its real-mode TSS, just below the BIOS ROM.
+KVM_TSS_ADDRESS = 0xFFFB_D000
+#: Port ranges Linux pokes on a PC that pyvmm answers quietly (reads all-ones).
+IGNORED_PORT_RANGES = (
+    (0x80, 1),     # POST diagnostic port (also Linux's I/O delay port)
+    (0x70, 2),     # CMOS/RTC index and data
+    (0xCF8, 8),    # PCI configuration mechanism #1 (no PCI bus here)
+    (0x2F8, 8),    # COM2 .. COM4: absent UARTs answer all-ones
+    (0x3E8, 8),
+    (0x2E8, 8),
+)
+
+
+class KvmIrqLine:
+    """An InterruptLine driving one GSI of the in-kernel irqchip; ioctl only on change."""
+
+    def __init__(self, vm: Vm, gsi: int) -> None:
+        self._vm = vm
+        self._gsi = gsi
+        self._level = False
+
+    def set_level(self, high: bool) -> None:
+        if high != self._level:
+            self._level = high
+            self._vm.set_irq_line(self._gsi, high)
+
+
+_policy_warned: list[bool] = []
+
+
+def build_machine(config: MachineConfig, console: HostConsole | None = None,
+                  ports: VirtioDevice | None = None, stats: RunStats | None = None) -> Machine:
+    """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices: a whole Machine.
+
+    ``console`` is where the guest's consoles go and its input comes from
+    (default: our stdin and stdout, Ctrl-A x stopping the machine); ``ports``
+    is the stream device of command mode (``config.stdio_ports``); ``stats``
+    counts exits and start-up milestones for ``--stats``.
+    """
+    # A kernel or initrd larger than guest RAM can't fit in it.
+    ram = f"(the guest's --memory {size_name(config.memory)})"
+    kernel_image = read_input(config.kernel, "kernel", LoaderError, config.memory, ram)
+    initrd_image = read_input(config.initrd, "initrd", LoaderError, config.memory, ram) \
+        if config.initrd else None
+
+    # Everything that can be wrong with the input is found before KVM is opened.
+    slots = plan_virtio_slots(config)
+    shares = Shares(config.shares)
+    try:
+        return _build(config, console, ports, stats, kernel_image, initrd_image, slots,
+                      shares)
+    except BaseException:
+        shares.close()
+        raise
+
+
+def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevice | None,
+           stats: RunStats | None, kernel_image: bytes, initrd_image: bytes | None, slots: list,
+           shares: Shares) -> Machine:
+    if config.control:
+        from pyvmm.vmm.control import check_control_path
+
+        check_control_path(config.control)
+    cmdline = config.cmdline
+    if config.virtio_announce in ("cmdline", "both"):
+        cmdline = " ".join(part for part in (cmdline, announce(slots)) if part)
+    # A vhost-user back end maps guest RAM itself: then it must be a shareable memfd.
+    try:
+        memory = GuestMemory.anonymous(layout.ram_ranges(config.memory),
+                                       shared=bool(config.shares), address_of=address_of)
+    except OSError as exc:
+        raise ConfigError(f"--memory {size_name(config.memory)}: this host can't reserve "
+                          f"that much guest RAM ({exc.strerror or exc})") from None
+    rsdp = 0
+    if config.acpi:
+        rsdp = write_acpi_tables(memory, acpi_platform(config, slots))
+    boot = prepare_boot(memory, kernel_image, initrd_image, cmdline, rsdp_address=rsdp)
+    loop = EventLoop()
+    exit_event = ExitEvent(on_set=loop.stop)
+    console = console or HostConsole(on_quit=exit_event.setter(StopReason.user_quit()))
+
+    def backend_failed(message: str) -> None:
+        exit_event.set(StopReason.backend_failed(message))
+
+    devices = open_virtio_devices(slots, console.write, shares.open(backend_failed), ports)
+
+    kvm = Kvm()
+    kvm.require_capabilities()
+    if config.cpus > kvm.max_vcpus():
+        raise ConfigError(f"--cpus {config.cpus}: this host allows at most {kvm.max_vcpus()}")
+    pvm_host = is_pvm_host()
+    policy = config.cpu_policy
+    if policy == "auto":
+        policy = "compat" if pvm_host else "host"
+    if pvm_host and config.cpu_policy == "auto" and not _policy_warned:
+        _policy_warned.append(True)  # once per process, not per --on-reboot restart
+        log.warning("/dev/kvm is kvm_pvm, which emulates this guest in software; %s "
+                    "(--cpu host keeps them)", describe_policy(policy))
+    supported = [CpuidEntry(*leaf) for leaf in kvm.supported_cpuid()]
+
+    vm = kvm.create_vm()
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+    vm.create_irqchip()
+    vm.create_pit2()
+    for slot, region in enumerate(memory.regions):
+        vm.set_user_memory_region(slot, region.guest_base, region.size,
+                                  address_of(region.buffer))
+
+    vcpus = [vm.create_vcpu(index) for index in range(config.cpus)]
+    for vcpu in vcpus:
+        vcpu.set_cpuid(adjust_cpuid(supported, vcpu.id, config.cpus, policy,
+                                    tsc_deadline=kvm.has_tsc_deadline_timer()))
+        vcpu.set_msrs(boot.msrs)
+        vcpu.configure_lapic_lint()
+        vcpu.set_fpu(boot.fpu.fcw, boot.fpu.mxcsr)
+    # Only the boot CPU starts at the kernel entry; the others wait for INIT/SIPI.
+    vcpus[0].set_sregs(boot.sregs)
+    vcpus[0].set_regs(boot.regs_dict())
+
+    pio_bus, mmio_bus = Bus(), Bus()
+    serial = Serial(KvmIrqLine(vm, layout.COM1_IRQ), console.write, on_pending=loop.wake)
+    _attach_legacy_devices(pio_bus, serial, exit_event)
+    uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT)
+    transports, owned_fds = attach_virtio(vm, loop, mmio_bus, memory, slots, devices)
+    shares.watch(loop, backend_failed)
+    console_input: ConsoleInput = serial
+    if _guest_console_is_hvc(cmdline):
+        console_input = next((t.device for t in transports
+                              if isinstance(t.device, ConsoleDevice)), serial)
+
+    assist = config.emulation_assist == "on" or (config.emulation_assist == "auto" and pvm_host)
+    assists: dict[str, int] = {}
+    unknown = UnknownAccessLog()
+    served = [ServedVcpu(vcpu, pio_bus, mmio_bus, unknown, uart_fast, stats, pvm_host,
+                         assist, assists) for vcpu in vcpus]
+    runners = VcpuRunners([VcpuRunner(s, s.serve, exit_event, on_exit=s.finished)
+                           for s in served])
+    return Machine(config=config, kvm=kvm, vm=vm, memory=memory, vcpus=vcpus,
+                   exit_event=exit_event, loop=loop, console=console,
+                   pump=ConsolePump(console, console_input, serial, uart_fast),
+                   runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
+                   owned_fds=owned_fds, closers=[shares.close], stats=stats, assists=assists)
+
+
+def _guest_console_is_hvc(cmdline: str) -> bool:
+    """Linux's last console= is where /dev/console (and so the shell) goes."""
+    consoles = [arg.split("=", 1)[1] for arg in cmdline.split() if arg.startswith("console=")]
+    return bool(consoles) and consoles[-1].startswith("hvc")
+
+
+def _attach_legacy_devices(bus: Bus, serial: Serial, exit_event: ExitEvent) -> None:
+    """COM1, the i8042 (reset), debug-exit, pvpanic, ACPI sleep, the ignored ports.
+
+    The devices get the machine's exit event, and can only say why it should stop.
+    """
+    bus.insert(serial, layout.COM1_PORT, 8)
+    bus.insert(I8042(exit_event.setter(
+        StopReason.reboot("the guest reset the machine (i8042)"))),
+        layout.I8042_DATA_PORT, 5)
+    bus.insert(DebugExit(lambda status: exit_event.set(StopReason.debug_exit(status))),
+               layout.DEBUG_EXIT_PORT, 4)
+    bus.insert(PvPanic(exit_event.setter(
+        StopReason.guest_panic("the guest kernel panicked (pvpanic)"))),
+        layout.PVPANIC_PORT, 1)
+    bus.insert(SleepControl(exit_event.setter(
+        StopReason.poweroff("the guest powered off (ACPI S5)"))),
+        layout.ACPI_SLEEP_CONTROL_PORT, 2)
+    for base, length in IGNORED_PORT_RANGES:
+        bus.insert(IgnoredPorts(), base, length)

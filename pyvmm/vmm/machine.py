@@ -1,0 +1,296 @@
+"""A built machine: its parts, run until the exit event says why it stopped.
+
+``pyvmm.vmm.builder.build_machine`` assembles one, whole: every part is passed to
+the constructor and nothing is set afterwards.  ``Machine.run`` starts the
+vCPU runners (``pyvmm.vcpu.runner``: a thread each, KVM_RUN releases the
+GIL) and runs the event loop on the calling thread (the console pump, device
+eventfds, the control socket) until the exit event fires: poweroff, reset,
+triple fault, timeout, a stop request, or an exception in any device or vCPU
+code.  Then it stops the runners, flushes the console and the disks, writes
+the dump asked for and returns the ``StopReason``.
+
+The machine installs no signal handlers (but the vCPU kick's): a library
+user may run it on any thread; ``pyvmm run`` maps signals to
+``request_stop`` and ``request_live_dump`` itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from pyvmm.config.machine import MachineConfig
+from pyvmm.console.host import HostConsole
+from pyvmm.console.pump import ConsolePump
+from pyvmm.errors import PyvmmError
+from pyvmm.eventloop import EventLoop
+from pyvmm.vcpu.exit_event import ExitEvent
+from pyvmm.exitstatus import StopReason
+from pyvmm.kvm.system import Kvm
+from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.kvm.vm import Vm
+from pyvmm.memory import GuestMemory
+from pyvmm.vcpu.runner import VcpuRunners, VcpuState
+
+if TYPE_CHECKING:
+    from pyvmm.vmm.control import ControlServer
+    from pyvmm.devices.serial import Serial
+    from pyvmm.devices.virtio.mmio import VirtioMmioTransport
+    from pyvmm.dump.state import VcpuState as Registers
+    from pyvmm.vcpu.stats import RunStats
+    from pyvmm.vcpu.uart_fastpath import UartFastPath
+
+log = logging.getLogger(__name__)
+
+#: How long the VM teardown child waits for pyvmm to exit before it lets go anyway.
+VM_TEARDOWN_WAIT_SECONDS = 10.0
+
+
+class Machine:
+    """A built VM, ready to run once; then ``close`` it (or ``close_at_exit``)."""
+
+    def __init__(self, *, config: MachineConfig, kvm: Kvm, vm: Vm, memory: GuestMemory,
+                 vcpus: Sequence[Vcpu], exit_event: ExitEvent, loop: EventLoop,
+                 console: HostConsole, pump: ConsolePump, runners: VcpuRunners,
+                 serial: Serial, uart_fast: UartFastPath | None,
+                 virtio: Sequence[VirtioMmioTransport], owned_fds: Sequence[int],
+                 closers: Sequence[Callable[[], None]], stats: RunStats | None,
+                 assists: dict[str, int]) -> None:
+        self.config = config
+        self.kvm = kvm
+        self.vm = vm
+        self.memory = memory
+        self.vcpus = tuple(vcpus)
+        self.exit_event = exit_event
+        self.loop = loop
+        self.console = console
+        self.pump = pump
+        self.runners = runners
+        self.serial = serial
+        self.uart_fast = uart_fast
+        self.virtio = tuple(virtio)
+        #: eventfds made for ioeventfd/irqfd wiring, closed with the machine.
+        self._owned_fds = tuple(owned_fds)
+        #: Called by ``close`` after the devices: helper processes (virtiofsd) and the like.
+        self._closers = tuple(closers)
+        self.stats = stats
+        #: Instructions finished for a software-emulating KVM, by name (the runners count).
+        self.assists = assists
+        self._dump_pending = False
+        #: One paused section at a time (a live dump and a register read may race).
+        self._pause_lock = threading.Lock()
+        self._control: ControlServer | None = None
+        self._closed = False
+
+    # -- events (any thread) ---------------------------------------------------------
+
+    def request_stop(self, reason: StopReason) -> None:
+        """Stop the machine for ``reason`` unless it is already stopping."""
+        self.exit_event.set(reason)
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        return self.exit_event.reason
+
+    @property
+    def stop_requested_at(self) -> float | None:
+        """perf_counter() when the first stop reason came (for --stats)."""
+        return self.exit_event.requested_at
+
+    def request_live_dump(self) -> None:
+        """A live dump to the configured ``--dump`` on the event loop (SIGUSR1)."""
+        self._dump_pending = True
+        self.loop.wake()
+
+    # -- inspecting -----------------------------------------------------------------------
+
+    def live_dump(self, path: str) -> float:
+        """Pause every vCPU, dump the guest to ``path``, resume; return the seconds taken."""
+        from pyvmm.dump.capture import dump_machine
+
+        start = time.monotonic()
+        with self._pause_lock, self.runners.paused():
+            dump_machine(path, self.memory, self.vcpus, None)
+        return time.monotonic() - start
+
+    def registers(self, cpu: int) -> Registers:
+        """vCPU ``cpu``'s registers as a dump records them (paused for the read if running)."""
+        from pyvmm.dump.capture import vcpu_states
+
+        if not 0 <= cpu < len(self.vcpus):
+            raise IndexError(f"no vCPU {cpu}: the machine has {len(self.vcpus)}")
+        with self._pause_lock, self.runners.paused():
+            return vcpu_states([self.vcpus[cpu]])[0]
+
+    # -- running ------------------------------------------------------------------------
+
+    def run(self) -> StopReason:
+        """Run the guest until it stops; return why.  Call once, on any thread."""
+        self.console.start()
+        try:
+            self.pump.subscribe(self.loop)
+            if self.config.control:
+                from pyvmm.vmm.control import ControlServer
+
+                self._control = ControlServer(self.config.control, self.live_dump)
+                self.loop.add(self._control.fd, self._control.on_ready)
+            self.runners.start()
+            deadline = None
+            if self.config.timeout is not None:
+                deadline = time.monotonic() + self.config.timeout
+            if not self.exit_event.is_set() and not self.loop.run(deadline, self._tick):
+                self.request_stop(StopReason.timeout(self.config.timeout or 0))
+        except Exception as exc:  # noqa: BLE001 - reported, then the VM stops
+            log.debug("event loop failed:\n%s", traceback.format_exc())
+            self.request_stop(StopReason.vmm_error(f"event loop: {exc}"))
+        finally:
+            self._finish()
+        reason = self.exit_event.reason
+        assert reason is not None
+        return reason
+
+    def _tick(self) -> float | None:
+        if self._dump_pending:
+            self._dump_pending = False
+            self._dump_on_signal()
+        return self.pump.tick()
+
+    def _dump_on_signal(self) -> None:
+        if self.config.dump and "signal" in self.config.dump_on:
+            try:
+                seconds = self.live_dump(self.config.dump)
+                log.warning("live dump written to %s (guest paused %.2f s)",
+                            self.config.dump, seconds)
+            except PyvmmError as exc:
+                log.error("live dump failed: %s", exc)
+
+    def _finish(self) -> None:
+        """Whatever stopped us: vCPUs out, output and disks flushed, the dump, the console."""
+        self.request_stop(StopReason.vmm_error("stopped without a reason"))  # no-op if set
+        self.runners.join()
+        self._flush_console()
+        self._note_where_vcpus_were()
+        self._note_assists()
+        self._dump_at_exit()
+        if self._control is not None:
+            self._control.close()
+        self._shut_down_devices()
+        self.console.restore()
+
+    def _flush_console(self) -> None:
+        """Every byte the guest sent reaches the console before pyvmm goes on."""
+        try:
+            if self.uart_fast is not None:
+                self.uart_fast.close()
+                if self.stats is not None:
+                    self.stats.counter().add_uncounted(
+                        ("pio-out-coalesced", self.uart_fast.thr_port),
+                        self.uart_fast.coalesced_writes)
+            self.pump.flush()
+        except Exception as exc:  # noqa: BLE001 - the stop reason still counts
+            log.error("could not write the guest's last console output: %s", exc)
+
+    def _dump_at_exit(self) -> None:
+        reason = self.exit_event.reason
+        if not self.config.dump or reason is None:
+            return
+        from pyvmm.dump.capture import dump_machine, wanted
+
+        if not wanted(self.config.dump_on, reason):
+            return
+        try:
+            seconds = dump_machine(self.config.dump, self.memory, self.vcpus, reason)
+            log.warning("guest dump written to %s in %.1f s", self.config.dump, seconds)
+        except Exception as exc:  # noqa: BLE001 - the exit status still tells what happened
+            log.error("could not write the guest dump: %s", exc)
+
+    def _shut_down_devices(self) -> None:
+        """Finish device work and make disk writes durable, whatever stopped us."""
+        for transport in self.virtio:
+            try:
+                transport.shutdown()
+            except Exception as exc:  # noqa: BLE001 - the others still get flushed
+                log.error("shutting down virtio device %d: %s", transport.device.device_id, exc)
+                reason = self.exit_event.reason
+                if reason is not None and reason.status == 0:
+                    self.exit_event.amend(StopReason.vmm_error(
+                        f"could not flush a disk at exit: {exc}"))
+
+    def _add_to_stop_message(self, text: str) -> None:
+        reason = self.exit_event.reason
+        if reason is not None:
+            self.exit_event.amend(dataclasses.replace(reason, message=f"{reason.message} {text}"))
+
+    def _note_assists(self) -> None:
+        if self.assists:
+            done = ", ".join(f"{count} {name}" for name, count in sorted(self.assists.items()))
+            self._add_to_stop_message(f"[emulation assists: {done}]")
+
+    def _note_where_vcpus_were(self) -> None:
+        """For a timeout, signal or triple fault, say where each vCPU was: evidence."""
+        reason = self.exit_event.reason
+        if reason is None or reason.kind not in ("timeout", "signal", "triple-fault"):
+            return
+        places = []
+        for vcpu, runner in zip(self.vcpus, self.runners):
+            if runner.state is not VcpuState.EXITED:
+                continue
+            try:
+                places.append(f"vCPU {vcpu.id} at RIP {vcpu.get_regs()['rip']:#x}")
+            except Exception:  # noqa: BLE001 - only a report
+                pass
+        if places:
+            self._add_to_stop_message(f"({', '.join(places)})")
+
+    # -- releasing ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the VM: vCPU and VM fds, guest RAM, the event loop (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        for transport in self.virtio:
+            transport.device.reset()  # drops its views of guest RAM
+        for vcpu in self.vcpus:
+            vcpu.close()
+        for fd in self._owned_fds:
+            os.close(fd)
+        for closer in self._closers:
+            closer()
+        self.vm.close()
+        self.loop.close()
+        os.close(self.kvm.fd)
+        try:
+            self.memory.close()
+        except BufferError:
+            log.debug("guest RAM still has views; left to the garbage collector")
+
+    def close_at_exit(self) -> None:
+        """Before the process exits: leave the VM's teardown to a short-lived child.
+
+        Destroying a VM (in-kernel irqchip and PIT, SRCU grace periods) takes
+        15 - 350 ms on a busy host, and the process whose exit drops the last
+        reference to the VM fd waits for it.  A forked child that keeps only
+        the VM fd takes that wait, after pyvmm has exited with its status.
+        Guest RAM is MADV_DONTFORK, so the fork copies no guest page tables.
+        """
+        try:
+            pid = os.fork()
+        except OSError:
+            return  # the exit then waits for the teardown; nothing else changes
+        if pid == 0:  # the child: no Python clean-up, no other fd (disk locks, pipes)
+            try:
+                parent = os.getppid()
+                os.closerange(0, self.vm.fd)
+                os.closerange(self.vm.fd + 1, 1 << 20)
+                deadline = time.monotonic() + VM_TEARDOWN_WAIT_SECONDS
+                while os.getppid() == parent and time.monotonic() < deadline:
+                    time.sleep(0.002)  # until pyvmm has exited: then the VM fd is ours alone
+            finally:
+                os._exit(0)
+

@@ -1,0 +1,162 @@
+"""Where the virtio-mmio devices go, and how they are wired to KVM.
+
+``plan_virtio_slots`` is pure: one MMIO window and one IRQ line per device,
+disks first (so --drive order gives vda, vdb, …), then the virtio-fs shares,
+the command mode's stream ports, then the console.
+``attach_virtio`` does the KVM side the devices know nothing of: each queue's
+notify register becomes an ioeventfd (the vCPU does not leave the kernel for
+it; the event loop serves the queue) and each IRQ line an irqfd.  A device
+whose queues a vhost-user back end serves (virtio-fs) gets its own kick
+eventfds bound as the ioeventfds, and the irqfd as its call fd; the event
+loop never sees them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from pyvmm.arch.x86_64 import layout
+from pyvmm.config.machine import DriveConfig, MachineConfig, ShareConfig
+from pyvmm.devices.virtio.device import VirtioDevice
+from pyvmm.errors import ConfigError
+
+#: What pyvmm announces as each window's size on the kernel command line.
+ANNOUNCED_SIZE = "4K"
+#: The same window as an ACPI resource (Memory32Fixed length).
+ACPI_WINDOW_SIZE = 0x1000
+
+
+@dataclass(frozen=True)
+class VirtioSlot:
+    """One virtio-mmio device: its window, IRQ line and what it is."""
+
+    base: int
+    irq: int
+    kind: str                      # "block", "fs", "ports" or "console"
+    drive: DriveConfig | None = None
+    share: ShareConfig | None = None
+
+    def announcement(self) -> str:
+        """The ``virtio_mmio.device=`` parameter Linux reads (VIRTIO_MMIO_CMDLINE_DEVICES)."""
+        return f"virtio_mmio.device={ANNOUNCED_SIZE}@{self.base:#x}:{self.irq}"
+
+
+def plan_virtio_slots(config: MachineConfig) -> list[VirtioSlot]:
+    kinds: list[tuple[str, DriveConfig | None, ShareConfig | None]] = [
+        ("block", d, None) for d in config.drives]
+    kinds += [("fs", None, share) for share in config.shares]
+    if config.stdio_ports:
+        kinds.append(("ports", None, None))
+    if config.virtio_console:
+        kinds.append(("console", None, None))
+    if len(kinds) > len(layout.VIRTIO_IRQS):
+        raise ConfigError(f"{len(kinds)} virtio devices asked for; pyvmm has IRQ lines "
+                          f"for {len(layout.VIRTIO_IRQS)}")
+    return [VirtioSlot(layout.VIRTIO_MMIO_START + index * layout.VIRTIO_MMIO_SIZE,
+                       layout.VIRTIO_IRQS[index], kind, drive, share)
+            for index, (kind, drive, share) in enumerate(kinds)]
+
+
+def acpi_platform(config: MachineConfig, slots: list[VirtioSlot]):
+    """What the ACPI tables describe: CPUs, and virtio slots only if announced there."""
+    # Here, not at the top: `pyvmm config show` plans slots without the ~12 ms
+    # of the ACPI and device modules (the same holds for the imports below).
+    from pyvmm.acpi.tables import AcpiPlatform
+    from pyvmm.acpi.tables import VirtioSlot as AcpiVirtioSlot
+
+    described = () if config.virtio_announce == "cmdline" else tuple(
+        AcpiVirtioSlot(slot.base, ACPI_WINDOW_SIZE, slot.irq) for slot in slots)
+    return AcpiPlatform(cpus=config.cpus, virtio=described)
+
+
+def announce(slots: list[VirtioSlot]) -> str:
+    return " ".join(slot.announcement() for slot in slots)
+
+
+def open_virtio_devices(slots: list[VirtioSlot], console_out: Callable[[memoryview], None],
+                        fs_devices: Sequence[VirtioDevice] = (),
+                        ports: VirtioDevice | None = None) -> list[VirtioDevice]:
+    """The devices for ``slots``; disks are opened (and locked) here, before KVM.
+
+    The virtio-fs devices (their daemons already started) and the stream ports
+    are made by their owners and placed here in slot order.
+    """
+    from pyvmm.devices.virtio.block import BlockDevice
+    from pyvmm.devices.virtio.console import ConsoleDevice
+    from pyvmm.devices.virtio.disk import DiskImage
+
+    devices: list[VirtioDevice] = []
+    fs_iter = iter(fs_devices)
+    try:
+        for slot in slots:
+            if slot.kind == "block":
+                assert slot.drive is not None
+                serial = slot.drive.serial or f"pyvmm-vd{chr(ord('a') + len(devices))}"
+                devices.append(BlockDevice(DiskImage(slot.drive), serial))
+            elif slot.kind == "fs":
+                devices.append(next(fs_iter))
+            elif slot.kind == "ports":
+                assert ports is not None
+                devices.append(ports)
+            else:
+                devices.append(ConsoleDevice(console_out))
+    except Exception:
+        for device in devices:
+            device.shutdown()
+        raise
+    return devices
+
+
+class IrqfdTrigger:
+    """An edge into the in-kernel irqchip: a write to an eventfd bound by KVM_IRQFD."""
+
+    def __init__(self, event_fd: int) -> None:
+        self.event_fd = event_fd
+
+    def trigger(self) -> None:
+        os.eventfd_write(self.event_fd, 1)
+
+
+def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot],
+                  devices) -> tuple[list, list[int]]:
+    """Map each device's transport and bind its notifications and interrupt to KVM.
+
+    Returns the transports and the eventfds made here, for the machine to close.
+    """
+    owned_fds: list[int] = []
+    from pyvmm.devices.virtio.mmio import QUEUE_NOTIFY, VirtioMmioTransport
+
+    transports = []
+    for slot, device in zip(slots, devices):
+        irq_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        owned_fds.append(irq_fd)
+        vm.register_irqfd(irq_fd, slot.irq)
+        transport = VirtioMmioTransport(device, memory, IrqfdTrigger(irq_fd))
+        mmio_bus.insert(transport, slot.base, layout.VIRTIO_MMIO_SIZE)
+        transports.append(transport)
+        kick_fds = getattr(device, "kick_fds", None)
+        if kick_fds is not None:  # a vhost-user back end serves the queues
+            device.call_fd = irq_fd
+            owned_fds.extend(kick_fds)
+            for index, kick_fd in enumerate(kick_fds):
+                vm.register_ioeventfd(kick_fd, slot.base + QUEUE_NOTIFY, 4, datamatch=index)
+            continue
+        for index in range(len(device.queues)):
+            notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            owned_fds.append(notify_fd)
+            vm.register_ioeventfd(notify_fd, slot.base + QUEUE_NOTIFY, 4, datamatch=index)
+            loop.add(notify_fd, _notify_handler(notify_fd, transport, index))
+    return transports, owned_fds
+
+
+def _notify_handler(event_fd: int, transport, index: int) -> Callable[[int], None]:
+    def on_notify(_events: int) -> None:
+        try:
+            os.eventfd_read(event_fd)
+        except BlockingIOError:
+            return
+        if transport.notify(index):
+            os.eventfd_write(event_fd, 1)  # more to do: after the loop's other events
+    return on_notify

@@ -45,3 +45,8 @@ class KvmError(HostError):
 
 class DeviceError(PyvmmError):
     """A device can't be set up from its configuration (disk image locked, ...)."""
+
+
+def describe(exc: BaseException) -> str:
+    """``exc``'s message, or its type when it has none (a bare ``assert``): never empty."""
+    return str(exc) or type(exc).__name__

@@ -112,7 +112,7 @@ class Streams:
         self.reason: StopReason | None = None
 
         def keep_status(view: memoryview) -> None:
-            self.status += bytes(view)[:max(0, STATUS_LIMIT - len(self.status))]
+            self.status += view[:max(0, STATUS_LIMIT - len(self.status))]  # no whole copy
 
         self.device = PortsDevice([Port(PORT_NAMES[STDIN]),
                                    Port(PORT_NAMES[STDOUT], stdout or _fd_writer(1)),

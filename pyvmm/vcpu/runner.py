@@ -25,7 +25,7 @@ import time
 import traceback
 from typing import Callable, Iterator, Protocol, Sequence
 
-from pyvmm.errors import DeviceError, HostError
+from pyvmm.errors import DeviceError, HostError, describe
 from pyvmm.vcpu.exit_event import ExitEvent
 from pyvmm.exitstatus import StopReason
 from pyvmm.kvm.exits import VmExit
@@ -168,7 +168,7 @@ class VcpuRunner:
                 self._exit_event.set(reason)
         except Exception as exc:  # noqa: BLE001 - reported, then the VM stops
             log.debug("vCPU %d failed:\n%s", self.vcpu.id, traceback.format_exc())
-            self._exit_event.set(StopReason.vmm_error(f"vCPU {self.vcpu.id}: {exc}"))
+            self._exit_event.set(StopReason.vmm_error(f"vCPU {self.vcpu.id}: {describe(exc)}"))
         finally:
             try:
                 self._on_exit()

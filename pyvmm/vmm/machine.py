@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from pyvmm.config.machine import MachineConfig
 from pyvmm.console.host import HostConsole
 from pyvmm.console.pump import ConsolePump
-from pyvmm.errors import PyvmmError
+from pyvmm.errors import PyvmmError, describe
 from pyvmm.eventloop import EventLoop
 from pyvmm.vcpu.exit_event import ExitEvent
 from pyvmm.exitstatus import StopReason
@@ -147,7 +147,7 @@ class Machine:
                 self.request_stop(StopReason.timeout(self.config.timeout or 0))
         except Exception as exc:  # noqa: BLE001 - reported, then the VM stops
             log.debug("event loop failed:\n%s", traceback.format_exc())
-            self.request_stop(StopReason.vmm_error(f"event loop: {exc}"))
+            self.request_stop(StopReason.vmm_error(f"event loop: {describe(exc)}"))
         finally:
             self._finish()
         reason = self.exit_event.reason

@@ -233,7 +233,8 @@ def dmesg(dump: str, kernel: str | None, system_map: str | None, cpu: int,
 @inspect.command()
 @DUMP
 @click.argument("pattern")
-@click.option("--max", "maximum", default=100, show_default=True, help="Stop after N hits.")
+@click.option("--max", "maximum", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Stop after N hits.")
 @AS_JSON
 @reports_errors
 def search(dump: str, pattern: str, maximum: int, as_json: bool) -> None:
@@ -261,7 +262,8 @@ def search(dump: str, pattern: str, maximum: int, as_json: bool) -> None:
 @inspect.command()
 @DUMP
 @click.option("--min", "minimum", default=6, show_default=True, help="Shortest string.")
-@click.option("--max", "maximum", default=1000, show_default=True, help="Stop after N.")
+@click.option("--max", "maximum", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Stop after N.")
 @AS_JSON
 @reports_errors
 def strings(dump: str, minimum: int, maximum: int, as_json: bool) -> None:

@@ -27,6 +27,7 @@ from elftools.elf.segments import NoteSegment
 
 from pyvmm.dump import DumpError
 from pyvmm.dump.state import GENERAL, Segment, VcpuState
+from pyvmm.dump.target import check_dump_target
 from pyvmm.host.inputfile import open_input
 
 ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
@@ -117,6 +118,7 @@ def write_core(path: str, memory, vcpus: list[VcpuState], note: dict | None = No
         os.fsync(fd)
         os.close(fd)
         fd = -1
+        check_dump_target(path)  # again: it may have changed while RAM was written
         os.replace(temporary, path)
     except BaseException as exc:
         if fd >= 0:
@@ -134,10 +136,10 @@ def _create_temporary(path: str) -> tuple[int, str]:
     The dump holds guest RAM and may be written by root into a directory others
     can write: its name is unpredictable, it is created with O_EXCL and
     O_NOFOLLOW (``mkstemp``) and mode 0600, and the rename replaces whatever
-    ``path`` was (a planted symlink is replaced, never followed).
+    ``path`` was if that is a regular file or a symlink (replaced, never
+    followed); anything else there is an error (``check_dump_target``).
     """
-    if os.path.isdir(path):
-        raise DumpError(f"cannot write dump {path!r}: it is a directory")
+    check_dump_target(path)
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
@@ -192,6 +194,12 @@ class CoreDump:
         """Ranges, vCPUs and the pyvmm note, read with pyelftools from the mapping."""
         if len(self._map) < ELF_HEADER.size or self._map[:4] != b"\x7fELF":
             raise DumpError(f"{self.path}: not an ELF file")
+        fields = ELF_HEADER.unpack_from(self._map, 0)
+        phoff, phentsize, phnum = fields[5], fields[9], fields[10]
+        if phnum and (phentsize != PROGRAM_HEADER.size
+                      or phoff + phnum * phentsize > len(self._map)):
+            raise DumpError(f"{self.path}: truncated or corrupt (its {phnum} program headers "
+                            f"at offset {phoff:#x} are not in the file)")
         qemu_states = []
         try:
             # An mmap is a file-like stream (read, seek, tell): nothing is copied.
@@ -213,7 +221,9 @@ class CoreDump:
                             qemu_states.append(note["n_descdata"])
                         elif note["n_name"] == "PYVMM" and note["n_type"] == PYVMM_NOTE_TYPE:
                             self.note = _pyvmm_note(note["n_descdata"])
-        except (ELFError, struct.error) as exc:
+        except (ELFError, struct.error, ValueError, OverflowError) as exc:
+            # pyelftools seeks where the headers say: a crafted offset is its ValueError
+            # (seek out of range) or OverflowError, never ours to pass on.
             raise DumpError(f"{self.path}: truncated or corrupt ({exc})") from None
         self.vcpus = [_vcpu_from_qemu(index, desc) for index, desc in enumerate(qemu_states)]
         self.ranges.sort(key=lambda r: r.paddr)

@@ -109,6 +109,10 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevi
         from pyvmm.vmm.control import check_control_path
 
         check_control_path(config.control)
+    if config.dump:
+        from pyvmm.dump.target import check_dump_target
+
+        check_dump_target(config.dump)
     cmdline = config.cmdline
     if config.virtio_announce in ("cmdline", "both"):
         cmdline = " ".join(part for part in (cmdline, announce(slots)) if part)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -186,3 +187,17 @@ def test_inspect_a_socket_nobody_answers(tmp_path) -> None:
     listener.close()  # the file stays, nobody listens
     result = invoke("inspect", "summary", str(path))
     assert_one_line_error(result, "no running pyvmm answers")
+
+
+@pytest.mark.parametrize("make", ["devnull", "fifo"])
+def test_dump_onto_a_device_or_fifo_is_refused_before_the_guest(tmp_path, make: str) -> None:
+    if make == "devnull":
+        target = "/dev/null"
+    else:
+        target = str(tmp_path / "fifo")
+        os.mkfifo(target)
+    before = os.lstat(target)
+    result = run_with_kernel(tmp_path, make_bzimage(), "--dump", target)
+    assert_one_line_error(result, "a dump replaces only a regular file")
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)

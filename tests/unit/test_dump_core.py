@@ -168,3 +168,54 @@ def test_corrupt_notes_are_read_without_a_traceback(tmp_path, field: int) -> Non
     except DumpError:
         return
     assert len(dump.ranges) == 2 and len(dump.vcpus) <= 1
+
+
+@pytest.mark.parametrize("kind", ["fifo", "char-device", "socket"])
+def test_a_dump_never_replaces_what_is_not_a_regular_file(tmp_path, kind: str) -> None:
+    """--dump /dev/null as root replaced the device node; a FIFO or socket vanished too."""
+    import socket
+    import stat
+
+    path = tmp_path / "target"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "char-device":
+        if os.geteuid() != 0:
+            pytest.skip("mknod of a character device needs root")
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's numbers
+    else:
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(path))
+        listener.close()
+    before = os.lstat(path)
+    with pytest.raises(DumpError, match="a dump replaces only a regular file"):
+        write_core(str(path), GuestMemory.from_bytes(MIB), [vcpu(0, 0)])
+    after = os.lstat(path)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert [p.name for p in tmp_path.iterdir()] == ["target"]
+
+
+def test_a_dump_replaces_a_regular_file(tmp_path) -> None:
+    path = tmp_path / "guest.core"
+    path.write_bytes(b"an older dump")
+    write_core(str(path), GuestMemory.from_bytes(MIB), [vcpu(0, 0)])
+    assert CoreDump(str(path)).vcpus[0].regs["rip"] == 0
+
+
+@pytest.mark.parametrize("offset, fmt, value", [
+    (32, "<Q", 1 << 63),   # e_phoff: OverflowError from pyelftools' seek
+    (56, "<H", 0xFFFF),    # e_phnum: ValueError (seek out of range)
+    (32, "<Q", 1 << 40),   # e_phoff past the end
+    (54, "<H", 8),         # e_phentsize that is not Elf64_Phdr's
+], ids=["phoff-2^63", "phnum-0xffff", "phoff-past-end", "phentsize"])
+def test_crafted_program_headers_are_one_error(tmp_path, offset: int, fmt: str,
+                                               value: int) -> None:
+    import struct
+
+    path = tmp_path / "guest.core"
+    write_core(str(path), GuestMemory.from_bytes(MIB), [vcpu(0, 0)])
+    data = bytearray(path.read_bytes())
+    struct.pack_into(fmt, data, offset, value)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DumpError, match="truncated or corrupt"):
+        CoreDump(str(path))

@@ -95,3 +95,27 @@ def test_not_a_dump(tmp_path) -> None:
 def test_strings_and_search_stop_at_max(dump) -> None:
     assert len(json.loads(invoke("strings", dump, "--min", "4", "--max", "1", "--json").output)) == 1
     assert len(json.loads(invoke("search", dump, "e", "--max", "2", "--json").output)["hits"]) == 2
+
+
+@pytest.mark.parametrize("offset, value", [(32, (1 << 63).to_bytes(8, "little")),
+                                           (56, b"\xff\xff")], ids=["phoff-2^63", "phnum-0xffff"])
+def test_a_crafted_core_is_one_line_and_status_2(tmp_path, dump, offset: int,
+                                                 value: bytes) -> None:
+    data = bytearray(open(dump, "rb").read())
+    data[offset:offset + len(value)] = value
+    path = tmp_path / "crafted.core"
+    path.write_bytes(bytes(data))
+    result = invoke("summary", str(path))
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert len(result.output.strip().splitlines()) == 1
+    assert "truncated or corrupt" in result.output
+
+
+@pytest.mark.parametrize("command", ["search", "strings"])
+@pytest.mark.parametrize("maximum", ["-1", "0"])
+def test_max_must_be_positive(dump, command: str, maximum: str) -> None:
+    args = [command, dump] + (["e"] if command == "search" else []) + ["--max", maximum]
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert "--max" in result.output and "x>=1" in result.output

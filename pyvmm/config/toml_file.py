@@ -101,6 +101,9 @@ class ConfigFile:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except RecursionError:  # tomllib recurses once per nested array or inline table
+            raise ConfigError(f"{path}: arrays or inline tables nested too deeply to read "
+                              "(a limit of the TOML reader)") from None
         self.path = path
         self._where = _Locator(path, text)
         self._base = os.path.dirname(os.path.abspath(path))

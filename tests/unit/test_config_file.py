@@ -70,6 +70,11 @@ def test_memory_as_mib_number(tmp_path) -> None:
     ('[[drive]]\npath = "a"\n[[drive]]\npath = "b"\ncache = "fast"\n',
      r"machine.toml:5: cache: 'fast'"),
     ('kernel = \n', r"not valid TOML"),
+    # tomllib recurses per level: a RecursionError traceback before.
+    ('kernel = ' + '[' * 3000 + ']' * 3000 + '\n', r"nested too deeply"),
+    ('kernel = ' + '{a=' * 3000 + '1' + '}' * 3000 + '\n', r"nested too deeply"),
+    # Deep but parseable: a wrong type, not a crash in our checks.
+    ('drive = ' + '[' * 200 + ']' * 200 + '\n', r"drive"),
 ])
 def test_errors_name_the_key_and_line(tmp_path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

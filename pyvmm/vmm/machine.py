@@ -77,7 +77,7 @@ class Machine:
         #: eventfds made for ioeventfd/irqfd wiring, closed with the machine.
         self._owned_fds = tuple(owned_fds)
         #: Called by ``close`` after the devices: helper processes (virtiofsd) and the like.
-        self._closers = tuple(closers)
+        self._closers = list(closers)
         self.stats = stats
         #: Instructions finished for a software-emulating KVM, by name (the runners count).
         self.assists = assists
@@ -260,8 +260,7 @@ class Machine:
             vcpu.close()
         for fd in self._owned_fds:
             os.close(fd)
-        for closer in self._closers:
-            closer()
+        self._run_closers()
         self.vm.close()
         self.loop.close()
         os.close(self.kvm.fd)
@@ -269,6 +268,15 @@ class Machine:
             self.memory.close()
         except BufferError:
             log.debug("guest RAM still has views; left to the garbage collector")
+
+    def _run_closers(self) -> None:
+        """Release what the machine started beside the VM (once; one failing stops none)."""
+        closers, self._closers = self._closers, []
+        for closer in closers:
+            try:
+                closer()
+            except Exception as exc:  # noqa: BLE001 - the others still run
+                log.error("releasing %s: %s", getattr(closer, "__qualname__", closer), exc)
 
     def close_at_exit(self) -> None:
         """Before the process exits: leave the VM's teardown to a short-lived child.
@@ -278,7 +286,10 @@ class Machine:
         reference to the VM fd waits for it.  A forked child that keeps only
         the VM fd takes that wait, after pyvmm has exited with its status.
         Guest RAM is MADV_DONTFORK, so the fork copies no guest page tables.
+        What must not outlive pyvmm (the ``closers``: virtiofsd and its
+        ``/tmp/pyvmm-fs-*`` directory) is released here first, on every exit.
         """
+        self._run_closers()
         try:
             pid = os.fork()
         except OSError:

@@ -2,14 +2,17 @@
 
 A unix stream socket on the event loop.  One request per connection, one
 line: ``dump PATH``; the VMM pauses its vCPUs, writes the dump, resumes them
-and answers ``ok SECONDS`` (or ``error MESSAGE``).  The socket file is
-created owner-only and removed when the VMM exits.
+and answers ``ok SECONDS`` (or ``error MESSAGE``).  PATH is taken byte for
+byte (a file name need not be UTF-8) and must be absolute; anything else
+(no newline, a second line, a NUL) is refused, never guessed at.  The socket
+file is created owner-only and removed when the VMM exits.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Callable
 
 from pyvmm.dump import DumpError
@@ -64,21 +67,16 @@ class ControlServer:
         """Serve one connection (called by the event loop)."""
         connection, _ = self.socket.accept()
         with connection:
-            connection.settimeout(REQUEST_SECONDS)
             try:
-                request = connection.recv(MAX_REQUEST).decode(errors="replace").strip()
+                request = _read_request(connection)
             except OSError:
                 return
-            command, _, argument = request.partition(" ")
-            if command != "dump" or not argument:
-                reply = "error unknown request (expected: dump PATH)"
-            else:
-                try:
-                    reply = f"ok {self._live_dump(argument):.3f}"
-                except PyvmmError as exc:
-                    reply = f"error {exc}"
             try:
-                connection.sendall(reply.encode() + b"\n")
+                reply = f"ok {self._live_dump(parse_request(request)):.3f}"
+            except PyvmmError as exc:
+                reply = f"error {exc}"
+            try:
+                connection.sendall(os.fsencode(reply) + b"\n")
             except OSError:
                 pass
 
@@ -90,19 +88,60 @@ class ControlServer:
             pass
 
 
+class RequestError(PyvmmError):
+    """A request that is not one well-formed ``dump PATH`` line (answered ``error ...``)."""
+
+
+def _read_request(connection: socket.socket) -> bytes:
+    """Up to the first newline, at most MAX_REQUEST bytes, within REQUEST_SECONDS in all."""
+    deadline = time.monotonic() + REQUEST_SECONDS
+    data = b""
+    while b"\n" not in data and len(data) <= MAX_REQUEST:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        connection.settimeout(remaining)
+        try:
+            chunk = connection.recv(MAX_REQUEST + 1 - len(data))
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def parse_request(request: bytes) -> str:
+    """The dump path of a well-formed ``dump PATH\\n``; RequestError for anything else."""
+    line, newline, rest = request.partition(b"\n")
+    if not newline:
+        raise RequestError("unknown request (expected one line: dump PATH)")
+    if rest:
+        raise RequestError("one request per connection (a second line came)")
+    command, _, path = line.partition(b" ")
+    if command != b"dump" or not path:
+        raise RequestError("unknown request (expected: dump PATH)")
+    if b"\0" in path or not path.startswith(b"/"):
+        raise RequestError("the dump path must be absolute, without NUL bytes")
+    return os.fsdecode(path)  # the file name's bytes, as the client sent them
+
+
 def request_dump(socket_path: str, dump_path: str, timeout: float | None = None) -> float:
     """Client side: ask the VMM at ``socket_path`` to dump to ``dump_path``.
 
     A VMM that does not answer within ``timeout`` (ANSWER_SECONDS) is an error.
     """
     timeout = ANSWER_SECONDS if timeout is None else timeout
+    path = os.fsencode(os.path.abspath(dump_path))
+    if b"\n" in path:
+        raise DumpError(f"dump path {dump_path!r}: a file name with a newline can't be asked for")
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(timeout)
         try:
             client.connect(socket_path)
-            client.sendall(f"dump {os.path.abspath(dump_path)}\n".encode())
-            reply = client.makefile().readline().strip()
+            client.sendall(b"dump " + path + b"\n")
+            reply = os.fsdecode(client.makefile("rb").readline()).strip()
         except TimeoutError:
             raise DumpError(f"no running pyvmm answered on {socket_path!r} within "
                             f"{timeout:g} s") from None

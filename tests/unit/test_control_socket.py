@@ -1,0 +1,99 @@
+"""The control socket takes one well-formed ``dump PATH`` line, byte for byte, or refuses.
+
+It decoded requests with ``errors="replace"``: a non-UTF-8 dump path was written
+to another name, and a second request line became part of the path.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+from pyvmm.dump.core import write_core
+from pyvmm.dump.state import VcpuState
+from pyvmm.memory import GuestMemory
+from pyvmm.vmm.control import ControlServer, request_dump
+
+
+@pytest.fixture
+def server(tmp_path):
+    asked: list[str] = []
+
+    def live_dump(path: str) -> float:
+        asked.append(path)
+        return 0.25
+    control = ControlServer(str(tmp_path / "vmm.sock"), live_dump)
+    yield control, asked
+    control.close()
+
+
+def ask(control: ControlServer, request: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(control.path)
+        client.sendall(request)
+        client.shutdown(socket.SHUT_WR)
+        control.on_ready(0)
+        return client.makefile("rb").readline()
+
+
+def test_a_non_utf8_path_is_kept_byte_for_byte(server) -> None:
+    control, asked = server
+    assert ask(control, b"dump /tmp/guest-\xff\xfe.core\n") == b"ok 0.250\n"
+    assert [os.fsencode(path) for path in asked] == [b"/tmp/guest-\xff\xfe.core"]
+
+
+def test_a_path_with_spaces_is_kept_whole(server) -> None:
+    control, asked = server
+    assert ask(control, b"dump /tmp/a b .core\n").startswith(b"ok")
+    assert asked == ["/tmp/a b .core"]
+
+
+@pytest.mark.parametrize("request_, why", [
+    (b"dump /tmp/a.core\ndump /tmp/b.core\n", b"one request per connection"),
+    (b"dump /tmp/a.core", b"expected one line"),
+    (b"dump relative.core\n", b"must be absolute"),
+    (b"dump /tmp/a\0b\n", b"without NUL"),
+    (b"dump \n", b"unknown request"),
+    (b"frobnicate /x\n", b"unknown request"),
+    (b"dump /" + b"a" * 5000 + b"\n", b"expected one line"),
+], ids=["two-lines", "no-newline", "relative", "nul", "empty-path", "unknown", "too-long"])
+def test_what_is_not_one_request_is_refused(server, request_: bytes, why: bytes) -> None:
+    control, asked = server
+    reply = ask(control, request_)
+    assert reply.startswith(b"error ") and why in reply, reply
+    assert asked == []
+
+
+def test_request_dump_writes_the_exact_non_utf8_name_and_refuses_a_fifo(tmp_path) -> None:
+    memory = GuestMemory.from_bytes(1 << 20)
+    vcpu = VcpuState(0, {"rip": 0x1000})
+    control = ControlServer(str(tmp_path / "vmm.sock"),
+                            lambda path: float(write_core(path, memory, [vcpu]) * 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            control.socket.settimeout(0.1)
+            try:
+                control.on_ready(0)
+            except (TimeoutError, OSError):
+                pass
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        name = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b"guest-\xff.core"))
+        request_dump(control.path, name)
+        assert b"guest-\xff.core" in os.listdir(os.fsencode(str(tmp_path)))
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        from pyvmm.dump import DumpError
+        with pytest.raises(DumpError, match="a dump replaces only a regular file"):
+            request_dump(control.path, str(fifo))
+        assert os.path.exists(fifo) and not os.path.isfile(fifo)
+    finally:
+        stop.set()
+        thread.join()
+        control.close()

@@ -22,7 +22,7 @@ import click
 from pyvmm import __version__
 from pyvmm.cli.reporting import reports_errors
 from pyvmm.cli.options import effective_config, machine_options
-from pyvmm.errors import PyvmmError
+from pyvmm.errors import ConfigError, PyvmmError
 from pyvmm.exitstatus import ExitStatus
 
 #: Subcommands imported on first use: name -> (module, attribute).
@@ -87,7 +87,24 @@ def main() -> None:
     """pyvmm: boot Linux kernels on KVM from the command line."""
 
 
-@main.command()
+class _RunCommand(click.Command):
+    """``run``, which tells a bare ``--`` (no command after it) from no ``--`` at all.
+
+    click drops the ``--``; ``pyvmm run -k K --`` would then boot a plain VM.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["pyvmm.bare_double_dash"] = bool(args) and args[-1] == "--" and not (
+            len(args) > 1 and args[-2] in self._value_options())  # ``-a --`` is a value
+        return super().parse_args(ctx, args)
+
+    def _value_options(self) -> set[str]:
+        return {name for param in self.params if isinstance(param, click.Option)
+                and not param.is_flag and not param.count
+                for name in (*param.opts, *param.secondary_opts)}
+
+
+@main.command(cls=_RunCommand)
 @machine_options
 @click.option("--on-reboot", type=click.Choice(("exit", "restart")), default="exit",
               show_default=True,
@@ -130,6 +147,14 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None, rw
                         format="pyvmm: %(message)s", stream=sys.stderr)
     if command:
         _run_command(ctx, params, command, rw, modules, verbose, user)
+    if ctx.meta.get("pyvmm.bare_double_dash"):
+        raise ConfigError("nothing after --: give the command to run (pyvmm run -k KERNEL "
+                          "-- CMD [ARGS...]), or leave out -- to boot the kernel")
+    given = [name for name, value in (("--rw", rw), ("--modules", modules), ("--user", user))
+             if value]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: only for command mode; give the command "
+                          "after -- (pyvmm run -k KERNEL ... -- CMD [ARGS...])")
     run_stats = None
     if stats:
         from pyvmm import IMPORTED_AT, IMPORTED_CPU

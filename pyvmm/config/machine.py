@@ -106,14 +106,14 @@ class MachineConfig:
         "--drive", "-d", toml="drive", metavar="SPEC", multiple=True,
         kind=TablesKind(DriveConfig, parse_drive),
         help="A virtio-block disk: path=IMG[,readonly=on][,cache=none|writeback]"
-             "[,serial=ID].  Repeat for vda, vdb, ..."))
+             "[,serial=ID] (a comma in a name: ,,).  Repeat for vda, vdb, ..."))
     #: Host directories given to the guest over virtio-fs (vhost-user, virtiofsd).
     shares: tuple[ShareConfig, ...] = field(default=(), metadata=_option(
         "--share", toml="share", metavar="DIR[,tag=NAME][,ro]", multiple=True,
         kind=TablesKind(ShareConfig, parse_share),
         help="Give the guest a host directory over virtio-fs (a virtiofsd per "
              "share): mount -t virtiofs NAME /mnt (default tags share0, "
-             "share1, ...).  Repeatable."))
+             "share1, ...; a comma in a name: ,,).  Repeatable."))
     #: A multiport virtio console carrying the command mode's stdin/stdout/stderr
     #: (set by command mode, not an option).
     stdio_ports: bool = False

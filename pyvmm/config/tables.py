@@ -116,9 +116,32 @@ class TablesKind(Kind):
     def show(self, value: Any) -> str:
         """The entries as command-line specs (``path=a.img,readonly=off,cache=none``)."""
         kinds = table_keys(self.table)
-        return "; ".join(",".join(f"{key}={kinds[key].show(v)}"
+        return "; ".join(",".join(f"{key}={escape_option(kinds[key].show(v))}"
                                   for key, v in dataclasses.asdict(entry).items() if v != "")
                          for entry in value) or "-"
+
+
+def split_options(text: str) -> list[str]:
+    """``text`` cut at its commas, where ``,,`` is a comma of the value (QEMU's escape)."""
+    parts = [""]
+    position = 0
+    while position < len(text):
+        char = text[position]
+        if char == "," and text.startswith(",,", position):
+            parts[-1] += ","
+            position += 2
+            continue
+        if char == ",":
+            parts.append("")
+        else:
+            parts[-1] += char
+        position += 1
+    return parts
+
+
+def escape_option(value: str) -> str:
+    """``value`` as ``split_options`` reads it back: its commas doubled."""
+    return value.replace(",", ",,")
 
 
 #: Other names --drive takes for a key (QEMU's -drive says file=).
@@ -128,15 +151,16 @@ _DRIVE_ALIASES = {"file": "path"}
 def parse_drive(text: str, index: int = 0) -> DriveConfig:
     """``path=disk.img[,readonly=on][,cache=none|writeback][,serial=ID]`` (QEMU-style).
 
-    A bare ``disk.img`` is taken as the path.
+    A bare ``disk.img`` is taken as the path; ``,,`` is a comma in a value.
     """
     fields: dict[str, str] = {}
-    for position, part in enumerate(text.split(",")):
+    for position, part in enumerate(split_options(text)):
         key, sep, value = part.partition("=")
         if not sep and position == 0:
             key, value = "path", part
         elif not sep:
-            raise ConfigError(f"--drive {text!r}: {part!r} is not key=value")
+            raise ConfigError(f"--drive {text!r}: {part!r} is not key=value (a comma in "
+                              "a file name is written ,,)")
         given = key.strip()
         key = _DRIVE_ALIASES.get(given, given)
         if key in fields:
@@ -166,8 +190,11 @@ def parse_drive(text: str, index: int = 0) -> DriveConfig:
 
 
 def parse_share(text: str, index: int = 0) -> ShareConfig:
-    """``HOST_DIR[,tag=NAME][,ro]``; the tag defaults to ``share0``, ``share1``, ..."""
-    path, *options = text.split(",")
+    """``HOST_DIR[,tag=NAME][,ro]``; the tag defaults to ``share0``, ``share1``, ...
+
+    ``,,`` is a comma in the directory's name (or the tag).
+    """
+    path, *options = split_options(text)
     if not path:
         raise ConfigError(f"--share {text!r}: the host directory is missing")
     tag, readonly = f"share{index}", False
@@ -180,7 +207,8 @@ def parse_share(text: str, index: int = 0) -> ShareConfig:
         elif key == "rw" and not sep:
             readonly = False
         else:
-            raise ConfigError(f"--share {text!r}: unknown option {option!r} (tag=NAME, ro)")
+            raise ConfigError(f"--share {text!r}: unknown option {option!r} (tag=NAME, ro; "
+                              "a comma in a directory's name is written ,,)")
     if table_keys(ShareConfig)["tag"].problem(tag):
         raise ConfigError(f"--share {text!r}: the tag must be 1 to 36 bytes")
     return ShareConfig(path, tag, readonly)

@@ -201,3 +201,22 @@ def test_dump_onto_a_device_or_fifo_is_refused_before_the_guest(tmp_path, make: 
     assert_one_line_error(result, "a dump replaces only a regular file")
     after = os.lstat(target)
     assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--rw"], "--rw: only for command mode"),
+    (["--modules", "/lib/modules"], "--modules: only for command mode"),
+    (["--user", "nobody"], "--user: only for command mode"),
+    (["--rw", "--modules", "/m"], "--rw, --modules: only for command mode"),
+    (["--"], "nothing after --"),
+    (["-a", "quiet", "--"], "nothing after --"),
+], ids=["rw", "modules", "user", "both", "bare-dashes", "dashes-after-append"])
+def test_command_mode_options_without_a_command_are_one_line(tmp_path, extra, fragment) -> None:
+    """They were ignored, and a bare -- booted a plain VM."""
+    assert_one_line_error(run_with_kernel(tmp_path, make_bzimage(), *extra), fragment)
+
+
+def test_double_dash_as_an_option_value_is_not_a_bare_double_dash(tmp_path) -> None:
+    result = run_with_kernel(tmp_path, make_bzimage(), "-a", "--")
+    assert "nothing after --" not in result.output
+    assert_one_line_error(result, "no-kvm", status=4)

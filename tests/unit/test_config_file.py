@@ -121,3 +121,18 @@ def test_run_with_bad_config_file_is_one_line(tmp_path) -> None:
 def test_no_kernel_anywhere() -> None:
     result = CliRunner().invoke(main, ["run"])
     assert result.exit_code == 2 and "no kernel" in result.output
+
+
+def test_a_comma_in_a_drive_or_share_path_is_written_twice() -> None:
+    data = show("-k", "bzImage", "-d", "path=/data/a,,b.img,readonly=on",
+                "--share", "/srv/x,,y,,,tag=t", "-d", "/data/c,,d.img")
+    assert [(d["path"], d["readonly"]) for d in data["drives"]] == \
+        [("/data/a,b.img", True), ("/data/c,d.img", False)]
+    assert [(s["path"], s["tag"]) for s in data["shares"]] == [("/srv/x,y,", "t")]
+
+
+def test_split_options_reads_back_what_escape_option_wrote() -> None:
+    from pyvmm.config.tables import escape_option, split_options
+
+    for value in ("a,b", ",", ",,", "a,", ",a", "plain", ""):
+        assert split_options(f"{escape_option(value)},ro") == [value, "ro"]

@@ -2,7 +2,9 @@
 
 For each attack: pyvmm's peak RSS (``wait4``), and for the attacks that never
 end, how late pyvmm exits after ``--timeout`` (counted from the guest's first
-output) and after SIGTERM.  The integration tests
+output) and after SIGTERM.  The port attacks run on command mode's machine
+(bench/command_machine.py: the stream ports, as ``pyvmm run -- CMD`` builds
+them, on any KVM).  The integration tests
 (tests/integration/test_hostile.py) assert bounds on the same numbers.
 
     python3 bench/hostile.py [--repo DIR] [--timeout 3] [--attack NAME]...
@@ -33,7 +35,7 @@ KEPT_OUTPUT = 1 << 20
 @dataclass(frozen=True)
 class Attack:
     mode: str
-    device: str          # "block", "block-direct", "console" or ""
+    device: str          # "block", "block-direct", "console", "ports" or ""
     forever: bool        # True: the guest never stops; we stop it
 
 
@@ -45,6 +47,10 @@ ATTACKS = (
     Attack("read-forever", "block", True),
     Attack("read-forever", "block-direct", True),
     Attack("tx-forever", "console", True),
+    Attack("ports-stdin", "ports", False),
+    Attack("ports-tx-forever", "ports", True),
+    Attack("ports-status-forever", "ports", True),
+    Attack("ports-control-forever", "ports", True),
 )
 
 
@@ -65,6 +71,8 @@ def pyvmm_args(attack: Attack | None, disk: str, extra: tuple[str, ...] = ()) ->
         return ["run", "-k", str(images / "loop.bzImage"), "-m", GUEST_MEMORY, *extra]
     args = ["run", "-k", str(images / "hostile.bzImage"), "-m", GUEST_MEMORY,
             "-a", f"console=ttyS0 hostile={attack.mode}"]
+    if attack.device == "ports":  # command mode's machine: its script, the same options
+        args[0] = str(REPO / "bench" / "command_machine.py")
     if attack.device.startswith("block"):
         spec = f"path={disk}" + (",cache=none" if attack.device == "block-direct" else "")
         args += ["--drive", spec]
@@ -75,7 +83,10 @@ def run(args: list[str], repo: Path = REPO, sigterm_after: str | None = None,
         wait: float = 1.0, limit: float = 120.0) -> Outcome:
     """Run pyvmm; with ``sigterm_after``, SIGTERM it ``wait`` s after that output."""
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "pyvmm", *args], cwd=repo,
+    command = [sys.executable, *args] if args[0].endswith(".py") else \
+        [sys.executable, "-m", "pyvmm", *args]
+    env = {**os.environ, "PYTHONPATH": str(repo)}  # that checkout's pyvmm, not ours
+    proc = subprocess.Popen(command, cwd=repo, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None

@@ -22,6 +22,19 @@
  *   rx-outside       a receive buffer outside guest RAM, then wait: host input
  *                    must make the device need a reset ("hostile: console
  *                    needs reset"), not crash the VMM
+ * With command mode's multiport console (the stream ports: port 0 stdin,
+ * 1 stdout, 2 stderr, 3 status; queue 1 is port 0's transmit queue, 3 the
+ * control transmit queue, 5 port 1's transmit queue):
+ *   ports-stdin      256 chains of output on the stdin port (Linux: a command
+ *                    that closed stdin writes to /dev/vport0p0); prints
+ *                    "hostile: ports-stdin used <n>" or "needs-reset", then
+ *                    powers off
+ *   ports-tx-forever stdout chains of 256 overlapping 32 MiB buffers (an
+ *                    indirect table), forever
+ *   ports-status-forever the same on the status port (queue 9), which pyvmm
+ *                    keeps in memory rather than passing on
+ *   ports-control-forever DEVICE_READY, 256 per notification, forever, and
+ *                    never a control receive buffer
  * No device needed:
  *   mmio-wide        8-byte reads of virtio-mmio registers and config space;
  *                    prints "hostile: mmio-wide survived <values>"
@@ -280,6 +293,142 @@ static void rx_outside(const char *line)
     puts("hostile: console needs reset\n");
 }
 
+/* -- the stream ports ------------------------------------------------------------ */
+
+#define F_MULTIPORT 1
+#define PORT_QUEUES 10              /* 4 ports + control: 2 queues each */
+#define PORT_RINGS 0x00400000ull    /* 3 pages per queue */
+static struct vq pq[PORT_QUEUES];
+
+static void ports_init(const char *line)
+{
+    if (vio_find(line, VIRTIO_ID_CONSOLE, &dev))
+        fail("no virtio console announced");
+    volatile uint32_t *r = (volatile uint32_t *)(uintptr_t)dev.base;
+    r[0x070 / 4] = 0;
+    r[0x070 / 4] = 3;
+    r[0x024 / 4] = 0;
+    r[0x020 / 4] = (1u << F_MULTIPORT);
+    r[0x024 / 4] = 1;
+    r[0x020 / 4] = 1;                        /* VERSION_1 */
+    r[0x070 / 4] = 11;
+    if (!(r[0x070 / 4] & 8))
+        fail("MULTIPORT and VERSION_1 refused");
+    for (uint32_t i = 0; i < PORT_QUEUES; i++) {
+        struct vq *q = &pq[i];
+        uint8_t *mem = (uint8_t *)(uintptr_t)(PORT_RINGS + i * 3 * 4096ull);
+        memset(mem, 0, 3 * 4096);
+        r[0x030 / 4] = i;
+        uint32_t max = r[0x034 / 4];
+        if (max == 0)
+            fail("a ports queue is missing");
+        q->size = (uint16_t)(max < VQ_SIZE ? max : VQ_SIZE);
+        q->desc = (volatile struct vq_desc *)mem;
+        q->avail = (volatile uint16_t *)(mem + 4096);
+        q->used = (volatile uint32_t *)(mem + 8192);
+        q->avail_idx = 0;
+        q->used_seen = 0;
+        q->avail[0] = 1;
+        r[0x038 / 4] = q->size;
+        r[0x080 / 4] = (uint32_t)(uintptr_t)q->desc;
+        r[0x084 / 4] = 0;
+        r[0x090 / 4] = (uint32_t)(uintptr_t)q->avail;
+        r[0x094 / 4] = 0;
+        r[0x0a0 / 4] = (uint32_t)(uintptr_t)q->used;
+        r[0x0a4 / 4] = 0;
+        r[0x044 / 4] = 1;
+    }
+    r[0x070 / 4] = 15;
+}
+
+static void ports_submit(uint32_t qi, const uint16_t *heads, uint32_t n)
+{
+    struct vq *q = &pq[qi];
+    for (uint32_t i = 0; i < n; i++) {
+        q->avail[2 + (q->avail_idx % q->size)] = heads[i];
+        q->avail_idx++;
+    }
+    __asm__ volatile("mfence" ::: "memory");
+    q->avail[1] = q->avail_idx;
+    __asm__ volatile("mfence" ::: "memory");
+    *(volatile uint32_t *)(uintptr_t)(dev.base + R_QUEUE_NOTIFY) = qi;
+}
+
+/* Fill queue ``qi`` with chains (set up by the caller), then keep resubmitting them. */
+static __attribute__((noreturn)) void ports_forever(uint32_t qi)
+{
+    static uint16_t heads[VQ_SIZE];
+    struct vq *q = &pq[qi];
+    for (uint16_t i = 0; i < q->size; i++)
+        heads[i] = i;
+    ports_submit(qi, heads, q->size);
+    for (;;) {
+        uint16_t head;
+        uint32_t len;
+        uint32_t n = 0;
+        while (n < VQ_SIZE && vq_poll(q, &head, &len))
+            heads[n++] = head;
+        if (n)
+            ports_submit(qi, heads, n);
+        else if (status_register() & S_NEEDS_RESET)
+            fail("the ports device needed a reset");
+    }
+}
+
+static void ports_stdin(const char *line)
+{
+    static uint16_t heads[VQ_SIZE];
+    static const char text[] = "written to the stdin port\n";
+    ports_init(line);
+    struct vq *q = &pq[1];
+    for (uint16_t i = 0; i < q->size; i++) {
+        vq_set(q, i, text, sizeof text - 1, 0, -1);
+        heads[i] = i;
+    }
+    ports_submit(1, heads, q->size);
+    uint32_t used = 0;
+    while (used < q->size) {
+        uint16_t head;
+        uint32_t len;
+        if (vq_poll(q, &head, &len))
+            used++;
+        else if (status_register() & S_NEEDS_RESET)
+            break;
+    }
+    if (used < q->size)
+        puts("hostile: ports-stdin needs-reset\n");
+    else {
+        puts("hostile: ports-stdin used ");
+        put_dec(used);
+        putc('\n');
+    }
+}
+
+static __attribute__((noreturn)) void ports_tx_forever(const char *line, uint32_t qi)
+{
+    ports_init(line);
+    struct vq *q = &pq[qi];
+    volatile struct vdesc *table = (volatile struct vdesc *)(uintptr_t)TABLES;
+    for (uint32_t i = 0; i < VQ_SIZE; i++)
+        table[i] = (struct vdesc){BIG, BIG_SIZE, i + 1 < VQ_SIZE ? DESC_F_NEXT : 0,
+                                  (uint16_t)(i + 1)};
+    for (uint16_t i = 0; i < q->size; i++) {
+        vq_set(q, i, (const volatile void *)(uintptr_t)TABLES, VQ_SIZE * 16, 0, -1);
+        q->desc[i].flags = DESC_F_INDIRECT;
+    }
+    ports_forever(qi);
+}
+
+static __attribute__((noreturn)) void ports_control_forever(const char *line)
+{
+    static const uint32_t ready[2] = {0xffffffffu, 0x00010000u};   /* DEVICE_READY 1 */
+    ports_init(line);
+    struct vq *q = &pq[3];
+    for (uint16_t i = 0; i < q->size; i++)
+        vq_set(q, i, ready, sizeof ready, 0, -1);
+    ports_forever(3);
+}
+
 static void mmio_wide(const char *line)
 {
     static const char key[] = "virtio_mmio.device=4K@";
@@ -336,6 +485,14 @@ int main(const uint8_t *zp)
         tx_forever(line);
     else if (streq(mode, "rx-outside"))
         rx_outside(line);
+    else if (streq(mode, "ports-stdin"))
+        ports_stdin(line);
+    else if (streq(mode, "ports-tx-forever"))
+        ports_tx_forever(line, 5);
+    else if (streq(mode, "ports-status-forever"))
+        ports_tx_forever(line, 9);
+    else if (streq(mode, "ports-control-forever"))
+        ports_control_forever(line);
     else if (streq(mode, "mmio-wide"))
         mmio_wide(line);
     else if (streq(mode, "flood"))

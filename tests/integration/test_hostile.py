@@ -54,6 +54,16 @@ def test_eight_byte_mmio_reads_are_survived() -> None:
     assert "hostile: mmio-wide survived 0" in result["output"]
 
 
+def test_output_on_the_stdin_port_is_dropped_not_fatal() -> None:
+    """Command mode's machine: chains on the stdin port's transmit queue ended the
+    event loop (AssertionError: exit 6, "event loop: ")."""
+    result = hostile.measure(hostile.Attack("ports-stdin", "ports", False), 2.0)
+    assert result["status"] == ExitStatus.OK, (result["output"], result["errors"])
+    assert "hostile: ports-stdin used 256" in result["output"]
+    assert "output on input port 'pyvmm.stdin' dropped" in result["errors"]
+    assert result["peak_rss"] < RSS_BOUND
+
+
 @pytest.mark.parametrize("attack", [a for a in hostile.ATTACKS if a.forever],
                          ids=lambda a: a.mode + ("-cache-none" if "direct" in a.device else ""))
 def test_endless_attacks_leave_timeout_and_sigterm_prompt(attack) -> None:

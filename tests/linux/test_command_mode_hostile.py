@@ -1,0 +1,138 @@
+"""Command mode's stream ports against a hostile command on real Linux (issue 19).
+
+A command that closes its stdin and writes to every ``/dev/vport*`` it can
+open, and a writer that fills stdout as fast as the guest can: pyvmm exits
+with the command's status, its RSS stays bounded, and ``--timeout`` and
+SIGTERM are answered promptly.  (Linux's virtio_console lets one process
+open a port at a time and builds one buffer per write: from user space a
+command can't make overlapping chains or repeat DEVICE_READY; those attacks
+are the tiny hostile guest's, tests/integration/test_hostile.py.)
+
+Needs hardware KVM: run in the rig.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pyvmm.kvm.system import is_pvm_host
+
+from .test_command_mode import GUEST_TIMEOUT, KERNELS, REPO
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/dev/kvm") or is_pvm_host(),
+    reason="needs hardware KVM (kvm_pvm runs no Linux user space): run in the rig")
+
+#: pyvmm's peak RSS bound (it runs in ~40 MiB; a 512 MiB guest's RAM is not counted).
+RSS_BOUND = 256 << 20
+#: How late --timeout and SIGTERM may be answered.
+ANSWER_BOUND = 0.1
+#: Bytes of stdout the full-speed writer must have pushed through before we stop it.
+WRITTEN = 32 << 20
+
+
+@pytest.fixture(params=[name for name in KERNELS
+                        if os.environ.get("PYVMM_COMMAND_KERNELS", name) in (name, "all")])
+def kernel(request) -> str:
+    path = KERNELS[request.param]
+    if not path.exists():
+        pytest.skip(f"{path} is not there")
+    return str(path)
+
+
+def start(kernel: str, *args: str, timeout: float = GUEST_TIMEOUT) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pyvmm", "run", "-k", kernel,
+                             "-t", str(timeout), "--", *args],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def drain(proc: subprocess.Popen, until_bytes: int | None = None,
+          limit: float = GUEST_TIMEOUT + 60) -> tuple[int, bytes]:
+    """Read stdout (counting, not keeping) and stderr until EOF or ``until_bytes``."""
+    assert proc.stdout is not None and proc.stderr is not None
+    count, errors = 0, b""
+    streams = [proc.stdout, proc.stderr]
+    deadline = time.monotonic() + limit
+    while streams and time.monotonic() < deadline:
+        for stream in select.select(streams, [], [], 0.5)[0]:
+            chunk = os.read(stream.fileno(), 1 << 20)
+            if not chunk:
+                streams.remove(stream)
+            elif stream is proc.stdout:
+                count += len(chunk)
+            else:
+                errors += chunk
+        if until_bytes is not None and count >= until_bytes:
+            break
+    return count, errors
+
+
+def reap(proc: subprocess.Popen) -> tuple[int, int, float]:
+    """(status, peak RSS in bytes, when it ended) - keep reading so it never blocks on us."""
+    assert proc.stdout is not None
+    while True:
+        pid, raw, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            ended = time.monotonic()
+            proc.returncode = os.waitstatus_to_exitcode(raw)
+            return proc.returncode, usage.ru_maxrss * 1024, ended
+        if select.select([proc.stdout], [], [], 0.002)[0]:
+            os.read(proc.stdout.fileno(), 1 << 20)
+
+
+def test_writes_to_every_port_keep_the_commands_status(kernel: str) -> None:
+    proc = start(kernel, "sh", "-c",
+                 'exec 0<&-; for p in /dev/vport*; do '
+                 '(printf "attack from the command\\n" > "$p") 2>/dev/null '
+                 '&& echo "wrote $p" >&2 || echo "refused $p" >&2; done; exit 3')
+    _, errors = drain(proc)
+    status, rss, _ = reap(proc)
+    assert status == 3, errors
+    assert b"pyvmm:" not in errors, errors
+    assert b"/dev/vport" in errors  # it did try them
+    assert rss < RSS_BOUND
+
+
+def test_a_full_speed_writer_answers_sigterm(kernel: str) -> None:
+    proc = start(kernel, "sh", "-c", "exec cat /dev/zero")
+    written, errors = drain(proc, until_bytes=WRITTEN)
+    assert written >= WRITTEN, errors
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    status, rss, ended = reap(proc)
+    answered = ended - signalled
+    print(f"SIGTERM answered in {answered * 1000:.0f} ms, peak RSS {rss >> 20} MiB")
+    assert status == 128 + signal.SIGTERM
+    assert rss < RSS_BOUND
+    assert answered < ANSWER_BOUND
+
+
+def test_a_full_speed_writer_answers_the_timeout(kernel: str) -> None:
+    """Late = wall time - --timeout - what the same pyvmm takes to start and stop
+    (a run whose --timeout ends at once, measured alongside)."""
+    began = time.monotonic()
+    proc = start(kernel, "true", timeout=0.001)
+    drain(proc)
+    reap(proc)
+    overhead = time.monotonic() - began
+    bound = 60.0  # long enough for the guest to boot and write at full speed
+    began = time.monotonic()
+    proc = start(kernel, "sh", "-c", "exec cat /dev/zero", timeout=bound)
+    written, errors = drain(proc)
+    status, rss, ended = reap(proc)
+    late = ended - began - bound - overhead
+    print(f"--timeout late by {late * 1000:.0f} ms (start-up and exit {overhead:.2f} s), "
+          f"{written >> 20} MiB written, peak RSS {rss >> 20} MiB")
+    assert status == 255 and b"timed out after" in errors, errors
+    assert written >= WRITTEN
+    assert rss < RSS_BOUND
+    assert late < ANSWER_BOUND

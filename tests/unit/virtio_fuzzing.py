@@ -31,6 +31,7 @@ import tempfile
 import time
 import tracemalloc
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from hypothesis import strategies as st
 
@@ -193,6 +194,8 @@ class World:
     def _op_driver_up(self, features: int) -> None:
         """A well-behaved bring-up, leaving ``self.drivers`` to queue real requests."""
         count = len(self.device.queues)
+        for i in range(count):  # fresh rings, as a driver allocates them (zeroed)
+            self._poke(0x1000 * (i + 1), bytes(0x1000))
         self.drivers = [DriverQueue(self.memory, 0x1000 * (i + 1), size=16,
                                     data_base=data_area(i, count)[0]) for i in range(count)]
         features &= self.device.device_features()  # what it offers: the bring-up succeeds
@@ -248,10 +251,11 @@ class World:
             while self.transport.notify(queue_index):  # the event loop's way: until done
                 self.rings += 1
 
-    def _op_barrage(self, seed: int, count: int) -> None:
+    def barrage(self, seed: int, count: int) -> Iterator[tuple]:
         """``count`` rings in a row from a seeded generator (cheap to make, as hypothesis's
-        are not): well-formed requests, raw descriptor tables and avail indices, notifies
-        by register and by ioeventfd, now and then host input or a fresh bring-up."""
+        are not), as operations each checked on its own: well-formed requests, raw
+        descriptor tables and avail indices, notifies by register and by ioeventfd, now
+        and then host input or a fresh bring-up (always soon after the device broke)."""
         rng = random.Random(seed)
         queues = len(self.device.queues)
 
@@ -264,12 +268,14 @@ class World:
                                rng.randrange(1 << 32)))
 
         def rand_head() -> bytes:
-            return rng.choice((
-                lambda: struct.pack("<IIQ", rng.choice((0, 1, 4, 8, 11, 13, rng.randrange(1 << 32))),
-                                    0, rng.randrange(DISK_SECTORS + 3)),
-                lambda: CONTROL.pack(rng.choice((0, 1, 2, 3, 0xFFFFFFFF)), rng.randrange(9),
-                                     rng.randrange(2)),
-                lambda: rng.randbytes(rng.randrange(33))))()
+            kind = rng.randrange(3)
+            if kind == 0:
+                return struct.pack("<IIQ", rng.choice((0, 1, 4, 8, 11, 13, rng.randrange(1 << 32))),
+                                   0, rng.randrange(DISK_SECTORS + 3))
+            if kind == 1:
+                return CONTROL.pack(rng.choice((0, 1, 2, 3, 0xFFFFFFFF)), rng.randrange(9),
+                                    rng.randrange(2))
+            return rng.randbytes(rng.randrange(33))
 
         for _ in range(count):
             queue_index = rng.randrange(queues)
@@ -277,23 +283,23 @@ class World:
             if self.transport.status & mmio.STATUS_NEEDS_RESET and roll < 0.9:
                 roll = 0.0  # as Linux does: reset the broken device and start again
             if roll < 0.02:
-                self._op_driver_up(rng.choice(((1 << 32) | (1 << 28) | (1 << 29), 1 << 32)))
+                yield ("driver_up", rng.choice(((1 << 32) | (1 << 28) | (1 << 29), 1 << 32)))
                 continue
             if roll < 0.06:
-                self._op_input(rng.randbytes(rng.randrange(64)))
+                yield ("input", rng.randbytes(rng.randrange(64)))
                 continue
             if roll < 0.85:
                 buffers = [(rng.choice((0, 1, 16, 512, 4096, rng.randrange(8192))),
                             rng.random() < 0.5) for _ in range(rng.randrange(6))]
-                self._op_request(queue_index, rand_head(), buffers, rng.random() < 0.3,
-                                 rng.randrange(256), False)
+                yield ("request", queue_index, rand_head(), buffers, rng.random() < 0.3,
+                       rng.randrange(256), False)
             else:
                 table = [(rand_address(), rand_length(), rng.randrange(8), rng.randrange(20))
                          for _ in range(rng.randrange(1, 12))]
                 heads = [rng.randrange(20) for _ in range(rng.randrange(1, 6))]
-                self._op_ring(queue_index, table, heads,
-                              rng.choice((len(heads), rng.randrange(0x10000))), [])
-            self._op_notify(queue_index, rng.random() < 0.3)
+                yield ("ring", queue_index, table, heads,
+                       rng.choice((len(heads), rng.randrange(0x10000))), [])
+            yield ("notify", queue_index, rng.random() < 0.3)
 
     def _op_input(self, data: bytes) -> None:
         if isinstance(self.device, ConsoleDevice):
@@ -308,6 +314,10 @@ class World:
 
     def timed(self, op: tuple) -> None:
         """Apply ``op`` and check every property (AssertionError names the one broken)."""
+        if op[0] == "barrage":
+            for each in self.barrage(*op[1:]):
+                self.timed(each)
+            return
         used_before = self._used
         output_before = self.output_bytes
         broken_before = self.transport.status & mmio.STATUS_NEEDS_RESET

@@ -102,37 +102,68 @@ def test_writes_to_every_port_keep_the_commands_status(kernel: str) -> None:
     assert rss < RSS_BOUND
 
 
-def test_a_full_speed_writer_answers_sigterm(kernel: str) -> None:
-    proc = start(kernel, "sh", "-c", "exec cat /dev/zero")
-    written, errors = drain(proc, until_bytes=WRITTEN)
-    assert written >= WRITTEN, errors
+def first_line(proc: subprocess.Popen, limit: float = GUEST_TIMEOUT) -> tuple[bytes, float]:
+    """The command's first stdout line and when it came."""
+    assert proc.stdout is not None
+    line = b""
+    deadline = time.monotonic() + limit
+    while b"\n" not in line and time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 0.5)[0]:
+            chunk = os.read(proc.stdout.fileno(), 1)
+            if not chunk:
+                break
+            line += chunk
+    return line, time.monotonic()
+
+
+#: The command under attack: says it started (with the guest's uptime), then either
+#: writes stdout as fast as the guest can, or sleeps (the same exit path, no load).
+WRITER = "read up _ </proc/uptime; echo started $up; exec cat /dev/zero"
+QUIET = "read up _ </proc/uptime; echo started $up; exec sleep 100000"
+
+
+def sigterm_answer(kernel: str, script: str) -> tuple[float, int, int]:
+    """(seconds from SIGTERM to exit, status, peak RSS) once the command runs a while."""
+    proc = start(kernel, "sh", "-c", script)
+    line, _ = first_line(proc)
+    assert line.startswith(b"started"), line
+    written, errors = drain(proc, until_bytes=WRITTEN, limit=20)
     signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     status, rss, ended = reap(proc)
-    answered = ended - signalled
-    print(f"SIGTERM answered in {answered * 1000:.0f} ms, peak RSS {rss >> 20} MiB")
-    assert status == 128 + signal.SIGTERM
+    return ended - signalled, status, rss
+
+
+def test_a_full_speed_writer_answers_sigterm(kernel: str) -> None:
+    """Measured against the same exit of a sleeping command (the rig's TCG makes
+    pyvmm's own exit path slow: that is not the attack's)."""
+    quiet, quiet_status, _ = sigterm_answer(kernel, QUIET)
+    answered, status, rss = sigterm_answer(kernel, WRITER)
+    print(f"SIGTERM answered in {answered * 1000:.0f} ms under the writer, "
+          f"{quiet * 1000:.0f} ms for a sleeping command; peak RSS {rss >> 20} MiB")
+    assert status == quiet_status == 128 + signal.SIGTERM
     assert rss < RSS_BOUND
-    assert answered < ANSWER_BOUND
+    assert answered - quiet < ANSWER_BOUND
+
+
+def timeout_late(kernel: str, script: str, bound: float) -> tuple[float, int, int, bytes]:
+    """(seconds past the --timeout, status, bytes written, stderr): the deadline is taken
+    as the guest's boot (its uptime when the command started) plus ``bound``."""
+    proc = start(kernel, "sh", "-c", script, timeout=bound)
+    line, seen = first_line(proc)
+    assert line.startswith(b"started"), line
+    uptime = float(line.split()[1])
+    written, errors = drain(proc)
+    status, _, ended = reap(proc)
+    return ended - (seen - uptime + bound), status, written, errors
 
 
 def test_a_full_speed_writer_answers_the_timeout(kernel: str) -> None:
-    """Late = wall time - --timeout - what the same pyvmm takes to start and stop
-    (a run whose --timeout ends at once, measured alongside)."""
-    began = time.monotonic()
-    proc = start(kernel, "true", timeout=0.001)
-    drain(proc)
-    reap(proc)
-    overhead = time.monotonic() - began
-    bound = 60.0  # long enough for the guest to boot and write at full speed
-    began = time.monotonic()
-    proc = start(kernel, "sh", "-c", "exec cat /dev/zero", timeout=bound)
-    written, errors = drain(proc)
-    status, rss, ended = reap(proc)
-    late = ended - began - bound - overhead
-    print(f"--timeout late by {late * 1000:.0f} ms (start-up and exit {overhead:.2f} s), "
-          f"{written >> 20} MiB written, peak RSS {rss >> 20} MiB")
-    assert status == 255 and b"timed out after" in errors, errors
+    bound = 45.0  # long enough for the guest to boot and write a while
+    quiet, quiet_status, _, _ = timeout_late(kernel, QUIET, bound)
+    late, status, written, errors = timeout_late(kernel, WRITER, bound)
+    print(f"--timeout late by {late * 1000:.0f} ms under the writer ({written >> 20} MiB "
+          f"written), {quiet * 1000:.0f} ms for a sleeping command")
+    assert status == quiet_status == 255 and b"timed out after" in errors, errors
     assert written >= WRITTEN
-    assert rss < RSS_BOUND
-    assert late < ANSWER_BOUND
+    assert late - quiet < ANSWER_BOUND

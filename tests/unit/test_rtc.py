@@ -159,3 +159,29 @@ def test_a_nonsense_date_leaves_the_clock_alone() -> None:
 
 def test_rates() -> None:
     assert [rtc.periodic_hz(rs) for rs in (0, 1, 2, 3, 6, 15)] == [0, 256, 128, 8192, 1024, 2]
+
+
+def test_any_port_traffic_is_answered_and_the_line_follows_the_flags() -> None:
+    """A hostile guest's port accesses never raise, and leave a bounded number of timers."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    accesses = st.lists(st.tuples(st.booleans(), st.integers(0, 1), st.integers(0, 255),
+                                  st.floats(0, 2)), max_size=60)
+
+    @settings(max_examples=300, deadline=None)
+    @given(accesses)
+    def check(steps: list[tuple[bool, int, int, float]]) -> None:
+        device, line, clock = make()
+        for write, offset, value, wait in steps:
+            if write:
+                device.write(offset, bytes([value]))
+            else:
+                data = memoryview(bytearray(1))
+                device.read(offset, data)
+            clock.advance(wait)
+            assert len(clock.timers) <= 64
+            # After the timers ran, the line is high exactly when an enabled flag waits.
+            assert line.high == device._pending()
+
+    check()

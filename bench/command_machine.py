@@ -21,7 +21,9 @@ from pathlib import Path
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # PYTHONPATH comes first
 
 from pyvmm.command.run import Streams  # noqa: E402
-from pyvmm.config.machine import MachineConfig, parse_size  # noqa: E402
+from pyvmm.config.machine import MachineConfig  # noqa: E402
+from pyvmm.config.values import parse_size  # noqa: E402
+from pyvmm.devices.virtio.ports import PortsDevice  # noqa: E402
 from pyvmm.vmm.builder import build_machine  # noqa: E402
 from pyvmm.vmm.signals import signals_stop  # noqa: E402
 
@@ -38,8 +40,10 @@ def main() -> int:
                            cmdline=args.append, timeout=args.timeout, stdio_ports=True,
                            virtio_console=False)
     streams = Streams()
-    machine = build_machine(config, None, streams.device)
-    streams.start_stdin()
+    machine = build_machine(config, None, streams.ports)
+    device = machine.virtio_device(PortsDevice)
+    assert device is not None  # config.stdio_ports
+    streams.start_stdin(device)
     with signals_stop(machine):
         reason = machine.run()
     machine.close_at_exit()

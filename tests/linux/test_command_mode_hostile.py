@@ -8,7 +8,7 @@ open a port at a time and builds one buffer per write: from user space a
 command can't make overlapping chains or repeat DEVICE_READY; those attacks
 are the tiny hostile guest's, tests/integration/test_hostile.py.)
 
-Needs hardware KVM: run in the rig.
+Needs hardware KVM: run in the rig.  The ``kernel`` fixture is conftest.py's.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pytest
 
 from pyvmm.kvm.system import is_pvm_host
 
-from .test_command_mode import GUEST_TIMEOUT, KERNELS, REPO
+from .test_command_mode import GUEST_TIMEOUT, REPO
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/dev/kvm") or is_pvm_host(),
@@ -36,15 +36,6 @@ RSS_BOUND = 256 << 20
 ANSWER_BOUND = 0.1
 #: Bytes of stdout the full-speed writer must have pushed through before we stop it.
 WRITTEN = 32 << 20
-
-
-@pytest.fixture(params=[name for name in KERNELS
-                        if os.environ.get("PYVMM_COMMAND_KERNELS", name) in (name, "all")])
-def kernel(request) -> str:
-    path = KERNELS[request.param]
-    if not path.exists():
-        pytest.skip(f"{path} is not there")
-    return str(path)
 
 
 def start(kernel: str, *args: str, timeout: float = GUEST_TIMEOUT) -> subprocess.Popen:

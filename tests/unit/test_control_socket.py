@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from pyvmm.dump.core import write_core
-from pyvmm.dump.state import VcpuState
+from pyvmm.dump.state import VcpuRegisters
 from pyvmm.memory import GuestMemory
 from pyvmm.vmm.control import ControlServer, request_dump
 
@@ -69,7 +69,7 @@ def test_what_is_not_one_request_is_refused(server, request_: bytes, why: bytes)
 
 def test_request_dump_writes_the_exact_non_utf8_name_and_refuses_a_fifo(tmp_path) -> None:
     memory = GuestMemory.from_bytes(1 << 20)
-    vcpu = VcpuState(0, {"rip": 0x1000})
+    vcpu = VcpuRegisters(0, {"rip": 0x1000})
     control = ControlServer(str(tmp_path / "vmm.sock"),
                             lambda path: float(write_core(path, memory, [vcpu]) * 0))
     stop = threading.Event()

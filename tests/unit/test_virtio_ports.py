@@ -221,7 +221,7 @@ def test_the_status_port_copies_no_more_than_it_keeps() -> None:
     from pyvmm.command.run import STATUS, STATUS_LIMIT, Streams
 
     streams = Streams(stdout=lambda v: None, stderr=lambda v: None, stdin=b"")
-    sink = streams.device.ports[STATUS].sink
+    sink = streams.ports[STATUS].sink
     assert sink is not None
     big = memoryview(bytearray(b"x" * (8 << 20)))
     tracemalloc.start()

@@ -35,7 +35,6 @@ from typing import Iterator
 
 from hypothesis import strategies as st
 
-from pyvmm.config.machine import DriveConfig
 from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.block import BlockDevice
 from pyvmm.devices.virtio.console import TRANSMIT_LIMIT, ConsoleDevice
@@ -128,7 +127,7 @@ class World:
         self.device: BlockDevice | ConsoleDevice | PortsDevice | FsDevice
         self.fs_failures: list[str] = []
         if self.kind == "block":
-            self.device = BlockDevice(DiskImage(DriveConfig(self.disk_path)))
+            self.device = BlockDevice(DiskImage(self.disk_path))
         elif self.kind == "console":
             self.device = ConsoleDevice(self._sink)
         elif self.kind == "ports":

@@ -3,7 +3,7 @@
     python3 scripts/fuzz_virtio.py [--examples 20000] [--seed N]
 
 Drives the block and console devices through their virtio-mmio transport
-with hypothesis-generated hostile drivers (tests/unit/virtio_fuzzing.py) and
+with hypothesis-generated hostile drivers (tests/unit/devices/virtio/virtio_fuzzing.py) and
 prints how many runs, notifications ("rings") and used chains it went
 through, and the first failure if any (hypothesis shrinks it).
 """
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 
-from tests.unit.virtio_fuzzing import run_one, runs  # noqa: E402
+from tests.unit.devices.virtio.virtio_fuzzing import run_one, runs  # noqa: E402
 
 
 def main() -> int:

@@ -10,7 +10,7 @@ any exception in ``serve`` or in KVM_RUN, goes to the machine's exit event:
 nothing a vCPU does vanishes.  ``VcpuRunners`` drives them together: a live
 dump or a register read happens inside ``with runners.paused():``.
 
-Tested with a scripted fake vCPU (tests/unit/test_vcpu_runner.py).
+Tested with a scripted fake vCPU (tests/unit/vcpu/test_vcpu_runner.py).
 """
 
 from __future__ import annotations

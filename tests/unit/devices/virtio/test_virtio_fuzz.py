@@ -76,14 +76,14 @@ def test_random_rings_never_break_the_device(tmp_path_factory, table, ring, avai
 
 # -- the hostile driver: MMIO of every width, bring-ups, rings, notifications, input ----
 
-from tests.unit.virtio_fuzzing import run_one, runs  # noqa: E402
+from tests.unit.devices.virtio.virtio_fuzzing import run_one, runs  # noqa: E402
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(run=runs)
 def test_hostile_driver_never_escapes_the_bounds(run) -> None:
     """No exception, nothing written outside RAM, the disk never grows, each step < 1 s
-    and allocating less than guest RAM (see tests/unit/virtio_fuzzing.py)."""
+    and allocating less than guest RAM (see tests/unit/devices/virtio/virtio_fuzzing.py)."""
     kind, ops = run
     run_one(kind, ops)
 
@@ -92,7 +92,7 @@ def test_the_checks_can_fail(tmp_path) -> None:
     """The properties are real: a write past a RAM range, or a grown disk, is caught."""
     import pytest
 
-    from tests.unit.virtio_fuzzing import RANGE, World
+    from tests.unit.devices.virtio.virtio_fuzzing import RANGE, World
 
     world = World("block", str(tmp_path))
     world.backing[RANGE + 4096 + 10] ^= 0xFF  # just past the first range

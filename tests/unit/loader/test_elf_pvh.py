@@ -64,7 +64,7 @@ def test_pvh_boot_state_and_start_info() -> None:
 
 
 def test_kernel_kind_is_detected_by_content() -> None:
-    from .bzimages import make_bzimage
+    from tests.unit.bzimages import make_bzimage
 
     memory = GuestMemory.from_bytes(64 * MIB)
     boot = prepare_boot(memory, make_bzimage(), None, "x")

@@ -13,7 +13,7 @@ block request headers and discard segments, available indices), notifications
 the canaries around guest RAM are intact (nothing outside guest RAM was
 written), the disk did not grow, the operation took under ``MAX_SECONDS`` of CPU, and
 it allocated less than guest RAM (``tracemalloc``: nothing copies a request's
-buffers more than once).  Used by tests/unit/test_virtio_fuzz.py (bounded) and
+buffers more than once).  Used by tests/unit/devices/virtio/test_virtio_fuzz.py (bounded) and
 scripts/fuzz_virtio.py (long).
 """
 

@@ -13,7 +13,7 @@ import tempfile
 import pytest
 
 from tests.unit.bzimages import make_bzimage
-from tests.unit.cli.test_cli import assert_one_line_error, invoke, run_with_kernel
+from tests.unit.cli.conftest import assert_one_line_error, invoke, run_with_kernel
 
 
 @pytest.fixture(autouse=True)

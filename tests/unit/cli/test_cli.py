@@ -5,14 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from click.testing import CliRunner
 
 from pyvmm import __version__
-from pyvmm.cli.main import main
-
-
-def invoke(*args: str, env: dict | None = None):
-    return CliRunner().invoke(main, list(args), env=env)
+from tests.unit.cli.conftest import assert_one_line_error, invoke, run_with_kernel
 
 
 def test_version() -> None:
@@ -79,23 +74,6 @@ def test_empty_kernel(tmp_path) -> None:
 # -- bad kernels, initrds and sizes: one line, status 2, found before KVM opens ----------
 
 from tests.unit.bzimages import make_bzimage  # noqa: E402
-
-
-def run_with_kernel(tmp_path, data: bytes, *extra: str, env: dict | None = None):
-    kernel = tmp_path / "bzImage"
-    kernel.write_bytes(data)
-    # A device that does not exist: input errors must be reported before KVM is opened.
-    env = {"PYVMM_KVM_DEVICE": str(tmp_path / "no-kvm"), **(env or {})}
-    return invoke("run", "--kernel", str(kernel), *extra, env=env)
-
-
-def assert_one_line_error(result, fragment: str, status: int = 2) -> None:
-    assert result.exit_code == status, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("pyvmm: error:")
-    assert fragment in lines[0], lines[0]
-    assert "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("data, fragment", [

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from pyvmm.cli.main import main
 from pyvmm.dump.core import write_core
 from pyvmm.dump.state import VcpuState
 from pyvmm.memory import GuestMemory
+from tests.unit.cli.conftest import invoke
 
 CR3, VIRT, PHYS = 0x10000, 0xFFFF800000005000, 0x200000
 
@@ -32,36 +31,33 @@ def dump(tmp_path_factory):
     return str(path)
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(main, ["inspect", *args])
-
-
 def test_summary_json(dump) -> None:
-    data = json.loads(invoke("summary", dump, "--json").output)
+    data = json.loads(invoke("inspect", "summary", dump, "--json").output)
     assert data["ranges"] == [{"start": 0, "size": 4 << 20}]
     assert data["vcpus"][0]["rip"] == 0x101234
     assert data["run"]["status"] == 8
 
 
 def test_summary_table(dump) -> None:
-    result = invoke("summary", dump)
+    result = invoke("inspect", "summary", dump)
     assert result.exit_code == 0 and "triple-faulted" in result.output and "0x0000000000101234" in result.output
 
 
 def test_regs(dump) -> None:
-    data = json.loads(invoke("regs", dump, "--json").output)
+    data = json.loads(invoke("inspect", "regs", dump, "--json").output)
     assert data["rip"] == 0x101234 and data["cr3"] == CR3
-    assert invoke("regs", dump, "--cpu", "3").exit_code == 2
+    assert invoke("inspect", "regs", dump, "--cpu", "3").exit_code == 2
 
 
 def test_mem_physical_and_virtual(dump) -> None:
-    physical = json.loads(invoke("mem", dump, hex(PHYS), "20", "--json").output)
+    physical = json.loads(invoke("inspect", "mem", dump, hex(PHYS), "20", "--json").output)
     assert bytes.fromhex(physical["hex"]) == b"hello from the guest"
-    virtual = json.loads(invoke("mem", dump, hex(VIRT), "20", "--virt", "--json").output)
+    virtual = json.loads(invoke("inspect", "mem", dump, hex(VIRT), "20", "--virt",
+                                "--json").output)
     assert virtual["physical"] == PHYS and virtual["page_size"] == 4096
     assert [s["level"] for s in virtual["walk"]] == ["PML4", "PDPT", "PD", "PT"]
     assert bytes.fromhex(virtual["hex"]) == b"hello from the guest"
-    text = invoke("mem", dump, hex(VIRT), "32", "--virt").output
+    text = invoke("inspect", "mem", dump, hex(VIRT), "32", "--virt").output
     assert "hello from the g" in text and "PT entry" in text
 
 
@@ -73,25 +69,29 @@ def test_mem_physical_and_virtual(dump) -> None:
     (["dmesg", "{dump}"], "needs the guest's symbols"),
 ])
 def test_errors_are_one_line(dump, args, message) -> None:
-    result = invoke(*[a.format(dump=dump) for a in args])
+    result = invoke("inspect", *[a.format(dump=dump) for a in args])
     assert result.exit_code == 2
     assert message in result.output.strip().splitlines()[-1]
 
 
 def test_search_and_strings(dump) -> None:
-    assert json.loads(invoke("search", dump, "from the", "--json").output)["hits"] == [PHYS + 6]
-    assert json.loads(invoke("search", dump, "0x68656c6c6f", "--json").output)["hits"] == [PHYS]
-    found = json.loads(invoke("strings", dump, "--json").output)
+    assert json.loads(invoke("inspect", "search", dump, "from the",
+                             "--json").output)["hits"] == [PHYS + 6]
+    assert json.loads(invoke("inspect", "search", dump, "0x68656c6c6f",
+                             "--json").output)["hits"] == [PHYS]
+    found = json.loads(invoke("inspect", "strings", dump, "--json").output)
     assert {"address": PHYS, "text": "hello from the guest"} in found
 
 
 def test_not_a_dump(tmp_path) -> None:
     path = tmp_path / "x"
     path.write_bytes(b"plain text")
-    result = invoke("summary", str(path))
+    result = invoke("inspect", "summary", str(path))
     assert result.exit_code == 2 and "not an ELF file" in result.output
 
 
 def test_strings_and_search_stop_at_max(dump) -> None:
-    assert len(json.loads(invoke("strings", dump, "--min", "4", "--max", "1", "--json").output)) == 1
-    assert len(json.loads(invoke("search", dump, "e", "--max", "2", "--json").output)["hits"]) == 2
+    assert len(json.loads(invoke("inspect", "strings", dump, "--min", "4", "--max", "1",
+                                 "--json").output)) == 1
+    assert len(json.loads(invoke("inspect", "search", dump, "e", "--max", "2",
+                                 "--json").output)["hits"]) == 2

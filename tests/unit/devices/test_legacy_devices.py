@@ -7,11 +7,7 @@ import pytest
 from pyvmm.devices.i8042 import COMMAND_OFFSET, DATA_OFFSET, I8042
 from pyvmm.devices.legacy import DebugExit, IgnoredPorts
 
-
-def rd(device, offset: int) -> int:
-    data = bytearray(1)
-    device.read(offset, memoryview(data))
-    return data[0]
+from tests.unit.devices.conftest import rd
 
 
 def test_reset_command() -> None:

@@ -5,28 +5,12 @@ from __future__ import annotations
 from pyvmm.devices import serial as uart
 from pyvmm.devices.serial import Serial
 
-
-class FakeLine:
-    def __init__(self) -> None:
-        self.levels: list[bool] = []
-
-    def set_level(self, high: bool) -> None:
-        self.levels.append(high)
-
-    @property
-    def high(self) -> bool:
-        return bool(self.levels) and self.levels[-1]
+from tests.unit.devices.conftest import FakeLine, rd
 
 
 def make() -> tuple[Serial, FakeLine, bytearray]:
     line, out = FakeLine(), bytearray()
     return Serial(line, out.extend), line, out
-
-
-def rd(device: Serial, offset: int) -> int:
-    data = bytearray(1)
-    device.read(offset, memoryview(data))
-    return data[0]
 
 
 def test_transmit_reaches_output() -> None:

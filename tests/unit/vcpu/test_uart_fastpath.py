@@ -9,7 +9,7 @@ from pyvmm.devices.serial import Serial
 from pyvmm.kvm._ffi import ffi, lib
 from pyvmm.vcpu.uart_fastpath import RING_POLL_SECONDS, UartFastPath, wanted_halves
 
-from tests.unit.devices.test_serial import FakeLine, rd
+from tests.unit.devices.conftest import FakeLine, rd
 
 SLOTS = (mmap.PAGESIZE - ffi.sizeof("struct kvm_coalesced_mmio_ring")) \
     // ffi.sizeof("struct kvm_coalesced_mmio")

@@ -9,7 +9,7 @@ import pytest
 
 from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.fs import QUEUE_SIZE, FsDevice
-from pyvmm.devices.virtio.testing import DriverQueue
+from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue
 from pyvmm.errors import ConfigError, DeviceError
 from pyvmm.memory import GuestMemory
 from pyvmm.vhost.frontend import MemoryRegionFd, VringConfig
@@ -34,20 +34,13 @@ class FakeBackend:
         return 0
 
 
-class Trigger:
-    count = 0
-
-    def trigger(self) -> None:
-        self.count += 1
-
-
 def make(backend: FakeBackend, shared: bool = True, tag: str = "root"):
     memory = GuestMemory.anonymous([(0, 1 << 20)], shared=shared)
     failures: list[str] = []
     device = FsDevice(backend, BACKEND_FEATURES, tag, failures.append, request_queues=1)
     call_fd = os.eventfd(0, os.EFD_NONBLOCK)
     device.call_fd = call_fd
-    transport = mmio.VirtioMmioTransport(device, memory, Trigger())
+    transport = mmio.VirtioMmioTransport(device, memory, CountingTrigger())
     return memory, device, transport, failures
 
 

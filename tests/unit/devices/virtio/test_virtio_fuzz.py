@@ -20,6 +20,7 @@ from pyvmm.devices.virtio.block import BlockDevice
 from pyvmm.devices.virtio.device import COMMON_FEATURES
 from pyvmm.config.machine import DriveConfig
 from pyvmm.devices.virtio.disk import DiskImage
+from pyvmm.devices.virtio.testing import CountingTrigger
 from pyvmm.memory import GuestMemory
 
 RAM = 1 << 20
@@ -30,11 +31,6 @@ addresses = st.one_of(st.integers(0, RAM + 64), st.sampled_from([RAM - 1, RAM - 
                       st.integers(0, 2**64 - 1))
 descriptors = st.tuples(addresses, st.integers(0, 2**32 - 1) | st.integers(0, 600),
                         st.integers(0, 7), st.integers(0, 20))
-
-
-class Trigger:
-    def trigger(self) -> None:
-        pass
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -49,7 +45,7 @@ def test_random_rings_never_break_the_device(tmp_path_factory, table, ring, avai
     path.write_bytes(bytes(64 * 512))
     memory = GuestMemory.from_bytes(RAM)
     device = BlockDevice(DiskImage(DriveConfig(str(path))))
-    transport = mmio.VirtioMmioTransport(device, memory, Trigger())
+    transport = mmio.VirtioMmioTransport(device, memory, CountingTrigger())
     for i, entry in enumerate(indirect):  # a table some descriptors may point at
         memory.write(0x8000 + 16 * i, struct.pack("<QIHH", *entry))
     for i, (addr, length, flags, next_index) in enumerate(table):

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.console import ConsoleDevice
-from pyvmm.devices.virtio.testing import DriverQueue
+from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue
 from pyvmm.memory import GuestMemory
-
-
-class CountingTrigger:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def trigger(self) -> None:
-        self.count += 1
 
 
 class Driver:

@@ -8,15 +8,8 @@ import struct
 from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.ports import (CONTROL, DEVICE_ADD, DEVICE_READY, PORT_NAME, PORT_OPEN,
                                         PORT_READY, Port, PortsDevice, queue_indexes)
-from pyvmm.devices.virtio.testing import DriverQueue
+from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue
 from pyvmm.memory import GuestMemory
-
-
-class Trigger:
-    count = 0
-
-    def trigger(self) -> None:
-        self.count += 1
 
 
 class Guest:
@@ -25,7 +18,7 @@ class Guest:
     def __init__(self, ports: list[Port]) -> None:
         self.memory = GuestMemory.from_bytes(4 << 20)
         self.device = PortsDevice(ports)
-        self.transport = mmio.VirtioMmioTransport(self.device, self.memory, Trigger())
+        self.transport = mmio.VirtioMmioTransport(self.device, self.memory, CountingTrigger())
         count = len(self.device.queues)
         self.queues = [DriverQueue(self.memory, 0x10000 * (i + 1), size=16) for i in range(count)]
         self.write(mmio.STATUS, 3)

@@ -34,7 +34,7 @@ from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.block import BlockDevice
 from pyvmm.devices.virtio.console import ConsoleDevice
 from pyvmm.devices.virtio.disk import DiskImage
-from pyvmm.devices.virtio.testing import DriverQueue
+from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue
 from pyvmm.memory import GuestMemory, MemoryRegion
 
 RANGE = 256 << 10
@@ -53,14 +53,6 @@ INTERESTING = (0, 0x1000, RANGE - 16, RANGE - 1, RANGE, 1 << 20, (1 << 20) + RAN
                (1 << 20) + RANGE, 2**64 - 16)
 
 _DESC = struct.Struct("<QIHH")
-
-
-class Trigger:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def trigger(self) -> None:
-        self.count += 1
 
 
 @dataclass
@@ -91,7 +83,7 @@ class World:
             self.device = BlockDevice(DiskImage(DriveConfig(self.disk_path)))
         else:
             self.device = ConsoleDevice(self._sink)
-        self.transport = mmio.VirtioMmioTransport(self.device, self.memory, Trigger())
+        self.transport = mmio.VirtioMmioTransport(self.device, self.memory, CountingTrigger())
 
     def _sink(self, view: memoryview) -> None:
         self.output_bytes += len(view)

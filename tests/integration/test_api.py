@@ -159,12 +159,6 @@ def test_a_machine_started_from_another_thread(pyvmm_machine: Factory) -> None:
     assert made[0].wait(30).status == 7
 
 
-def test_run_is_a_documented_hook(pyvmm_machine: Factory) -> None:
-    vm = pyvmm_machine(kernel=image("tiny/loop.bzImage"), memory="64M", start=False)
-    with pytest.raises(NotImplementedError, match="pyvmm.run_command"):
-        vm.run(["true"])
-
-
 def test_a_failing_test_report_carries_the_console(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(f"""
         def test_fails(pyvmm_machine):

@@ -16,6 +16,7 @@ python3 -m pip install -q -e '.[test]'
 python3 -m compileall -q pyvmm
 bash images/build.sh tiny linux initramfs cloud
 python3 -m mypy pyvmm tests bench scripts
+# Without paths pytest runs pyproject's testpaths: tests/ and scripts/tests/ (the rig's own).
 python3 -m pytest -q -m "not linux" "$@" && status=0 || status=$?
 
 hardware_kvm() {

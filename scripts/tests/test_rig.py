@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-RIG = Path(__file__).resolve().parents[2] / "scripts" / "rig.py"
+RIG = Path(__file__).resolve().parents[1] / "rig.py"
 
 
 def load_rig() -> ModuleType:

@@ -31,7 +31,7 @@ from pyvmm.memory import GuestMemory
 from pyvmm.vcpu.runner import ensure_kick_handler
 
 if TYPE_CHECKING:
-    from pyvmm.dump.state import VcpuState
+    from pyvmm.dump.state import VcpuRegisters
 
 __all__ = ["Machine", "Outcome", "Console", "run_command"]
 
@@ -154,7 +154,7 @@ class Machine:
         self._check_open()
         return self._machine.memory
 
-    def registers(self, cpu: int = 0) -> VcpuState:
+    def registers(self, cpu: int = 0) -> VcpuRegisters:
         """vCPU ``cpu``'s registers (``.regs['rip']``, ``.control['cr3']``, ...).
 
         A running guest is paused for the read, as for a live dump.

@@ -24,7 +24,8 @@ import threading
 from typing import Callable, Iterator
 
 from pyvmm.vmm.builder import build_machine
-from pyvmm.config.machine import MachineConfig, ShareConfig
+from pyvmm.config.machine import MachineConfig
+from pyvmm.config.tables import ShareConfig
 from pyvmm.console.host import HostConsole
 from pyvmm.devices.virtio.ports import Port, PortsDevice
 from pyvmm.errors import ConfigError, HostError, PyvmmError
@@ -114,13 +115,17 @@ class Streams:
         def keep_status(view: memoryview) -> None:
             self.status += bytes(view)[:max(0, STATUS_LIMIT - len(self.status))]
 
-        self.device = PortsDevice([Port(PORT_NAMES[STDIN]),
-                                   Port(PORT_NAMES[STDOUT], stdout or _fd_writer(1)),
-                                   Port(PORT_NAMES[STDERR], stderr or _fd_writer(2)),
-                                   Port(PORT_NAMES[STATUS], keep_status)])
+        #: What the machine's stream ports device is made of (one port per stream).
+        self.ports = (Port(PORT_NAMES[STDIN]),
+                      Port(PORT_NAMES[STDOUT], stdout or _fd_writer(1)),
+                      Port(PORT_NAMES[STDERR], stderr or _fd_writer(2)),
+                      Port(PORT_NAMES[STATUS], keep_status))
+        self.device: PortsDevice | None = None
 
-    def start_stdin(self) -> None:
-        threading.Thread(target=self._feed, name="stdin", daemon=True).start()
+    def start_stdin(self, device: PortsDevice) -> None:
+        """Feed the command's input to ``device``, the machine's ports made from ``ports``."""
+        self.device = device
+        threading.Thread(target=self._feed, args=(device,), name="stdin", daemon=True).start()
 
     def _chunks(self) -> Iterator[bytes]:
         if self._stdin is not None:
@@ -129,16 +134,16 @@ class Streams:
         while data := os.read(0, 65536):
             yield data
 
-    def _feed(self) -> None:
+    def _feed(self, device: PortsDevice) -> None:
         try:
             for data in self._chunks():
                 if data:
-                    self.device.enqueue_input(STDIN, data)
+                    device.enqueue_input(STDIN, data)
         except OSError:
             pass  # no stdin, or it failed: the guest sees end of file
         except PyvmmError:
             return  # the guest broke its queue; the transport reports it
-        self.device.end_input(STDIN)
+        device.end_input(STDIN)
 
     def outcome(self) -> tuple[int | None, str | None]:
         """(the command's status, or an error the guest's init reported)."""
@@ -238,8 +243,10 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules:
 
 def _run(config: MachineConfig, console: LogConsole, library: Streams | None) -> int:
     streams = library or Streams()
-    machine = build_machine(config, console, streams.device)
-    streams.start_stdin()
+    machine = build_machine(config, console, streams.ports)
+    device = machine.virtio_device(PortsDevice)
+    assert device is not None  # config.stdio_ports
+    streams.start_stdin(device)
     with signals_stop(machine) if library is None else contextlib.nullcontext():
         reason = machine.run()
     machine.close()

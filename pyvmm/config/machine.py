@@ -25,11 +25,8 @@ from pyvmm.config.values import (MAX_MEMORY, MAX_TIMEOUT, MIN_MEMORY, BadValue, 
                                  timeout_problem)
 from pyvmm.errors import ConfigError
 
-__all__ = ["MachineConfig", "DriveConfig", "ShareConfig", "Option", "machine_options",
-           "config_from_options", "check_values", "parse_drive", "parse_share", "parse_size",
-           "size_name", "memory_problem", "timeout_problem", "MIN_MEMORY",
-           "MAX_MEMORY", "MAX_TIMEOUT", "BadValue", "ConfigError", "CACHE_MODES", "TablesKind",
-           "table_keys"]
+__all__ = ["MachineConfig", "Option", "machine_options", "config_from_options",
+           "check_values"]
 
 #: The guest command line used when --append is not given.
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k"

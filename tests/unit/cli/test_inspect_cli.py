@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pyvmm.dump.core import write_core
-from pyvmm.dump.state import VcpuState
+from pyvmm.dump.state import VcpuRegisters
 from pyvmm.memory import GuestMemory
 from tests.unit.cli.conftest import invoke
 
@@ -23,7 +23,7 @@ def dump(tmp_path_factory):
     memory.write_u64(pd, pt | 3)
     memory.write_u64(pt + 8 * 5, PHYS | 3)
     memory.write(PHYS, b"hello from the guest\0")
-    vcpu = VcpuState(0, {"rip": 0x101234, "rsp": 0x8000},
+    vcpu = VcpuRegisters(0, {"rip": 0x101234, "rsp": 0x8000},
                      control={"cr0": 0x80000011, "cr3": CR3, "cr4": 0x20})
     path = tmp_path_factory.mktemp("dump") / "guest.core"
     write_core(str(path), memory, [vcpu], {"reason": "the guest triple-faulted",

@@ -24,7 +24,9 @@ import threading
 from typing import Callable, Iterator
 
 from pyvmm.vmm.builder import build_machine
+from pyvmm.config.command import CommandOptions
 from pyvmm.config.machine import MachineConfig
+from pyvmm.host import environment
 from pyvmm.config.tables import ShareConfig
 from pyvmm.console.host import HostConsole
 from pyvmm.devices.virtio.ports import Port, PortsDevice
@@ -159,7 +161,7 @@ class Streams:
 def make_job(argv: tuple[str, ...], rw: bool, shares: tuple[ShareConfig, ...],
              user: str | None = None) -> Job:
     """The job: the caller's directory, identity and environment (or ``user``'s)."""
-    env = dict((name, os.environ[name]) for name in CARRIED_ENV if name in os.environ)
+    env = environment.carried(CARRIED_ENV)
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
     uid, gid = os.geteuid(), os.getegid()
     groups = tuple(g for g in os.getgroups() if g != gid)
@@ -208,13 +210,15 @@ def command_config(config: MachineConfig, rw: bool, initrd: str, user_append: st
                                virtio_console=False)
 
 
-def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules: str | None,
-                user_append: str | None, verbose: bool, user: str | None = None,
+def run_command(config: MachineConfig, argv: tuple[str, ...], options: CommandOptions, *,
+                user_append: str | None = None, verbose: bool = False,
                 streams: Streams | None = None) -> int:
     """Run ``argv`` in a guest; return its status (255 and a line on stderr if we fail first).
 
-    ``streams`` given (the library): its input and writers instead of our fds,
-    pyvmm's error line in ``streams.error``, and no signal handlers.
+    ``user_append`` is what the user added to the kernel command line;
+    ``verbose`` shows the guest's kernel log.  ``streams`` given (the
+    library): its input and writers instead of our fds, pyvmm's error line in
+    ``streams.error``, and no signal handlers.
     """
     if config.initrd:
         raise ConfigError("command mode builds its own initramfs: leave out --initrd")
@@ -223,8 +227,8 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules:
                         "cannot run Linux user space")
     with open(config.kernel, "rb") as stream:
         head = stream.read(1 << 16)
-    base = base_archive(modules_for(head, modules))
-    job = make_job(argv, rw, config.shares, user)
+    base = base_archive(modules_for(head, options.modules))
+    job = make_job(argv, options.rw, config.shares, options.user)
     private = tempfile.mkdtemp(prefix="pyvmm-run-")
     console = LogConsole(verbose)
     try:
@@ -234,7 +238,7 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules:
         with os.fdopen(fd, "wb") as stream:
             stream.write(base)
             stream.write(job_archive(job))
-        machine_config = command_config(config, rw, initrd, user_append)
+        machine_config = command_config(config, options.rw, initrd, user_append)
         return _run(machine_config, console, streams)
     finally:
         console.close()

@@ -121,6 +121,10 @@ class PathKind(Kind):
         return os.path.join(base, os.path.expanduser(self.from_value(value)))
 
 
+class DirectoryKind(PathKind):
+    """A host directory (the command line refuses a file there)."""
+
+
 class SizeKind(Kind):
     """Bytes, given as ``512M`` / ``2G`` / a number of MiB; a Python int is bytes."""
 

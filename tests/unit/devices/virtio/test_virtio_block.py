@@ -15,7 +15,6 @@ from pyvmm.devices.virtio.block import (VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR,
                                         VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
                                         BlockDevice)
 from pyvmm.devices.virtio.device import COMMON_FEATURES
-from pyvmm.config.tables import DriveConfig
 from pyvmm.devices.virtio.disk import DiskImage
 from pyvmm.devices.virtio.testing import DriverQueue
 from pyvmm.errors import DeviceError

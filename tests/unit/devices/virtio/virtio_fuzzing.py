@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
-from pyvmm.config.tables import DriveConfig
 from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.block import BlockDevice
 from pyvmm.devices.virtio.console import ConsoleDevice

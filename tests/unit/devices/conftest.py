@@ -19,6 +19,11 @@ class FakeLine:
     def high(self) -> bool:
         return bool(self.levels) and self.levels[-1]
 
+    @property
+    def edges(self) -> int:
+        """How many times the line rose (it starts low)."""
+        return sum(high and not before for before, high in zip([False, *self.levels], self.levels))
+
 
 def rd(device: BusDevice, offset: int) -> int:
     """The byte a one-byte read of ``device`` at ``offset`` returns."""

@@ -8,18 +8,10 @@ from typing import Callable
 from pyvmm.devices import rtc
 from pyvmm.devices.rtc import Rtc
 
+from tests.unit.devices.conftest import FakeLine, rd
+
 #: 2026-12-02 07:08:09 UTC, a Wednesday, plus 0.25 s.
 NOW = calendar.timegm((2026, 12, 2, 7, 8, 9, 0, 0, 0)) + 0.25
-
-
-class Line:
-    def __init__(self) -> None:
-        self.high = False
-        self.edges = 0
-
-    def set_level(self, high: bool) -> None:
-        self.edges += high and not self.high
-        self.high = high
 
 
 class Clock:
@@ -38,8 +30,8 @@ class Clock:
             callback()
 
 
-def make() -> tuple[Rtc, Line, Clock]:
-    line, clock = Line(), Clock()
+def make() -> tuple[Rtc, FakeLine, Clock]:
+    line, clock = FakeLine(), Clock()
     device = Rtc(line, lambda when, fn: clock.timers.append((when, fn)),
                  wall_clock=lambda: clock.wall, monotonic=lambda: clock.mono)
     return device, line, clock
@@ -47,9 +39,7 @@ def make() -> tuple[Rtc, Line, Clock]:
 
 def reg(device: Rtc, index: int) -> int:
     device.write(0, bytes([index]))
-    data = memoryview(bytearray(1))
-    device.read(1, data)
-    return data[0]
+    return rd(device, 1)
 
 
 def set_reg(device: Rtc, index: int, value: int) -> None:

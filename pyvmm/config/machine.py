@@ -76,6 +76,19 @@ _CPUS = CountKind(1, MAX_CPUS, "a machine needs at least one vCPU",
                   f"the platform describes at most {MAX_CPUS} vCPUs (8-bit xAPIC IDs)")
 
 
+class GdbAddressKind(Kind):
+    """``--gdb``'s ``[HOST:]PORT`` or ``unix:PATH`` (pyvmm.gdb.address reads it)."""
+
+    def problem(self, value: Any) -> str | None:
+        from pyvmm.gdb.address import parse_address
+
+        try:
+            parse_address(value)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+
 @dataclass(frozen=True)
 class MachineConfig:
     """Everything ``pyvmm run`` needs to build and run one VM."""
@@ -142,6 +155,15 @@ class MachineConfig:
         "--control", kind=PathKind(),
         help="Listen on this unix socket for live dumps "
              "('pyvmm inspect summary SOCKET' reads the running guest)."))
+    gdb: str | None = field(default=None, metadata=_option(
+        "--gdb", kind=GdbAddressKind(), metavar="[HOST:]PORT|unix:PATH",
+        help="Let gdb debug the guest: listen for one gdb on a TCP port "
+             "(127.0.0.1 unless HOST is given) or a private unix socket "
+             "(QEMU's -gdb tcp::PORT; -s is --gdb 1234).  While gdb holds "
+             "the guest stopped, --timeout does not count."))
+    gdb_wait: bool = field(default=False, metadata=_option(
+        "--gdb-wait/--no-gdb-wait", kind=SwitchKind(),
+        help="No vCPU runs until gdb attaches and continues (QEMU's -S)."))
     emulation_assist: str = field(default="auto", metadata=_option(
         "--emulation-assist", kind=ChoiceKind(EMULATION_ASSIST),
         help="After KVM's software emulator fails on int3 or fwait, carry "
@@ -218,6 +240,8 @@ def check_values(values: Mapping[str, Any], origin: Origin,
     dump_on = values.get("dump_on")
     if dump_on and not values.get("dump"):
         raise origin.needs(by_field["dump_on"], by_field["dump"], "where to write the dump")
+    if values.get("gdb_wait") and not values.get("gdb"):
+        raise origin.needs(by_field["gdb_wait"], by_field["gdb"], "where gdb attaches")
     tags = [share.tag for share in values.get("shares", ())]
     if len(set(tags)) != len(tags):
         twice = next(t for t in tags if tags.count(t) > 1)

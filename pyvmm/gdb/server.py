@@ -57,7 +57,7 @@ class GdbServer:
                 raise ConfigError(f"--gdb unix:{address.path}: the path exists (remove it "
                                   "if it is a stale socket)")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            old_umask = os.umask(0o077)  # the socket file is born 0600
+            old_umask = os.umask(0o177)  # the socket file is born 0600
             try:
                 sock.bind(address.path)
                 st = os.lstat(address.path)

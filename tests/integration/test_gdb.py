@@ -237,3 +237,22 @@ def test_gdb_attaches_to_a_machine_of_the_python_api(
     assert rips(out) == [entry], out
     assert vm.wait(WAIT).status == 0
     assert "pyvmm-tiny: done" in vm.console.text
+
+
+def test_threads_are_vcpus_and_a_breakpoint_names_its_vcpu(tmp_path: Path) -> None:
+    """Two vCPUs: the second runs ap_main once the first starts it (INIT/SIPI)."""
+    sock = tmp_path / "gdb.sock"
+    elf = image("tiny/smp.elf")
+    proc = start_pyvmm("-k", str(image("tiny/smp.bzImage")), "--cpus", "2", "-a", "cpus=2",
+                       "--gdb", f"unix:{sock}", "--gdb-wait", "--timeout", "60")
+    wait_for_socket(sock, proc)
+    ap_main, _ = symbol_bytes(elf, "ap_main", 1)
+    out = run_gdb(str(sock), elf, "info threads", "hbreak ap_main", "continue",
+                  "info registers rip", "thread 1", "info registers rip", "delete", "detach")
+    assert re.search(r"2\s+Thread 2 \(vCPU 1", out), out
+    assert re.search(r"Thread 2 hit Breakpoint 1, 0x0*%x in ap_main" % ap_main, out), out
+    on_ap, on_boot_cpu = rips(out)
+    assert on_ap == ap_main and on_boot_cpu != ap_main
+    status, stdout, stderr = finish(proc)
+    assert status == 0, stderr
+    assert "smp: 2 cpus up" in stdout

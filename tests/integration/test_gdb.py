@@ -256,3 +256,17 @@ def test_threads_are_vcpus_and_a_breakpoint_names_its_vcpu(tmp_path: Path) -> No
     status, stdout, stderr = finish(proc)
     assert status == 0, stderr
     assert "smp: 2 cpus up" in stdout
+
+
+def test_a_software_breakpoint_hits_again_after_gdb_steps_over_it(tmp_path: Path) -> None:
+    """gdb continues from a breakpoint by taking it out, stepping, putting it back."""
+    sock = tmp_path / "gdb.sock"
+    proc = start_pyvmm("-k", str(image("tiny/bootcheck.bzImage")), "--gdb", f"unix:{sock}",
+                       "--gdb-wait", "--timeout", "60")
+    wait_for_socket(sock, proc)
+    out = run_gdb(str(sock), image("tiny/bootcheck.elf"), "break putc", "continue", "continue",
+                  "continue", "delete", "detach")
+    assert len(re.findall(r"Breakpoint 1, 0x[0-9a-f]+ in putc", out)) == 3, out
+    status, stdout, stderr = finish(proc)
+    assert status == 0, stderr
+    assert "pyvmm-tiny: hello\ncheck hdrs ok" in stdout and "pyvmm-tiny: done" in stdout

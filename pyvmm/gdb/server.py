@@ -18,6 +18,7 @@ import os
 import select
 import socket
 import stat
+import traceback
 from typing import TYPE_CHECKING
 
 from pyvmm.errors import ConfigError
@@ -138,6 +139,10 @@ class GdbServer:
         except ProtocolError as exc:
             self._drop(f"closed a connection that broke the protocol: {exc}")
             return
+        except Exception as exc:  # noqa: BLE001 - the connection ends, never the VMM
+            log.debug("gdb command failed:\n%s", traceback.format_exc())
+            self._drop(f"closed the connection after an error serving it: {exc}")
+            return
         if session.finished:
             self._drop("")
 
@@ -147,7 +152,11 @@ class GdbServer:
         except BlockingIOError:
             pass
         if self._session is not None:
-            self._send(self._session.target_stopped())
+            try:
+                self._send(self._session.target_stopped())
+            except Exception as exc:  # noqa: BLE001 - the connection ends, never the VMM
+                log.debug("gdb stop report failed:\n%s", traceback.format_exc())
+                self._drop(f"closed the connection after an error serving it: {exc}")
 
     # -- output ------------------------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ PAGE = 4096
 INT3 = 0xCC
 #: Error replies: the errno values gdbserver uses.
 E_FAULT, E_INVAL, E_NOSPC = b"E0e", b"E16", b"E1c"
+#: Most software breakpoints at once (each keeps a byte: a client can't grow it unbounded).
+MAX_BREAKPOINTS = 4096
 #: Longest memory read: its hex reply must fit one packet.
 MAX_READ = (PACKET_SIZE - 16) // 2
 FEATURES = (b"PacketSize=%x;qXfer:features:read+;vContSupported+;QStartNoAckMode+;"
@@ -314,6 +316,8 @@ class Session:
     def _insert_breakpoint(self, vaddr: int) -> bytes:
         if vaddr in self.breakpoints:
             return b"OK"
+        if len(self.breakpoints) >= MAX_BREAKPOINTS:
+            return E_NOSPC
         paddr = self.target.translate(self._g_cpu, vaddr)
         original = self.target.read_physical(paddr, 1)[0]
         self.target.write_physical(paddr, bytes((INT3,)))

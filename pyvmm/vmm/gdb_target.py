@@ -16,6 +16,7 @@ only the time the guest may run.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -23,7 +24,7 @@ import time
 from typing import Callable, Mapping, Sequence
 
 from pyvmm.dump.pagewalk import PageWalkError, translate
-from pyvmm.errors import DeviceError, GuestMemoryError, PyvmmError
+from pyvmm.errors import DeviceError, GuestMemoryError, KvmError, PyvmmError
 from pyvmm.gdb.debugregs import DR6_SINGLE_STEP, STOP_REASON, slots_hit
 from pyvmm.gdb.target import SIGTRAP, Debugging, MemoryFault, Stop
 from pyvmm.kvm._ffi import lib
@@ -60,6 +61,8 @@ class MachineTarget:
         self.notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._held_since: float | None = None
         self._held_total = 0.0
+        #: KVM_GUESTDBG_BLOCKIRQ (Linux 5.16+) until a KVM refuses it.
+        self._block_irq = lib.KVM_GUESTDBG_BLOCKIRQ
 
     @property
     def cpus(self) -> int:
@@ -169,8 +172,15 @@ class MachineTarget:
                     debugreg = debugging.debugreg
                 if actions.get(cpu) == "s":
                     # Interrupts wait while we step, or a step lands in a handler.
-                    control |= lib.KVM_GUESTDBG_SINGLESTEP | lib.KVM_GUESTDBG_BLOCKIRQ
-            vcpu.set_guest_debug(control, debugreg)
+                    control |= lib.KVM_GUESTDBG_SINGLESTEP | self._block_irq
+            try:
+                vcpu.set_guest_debug(control, debugreg)
+            except KvmError as exc:
+                if not control & self._block_irq or exc.errno != errno.EINVAL:
+                    raise
+                log.info("gdb: this KVM can't hold interrupts off while stepping")
+                self._block_irq = 0
+                vcpu.set_guest_debug(control & ~lib.KVM_GUESTDBG_BLOCKIRQ, debugreg)
         if self._held_since is not None and actions:
             self._held_total += time.monotonic() - self._held_since
             self._held_since = None

@@ -214,3 +214,24 @@ def test_gdb_options_through_the_python_api(tmp_path) -> None:
         config_from_options(kernel=kernel, gdb_wait=True)
     with pytest.raises(ConfigError, match=r"gdb='x:y': 'y' is not a TCP port"):
         config_from_options(kernel=kernel, gdb="x:y")
+
+
+def test_a_kvm_without_blockirq_still_steps() -> None:
+    import errno
+
+    from pyvmm.errors import KvmError
+    from pyvmm.kvm._ffi import lib
+
+    target, vcpus, _ = make_target(1)
+
+    def old_kvm(control: int, debugreg: tuple[int, ...] = ()) -> None:
+        if control & lib.KVM_GUESTDBG_BLOCKIRQ:
+            raise KvmError("KVM_SET_GUEST_DEBUG", errno.EINVAL)
+        vcpus[0].debug.append((control, tuple(debugreg)))
+
+    vcpus[0].set_guest_debug = old_kvm  # type: ignore[method-assign]
+    target.resume({0: "s"}, DEBUGGING)
+    target.resume({0: "s"}, DEBUGGING)
+    assert [control & lib.KVM_GUESTDBG_SINGLESTEP for control, _ in vcpus[0].debug] == \
+        [lib.KVM_GUESTDBG_SINGLESTEP] * 2
+    target.close()

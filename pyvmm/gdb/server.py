@@ -1,7 +1,8 @@
 """The socket gdb connects to, served on the machine's event loop.
 
-``parse_address`` reads ``--gdb``: ``[HOST:]PORT`` (TCP, 127.0.0.1 unless a
-host is given) or ``unix:PATH`` (created owner-only; ``bind`` fails on any
+It listens where ``--gdb`` says (``pyvmm.config.values.parse_gdb_address``):
+TCP on ``[HOST:]PORT`` (127.0.0.1 unless a host is given) or ``unix:PATH``
+(created owner-only; ``bind`` fails on any
 existing path, so nothing of someone else's is followed or replaced, and
 the socket is removed at exit).  One gdb at a time: a second connection
 gets an error packet and is closed.  Everything is non-blocking: replies
@@ -22,7 +23,7 @@ import traceback
 from typing import TYPE_CHECKING
 
 from pyvmm.errors import ConfigError
-from pyvmm.gdb.address import GdbAddress
+from pyvmm.config.values import GdbAddress
 from pyvmm.gdb.packets import ProtocolError, frame
 from pyvmm.gdb.session import Session
 

@@ -1,4 +1,4 @@
-"""The assembly recipe: config -> KVM, RAM, kernel, boot CPU state, devices (a Machine).
+"""The assembly recipe: config -> KVM, RAM, kernel, boot CPU state, devices (a BuiltMachine).
 
 Everything the user can get wrong (kernel, initrd, sizes, disk images) is
 checked before /dev/kvm is opened, so bad input never depends on the host.
@@ -7,22 +7,23 @@ checked before /dev/kvm is opened, so bad input never depends on the host.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from pyvmm.acpi.tables import write_acpi_tables
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.boot import prepare_boot
 from pyvmm.arch.x86_64.cpuid import CpuidEntry, adjust_cpuid, describe_policy
-from pyvmm.config.machine import MachineConfig, size_name
+from pyvmm.config.machine import MachineConfig
+from pyvmm.config.values import size_name
 from pyvmm.console.host import HostConsole
 from pyvmm.console.pump import ConsoleInput, ConsolePump
 from pyvmm.devices.bus import Bus
 from pyvmm.devices.i8042 import I8042
 from pyvmm.devices.legacy import DebugExit, IgnoredPorts
 from pyvmm.devices.platform import PvPanic, SleepControl
+from pyvmm.devices.rtc import Rtc
 from pyvmm.devices.serial import Serial
 from pyvmm.devices.virtio.console import ConsoleDevice
-from pyvmm.devices.virtio.device import VirtioDevice
 from pyvmm.errors import ConfigError, LoaderError
 from pyvmm.vcpu.dispatch import UnknownAccessLog
 from pyvmm.eventloop import EventLoop
@@ -32,7 +33,7 @@ from pyvmm.host.inputfile import read_input
 from pyvmm.kvm._ffi import address_of
 from pyvmm.kvm.system import Kvm, is_pvm_host
 from pyvmm.kvm.vm import Vm
-from pyvmm.vmm.machine import Machine
+from pyvmm.vmm.machine import BuiltMachine
 from pyvmm.memory import GuestMemory
 from pyvmm.vmm.shares import Shares
 from pyvmm.vcpu.uart_fastpath import UartFastPath
@@ -42,6 +43,7 @@ from pyvmm.vmm.virtio_slots import (acpi_platform, announce, attach_virtio, open
                                 plan_virtio_slots)
 
 if TYPE_CHECKING:
+    from pyvmm.devices.virtio.ports import Port
     from pyvmm.gdb.server import GdbServer
     from pyvmm.vcpu.stats import RunStats
 
@@ -52,7 +54,6 @@ KVM_TSS_ADDRESS = 0xFFFB_D000
 #: Port ranges Linux pokes on a PC that pyvmm answers quietly (reads all-ones).
 IGNORED_PORT_RANGES = (
     (0x80, 1),     # POST diagnostic port (also Linux's I/O delay port)
-    (0x70, 2),     # CMOS/RTC index and data
     (0xCF8, 8),    # PCI configuration mechanism #1 (no PCI bus here)
     (0x2F8, 8),    # COM2 .. COM4: absent UARTs answer all-ones
     (0x3E8, 8),
@@ -78,12 +79,12 @@ _policy_warned: list[bool] = []
 
 
 def build_machine(config: MachineConfig, console: HostConsole | None = None,
-                  ports: VirtioDevice | None = None, stats: RunStats | None = None) -> Machine:
-    """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices: a whole Machine.
+                  ports: Sequence[Port] = (), stats: RunStats | None = None) -> BuiltMachine:
+    """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices: a whole BuiltMachine.
 
     ``console`` is where the guest's consoles go and its input comes from
     (default: our stdin and stdout, Ctrl-A x stopping the machine); ``ports``
-    is the stream device of command mode (``config.stdio_ports``); ``stats``
+    are the stream ports of command mode (``config.stdio_ports``); ``stats``
     counts exits and start-up milestones for ``--stats``.
     """
     # A kernel or initrd larger than guest RAM can't fit in it.
@@ -103,9 +104,9 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
         raise
 
 
-def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevice | None,
+def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[Port],
            stats: RunStats | None, kernel_image: bytes, initrd_image: bytes | None, slots: list,
-           shares: Shares) -> Machine:
+           shares: Shares) -> BuiltMachine:
     if config.control:
         from pyvmm.vmm.control import check_control_path
 
@@ -131,7 +132,8 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevi
     def backend_failed(message: str) -> None:
         exit_event.set(StopReason.backend_failed(message))
 
-    devices = open_virtio_devices(slots, console.write, shares.open(backend_failed), ports)
+    shares.start()
+    devices = open_virtio_devices(slots, console.write, shares, backend_failed, ports)
 
     kvm = Kvm()
     kvm.require_capabilities()
@@ -169,6 +171,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevi
     pio_bus, mmio_bus = Bus(), Bus()
     serial = Serial(KvmIrqLine(vm, layout.COM1_IRQ), console.write, on_pending=loop.wake)
     _attach_legacy_devices(pio_bus, serial, exit_event)
+    pio_bus.insert(Rtc(KvmIrqLine(vm, layout.RTC_IRQ), loop.call_at), layout.RTC_PORT, 2)
     uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT)
     transports, owned_fds = attach_virtio(vm, loop, mmio_bus, memory, slots, devices)
     shares.watch(loop, backend_failed)
@@ -185,12 +188,12 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevi
     runners = VcpuRunners([VcpuRunner(s, s.serve, exit_event, on_exit=s.finished)
                            for s in served])
     gdb = _gdb_server(config, vcpus, served, runners, memory, exit_event)
-    return Machine(config=config, kvm=kvm, vm=vm, memory=memory, vcpus=vcpus,
-                   exit_event=exit_event, loop=loop, console=console,
-                   pump=ConsolePump(console, console_input, serial, uart_fast),
-                   runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
-                   owned_fds=owned_fds, closers=[shares.close], stats=stats, assists=assists,
-                   gdb=gdb)
+    return BuiltMachine(config=config, kvm=kvm, vm=vm, memory=memory, vcpus=vcpus,
+                        exit_event=exit_event, loop=loop, console=console,
+                        pump=ConsolePump(console, console_input, serial, uart_fast),
+                        runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
+                        owned_fds=owned_fds, closers=[shares.close], stats=stats,
+                        assists=assists, gdb=gdb)
 
 
 def _gdb_server(config: MachineConfig, vcpus: list, served: list[ServedVcpu],
@@ -199,7 +202,7 @@ def _gdb_server(config: MachineConfig, vcpus: list, served: list[ServedVcpu],
     """``--gdb``: the machine as gdb's target, its traps seen first, and the listener."""
     if not config.gdb:
         return None
-    from pyvmm.gdb.address import parse_address
+    from pyvmm.config.values import parse_gdb_address
     from pyvmm.gdb.server import GdbServer
     from pyvmm.vmm.gdb_target import MachineTarget
 
@@ -210,7 +213,7 @@ def _gdb_server(config: MachineConfig, vcpus: list, served: list[ServedVcpu],
     if config.gdb_wait:
         target.hold_at_start()
     try:
-        return GdbServer(parse_address(config.gdb), target)
+        return GdbServer(parse_gdb_address(config.gdb), target)
     except BaseException:
         target.close()
         raise
@@ -224,6 +227,8 @@ def _guest_console_is_hvc(cmdline: str) -> bool:
 
 def _attach_legacy_devices(bus: Bus, serial: Serial, exit_event: ExitEvent) -> None:
     """COM1, the i8042 (reset), debug-exit, pvpanic, ACPI sleep, the ignored ports.
+
+    (The RTC is attached beside them: it needs the event loop's timer.)
 
     The devices get the machine's exit event, and can only say why it should stop.
     """

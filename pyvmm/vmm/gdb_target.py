@@ -31,7 +31,7 @@ from pyvmm.kvm._ffi import lib
 from pyvmm.kvm.exits import Debug, InternalError
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.memory import GuestMemory
-from pyvmm.vcpu.runner import VCPU_JOIN_SECONDS, VcpuRunners, VcpuState
+from pyvmm.vcpu.runner import VCPU_JOIN_SECONDS, VcpuRunners, VcpuPhase
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class MachineTarget:
             self._held_since = time.monotonic()
         deadline = time.monotonic() + VCPU_JOIN_SECONDS
         for runner in self._runners:
-            if not runner.wait_for((VcpuState.PAUSED, VcpuState.EXITED, VcpuState.CREATED),
+            if not runner.wait_for((VcpuPhase.PAUSED, VcpuPhase.EXITED, VcpuPhase.CREATED),
                                    max(deadline - time.monotonic(), 0)):
                 raise DeviceError(f"gdb: could not stop vCPU {runner.vcpu.id}")
 

@@ -10,14 +10,14 @@ import pytest
 from pyvmm.config.machine import config_from_options
 from pyvmm.errors import ConfigError
 from pyvmm.eventloop import EventLoop
-from pyvmm.gdb.address import GdbAddress, parse_address
+from pyvmm.config.values import GdbAddress, parse_gdb_address
 from pyvmm.gdb.debugregs import DR6_SINGLE_STEP
 from pyvmm.gdb.target import SIGTRAP, Debugging, Stop
 from pyvmm.kvm.exits import Debug, InternalError
 from pyvmm.kvm.exits import INTERNAL_ERROR_EMULATION
 from pyvmm.memory import GuestMemory
 from pyvmm.vcpu.exit_event import ExitEvent
-from pyvmm.vcpu.runner import VcpuRunner, VcpuRunners, VcpuState, ensure_kick_handler
+from pyvmm.vcpu.runner import VcpuRunner, VcpuRunners, VcpuPhase, ensure_kick_handler
 from pyvmm.vmm.gdb_target import MachineTarget
 
 from tests.unit.test_vcpu_runner import ScriptedVcpu
@@ -47,7 +47,7 @@ class FakeVcpu:
 class FakeRunner:
     def __init__(self) -> None:
         self.held = False
-        self.state = VcpuState.PAUSED
+        self.state = VcpuPhase.PAUSED
 
     def hold(self) -> None:
         self.held = True
@@ -55,7 +55,7 @@ class FakeRunner:
     def release(self) -> None:
         self.held = False
 
-    def wait_for(self, states: tuple[VcpuState, ...], timeout: float) -> bool:
+    def wait_for(self, states: tuple[VcpuPhase, ...], timeout: float) -> bool:
         return True
 
 
@@ -165,15 +165,15 @@ def test_a_held_runner_stays_parked_through_a_pause_and_resume() -> None:
     runner = VcpuRunner(vcpu, lambda exit: None, ExitEvent())
     runner.hold()
     runner.start()
-    assert runner.wait_for((VcpuState.PAUSED,), WAIT)
+    assert runner.wait_for((VcpuPhase.PAUSED,), WAIT)
     runners = VcpuRunners([runner])
     with runners.paused():  # a live dump meanwhile
         pass
     runs = vcpu.runs
     time.sleep(0.05)
-    assert runner.state is VcpuState.PAUSED and vcpu.runs == runs
+    assert runner.state is VcpuPhase.PAUSED and vcpu.runs == runs
     runner.release()
-    assert runner.wait_for((VcpuState.RUNNING,), WAIT)
+    assert runner.wait_for((VcpuPhase.RUNNING,), WAIT)
     assert runner.join(WAIT)
 
 
@@ -193,7 +193,7 @@ def test_a_moving_deadline() -> None:
     ("unix:/tmp/x/gdb.sock", GdbAddress(True, path="/tmp/x/gdb.sock")),
 ])
 def test_gdb_addresses(text: str, address: GdbAddress) -> None:
-    assert parse_address(text) == address
+    assert parse_gdb_address(text) == address
 
 
 @pytest.mark.parametrize("text, message", [
@@ -202,7 +202,7 @@ def test_gdb_addresses(text: str, address: GdbAddress) -> None:
 ])
 def test_bad_gdb_addresses(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        parse_address(text)
+        parse_gdb_address(text)
 
 
 def test_gdb_options_through_the_python_api(tmp_path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from pyvmm.errors import ConfigError
 from pyvmm.eventloop import EventLoop
-from pyvmm.gdb.address import GdbAddress
+from pyvmm.config.values import GdbAddress
 from pyvmm.gdb.packets import frame
 from pyvmm.gdb.server import GdbServer
 from pyvmm.gdb.session import MAX_BREAKPOINTS, Session

@@ -58,9 +58,6 @@ VIRTIO_MMIO_SIZE = 0x1000
 #: The IOAPIC and the local APIC (fixed by the in-kernel irqchip).
 IOAPIC_START = 0xFEC0_0000
 APIC_START = 0xFEE0_0000
-#: Most vCPUs the platform can describe: xAPIC IDs (CPUID leaf 1 EBX[31:24], the
-#: MADT's local APIC entries) are 8 bits, and 0xFF is the broadcast ID.
-MAX_CPUS = 255
 
 # --- Legacy I/O ports and IRQ lines ---------------------------------------
 
@@ -70,6 +67,9 @@ COM1_IRQ = 4
 #: i8042 keyboard controller data / command ports (reset = command 0xFE).
 I8042_DATA_PORT = 0x60
 I8042_COMMAND_PORT = 0x64
+#: The CMOS real-time clock (index and data ports) and its ISA interrupt line.
+RTC_PORT = 0x70
+RTC_IRQ = 8
 #: QEMU isa-debug-exit compatible port: the guest writes a status byte.
 DEBUG_EXIT_PORT = 0xF4
 #: QEMU pvpanic (ACPI QEMU0001): one port the guest writes when it panics.

@@ -14,13 +14,12 @@ only a broken framing (``packets.ProtocolError``) ends the connection.
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
 from pyvmm.gdb import registers
 from pyvmm.gdb.debugregs import (SLOTS, STOP_REASON, HwPoint, debug_registers,
                                  point_problem)
-from pyvmm.gdb.packets import (PACKET_SIZE, Interrupt, Packet, PacketReader, escape, frame,
-                               unescape)
+from pyvmm.gdb.packets import (PACKET_SIZE, Interrupt, Packet, PacketReader, ProtocolError,
+                               escape, frame, unescape)
 from pyvmm.gdb.target import SIGINT, SIGTRAP, Debugging, MemoryFault, Stop, Target
 
 log = logging.getLogger(__name__)
@@ -59,10 +58,9 @@ def _thread(text: bytes) -> int:
 class Session:
     """One gdb connection's protocol state, over ``target``."""
 
-    def __init__(self, target: Target, on_detach: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, target: Target) -> None:
         self.target = target
         self.reader = PacketReader()
-        self._on_detach = on_detach
         #: Guest-virtual address -> (guest-physical, the byte our int3 replaced).
         self.breakpoints: dict[int, tuple[int, int]] = {}
         self.hw_points: list[HwPoint] = []
@@ -125,7 +123,6 @@ class Session:
         self.hw_points.clear()
         self.running = False
         self.target.resume({cpu: "c" for cpu in range(self.target.cpus)}, None)
-        self._on_detach()
 
     # -- commands ---------------------------------------------------------------------
 
@@ -222,7 +219,7 @@ class Session:
         address, length = self._address_length(head)
         try:
             data = unescape(binary)
-        except Exception:  # noqa: BLE001 - a dangling escape: the command is bad
+        except ProtocolError:
             raise BadPacket("X data ends in an escape") from None
         if len(data) != length:
             raise BadPacket("X length and data disagree")

@@ -110,6 +110,7 @@ def test_memory_read_write_and_binary_write(target: FakeTarget, session: Session
     assert target.memory.read(0x1002, 3) == b"#}z"
     assert ask(session, b"X1000,0:") == [b"OK"]  # gdb's probe for X
     assert ask(session, b"M1000,3:4a4b") == [b"E16"]  # length and data disagree
+    assert ask(session, b"X1000,1:}") == [b"E16"]  # a dangling escape
     assert ask(session, b"mzz,1") == [b"E16"]
 
 

@@ -86,9 +86,10 @@ def test_attach_at_start_registers_memory_stepi_detach(tmp_path: Path) -> None:
     wait_for_socket(sock, proc)
     assert stat.S_IMODE(os.lstat(sock).st_mode) == 0o600
     entry, code = symbol_bytes(elf, "startup_64", 4)
+    core = tmp_path / "guest.core"
     out = run_gdb(str(sock), elf, "info registers rip", "x/4xb $pc", "stepi",
                   "info registers rip", "info registers cr0 cr3 efer", "info threads",
-                  "monitor info registers", "detach")
+                  "monitor info registers", f"monitor dump {core}", "detach")
     assert rips(out) == [entry, entry + 1], out  # cli is one byte
     shown = re.search(r"<startup_64>:\s+(.*)", out)
     assert shown is not None, out
@@ -97,6 +98,10 @@ def test_attach_at_start_registers_memory_stepi_detach(tmp_path: Path) -> None:
     assert re.search(r"efer\s+0x5[0-9a-f]{2}", out), out  # LME|LMA
     assert re.search(r"\* 1\s+Thread 1 \(vCPU 0", out), out
     assert "RIP=0000000000100201" in out
+    assert f"guest dump written to {core}" in out
+    summary = subprocess.run(pyvmm_command("inspect", "regs", str(core)), capture_output=True,
+                             text=True, cwd=REPO)
+    assert re.search(r"rip\W+0x0*100201", summary.stdout, re.IGNORECASE), summary.stdout
     assert "detached" in out
     status, stdout, stderr = finish(proc)
     assert status == 0, stderr

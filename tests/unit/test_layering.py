@@ -98,7 +98,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("host", "memory", "eventloop"),        # host helpers, guest RAM, the event loop
     ("kvm", "loader", "vhost", "config"),   # the binding, loaders, vhost-user, the schema
     ("devices", "arch", "dump"),            # devices, the platform, dumps: no KVM, no config
-    ("acpi", "vcpu"),                       # tables describing it; the vCPU threads
+    ("acpi", "vcpu", "gdb"),                # tables describing it; the vCPU threads; gdb's stub
     ("console",),                           # terminal, guest console, the pump
     ("vmm",),                               # the builder and the built machine
     ("command",),                           # command mode

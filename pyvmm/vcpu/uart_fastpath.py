@@ -29,13 +29,13 @@ boot's exits.  Here:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any
 
 from pyvmm.devices.serial import (CELL_IER, CELL_IER_VALID, CELL_LSR, IER_DLM, LSR,
                                   RBR_THR_DLL, Serial)
 from pyvmm.errors import HostError
+from pyvmm.host import environment
 from pyvmm.kvm.exits import VmExit
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
@@ -74,7 +74,7 @@ class UartFastPath:
     def __init__(self, kvm: Kvm, vm: Vm, vcpus: list[Vcpu], serial: Serial,
                  base_port: int, setting: str | None = None) -> None:
         coalesce, in_c = wanted_halves(setting if setting is not None
-                                       else os.environ.get("PYVMM_UART_FASTPATH"))
+                                       else environment.UART_FASTPATH.get())
         self._vm = vm
         self._serial = serial
         self.thr_port = base_port + RBR_THR_DLL

@@ -4,27 +4,12 @@ Compiled at install time against the host's ``<linux/kvm.h>``: the C compiler
 fills in every struct layout and ioctl number below (``...`` means "ask the
 header"), so nothing here is a hand-counted offset.  The only hand-written code
 is a pair of ioctl wrappers that return ``-errno`` (cffi releases the GIL
-around them, so a vCPU thread blocked in ``KVM_RUN`` doesn't stop the others),
-and the UART fast path: a KVM_RUN loop that answers the 8250's line-status
-polls itself, and the coalesced-I/O ring reader (pyvmm.vcpu.uart_fastpath).
+around them, so a vCPU thread blocked in ``KVM_RUN`` doesn't stop the others).
 """
 
 from __future__ import annotations
 
 import cffi
-
-# The UART fast path's argument block, shared by Python (through cffi) and the C
-# loop: its one declaration, used in both the cdef and the C source below.
-UART_FAST_STRUCT = r"""
-typedef struct {
-    int fd;
-    struct kvm_run *run;
-    struct kvm_coalesced_mmio_ring *ring;
-    const __u8 *cells;
-    __u16 base;
-    __u64 served[3];
-} pyvmm_uart_fast;
-"""
 
 CDEF = r"""
 typedef unsigned char __u8;
@@ -204,21 +189,9 @@ typedef struct { __u8 injected; __u8 nr; __u8 has_error_code; __u8 pending;
                  __u32 error_code; } pyvmm_events_exception;
 struct kvm_vcpu_events { pyvmm_events_exception exception; __u32 flags; ...; };
 
-/* Coalesced MMIO/PIO: zones whose writes KVM queues in a ring page instead of exiting. */
+/* Coalesced MMIO/PIO: zones whose writes KVM queues in a ring page (the page at
+   KVM_COALESCED_MMIO_PAGE_OFFSET of every vCPU's kvm_run mapping) instead of exiting. */
 struct kvm_coalesced_mmio_zone { __u64 addr; __u32 size; __u32 pio; ...; };
-struct kvm_coalesced_mmio { __u64 phys_addr; __u32 len; __u32 pio; __u8 data[8]; ...; };
-struct kvm_coalesced_mmio_ring { __u32 first; __u32 last; ...; };
-int pyvmm_coalesced_drain(struct kvm_coalesced_mmio_ring *ring, __u8 *out, int room);
-
-/* The UART fast path (one per vCPU): KVM_RUN until an exit it can't answer from
-   cells[] (the UART's published registers, see pyvmm.devices.serial): a 1-byte
-   read of LSR (base+5), a read of IER (base+1) or a write of the value IER
-   already has (a no-op) while cells[2] says IER is at base+1 (DLAB clear).
-   It returns 0 for any other exit, and for an LSR read when the newest
-   coalesced write is a newline (so the line goes out now); -errno when KVM_RUN
-   fails (EINTR: kicked).  served[] counts LSR reads, IER reads, IER writes. */
-""" + UART_FAST_STRUCT + r"""
-int pyvmm_run_uart_fast(pyvmm_uart_fast *fast);
 
 int pyvmm_ioctl(int fd, unsigned long request, void *arg);
 int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg);
@@ -229,7 +202,6 @@ SOURCE = r"""
 #include <errno.h>
 #include <stddef.h>
 #include <fcntl.h>
-#include <unistd.h>
 #include <sys/ioctl.h>
 #include <linux/kvm.h>
 
@@ -256,71 +228,6 @@ static int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg)
 {
     int ret = ioctl(fd, request, arg);
     return ret < 0 ? -errno : ret;
-}
-
-/* Slots in the ring page (the kernel's KVM_COALESCED_MMIO_MAX, which needs PAGE_SIZE). */
-static __u32 pyvmm_coalesced_max(void)
-{
-    return (sysconf(_SC_PAGESIZE) - sizeof(struct kvm_coalesced_mmio_ring))
-           / sizeof(struct kvm_coalesced_mmio);
-}
-
-/* Single consumer (the caller serialises): read 'last' before the entries, free
-   the slots only after copying them (the kernel's producer side pairs these).
-   Each entry is a 1-byte write to the one coalesced port: its byte goes to out. */
-static int pyvmm_coalesced_drain(struct kvm_coalesced_mmio_ring *ring, __u8 *out, int room)
-{
-    __u32 max = pyvmm_coalesced_max();
-    __u32 first = ring->first;
-    __u32 last = __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
-    int taken = 0;
-    while (first != last && taken < room) {
-        out[taken++] = ring->coalesced_mmio[first].data[0];
-        first = (first + 1) % max;
-    }
-    __atomic_store_n(&ring->first, first, __ATOMIC_RELEASE);
-    return taken;
-}
-
-""" + UART_FAST_STRUCT + r"""
-enum { PYVMM_CELL_LSR, PYVMM_CELL_IER, PYVMM_CELL_IER_VALID };
-
-static int pyvmm_newest_coalesced_is_newline(struct kvm_coalesced_mmio_ring *ring)
-{
-    __u32 last = __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
-    __u32 max = pyvmm_coalesced_max();
-    if (ring->first == last)
-        return 0;
-    return ring->coalesced_mmio[(last + max - 1) % max].data[0] == '\n';
-}
-
-static int pyvmm_run_uart_fast(pyvmm_uart_fast *fast)
-{
-    struct kvm_run *run = fast->run;
-    for (;;) {
-        if (ioctl(fast->fd, KVM_RUN, 0) < 0)
-            return -errno;
-        if (run->exit_reason != KVM_EXIT_IO || run->io.size != 1 || run->io.count != 1)
-            return 0;
-        __u8 *data = (__u8 *)run + run->io.data_offset;
-        __u16 port = run->io.port;
-        int ier_here = __atomic_load_n(&fast->cells[PYVMM_CELL_IER_VALID], __ATOMIC_ACQUIRE);
-        __u8 ier = __atomic_load_n(&fast->cells[PYVMM_CELL_IER], __ATOMIC_ACQUIRE);
-        if (run->io.direction == KVM_EXIT_IO_IN && port == fast->base + 5) {
-            if (fast->ring && pyvmm_newest_coalesced_is_newline(fast->ring))
-                return 0;
-            *data = __atomic_load_n(&fast->cells[PYVMM_CELL_LSR], __ATOMIC_ACQUIRE);
-            fast->served[0]++;
-        } else if (run->io.direction == KVM_EXIT_IO_IN && port == fast->base + 1 && ier_here) {
-            *data = ier;
-            fast->served[1]++;
-        } else if (run->io.direction == KVM_EXIT_IO_OUT && port == fast->base + 1 && ier_here
-                   && *data == ier) {
-            fast->served[2]++;
-        } else {
-            return 0;
-        }
-    }
 }
 """
 

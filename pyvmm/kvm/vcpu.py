@@ -42,6 +42,9 @@ class Vcpu:
         self._run_view = memoryview(self._run_map)
         base = ffi.cast("char *", ffi.from_buffer(self._run_map))
         self._run = ffi.cast("struct kvm_run *", base)
+        #: Host address of the kvm_run mapping (for C code that runs this vCPU itself):
+        #: valid until ``close``.
+        self.run_address = int(ffi.cast("uintptr_t", base))
         exit_area = base + lib.PYVMM_KVM_RUN_EXIT_OFFSET
         self._io = ffi.cast("pyvmm_exit_io *", exit_area)
         self._mmio = ffi.cast("pyvmm_exit_mmio *", exit_area)
@@ -64,10 +67,10 @@ class Vcpu:
         """KVM_RUN alone: ``Interrupted`` if kicked, else None (then ``decode_exit``)."""
         return self._entered(lib.pyvmm_ioctl(self.fd, lib.KVM_RUN, ffi.NULL))
 
-    def run_uart_fast(self, fast: Any) -> VmExit:
-        """``run`` with a ``pyvmm_uart_fast`` for this vCPU: UART line-status polls are
-        answered in C, without returning to Python (see _build.py)."""
-        return self._entered(lib.pyvmm_run_uart_fast(fast)) or self.decode_exit()
+    def finish_run(self, ret: int) -> VmExit:
+        """What ``run`` returns, for a KVM_RUN issued on this vCPU's fd outside this
+        class (a C loop given ``fd`` and ``run_address``): ``ret`` is its 0 or -errno."""
+        return self._entered(ret) or self.decode_exit()
 
     def _entered(self, ret: int) -> Interrupted | None:
         if ret < 0:
@@ -77,19 +80,13 @@ class Vcpu:
             raise KvmError("KVM_RUN", -ret)
         return None
 
-    def uart_fast(self, cells: Any, base_port: int, ring: Any) -> Any:
-        """A ``pyvmm_uart_fast`` for ``run_uart_fast``: ``cells`` are the UART's published
-        LSR, IER and IER-valid bytes (pyvmm.devices.serial)."""
-        return ffi.new("pyvmm_uart_fast *", {"fd": self.fd, "run": self._run, "ring": ring,
-                                             "cells": cells, "base": base_port})
-
-    def coalesced_ring(self) -> Any:
-        """The VM's coalesced-I/O ring (a page of every vCPU's kvm_run mapping)."""
+    def coalesced_ring_address(self) -> int:
+        """Host address of the VM's coalesced-I/O ring (a page of every vCPU's kvm_run
+        mapping), a ``struct kvm_coalesced_mmio_ring``: valid until ``close``."""
         offset = lib.KVM_COALESCED_MMIO_PAGE_OFFSET * mmap.PAGESIZE
         if len(self._run_map) < offset + mmap.PAGESIZE:
             raise KvmError("coalesced I/O ring not mapped", errno.ENODEV)
-        base = ffi.cast("char *", ffi.from_buffer(self._run_map))
-        return ffi.cast("struct kvm_coalesced_mmio_ring *", base + offset)
+        return self.run_address + offset
 
     def request_exit(self) -> None:
         """Make the next (or current, once kicked by a signal) KVM_RUN return at once."""

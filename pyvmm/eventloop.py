@@ -39,6 +39,10 @@ class EventLoop:
         self._epoll.register(fd, events)
         self._handlers[fd] = handler
 
+    def modify(self, fd: int, events: int) -> None:
+        """Watch ``fd`` for ``events`` from now on (EPOLLOUT while output waits)."""
+        self._epoll.modify(fd, events)
+
     def remove(self, fd: int) -> None:
         if self._handlers.pop(fd, None) is not None:
             self._epoll.unregister(fd)
@@ -78,17 +82,21 @@ class EventLoop:
         except BlockingIOError:
             pass
 
-    def run(self, deadline: float | None = None,
+    def run(self, deadline: float | Callable[[], float | None] | None = None,
             tick: Callable[[], float | None] | None = None) -> bool:
         """Run until ``stop()``; return False if ``deadline`` (monotonic) passed first.
+
+        A callable ``deadline`` is asked each round (None: none for now), so a
+        deadline can move (gdb holding the guest stops ``--timeout``'s clock).
 
         ``tick`` runs after each round and may return a wait bound in seconds
         (for work that is not fd-driven, like feeding a file to the console).
         """
         while not self._stopped:
             timeout: float | None = None
-            if deadline is not None:
-                timeout = deadline - time.monotonic()
+            due = deadline() if callable(deadline) else deadline
+            if due is not None:
+                timeout = due - time.monotonic()
                 if timeout <= 0:
                     return False
             for bound in (tick() if tick is not None else None, self._due_timers()):

@@ -10,37 +10,12 @@ import pytest
 
 from pyvmm.vcpu.exit_event import ExitEvent
 from pyvmm.exitstatus import StopReason
-from pyvmm.kvm.exits import Hlt, Interrupted, IoOut, VmExit
+from pyvmm.kvm.exits import IoOut, VmExit
 from pyvmm.vcpu.runner import VcpuRunner, VcpuRunners, VcpuPhase, ensure_kick_handler
 
+from tests.unit.vcpu.conftest import ScriptedVcpu
+
 WAIT = 5.0
-
-
-class ScriptedVcpu:
-    """Returns its script's exits one by one, then ``Hlt`` forever (a guest at rest).
-
-    A kick (``request_exit``) makes the next ``run`` return ``Interrupted``, as
-    KVM's ``immediate_exit`` does.
-    """
-
-    def __init__(self, script: list[VmExit], vcpu_id: int = 0) -> None:
-        self.id = vcpu_id
-        self.script = list(script)
-        self.runs = 0
-        self._kicked = threading.Event()
-
-    def run(self) -> VmExit:
-        self.runs += 1
-        if self._kicked.is_set():
-            self._kicked.clear()
-            return Interrupted()
-        if self.script:
-            return self.script.pop(0)
-        self._kicked.wait(0.01)
-        return Hlt()
-
-    def request_exit(self) -> None:
-        self._kicked.set()
 
 
 def port_write(port: int, value: int = 0) -> IoOut:

@@ -20,7 +20,7 @@ from pyvmm.vcpu.exit_event import ExitEvent
 from pyvmm.vcpu.runner import VcpuRunner, VcpuRunners, VcpuPhase, ensure_kick_handler
 from pyvmm.vmm.gdb_target import MachineTarget
 
-from tests.unit.test_vcpu_runner import ScriptedVcpu
+from tests.unit.vcpu.conftest import ScriptedVcpu
 
 WAIT = 5.0
 

@@ -12,7 +12,7 @@ from pyvmm.gdb.registers import G_BYTES, NUMBERS, REGISTERS, target_xml
 from pyvmm.gdb.session import Session
 from pyvmm.gdb.target import SIGINT, Stop
 
-from tests.unit.gdb_fake import FakeTarget
+from tests.unit.gdb.gdb_fake import FakeTarget
 
 
 def replies(out: bytes) -> list[bytes]:

@@ -18,7 +18,7 @@ from pyvmm.gdb.server import GdbServer
 from pyvmm.gdb.session import MAX_BREAKPOINTS, Session
 from pyvmm.gdb.target import Stop
 
-from tests.unit.gdb_fake import FakeTarget
+from tests.unit.gdb.gdb_fake import FakeTarget
 
 
 class Rig:

@@ -214,8 +214,7 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules:
     if config.initrd:
         raise ConfigError("command mode builds its own initramfs: leave out --initrd")
     if kvm_system.is_pvm_host():
-        raise HostError("command mode needs hardware KVM: /dev/kvm here is kvm_pvm, which "
-                        "cannot run Linux user space")
+        raise HostError(f"command mode needs hardware KVM: {kvm_system.PVM_NO_USER_SPACE}")
     with open(config.kernel, "rb") as stream:
         head = stream.read(1 << 16)
     base = base_archive(modules_for(head, modules))

@@ -26,7 +26,8 @@ from pyvmm.errors import PyvmmError
 from pyvmm.exitstatus import ExitStatus
 
 #: Subcommands imported on first use: name -> (module, attribute).
-_LAZY_COMMANDS = {"inspect": ("pyvmm.cli.inspect", "inspect")}
+_LAZY_COMMANDS = {"inspect": ("pyvmm.cli.inspect", "inspect"),
+                  "check": ("pyvmm.cli.check", "check")}
 
 
 class _LazyGroup(click.Group):

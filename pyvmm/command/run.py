@@ -214,7 +214,8 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules:
     if config.initrd:
         raise ConfigError("command mode builds its own initramfs: leave out --initrd")
     if kvm_system.is_pvm_host():
-        raise HostError(f"command mode needs hardware KVM: {kvm_system.PVM_NO_USER_SPACE}")
+        raise HostError(f"command mode needs hardware KVM: {kvm_system.PVM_NO_USER_SPACE} "
+                        f"(see pyvmm check); {kvm_system.RUN_LINUX_ELSEWHERE}")
     with open(config.kernel, "rb") as stream:
         head = stream.read(1 << 16)
     base = base_archive(modules_for(head, modules))

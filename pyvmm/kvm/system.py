@@ -102,13 +102,12 @@ class Kvm:
         os.close(self.fd)
 
 
-#: Why a Linux guest can't reach user space on a kvm_pvm host and where to run it instead;
-#: one line, said by every refusal (``pyvmm run``, command mode) and by ``pyvmm check``.
-PVM_NO_USER_SPACE = (
-    "/dev/kvm here is kvm_pvm (KVM without hardware virtualization), which emulates a "
-    "Linux guest in software and can't run its user space; run it where KVM is hardware "
-    "(VMX/SVM: see pyvmm check), or from a pyvmm checkout in the rig "
-    "(python3 scripts/rig.py -- pyvmm run ...)")
+#: Why a Linux guest can't reach user space on a kvm_pvm host, and where to run it instead:
+#: said by every refusal (``pyvmm run``, command mode) and by ``pyvmm check``.
+PVM_NO_USER_SPACE = ("/dev/kvm here is kvm_pvm (KVM without hardware virtualization), which "
+                     "emulates a Linux guest in software and can't run its user space")
+RUN_LINUX_ELSEWHERE = ("run it where KVM is hardware (VMX/SVM), or from a pyvmm checkout in "
+                       "the rig: python3 scripts/rig.py -- pyvmm run ...")
 
 
 def is_pvm_host() -> bool:

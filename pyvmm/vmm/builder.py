@@ -113,8 +113,9 @@ def refuse_linux_on_pvm(config: MachineConfig, kernel_image: bytes) -> None:
     """
     if config.cpu_policy == "auto" and config.emulation_assist == "auto" \
             and is_linux(kernel_image) and kvm_system.is_pvm_host():
-        raise HostError(f"{kvm_system.PVM_NO_USER_SPACE}; --cpu compat or --emulation-assist "
-                        "on boot it here anyway, as an experiment")
+        raise HostError(f"{kvm_system.PVM_NO_USER_SPACE} (see pyvmm check); "
+                        f"{kvm_system.RUN_LINUX_ELSEWHERE}; --cpu compat or "
+                        "--emulation-assist on boot it here anyway, as an experiment")
 
 
 def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevice | None,

@@ -127,8 +127,8 @@ def main(argv: list[str]) -> int:
                "--append", CMDLINE]
     why = why_not_here()
     if why is not None:
-        say(f"{re.split(r', which|; |: ', why)[0]}: no hardware KVM here, so the demo runs "
-            "in the rig (scripts/rig.py: QEMU's TCG with SVM KVM inside; about a minute)")
+        say(f"{re.split(r', which|; |: ', why)[0]}; the demo runs in the rig instead: "
+            "QEMU's TCG with SVM KVM inside (scripts/rig.py; about a minute)")
         command = [sys.executable, str(REPO / "scripts" / "rig.py"), "--", *command]
     say("$ " + shlex.join(command))
     if args.dry_run:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from pyvmm.command.initramfs.build import WANTED_MODULES
 from pyvmm.command.initramfs.modules import find_modules
-from pyvmm.errors import PyvmmError
+from pyvmm.errors import SEE_CHECK, PyvmmError
 from pyvmm.kvm import system as kvm_system
 
 #: Device nodes checked by opening them read-write (the way pyvmm or a back end would).
@@ -79,7 +79,7 @@ def _kvm() -> tuple[str | None, tuple[str, ...]]:
     try:
         kvm = kvm_system.Kvm()
     except PyvmmError as error:
-        return str(error), ()
+        return str(error).removesuffix(SEE_CHECK), ()
     try:
         return None, tuple(name for name, capability in
                            kvm_system.REQUIRED_CAPABILITIES.items()
@@ -112,7 +112,7 @@ def _virtiofsd() -> tuple[str | None, str | None]:
     try:
         return find_virtiofsd().path, None
     except PyvmmError as error:
-        return None, str(error)
+        return None, str(error).removesuffix(SEE_CHECK)
 
 
 def _hugepages() -> tuple[int, int, int]:

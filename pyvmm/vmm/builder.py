@@ -23,7 +23,7 @@ from pyvmm.devices.platform import PvPanic, SleepControl
 from pyvmm.devices.serial import Serial
 from pyvmm.devices.virtio.console import ConsoleDevice
 from pyvmm.devices.virtio.device import VirtioDevice
-from pyvmm.errors import ConfigError, HostError, LoaderError
+from pyvmm.errors import SEE_CHECK, ConfigError, HostError, LoaderError
 from pyvmm.vcpu.dispatch import UnknownAccessLog
 from pyvmm.eventloop import EventLoop
 from pyvmm.vcpu.exit_event import ExitEvent
@@ -113,7 +113,7 @@ def refuse_linux_on_pvm(config: MachineConfig, kernel_image: bytes) -> None:
     """
     if config.cpu_policy == "auto" and config.emulation_assist == "auto" \
             and is_linux(kernel_image) and kvm_system.is_pvm_host():
-        raise HostError(f"{kvm_system.PVM_NO_USER_SPACE} (see pyvmm check); "
+        raise HostError(f"{kvm_system.PVM_NO_USER_SPACE}{SEE_CHECK}; "
                         f"{kvm_system.RUN_LINUX_ELSEWHERE}; --cpu compat or "
                         "--emulation-assist on boot it here anyway, as an experiment")
 

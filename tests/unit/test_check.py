@@ -111,3 +111,18 @@ def test_cli_lines_json_and_status(monkeypatch) -> None:
     hardware = report["capabilities"][1]
     assert hardware["name"] == "hardware virtualization" and hardware["ok"] is False
     assert hardware["required"] is True and "scripts/rig.py" in hardware["how"]
+
+
+def test_gathered_facts_of_a_host_without_kvm(monkeypatch, tmp_path) -> None:
+    """The real gathering, with /dev/kvm pointed at nothing: the error, without the
+    "(see pyvmm check)" every other command adds to it."""
+    from pyvmm.check.facts import gather
+
+    monkeypatch.setenv("PYVMM_KVM_DEVICE", str(tmp_path / "kvm"))
+    facts = gather()
+    assert facts.kvm_path == str(tmp_path / "kvm")
+    assert facts.kvm_error is not None and facts.kvm_error.startswith(f"{tmp_path}/kvm does not")
+    assert "pyvmm check" not in facts.kvm_error
+    found = judge(facts)
+    assert not linux_runs(found)
+    assert [c.name for c in found if c.required and not c.ok][0] == str(tmp_path / "kvm")

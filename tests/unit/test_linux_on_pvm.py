@@ -71,6 +71,7 @@ def test_a_tiny_guest_gets_past_the_refusal(pvm_host) -> None:
     result, _ = run(make_bzimage(), pvm_host)
     assert "kvm_pvm" not in result.output
     assert "no-kvm does not exist" in result.output and result.exit_code == 4
+    assert result.output.rstrip().endswith("(see pyvmm check)")
 
 
 @pytest.mark.parametrize("experiment", [["--emulation-assist", "on"], ["--cpu", "compat"],

@@ -21,7 +21,7 @@ import tempfile
 CHILD = r"""
 import json, os, sys, time
 from pyvmm.dump.core import write_core
-from pyvmm.dump.state import VcpuState
+from pyvmm.dump.state import VcpuRegisters
 from pyvmm.memory import GuestMemory
 
 def hwm():
@@ -38,7 +38,7 @@ if dense:
     view.release()
 before = hwm()
 start = time.perf_counter()
-write_core(path, memory, [VcpuState(0, {"rip": 0x100000})])
+write_core(path, memory, [VcpuRegisters(0, {"rip": 0x100000})])
 elapsed = time.perf_counter() - start
 print(json.dumps({"seconds": elapsed, "rss_before": before, "rss_peak": hwm(),
                   "file_blocks": os.stat(path).st_blocks * 512}))

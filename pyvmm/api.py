@@ -31,7 +31,7 @@ from pyvmm.memory import GuestMemory
 from pyvmm.vcpu.runner import ensure_kick_handler
 
 if TYPE_CHECKING:
-    from pyvmm.dump.state import VcpuState
+    from pyvmm.dump.state import VcpuRegisters
 
 __all__ = ["Machine", "Outcome", "Console", "run_command"]
 
@@ -154,7 +154,7 @@ class Machine:
         self._check_open()
         return self._machine.memory
 
-    def registers(self, cpu: int = 0) -> VcpuState:
+    def registers(self, cpu: int = 0) -> VcpuRegisters:
         """vCPU ``cpu``'s registers (``.regs['rip']``, ``.control['cr3']``, ...).
 
         A running guest is paused for the read, as for a live dump.
@@ -215,13 +215,15 @@ def run_command(cmd: str | Sequence[str], *, input: bytes | str = b"",
     """
     from pyvmm.command.run import FAILED, Streams
     from pyvmm.command.run import run_command as run_in_guest
+    from pyvmm.config.command import CommandOptions
 
     argv = ("sh", "-c", cmd) if isinstance(cmd, str) else tuple(cmd)
     config = config_from_options(timeout=timeout, **options)
     stdout, stderr = bytearray(), bytearray()
     streams = Streams(stdout=stdout.extend, stderr=stderr.extend,
                       stdin=input.encode() if isinstance(input, str) else bytes(input))
-    status = run_in_guest(config, argv, rw, modules, options.get("append"), False, user, streams)
+    status = run_in_guest(config, argv, CommandOptions(rw=rw, modules=modules, user=user),
+                          user_append=options.get("append"), streams=streams)
     if streams.error is not None:
         stderr += streams.error.encode() + b"\n"
     if status == FAILED and streams.reason is not None and streams.reason.kind == "timeout":

@@ -103,7 +103,7 @@ FADT_LENGTH = HEADER.size + FADT_BODY.size  # 276
 
 
 @dataclass(frozen=True)
-class VirtioSlot:
+class VirtioWindow:
     base: int
     size: int
     irq: int
@@ -114,7 +114,7 @@ class AcpiPlatform:
     """What the tables describe."""
 
     cpus: int
-    virtio: tuple[VirtioSlot, ...] = ()
+    virtio: tuple[VirtioWindow, ...] = ()
     serial_port: int = layout.COM1_PORT
     serial_irq: int = layout.COM1_IRQ
     pvpanic_port: int | None = layout.PVPANIC_PORT

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pyvmm.command.initramfs.build import WANTED_MODULES
 from pyvmm.command.initramfs.modules import find_modules
 from pyvmm.errors import SEE_CHECK, PyvmmError
+from pyvmm.host import environment
 from pyvmm.kvm import system as kvm_system
 
 #: Device nodes checked by opening them read-write (the way pyvmm or a back end would).
@@ -63,7 +64,7 @@ def gather() -> HostFacts:
     total, free, size = _hugepages()
     release, modules, missing_modules = _modules()
     return HostFacts(
-        kvm_path=os.environ.get("PYVMM_KVM_DEVICE", "/dev/kvm"),
+        kvm_path=environment.KVM_DEVICE.get(),
         kvm_error=kvm_error,
         kvm_modules=frozenset(m for m in KVM_MODULES if os.path.isdir(f"/sys/module/{m}")),
         cpu_virtualization=_cpu_flags(),

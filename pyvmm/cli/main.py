@@ -15,15 +15,19 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pyvmm import __version__
 from pyvmm.cli.reporting import reports_errors
-from pyvmm.cli.options import effective_config, machine_options
+from pyvmm.cli.options import (command_options, command_options_given, effective_config,
+                               machine_options)
 from pyvmm.errors import PyvmmError
 from pyvmm.exitstatus import ExitStatus
+
+if TYPE_CHECKING:
+    from pyvmm.config.command import CommandOptions
 
 #: Subcommands imported on first use: name -> (module, attribute).
 _LAZY_COMMANDS = {"inspect": ("pyvmm.cli.inspect", "inspect"),
@@ -98,20 +102,12 @@ def main() -> None:
               flag_value="text", default=None,
               help="At exit, print start-up times and vCPU exits by kind and port/address "
                    "with the time serving them to stderr (--stats=json: one JSON line).")
-@click.option("--rw", is_flag=True,
-              help="Command mode: the guest writes through to the host's files (default: "
-                   "a tmpfs overlay keeps its writes).")
-@click.option("--modules", type=click.Path(file_okay=False), metavar="DIR",
-              help="Command mode: kernel modules to carry (default /lib/modules/RELEASE of "
-                   "the kernel, when it exists).")
-@click.option("--user", "-u", metavar="NAME|UID[:GID]",
-              help="Command mode: run the command as this user (default: you).")
+@command_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @reports_errors
-def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None, rw: bool,
-        modules: str | None, user: str | None, command: tuple[str, ...],
-        **params: Any) -> None:
+def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None,
+        command: tuple[str, ...], **params: Any) -> None:
     """Boot a kernel and show its serial console; or, given a COMMAND, run it.
 
     \b
@@ -129,8 +125,9 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None, rw
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="pyvmm: %(message)s", stream=sys.stderr)
+    command_mode = command_options_given(params)
     if command:
-        _run_command(ctx, params, command, rw, modules, verbose, user)
+        _run_command(ctx, params, command, command_mode, verbose)
     run_stats = None
     if stats:
         from pyvmm import IMPORTED_AT, IMPORTED_CPU
@@ -167,7 +164,7 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None, rw
 
 
 def _run_command(ctx: click.Context, params: dict[str, Any], command: tuple[str, ...],
-                 rw: bool, modules: str | None, verbose: bool, user: str | None) -> None:
+                 options: CommandOptions, verbose: bool) -> None:
     """Command mode: exit with the command's status, or 255 and one line."""
     from pyvmm.command.run import FAILED, run_command
 
@@ -175,7 +172,8 @@ def _run_command(ctx: click.Context, params: dict[str, Any], command: tuple[str,
         config = effective_config(ctx, params)
         user_append = params.get("cmdline") if ctx.get_parameter_source("cmdline") == \
             click.core.ParameterSource.COMMANDLINE else None
-        status = run_command(config, command, rw, modules, user_append, verbose, user)
+        status = run_command(config, command, options, user_append=user_append,
+                             verbose=verbose)
     except PyvmmError as error:
         click.echo(f"pyvmm: error: {error}", err=True)
         status = FAILED

@@ -1,7 +1,8 @@
 """The machine's click options, made from ``machine_options()``, and the config they give.
 
 ``machine_options`` (the decorator) adds one click option per schema option
-to ``pyvmm run`` and ``pyvmm config show``; ``effective_config`` layers the
+to ``pyvmm run`` and ``pyvmm config show``, ``command_options`` those of
+command mode to ``pyvmm run``; ``effective_config`` layers the
 dataclass defaults, the ``--config`` file and the command line.  Building
 the options is a loop over about twenty declarations at import, as cheap as
 writing them out was.
@@ -13,10 +14,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
+from pyvmm.config.command import CommandOptions
+from pyvmm.config.command import command_options as command_schema
 from pyvmm.config.machine import MachineConfig, Option, check_values
 from pyvmm.config.machine import machine_options as schema
-from pyvmm.config.values import (BadValue, ChoiceKind, CountKind, EventsKind, Kind, PathKind,
-                                 SecondsKind, SizeKind, SwitchKind)
+from pyvmm.config.values import (BadValue, ChoiceKind, CountKind, DirectoryKind, EventsKind,
+                                 Kind, PathKind, SecondsKind, SizeKind, SwitchKind)
 from pyvmm.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,14 +45,16 @@ class _KindType(click.ParamType):
 def _click_settings(option: Option) -> dict[str, Any]:
     """click's type and flags for an option: what its usage and errors look like."""
     kind = option.kind
-    if isinstance(kind, SwitchKind):
-        return {"default": None}
+    if isinstance(kind, SwitchKind):  # --x/--no-x: None unless given; a lone --x is a flag
+        return {"default": None} if "/" in option.flags[0] else {"is_flag": True}
     if isinstance(kind, EventsKind):
         return {"type": click.Choice(kind.choices), "multiple": True}
     if option.multiple:
         return {"multiple": True}
     if isinstance(kind, ChoiceKind):
         return {"type": click.Choice(kind.choices)}
+    if isinstance(kind, DirectoryKind):
+        return {"type": click.Path(file_okay=False)}
     if isinstance(kind, PathKind):
         return {"type": click.Path(dir_okay=False)}
     if isinstance(kind, CountKind):
@@ -61,14 +66,30 @@ def _click_settings(option: Option) -> dict[str, Any]:
     return {}
 
 
-def machine_options(command: Callable) -> Callable:
-    """The options that describe a machine, shared by ``run`` and ``config show``."""
-    for option in reversed(schema()):
+def _add_options(command: Callable, options: tuple[Option, ...]) -> Callable:
+    for option in reversed(options):
         command = click.option(*option.flags, option.field, help=option.help,
                                metavar=option.metavar, **_click_settings(option))(command)
+    return command
+
+
+def machine_options(command: Callable) -> Callable:
+    """The options that describe a machine, shared by ``run`` and ``config show``."""
+    command = _add_options(command, schema())
     return click.option("--config", "config_file", type=click.Path(dir_okay=False),
                         help="A machine config file (TOML); options given here "
                              "override it.")(command)
+
+
+def command_options(command: Callable) -> Callable:
+    """Command mode's options (``pyvmm run``): each a keyword of the command."""
+    return _add_options(command, command_schema())
+
+
+def command_options_given(params: dict[str, Any]) -> CommandOptions:
+    """The ``CommandOptions`` of the values ``command_options`` put in ``params`` (taken out)."""
+    return CommandOptions(**{option.field: params.pop(option.field)
+                             for option in command_schema()})
 
 
 class _CommandLine:

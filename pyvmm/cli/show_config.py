@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from pyvmm.config.machine import MachineConfig, TablesKind, machine_options
+from pyvmm.config.machine import MachineConfig, machine_options
+from pyvmm.config.tables import TablesKind
 from pyvmm.vmm.virtio_slots import plan_virtio_slots
 
 

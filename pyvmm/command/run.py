@@ -24,7 +24,10 @@ import threading
 from typing import Callable, Iterator
 
 from pyvmm.vmm.builder import build_machine
-from pyvmm.config.machine import MachineConfig, ShareConfig
+from pyvmm.config.command import CommandOptions
+from pyvmm.config.machine import MachineConfig
+from pyvmm.host import environment
+from pyvmm.config.tables import ShareConfig
 from pyvmm.console.host import HostConsole
 from pyvmm.devices.virtio.ports import Port, PortsDevice
 from pyvmm.errors import SEE_CHECK, ConfigError, HostError, PyvmmError
@@ -114,13 +117,17 @@ class Streams:
         def keep_status(view: memoryview) -> None:
             self.status += bytes(view)[:max(0, STATUS_LIMIT - len(self.status))]
 
-        self.device = PortsDevice([Port(PORT_NAMES[STDIN]),
-                                   Port(PORT_NAMES[STDOUT], stdout or _fd_writer(1)),
-                                   Port(PORT_NAMES[STDERR], stderr or _fd_writer(2)),
-                                   Port(PORT_NAMES[STATUS], keep_status)])
+        #: What the machine's stream ports device is made of (one port per stream).
+        self.ports = (Port(PORT_NAMES[STDIN]),
+                      Port(PORT_NAMES[STDOUT], stdout or _fd_writer(1)),
+                      Port(PORT_NAMES[STDERR], stderr or _fd_writer(2)),
+                      Port(PORT_NAMES[STATUS], keep_status))
+        self.device: PortsDevice | None = None
 
-    def start_stdin(self) -> None:
-        threading.Thread(target=self._feed, name="stdin", daemon=True).start()
+    def start_stdin(self, device: PortsDevice) -> None:
+        """Feed the command's input to ``device``, the machine's ports made from ``ports``."""
+        self.device = device
+        threading.Thread(target=self._feed, args=(device,), name="stdin", daemon=True).start()
 
     def _chunks(self) -> Iterator[bytes]:
         if self._stdin is not None:
@@ -129,16 +136,16 @@ class Streams:
         while data := os.read(0, 65536):
             yield data
 
-    def _feed(self) -> None:
+    def _feed(self, device: PortsDevice) -> None:
         try:
             for data in self._chunks():
                 if data:
-                    self.device.enqueue_input(STDIN, data)
+                    device.enqueue_input(STDIN, data)
         except OSError:
             pass  # no stdin, or it failed: the guest sees end of file
         except PyvmmError:
             return  # the guest broke its queue; the transport reports it
-        self.device.end_input(STDIN)
+        device.end_input(STDIN)
 
     def outcome(self) -> tuple[int | None, str | None]:
         """(the command's status, or an error the guest's init reported)."""
@@ -154,7 +161,7 @@ class Streams:
 def make_job(argv: tuple[str, ...], rw: bool, shares: tuple[ShareConfig, ...],
              user: str | None = None) -> Job:
     """The job: the caller's directory, identity and environment (or ``user``'s)."""
-    env = dict((name, os.environ[name]) for name in CARRIED_ENV if name in os.environ)
+    env = environment.carried(CARRIED_ENV)
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
     uid, gid = os.geteuid(), os.getegid()
     groups = tuple(g for g in os.getgroups() if g != gid)
@@ -203,13 +210,15 @@ def command_config(config: MachineConfig, rw: bool, initrd: str, user_append: st
                                virtio_console=False)
 
 
-def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules: str | None,
-                user_append: str | None, verbose: bool, user: str | None = None,
+def run_command(config: MachineConfig, argv: tuple[str, ...], options: CommandOptions, *,
+                user_append: str | None = None, verbose: bool = False,
                 streams: Streams | None = None) -> int:
     """Run ``argv`` in a guest; return its status (255 and a line on stderr if we fail first).
 
-    ``streams`` given (the library): its input and writers instead of our fds,
-    pyvmm's error line in ``streams.error``, and no signal handlers.
+    ``user_append`` is what the user added to the kernel command line;
+    ``verbose`` shows the guest's kernel log.  ``streams`` given (the
+    library): its input and writers instead of our fds, pyvmm's error line in
+    ``streams.error``, and no signal handlers.
     """
     if config.initrd:
         raise ConfigError("command mode builds its own initramfs: leave out --initrd")
@@ -218,8 +227,8 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules:
                         f"{SEE_CHECK}; {kvm_system.RUN_LINUX_ELSEWHERE}")
     with open(config.kernel, "rb") as stream:
         head = stream.read(1 << 16)
-    base = base_archive(modules_for(head, modules))
-    job = make_job(argv, rw, config.shares, user)
+    base = base_archive(modules_for(head, options.modules))
+    job = make_job(argv, options.rw, config.shares, options.user)
     private = tempfile.mkdtemp(prefix="pyvmm-run-")
     console = LogConsole(verbose)
     try:
@@ -229,7 +238,7 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules:
         with os.fdopen(fd, "wb") as stream:
             stream.write(base)
             stream.write(job_archive(job))
-        machine_config = command_config(config, rw, initrd, user_append)
+        machine_config = command_config(config, options.rw, initrd, user_append)
         return _run(machine_config, console, streams)
     finally:
         console.close()
@@ -238,8 +247,10 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], rw: bool, modules:
 
 def _run(config: MachineConfig, console: LogConsole, library: Streams | None) -> int:
     streams = library or Streams()
-    machine = build_machine(config, console, streams.device)
-    streams.start_stdin()
+    machine = build_machine(config, console, streams.ports)
+    device = machine.virtio_device(PortsDevice)
+    assert device is not None  # config.stdio_ports
+    streams.start_stdin(device)
     with signals_stop(machine) if library is None else contextlib.nullcontext():
         reason = machine.run()
     machine.close()

@@ -16,20 +16,14 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Protocol
 
-from pyvmm.arch.x86_64.layout import MAX_CPUS
-from pyvmm.config.tables import (CACHE_MODES, DriveConfig, ShareConfig, TablesKind,
-                                 parse_drive, parse_share, table_keys)
-from pyvmm.config.values import (MAX_MEMORY, MAX_TIMEOUT, MIN_MEMORY, BadValue, ChoiceKind,
-                                 CountKind, EventsKind, Kind, PathKind, SecondsKind, SizeKind,
-                                 SwitchKind, memory_problem, parse_size, size_name,
-                                 timeout_problem)
+from pyvmm.config.tables import DriveConfig, ShareConfig, TablesKind, parse_drive, parse_share
+from pyvmm.config.values import (BadValue, ChoiceKind, CountKind, EventsKind, Kind, PathKind,
+                                 SecondsKind, SizeKind, SwitchKind)
 from pyvmm.errors import ConfigError
+from pyvmm.limits import MAX_CPUS
 
-__all__ = ["MachineConfig", "DriveConfig", "ShareConfig", "Option", "machine_options",
-           "config_from_options", "check_values", "parse_drive", "parse_share", "parse_size",
-           "size_name", "memory_problem", "timeout_problem", "MIN_MEMORY",
-           "MAX_MEMORY", "MAX_TIMEOUT", "BadValue", "ConfigError", "CACHE_MODES", "TablesKind",
-           "table_keys"]
+__all__ = ["MachineConfig", "Option", "option_metadata", "options_of", "machine_options",
+           "config_from_options", "check_values"]
 
 #: The guest command line used when --append is not given.
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k"
@@ -64,14 +58,14 @@ class Option(NamedTuple):
     multiple: bool = False
 
 
-def _option(*flags: str, help: str, kind: Kind | None = None, name: str = "",
+def option_metadata(*flags: str, help: str, kind: Kind | None = None, name: str = "",
             toml: str = "", metavar: str | None = None, multiple: bool = False) -> dict:
     """Field metadata declaring an option; the field gives its attribute and default."""
     return {"option": dict(flags=flags, help=help, kind=kind or Kind(), name=name, toml=toml,
                            metavar=metavar, multiple=multiple)}
 
 
-#: vCPUs: xAPIC IDs are 8 bits (see pyvmm.arch.x86_64.layout).
+#: vCPUs: xAPIC IDs are 8 bits (see pyvmm.limits).
 _CPUS = CountKind(1, MAX_CPUS, "a machine needs at least one vCPU",
                   f"the platform describes at most {MAX_CPUS} vCPUs (8-bit xAPIC IDs)")
 
@@ -80,35 +74,35 @@ _CPUS = CountKind(1, MAX_CPUS, "a machine needs at least one vCPU",
 class MachineConfig:
     """Everything ``pyvmm run`` needs to build and run one VM."""
 
-    kernel: str = field(metadata=_option(
+    kernel: str = field(metadata=option_metadata(
         "--kernel", "-k", kind=PathKind(),
         help="Kernel to boot: a bzImage, or an ELF vmlinux with a PVH entry."))
-    initrd: str | None = field(default=None, metadata=_option(
+    initrd: str | None = field(default=None, metadata=option_metadata(
         "--initrd", "-i", kind=PathKind(),
         help="Initial ramdisk (e.g. a cpio archive) handed to the kernel."))
-    cmdline: str = field(default=DEFAULT_CMDLINE, metadata=_option(
+    cmdline: str = field(default=DEFAULT_CMDLINE, metadata=option_metadata(
         "--append", "-a", name="append", metavar="CMDLINE",
         help=f"Kernel command line (default: {DEFAULT_CMDLINE!r})."))
-    memory: int = field(default=512 << 20, metadata=_option(
+    memory: int = field(default=512 << 20, metadata=option_metadata(
         "--memory", "-m", kind=SizeKind(), metavar="SIZE",
         help="Guest RAM, e.g. 512M or 2G (a bare number is MiB; default 512M)."))
-    cpus: int = field(default=1, metadata=_option(
+    cpus: int = field(default=1, metadata=option_metadata(
         "--cpus", "-c", kind=_CPUS, help="Number of vCPUs (default 1)."))
-    timeout: float | None = field(default=None, metadata=_option(
+    timeout: float | None = field(default=None, metadata=option_metadata(
         "--timeout", "-t", kind=SecondsKind(), metavar="SECONDS",
         help="Stop the guest after SECONDS and exit 124."))
-    cpu_policy: str = field(default="auto", metadata=_option(
+    cpu_policy: str = field(default="auto", metadata=option_metadata(
         "--cpu", name="cpu", kind=ChoiceKind(CPU_POLICIES),
         help="CPU features shown to the guest: host (all KVM supports), compat "
              "(hide what software emulation can't run), auto (default: compat "
              "on a kvm_pvm host, else host)."))
-    drives: tuple[DriveConfig, ...] = field(default=(), metadata=_option(
+    drives: tuple[DriveConfig, ...] = field(default=(), metadata=option_metadata(
         "--drive", "-d", toml="drive", metavar="SPEC", multiple=True,
         kind=TablesKind(DriveConfig, parse_drive),
         help="A virtio-block disk: path=IMG[,readonly=on][,cache=none|writeback]"
              "[,serial=ID].  Repeat for vda, vdb, ..."))
     #: Host directories given to the guest over virtio-fs (vhost-user, virtiofsd).
-    shares: tuple[ShareConfig, ...] = field(default=(), metadata=_option(
+    shares: tuple[ShareConfig, ...] = field(default=(), metadata=option_metadata(
         "--share", toml="share", metavar="DIR[,tag=NAME][,ro]", multiple=True,
         kind=TablesKind(ShareConfig, parse_share),
         help="Give the guest a host directory over virtio-fs (a virtiofsd per "
@@ -117,32 +111,32 @@ class MachineConfig:
     #: A multiport virtio console carrying the command mode's stdin/stdout/stderr
     #: (set by command mode, not an option).
     stdio_ports: bool = False
-    virtio_console: bool = field(default=True, metadata=_option(
+    virtio_console: bool = field(default=True, metadata=option_metadata(
         "--virtio-console/--no-virtio-console", kind=SwitchKind(),
         help="Give the guest a virtio console, hvc0 (default on); with "
              "console=hvc0 on the command line it takes the terminal."))
-    virtio_announce: str = field(default="both", metadata=_option(
+    virtio_announce: str = field(default="both", metadata=option_metadata(
         "--virtio-announce", kind=ChoiceKind(VIRTIO_ANNOUNCE),
         help="How the guest learns of virtio devices: the kernel command line "
              "(virtio_mmio.device=, needs VIRTIO_MMIO_CMDLINE_DEVICES), the ACPI "
              "DSDT, or both (default)."))
-    acpi: bool = field(default=True, metadata=_option(
+    acpi: bool = field(default=True, metadata=option_metadata(
         "--acpi/--no-acpi", kind=SwitchKind(),
         help="Give the guest ACPI tables (default on): CPUs, devices, poweroff."))
-    dump: str | None = field(default=None, metadata=_option(
+    dump: str | None = field(default=None, metadata=option_metadata(
         "--dump", kind=PathKind(),
         help="Write an ELF core of the guest (as QEMU's dump-guest-memory) "
              "here; read it with 'pyvmm inspect'."))
-    dump_on: tuple[str, ...] = field(default=(), metadata=_option(
+    dump_on: tuple[str, ...] = field(default=(), metadata=option_metadata(
         "--dump-on", kind=EventsKind(DUMP_EVENTS), multiple=True,
         help="When to dump (repeatable; default panic and timeout): guest "
              "panic / triple fault / KVM failure, any exit, SIGUSR1 (live), "
              "--timeout."))
-    control: str | None = field(default=None, metadata=_option(
+    control: str | None = field(default=None, metadata=option_metadata(
         "--control", kind=PathKind(),
         help="Listen on this unix socket for live dumps "
              "('pyvmm inspect summary SOCKET' reads the running guest)."))
-    emulation_assist: str = field(default="auto", metadata=_option(
+    emulation_assist: str = field(default="auto", metadata=option_metadata(
         "--emulation-assist", kind=ChoiceKind(EMULATION_ASSIST),
         help="After KVM's software emulator fails on int3 or fwait, carry "
              "them out in pyvmm (inject #BP / skip) and go on (default auto: "
@@ -157,11 +151,10 @@ class MachineConfig:
             object.__setattr__(self, "dump_on", DEFAULT_DUMP_EVENTS)
 
 
-@functools.cache
-def machine_options() -> tuple[Option, ...]:
-    """Every option of a machine, in ``pyvmm run --help`` order."""
+def options_of(schema: type) -> tuple[Option, ...]:
+    """The options a dataclass declares with ``option_metadata``, in field order."""
     options = []
-    for f in dataclasses.fields(MachineConfig):
+    for f in dataclasses.fields(schema):
         if "option" in f.metadata:
             spec = dict(f.metadata["option"])
             spec["name"] = spec["name"] or f.name
@@ -169,6 +162,12 @@ def machine_options() -> tuple[Option, ...]:
             default = None if f.default is dataclasses.MISSING else f.default
             options.append(Option(field=f.name, default=default, **spec))
     return tuple(options)
+
+
+@functools.cache
+def machine_options() -> tuple[Option, ...]:
+    """Every option of a machine, in ``pyvmm run --help`` order."""
+    return options_of(MachineConfig)
 
 
 if TYPE_CHECKING:  # a type only: a Protocol class costs start-up time to make

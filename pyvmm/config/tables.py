@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from pyvmm.config.values import (OFF, ON, BadValue, ChoiceKind, Kind, PathKind, SwitchKind,
                                  TextKind)
 from pyvmm.errors import ConfigError
+from pyvmm.limits import FS_TAG_BYTES, FS_TAG_FORBIDDEN
 
 #: Values of ``cache=`` in --drive: page-cache writeback, or O_DIRECT.
 CACHE_MODES = ("writeback", "none")
@@ -45,7 +46,7 @@ class ShareConfig:
 
     path: str = field(metadata=_key("the host directory", PathKind()))
     tag: str = field(metadata=_key("the virtio-fs tag (default share0, share1, ...)",
-                                   TextKind(36, min_bytes=1)))
+                                   TextKind(FS_TAG_BYTES, 1, FS_TAG_FORBIDDEN)))
     readonly: bool = field(default=False, metadata=_key("the guest can't write", SwitchKind()))
 
 
@@ -181,6 +182,7 @@ def parse_share(text: str, index: int = 0) -> ShareConfig:
             readonly = False
         else:
             raise ConfigError(f"--share {text!r}: unknown option {option!r} (tag=NAME, ro)")
-    if table_keys(ShareConfig)["tag"].problem(tag):
-        raise ConfigError(f"--share {text!r}: the tag must be 1 to 36 bytes")
+    problem = table_keys(ShareConfig)["tag"].problem(tag)
+    if problem:
+        raise ConfigError(f"--share {text!r}: tag {tag!r}: {problem}")
     return ShareConfig(path, tag, readonly)

@@ -39,7 +39,8 @@ import re
 import tomllib
 from typing import Any
 
-from pyvmm.config.machine import Option, TablesKind, check_values, machine_options, table_keys
+from pyvmm.config.machine import Option, check_values, machine_options
+from pyvmm.config.tables import TablesKind, table_keys
 from pyvmm.config.values import BadValue, Kind
 from pyvmm.errors import ConfigError
 from pyvmm.host.inputfile import read_input

@@ -121,6 +121,10 @@ class PathKind(Kind):
         return os.path.join(base, os.path.expanduser(self.from_value(value)))
 
 
+class DirectoryKind(PathKind):
+    """A host directory (the command line refuses a file there)."""
+
+
 class SizeKind(Kind):
     """Bytes, given as ``512M`` / ``2G`` / a number of MiB; a Python int is bytes."""
 
@@ -236,12 +240,15 @@ class SwitchKind(Kind):
 
 
 class TextKind(Kind):
-    """Text of at most ``max_bytes`` UTF-8 bytes (and at least ``min_bytes``)."""
+    """Text of at most ``max_bytes`` UTF-8 bytes (at least ``min_bytes``), none of ``forbidden``."""
 
-    def __init__(self, max_bytes: int, min_bytes: int = 0) -> None:
-        self.max_bytes, self.min_bytes = max_bytes, min_bytes
+    def __init__(self, max_bytes: int, min_bytes: int = 0, forbidden: str = "") -> None:
+        self.max_bytes, self.min_bytes, self.forbidden = max_bytes, min_bytes, forbidden
 
     def problem(self, value: Any) -> str | None:
+        bad = [char for char in self.forbidden if char in value]
+        if bad:
+            return f"holds {bad[0]!r}"
         if len(value.encode()) > self.max_bytes:
             return f"longer than {self.max_bytes} bytes"
         if len(value.encode()) < self.min_bytes:

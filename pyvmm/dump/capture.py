@@ -6,7 +6,7 @@ import logging
 import time
 
 from pyvmm.dump.core import write_core
-from pyvmm.dump.state import VcpuState
+from pyvmm.dump.state import VcpuRegisters
 from pyvmm.exitstatus import StopReason
 
 log = logging.getLogger(__name__)
@@ -24,9 +24,9 @@ def wanted(dump_on: tuple[str, ...], reason: StopReason) -> bool:
     return "timeout" in dump_on and reason.kind == "timeout"
 
 
-def vcpu_states(vcpus) -> list[VcpuState]:
+def vcpu_states(vcpus) -> list[VcpuRegisters]:
     """Registers of stopped (or paused) vCPUs, as the dump stores them."""
-    return [VcpuState.from_kvm(v.id, v.get_regs(), v.get_sregs()) for v in vcpus]
+    return [VcpuRegisters.from_kvm(v.id, v.get_regs(), v.get_sregs()) for v in vcpus]
 
 
 def dump_machine(path: str, memory, vcpus, reason: StopReason | None) -> float:

@@ -26,7 +26,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import NoteSegment
 
 from pyvmm.dump import DumpError
-from pyvmm.dump.state import GENERAL, Segment, VcpuState
+from pyvmm.dump.state import GENERAL, CoreSegment, VcpuRegisters
 from pyvmm.host.inputfile import open_input
 
 ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
@@ -60,21 +60,21 @@ def _note(name: bytes, kind: int, desc: bytes) -> bytes:
     return NOTE_HEADER.pack(len(name), len(desc), kind) + pad(name) + pad(desc)
 
 
-def _prstatus(vcpu: VcpuState) -> bytes:
+def _prstatus(vcpu: VcpuRegisters) -> bytes:
     values = dict(vcpu.regs)
     values["orig_rax"] = values.get("rax", 0)
     for name in ("cs", "ss", "ds", "es", "fs", "gs"):
-        values[name] = vcpu.segments.get(name, Segment()).selector
-    values["fs_base"] = vcpu.segments.get("fs", Segment()).base
-    values["gs_base"] = vcpu.segments.get("gs", Segment()).base
+        values[name] = vcpu.segments.get(name, CoreSegment()).selector
+    values["fs_base"] = vcpu.segments.get("fs", CoreSegment()).base
+    values["gs_base"] = vcpu.segments.get("gs", CoreSegment()).base
     return PRSTATUS.pack(0, 0, 0, vcpu.index + 1, 0, 0, 0,
                          *(values.get(name, 0) for name in PR_REG_ORDER), 0)
 
 
-def _qemu_state(vcpu: VcpuState) -> bytes:
+def _qemu_state(vcpu: VcpuRegisters) -> bytes:
     segments = b"".join(
         QEMU_SEGMENT.pack(s.selector, s.limit & 0xFFFFFFFF, s.flags, 0, s.base)
-        for s in (vcpu.segments.get(n, Segment()) for n in QEMU_SEGMENT_ORDER))
+        for s in (vcpu.segments.get(n, CoreSegment()) for n in QEMU_SEGMENT_ORDER))
     segments += QEMU_SEGMENT.pack(0, vcpu.gdt[1], 0, 0, vcpu.gdt[0])
     segments += QEMU_SEGMENT.pack(0, vcpu.idt[1], 0, 0, vcpu.idt[0])
     general = (vcpu.regs.get(n, 0) for n in GENERAL)
@@ -82,7 +82,7 @@ def _qemu_state(vcpu: VcpuState) -> bytes:
     return QEMU_CPU_STATE.pack(1, QEMU_CPU_STATE.size, *general, segments, *control, 0)
 
 
-def build_notes(vcpus: Iterable[VcpuState], note: dict | None) -> bytes:
+def build_notes(vcpus: Iterable[VcpuRegisters], note: dict | None) -> bytes:
     notes = b""
     for vcpu in vcpus:
         notes += _note(b"CORE", NT_PRSTATUS, _prstatus(vcpu))
@@ -92,7 +92,7 @@ def build_notes(vcpus: Iterable[VcpuState], note: dict | None) -> bytes:
     return notes
 
 
-def write_core(path: str, memory, vcpus: list[VcpuState], note: dict | None = None) -> int:
+def write_core(path: str, memory, vcpus: list[VcpuRegisters], note: dict | None = None) -> int:
     """Write ``memory`` (a GuestMemory) and ``vcpus`` as an ELF core; return its size."""
     notes = build_notes(vcpus, note)
     regions = list(memory.regions)
@@ -184,7 +184,7 @@ class CoreDump:
         finally:
             os.close(fd)
         self.ranges: list[LoadRange] = []
-        self.vcpus: list[VcpuState] = []
+        self.vcpus: list[VcpuRegisters] = []
         self.note: dict = {}
         self._parse()
 
@@ -269,17 +269,17 @@ def _pyvmm_note(desc: bytes) -> dict:
     return note if isinstance(note, dict) else {}
 
 
-def _vcpu_from_qemu(index: int, desc: bytes) -> VcpuState:
+def _vcpu_from_qemu(index: int, desc: bytes) -> VcpuRegisters:
     fields = QEMU_CPU_STATE.unpack_from(desc, 0)
     general = dict(zip(GENERAL, fields[2:20]))
     raw_segments = fields[20]
     segments = {}
     for i, name in enumerate(QEMU_SEGMENT_ORDER):
         selector, limit, flags, _, base = QEMU_SEGMENT.unpack_from(raw_segments, i * 24)
-        segments[name] = Segment(selector, base, limit, flags)
+        segments[name] = CoreSegment(selector, base, limit, flags)
     _, gdt_limit, _, _, gdt_base = QEMU_SEGMENT.unpack_from(raw_segments, 8 * 24)
     _, idt_limit, _, _, idt_base = QEMU_SEGMENT.unpack_from(raw_segments, 9 * 24)
     cr = fields[21:26]
     control = {"cr0": cr[0], "cr2": cr[2], "cr3": cr[3], "cr4": cr[4]}
-    return VcpuState(index, general, segments, control, (gdt_base, gdt_limit),
+    return VcpuRegisters(index, general, segments, control, (gdt_base, gdt_limit),
                      (idt_base, idt_limit))

@@ -12,7 +12,9 @@ CONTROL = ("cr0", "cr2", "cr3", "cr4", "efer")
 
 
 @dataclass
-class Segment:
+class CoreSegment:
+    """A segment register as a core dump records it (selector, base, limit, attributes)."""
+
     selector: int = 0
     base: int = 0
     limit: int = 0
@@ -21,25 +23,25 @@ class Segment:
 
 
 @dataclass
-class VcpuState:
+class VcpuRegisters:
     """General, segment, table and control registers of one vCPU."""
 
     index: int
     regs: dict[str, int] = field(default_factory=dict)
-    segments: dict[str, Segment] = field(default_factory=dict)
+    segments: dict[str, CoreSegment] = field(default_factory=dict)
     control: dict[str, int] = field(default_factory=dict)
     gdt: tuple[int, int] = (0, 0)  # base, limit
     idt: tuple[int, int] = (0, 0)
 
     @classmethod
-    def from_kvm(cls, index: int, regs: dict[str, int], sregs: dict[str, Any]) -> "VcpuState":
+    def from_kvm(cls, index: int, regs: dict[str, int], sregs: dict[str, Any]) -> "VcpuRegisters":
         segments = {}
         for name in SEGMENTS:
             s = sregs[name]
             flags = (s["type"] << 8) | (s["s"] << 12) | (s["dpl"] << 13) | \
                 (s["present"] << 15) | (s["avl"] << 20) | (s["l"] << 21) | \
                 (s["db"] << 22) | (s["g"] << 23)
-            segments[name] = Segment(s["selector"], s["base"], s["limit"], flags)
+            segments[name] = CoreSegment(s["selector"], s["base"], s["limit"], flags)
         return cls(index=index, regs={k: regs.get(k, 0) for k in GENERAL},
                    segments=segments,
                    control={k: sregs.get(k, 0) for k in CONTROL},

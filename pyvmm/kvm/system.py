@@ -6,6 +6,7 @@ import errno
 import os
 
 from pyvmm.errors import SEE_CHECK, HostError
+from pyvmm.host import environment
 from pyvmm.kvm._ffi import ffi, ioctl, ioctl_value, lib
 from pyvmm.kvm.vm import Vm
 
@@ -34,8 +35,7 @@ class Kvm:
     """An open /dev/kvm whose API version and capabilities were checked."""
 
     def __init__(self, path: str | None = None) -> None:
-        # PYVMM_KVM_DEVICE lets tests (and odd hosts) name another device node.
-        path = path or os.environ.get("PYVMM_KVM_DEVICE", "/dev/kvm")
+        path = path or environment.KVM_DEVICE.get()
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -51,7 +51,7 @@ class RunnableVcpu(Protocol):
     def request_exit(self) -> None: ...
 
 
-class VcpuState(enum.Enum):
+class VcpuPhase(enum.Enum):
     CREATED = "created"
     RUNNING = "running"
     PAUSED = "paused"
@@ -87,13 +87,13 @@ class VcpuRunner:
         self._exit_event = exit_event
         self._on_exit = on_exit
         self._cond = threading.Condition()
-        self._state = VcpuState.CREATED
+        self._state = VcpuPhase.CREATED
         self._want_pause = False
         self._want_stop = False
         self._thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.id}", daemon=True)
 
     @property
-    def state(self) -> VcpuState:
+    def state(self) -> VcpuPhase:
         return self._state
 
     # -- events (any thread) --------------------------------------------------------
@@ -129,7 +129,7 @@ class VcpuRunner:
             except ProcessLookupError:
                 pass
 
-    def wait_for(self, states: tuple[VcpuState, ...], timeout: float) -> bool:
+    def wait_for(self, states: tuple[VcpuPhase, ...], timeout: float) -> bool:
         """Whether the thread reached one of ``states`` within ``timeout`` (kicking it)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -144,21 +144,21 @@ class VcpuRunner:
 
     def join(self, timeout: float) -> bool:
         """Stop and wait for the thread; False if it would not end within ``timeout``."""
-        if self._state is VcpuState.CREATED and not self._thread.is_alive():
-            self._set_state(VcpuState.EXITED)
+        if self._state is VcpuPhase.CREATED and not self._thread.is_alive():
+            self._set_state(VcpuPhase.EXITED)
             return True
         self.stop()
-        return self.wait_for((VcpuState.EXITED,), timeout)
+        return self.wait_for((VcpuPhase.EXITED,), timeout)
 
     # -- the thread -------------------------------------------------------------------
 
-    def _set_state(self, state: VcpuState) -> None:
+    def _set_state(self, state: VcpuPhase) -> None:
         with self._cond:
             self._state = state
             self._cond.notify_all()
 
     def _main(self) -> None:
-        self._set_state(VcpuState.RUNNING)
+        self._set_state(VcpuPhase.RUNNING)
         try:
             reason = self._loop()
             if reason is not None and reason.kind == "triple-fault":
@@ -173,7 +173,7 @@ class VcpuRunner:
             try:
                 self._on_exit()
             finally:
-                self._set_state(VcpuState.EXITED)
+                self._set_state(VcpuPhase.EXITED)
 
     def _loop(self) -> StopReason | None:
         """KVM_RUN and serve exits until one stops the machine or we are told to stop.
@@ -194,11 +194,11 @@ class VcpuRunner:
 
     def _park(self) -> None:
         with self._cond:
-            self._state = VcpuState.PAUSED
+            self._state = VcpuPhase.PAUSED
             self._cond.notify_all()
             while self._want_pause and not self._want_stop:
                 self._cond.wait()
-            self._state = VcpuState.RUNNING
+            self._state = VcpuPhase.RUNNING
             self._cond.notify_all()
 
 
@@ -219,7 +219,7 @@ class VcpuRunners:
     @property
     def running(self) -> bool:
         """Whether any vCPU thread is started and not yet exited."""
-        return any(r.state in (VcpuState.RUNNING, VcpuState.PAUSED) for r in self.runners)
+        return any(r.state in (VcpuPhase.RUNNING, VcpuPhase.PAUSED) for r in self.runners)
 
     @contextlib.contextmanager
     def paused(self, timeout: float = VCPU_JOIN_SECONDS) -> Iterator[None]:
@@ -229,7 +229,7 @@ class VcpuRunners:
         try:
             deadline = time.monotonic() + timeout
             for runner in self.runners:
-                if not runner.wait_for((VcpuState.PAUSED, VcpuState.EXITED, VcpuState.CREATED),
+                if not runner.wait_for((VcpuPhase.PAUSED, VcpuPhase.EXITED, VcpuPhase.CREATED),
                                        max(deadline - time.monotonic(), 0)):
                     raise DeviceError(f"could not pause vCPU {runner.vcpu.id}")
             yield

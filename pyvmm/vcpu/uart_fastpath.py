@@ -27,10 +27,10 @@ boot's exits.  Here:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any
 
+from pyvmm.host import environment
 from pyvmm.devices.serial import IER_DLM, LSR, RBR_THR_DLL, Serial
 from pyvmm.kvm._ffi import ffi, lib
 from pyvmm.kvm.exits import VmExit
@@ -63,7 +63,7 @@ class UartFastPath:
     def __init__(self, kvm: Kvm, vm: Vm, vcpus: list[Vcpu], serial: Serial,
                  base_port: int, setting: str | None = None) -> None:
         coalesce, in_c = wanted_halves(setting if setting is not None
-                                       else os.environ.get("PYVMM_UART_FASTPATH"))
+                                       else environment.UART_FASTPATH.get())
         self._vm = vm
         self._serial = serial
         self.thr_port = base_port + RBR_THR_DLL

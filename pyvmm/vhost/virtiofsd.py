@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from pyvmm.errors import SEE_CHECK, ConfigError, HostError
+from pyvmm.host import environment
 from pyvmm.vhost.frontend import VhostUserFrontend
 
 #: Where QEMU's C virtiofsd lives on Debian (qemu-system-common) and Fedora.
@@ -53,7 +54,7 @@ class Virtiofsd:
 
 def find_virtiofsd() -> Virtiofsd:
     """The standalone virtiofsd if on PATH, else QEMU's; HostError naming the package."""
-    override = os.environ.get("PYVMM_VIRTIOFSD")
+    override = environment.VIRTIOFSD.get()
     if override:
         return Virtiofsd(override, "qemu" if "qemu" in override else "rust")
     found = shutil.which("virtiofsd")

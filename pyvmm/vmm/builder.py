@@ -1,4 +1,4 @@
-"""The assembly recipe: config -> KVM, RAM, kernel, boot CPU state, devices (a Machine).
+"""The assembly recipe: config -> KVM, RAM, kernel, boot CPU state, devices (a BuiltMachine).
 
 Everything the user can get wrong (kernel, initrd, sizes, disk images) is
 checked before /dev/kvm is opened, so bad input never depends on the host.
@@ -7,13 +7,14 @@ checked before /dev/kvm is opened, so bad input never depends on the host.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from pyvmm.acpi.tables import write_acpi_tables
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.boot import prepare_boot
 from pyvmm.arch.x86_64.cpuid import CpuidEntry, adjust_cpuid, describe_policy
-from pyvmm.config.machine import MachineConfig, size_name
+from pyvmm.config.machine import MachineConfig
+from pyvmm.config.values import size_name
 from pyvmm.console.host import HostConsole
 from pyvmm.console.pump import ConsoleInput, ConsolePump
 from pyvmm.devices.bus import Bus
@@ -22,7 +23,6 @@ from pyvmm.devices.legacy import DebugExit, IgnoredPorts
 from pyvmm.devices.platform import PvPanic, SleepControl
 from pyvmm.devices.serial import Serial
 from pyvmm.devices.virtio.console import ConsoleDevice
-from pyvmm.devices.virtio.device import VirtioDevice
 from pyvmm.errors import SEE_CHECK, ConfigError, HostError, LoaderError
 from pyvmm.vcpu.dispatch import UnknownAccessLog
 from pyvmm.eventloop import EventLoop
@@ -34,7 +34,7 @@ from pyvmm.kvm import system as kvm_system  # a module: tests stand in for is_pv
 from pyvmm.kvm.system import Kvm
 from pyvmm.loader.identify import is_linux
 from pyvmm.kvm.vm import Vm
-from pyvmm.vmm.machine import Machine
+from pyvmm.vmm.machine import BuiltMachine
 from pyvmm.memory import GuestMemory
 from pyvmm.vmm.shares import Shares
 from pyvmm.vcpu.uart_fastpath import UartFastPath
@@ -44,6 +44,7 @@ from pyvmm.vmm.virtio_slots import (acpi_platform, announce, attach_virtio, open
                                 plan_virtio_slots)
 
 if TYPE_CHECKING:
+    from pyvmm.devices.virtio.ports import Port
     from pyvmm.vcpu.stats import RunStats
 
 log = logging.getLogger(__name__)
@@ -79,12 +80,12 @@ _policy_warned: list[bool] = []
 
 
 def build_machine(config: MachineConfig, console: HostConsole | None = None,
-                  ports: VirtioDevice | None = None, stats: RunStats | None = None) -> Machine:
-    """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices: a whole Machine.
+                  ports: Sequence[Port] = (), stats: RunStats | None = None) -> BuiltMachine:
+    """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices: a whole BuiltMachine.
 
     ``console`` is where the guest's consoles go and its input comes from
     (default: our stdin and stdout, Ctrl-A x stopping the machine); ``ports``
-    is the stream device of command mode (``config.stdio_ports``); ``stats``
+    are the stream ports of command mode (``config.stdio_ports``); ``stats``
     counts exits and start-up milestones for ``--stats``.
     """
     # A kernel or initrd larger than guest RAM can't fit in it.
@@ -118,9 +119,9 @@ def refuse_linux_on_pvm(config: MachineConfig, kernel_image: bytes) -> None:
                         "--emulation-assist on boot it here anyway, as an experiment")
 
 
-def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevice | None,
+def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[Port],
            stats: RunStats | None, kernel_image: bytes, initrd_image: bytes | None, slots: list,
-           shares: Shares) -> Machine:
+           shares: Shares) -> BuiltMachine:
     if config.control:
         from pyvmm.vmm.control import check_control_path
 
@@ -146,7 +147,8 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevi
     def backend_failed(message: str) -> None:
         exit_event.set(StopReason.backend_failed(message))
 
-    devices = open_virtio_devices(slots, console.write, shares.open(backend_failed), ports)
+    shares.start()
+    devices = open_virtio_devices(slots, console.write, shares, backend_failed, ports)
 
     kvm = Kvm()
     kvm.require_capabilities()
@@ -199,11 +201,12 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: VirtioDevi
                          assist, assists) for vcpu in vcpus]
     runners = VcpuRunners([VcpuRunner(s, s.serve, exit_event, on_exit=s.finished)
                            for s in served])
-    return Machine(config=config, kvm=kvm, vm=vm, memory=memory, vcpus=vcpus,
-                   exit_event=exit_event, loop=loop, console=console,
-                   pump=ConsolePump(console, console_input, serial, uart_fast),
-                   runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
-                   owned_fds=owned_fds, closers=[shares.close], stats=stats, assists=assists)
+    return BuiltMachine(config=config, kvm=kvm, vm=vm, memory=memory, vcpus=vcpus,
+                        exit_event=exit_event, loop=loop, console=console,
+                        pump=ConsolePump(console, console_input, serial, uart_fast),
+                        runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
+                        owned_fds=owned_fds, closers=[shares.close], stats=stats,
+                        assists=assists)
 
 
 def _guest_console_is_hvc(cmdline: str) -> bool:

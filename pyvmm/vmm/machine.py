@@ -1,7 +1,7 @@
 """A built machine: its parts, run until the exit event says why it stopped.
 
 ``pyvmm.vmm.builder.build_machine`` assembles one, whole: every part is passed to
-the constructor and nothing is set afterwards.  ``Machine.run`` starts the
+the constructor and nothing is set afterwards.  ``BuiltMachine.run`` starts the
 vCPU runners (``pyvmm.vcpu.runner``: a thread each, KVM_RUN releases the
 GIL) and runs the event loop on the calling thread (the console pump, device
 eventfds, the control socket) until the exit event fires: poweroff, reset,
@@ -22,7 +22,7 @@ import os
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 from pyvmm.config.machine import MachineConfig
 from pyvmm.console.host import HostConsole
@@ -35,15 +35,18 @@ from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.memory import GuestMemory
-from pyvmm.vcpu.runner import VcpuRunners, VcpuState
+from pyvmm.vcpu.runner import VcpuRunners, VcpuPhase
 
 if TYPE_CHECKING:
     from pyvmm.vmm.control import ControlServer
     from pyvmm.devices.serial import Serial
     from pyvmm.devices.virtio.mmio import VirtioMmioTransport
-    from pyvmm.dump.state import VcpuState as Registers
+    from pyvmm.dump.state import VcpuRegisters
     from pyvmm.vcpu.stats import RunStats
     from pyvmm.vcpu.uart_fastpath import UartFastPath
+
+#: A kind of virtio device a caller looks for (``BuiltMachine.virtio_device``).
+DeviceT = TypeVar("DeviceT")
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ log = logging.getLogger(__name__)
 VM_TEARDOWN_WAIT_SECONDS = 10.0
 
 
-class Machine:
+class BuiltMachine:
     """A built VM, ready to run once; then ``close`` it (or ``close_at_exit``)."""
 
     def __init__(self, *, config: MachineConfig, kvm: Kvm, vm: Vm, memory: GuestMemory,
@@ -89,6 +92,10 @@ class Machine:
 
     # -- events (any thread) ---------------------------------------------------------
 
+    def virtio_device(self, kind: type[DeviceT]) -> DeviceT | None:
+        """The machine's first virtio device of class ``kind`` (command mode's stream ports)."""
+        return next((t.device for t in self.virtio if isinstance(t.device, kind)), None)
+
     def request_stop(self, reason: StopReason) -> None:
         """Stop the machine for ``reason`` unless it is already stopping."""
         self.exit_event.set(reason)
@@ -118,7 +125,7 @@ class Machine:
             dump_machine(path, self.memory, self.vcpus, None)
         return time.monotonic() - start
 
-    def registers(self, cpu: int) -> Registers:
+    def registers(self, cpu: int) -> VcpuRegisters:
         """vCPU ``cpu``'s registers as a dump records them (paused for the read if running)."""
         from pyvmm.dump.capture import vcpu_states
 
@@ -238,7 +245,7 @@ class Machine:
             return
         places = []
         for vcpu, runner in zip(self.vcpus, self.runners):
-            if runner.state is not VcpuState.EXITED:
+            if runner.state is not VcpuPhase.EXITED:
                 continue
             try:
                 places.append(f"vCPU {vcpu.id} at RIP {vcpu.get_regs()['rip']:#x}")

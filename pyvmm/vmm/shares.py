@@ -1,12 +1,13 @@
-"""The ``--share`` directories of one machine: a virtiofsd and a virtio-fs device each.
+"""The ``--share`` directories of one machine: a virtiofsd each, serving its virtio-fs device.
 
 ``Shares(config.shares)`` checks the directories and finds a virtiofsd (bad
-input, before anything starts); ``open`` starts one daemon per share,
-negotiates with it and returns the devices; ``watch`` puts each connection
-on the event loop, so a daemon that dies stops the machine with one line
-instead of leaving the guest waiting on its requests.  The vhost-user and
-virtiofsd code is imported only for a machine that has shares: a plain
-``pyvmm run`` doesn't pay for it at start-up.
+input, before anything starts); ``start`` starts one daemon per share and
+negotiates with it; ``backend(share)`` is the connection and features its
+device is made from (``virtio_slots.open_virtio_devices``); ``watch`` puts
+each connection on the event loop, so a daemon that dies stops the machine
+with one line instead of leaving the guest waiting on its requests.  The
+vhost-user and virtiofsd code is imported only for a machine that has
+shares: a plain ``pyvmm run`` doesn't pay for it at start-up.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import logging
 import select
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from pyvmm.config.machine import ShareConfig
+from pyvmm.config.tables import ShareConfig
 from pyvmm.errors import DeviceError
 
 if TYPE_CHECKING:
-    from pyvmm.devices.virtio.fs import FsDevice
+    from pyvmm.vhost.frontend import VhostUserFrontend
     from pyvmm.vhost.virtiofsd import Virtiofsd, VirtiofsdProcess
 
 log = logging.getLogger(__name__)
@@ -32,34 +33,28 @@ class Shares:
         self.configs: list[tuple[str, ShareConfig]] = []
         self.binary: Virtiofsd | None = None
         self.processes: list[VirtiofsdProcess] = []
+        self._backends: dict[ShareConfig, tuple[VhostUserFrontend, int]] = {}
         if not shares:
             return
-        from pyvmm.devices.virtio.fs import check_tag
         from pyvmm.vhost.virtiofsd import check_shared_dir, find_virtiofsd
 
         self.configs = [(check_shared_dir(share.path), share) for share in shares]
-        for _, share in self.configs:
-            check_tag(share.tag)
         self.binary = find_virtiofsd()
 
-    def open(self, on_failure: Callable[[str], None]) -> list[FsDevice]:
-        """Start a virtiofsd per share and make its device (in --share order)."""
-        if not self.configs:
-            return []
-        from pyvmm.devices.virtio.fs import FsDevice
-
-        devices = []
+    def start(self) -> None:
+        """Start a virtiofsd per share (in --share order); all or none are left running."""
         try:
             for directory, share in self.configs:
                 process, features = self._start(directory, share.readonly)
                 self.processes.append(process)
-                devices.append(FsDevice(process.frontend, features, share.tag, on_failure))
+                self._backends[share] = (process.frontend, features)
         except BaseException:
-            for device in devices:
-                device.close()
             self.close()
             raise
-        return devices
+
+    def backend(self, share: ShareConfig) -> tuple[VhostUserFrontend, int]:
+        """The started daemon's connection for ``share``, and the features it offers."""
+        return self._backends[share]
 
     def _start(self, directory: str, readonly: bool) -> tuple[VirtiofsdProcess, int]:
         """A virtiofsd that answered the handshake, and its features.
@@ -94,3 +89,4 @@ class Shares:
         for process in self.processes:
             process.close()
         self.processes = []
+        self._backends = {}

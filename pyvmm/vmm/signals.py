@@ -2,7 +2,7 @@
 
 Signals belong to the program, not to the library (a ``pyvmm.Machine`` may
 run on any thread of someone else's process): ``pyvmm run`` and command
-mode wrap ``Machine.run`` in ``signals_stop``.  Stopping on a signal is what
+mode wrap ``BuiltMachine.run`` in ``signals_stop``.  Stopping on a signal is what
 lets them restore the terminal, flush the disks and exit 128+N.
 """
 
@@ -15,11 +15,11 @@ from typing import Iterator
 
 from pyvmm.console.host import FATAL_SIGNALS
 from pyvmm.exitstatus import StopReason
-from pyvmm.vmm.machine import Machine
+from pyvmm.vmm.machine import BuiltMachine
 
 
 @contextlib.contextmanager
-def signals_stop(machine: Machine) -> Iterator[None]:
+def signals_stop(machine: BuiltMachine) -> Iterator[None]:
     """While inside: each of FATAL_SIGNALS stops ``machine``, SIGUSR1 asks it for a live dump.
 
     The previous handlers come back on leaving.  Main thread only (Python's rule).

@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from pyvmm.arch.x86_64 import layout
-from pyvmm.config.machine import DriveConfig, MachineConfig, ShareConfig
+from pyvmm.config.machine import MachineConfig
+from pyvmm.config.tables import DriveConfig, ShareConfig
 from pyvmm.devices.virtio.device import VirtioDevice
 from pyvmm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyvmm.devices.virtio.ports import Port
+    from pyvmm.vmm.shares import Shares
 
 #: What pyvmm announces as each window's size on the kernel command line.
 ANNOUNCED_SIZE = "4K"
@@ -64,10 +69,10 @@ def acpi_platform(config: MachineConfig, slots: list[VirtioSlot]):
     # Here, not at the top: `pyvmm config show` plans slots without the ~12 ms
     # of the ACPI and device modules (the same holds for the imports below).
     from pyvmm.acpi.tables import AcpiPlatform
-    from pyvmm.acpi.tables import VirtioSlot as AcpiVirtioSlot
+    from pyvmm.acpi.tables import VirtioWindow
 
     described = () if config.virtio_announce == "cmdline" else tuple(
-        AcpiVirtioSlot(slot.base, ACPI_WINDOW_SIZE, slot.irq) for slot in slots)
+        VirtioWindow(slot.base, ACPI_WINDOW_SIZE, slot.irq) for slot in slots)
     return AcpiPlatform(cpus=config.cpus, virtio=described)
 
 
@@ -76,35 +81,46 @@ def announce(slots: list[VirtioSlot]) -> str:
 
 
 def open_virtio_devices(slots: list[VirtioSlot], console_out: Callable[[memoryview], None],
-                        fs_devices: Sequence[VirtioDevice] = (),
-                        ports: VirtioDevice | None = None) -> list[VirtioDevice]:
-    """The devices for ``slots``; disks are opened (and locked) here, before KVM.
+                        shares: Shares, on_backend_failure: Callable[[str], None],
+                        ports: Sequence[Port] = ()) -> list[VirtioDevice]:
+    """The device of each slot, in slot order: every virtio device is made here.
 
-    The virtio-fs devices (their daemons already started) and the stream ports
-    are made by their owners and placed here in slot order.
+    Disks are opened (and locked) here, before KVM; a share's device is made
+    from its daemon (started by ``shares.start``); the stream ports (command
+    mode) from the ``ports`` their owner describes.
     """
     from pyvmm.devices.virtio.block import BlockDevice
     from pyvmm.devices.virtio.console import ConsoleDevice
     from pyvmm.devices.virtio.disk import DiskImage
 
     devices: list[VirtioDevice] = []
-    fs_iter = iter(fs_devices)
     try:
         for slot in slots:
             if slot.kind == "block":
                 assert slot.drive is not None
-                serial = slot.drive.serial or f"pyvmm-vd{chr(ord('a') + len(devices))}"
-                devices.append(BlockDevice(DiskImage(slot.drive), serial))
+                drive = slot.drive
+                serial = drive.serial or f"pyvmm-vd{chr(ord('a') + len(devices))}"
+                image = DiskImage(drive.path, readonly=drive.readonly,
+                                  direct=drive.cache == "none")
+                devices.append(BlockDevice(image, serial))
             elif slot.kind == "fs":
-                devices.append(next(fs_iter))
+                from pyvmm.devices.virtio.fs import FsDevice
+
+                assert slot.share is not None
+                frontend, features = shares.backend(slot.share)
+                devices.append(FsDevice(frontend, features, slot.share.tag, on_backend_failure))
             elif slot.kind == "ports":
-                assert ports is not None
-                devices.append(ports)
+                from pyvmm.devices.virtio.ports import PortsDevice
+
+                devices.append(PortsDevice(list(ports)))
             else:
                 devices.append(ConsoleDevice(console_out))
     except Exception:
         for device in devices:
             device.shutdown()
+            close = getattr(device, "close", None)  # a vhost-user device's own eventfds
+            if close is not None:
+                close()
         raise
     return devices
 

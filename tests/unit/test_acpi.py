@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from pyvmm.acpi import aml
-from pyvmm.acpi.tables import (FADT_LENGTH, AcpiPlatform, VirtioSlot, build_tables, fadt_offset,
+from pyvmm.acpi.tables import (FADT_LENGTH, AcpiPlatform, VirtioWindow, build_tables, fadt_offset,
                                write_acpi_tables)
 from pyvmm.memory import GuestMemory
 
@@ -65,9 +65,9 @@ def test_device_and_method() -> None:
         b"\x14\x09_STA\x00\xa4\x0a\x0f"
 
 
-PLATFORM = AcpiPlatform(cpus=4, virtio=(VirtioSlot(0xD0000000, 0x1000, 5),
-                                        VirtioSlot(0xD0001000, 0x1000, 6),
-                                        VirtioSlot(0xD0002000, 0x1000, 7)))
+PLATFORM = AcpiPlatform(cpus=4, virtio=(VirtioWindow(0xD0000000, 0x1000, 5),
+                                        VirtioWindow(0xD0001000, 0x1000, 6),
+                                        VirtioWindow(0xD0002000, 0x1000, 7)))
 
 
 def test_every_table_sums_to_zero() -> None:

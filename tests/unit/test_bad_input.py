@@ -121,7 +121,7 @@ def test_config_file_values(tmp_path, text, fragment) -> None:
 def _dump_with_note(tmp_path, note_json: bytes) -> str:
     """A dump whose PYVMM note holds ``note_json`` verbatim (a crafted dump)."""
     from pyvmm.dump import core
-    from pyvmm.dump.state import VcpuState
+    from pyvmm.dump.state import VcpuRegisters
     from pyvmm.memory import GuestMemory
 
     path = tmp_path / "crafted.core"
@@ -131,7 +131,7 @@ def _dump_with_note(tmp_path, note_json: bytes) -> str:
         return real_note(name, kind, note_json if name == b"PYVMM" else desc)
     core._note = crafted
     try:
-        core.write_core(str(path), GuestMemory.from_bytes(1 << 20), [VcpuState(0, {})],
+        core.write_core(str(path), GuestMemory.from_bytes(1 << 20), [VcpuRegisters(0, {})],
                         {"reason": "x"})
     finally:
         core._note = real_note

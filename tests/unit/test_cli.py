@@ -150,7 +150,7 @@ def test_plain_run_imports_neither_rich_nor_elftools() -> None:
             "CliRunner().invoke(main, ['run', '--kernel', '/nonexistent'])\n"
             "import pyvmm.vmm.builder\n"
             "from pyvmm.vmm.shares import Shares\n"
-            "Shares([]).open(print)\n"
+            "Shares([]).start()\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'elftools')\n"
             "               or m in ('pyvmm.vhost.frontend', 'pyvmm.vhost.virtiofsd', 'subprocess'))\n"
             "print(heavy)\n")

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from pyvmm.command import run as command
 from pyvmm.cli.main import main
-from pyvmm.config.machine import MachineConfig, ShareConfig
+from pyvmm.config.machine import MachineConfig
+from pyvmm.config.tables import ShareConfig
 from pyvmm.command.initramfs.build import Job
 
 WEIRD = ("printf", "%s|", "two words", "it's", 'say "hi"', "$HOME", "a\nb", "*", "")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pyvmm.config.machine import MachineConfig, parse_size
+from pyvmm.config.machine import MachineConfig
+from pyvmm.config.values import parse_size
 from pyvmm.errors import ConfigError
 
 

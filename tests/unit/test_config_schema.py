@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from pyvmm.cli.main import main
-from pyvmm.config.machine import (DriveConfig, MachineConfig, ShareConfig, TablesKind,
-                          config_from_options, machine_options, table_keys)
+from pyvmm.config.machine import MachineConfig, config_from_options, machine_options
+from pyvmm.config.tables import DriveConfig, ShareConfig, TablesKind, table_keys
 from pyvmm.config.toml_file import load_config_file
 from pyvmm.errors import ConfigError
 

@@ -10,7 +10,7 @@ import pytest
 
 from pyvmm.dump import DumpError
 from pyvmm.dump.core import CoreDump, write_core
-from pyvmm.dump.state import Segment, VcpuState
+from pyvmm.dump.state import CoreSegment, VcpuRegisters
 from pyvmm.memory import GuestMemory, MemoryRegion
 
 MIB = 1 << 20
@@ -22,11 +22,11 @@ def two_range_memory() -> GuestMemory:
                         MemoryRegion(1 << 32, MIB, bytearray(MIB))])
 
 
-def vcpu(index: int, rip: int) -> VcpuState:
+def vcpu(index: int, rip: int) -> VcpuRegisters:
     regs = {name: 0x1000 + i for i, name in enumerate(
         ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp"))}
     regs.update(rip=rip, rflags=0x246)
-    return VcpuState(index, regs, {"cs": Segment(0x10, 0, 0xFFFFFFFF, 0xA09B00)},
+    return VcpuRegisters(index, regs, {"cs": CoreSegment(0x10, 0, 0xFFFFFFFF, 0xA09B00)},
                      {"cr0": 0x80000011, "cr3": 0x9000, "cr4": 0x20, "cr2": 0, "efer": 0x500},
                      (0x500, 0x27), (0x520, 7))
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from pyvmm.cli.main import main
 from pyvmm.dump.core import write_core
-from pyvmm.dump.state import VcpuState
+from pyvmm.dump.state import VcpuRegisters
 from pyvmm.memory import GuestMemory
 
 CR3, VIRT, PHYS = 0x10000, 0xFFFF800000005000, 0x200000
@@ -24,7 +24,7 @@ def dump(tmp_path_factory):
     memory.write_u64(pd, pt | 3)
     memory.write_u64(pt + 8 * 5, PHYS | 3)
     memory.write(PHYS, b"hello from the guest\0")
-    vcpu = VcpuState(0, {"rip": 0x101234, "rsp": 0x8000},
+    vcpu = VcpuRegisters(0, {"rip": 0x101234, "rsp": 0x8000},
                      control={"cr0": 0x80000011, "cr3": CR3, "cr4": 0x20})
     path = tmp_path_factory.mktemp("dump") / "guest.core"
     write_core(str(path), memory, [vcpu], {"reason": "the guest triple-faulted",

@@ -11,7 +11,7 @@ import pytest
 from pyvmm.vcpu.exit_event import ExitEvent
 from pyvmm.exitstatus import StopReason
 from pyvmm.kvm.exits import Hlt, Interrupted, IoOut, VmExit
-from pyvmm.vcpu.runner import VcpuRunner, VcpuRunners, VcpuState, ensure_kick_handler
+from pyvmm.vcpu.runner import VcpuRunner, VcpuRunners, VcpuPhase, ensure_kick_handler
 
 WAIT = 5.0
 
@@ -68,9 +68,9 @@ def test_states_from_created_to_exited_on_a_stop_reason() -> None:
         return None
 
     runner, event = runner_for([port_write(0x3F8, 65), port_write(0xF4)], serve)
-    assert runner.state is VcpuState.CREATED
+    assert runner.state is VcpuPhase.CREATED
     runner.start()
-    assert runner.wait_for((VcpuState.EXITED,), WAIT)
+    assert runner.wait_for((VcpuPhase.EXITED,), WAIT)
     assert event.reason == StopReason.debug_exit(3)
     assert [e.port for e in served if isinstance(e, IoOut)] == [0x3F8, 0xF4]
 
@@ -79,20 +79,20 @@ def test_pause_parks_the_thread_and_resume_runs_it_on() -> None:
     vcpu, event = ScriptedVcpu([]), ExitEvent()
     runner = VcpuRunner(vcpu, lambda exit: None, event)
     runner.start()
-    assert runner.wait_for((VcpuState.RUNNING,), WAIT)
+    assert runner.wait_for((VcpuPhase.RUNNING,), WAIT)
     runner.pause()
-    assert runner.wait_for((VcpuState.PAUSED,), WAIT)
+    assert runner.wait_for((VcpuPhase.PAUSED,), WAIT)
     runs = vcpu.runs
     time.sleep(0.05)
     assert vcpu.runs == runs  # parked: no KVM_RUN
     runner.resume()
-    assert runner.wait_for((VcpuState.RUNNING,), WAIT)
+    assert runner.wait_for((VcpuPhase.RUNNING,), WAIT)
     deadline = time.monotonic() + WAIT
     while vcpu.runs == runs and time.monotonic() < deadline:
         time.sleep(0.005)
     assert vcpu.runs > runs
     assert runner.join(WAIT)
-    assert runner.state is VcpuState.EXITED
+    assert runner.state is VcpuPhase.EXITED
     assert event.reason is None  # a stop from outside is not the guest's doing
 
 
@@ -100,7 +100,7 @@ def test_stop_while_paused_ends_the_thread() -> None:
     runner, _ = runner_for([], lambda exit: None)
     runner.start()
     runner.pause()
-    assert runner.wait_for((VcpuState.PAUSED,), WAIT)
+    assert runner.wait_for((VcpuPhase.PAUSED,), WAIT)
     assert runner.join(WAIT)
 
 
@@ -120,9 +120,9 @@ def test_stop_during_an_exit_finishes_serving_it_then_ends() -> None:
     runner.start()
     assert entered.wait(WAIT)
     runner.stop()
-    assert runner.state is VcpuState.RUNNING  # still serving
+    assert runner.state is VcpuPhase.RUNNING  # still serving
     release.set()
-    assert runner.wait_for((VcpuState.EXITED,), WAIT)
+    assert runner.wait_for((VcpuPhase.EXITED,), WAIT)
     assert finished == [0x3F8]
     assert event.reason is None
 
@@ -135,7 +135,7 @@ def test_an_exception_serving_an_exit_stops_the_machine_with_a_reason() -> None:
 
     runner, event = runner_for([port_write(0x3F8)], serve)
     runner.start()
-    assert runner.wait_for((VcpuState.EXITED,), WAIT)
+    assert runner.wait_for((VcpuPhase.EXITED,), WAIT)
     assert event.reason is not None
     assert event.reason.kind == "vmm-error"
     assert event.reason.status == 6
@@ -150,7 +150,7 @@ def test_an_exception_in_kvm_run_stops_the_machine_too() -> None:
     event = ExitEvent()
     runner = VcpuRunner(Broken([]), lambda exit: None, event)
     runner.start()
-    assert runner.wait_for((VcpuState.EXITED,), WAIT)
+    assert runner.wait_for((VcpuPhase.EXITED,), WAIT)
     assert event.reason is not None and "KVM_RUN failed" in event.reason.message
 
 
@@ -170,8 +170,8 @@ def test_runners_pause_together_for_a_consistent_view() -> None:
     runners.start()
     assert runners.running
     with runners.paused(WAIT):
-        assert all(r.state is VcpuState.PAUSED for r in runners)
-    assert all(r.wait_for((VcpuState.RUNNING,), WAIT) for r in runners)
+        assert all(r.state is VcpuPhase.PAUSED for r in runners)
+    assert all(r.wait_for((VcpuPhase.RUNNING,), WAIT) for r in runners)
     assert runners.join(WAIT) == []
     assert not runners.running
 
@@ -181,7 +181,7 @@ def test_pausing_an_exited_vcpu_does_not_wait_for_it() -> None:
     runners = VcpuRunners([VcpuRunner(ScriptedVcpu([port_write(0xF4)]),
                                       lambda exit: StopReason.debug_exit(0), event)])
     runners.start()
-    assert runners.runners[0].wait_for((VcpuState.EXITED,), WAIT)
+    assert runners.runners[0].wait_for((VcpuPhase.EXITED,), WAIT)
     started = time.monotonic()
     with runners.paused(WAIT):
         pass
@@ -193,7 +193,7 @@ def test_on_exit_runs_when_the_thread_ends() -> None:
     runner = VcpuRunner(ScriptedVcpu([port_write(0xF4)]), lambda exit: StopReason.poweroff(),
                         ExitEvent(), on_exit=lambda: done.append("counted"))
     runner.start()
-    assert runner.wait_for((VcpuState.EXITED,), WAIT)
+    assert runner.wait_for((VcpuPhase.EXITED,), WAIT)
     assert done == ["counted"]
 
 
@@ -212,6 +212,6 @@ def test_a_device_firing_the_exit_event_stops_the_vcpu_before_it_runs_again() ->
 
     runner = VcpuRunner(vcpu, serve, event)
     runner.start()
-    assert runner.wait_for((VcpuState.EXITED,), WAIT)
+    assert runner.wait_for((VcpuPhase.EXITED,), WAIT)
     assert served == [0xF4]
     assert vcpu.runs == 1

@@ -15,7 +15,6 @@ from pyvmm.devices.virtio.block import (VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR,
                                         VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
                                         BlockDevice)
 from pyvmm.devices.virtio.device import COMMON_FEATURES
-from pyvmm.config.machine import DriveConfig
 from pyvmm.devices.virtio.disk import DiskImage
 from pyvmm.devices.virtio.testing import DriverQueue
 from pyvmm.errors import DeviceError
@@ -34,7 +33,7 @@ def image(tmp_path):
 class Harness:
     def __init__(self, path, readonly=False, serial="pyvmm-disk0", event_idx=False):
         self.memory = GuestMemory.from_bytes(4 << 20)
-        self.device = BlockDevice(DiskImage(DriveConfig(str(path), readonly=readonly)),
+        self.device = BlockDevice(DiskImage(str(path), readonly=readonly),
                                   serial=serial)
         self.interrupts = 0
         self.driver = DriverQueue(self.memory, 0x10000, size=16)
@@ -119,7 +118,7 @@ def test_readonly_drive_refuses_writes(image) -> None:
 
 def test_readonly_drive_is_never_opened_for_writing(image) -> None:
     os.chmod(image, 0o444)
-    disk = DiskImage(DriveConfig(str(image), readonly=True))
+    disk = DiskImage(str(image), readonly=True)
     assert fcntl.fcntl(disk.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
     disk.close()
 
@@ -164,26 +163,26 @@ def test_config_space_capacity(image) -> None:
 
 
 def test_image_lock(image) -> None:
-    first = DiskImage(DriveConfig(str(image)))
+    first = DiskImage(str(image))
     with pytest.raises(DeviceError, match="locked by another process"):
-        DiskImage(DriveConfig(str(image)))
+        DiskImage(str(image))
     with pytest.raises(DeviceError, match="has write access"):
-        DiskImage(DriveConfig(str(image), readonly=True))
+        DiskImage(str(image), readonly=True)
     first.close()
-    DiskImage(DriveConfig(str(image))).close()
+    DiskImage(str(image)).close()
 
 
 def test_readers_share_an_image_but_keep_writers_out(image) -> None:
-    readers = [DiskImage(DriveConfig(str(image), readonly=True)) for _ in range(2)]
+    readers = [DiskImage(str(image), readonly=True) for _ in range(2)]
     with pytest.raises(DeviceError, match="does not share write"):
-        DiskImage(DriveConfig(str(image)))
+        DiskImage(str(image))
     for reader in readers:
         reader.close()
 
 
 def test_image_lock_takes_qemus_lock_bytes(image) -> None:
     """A writer holds bytes 100 (read), 101 (write) and 201 (write not shared)."""
-    disk = DiskImage(DriveConfig(str(image)))
+    disk = DiskImage(str(image))
     probe = os.open(image, os.O_RDONLY)
     flock = struct.Struct("hh4xqqi4x")
     held = [offset for offset in (*range(100, 106), *range(200, 206))
@@ -203,7 +202,7 @@ def test_only_files_and_block_devices_are_images(tmp_path, make) -> None:
         path = "/dev/zero"
     for readonly in (False, True):
         with pytest.raises(DeviceError, match="not a regular file or a block device"):
-            DiskImage(DriveConfig(str(path), readonly=readonly))
+            DiskImage(str(path), readonly=readonly)
 
 
 def test_read_only_file_needs_readonly_on(image) -> None:
@@ -213,19 +212,19 @@ def test_read_only_file_needs_readonly_on(image) -> None:
         # Root may write any 0444 file; a sysfs file it may not open for writing.
         path = "/sys/kernel/notes"
     with pytest.raises(DeviceError, match="is not writable .*readonly=on"):
-        DiskImage(DriveConfig(path))
+        DiskImage(path)
 
 
 def test_missing_image(tmp_path) -> None:
     with pytest.raises(DeviceError, match="not found"):
-        DiskImage(DriveConfig(str(tmp_path / "nope.img")))
+        DiskImage(str(tmp_path / "nope.img"))
 
 
 def test_cache_none_uses_o_direct_with_unaligned_guest_buffers(image) -> None:
     h = Harness.__new__(Harness)
     h.memory = GuestMemory.from_bytes(4 << 20)
     try:
-        disk = DiskImage(DriveConfig(str(image), cache="none"))
+        disk = DiskImage(str(image), direct=True)
     except DeviceError as exc:
         pytest.skip(str(exc))
     h.device = BlockDevice(disk)
@@ -350,7 +349,7 @@ def test_cache_none_bounce_buffer_stays_bounded(tmp_path) -> None:
     content = os.urandom(4 << 20)
     path.write_bytes(content)
     try:
-        disk = DiskImage(DriveConfig(str(path), cache="none"))
+        disk = DiskImage(str(path), direct=True)
     except DeviceError as exc:
         pytest.skip(str(exc))
     memory = GuestMemory.from_bytes(16 << 20)
@@ -409,7 +408,7 @@ def test_block_device_drive_is_sized_and_written(loop_device) -> None:
     device, backing = loop_device
     h = Harness.__new__(Harness)
     h.memory = GuestMemory.from_bytes(4 << 20)
-    disk = DiskImage(DriveConfig(device))
+    disk = DiskImage(device)
     assert disk.sectors == (4 << 20) // 512  # BLKGETSIZE64, not st_size (0)
     h.device = BlockDevice(disk)
     h.interrupts = 0
@@ -420,6 +419,6 @@ def test_block_device_drive_is_sized_and_written(loop_device) -> None:
     assert h.request(VIRTIO_BLK_T_IN, (4 << 20) // 512, read_length=512)[0] \
         == VIRTIO_BLK_S_IOERR  # past the end
     with pytest.raises(DeviceError, match="locked"):
-        DiskImage(DriveConfig(device))
+        DiskImage(device)
     disk.close()
     assert backing.read_bytes()[7 * 512:8 * 512] == b"\x77" * 512

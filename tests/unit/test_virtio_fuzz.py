@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.block import BlockDevice
 from pyvmm.devices.virtio.device import COMMON_FEATURES
-from pyvmm.config.machine import DriveConfig
 from pyvmm.devices.virtio.disk import DiskImage
 from pyvmm.memory import GuestMemory
 
@@ -48,7 +47,7 @@ def test_random_rings_never_break_the_device(tmp_path_factory, table, ring, avai
     path = tmp_path_factory.mktemp("fuzz") / "disk.img"
     path.write_bytes(bytes(64 * 512))
     memory = GuestMemory.from_bytes(RAM)
-    device = BlockDevice(DiskImage(DriveConfig(str(path))))
+    device = BlockDevice(DiskImage(str(path)))
     transport = mmio.VirtioMmioTransport(device, memory, Trigger())
     for i, entry in enumerate(indirect):  # a table some descriptors may point at
         memory.write(0x8000 + 16 * i, struct.pack("<QIHH", *entry))

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
-from pyvmm.config.machine import DriveConfig
 from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.block import BlockDevice
 from pyvmm.devices.virtio.console import ConsoleDevice
@@ -88,7 +87,7 @@ class World:
             stream.write(bytes(range(256)) * (DISK_SECTORS * 2))
         self.device: BlockDevice | ConsoleDevice
         if self.kind == "block":
-            self.device = BlockDevice(DiskImage(DriveConfig(self.disk_path)))
+            self.device = BlockDevice(DiskImage(self.disk_path))
         else:
             self.device = ConsoleDevice(self._sink)
         self.transport = mmio.VirtioMmioTransport(self.device, self.memory, Trigger())

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
-from pyvmm.arch.x86_64 import layout
+from pyvmm.limits import MAX_CPUS
 
 #: The feature policies --cpu accepts (besides "auto", resolved by the machine).
 CPU_POLICIES = ("host", "compat")
@@ -27,8 +27,6 @@ LEAF_XSAVE = 0xD
 LEAF_TOPOLOGY_V2 = 0x1F
 LEAF_EXT_FEATURES = 0x80000001
 
-#: Most vCPUs the platform can describe (8-bit xAPIC IDs): see layout.
-MAX_CPUS = layout.MAX_CPUS
 #: CPUID leaf 4 EAX[31:26] holds "cores per package - 1" in 6 bits.
 LEAF4_MAX_CORES = 64
 

@@ -38,7 +38,7 @@ def gdt_entry(flags: int, base: int, limit: int) -> int:
 
 
 @dataclass(frozen=True)
-class Segment:
+class SegmentRegister:
     """A segment register as KVM's struct kvm_segment names its fields."""
 
     base: int = 0
@@ -55,14 +55,14 @@ class Segment:
     unusable: int = 0
 
 
-def segment_from_gdt_entry(entry: int, index: int) -> Segment:
+def segment_from_gdt_entry(entry: int, index: int) -> SegmentRegister:
     """Decode descriptor ``entry`` at GDT slot ``index`` into segment state."""
     limit = (entry & 0xFFFF) | ((entry >> 32) & 0xF0000)
     granular = (entry >> 55) & 1
     if granular:
         limit = (limit << 12) | 0xFFF  # KVM wants the byte-granular limit
     present = (entry >> 47) & 1
-    return Segment(
+    return SegmentRegister(
         base=((entry >> 16) & 0xFFFFFF) | (((entry >> 56) & 0xFF) << 24),
         limit=limit,
         selector=index * 8,

@@ -58,9 +58,6 @@ VIRTIO_MMIO_SIZE = 0x1000
 #: The IOAPIC and the local APIC (fixed by the in-kernel irqchip).
 IOAPIC_START = 0xFEC0_0000
 APIC_START = 0xFEE0_0000
-#: Most vCPUs the platform can describe: xAPIC IDs (CPUID leaf 1 EBX[31:24], the
-#: MADT's local APIC entries) are 8 bits, and 0xFF is the broadcast ID.
-MAX_CPUS = 255
 
 # --- Legacy I/O ports and IRQ lines ---------------------------------------
 

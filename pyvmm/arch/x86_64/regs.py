@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.gdt import (BOOT_CS32_SELECTOR, BOOT_CS_SELECTOR, BOOT_DS_SELECTOR, BOOT_TSS_SELECTOR,
-                                   Segment, boot_gdt_entries, segment_from_gdt_entry)
+                                   SegmentRegister, boot_gdt_entries, segment_from_gdt_entry)
 from pyvmm.memory import GuestMemory
 
 X86_CR0_PE = 0x1
@@ -19,21 +19,21 @@ EFER_LMA = 0x400
 #: RFLAGS bit 1 is reserved and always set.
 RFLAGS_RESERVED = 0x2
 #: The LDT a freshly reset x86 CPU has (KVM's reset value): present, type LDT.
-RESET_LDT = Segment(limit=0xFFFF, type=2, present=1)
+RESET_LDT = SegmentRegister(limit=0xFFFF, type=2, present=1)
 
 
 @dataclass(frozen=True)
 class SpecialRegisters:
     """Segment, descriptor-table and control registers (struct kvm_sregs)."""
 
-    cs: Segment
-    ds: Segment
-    es: Segment
-    fs: Segment
-    gs: Segment
-    ss: Segment
-    tr: Segment
-    ldt: Segment
+    cs: SegmentRegister
+    ds: SegmentRegister
+    es: SegmentRegister
+    fs: SegmentRegister
+    gs: SegmentRegister
+    ss: SegmentRegister
+    tr: SegmentRegister
+    ldt: SegmentRegister
     gdt_base: int
     gdt_limit: int
     idt_base: int

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from pyvmm.errors import ConfigError
+from pyvmm.host import environment
 from pyvmm.command.initramfs.cpio import CpioWriter
 from pyvmm.command.initramfs.modules import ModuleSet, find_modules, read_module
 from pyvmm.loader.bzimage import kernel_release
@@ -71,7 +72,7 @@ class Job:
 
 
 def _busybox() -> str:
-    path = os.environ.get("PYVMM_BUSYBOX") or next(
+    path = environment.BUSYBOX.get() or next(
         (p for p in BUSYBOX_PATHS if os.path.isfile(p)), "")
     if not path:
         raise ConfigError("no busybox found: install busybox-static")
@@ -136,7 +137,7 @@ def job_archive(job: Job) -> bytes:
 
 def _cache_path(key: str) -> str | None:
     """Our cache directory (made 0700, refused if not ours), or None to build every time."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = environment.CACHE_HOME.get() or os.path.join(os.path.expanduser("~"), ".cache")
     directory = os.path.join(base, "pyvmm")
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)

@@ -16,30 +16,28 @@ import mmap
 import os
 import stat
 
-from pyvmm.config.machine import DriveConfig
 from pyvmm.devices.virtio.image_lock import ImageLockError, lock_image
 from pyvmm.errors import DeviceError
 
 log = logging.getLogger(__name__)
 
 SECTOR_SIZE = 512
-__all__ = ["DiskImage", "DriveConfig", "SECTOR_SIZE"]
+__all__ = ["DiskImage", "SECTOR_SIZE"]
 #: O_DIRECT needs buffers aligned to the logical block size; this covers it.
 DIRECT_ALIGNMENT = 4096
 #: The cache=none bounce buffer: unaligned requests are copied this much at a time.
 BOUNCE_SIZE = 1 << 20
 
 
-def _open_image(config: DriveConfig) -> int:
+def _open_image(path: str, readonly: bool, direct: bool) -> int:
     """Open the image as the drive asks; DeviceError with one line if we can't.
 
     O_NONBLOCK keeps the open from waiting on a FIFO (refused just after);
     it means nothing for files and block devices and is cleared again.
     """
-    flags = (os.O_RDONLY if config.readonly else os.O_RDWR) | os.O_CLOEXEC | os.O_NONBLOCK
-    if config.cache == "none":
+    flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC | os.O_NONBLOCK
+    if direct:
         flags |= os.O_DIRECT
-    path = config.path
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
@@ -48,9 +46,9 @@ def _open_image(config: DriveConfig) -> int:
         raise DeviceError(f"disk image {path!r} is a directory") from None
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            hint = "" if config.readonly else " (use readonly=on for a read-only image)"
+            hint = "" if readonly else " (use readonly=on for a read-only image)"
             raise DeviceError(f"disk image {path!r} is not writable{hint}") from None
-        if exc.errno == errno.EINVAL and config.cache == "none":
+        if exc.errno == errno.EINVAL and direct:
             raise DeviceError(f"disk image {path!r}: this filesystem does not "
                               "support cache=none (O_DIRECT)") from None
         raise DeviceError(f"cannot open disk image {path!r}: {exc.strerror}") from None
@@ -70,24 +68,27 @@ def _usable_size(fd: int) -> int:
 
 
 class DiskImage:
-    """An open, locked raw image: a regular file or a block device."""
+    """An open, locked raw image: a regular file or a block device.
 
-    def __init__(self, config: DriveConfig) -> None:
-        self.path = config.path
-        self.readonly = config.readonly
-        self.direct = config.cache == "none"
-        self.fd = _open_image(config)
+    ``direct`` opens it with O_DIRECT (the page cache bypassed: ``cache=none``).
+    """
+
+    def __init__(self, path: str, *, readonly: bool = False, direct: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        self.direct = direct
+        self.fd = _open_image(path, readonly, direct)
         try:
             self.size = _usable_size(self.fd)
             try:
-                lock_image(self.fd, config.readonly)
+                lock_image(self.fd, readonly)
             except ImageLockError as exc:
-                raise DeviceError(f"disk image {config.path!r} is locked by another process "
+                raise DeviceError(f"disk image {path!r} is locked by another process "
                                   f"(is another VM using it? {exc})") from None
             except OSError as exc:
                 # As QEMU's locking=auto: a filesystem without OFD locks still works.
                 log.warning("disk image %r: cannot lock it (%s); another VM could write "
-                            "it too", config.path, exc.strerror)
+                            "it too", path, exc.strerror)
         except BaseException:
             os.close(self.fd)
             raise

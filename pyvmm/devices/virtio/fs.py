@@ -17,15 +17,14 @@ from typing import Callable, Protocol, Sequence
 
 from pyvmm.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
                                          VIRTIO_F_VERSION_1, VirtioDevice)
-from pyvmm.errors import ConfigError, DeviceError
+from pyvmm.errors import DeviceError
+from pyvmm.limits import FS_TAG_BYTES
 from pyvmm.memory import GuestMemory
 from pyvmm.vhost.frontend import MemoryRegionFd, VringConfig
 
 VIRTIO_ID_FS = 26
-#: Bytes of the tag in the config space (UTF-8, NUL-padded, no terminator needed).
-TAG_SIZE = 36
-#: tag[36], le32 num_request_queues.
-CONFIG = struct.Struct(f"<{TAG_SIZE}sI")
+#: tag[36] (UTF-8, NUL-padded, no terminator needed), le32 num_request_queues.
+CONFIG = struct.Struct(f"<{FS_TAG_BYTES}sI")
 #: Ring size offered; virtiofsd takes up to 1024.
 QUEUE_SIZE = 1024
 #: Virtio features pyvmm lets through from the back end (split rings only).
@@ -42,13 +41,6 @@ class Backend(Protocol):
     def get_vring_base(self, index: int) -> int: ...
 
 
-def check_tag(tag: str) -> bytes:
-    encoded = tag.encode()
-    if not encoded or len(encoded) > TAG_SIZE or b"\0" in encoded or "," in tag:
-        raise ConfigError(f"virtio-fs tag {tag!r}: 1 to {TAG_SIZE} bytes, no NUL or comma")
-    return encoded
-
-
 class FsDevice(VirtioDevice):
     """A virtio-fs device: one hiprio queue and ``request_queues`` request queues."""
 
@@ -59,7 +51,9 @@ class FsDevice(VirtioDevice):
                  on_failure: Callable[[str], None], request_queues: int = 1) -> None:
         super().__init__((QUEUE_SIZE,) * (1 + request_queues))
         self.tag = tag
-        self._tag = check_tag(tag)
+        self._tag = tag.encode()
+        if not 0 < len(self._tag) <= FS_TAG_BYTES:  # the schema checks users' tags
+            raise ValueError(f"a virtio-fs tag is 1 to {FS_TAG_BYTES} bytes, not {tag!r}")
         self._backend = backend
         self._backend_features = backend_features
         self._on_failure = on_failure

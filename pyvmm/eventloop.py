@@ -1,13 +1,17 @@
 """An epoll loop whose subscribers own their fds (as rust-vmm's event-manager).
 
 The main thread runs it over stdin, the wake-up eventfd the vCPU threads and
-signal handlers write, and device eventfds (ioeventfd notifications).
+signal handlers write, and device eventfds (ioeventfd notifications); and
+timers a device asks for from any thread (``call_at``: the RTC's interrupts).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import select
+import threading
 import time
 from typing import Callable
 
@@ -22,6 +26,10 @@ class EventLoop:
         self._epoll = select.epoll()
         self._handlers: dict[int, Handler] = {}
         self._stopped = False
+        #: (monotonic time, order, callback): the timers, earliest first.
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_order = itertools.count()
+        self._timer_lock = threading.Lock()
         # Written by other threads (and signal handlers) to wake the loop.
         self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.add(self.wake_fd, self._drain_wake)
@@ -40,6 +48,25 @@ class EventLoop:
         fd = self.wake_fd
         if fd >= 0:
             os.eventfd_write(fd, 1)
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the loop's thread once ``time.monotonic()`` reaches ``when``."""
+        with self._timer_lock:
+            heapq.heappush(self._timers, (when, next(self._timer_order), callback))
+        self.wake()
+
+    def _due_timers(self) -> float | None:
+        """Run the timers that are due; seconds until the next one, or None."""
+        while True:
+            with self._timer_lock:
+                if not self._timers:
+                    return None
+                when = self._timers[0][0]
+                wait = when - time.monotonic()
+                if wait > 0:
+                    return wait
+                callback = heapq.heappop(self._timers)[2]
+            callback()
 
     def stop(self) -> None:
         self._stopped = True
@@ -64,8 +91,7 @@ class EventLoop:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     return False
-            if tick is not None:
-                bound = tick()
+            for bound in (tick() if tick is not None else None, self._due_timers()):
                 if bound is not None:
                     timeout = bound if timeout is None else min(timeout, bound)
             for fd, events in self._epoll.poll(-1 if timeout is None else timeout):

@@ -21,6 +21,7 @@ from pyvmm.devices.bus import Bus
 from pyvmm.devices.i8042 import I8042
 from pyvmm.devices.legacy import DebugExit, IgnoredPorts
 from pyvmm.devices.platform import PvPanic, SleepControl
+from pyvmm.devices.rtc import Rtc
 from pyvmm.devices.serial import Serial
 from pyvmm.devices.virtio.console import ConsoleDevice
 from pyvmm.errors import SEE_CHECK, ConfigError, HostError, LoaderError
@@ -54,7 +55,6 @@ KVM_TSS_ADDRESS = 0xFFFB_D000
 #: Port ranges Linux pokes on a PC that pyvmm answers quietly (reads all-ones).
 IGNORED_PORT_RANGES = (
     (0x80, 1),     # POST diagnostic port (also Linux's I/O delay port)
-    (0x70, 2),     # CMOS/RTC index and data
     (0xCF8, 8),    # PCI configuration mechanism #1 (no PCI bus here)
     (0x2F8, 8),    # COM2 .. COM4: absent UARTs answer all-ones
     (0x3E8, 8),
@@ -186,6 +186,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     pio_bus, mmio_bus = Bus(), Bus()
     serial = Serial(KvmIrqLine(vm, layout.COM1_IRQ), console.write, on_pending=loop.wake)
     _attach_legacy_devices(pio_bus, serial, exit_event)
+    pio_bus.insert(Rtc(KvmIrqLine(vm, layout.RTC_IRQ), loop.call_at), layout.RTC_PORT, 2)
     uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT)
     transports, owned_fds = attach_virtio(vm, loop, mmio_bus, memory, slots, devices)
     shares.watch(loop, backend_failed)
@@ -217,6 +218,8 @@ def _guest_console_is_hvc(cmdline: str) -> bool:
 
 def _attach_legacy_devices(bus: Bus, serial: Serial, exit_event: ExitEvent) -> None:
     """COM1, the i8042 (reset), debug-exit, pvpanic, ACPI sleep, the ignored ports.
+
+    (The RTC is attached beside them: it needs the event loop's timer.)
 
     The devices get the machine's exit event, and can only say why it should stop.
     """

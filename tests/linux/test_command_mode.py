@@ -1,9 +1,7 @@
 """``pyvmm run -k KERNEL -- CMD``: a command in a real Linux guest on the host's files.
 
-Needs hardware KVM (run inside the rig).  Each test boots a guest per kernel:
-our minimal kernel (virtio-fs built in) and Debian's stock one (virtio-fs,
-FUSE, overlay and virtio-mmio as modules from /lib/modules).
-PYVMM_COMMAND_KERNELS=minimal or =debian runs one of them.
+Needs hardware KVM (run inside the rig).  Each test boots a guest per kernel
+(the ``kernel`` fixture, conftest.py).
 """
 
 from __future__ import annotations
@@ -21,10 +19,6 @@ from pyvmm.kvm.system import is_pvm_host
 from .guests import retried_in_rig
 
 REPO = Path(__file__).resolve().parents[2]
-KERNELS = {
-    "minimal": REPO / "images" / "out" / "linux" / "bzImage",
-    "debian": Path("/boot/vmlinuz-6.1.0-56-amd64"),
-}
 #: Seconds a guest may take (software-emulated SVM in the rig is slow).
 GUEST_TIMEOUT = 600
 
@@ -38,15 +32,6 @@ class Result:
     status: int
     stdout: bytes
     stderr: bytes
-
-
-@pytest.fixture(params=[name for name in KERNELS
-                        if os.environ.get("PYVMM_COMMAND_KERNELS", name) in (name, "all")])
-def kernel(request) -> str:
-    path = KERNELS[request.param]
-    if not path.exists():
-        pytest.skip(f"{path} is not there")
-    return str(path)
 
 
 def command(kernel: str, *args: str, stdin: bytes = b"", cwd: Path = REPO,

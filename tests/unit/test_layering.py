@@ -90,10 +90,102 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+#: pyvmm's rooms from the bottom up: a module imports only from its own room or a
+#: lower layer (its own room's arrows are the cycle test's).  A room is a
+#: subpackage, or a top-level module everything shares.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "limits", "exitstatus"),     # plain values and the exit statuses
+    ("host", "memory", "eventloop"),        # host helpers, guest RAM, the event loop
+    ("kvm", "loader", "vhost", "config"),   # the binding, loaders, vhost-user, the schema
+    ("devices", "arch", "dump"),            # devices, the platform, dumps: no KVM, no config
+    ("acpi", "vcpu"),                       # tables describing it; the vCPU threads
+    ("console",),                           # terminal, guest console, the pump
+    ("vmm",),                               # the builder and the built machine
+    ("command",),                           # command mode
+    ("api", "cli"),                         # the front ends
+    ("pytest_plugin", "__main__", "__init__"),
+)
+#: Rooms built from memory and plain values alone (tested without a VM).
+PLAIN = {"devices": {"errors", "limits", "host", "memory", "vhost"},
+         "loader": {"errors", "memory"},
+         "arch": {"errors", "limits", "memory", "loader"},
+         "config": {"errors", "limits", "host"}}
+
+
+def room(module: str) -> str:
+    """``pyvmm.vcpu.runner`` -> ``vcpu``; ``pyvmm.errors`` -> ``errors``; ``pyvmm`` -> ``__init__``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    rank = {name: level for level, names in enumerate(LAYERS) for name in names}
+    return sorted((module, other) for module, imported in graph.items() for other in imported
+                  if room(other) != room(module) and rank[room(other)] >= rank[room(module)])
+
+
 def test_the_graph_sees_lazy_imports() -> None:
     graph = import_graph()
     assert "pyvmm.cli.inspect" in graph["pyvmm.cli.main"]  # through importlib, by name
     assert "pyvmm.config.toml_file" in graph["pyvmm.cli.options"]  # inside a function
+
+
+def test_every_room_has_a_layer() -> None:
+    rooms = {room(name) for name in _modules()}
+    assert rooms == {name for names in LAYERS for name in names}
+
+
+def test_imports_only_go_down_the_layers() -> None:
+    assert upward_imports(import_graph()) == []
+
+
+def impure_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((module, other) for module, imported in graph.items()
+                  if room(module) in PLAIN for other in imported
+                  if room(other) not in PLAIN[room(module)] | {room(module)})
+
+
+def test_the_checks_find_what_they_look_for() -> None:
+    graph = {"pyvmm.kvm.vm": {"pyvmm.vmm.builder"},
+             "pyvmm.devices.virtio.disk": {"pyvmm.config.tables", "pyvmm.memory"},
+             "pyvmm.vmm.builder": {"pyvmm.devices.serial"}}
+    assert upward_imports(graph) == [("pyvmm.kvm.vm", "pyvmm.vmm.builder")]
+    assert impure_imports(graph) == [("pyvmm.devices.virtio.disk", "pyvmm.config.tables")]
+
+
+def test_devices_loaders_and_arch_take_plain_values() -> None:
+    """No device, loader or platform module reads config, KVM, vCPUs or the machine."""
+    assert impure_imports(import_graph()) == []
+
+
+def test_no_room_is_crowded() -> None:
+    """At most 10 modules at the top and 12 in any folder, so folders show the architecture."""
+    per_folder: dict[Path, int] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "__init__.py" and not path.name.startswith("_build"):
+            per_folder[path.parent] = per_folder.get(path.parent, 0) + 1
+    assert per_folder.pop(PACKAGE) <= 10
+    assert {str(folder): count for folder, count in per_folder.items() if count > 12} == {}
+
+
+def test_each_class_name_is_used_once() -> None:
+    """Two classes of one name make a reader (and an import) ask which one."""
+    seen: dict[str, list[str]] = {}
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                seen.setdefault(node.name, []).append(name)
+    assert {name: where for name, where in seen.items() if len(where) > 1} == {}
+
+
+def test_the_environment_is_read_in_one_place() -> None:
+    """Every variable pyvmm reads is declared (and documented) in pyvmm.host.environment."""
+    readers = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb"):
+                readers.append(name)
+    assert sorted(set(readers)) == ["pyvmm.host.environment"]
 
 
 def test_no_import_cycles() -> None:
@@ -150,3 +242,17 @@ def test_devices_do_not_need_kvm() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=PACKAGE.parent, check=True)
     assert result.stdout.split() == []
+
+
+def test_the_readme_says_where_things_are() -> None:
+    """Every folder of the package has its line in "Where things are", every variable its row."""
+    from pyvmm.host.environment import VARIABLES
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    folders = {path.parent for path in PACKAGE.rglob("__init__.py")} - {PACKAGE}
+    named = {folder for folder in folders
+             if f"`{folder.relative_to(PACKAGE.parent)}/`" in section}
+    # arch/ is named by its only platform, arch/x86_64/; devices/virtio/ by devices/.
+    assert folders - named <= {PACKAGE / "arch", PACKAGE / "devices" / "virtio"}
+    assert [v.name for v in VARIABLES if f"`{v.name}`" not in section] == []

@@ -99,9 +99,13 @@ def build_initramfs(release: str, busybox: Path = Path("/bin/busybox")) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"initramfs-{release}.cpio"
     fd, temporary = tempfile.mkstemp(dir=OUT, prefix=".initramfs-")
-    with os.fdopen(fd, "wb") as stream:
-        stream.write(archive.finish())
-    os.replace(temporary, path)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(archive.finish())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
     return path
 
 

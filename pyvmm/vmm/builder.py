@@ -46,6 +46,7 @@ from pyvmm.vmm.virtio_slots import (acpi_platform, announce, attach_virtio, open
 
 if TYPE_CHECKING:
     from pyvmm.devices.virtio.ports import Port
+    from pyvmm.gdb.server import GdbServer
     from pyvmm.vcpu.stats import RunStats
 
 log = logging.getLogger(__name__)
@@ -202,12 +203,36 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                          assist, assists) for vcpu in vcpus]
     runners = VcpuRunners([VcpuRunner(s, s.serve, exit_event, on_exit=s.finished)
                            for s in served])
+    gdb = _gdb_server(config, vcpus, served, runners, memory, exit_event)
     return BuiltMachine(config=config, kvm=kvm, vm=vm, memory=memory, vcpus=vcpus,
                         exit_event=exit_event, loop=loop, console=console,
                         pump=ConsolePump(console, console_input, serial, uart_fast),
                         runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
                         owned_fds=owned_fds, closers=[shares.close], stats=stats,
-                        assists=assists)
+                        assists=assists, gdb=gdb)
+
+
+def _gdb_server(config: MachineConfig, vcpus: list, served: list[ServedVcpu],
+                runners: VcpuRunners, memory: GuestMemory,
+                exit_event: ExitEvent) -> GdbServer | None:
+    """``--gdb``: the machine as gdb's target, its traps seen first, and the listener."""
+    if not config.gdb:
+        return None
+    from pyvmm.config.values import parse_gdb_address
+    from pyvmm.gdb.server import GdbServer
+    from pyvmm.vmm.gdb_target import MachineTarget
+
+    target = MachineTarget(vcpus, runners, memory, exit_event.setter(
+        StopReason.stopped("killed from gdb")))
+    for vcpu in served:
+        vcpu.debugger = target.on_exit
+    if config.gdb_wait:
+        target.hold_at_start()
+    try:
+        return GdbServer(parse_gdb_address(config.gdb), target)
+    except BaseException:
+        target.close()
+        raise
 
 
 def _guest_console_is_hvc(cmdline: str) -> bool:

@@ -32,6 +32,10 @@ class EventLoop:
         self._timer_lock = threading.Lock()
         # Written by other threads (and signal handlers) to wake the loop.
         self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        # Orders wake() against close(): a wake from another thread must not write to
+        # the fd after it is closed (or reused).  Reentrant: a signal handler that
+        # wakes may run on the main thread inside close().
+        self._wake_lock = threading.RLock()
         self.add(self.wake_fd, self._drain_wake)
 
     def add(self, fd: int, handler: Handler, events: int = select.EPOLLIN) -> None:
@@ -49,9 +53,9 @@ class EventLoop:
 
     def wake(self) -> None:
         """Make ``run`` look at its stop condition now (any thread; a no-op once closed)."""
-        fd = self.wake_fd
-        if fd >= 0:
-            os.eventfd_write(fd, 1)
+        with self._wake_lock:
+            if self.wake_fd >= 0:
+                os.eventfd_write(self.wake_fd, 1)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> None:
         """Call ``callback`` on the loop's thread once ``time.monotonic()`` reaches ``when``."""
@@ -109,6 +113,7 @@ class EventLoop:
         return True
 
     def close(self) -> None:
-        fd, self.wake_fd = self.wake_fd, -1  # a late wake() must not write to a reused fd
-        self._epoll.close()
-        os.close(fd)
+        with self._wake_lock:
+            fd, self.wake_fd = self.wake_fd, -1  # a late wake() must not write to a reused fd
+            self._epoll.close()
+            os.close(fd)

@@ -24,14 +24,16 @@ from pyvmm.devices.platform import PvPanic, SleepControl
 from pyvmm.devices.rtc import Rtc
 from pyvmm.devices.serial import Serial
 from pyvmm.devices.virtio.console import ConsoleDevice
-from pyvmm.errors import ConfigError, LoaderError
+from pyvmm.errors import SEE_CHECK, ConfigError, HostError, LoaderError
 from pyvmm.vcpu.dispatch import UnknownAccessLog
 from pyvmm.eventloop import EventLoop
 from pyvmm.vcpu.exit_event import ExitEvent
 from pyvmm.exitstatus import StopReason
 from pyvmm.host.inputfile import read_input
 from pyvmm.kvm._ffi import address_of
-from pyvmm.kvm.system import Kvm, is_pvm_host
+from pyvmm.kvm import system as kvm_system  # a module: tests stand in for is_pvm_host
+from pyvmm.kvm.system import Kvm
+from pyvmm.loader.identify import is_linux
 from pyvmm.kvm.vm import Vm
 from pyvmm.vmm.machine import BuiltMachine
 from pyvmm.memory import GuestMemory
@@ -93,6 +95,7 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     initrd_image = read_input(config.initrd, "initrd", LoaderError, config.memory, ram) \
         if config.initrd else None
 
+    refuse_linux_on_pvm(config, kernel_image)
     # Everything that can be wrong with the input is found before KVM is opened.
     slots = plan_virtio_slots(config)
     shares = Shares(config.shares)
@@ -102,6 +105,19 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     except BaseException:
         shares.close()
         raise
+
+
+def refuse_linux_on_pvm(config: MachineConfig, kernel_image: bytes) -> None:
+    """HostError at once for Linux on a kvm_pvm host, rather than ~25 s of emulation to exit 10.
+
+    Choosing ``--cpu`` or ``--emulation-assist`` says the boot is an experiment
+    on this host (how far Linux's start-up gets): it goes ahead.
+    """
+    if config.cpu_policy == "auto" and config.emulation_assist == "auto" \
+            and is_linux(kernel_image) and kvm_system.is_pvm_host():
+        raise HostError(f"{kvm_system.PVM_NO_USER_SPACE}{SEE_CHECK}; "
+                        f"{kvm_system.RUN_LINUX_ELSEWHERE}; --cpu compat or "
+                        "--emulation-assist on boot it here anyway, as an experiment")
 
 
 def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[Port],
@@ -139,7 +155,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     kvm.require_capabilities()
     if config.cpus > kvm.max_vcpus():
         raise ConfigError(f"--cpus {config.cpus}: this host allows at most {kvm.max_vcpus()}")
-    pvm_host = is_pvm_host()
+    pvm_host = kvm_system.is_pvm_host()
     policy = config.cpu_policy
     if policy == "auto":
         policy = "compat" if pvm_host else "host"

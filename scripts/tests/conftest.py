@@ -1,4 +1,4 @@
-"""The rig's tests (scripts/rig.py, and the rig's retry in tests/linux/guests.py).
+"""The scripts' own tests (rig.py and the rig's retry in tests/linux/guests.py, demo.py).
 
 scripts/ is no package: pytest puts only this folder on ``sys.path``, so the
 checkout's root goes there too (as the scripts put it) for ``tests.linux``.

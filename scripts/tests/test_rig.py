@@ -127,7 +127,10 @@ def test_a_frozen_rig_is_described_and_nudged(tmp_path: Path, monkeypatch: pytes
     if wake_on:
         # What the woken rig said went through the console's reading: its status counts.
         assert session.failure is None and session.status == 0
-        assert capsys.readouterr().err == f"rig: the rig froze ({where}); stop/cont woke it\n"
+        lines = capsys.readouterr().err.splitlines()
+        assert lines[0] == "rig: booting Debian's r in QEMU (TCG, 1 CPU) ..."
+        assert lines[1].startswith("rig: up in ") and lines[1].endswith(", running the command")
+        assert lines[2:] == [f"rig: the rig froze ({where}); stop/cont woke it"]
     else:
         assert session.status is None
         assert session.failure == (f"froze: nothing on its console for 1 s ({where}); "

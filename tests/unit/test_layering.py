@@ -104,6 +104,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("console",),                           # terminal, guest console, the pump
     ("vmm",),                               # the builder and the built machine
     ("command",),                           # command mode
+    ("check",),                             # what this host can run (pyvmm check)
     ("api", "cli"),                         # the front ends
     ("pytest_plugin", "__main__", "__init__"),
 )

@@ -104,8 +104,10 @@ def test_a_kvm_pvm_host_says_so(tmp_path, monkeypatch) -> None:
     kernel.write_bytes(b"\0" * 1024)
     result = CliRunner().invoke(main, ["run", "-k", str(kernel), "--", "true"])
     assert result.exit_code == 255
-    assert result.output == ("pyvmm: error: command mode needs hardware KVM: /dev/kvm here is "
-                             "kvm_pvm, which cannot run Linux user space\n")
+    assert result.output.count("\n") == 1
+    assert result.output.startswith("pyvmm: error: command mode needs hardware KVM: /dev/kvm "
+                                    "here is kvm_pvm")
+    assert "can't run its user space" in result.output and "scripts/rig.py" in result.output
 
 
 def test_no_virtiofsd_names_the_package(tmp_path, monkeypatch) -> None:

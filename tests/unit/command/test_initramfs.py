@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 from pyvmm.command.initramfs.cpio import CpioWriter
-from pyvmm.command.initramfs.modules import (find_modules, kernel_release, load_order, module_name,
-                                     parse_modules_dep)
+from pyvmm.command.initramfs.modules import find_modules, load_order, module_name, parse_modules_dep
+from pyvmm.loader.bzimage import kernel_release
 from tests.host_kernels import debian_kernel
 
 

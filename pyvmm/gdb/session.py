@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 from pyvmm.gdb import registers
-from pyvmm.gdb.debugregs import (SLOTS, STOP_REASON, HwPoint, debug_registers,
+from pyvmm.gdb.debugregs import (SLOTS, HwPoint, debug_registers,
                                  point_problem)
 from pyvmm.gdb.packets import (PACKET_SIZE, Interrupt, Packet, PacketReader, ProtocolError,
                                escape, frame, unescape)

@@ -176,20 +176,6 @@ class Machine:
         dump_machine(os.fspath(path), self._machine.memory, self._machine.vcpus,
                      self._machine.stop_reason)
 
-    def run(self, cmd: str | Sequence[str], timeout: float | None = None) -> \
-            subprocess.CompletedProcess[bytes]:
-        """Run a command in this running guest: not possible yet.
-
-        Command mode builds its own machine around one command, whose
-        initramfs carries it: ``pyvmm.run_command(cmd, kernel=...)`` does
-        that.  Running commands in a machine that is already up needs a guest
-        agent on its stream ports, which is not there yet.
-        """
-        raise NotImplementedError(
-            "Machine.run(cmd) needs a guest agent pyvmm does not have yet: run one command "
-            "in a guest of its own with pyvmm.run_command(cmd, kernel=...) (the library's "
-            "pyvmm run -k KERNEL -- CMD)")
-
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the machine is stopped and released")

@@ -10,6 +10,11 @@ from __future__ import annotations
 import os
 
 
+#: Appended to the errors that come from a missing piece of the host: the command that
+#: says what this host has and how to get what it lacks.
+SEE_CHECK = " (see pyvmm check)"
+
+
 class PyvmmError(Exception):
     """Base of the errors that are reported to the user as one line."""
 

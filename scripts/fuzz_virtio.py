@@ -4,7 +4,7 @@
 
 Drives the block, console, ports (command mode's streams) and virtio-fs
 (config space and transport, a stand-in back end) devices through their virtio-mmio transport
-with hypothesis-generated hostile drivers (tests/unit/virtio_fuzzing.py) and
+with hypothesis-generated hostile drivers (tests/unit/devices/virtio/virtio_fuzzing.py) and
 prints how many runs, notifications ("rings"; "live rings" reached a device
 not in DEVICE_NEEDS_RESET) and used chains it went through, and the first failure if any (hypothesis shrinks it).
 """
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 
-from tests.unit.virtio_fuzzing import KINDS, run_one, runs  # noqa: E402
+from tests.unit.devices.virtio.virtio_fuzzing import KINDS, run_one, runs  # noqa: E402
 
 
 def main() -> int:

@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Install the Debian packages pyvmm's builds and tests use, if any is missing.
-# Needs root (or sudo).  QEMU and Debian's kernel are for the hardware-KVM rig
-# (scripts/rig.py) and the side-by-side checks and benchmarks.
+# Install the Debian packages pyvmm uses, if any is missing.  Needs root (or sudo).
+#
+#   bash scripts/host-deps.sh        everything: building pyvmm, the demo, the tests
+#   bash scripts/host-deps.sh run    only what installing pyvmm and its demo need
 set -euo pipefail
-# qemu-system-common: /usr/lib/qemu/virtiofsd, for --share and command mode (bookworm has
-# no standalone virtiofsd package; where there is one on PATH, pyvmm prefers it).
-packages=(gcc binutils make python3-venv busybox-static cpio xz-utils bc flex bison
-          libelf-dev libssl-dev linux-source-6.1 acpica-tools gdb e2fsprogs
-          qemu-system-common
-          qemu-system-x86 linux-image-amd64)
+# Building and running pyvmm: a C compiler, the C library's and Python's headers
+# (cffi compiles the KVM binding), venv (Debian's Python installs nothing outside
+# one), busybox for the initramfs pyvmm builds, Debian's kernel for the demo,
+# qemu-system-common for /usr/lib/qemu/virtiofsd (--share, command mode; bookworm
+# has no standalone virtiofsd package, and where there is one on PATH, pyvmm
+# prefers it), and QEMU for the rig (scripts/rig.py: Linux where KVM is not hardware).
+run=(gcc libc6-dev python3-venv python3-dev busybox-static linux-image-amd64
+     qemu-system-common qemu-system-x86)
+# The tests and benchmarks: the minimal kernel's and the tiny guests' builds, gdb, mkfs.
+tests=(binutils make cpio xz-utils bc flex bison libelf-dev libssl-dev linux-source-6.1
+       acpica-tools gdb e2fsprogs)
+case "${1:-all}" in
+    run) packages=("${run[@]}") ;;
+    all) packages=("${run[@]}" "${tests[@]}") ;;
+    *) echo "host-deps.sh: unknown set '$1' (run, all)" >&2; exit 2 ;;
+esac
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -150,6 +150,9 @@ def rig_initramfs(release: str) -> Path:
     path = CACHE / f"initramfs-{release}-{key}.cpio.gz"
     if path.exists():
         return path
+    started = time.monotonic()
+    print(f"rig: building its initramfs (busybox, the modules of {release}) ...",
+          file=sys.stderr, flush=True)
     archive = CpioWriter()
     for directory in ("bin", "dev", "proc", "sys", "mnt", "job", "run", "lib", "lib/modules"):
         archive.directory(directory)
@@ -166,6 +169,7 @@ def rig_initramfs(release: str) -> Path:
     with os.fdopen(fd, "wb") as file:
         file.write(gzip.compress(archive.finish(), compresslevel=1))
     os.replace(tmp, path)
+    print(f"rig: built {path} in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return path
 
 
@@ -212,6 +216,8 @@ class Session:
             shutil.rmtree(self.monitor.parent, ignore_errors=True)
             raise
         assert proc.stdout is not None
+        print(f"rig: booting Debian's {self.release} in QEMU (TCG, {self.args.cpus} CPU) ...",
+              file=sys.stderr, flush=True)
         output = open(self.job / "output", "rb")
         started = last_heard = time.monotonic()
         running = False  # the job has started: the watchdog applies
@@ -237,7 +243,10 @@ class Session:
                     *lines, pending = pending.split(b"\n")
                     for line in lines:
                         self._line(line)
-                    running = running or b"RIG-START" in self.console
+                    if not running and b"RIG-START" in self.console:
+                        running = True
+                        print(f"rig: up in {now - started:.1f} s, running the command",
+                              file=sys.stderr, flush=True)
                 if self.failure or self.status is not None:
                     break
                 if now - started > self.args.timeout:

@@ -10,20 +10,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/host-deps.sh
-python3 -m pip install -q -e '.[test]'
-# An editable install writes no bytecode, and PYTHONDONTWRITEBYTECODE may forbid
-# Python to: compile it once so no pyvmm run pays for it (stale files are ignored).
-python3 -m compileall -q pyvmm
+# pyvmm and the test tools go into .venv/ (scripts/install.sh), as the README's
+# first command installs pyvmm: Debian's own Python installs nothing outside one.
+bash scripts/install.sh test
+python=.venv/bin/python
 bash images/build.sh tiny linux initramfs cloud
-python3 -m mypy pyvmm tests bench scripts
-python3 -m pytest -q -m "not linux" "$@" && status=0 || status=$?
+$python -m mypy pyvmm tests bench scripts
+# Without paths pytest runs pyproject's testpaths: tests/ and scripts/tests/ (the scripts' own).
+$python -m pytest -q -m "not linux" "$@" && status=0 || status=$?
 
 hardware_kvm() {
-    python3 -c 'import sys; from tests.linux.conftest import why_no_hardware_kvm as why
+    $python -c 'import sys; from tests.linux.conftest import why_no_hardware_kvm as why
 sys.exit(why() is not None)'
 }
 if hardware_kvm; then
-    python3 -m pytest -q -m linux "$@" && linux=0 || linux=$?
+    $python -m pytest -q -m linux "$@" && linux=0 || linux=$?
 else
     echo "test.sh: /dev/kvm is not hardware KVM here: the linux tests run in scripts/rig.py" >&2
     # One rig session per test file: a failure of the rig itself then costs a
@@ -32,8 +33,8 @@ else
     for file in tests/linux/test_*.py; do
         job="images/out/rig-job/$(basename "$file" .py)"
         rm -rf "$job"
-        python3 scripts/rig.py --job "$job" -- \
-            python3 -m pytest -q -p no:cacheprovider -m linux "$file" "$@" && rc=0 || rc=$?
+        $python scripts/rig.py --job "$job" -- \
+            $python -m pytest -q -p no:cacheprovider -m linux "$file" "$@" && rc=0 || rc=$?
         if [ "$rc" -eq 125 ]; then
             echo "test.sh: SKIPPED $file: the rig failed on its own twice (its reason is" \
                  "above, after 'rig: FAILED'); this is not a pyvmm failure" >&2

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from pyvmm.config.command import CommandOptions
 
 #: Subcommands imported on first use: name -> (module, attribute).
-_LAZY_COMMANDS = {"inspect": ("pyvmm.cli.inspect", "inspect")}
+_LAZY_COMMANDS = {"inspect": ("pyvmm.cli.inspect", "inspect"),
+                  "check": ("pyvmm.cli.check", "check")}
 
 
 class _LazyGroup(click.Group):

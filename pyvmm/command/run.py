@@ -30,7 +30,7 @@ from pyvmm.host import environment
 from pyvmm.config.tables import ShareConfig
 from pyvmm.console.host import HostConsole
 from pyvmm.devices.virtio.ports import Port, PortsDevice
-from pyvmm.errors import ConfigError, HostError, PyvmmError
+from pyvmm.errors import SEE_CHECK, ConfigError, HostError, PyvmmError
 from pyvmm.exitstatus import StopReason
 from pyvmm.command.initramfs.build import Job, base_archive, job_archive, modules_for
 from pyvmm.kvm import system as kvm_system  # a module: tests stand in for is_pvm_host
@@ -223,8 +223,8 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], options: CommandOp
     if config.initrd:
         raise ConfigError("command mode builds its own initramfs: leave out --initrd")
     if kvm_system.is_pvm_host():
-        raise HostError("command mode needs hardware KVM: /dev/kvm here is kvm_pvm, which "
-                        "cannot run Linux user space")
+        raise HostError(f"command mode needs hardware KVM: {kvm_system.PVM_NO_USER_SPACE}"
+                        f"{SEE_CHECK}; {kvm_system.RUN_LINUX_ELSEWHERE}")
     with open(config.kernel, "rb") as stream:
         head = stream.read(1 << 16)
     base = base_archive(modules_for(head, options.modules))

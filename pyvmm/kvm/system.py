@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
-from pyvmm.errors import HostError
+from pyvmm.errors import SEE_CHECK, HostError
 from pyvmm.host import environment
 from pyvmm.kvm._ffi import ffi, ioctl, ioctl_value, lib
 from pyvmm.kvm.vm import Vm
@@ -41,11 +41,11 @@ class Kvm:
         except FileNotFoundError:
             raise HostError(
                 f"{path} does not exist: load KVM (modprobe kvm_intel or kvm_amd) "
-                "and enable virtualization in the firmware") from None
+                f"and enable virtualization in the firmware{SEE_CHECK}") from None
         except PermissionError:
             raise HostError(
                 f"cannot open {path}: permission denied; add your user to the "
-                "'kvm' group or run as root") from None
+                f"'kvm' group or run as root{SEE_CHECK}") from None
         except OSError as exc:
             raise HostError(f"cannot open {path}: {exc.strerror}") from None
         version = ioctl_value(self.fd, lib.KVM_GET_API_VERSION, 0, "KVM_GET_API_VERSION")
@@ -62,13 +62,17 @@ class Kvm:
         """Whether the in-kernel LAPIC emulates TSC-deadline mode (userspace must say so in CPUID)."""
         return bool(self.check_extension(lib.KVM_CAP_TSC_DEADLINE_TIMER))
 
+    def has_coalesced_pio(self) -> bool:
+        """Whether port writes can be queued in the coalesced ring (``Vm.coalesce_pio``)."""
+        return self.check_extension(lib.KVM_CAP_COALESCED_PIO) > 0
+
     def require_capabilities(self) -> None:
         """Raise HostError naming the first capability this host lacks."""
         for name, capability in REQUIRED_CAPABILITIES.items():
             if not self.check_extension(capability):
                 raise HostError(
                     f"this host's KVM lacks {name}, which pyvmm needs; "
-                    "update the host kernel")
+                    f"update the host kernel{SEE_CHECK}")
 
     def max_vcpus(self) -> int:
         """How many vCPUs one VM may have (KVM_CAP_MAX_VCPUS, else NR_VCPUS)."""
@@ -100,6 +104,14 @@ class Kvm:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+#: Why a Linux guest can't reach user space on a kvm_pvm host, and where to run it instead:
+#: said by every refusal (``pyvmm run``, command mode) and by ``pyvmm check``.
+PVM_NO_USER_SPACE = ("/dev/kvm here is kvm_pvm (KVM without hardware virtualization), which "
+                     "emulates a Linux guest in software and can't run its user space")
+RUN_LINUX_ELSEWHERE = ("run it where KVM is hardware (VMX/SVM), or from a pyvmm checkout in "
+                       "the rig: python3 scripts/rig.py -- pyvmm run ...")
 
 
 def is_pvm_host() -> bool:

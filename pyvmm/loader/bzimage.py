@@ -19,6 +19,8 @@ OFF_BOOT_FLAG = 0x1FE
 OFF_JUMP = 0x200
 OFF_HEADER_MAGIC = 0x202
 OFF_VERSION = 0x206
+#: u16: where the kernel's version string is, as an offset from 0x200 (0: none).
+OFF_KERNEL_VERSION = 0x20E
 OFF_LOADFLAGS = 0x211
 OFF_INITRD_ADDR_MAX = 0x22C
 OFF_KERNEL_ALIGNMENT = 0x230
@@ -143,3 +145,21 @@ def load_bzimage(memory: GuestMemory, image: bytes, highmem_start: int) -> Kerne
     memory.write(load, payload)
     return KernelImage(load_address=load, entry_address=load + ENTRY_64_OFFSET,
                        end_address=load + footprint, header=header)
+
+
+def kernel_release(image: bytes) -> str | None:
+    """``6.1.0-56-amd64`` from a bzImage's version string, or None (not a bzImage, or none).
+
+    Linux fills ``kernel_version``; a bzImage that is not Linux (pyvmm's tiny
+    test guests) leaves it 0.  Command mode names ``/lib/modules/RELEASE`` by it.
+    """
+    if image[OFF_HEADER_MAGIC:OFF_HEADER_MAGIC + 4] != HEADER_MAGIC or \
+            len(image) < OFF_KERNEL_VERSION + 2:
+        return None
+    (pointer,) = struct.unpack_from("<H", image, OFF_KERNEL_VERSION)
+    start = OFF_JUMP + pointer
+    if not pointer or start >= len(image):
+        return None
+    end = image.find(b"\0", start, start + 256)
+    text = image[start:end if end >= 0 else start + 256].decode("ascii", "replace").split()
+    return text[0] if text else None

@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from pyvmm.errors import ConfigError, HostError
+from pyvmm.errors import SEE_CHECK, ConfigError, HostError
 from pyvmm.host import environment
 from pyvmm.vhost.frontend import VhostUserFrontend
 
@@ -63,7 +63,7 @@ def find_virtiofsd() -> Virtiofsd:
     for path in QEMU_VIRTIOFSD:
         if os.access(path, os.X_OK):
             return Virtiofsd(path, "qemu")
-    raise HostError(PACKAGE_HINT)
+    raise HostError(PACKAGE_HINT + SEE_CHECK)
 
 
 def check_shared_dir(path: str) -> str:

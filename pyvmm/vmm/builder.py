@@ -24,14 +24,16 @@ from pyvmm.devices.platform import PvPanic, SleepControl
 from pyvmm.devices.rtc import Rtc
 from pyvmm.devices.serial import Serial
 from pyvmm.devices.virtio.console import ConsoleDevice
-from pyvmm.errors import ConfigError, LoaderError
+from pyvmm.errors import SEE_CHECK, ConfigError, HostError, LoaderError
 from pyvmm.vcpu.dispatch import UnknownAccessLog
 from pyvmm.eventloop import EventLoop
 from pyvmm.vcpu.exit_event import ExitEvent
 from pyvmm.exitstatus import StopReason
 from pyvmm.host.inputfile import read_input
 from pyvmm.kvm._ffi import address_of
-from pyvmm.kvm.system import Kvm, is_pvm_host
+from pyvmm.kvm import system as kvm_system  # a module: tests stand in for is_pvm_host
+from pyvmm.kvm.system import Kvm
+from pyvmm.loader.identify import is_linux
 from pyvmm.kvm.vm import Vm
 from pyvmm.vmm.machine import BuiltMachine
 from pyvmm.memory import GuestMemory
@@ -44,6 +46,7 @@ from pyvmm.vmm.virtio_slots import (acpi_platform, announce, attach_virtio, open
 
 if TYPE_CHECKING:
     from pyvmm.devices.virtio.ports import Port
+    from pyvmm.gdb.server import GdbServer
     from pyvmm.vcpu.stats import RunStats
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,7 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     initrd_image = read_input(config.initrd, "initrd", LoaderError, config.memory, ram) \
         if config.initrd else None
 
+    refuse_linux_on_pvm(config, kernel_image)
     # Everything that can be wrong with the input is found before KVM is opened.
     slots = plan_virtio_slots(config)
     shares = Shares(config.shares)
@@ -101,6 +105,19 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     except BaseException:
         shares.close()
         raise
+
+
+def refuse_linux_on_pvm(config: MachineConfig, kernel_image: bytes) -> None:
+    """HostError at once for Linux on a kvm_pvm host, rather than ~25 s of emulation to exit 10.
+
+    Choosing ``--cpu`` or ``--emulation-assist`` says the boot is an experiment
+    on this host (how far Linux's start-up gets): it goes ahead.
+    """
+    if config.cpu_policy == "auto" and config.emulation_assist == "auto" \
+            and is_linux(kernel_image) and kvm_system.is_pvm_host():
+        raise HostError(f"{kvm_system.PVM_NO_USER_SPACE}{SEE_CHECK}; "
+                        f"{kvm_system.RUN_LINUX_ELSEWHERE}; --cpu compat or "
+                        "--emulation-assist on boot it here anyway, as an experiment")
 
 
 def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[Port],
@@ -142,7 +159,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     kvm.require_capabilities()
     if config.cpus > kvm.max_vcpus():
         raise ConfigError(f"--cpus {config.cpus}: this host allows at most {kvm.max_vcpus()}")
-    pvm_host = is_pvm_host()
+    pvm_host = kvm_system.is_pvm_host()
     policy = config.cpu_policy
     if policy == "auto":
         policy = "compat" if pvm_host else "host"
@@ -190,12 +207,36 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                          assist, assists) for vcpu in vcpus]
     runners = VcpuRunners([VcpuRunner(s, s.serve, exit_event, on_exit=s.finished)
                            for s in served])
+    gdb = _gdb_server(config, vcpus, served, runners, memory, exit_event)
     return BuiltMachine(config=config, kvm=kvm, vm=vm, memory=memory, vcpus=vcpus,
                         exit_event=exit_event, loop=loop, console=console,
                         pump=ConsolePump(console, console_input, serial, uart_fast),
                         runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
                         owned_fds=owned_fds, closers=[shares.close], stats=stats,
-                        assists=assists)
+                        assists=assists, gdb=gdb)
+
+
+def _gdb_server(config: MachineConfig, vcpus: list, served: list[ServedVcpu],
+                runners: VcpuRunners, memory: GuestMemory,
+                exit_event: ExitEvent) -> GdbServer | None:
+    """``--gdb``: the machine as gdb's target, its traps seen first, and the listener."""
+    if not config.gdb:
+        return None
+    from pyvmm.config.values import parse_gdb_address
+    from pyvmm.gdb.server import GdbServer
+    from pyvmm.vmm.gdb_target import MachineTarget
+
+    target = MachineTarget(vcpus, runners, memory, exit_event.setter(
+        StopReason.stopped("killed from gdb")))
+    for vcpu in served:
+        vcpu.debugger = target.on_exit
+    if config.gdb_wait:
+        target.hold_at_start()
+    try:
+        return GdbServer(parse_gdb_address(config.gdb), target)
+    except BaseException:
+        target.close()
+        raise
 
 
 def _guest_console_is_hvc(cmdline: str) -> bool:

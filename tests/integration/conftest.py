@@ -59,6 +59,15 @@ def run_pyvmm(*args: str, stdin: bytes | None = b"", timeout: float = 120) -> Ru
 
 
 @pytest.fixture
+def disk(tmp_path) -> Path:
+    """A 2 MiB raw disk image of zeros (sparse), for a guest's --drive."""
+    path = tmp_path / "disk.img"
+    with open(path, "wb") as stream:
+        stream.truncate(2 << 20)
+    return path
+
+
+@pytest.fixture
 def on_pty():
     """Starts ``pyvmm ARGS...`` on a new pty (a Terminal); afterwards kills it, closes the pty."""
     from tests.integration.terminal import pty_starter

@@ -159,12 +159,6 @@ def test_a_machine_started_from_another_thread(pyvmm_machine: Factory) -> None:
     assert made[0].wait(30).status == 7
 
 
-def test_run_is_a_documented_hook(pyvmm_machine: Factory) -> None:
-    vm = pyvmm_machine(kernel=image("tiny/loop.bzImage"), memory="64M", start=False)
-    with pytest.raises(NotImplementedError, match="pyvmm.run_command"):
-        vm.run(["true"])
-
-
 def test_a_failing_test_report_carries_the_console(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(f"""
         def test_fails(pyvmm_machine):
@@ -182,3 +176,13 @@ def test_a_failing_test_report_carries_the_console(pytester: pytest.Pytester) ->
 def test_run_command_says_it_needs_hardware_kvm() -> None:
     with pytest.raises(HostError, match="command mode needs hardware KVM"):
         pyvmm.run_command(["true"], kernel=image("tiny/loop.bzImage"))
+
+
+def test_a_tiny_guest_boots_on_a_pvm_host_and_linux_is_refused(pyvmm_machine: Factory,
+                                                                 monkeypatch) -> None:
+    """The refusal of Linux on kvm_pvm (tests/unit/cli/test_linux_on_pvm.py) spares tiny guests."""
+    monkeypatch.setattr("pyvmm.kvm.system.is_pvm_host", lambda: True)
+    vm = pyvmm_machine(kernel=image("tiny/exitcode.bzImage"), append="exitcode=0", timeout=60)
+    assert vm.wait(60).status == 1 and "pyvmm-tiny: exit 0" in vm.console.text
+    with pytest.raises(HostError, match="kvm_pvm .* can't run its user space"):
+        pyvmm.Machine(kernel=image("linux/bzImage"))

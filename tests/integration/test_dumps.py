@@ -127,9 +127,10 @@ def test_failed_live_dumps_leave_the_guest_running_and_nothing_behind(tmp_path) 
 
 def test_kernel_log_from_a_linux_dump(tmp_path) -> None:
     dump = tmp_path / "linux.core"
+    # On kvm_pvm this is an experiment (how far start-up gets): --emulation-assist says so.
     result = run_pyvmm("run", "-k", str(image("linux/vmlinux")), "-a", "console=ttyS0 noxsave",
-                       "--timeout", "240", "--dump", str(dump), "--dump-on", "exit",
-                       timeout=300)
+                       "--emulation-assist", "on", "--timeout", "240", "--dump", str(dump),
+                       "--dump-on", "exit", timeout=300)
     if not is_pvm_host():
         assert result.status == ExitStatus.OK
     log = inspect("dmesg", str(dump), "--system-map", str(image("linux/System.map")))

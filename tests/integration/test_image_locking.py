@@ -44,14 +44,6 @@ def wait_for_lock(path, timeout: float = 20.0) -> None:
     raise AssertionError(f"nobody locked {path} within {timeout} s")
 
 
-@pytest.fixture
-def disk(tmp_path):
-    path = tmp_path / "disk.img"
-    with open(path, "wb") as stream:
-        stream.truncate(1 << 20)
-    return path
-
-
 @pytest.mark.parametrize("readonly", [False, True])
 def test_pyvmm_refuses_an_image_qemu_writes(disk, readonly) -> None:
     qemu = subprocess.Popen(qemu_command(disk), stdin=subprocess.DEVNULL,

@@ -32,7 +32,7 @@ def test_bzimage_without_help_stops_with_an_explained_failure() -> None:
     cmdline = "console=ttyS0 reboot=k panic=-1 noxsave pyvmm.run=echo,from-the-guest"
     result = run_pyvmm("run", "--kernel", str(kernel), "--initrd",
                        str(image("initramfs.cpio.gz")), "--append", cmdline,
-                       "--timeout", "240", timeout=300)
+                       "--emulation-assist", "on", "--timeout", "240", timeout=300)
     assert "Linux version 6.1" in result.stdout
     assert f"Command line: {cmdline}" in result.stdout
     assert "BIOS-e820" in result.stdout
@@ -54,7 +54,8 @@ def test_linux_drives_our_devices_as_far_as_the_host_allows(tmp_path) -> None:
                        "--initrd", str(image("initramfs.cpio.gz")),
                        "--drive", f"path={disk},serial=linux-disk",
                        "--virtio-announce", "acpi", "--append", cmdline,
-                       "--dump", str(dump), "--timeout", "400", timeout=480)
+                       "--dump", str(dump), "--emulation-assist", "on", "--timeout", "400",
+                       timeout=480)
     out = result.stdout
     assert "ACPI: 1 ACPI AML tables successfully acquired and loaded" in out
     assert "ACPI: PM: (supports S0 S5)" in out

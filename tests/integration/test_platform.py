@@ -86,7 +86,8 @@ def test_minimal_linux_as_elf_through_pvh() -> None:
     vmlinux = image("linux/vmlinux")
     cmdline = "console=ttyS0 noxsave panic=-1"
     result = run_pyvmm("run", "-k", str(vmlinux), "-i", str(image("initramfs.cpio.gz")),
-                       "--cpus", "2", "-a", cmdline, "--timeout", "240", timeout=300)
+                       "--cpus", "2", "-a", cmdline, "--emulation-assist", "on",
+                       "--timeout", "240", timeout=300)
     assert "Linux version 6.1" in result.stdout
     assert "ACPI: RSDP 0x00000000000E0000" in result.stdout   # found our tables
     assert "smpboot: Allowing 2 CPUs" in result.stdout        # from our MADT

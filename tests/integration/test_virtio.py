@@ -20,14 +20,6 @@ def pattern_ok(data: bytes, sectors: int) -> bool:
     return data[:sectors * 512] == expected
 
 
-@pytest.fixture
-def disk(tmp_path):
-    path = tmp_path / "disk.img"
-    with open(path, "wb") as stream:
-        stream.truncate(2 << 20)
-    return path
-
-
 @pytest.mark.parametrize("kernel", ["tiny/vblk.bzImage", "tiny/vblk.elf"])
 def test_guest_writes_reach_the_image(disk, kernel) -> None:
     result = run_pyvmm("run", "-k", str(image(kernel)), "--drive", f"path={disk}",

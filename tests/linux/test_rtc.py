@@ -1,7 +1,7 @@
 """The CMOS RTC as Linux's rtc_cmos uses it: /dev/rtc0, its time, update and alarm interrupts.
 
-Runs a probe in command mode (Debian's kernel and the minimal one both have
-rtc_cmos built in); needs hardware KVM (the rig).  Linux emulates periodic
+Runs a probe in command mode under Debian's kernel (rtc_cmos built in; our
+minimal kernel has no RTC driver); needs hardware KVM (the rig).  Linux emulates periodic
 and update interrupts with its own timers, and both reach the chip as
 alarms: what the guest waits for here are real IRQ 8s from pyvmm's RTC.
 """
@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
+from .conftest import KERNELS
 from .test_command_mode import command
 
 PROBE = r"""
@@ -19,6 +22,7 @@ RTC_RD_TIME, RTC_UIE_ON, RTC_UIE_OFF = 0x80247009, 0x7003, 0x7004
 RTC_ALM_SET, RTC_AIE_ON, RTC_AIE_OFF = 0x40247007, 0x7001, 0x7002
 fd = os.open("/dev/rtc0", os.O_RDONLY)
 sec, minute, hour, mday, mon, year = struct.unpack("9i", fcntl.ioctl(fd, RTC_RD_TIME, bytes(36)))[:6]
+guest_now = time.time()
 rtc = calendar.timegm((year + 1900, mon + 1, mday, hour, minute, sec, 0, 0, 0))
 fcntl.ioctl(fd, RTC_UIE_ON, 0)
 start = time.monotonic()
@@ -33,14 +37,16 @@ start = time.monotonic()
 fired = struct.unpack("L", os.read(fd, 8))[0]
 alarm_seconds = time.monotonic() - start
 fcntl.ioctl(fd, RTC_AIE_OFF, 0)
-print(json.dumps({"rtc": rtc, "guest_now": time.time(), "update_seconds": update_seconds,
+print(json.dumps({"rtc": rtc, "guest_now": guest_now, "update_seconds": update_seconds,
                   "updates": updates, "alarm_seconds": alarm_seconds, "alarm": fired}))
 """
 
 
-def test_the_guest_reads_the_hosts_time_and_gets_update_and_alarm_interrupts(
-        kernel: str) -> None:
-    result = command(kernel, "python3", "-c", PROBE)
+def test_the_guest_reads_the_hosts_time_and_gets_update_and_alarm_interrupts() -> None:
+    kernel = KERNELS["debian"]
+    if not kernel.exists():
+        pytest.skip("Debian's kernel is not installed")
+    result = command(str(kernel), "python3", "-c", PROBE)
     assert result.status == 0, result.stderr.decode(errors="replace")
     seen = json.loads(result.stdout)
     assert abs(seen["rtc"] - time.time()) < 600            # the same day and hour as the host

@@ -19,7 +19,8 @@ from importlib import resources
 from pyvmm.errors import ConfigError
 from pyvmm.host import environment
 from pyvmm.command.initramfs.cpio import CpioWriter
-from pyvmm.command.initramfs.modules import ModuleSet, find_modules, kernel_release, read_module
+from pyvmm.command.initramfs.modules import ModuleSet, find_modules, read_module
+from pyvmm.loader.bzimage import kernel_release
 
 #: What command mode needs of the kernel: virtio-mmio, the console ports, virtio-fs, overlay.
 WANTED_MODULES = ["virtio_mmio", "virtio_console", "fuse", "virtiofs", "overlay"]

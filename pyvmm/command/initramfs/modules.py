@@ -14,28 +14,9 @@ from __future__ import annotations
 import gzip
 import lzma
 import os
-import struct
 from dataclasses import dataclass
 
 from pyvmm.errors import ConfigError
-
-#: Setup header: u16 at 0x20E is the offset (from 0x200) of the version string.
-OFF_KERNEL_VERSION = 0x20E
-HEADER_MAGIC_OFFSET = 0x202
-
-
-def kernel_release(image: bytes) -> str | None:
-    """``6.1.0-56-amd64`` from a bzImage, or None (not a bzImage, or no string)."""
-    if image[HEADER_MAGIC_OFFSET:HEADER_MAGIC_OFFSET + 4] != b"HdrS" or len(image) < 0x210:
-        return None
-    (pointer,) = struct.unpack_from("<H", image, OFF_KERNEL_VERSION)
-    start = 0x200 + pointer
-    if not pointer or start >= len(image):
-        return None
-    end = image.find(b"\0", start, start + 256)
-    text = image[start:end if end >= 0 else start + 256].decode("ascii", "replace").split()
-    return text[0] if text else None
-
 
 def parse_modules_dep(text: str) -> dict[str, list[str]]:
     """``path: dep dep`` lines -> {module name: [dependency paths]}, plus paths by name."""

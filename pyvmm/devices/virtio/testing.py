@@ -2,7 +2,8 @@
 
 It plays the guest driver (as rust-vmm's ``MockSplitQueue``): lays out the
 descriptor table and rings, allocates buffers, publishes chains, and reads
-back the used ring, so devices are tested with no VM and no /dev/kvm.
+back the used ring, so devices are tested with no VM and no /dev/kvm.  A
+:class:`CountingTrigger` stands in for the interrupt line a transport raises.
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ _DESC = struct.Struct("<QIHH")
 
 #: A buffer in a chain: (guest address, length, device-writable).
 Buffer = tuple[int, int, bool]
+
+
+class CountingTrigger:
+    """The interrupt input of a transport (``mmio.EdgeTrigger``): counts the edges it gets."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def trigger(self) -> None:
+        self.count += 1
 
 
 class DriverQueue:

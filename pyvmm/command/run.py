@@ -18,6 +18,7 @@ import os
 import pwd
 import select
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -172,7 +173,7 @@ def make_job(argv: tuple[str, ...], rw: bool, shares: tuple[ShareConfig, ...],
     env_binary = _host_tool("env", "coreutils")
     setpriv_binary = _host_tool("setpriv", "util-linux") if uid or gid else ""
     return Job(argv, os.getcwd(), uid, gid, groups, tuple(env.items()), rw, mounts,
-               env_binary, setpriv_binary)
+               env_binary, setpriv_binary, socket.gethostname())
 
 
 def _host_tool(name: str, package: str) -> str:

@@ -1,6 +1,8 @@
 """Only here to hand the cffi build script to setuptools (pyproject has the rest)."""
 from setuptools import setup
 
-# Two compiled modules: the KVM binding, and the host helpers a disk or a virtio
-# queue needs without KVM (fallocate, a memory fence).
-setup(cffi_modules=["pyvmm/kvm/_build.py:ffibuilder", "pyvmm/host/_build.py:ffibuilder"])
+# Three compiled modules: the KVM binding, the host helpers a disk or a virtio
+# queue needs without KVM (fallocate, a memory fence), and the UART fast path's
+# C loop (a vCPU's KVM_RUN that answers the console's polls).
+setup(cffi_modules=["pyvmm/kvm/_build.py:ffibuilder", "pyvmm/host/_build.py:ffibuilder",
+                    "pyvmm/vcpu/_uart_build.py:ffibuilder"])

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pyvmm.acpi import aml
 from pyvmm.arch.x86_64 import layout
 from pyvmm.devices.platform import S5_SLP_TYP
+from pyvmm.devices.rtc import CENTURY
 from pyvmm.memory import GuestMemory
 
 OEM_ID = b"PYVMM "
@@ -34,7 +35,6 @@ FADT_REVISION = 6
 FADT_RESET_REG_SUP = 1 << 10
 FADT_HW_REDUCED_ACPI = 1 << 20
 IAPC_VGA_NOT_PRESENT = 1 << 2
-IAPC_CMOS_RTC_NOT_PRESENT = 1 << 5
 GAS_SYSTEM_IO = 1
 MADT_PCAT_COMPAT = 1
 
@@ -118,6 +118,8 @@ class AcpiPlatform:
     serial_port: int = layout.COM1_PORT
     serial_irq: int = layout.COM1_IRQ
     pvpanic_port: int | None = layout.PVPANIC_PORT
+    rtc_port: int = layout.RTC_PORT
+    rtc_irq: int = layout.RTC_IRQ
     sleep_control_port: int = layout.ACPI_SLEEP_CONTROL_PORT
     sleep_status_port: int = layout.ACPI_SLEEP_STATUS_PORT
     reset_port: int = layout.I8042_COMMAND_PORT
@@ -154,6 +156,12 @@ def build_dsdt(platform: AcpiPlatform) -> bytes:
         aml.name("_STA", 0x0F),
         aml.name("_CRS", aml.resource_template(aml.io_port(platform.serial_port, 8),
                                                aml.irq_no_flags(platform.serial_irq))))]
+    devices.append(aml.device(
+        "RTC_",
+        aml.name("_HID", aml.eisa_id("PNP0B00")),   # AT real-time clock: Linux's rtc_cmos
+        aml.name("_STA", 0x0F),
+        aml.name("_CRS", aml.resource_template(aml.io_port(platform.rtc_port, 2),
+                                               aml.irq_no_flags(platform.rtc_irq)))))
     for index, slot in enumerate(platform.virtio):
         devices.append(aml.device(
             f"VR{index:02X}",
@@ -197,7 +205,8 @@ def build_fadt(platform: AcpiPlatform, dsdt_address: int) -> bytes:
     values: dict[str, int | bytes] = {name: b"" if fmt.endswith("s") else 0
                                       for name, fmt in FADT_FIELDS}
     values.update(
-        iapc_boot_arch=IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT,
+        iapc_boot_arch=IAPC_VGA_NOT_PRESENT,
+        century=CENTURY,
         flags=FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP,
         reset_reg=gas_io(platform.reset_port),
         reset_value=platform.reset_value,

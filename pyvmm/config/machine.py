@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Protocol
 
 from pyvmm.config.tables import DriveConfig, ShareConfig, TablesKind, parse_drive, parse_share
-from pyvmm.config.values import (BadValue, ChoiceKind, CountKind, EventsKind, Kind, PathKind,
-                                 SecondsKind, SizeKind, SwitchKind)
+from pyvmm.config.values import (BadValue, ChoiceKind, CountKind, EventsKind, GdbAddressKind,
+                                 Kind, PathKind, SecondsKind, SizeKind, SwitchKind)
 from pyvmm.errors import ConfigError
 from pyvmm.limits import MAX_CPUS
 
@@ -136,6 +136,15 @@ class MachineConfig:
         "--control", kind=PathKind(),
         help="Listen on this unix socket for live dumps "
              "('pyvmm inspect summary SOCKET' reads the running guest)."))
+    gdb: str | None = field(default=None, metadata=option_metadata(
+        "--gdb", kind=GdbAddressKind(), metavar="[HOST:]PORT|unix:PATH",
+        help="Let gdb debug the guest: listen for one gdb on a TCP port "
+             "(127.0.0.1 unless HOST is given) or a private unix socket "
+             "(QEMU's -gdb tcp::PORT; -s is --gdb 1234).  While gdb holds "
+             "the guest stopped, --timeout does not count."))
+    gdb_wait: bool = field(default=False, metadata=option_metadata(
+        "--gdb-wait/--no-gdb-wait", kind=SwitchKind(),
+        help="No vCPU runs until gdb attaches and continues (QEMU's -S)."))
     emulation_assist: str = field(default="auto", metadata=option_metadata(
         "--emulation-assist", kind=ChoiceKind(EMULATION_ASSIST),
         help="After KVM's software emulator fails on int3 or fwait, carry "
@@ -217,6 +226,8 @@ def check_values(values: Mapping[str, Any], origin: Origin,
     dump_on = values.get("dump_on")
     if dump_on and not values.get("dump"):
         raise origin.needs(by_field["dump_on"], by_field["dump"], "where to write the dump")
+    if values.get("gdb_wait") and not values.get("gdb"):
+        raise origin.needs(by_field["gdb_wait"], by_field["gdb"], "where gdb attaches")
     tags = [share.tag for share in values.get("shares", ())]
     if len(set(tags)) != len(tags):
         twice = next(t for t in tags if tags.count(t) > 1)

@@ -4,27 +4,12 @@ Compiled at install time against the host's ``<linux/kvm.h>``: the C compiler
 fills in every struct layout and ioctl number below (``...`` means "ask the
 header"), so nothing here is a hand-counted offset.  The only hand-written code
 is a pair of ioctl wrappers that return ``-errno`` (cffi releases the GIL
-around them, so a vCPU thread blocked in ``KVM_RUN`` doesn't stop the others),
-and the UART fast path: a KVM_RUN loop that answers the 8250's line-status
-polls itself, and the coalesced-I/O ring reader (pyvmm.vcpu.uart_fastpath).
+around them, so a vCPU thread blocked in ``KVM_RUN`` doesn't stop the others).
 """
 
 from __future__ import annotations
 
 import cffi
-
-# The UART fast path's argument block, shared by Python (through cffi) and the C
-# loop: its one declaration, used in both the cdef and the C source below.
-UART_FAST_STRUCT = r"""
-typedef struct {
-    int fd;
-    struct kvm_run *run;
-    struct kvm_coalesced_mmio_ring *ring;
-    const __u8 *cells;
-    __u16 base;
-    __u64 served[3];
-} pyvmm_uart_fast;
-"""
 
 CDEF = r"""
 typedef unsigned char __u8;
@@ -65,6 +50,8 @@ typedef unsigned long long __u64;
 #define KVM_REGISTER_COALESCED_MMIO ...
 #define KVM_UNREGISTER_COALESCED_MMIO ...
 #define KVM_COALESCED_MMIO_PAGE_OFFSET ...
+#define KVM_GET_FPU ...
+#define KVM_SET_GUEST_DEBUG ...
 
 /* capabilities */
 #define KVM_CAP_COALESCED_MMIO ...
@@ -84,6 +71,7 @@ typedef unsigned long long __u64;
 #define KVM_CAP_MP_STATE ...
 #define KVM_CAP_TSC_DEADLINE_TIMER ...
 #define KVM_CAP_VCPU_EVENTS ...
+#define KVM_CAP_SET_GUEST_DEBUG ...
 
 /* exit reasons and their details */
 #define KVM_EXIT_UNKNOWN ...
@@ -119,6 +107,11 @@ typedef unsigned long long __u64;
 #define KVM_IRQFD_FLAG_DEASSIGN ...
 #define KVM_MP_STATE_RUNNABLE ...
 #define KVM_MP_STATE_UNINITIALIZED ...
+#define KVM_GUESTDBG_ENABLE ...
+#define KVM_GUESTDBG_SINGLESTEP ...
+#define KVM_GUESTDBG_USE_SW_BP ...
+#define KVM_GUESTDBG_USE_HW_BP ...
+#define KVM_GUESTDBG_BLOCKIRQ ...
 
 struct kvm_run {
     __u8 request_interrupt_window;
@@ -141,6 +134,8 @@ typedef struct { __u64 phys_addr; __u8 data[8]; __u32 len; __u8 is_write; ...; }
 typedef struct { __u32 suberror; __u32 ndata; __u64 data[16]; ...; } pyvmm_exit_internal;
 typedef struct { __u32 suberror; __u32 ndata; __u64 flags; __u8 insn_size; __u8 insn_bytes[15]; ...; } pyvmm_exit_emulation_failure;
 typedef struct { __u32 type; __u32 ndata; __u64 data[16]; ...; } pyvmm_exit_system_event;
+/* KVM_EXIT_DEBUG: the exception (1 #DB, 3 #BP), where, and DR6/DR7 then. */
+typedef struct { __u32 exception; __u64 pc; __u64 dr6; __u64 dr7; ...; } pyvmm_exit_debug;
 #define PYVMM_KVM_RUN_EXIT_OFFSET ...
 
 struct kvm_userspace_memory_region {
@@ -185,27 +180,18 @@ struct kvm_cpuid_entry2 {
 struct kvm_cpuid2 { __u32 nent; __u32 padding; struct kvm_cpuid_entry2 entries[]; };
 struct kvm_lapic_state { char regs[...]; };
 struct kvm_mp_state { __u32 mp_state; };
+/* KVM_SET_GUEST_DEBUG: what KVM intercepts for a debugger, and DR0-DR3, DR7. */
+struct kvm_guest_debug_arch { __u64 debugreg[8]; };
+struct kvm_guest_debug { __u32 control; struct kvm_guest_debug_arch arch; ...; };
 
 /* struct kvm_vcpu_events: only the pending/injected exception is used. */
 typedef struct { __u8 injected; __u8 nr; __u8 has_error_code; __u8 pending;
                  __u32 error_code; } pyvmm_events_exception;
 struct kvm_vcpu_events { pyvmm_events_exception exception; __u32 flags; ...; };
 
-/* Coalesced MMIO/PIO: zones whose writes KVM queues in a ring page instead of exiting. */
+/* Coalesced MMIO/PIO: zones whose writes KVM queues in a ring page (the page at
+   KVM_COALESCED_MMIO_PAGE_OFFSET of every vCPU's kvm_run mapping) instead of exiting. */
 struct kvm_coalesced_mmio_zone { __u64 addr; __u32 size; __u32 pio; ...; };
-struct kvm_coalesced_mmio { __u64 phys_addr; __u32 len; __u32 pio; __u8 data[8]; ...; };
-struct kvm_coalesced_mmio_ring { __u32 first; __u32 last; ...; };
-int pyvmm_coalesced_drain(struct kvm_coalesced_mmio_ring *ring, __u8 *out, int room);
-
-/* The UART fast path (one per vCPU): KVM_RUN until an exit it can't answer from
-   cells[] (the UART's published registers, see pyvmm.devices.serial): a 1-byte
-   read of LSR (base+5), a read of IER (base+1) or a write of the value IER
-   already has (a no-op) while cells[2] says IER is at base+1 (DLAB clear).
-   It returns 0 for any other exit, and for an LSR read when the newest
-   coalesced write is a newline (so the line goes out now); -errno when KVM_RUN
-   fails (EINTR: kicked).  served[] counts LSR reads, IER reads, IER writes. */
-""" + UART_FAST_STRUCT + r"""
-int pyvmm_run_uart_fast(pyvmm_uart_fast *fast);
 
 int pyvmm_ioctl(int fd, unsigned long request, void *arg);
 int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg);
@@ -216,7 +202,6 @@ SOURCE = r"""
 #include <errno.h>
 #include <stddef.h>
 #include <fcntl.h>
-#include <unistd.h>
 #include <sys/ioctl.h>
 #include <linux/kvm.h>
 
@@ -228,6 +213,7 @@ typedef __typeof__(((struct kvm_run *)0)->mmio) pyvmm_exit_mmio;
 typedef __typeof__(((struct kvm_run *)0)->internal) pyvmm_exit_internal;
 typedef __typeof__(((struct kvm_run *)0)->emulation_failure) pyvmm_exit_emulation_failure;
 typedef __typeof__(((struct kvm_run *)0)->system_event) pyvmm_exit_system_event;
+typedef __typeof__(((struct kvm_run *)0)->debug.arch) pyvmm_exit_debug;
 typedef __typeof__(((struct kvm_vcpu_events *)0)->exception) pyvmm_events_exception;
 /* Every exit member shares the union's offset. */
 #define PYVMM_KVM_RUN_EXIT_OFFSET offsetof(struct kvm_run, io)
@@ -242,71 +228,6 @@ static int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg)
 {
     int ret = ioctl(fd, request, arg);
     return ret < 0 ? -errno : ret;
-}
-
-/* Slots in the ring page (the kernel's KVM_COALESCED_MMIO_MAX, which needs PAGE_SIZE). */
-static __u32 pyvmm_coalesced_max(void)
-{
-    return (sysconf(_SC_PAGESIZE) - sizeof(struct kvm_coalesced_mmio_ring))
-           / sizeof(struct kvm_coalesced_mmio);
-}
-
-/* Single consumer (the caller serialises): read 'last' before the entries, free
-   the slots only after copying them (the kernel's producer side pairs these).
-   Each entry is a 1-byte write to the one coalesced port: its byte goes to out. */
-static int pyvmm_coalesced_drain(struct kvm_coalesced_mmio_ring *ring, __u8 *out, int room)
-{
-    __u32 max = pyvmm_coalesced_max();
-    __u32 first = ring->first;
-    __u32 last = __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
-    int taken = 0;
-    while (first != last && taken < room) {
-        out[taken++] = ring->coalesced_mmio[first].data[0];
-        first = (first + 1) % max;
-    }
-    __atomic_store_n(&ring->first, first, __ATOMIC_RELEASE);
-    return taken;
-}
-
-""" + UART_FAST_STRUCT + r"""
-enum { PYVMM_CELL_LSR, PYVMM_CELL_IER, PYVMM_CELL_IER_VALID };
-
-static int pyvmm_newest_coalesced_is_newline(struct kvm_coalesced_mmio_ring *ring)
-{
-    __u32 last = __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
-    __u32 max = pyvmm_coalesced_max();
-    if (ring->first == last)
-        return 0;
-    return ring->coalesced_mmio[(last + max - 1) % max].data[0] == '\n';
-}
-
-static int pyvmm_run_uart_fast(pyvmm_uart_fast *fast)
-{
-    struct kvm_run *run = fast->run;
-    for (;;) {
-        if (ioctl(fast->fd, KVM_RUN, 0) < 0)
-            return -errno;
-        if (run->exit_reason != KVM_EXIT_IO || run->io.size != 1 || run->io.count != 1)
-            return 0;
-        __u8 *data = (__u8 *)run + run->io.data_offset;
-        __u16 port = run->io.port;
-        int ier_here = __atomic_load_n(&fast->cells[PYVMM_CELL_IER_VALID], __ATOMIC_ACQUIRE);
-        __u8 ier = __atomic_load_n(&fast->cells[PYVMM_CELL_IER], __ATOMIC_ACQUIRE);
-        if (run->io.direction == KVM_EXIT_IO_IN && port == fast->base + 5) {
-            if (fast->ring && pyvmm_newest_coalesced_is_newline(fast->ring))
-                return 0;
-            *data = __atomic_load_n(&fast->cells[PYVMM_CELL_LSR], __ATOMIC_ACQUIRE);
-            fast->served[0]++;
-        } else if (run->io.direction == KVM_EXIT_IO_IN && port == fast->base + 1 && ier_here) {
-            *data = ier;
-            fast->served[1]++;
-        } else if (run->io.direction == KVM_EXIT_IO_OUT && port == fast->base + 1 && ier_here
-                   && *data == ier) {
-            fast->served[2]++;
-        } else {
-            return 0;
-        }
-    }
 }
 """
 

@@ -100,6 +100,18 @@ class Interrupted:
 
 
 @dataclass(slots=True)
+class Debug:
+    """A debug trap KVM_SET_GUEST_DEBUG asked for: ``exception`` 1 (#DB: single
+    step or a debug register, ``dr6`` says which) or 3 (#BP: an ``int3``), at
+    guest-virtual ``pc``."""
+
+    exception: int
+    pc: int
+    dr6: int
+    dr7: int
+
+
+@dataclass(slots=True)
 class UnknownExit:
     """An exit reason pyvmm does not handle; carries the raw reason."""
 
@@ -108,4 +120,4 @@ class UnknownExit:
 
 
 VmExit = (IoIn | IoOut | MmioRead | MmioWrite | Hlt | Shutdown | SystemEvent
-          | InternalError | FailEntry | Interrupted | UnknownExit)
+          | InternalError | FailEntry | Interrupted | Debug | UnknownExit)

@@ -62,6 +62,10 @@ class Kvm:
         """Whether the in-kernel LAPIC emulates TSC-deadline mode (userspace must say so in CPUID)."""
         return bool(self.check_extension(lib.KVM_CAP_TSC_DEADLINE_TIMER))
 
+    def has_coalesced_pio(self) -> bool:
+        """Whether port writes can be queued in the coalesced ring (``Vm.coalesce_pio``)."""
+        return self.check_extension(lib.KVM_CAP_COALESCED_PIO) > 0
+
     def require_capabilities(self) -> None:
         """Raise HostError naming the first capability this host lacks."""
         for name, capability in REQUIRED_CAPABILITIES.items():

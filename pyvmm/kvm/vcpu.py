@@ -5,11 +5,11 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from pyvmm.errors import KvmError
 from pyvmm.kvm._ffi import ffi, ioctl, lib
-from pyvmm.kvm.exits import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut,
+from pyvmm.kvm.exits import (Debug, FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut,
                              MmioRead, MmioWrite, Shutdown, SystemEvent, UnknownExit,
                              VmExit)
 
@@ -42,6 +42,9 @@ class Vcpu:
         self._run_view = memoryview(self._run_map)
         base = ffi.cast("char *", ffi.from_buffer(self._run_map))
         self._run = ffi.cast("struct kvm_run *", base)
+        #: Host address of the kvm_run mapping (for C code that runs this vCPU itself):
+        #: valid until ``close``.
+        self.run_address = int(ffi.cast("uintptr_t", base))
         exit_area = base + lib.PYVMM_KVM_RUN_EXIT_OFFSET
         self._io = ffi.cast("pyvmm_exit_io *", exit_area)
         self._mmio = ffi.cast("pyvmm_exit_mmio *", exit_area)
@@ -52,6 +55,7 @@ class Vcpu:
         self._system_event = ffi.cast("pyvmm_exit_system_event *", exit_area)
         self._fail_entry = ffi.cast("pyvmm_exit_fail_entry *", exit_area)
         self._hw = ffi.cast("pyvmm_exit_hw *", exit_area)
+        self._debug = ffi.cast("pyvmm_exit_debug *", exit_area)
 
     # -- running -------------------------------------------------------------
 
@@ -63,10 +67,10 @@ class Vcpu:
         """KVM_RUN alone: ``Interrupted`` if kicked, else None (then ``decode_exit``)."""
         return self._entered(lib.pyvmm_ioctl(self.fd, lib.KVM_RUN, ffi.NULL))
 
-    def run_uart_fast(self, fast: Any) -> VmExit:
-        """``run`` with a ``pyvmm_uart_fast`` for this vCPU: UART line-status polls are
-        answered in C, without returning to Python (see _build.py)."""
-        return self._entered(lib.pyvmm_run_uart_fast(fast)) or self.decode_exit()
+    def finish_run(self, ret: int) -> VmExit:
+        """What ``run`` returns, for a KVM_RUN issued on this vCPU's fd outside this
+        class (a C loop given ``fd`` and ``run_address``): ``ret`` is its 0 or -errno."""
+        return self._entered(ret) or self.decode_exit()
 
     def _entered(self, ret: int) -> Interrupted | None:
         if ret < 0:
@@ -76,19 +80,13 @@ class Vcpu:
             raise KvmError("KVM_RUN", -ret)
         return None
 
-    def uart_fast(self, cells: Any, base_port: int, ring: Any) -> Any:
-        """A ``pyvmm_uart_fast`` for ``run_uart_fast``: ``cells`` are the UART's published
-        LSR, IER and IER-valid bytes (pyvmm.devices.serial)."""
-        return ffi.new("pyvmm_uart_fast *", {"fd": self.fd, "run": self._run, "ring": ring,
-                                             "cells": cells, "base": base_port})
-
-    def coalesced_ring(self) -> Any:
-        """The VM's coalesced-I/O ring (a page of every vCPU's kvm_run mapping)."""
+    def coalesced_ring_address(self) -> int:
+        """Host address of the VM's coalesced-I/O ring (a page of every vCPU's kvm_run
+        mapping), a ``struct kvm_coalesced_mmio_ring``: valid until ``close``."""
         offset = lib.KVM_COALESCED_MMIO_PAGE_OFFSET * mmap.PAGESIZE
         if len(self._run_map) < offset + mmap.PAGESIZE:
             raise KvmError("coalesced I/O ring not mapped", errno.ENODEV)
-        base = ffi.cast("char *", ffi.from_buffer(self._run_map))
-        return ffi.cast("struct kvm_coalesced_mmio_ring *", base + offset)
+        return self.run_address + offset
 
     def request_exit(self) -> None:
         """Make the next (or current, once kicked by a signal) KVM_RUN return at once."""
@@ -125,6 +123,9 @@ class Vcpu:
         if reason == lib.KVM_EXIT_FAIL_ENTRY:
             return FailEntry(self._fail_entry.hardware_entry_failure_reason,
                              self._fail_entry.cpu)
+        if reason == lib.KVM_EXIT_DEBUG:
+            debug = self._debug
+            return Debug(debug.exception, debug.pc, debug.dr6, debug.dr7)
         return UnknownExit(reason, self._hw.hardware_exit_reason)
 
     def _decode_internal_error(self) -> InternalError:
@@ -187,6 +188,32 @@ class Vcpu:
         for name in ("cr0", "cr3", "cr4", "efer"):
             setattr(sregs, name, getattr(state, name))
         ioctl(self.fd, lib.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+
+    def get_fpu(self) -> dict[str, Any]:
+        """KVM_GET_FPU: x87 registers (``st``: 8 ints of 80 bits), control/status,
+        the abridged tag (``ftwx``), last instruction/operand, ``xmm`` (16 ints), MXCSR."""
+        fpu = ffi.new("struct kvm_fpu *")
+        ioctl(self.fd, lib.KVM_GET_FPU, fpu, "KVM_GET_FPU")
+        return {"st": [int.from_bytes(ffi.buffer(fpu.fpr[i])[:10], "little") for i in range(8)],
+                "xmm": [int.from_bytes(ffi.buffer(fpu.xmm[i])[:], "little") for i in range(16)],
+                "fcw": fpu.fcw, "fsw": fpu.fsw, "ftwx": fpu.ftwx, "fop": fpu.last_opcode,
+                "last_ip": fpu.last_ip, "last_dp": fpu.last_dp, "mxcsr": fpu.mxcsr}
+
+    def get_msr(self, index: int) -> int:
+        """KVM_GET_MSRS for one MSR."""
+        request = ffi.new("struct kvm_msrs *", {"nmsrs": 1, "entries": 1})
+        request.entries[0].index = index
+        if ioctl(self.fd, lib.KVM_GET_MSRS, request, "KVM_GET_MSRS") != 1:
+            raise KvmError(f"KVM_GET_MSRS (MSR {index:#x} refused)", errno.EINVAL)
+        return int(request.entries[0].data)
+
+    def set_guest_debug(self, control: int, debugreg: Sequence[int] = ()) -> None:
+        """KVM_SET_GUEST_DEBUG: ``control`` is KVM_GUESTDBG_* flags; ``debugreg`` DR0-DR7."""
+        debug = ffi.new("struct kvm_guest_debug *")
+        debug.control = control
+        for index, value in enumerate(debugreg):
+            debug.arch.debugreg[index] = value
+        ioctl(self.fd, lib.KVM_SET_GUEST_DEBUG, debug, "KVM_SET_GUEST_DEBUG")
 
     def set_fpu(self, fcw: int, mxcsr: int) -> None:
         """KVM_SET_FPU with the x87 control word and MXCSR Linux expects at entry."""

@@ -68,7 +68,7 @@ class Vm:
 
     def coalesce_pio(self, port: int, length: int, on: bool = True) -> None:
         """KVM_(UN)REGISTER_COALESCED_MMIO with pio=1: guest writes to these ports queue
-        in the ring page (``Vcpu.coalesced_ring``) instead of exiting; reads still exit."""
+        in the ring page (``Vcpu.coalesced_ring_address``) instead of exiting; reads still exit."""
         zone = ffi.new("struct kvm_coalesced_mmio_zone *",
                        {"addr": port, "size": length, "pio": 1})
         request = lib.KVM_REGISTER_COALESCED_MMIO if on else lib.KVM_UNREGISTER_COALESCED_MMIO

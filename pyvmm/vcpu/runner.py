@@ -89,6 +89,9 @@ class VcpuRunner:
         self._cond = threading.Condition()
         self._state = VcpuPhase.CREATED
         self._want_pause = False
+        #: Held for a debugger (pyvmm.gdb), apart from pauses (a live dump's resume
+        #: must not let a vCPU gdb holds run).
+        self._held = False
         self._want_stop = False
         self._thread = threading.Thread(target=self._main, name=f"vcpu{vcpu.id}", daemon=True)
 
@@ -111,6 +114,21 @@ class VcpuRunner:
         with self._cond:
             self._want_pause = False
             self._cond.notify_all()
+
+    def hold(self) -> None:
+        """Like ``pause``, for a debugger: parked until ``release``, whatever pauses end."""
+        with self._cond:
+            self._held = True
+        self.kick()
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     def stop(self) -> None:
         """Ask the thread to end (at once if paused, after the current exit if serving)."""
@@ -184,7 +202,7 @@ class VcpuRunner:
         """
         vcpu, serve, stopping = self.vcpu, self._serve, self._exit_event.is_set
         while not self._want_stop and not stopping():
-            if self._want_pause:
+            if self._want_pause or self._held:
                 self._park()
                 continue
             reason = serve(vcpu.run())
@@ -196,7 +214,7 @@ class VcpuRunner:
         with self._cond:
             self._state = VcpuPhase.PAUSED
             self._cond.notify_all()
-            while self._want_pause and not self._want_stop:
+            while (self._want_pause or self._held) and not self._want_stop:
                 self._cond.wait()
             self._state = VcpuPhase.RUNNING
             self._cond.notify_all()

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from pyvmm.vcpu.dispatch import AccessBus, UnknownAccessLog, dispatch_exit
 from pyvmm.vcpu.emulation_assist import plan_assist
 from pyvmm.exitstatus import StopReason
-from pyvmm.kvm.exits import InternalError, VmExit
+from pyvmm.kvm.exits import Debug, InternalError, VmExit
 from pyvmm.kvm.vcpu import Vcpu
 
 if TYPE_CHECKING:
@@ -44,6 +44,9 @@ class ServedVcpu:
         self.assists = assists
         self._returned = 0
         self._first = True
+        #: A debugger's look at debug traps and failed int3s first (``pyvmm.vmm.gdb_target``):
+        #: True when it took the exit.
+        self.debugger: Callable[[int, Debug | InternalError], bool] | None = None
 
     def request_exit(self) -> None:
         self.vcpu.request_exit()
@@ -67,7 +70,10 @@ class ServedVcpu:
 
     def serve(self, exit: VmExit) -> StopReason | None:
         """Serve one exit; why to stop, or None to run on."""
-        if isinstance(exit, InternalError) and self._assist_on and self._assist(exit):
+        if isinstance(exit, (Debug, InternalError)) and self.debugger is not None \
+                and self.debugger(self.id, exit):
+            reason = None
+        elif isinstance(exit, InternalError) and self._assist_on and self._assist(exit):
             reason = None
         else:
             reason = dispatch_exit(exit, self._pio, self._mmio, self._unknown,

@@ -14,11 +14,13 @@ boot's exits.  Here:
   the zone is unregistered and each write exits again, so the interrupt
   follows the write at once.
 * **LSR reads, IER reads and IER writes that change nothing are answered in C**
-  (``pyvmm_run_uart_fast``, a KVM_RUN loop in the cffi module) from
-  ``Serial.cells``, what the Python UART would answer (the console driver
-  reads IER, clears it and restores it around every message).  The loop
-  returns to Python for every other exit, and when the newest coalesced byte
-  is a newline, so each line is drained and written out as it completes.
+  (``pyvmm_run_uart_fast``, a KVM_RUN loop in this module's own cffi module,
+  built by ``_uart_build.py``) from ``Serial.cells``, what the Python UART
+  would answer (the console driver reads IER, clears it and restores it around
+  every message).  The loop returns to Python for every other exit, and when
+  the newest coalesced byte is a newline, so each line is drained and written
+  out as it completes.  The KVM binding lends it the vCPU's fd, its kvm_run
+  mapping and the ring page, by address.
 
 ``Serial`` stays the reference for every register, and ``PYVMM_UART_FASTPATH``
 (``on``, ``coalesce``, ``c``, ``off``) turns either half off for comparison.
@@ -30,13 +32,22 @@ import logging
 import threading
 from typing import Any
 
+from pyvmm.devices.serial import (CELL_IER, CELL_IER_VALID, CELL_LSR, IER_DLM, LSR,
+                                  RBR_THR_DLL, Serial)
+from pyvmm.errors import HostError
 from pyvmm.host import environment
-from pyvmm.devices.serial import IER_DLM, LSR, RBR_THR_DLL, Serial
-from pyvmm.kvm._ffi import ffi, lib
 from pyvmm.kvm.exits import VmExit
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
+
+try:
+    from pyvmm.vcpu._uart_cffi import ffi, lib
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise HostError(
+        "the UART fast path is not built (pyvmm/vcpu/_uart_cffi); "
+        "reinstall with 'pip install -e .' on a machine with gcc and <linux/kvm.h>"
+    ) from exc
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +82,28 @@ class UartFastPath:
         self.ier_port = base_port + IER_DLM
         self._lock = threading.Lock()
         self._ring: Any = None
-        if coalesce and kvm.check_extension(lib.KVM_CAP_COALESCED_PIO) > 0:
-            self._ring = vcpus[0].coalesced_ring()
+        if coalesce and kvm.has_coalesced_pio():
+            self._ring = ffi.cast("struct kvm_coalesced_mmio_ring *",
+                                  vcpus[0].coalesced_ring_address())
         self._drained = ffi.new("__u8[]", _DRAIN_BATCH)
         self._poll_seconds = RING_POLL_SECONDS
         self.coalescing = False
         #: THR writes that came through the ring (for --stats).
         self.coalesced_writes = 0
         self._cells = ffi.from_buffer("__u8[]", serial.cells)
-        self._fast = {vcpu.id: vcpu.uart_fast(self._cells, base_port,
-                                              self._ring if self._ring is not None else ffi.NULL)
-                      for vcpu in vcpus} if in_c else {}
+        self._fast = {vcpu.id: self._c_loop_arguments(vcpu) for vcpu in vcpus} if in_c else {}
         if self._ring is not None:
             serial.on_tx_polled = self._set_coalescing
             self._set_coalescing(serial.tx_polled)
+
+    def _c_loop_arguments(self, vcpu: Vcpu) -> Any:
+        """The ``pyvmm_uart_fast`` block ``pyvmm_run_uart_fast`` runs ``vcpu`` with."""
+        cells = self._cells
+        return ffi.new("pyvmm_uart_fast *", {
+            "fd": vcpu.fd, "run": ffi.cast("struct kvm_run *", vcpu.run_address),
+            "ring": self._ring if self._ring is not None else ffi.NULL,
+            "lsr": cells + CELL_LSR, "ier": cells + CELL_IER, "ier_valid": cells + CELL_IER_VALID,
+            "lsr_port": self.lsr_port, "ier_port": self.ier_port})
 
     def _set_coalescing(self, on: bool) -> None:
         if on != self.coalescing:
@@ -96,7 +115,7 @@ class UartFastPath:
     def run(self, vcpu: Vcpu) -> VmExit:
         """KVM_RUN on ``vcpu``, LSR polls answered in C if enabled; then call ``drain_pending``."""
         fast = self._fast.get(vcpu.id)
-        return vcpu.run() if fast is None else vcpu.run_uart_fast(fast)
+        return vcpu.run() if fast is None else vcpu.finish_run(lib.pyvmm_run_uart_fast(fast))
 
     def drain_pending(self) -> None:
         """``drain`` if the ring holds anything: before serving any exit."""
@@ -109,9 +128,9 @@ class UartFastPath:
         fast = self._fast.get(vcpu.id)
         if fast is None:
             return {}
-        return {("pio-in-c", self.lsr_port): int(fast.served[0]),
-                ("pio-in-c", self.ier_port): int(fast.served[1]),
-                ("pio-out-c", self.ier_port): int(fast.served[2])}
+        return {("pio-in-c", self.lsr_port): int(fast.lsr_reads),
+                ("pio-in-c", self.ier_port): int(fast.ier_reads),
+                ("pio-out-c", self.ier_port): int(fast.ier_writes)}
 
     def poll(self) -> float:
         """``drain`` on the event loop's timer; seconds until it should poll again."""

@@ -22,6 +22,7 @@ from pyvmm.devices.bus import Bus
 from pyvmm.devices.i8042 import I8042
 from pyvmm.devices.legacy import DebugExit, IgnoredPorts
 from pyvmm.devices.platform import PvPanic, SleepControl
+from pyvmm.devices.rtc import Rtc
 from pyvmm.devices.serial import Serial
 from pyvmm.devices.virtio.console import ConsoleDevice
 from pyvmm.errors import ConfigError, LoaderError
@@ -45,6 +46,7 @@ from pyvmm.vmm.virtio_slots import (acpi_platform, announce, attach_virtio, open
 
 if TYPE_CHECKING:
     from pyvmm.devices.virtio.ports import Port
+    from pyvmm.gdb.server import GdbServer
     from pyvmm.vcpu.stats import RunStats
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,6 @@ KVM_TSS_ADDRESS = 0xFFFB_D000
 #: Port ranges Linux pokes on a PC that pyvmm answers quietly (reads all-ones).
 IGNORED_PORT_RANGES = (
     (0x80, 1),     # POST diagnostic port (also Linux's I/O delay port)
-    (0x70, 2),     # CMOS/RTC index and data
     (0xCF8, 8),    # PCI configuration mechanism #1 (no PCI bus here)
     (0x2F8, 8),    # COM2 .. COM4: absent UARTs answer all-ones
     (0x3E8, 8),
@@ -180,6 +181,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     pio_bus, mmio_bus = Bus(), Bus()
     serial = Serial(KvmIrqLine(vm, layout.COM1_IRQ), console.write, on_pending=loop.wake)
     _attach_legacy_devices(pio_bus, serial, exit_event)
+    pio_bus.insert(Rtc(KvmIrqLine(vm, layout.RTC_IRQ), loop.call_at), layout.RTC_PORT, 2)
     uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT)
     transports, owned_fds = attach_virtio(vm, loop, mmio_bus, memory, slots, devices)
     shares.watch(loop, backend_failed)
@@ -195,12 +197,36 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                          assist, assists) for vcpu in vcpus]
     runners = VcpuRunners([VcpuRunner(s, s.serve, exit_event, on_exit=s.finished)
                            for s in served])
+    gdb = _gdb_server(config, vcpus, served, runners, memory, exit_event)
     return BuiltMachine(config=config, kvm=kvm, vm=vm, memory=memory, vcpus=vcpus,
                         exit_event=exit_event, loop=loop, console=console,
                         pump=ConsolePump(console, console_input, serial, uart_fast),
                         runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
                         owned_fds=owned_fds, closers=[shares.close], stats=stats,
-                        assists=assists)
+                        assists=assists, gdb=gdb)
+
+
+def _gdb_server(config: MachineConfig, vcpus: list, served: list[ServedVcpu],
+                runners: VcpuRunners, memory: GuestMemory,
+                exit_event: ExitEvent) -> GdbServer | None:
+    """``--gdb``: the machine as gdb's target, its traps seen first, and the listener."""
+    if not config.gdb:
+        return None
+    from pyvmm.config.values import parse_gdb_address
+    from pyvmm.gdb.server import GdbServer
+    from pyvmm.vmm.gdb_target import MachineTarget
+
+    target = MachineTarget(vcpus, runners, memory, exit_event.setter(
+        StopReason.stopped("killed from gdb")))
+    for vcpu in served:
+        vcpu.debugger = target.on_exit
+    if config.gdb_wait:
+        target.hold_at_start()
+    try:
+        return GdbServer(parse_gdb_address(config.gdb), target)
+    except BaseException:
+        target.close()
+        raise
 
 
 def _guest_console_is_hvc(cmdline: str) -> bool:
@@ -211,6 +237,8 @@ def _guest_console_is_hvc(cmdline: str) -> bool:
 
 def _attach_legacy_devices(bus: Bus, serial: Serial, exit_event: ExitEvent) -> None:
     """COM1, the i8042 (reset), debug-exit, pvpanic, ACPI sleep, the ignored ports.
+
+    (The RTC is attached beside them: it needs the event loop's timer.)
 
     The devices get the machine's exit event, and can only say why it should stop.
     """

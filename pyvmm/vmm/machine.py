@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from pyvmm.devices.serial import Serial
     from pyvmm.devices.virtio.mmio import VirtioMmioTransport
     from pyvmm.dump.state import VcpuRegisters
+    from pyvmm.gdb.server import GdbServer
     from pyvmm.vcpu.stats import RunStats
     from pyvmm.vcpu.uart_fastpath import UartFastPath
 
@@ -63,7 +64,7 @@ class BuiltMachine:
                  serial: Serial, uart_fast: UartFastPath | None,
                  virtio: Sequence[VirtioMmioTransport], owned_fds: Sequence[int],
                  closers: Sequence[Callable[[], None]], stats: RunStats | None,
-                 assists: dict[str, int]) -> None:
+                 assists: dict[str, int], gdb: GdbServer | None = None) -> None:
         self.config = config
         self.kvm = kvm
         self.vm = vm
@@ -84,6 +85,8 @@ class BuiltMachine:
         self.stats = stats
         #: Instructions finished for a software-emulating KVM, by name (the runners count).
         self.assists = assists
+        #: ``--gdb``'s listener and the machine as its target.
+        self.gdb = gdb
         self._dump_pending = False
         #: One paused section at a time (a live dump and a register read may race).
         self._pause_lock = threading.Lock()
@@ -146,10 +149,14 @@ class BuiltMachine:
 
                 self._control = ControlServer(self.config.control, self.live_dump)
                 self.loop.add(self._control.fd, self._control.on_ready)
+            if self.gdb is not None:
+                self.gdb.subscribe(self.loop)
+                if self.config.gdb_wait:
+                    log.warning("waiting for gdb on %s", self.gdb.address)
             self.runners.start()
             deadline = None
             if self.config.timeout is not None:
-                deadline = time.monotonic() + self.config.timeout
+                deadline = self._deadline(time.monotonic() + self.config.timeout)
             if not self.exit_event.is_set() and not self.loop.run(deadline, self._tick):
                 self.request_stop(StopReason.timeout(self.config.timeout or 0))
         except Exception as exc:  # noqa: BLE001 - reported, then the VM stops
@@ -160,6 +167,14 @@ class BuiltMachine:
         reason = self.exit_event.reason
         assert reason is not None
         return reason
+
+    def _deadline(self, due: float) -> Callable[[], float | None] | float:
+        """``--timeout``'s deadline: later by the time gdb held the guest, none while it does."""
+        gdb = self.gdb
+        if gdb is None:
+            return due
+        target = gdb.target
+        return lambda: None if target.holding else due + target.held_seconds()
 
     def _tick(self) -> float | None:
         if self._dump_pending:
@@ -180,6 +195,9 @@ class BuiltMachine:
         """Whatever stopped us: vCPUs out, output and disks flushed, the dump, the console."""
         self.request_stop(StopReason.vmm_error("stopped without a reason"))  # no-op if set
         self.runners.join()
+        if self.gdb is not None:
+            reason = self.exit_event.reason
+            self.gdb.close(reason.status if reason is not None else None)
         self._flush_console()
         self._note_where_vcpus_were()
         self._note_assists()
@@ -261,6 +279,8 @@ class BuiltMachine:
         if self._closed:
             return
         self._closed = True
+        if self.gdb is not None:
+            self.gdb.close(None)
         for transport in self.virtio:
             transport.device.reset()  # drops its views of guest RAM
         for vcpu in self.vcpus:

@@ -96,3 +96,19 @@ def test_minimal_linux_as_elf_through_pvh() -> None:
         assert "emulation failure" in result.stderr
     else:
         assert result.status == ExitStatus.OK
+
+
+def test_the_rtc_tells_the_hosts_time_and_updates_each_second(pyvmm_machine: Factory) -> None:
+    import calendar
+    import time
+
+    before = time.time()
+    vm = pyvmm_machine(kernel=image("tiny/rtc.bzImage"), timeout=60)
+    outcome = vm.wait(60)
+    after = time.time()
+    assert outcome.status == ExitStatus.OK, vm.console.text + outcome.reason
+    found = re.search(r"rtc: (\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)", vm.console.text)
+    assert found, vm.console.text
+    shown = calendar.timegm(tuple(int(part) for part in found.groups()) + (0, 0, 0))
+    assert int(before) - 1 <= shown <= after
+    assert "rtc: updates 2 periodic 1" in vm.console.text

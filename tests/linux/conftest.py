@@ -14,8 +14,26 @@ from pathlib import Path
 import pytest
 
 from pyvmm.kvm.system import is_pvm_host
+from tests.host_kernels import debian_kernel
 
 HERE = Path(__file__).resolve().parent
+#: The kernels command-mode guests boot: our minimal kernel (virtio-fs built in) and
+#: Debian's stock one (virtio-fs, FUSE, overlay and virtio-mmio as modules from
+#: /lib/modules).  PYVMM_COMMAND_KERNELS=minimal or =debian runs one of them.
+KERNELS = {
+    "minimal": HERE.parents[1] / "images" / "out" / "linux" / "bzImage",
+    "debian": debian_kernel() or Path("/boot/vmlinuz-none"),
+}
+
+
+@pytest.fixture(params=[name for name in KERNELS
+                        if os.environ.get("PYVMM_COMMAND_KERNELS", name) in (name, "all")])
+def kernel(request: pytest.FixtureRequest) -> str:
+    """Each kernel a command-mode test runs its command under."""
+    path = KERNELS[request.param]
+    if not path.exists():
+        pytest.skip(f"{path} is not there")
+    return str(path)
 
 
 def why_no_hardware_kvm() -> str | None:

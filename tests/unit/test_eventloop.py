@@ -50,3 +50,24 @@ def test_regular_files_cannot_be_watched(tmp_path) -> None:
     finally:
         os.close(fd)
         loop.close()
+
+
+def test_timers_run_on_the_loop_in_order_even_when_asked_from_another_thread() -> None:
+    loop = EventLoop()
+    ran: list[tuple[str, str]] = []
+    start = time.monotonic()
+
+    def note(name: str) -> None:
+        ran.append((name, threading.current_thread().name))
+        if name == "last":
+            loop.stop()
+
+    loop.call_at(start + 0.05, lambda: note("second"))
+    asker = threading.Thread(target=lambda: loop.call_at(start + 0.02, lambda: note("first")))
+    asker.start()
+    asker.join()
+    loop.call_at(start + 0.08, lambda: note("last"))
+    assert loop.run(deadline=start + 5)
+    assert ran == [(name, threading.main_thread().name) for name in ("first", "second", "last")]
+    assert time.monotonic() - start >= 0.08
+    loop.close()

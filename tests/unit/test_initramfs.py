@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import struct
@@ -13,6 +12,7 @@ import pytest
 from pyvmm.command.initramfs.cpio import CpioWriter
 from pyvmm.command.initramfs.modules import (find_modules, kernel_release, load_order, module_name,
                                      parse_modules_dep)
+from tests.host_kernels import debian_kernel
 
 
 def test_header_layout_and_padding() -> None:
@@ -101,14 +101,12 @@ def test_kernel_release_from_a_bzimage_header() -> None:
     assert kernel_release(b"\x7fELF" + bytes(0x400)) is None
 
 
-DEBIAN_KERNELS = sorted(glob.glob("/boot/vmlinuz-*-amd64"))
-
-
-@pytest.mark.skipif(not DEBIAN_KERNELS, reason="Debian's kernel is not installed")
+@pytest.mark.skipif(debian_kernel() is None, reason="Debian's kernel is not installed")
 def test_kernel_release_of_debians_kernel() -> None:
-    with open(DEBIAN_KERNELS[-1], "rb") as stream:
-        assert kernel_release(stream.read(0x10000)) == DEBIAN_KERNELS[-1].removeprefix(
-            "/boot/vmlinuz-")
+    path = debian_kernel()
+    assert path is not None
+    with open(path, "rb") as stream:
+        assert kernel_release(stream.read(0x10000)) == path.name.removeprefix("vmlinuz-")
 
 
 @pytest.mark.skipif(not os.path.isfile("/bin/busybox"), reason="busybox is not installed")

@@ -8,6 +8,8 @@ still counts: a cycle through one is still a cycle for the reader.
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,7 +100,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("host", "memory", "eventloop"),        # host helpers, guest RAM, the event loop
     ("kvm", "loader", "vhost", "config"),   # the binding, loaders, vhost-user, the schema
     ("devices", "arch", "dump"),            # devices, the platform, dumps: no KVM, no config
-    ("acpi", "vcpu"),                       # tables describing it; the vCPU threads
+    ("acpi", "vcpu", "gdb"),                # tables describing it; the vCPU threads; gdb's stub
     ("console",),                           # terminal, guest console, the pump
     ("vmm",),                               # the builder and the built machine
     ("command",),                           # command mode
@@ -242,6 +244,38 @@ def test_devices_do_not_need_kvm() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=PACKAGE.parent, check=True)
     assert result.stdout.split() == []
+
+
+#: Words that name the UART or its registers: none belongs in the KVM binding.
+_UART_WORDS = re.compile(r"uart|\bserial\b|8250|16550|com1|0x3f8|\b(lsr|thr|ier)\b", re.IGNORECASE)
+
+
+def _uart_mentions(package: str) -> list[str]:
+    """Lines of ``package``'s sources (its cffi build script too) that name the UART, and
+    names in its compiled cffi modules that do."""
+    folder = PACKAGE.parent / package.replace(".", "/")
+    found = [f"{path.name}:{number}: {line.strip()}"
+             for path in sorted(folder.rglob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if _UART_WORDS.search(line)]
+    for compiled in sorted(folder.glob("_*_cffi*.so")):
+        module = importlib.import_module(f"{package}.{compiled.name.split('.')[0]}")
+        names = dir(module.lib) + [name for kind in module.ffi.list_types() for name in kind]
+        found += [f"{compiled.name}: {name}" for name in names if _UART_WORDS.search(name)]
+    return found
+
+
+def test_the_kvm_binding_knows_nothing_of_a_uart() -> None:
+    """The UART fast path's C loop is its own cffi module (pyvmm/vcpu/_uart_build.py)."""
+    assert _uart_mentions("pyvmm.kvm") == []
+
+
+def test_the_uart_finder_finds_the_fast_path() -> None:
+    found = _uart_mentions("pyvmm.vcpu")
+    assert any(line.startswith("_uart_build.py:") and "pyvmm_run_uart_fast" in line
+               for line in found)
+    assert any(line.startswith("_uart_cffi.") and line.endswith(": pyvmm_run_uart_fast")
+               for line in found)
 
 
 def test_the_readme_says_where_things_are() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
+from typing import Any
 
 from pyvmm.devices import serial as uart
 from pyvmm.devices.serial import Serial
-from pyvmm.kvm._ffi import ffi, lib
+from pyvmm.vcpu._uart_cffi import ffi
 from pyvmm.vcpu.uart_fastpath import RING_POLL_SECONDS, UartFastPath, wanted_halves
 
 from .test_serial import FakeLine, rd
@@ -33,8 +35,8 @@ class FakeRing:
 
 
 class FakeKvm:
-    def check_extension(self, capability: int) -> int:
-        return 1 if capability == lib.KVM_CAP_COALESCED_PIO else 0
+    def has_coalesced_pio(self) -> bool:
+        return True
 
 
 class FakeVm:
@@ -46,25 +48,47 @@ class FakeVm:
 
 
 class FakeVcpu:
+    """What the fast path takes from the KVM binding's vCPU: fd and addresses."""
+
     id = 0
+    fd = -1  # KVM_RUN on it fails at once: EBADF
+    run_address = 0
 
     def __init__(self, ring: FakeRing) -> None:
         self._ring = ring
+        self.finished: list[int] = []
 
-    def coalesced_ring(self):
-        return self._ring.ring
+    def coalesced_ring_address(self) -> int:
+        return int(ffi.cast("uintptr_t", self._ring.page))
 
-    def uart_fast(self, cells, base_port, ring):
-        return ffi.new("pyvmm_uart_fast *", {"fd": -1, "cells": cells, "base": base_port,
-                                             "ring": ring})
+    def finish_run(self, ret: int) -> str:
+        self.finished.append(ret)
+        return "exit"
 
 
-def make():
+def make(setting: str = "on"):
     out = bytearray()
     device = Serial(FakeLine(), out.extend)
     ring, vm = FakeRing(), FakeVm()
-    fast = UartFastPath(FakeKvm(), vm, [FakeVcpu(ring)], device, 0x3F8, "on")  # type: ignore[arg-type]
+    fast = UartFastPath(FakeKvm(), vm, [FakeVcpu(ring)],  # type: ignore[arg-type, list-item]
+                        device, 0x3F8, setting)
     return fast, device, ring, vm, out
+
+
+def test_the_ring_is_the_one_the_vcpu_maps() -> None:
+    fast, _, ring, _, _ = make()
+    assert fast._ring == ring.ring
+
+
+def test_the_c_loop_runs_the_vcpu_fd_and_hands_its_result_back() -> None:
+    fast, _, ring, _, _ = make()
+    vcpu: Any = FakeVcpu(ring)
+    assert fast.run(vcpu) == "exit"
+    assert vcpu.finished == [-errno.EBADF]  # from KVM_RUN on fd -1, in C
+    assert fast.served_in_c(vcpu) == {("pio-in-c", 0x3FD): 0, ("pio-in-c", 0x3F9): 0,
+                                      ("pio-out-c", 0x3F9): 0}
+    fast, _, ring, _, _ = make("coalesce")  # the C loop is off: no block for any vCPU
+    assert fast.served_in_c(vcpu) == {}
 
 
 def test_thr_is_coalesced_while_polled_and_drained_in_order() -> None:
@@ -117,10 +141,13 @@ def test_the_c_loop_reads_the_uart_cells() -> None:
     fast, device, _, _, _ = make()
     device.enqueue_input(b"k")
     device.write(uart.IER_DLM, bytes([uart.IER_RX_DATA]))
-    cells = fast._cells  # what pyvmm_run_uart_fast answers from
-    assert cells[uart.CELL_LSR] == rd(device, uart.LSR) and cells[uart.CELL_LSR] & 1
-    assert cells[uart.CELL_IER] == rd(device, uart.IER_DLM) == uart.IER_RX_DATA
-    assert cells[uart.CELL_IER_VALID] == 1
+    block = fast._fast[0]  # what pyvmm_run_uart_fast answers from
+    assert block.lsr[0] == rd(device, uart.LSR) and block.lsr[0] & 1
+    assert block.ier[0] == rd(device, uart.IER_DLM) == uart.IER_RX_DATA
+    assert block.ier_valid[0] == 1
+    assert (block.lsr_port, block.ier_port) == (0x3F8 + uart.LSR, 0x3F8 + uart.IER_DLM)
+    device.write(uart.LCR, bytes([uart.LCR_DLAB]))  # IER's port is now DLM
+    assert block.ier_valid[0] == 0
 
 
 def test_halves_can_be_turned_off() -> None:

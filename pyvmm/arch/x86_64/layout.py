@@ -67,6 +67,9 @@ COM1_IRQ = 4
 #: i8042 keyboard controller data / command ports (reset = command 0xFE).
 I8042_DATA_PORT = 0x60
 I8042_COMMAND_PORT = 0x64
+#: The CMOS real-time clock (index and data ports) and its ISA interrupt line.
+RTC_PORT = 0x70
+RTC_IRQ = 8
 #: QEMU isa-debug-exit compatible port: the guest writes a status byte.
 DEBUG_EXIT_PORT = 0xF4
 #: QEMU pvpanic (ACPI QEMU0001): one port the guest writes when it panics.

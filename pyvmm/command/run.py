@@ -1,10 +1,10 @@
 """Command mode: ``pyvmm run -k KERNEL -- CMD ARGS``, a command in a guest on the host's files.
 
 The guest's root is the host's ``/`` over virtio-fs (read-only under a tmpfs
-overlay, or written through with ``--rw``).  Its /init (pyvmm/initramfs)
+overlay, or written through with ``--rw``).  Its /init (pyvmm/command/initramfs)
 runs CMD as the calling user in the calling directory.  CMD's stdin, stdout
-and stderr are ports of a multiport virtio console (binary-safe, apart, EOF
-passed on); a fourth port carries its exit status back, so pyvmm exits
+and stderr are pipes in the guest, relayed to ports of a multiport virtio
+console (binary-safe, apart, EOF passed on); a fourth port carries its exit status back, so pyvmm exits
 with it.  The kernel's console goes to a bounded in-memory log (to stderr
 as well with ``-v``), whose last telling line explains a guest that fails
 first: then the status is 255, as ssh and vng report their own failures.

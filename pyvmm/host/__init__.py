@@ -1,2 +1,1 @@
-"""Small host helpers: fallocate with mode flags, a memory fence, the CPUID instruction, reading
-input files."""
+"""Small host helpers: fallocate with mode flags, a memory fence, reading input files."""

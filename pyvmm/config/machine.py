@@ -115,6 +115,10 @@ class MachineConfig:
         "--virtio-console/--no-virtio-console", kind=SwitchKind(),
         help="Give the guest a virtio console, hvc0 (default on); with "
              "console=hvc0 on the command line it takes the terminal."))
+    rng: bool = field(default=False, metadata=option_metadata(
+        "--rng/--no-rng", kind=SwitchKind(),
+        help="Give the guest a virtio entropy device, /dev/hwrng, fed from the "
+             "host's getrandom (default off, as in QEMU and Firecracker)."))
     virtio_announce: str = field(default="both", metadata=option_metadata(
         "--virtio-announce", kind=ChoiceKind(VIRTIO_ANNOUNCE),
         help="How the guest learns of virtio devices: the kernel command line "

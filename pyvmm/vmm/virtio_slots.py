@@ -2,7 +2,8 @@
 
 ``plan_virtio_slots`` is pure: one MMIO window and one IRQ line per device,
 disks first (so --drive order gives vda, vdb, …), then the virtio-fs shares,
-the command mode's stream ports, then the console.
+the command mode's stream ports, the console, then the entropy device (last,
+so that ``--rng`` moves no other device's window).
 ``attach_virtio`` does the KVM side the devices know nothing of: each queue's
 notify register becomes an ioeventfd (the vCPU does not leave the kernel for
 it; the event loop serves the queue) and each IRQ line an irqfd.  A device
@@ -39,7 +40,7 @@ class VirtioSlot:
 
     base: int
     irq: int
-    kind: str                      # "block", "fs", "ports" or "console"
+    kind: str                      # "block", "fs", "ports", "console" or "rng"
     drive: DriveConfig | None = None
     share: ShareConfig | None = None
 
@@ -56,6 +57,8 @@ def plan_virtio_slots(config: MachineConfig) -> list[VirtioSlot]:
         kinds.append(("ports", None, None))
     if config.virtio_console:
         kinds.append(("console", None, None))
+    if config.rng:
+        kinds.append(("rng", None, None))
     if len(kinds) > len(layout.VIRTIO_IRQS):
         raise ConfigError(f"{len(kinds)} virtio devices asked for; pyvmm has IRQ lines "
                           f"for {len(layout.VIRTIO_IRQS)}")
@@ -113,6 +116,10 @@ def open_virtio_devices(slots: list[VirtioSlot], console_out: Callable[[memoryvi
                 from pyvmm.devices.virtio.ports import PortsDevice
 
                 devices.append(PortsDevice(list(ports)))
+            elif slot.kind == "rng":
+                from pyvmm.devices.virtio.rng import RngDevice
+
+                devices.append(RngDevice())
             else:
                 devices.append(ConsoleDevice(console_out))
     except Exception:

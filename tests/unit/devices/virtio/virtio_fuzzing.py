@@ -1,7 +1,7 @@
 """A hostile driver for the virtio devices, as hypothesis strategies plus the checks.
 
-A ``World`` is one device (block, console, the ports of command mode, or
-virtio-fs with a stand-in back end: its config space and transport) behind
+A ``World`` is one device (block, console, the ports of command mode, the
+entropy device, or virtio-fs with a stand-in back end: its config space and transport) behind
 its real virtio-mmio transport, over guest RAM of two ranges with a hole between them (as below and
 above the MMIO gap), each range cut from one host buffer between canary bytes.
 A run is a list of operations a driver could do, valid or not: MMIO reads and
@@ -16,7 +16,8 @@ the canaries around guest RAM are intact (nothing outside guest RAM was
 written), the disk did not grow, the operation took under ``MAX_SECONDS`` of CPU,
 it allocated less than guest RAM (``tracemalloc``: nothing copies a request's
 buffers more than once), its output is at most ``TRANSMIT_LIMIT`` per chain
-used (no amplification by overlapping descriptors), and what the ports
+used (no amplification by overlapping descriptors), the entropy device gives
+at most ``REQUEST_LIMIT`` bytes per chain used, and what the ports
 device keeps for the guest (control backlog, input) stays within its bounds.  Used by tests/unit/devices/virtio/test_virtio_fuzz.py (bounded) and
 scripts/fuzz_virtio.py (long).
 """
@@ -42,6 +43,7 @@ from pyvmm.devices.virtio.disk import DiskImage
 from pyvmm.devices.virtio.fs import FsDevice
 from pyvmm.devices.virtio.ports import (CONTROL, CONTROL_KINDS, INPUT_LIMIT, Port,
                                         PortsDevice)
+from pyvmm.devices.virtio.rng import REQUEST_LIMIT, RngDevice
 from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue
 from pyvmm.memory import GuestMemory, MemoryRegion
 
@@ -56,7 +58,7 @@ DISK_SECTORS = 64
 #: (64 KiB each, smaller for a device of many queues: all in the first range).
 DATA_BASE, DATA_SIZE = 0x10000, 0x10000
 #: The kinds of world, and the ports of the ports world (command mode's four).
-KINDS = ("block", "console", "ports", "fs")
+KINDS = ("block", "console", "ports", "fs", "rng")
 PORT_NAMES = ("stdin", "stdout", "stderr", "status")
 #: Longest any one operation may take.
 MAX_SECONDS = 1.0
@@ -116,12 +118,14 @@ class World:
         self.disk_path = os.path.join(self.directory, "disk.img")
         with open(self.disk_path, "wb") as stream:
             stream.write(bytes(range(256)) * (DISK_SECTORS * 2))
-        self.device: BlockDevice | ConsoleDevice | PortsDevice | FsDevice
+        self.device: BlockDevice | ConsoleDevice | PortsDevice | FsDevice | RngDevice
         self.fs_failures: list[str] = []
         if self.kind == "block":
             self.device = BlockDevice(DiskImage(self.disk_path))
         elif self.kind == "console":
             self.device = ConsoleDevice(self._sink)
+        elif self.kind == "rng":
+            self.device = RngDevice()
         elif self.kind == "ports":
             self.device = PortsDevice([Port(PORT_NAMES[0])] +
                                       [Port(name, self._sink) for name in PORT_NAMES[1:]])
@@ -311,6 +315,7 @@ class World:
             return
         used_before = self._used
         output_before = self.output_bytes
+        random_before = self.device.bytes_given if isinstance(self.device, RngDevice) else 0
         broken_before = self.transport.status & mmio.STATUS_NEEDS_RESET
         # The harness's own garbage (thousands of examples) must not be timed as
         # the device's: a full collection inside one operation took over 1 s.
@@ -333,6 +338,10 @@ class World:
         output = self.output_bytes - output_before
         assert output <= chains * TRANSMIT_LIMIT, \
             f"{op[0]} gave {output} bytes of output from {chains} chains"
+        if isinstance(self.device, RngDevice):
+            given = self.device.bytes_given - random_before
+            assert given <= chains * REQUEST_LIMIT, \
+                f"{op[0]} gave {given} random bytes to {chains} chains"
         if isinstance(self.device, PortsDevice):
             backlog = len(self.device._control_out)
             assert backlog <= CONTROL_KINDS * len(self.device.ports), \

@@ -38,6 +38,7 @@ CASES = {
     "dump": ('"d.core"', "[]"), "dump_on": ('["exit"]', '["later"]'),
     "control": ('"c.sock"', "2"), "emulation_assist": ('"on"', '"maybe"'),
     "gdb": ('"1234"', '"host:port"'), "gdb_wait": ("true", '"yes"'),
+    "rng": ("true", '"yes"'),
 }
 #: A bad value of each key of the [[drive]] and [[share]] tables.
 BAD_TABLE_VALUE = {"path": "1", "readonly": '"yes"', "cache": '"fast"',

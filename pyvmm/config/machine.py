@@ -99,8 +99,14 @@ class MachineConfig:
     drives: tuple[DriveConfig, ...] = field(default=(), metadata=option_metadata(
         "--drive", "-d", toml="drive", metavar="SPEC", multiple=True,
         kind=TablesKind(DriveConfig, parse_drive),
-        help="A virtio-block disk: path=IMG[,readonly=on][,cache=none|writeback]"
-             "[,serial=ID] (a comma in a name: ,,).  Repeat for vda, vdb, ..."))
+        help="A virtio-block disk: path=IMG[,format=raw|qcow2|...][,readonly=on]"
+             "[,cache=none|writeback][,serial=ID][,snapshot=on[,overlay=FILE]]"
+             "[,backend=auto|pyvmm|qsd] (a comma in a name: ,,).  Repeat for vda, "
+             "vdb, ..."))
+    snapshot: bool = field(default=False, metadata=option_metadata(
+        "--snapshot/--no-snapshot", kind=SwitchKind(),
+        help="Throw away the guest's disk writes: snapshot=on for every "
+             "writable --drive (QEMU's -snapshot)."))
     #: Host directories given to the guest over virtio-fs (vhost-user, virtiofsd).
     shares: tuple[ShareConfig, ...] = field(default=(), metadata=option_metadata(
         "--share", toml="share", metavar="DIR[,tag=NAME][,ro]", multiple=True,
@@ -162,6 +168,10 @@ class MachineConfig:
             object.__setattr__(self, "virtio_announce", "cmdline")
         if self.dump and not self.dump_on:
             object.__setattr__(self, "dump_on", DEFAULT_DUMP_EVENTS)
+        if self.snapshot:
+            object.__setattr__(self, "drives", tuple(
+                dataclasses.replace(d, snapshot=True) if not d.readonly else d
+                for d in self.drives))
 
 
 def options_of(schema: type) -> tuple[Option, ...]:

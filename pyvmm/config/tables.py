@@ -16,10 +16,16 @@ from typing import Any, Callable, Sequence
 from pyvmm.config.values import (OFF, ON, BadValue, ChoiceKind, Kind, PathKind, SwitchKind,
                                  TextKind)
 from pyvmm.errors import ConfigError
+from pyvmm.host.image_format import FORMATS
 from pyvmm.limits import FS_TAG_BYTES, FS_TAG_FORBIDDEN
 
 #: Values of ``cache=`` in --drive: page-cache writeback, or O_DIRECT.
 CACHE_MODES = ("writeback", "none")
+#: Values of ``format=``: auto (the image's magic says; see pyvmm.host.image_format).
+DRIVE_FORMATS = ("auto",) + FORMATS
+#: Who serves a drive: auto (raw in pyvmm, anything else or snapshot=on through
+#: qemu-storage-daemon), pyvmm (in-process, raw only) or qsd (the daemon).
+DRIVE_BACKENDS = ("auto", "pyvmm", "qsd")
 
 
 def _key(help: str, kind: Kind | None = None) -> dict:
@@ -29,7 +35,7 @@ def _key(help: str, kind: Kind | None = None) -> dict:
 
 @dataclass(frozen=True)
 class DriveConfig:
-    """One --drive / [[drive]]: a raw image file and how to open it."""
+    """One --drive / [[drive]]: an image file and how to open it."""
 
     path: str = field(metadata=_key("the image file", PathKind()))
     readonly: bool = field(default=False, metadata=_key(
@@ -38,6 +44,17 @@ class DriveConfig:
         "writeback (page cache) or none (O_DIRECT)", ChoiceKind(CACHE_MODES)))
     serial: str = field(default="", metadata=_key(
         "what GET_ID answers (at most 20 bytes)", TextKind(20)))
+    format: str = field(default="auto", metadata=_key(
+        "the image's format: auto (by its magic; no magic is raw), raw, qcow2, ...",
+        ChoiceKind(DRIVE_FORMATS)))
+    backend: str = field(default="auto", metadata=_key(
+        "auto, pyvmm (in-process, raw only) or qsd (qemu-storage-daemon)",
+        ChoiceKind(DRIVE_BACKENDS)))
+    snapshot: bool = field(default=False, metadata=_key(
+        "the guest's writes go to a temporary qcow2 overlay: the image never changes",
+        SwitchKind()))
+    overlay: str = field(default="", metadata=_key(
+        "with snapshot=on, keep the overlay in this new file", PathKind()))
 
 
 @dataclass(frozen=True)
@@ -150,7 +167,8 @@ _DRIVE_ALIASES = {"file": "path"}
 
 
 def parse_drive(text: str, index: int = 0) -> DriveConfig:
-    """``path=disk.img[,readonly=on][,cache=none|writeback][,serial=ID]`` (QEMU-style).
+    """``path=disk.img[,readonly=on][,cache=none|writeback][,serial=ID][,format=F]
+    [,backend=B][,snapshot=on][,overlay=FILE]`` (QEMU-style).
 
     A bare ``disk.img`` is taken as the path; ``,,`` is a comma in a value.
     """

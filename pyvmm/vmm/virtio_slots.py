@@ -26,6 +26,7 @@ from pyvmm.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyvmm.devices.virtio.ports import Port
+    from pyvmm.vmm.disks import Disks
     from pyvmm.vmm.shares import Shares
 
 #: What pyvmm announces as each window's size on the kernel command line.
@@ -85,11 +86,13 @@ def announce(slots: list[VirtioSlot]) -> str:
 
 def open_virtio_devices(slots: list[VirtioSlot], console_out: Callable[[memoryview], None],
                         shares: Shares, on_backend_failure: Callable[[str], None],
-                        ports: Sequence[Port] = ()) -> list[VirtioDevice]:
+                        ports: Sequence[Port] = (), disks: Disks | None = None
+                        ) -> list[VirtioDevice]:
     """The device of each slot, in slot order: every virtio device is made here.
 
-    Disks are opened (and locked) here, before KVM; a share's device is made
-    from its daemon (started by ``shares.start``); the stream ports (command
+    Disks pyvmm serves are opened (and locked) here, before KVM; a disk
+    qemu-storage-daemon serves, and a share, are made from their daemon's
+    connection (``disks.start``, ``shares.start``); the stream ports (command
     mode) from the ``ports`` their owner describes.
     """
     from pyvmm.devices.virtio.block import BlockDevice
@@ -97,10 +100,20 @@ def open_virtio_devices(slots: list[VirtioSlot], console_out: Callable[[memoryvi
     from pyvmm.devices.virtio.disk import DiskImage
 
     devices: list[VirtioDevice] = []
+    drive_index = 0
     try:
         for slot in slots:
-            if slot.kind == "block":
+            if slot.kind == "block" and disks is not None and \
+                    disks.served_by_daemon(drive_index):
+                from pyvmm.devices.virtio.vhost_user import VhostBlockDevice
+
+                frontend, features, config = disks.backend(drive_index)
+                devices.append(VhostBlockDevice(frontend, features, config,
+                                                on_backend_failure))
+                drive_index += 1
+            elif slot.kind == "block":
                 assert slot.drive is not None
+                drive_index += 1
                 drive = slot.drive
                 serial = drive.serial or f"pyvmm-vd{chr(ord('a') + len(devices))}"
                 image = DiskImage(drive.path, readonly=drive.readonly,

@@ -148,20 +148,13 @@ class StorageDaemon:
         index = self._exports
         self._exports += 1
         node = f"drive{index}"
-        file_driver = "host_device" if _is_block_device(drive.path) else "file"
-        image: dict[str, Any] = {
-            "driver": drive.format, "node-name": node if drive.overlay is None else f"base{index}",
-            "read-only": drive.readonly or drive.overlay is not None, "discard": "unmap",
-            "cache": {"direct": drive.direct},
-            "file": {"driver": file_driver, "filename": os.path.abspath(drive.path),
-                     "read-only": drive.readonly or drive.overlay is not None}}
+        image = image_options(drive, node if drive.overlay is None else f"base{index}")
         self.qmp.execute("blockdev-add", **image)
         if drive.overlay is not None:
             self._add_overlay(index, drive)
         socket_path = self._backend.path(f"vd{index}.sock")
-        self.qmp.execute("block-export-add", type="vhost-user-blk", id=f"export{index}",
-                         **{"node-name": node}, addr={"type": "unix", "path": socket_path},
-                         writable=not drive.readonly)
+        self.qmp.execute("block-export-add", **export_options(drive, node, f"export{index}",
+                                                              socket_path))
         frontend = VhostUserFrontend.connect(socket_path, f"{DAEMON} ({drive.path})")
         self.frontends.append(frontend)
         return frontend
@@ -207,6 +200,24 @@ class StorageDaemon:
         if qmp is not None:
             qmp.close()
         self._backend.stop()
+
+
+def image_options(drive: DaemonDrive, node: str) -> dict[str, Any]:
+    """``blockdev-add``'s arguments for the image itself: readonly=on (and an image under
+    an overlay) is read-only, cache=none is ``cache.direct``, discards reach the file."""
+    readonly = drive.readonly or drive.overlay is not None
+    file_driver = "host_device" if _is_block_device(drive.path) else "file"
+    return {"driver": drive.format, "node-name": node, "read-only": readonly,
+            "discard": "unmap", "cache": {"direct": drive.direct},
+            "file": {"driver": file_driver, "filename": os.path.abspath(drive.path),
+                     "read-only": readonly}}
+
+
+def export_options(drive: DaemonDrive, node: str, export_id: str,
+                   socket_path: str) -> dict[str, Any]:
+    """``block-export-add``'s arguments: a vhost-user-blk export, writable unless readonly=on."""
+    return {"type": "vhost-user-blk", "id": export_id, "node-name": node,
+            "addr": {"type": "unix", "path": socket_path}, "writable": not drive.readonly}
 
 
 def _is_block_device(path: str) -> bool:

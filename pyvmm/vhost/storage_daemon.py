@@ -180,7 +180,8 @@ class StorageDaemon:
         self.qmp.execute(command, **{"job-id": job}, **arguments)
         deadline = time.monotonic() + QMP_TIMEOUT
         while True:
-            state = next((j for j in self.qmp.execute("query-jobs") if j.get("id") == job), {})
+            state: dict[str, Any] = next(
+                (j for j in self.qmp.execute("query-jobs") if j.get("id") == job), {})
             if state.get("status") == "concluded":
                 break
             if time.monotonic() > deadline:

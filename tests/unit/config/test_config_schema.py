@@ -38,11 +38,12 @@ CASES = {
     "dump": ('"d.core"', "[]"), "dump_on": ('["exit"]', '["later"]'),
     "control": ('"c.sock"', "2"), "emulation_assist": ('"on"', '"maybe"'),
     "gdb": ('"1234"', '"host:port"'), "gdb_wait": ("true", '"yes"'),
-    "rng": ("true", '"yes"'),
+    "rng": ("true", '"yes"'), "snapshot": ("true", "2"),
 }
 #: A bad value of each key of the [[drive]] and [[share]] tables.
 BAD_TABLE_VALUE = {"path": "1", "readonly": '"yes"', "cache": '"fast"',
-                   "serial": '"' + "s" * 21 + '"', "tag": '""'}
+                   "serial": '"' + "s" * 21 + '"', "tag": '""', "format": '"qcow3"',
+                   "backend": '"qemu"', "snapshot": '"yes"', "overlay": "1"}
 
 
 def write(tmp_path: Path, text: str) -> str:

@@ -168,7 +168,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     policy = config.cpu_policy
     if policy == "auto":
         policy = "compat" if pvm_host else "host"
-    if pvm_host and config.cpu_policy == "auto" and not _policy_warned:
+    if pvm_host and config.cpu_policy == "auto" and not _policy_warned and snapshot is None:
         _policy_warned.append(True)  # once per process, not per --on-reboot restart
         log.warning("/dev/kvm is kvm_pvm, which emulates this guest in software; %s "
                     "(--cpu host keeps them)", describe_policy(policy))

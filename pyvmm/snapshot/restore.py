@@ -75,8 +75,8 @@ def restore_config(saved: Mapping[str, Any], overrides: Mapping[str, Any]) -> Ma
     fields = {field.name for field in dataclasses.fields(MachineConfig)}
     if set(saved) != fields:
         raise SnapshotError("the snapshot's machine config does not match this pyvmm's options")
-    values = {name: tuple(value) if isinstance(value, list) else value
-              for name, value in saved.items()}
+    values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
+                              for name, value in saved.items()}
     if values["drives"] or values["shares"]:
         raise SnapshotError("the snapshot has disks or shares, which restore can't re-attach yet")
     values.update(PER_RUN_OPTIONS)

@@ -24,7 +24,7 @@ from pyvmm.snapshot.memfile import write_memory
 from pyvmm.snapshot.stateformat import write_state
 
 #: Options of one run, not of the machine: a restore gives its own (or none).
-PER_RUN_OPTIONS = {"timeout": None, "control": None, "dump": None, "dump_on": (),
+PER_RUN_OPTIONS: dict[str, Any] = {"timeout": None, "control": None, "dump": None, "dump_on": (),
                    "gdb": None, "gdb_wait": False}
 
 

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from pyvmm.devices.virtio.ports import Port
     from pyvmm.gdb.server import GdbServer
     from pyvmm.snapshot.restore import Snapshot
+    from pyvmm.snapshot.save import StatefulDevice
     from pyvmm.vcpu.stats import RunStats
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     pio_bus, mmio_bus = Bus(), Bus()
     serial = Serial(KvmIrqLine(vm, layout.COM1_IRQ), console.write, on_pending=loop.wake)
     rtc = Rtc(KvmIrqLine(vm, layout.RTC_IRQ), loop.call_at)
-    stateful = {"serial": serial, "i8042": _attach_legacy_devices(pio_bus, serial, exit_event),
+    stateful: dict[str, StatefulDevice] = {"serial": serial, "i8042": _attach_legacy_devices(pio_bus, serial, exit_event),
                 "rtc": rtc}
     pio_bus.insert(rtc, layout.RTC_PORT, 2)
     uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT)

@@ -50,7 +50,7 @@ def test_damage_and_other_versions_are_refused(change, message: str) -> None:
 @pytest.mark.parametrize("cut", [2, 100, 0.5])
 def test_a_truncated_file_is_refused(cut: float) -> None:
     data = encode_state(BODY)
-    length = int(len(data) * cut) if cut < 1 else len(data) - cut
+    length = int(len(data) * cut) if cut < 1 else len(data) - int(cut)
     with pytest.raises(SnapshotError, match="damaged or truncated"):
         decode_state(data[:length], "state.json")
 

@@ -144,7 +144,7 @@ class MachineConfig:
              "--timeout."))
     control: str | None = field(default=None, metadata=option_metadata(
         "--control", kind=PathKind(),
-        help="Listen on this unix socket for live dumps "
+        help="Listen on this unix socket for live dumps and snapshots "
              "('pyvmm inspect summary SOCKET' reads the running guest)."))
     gdb: str | None = field(default=None, metadata=option_metadata(
         "--gdb", kind=GdbAddressKind(), metavar="[HOST:]PORT|unix:PATH",

@@ -179,6 +179,34 @@ class Serial:
         """True when a THR write does nothing but send its byte (see the module doc)."""
         return not (self._ier & IER_THR_EMPTY or self._mcr & MCR_LOOP)
 
+    # -- snapshot ----------------------------------------------------------------
+
+    def to_state(self) -> dict:
+        """The registers and the guest's unread input, as plain values (transmitted
+        bytes are handed to ``out`` first: they belong to the machine that sent them)."""
+        self.flush()
+        with self._lock:
+            return {"divisor": self._divisor, "ier": self._ier, "lcr": self._lcr,
+                    "mcr": self._mcr, "lsr": self._lsr, "msr": self._msr, "scr": self._scr,
+                    "fifo_enabled": self._fifo_enabled,
+                    "thr_interrupt_pending": self._thr_interrupt_pending,
+                    "input": self._input.hex()}
+
+    def from_state(self, state: dict) -> None:
+        """Take the registers ``to_state`` gave; the interrupt line follows them."""
+        with self._lock:
+            self._divisor, self._ier, self._lcr = state["divisor"], state["ier"], state["lcr"]
+            self._mcr, self._lsr, self._msr = state["mcr"], state["lsr"], state["msr"]
+            self._scr, self._fifo_enabled = state["scr"], bool(state["fifo_enabled"])
+            self._thr_interrupt_pending = bool(state["thr_interrupt_pending"])
+            self._input = bytearray.fromhex(state["input"])[:INPUT_CAPACITY]
+            self._irq_level = False
+            self._update_interrupt()
+            self._publish()
+            polled = self.tx_polled
+        if self.on_tx_polled is not None:
+            self.on_tx_polled(polled)
+
     # -- guest side ------------------------------------------------------------
 
     def read(self, offset: int, data: memoryview) -> None:

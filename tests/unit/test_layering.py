@@ -102,6 +102,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("devices", "arch", "dump"),            # devices, the platform, dumps: no KVM, no config
     ("acpi", "vcpu", "gdb"),                # tables describing it; the vCPU threads; gdb's stub
     ("console",),                           # terminal, guest console, the pump
+    ("snapshot",),                          # snapshots: saved state and RAM, restored
     ("vmm",),                               # the builder and the built machine
     ("command",),                           # command mode
     ("check",),                             # what this host can run (pyvmm check)

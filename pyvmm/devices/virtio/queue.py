@@ -105,6 +105,28 @@ class SplitQueue:
         self.next_avail = 0
         self.next_used = 0
 
+    # -- snapshot ---------------------------------------------------------------
+
+    def to_state(self) -> dict:
+        """The driver's layout and how far the device has got in the rings."""
+        return {"size": self.size, "ready": self.ready, "desc": self.desc_addr,
+                "avail": self.avail_addr, "used": self.used_addr,
+                "event_idx": self.event_idx, "next_avail": self.next_avail,
+                "next_used": self.next_used}
+
+    def from_state(self, state: dict, memory: GuestMemory) -> None:
+        """Take ``to_state``'s values; a ready queue's rings are checked and mapped again
+        (QueueError if the layout is not one a driver could have set)."""
+        self.reset()
+        self.size, self.desc_addr = state["size"], state["desc"]
+        self.avail_addr, self.used_addr = state["avail"], state["used"]
+        if state["ready"]:
+            self.activate(memory, bool(state["event_idx"]))
+            self.ready = True
+        self.event_idx = bool(state["event_idx"])
+        self.next_avail = state["next_avail"] & 0xFFFF
+        self.next_used = state["next_used"] & 0xFFFF
+
     # -- the driver's side, as the device reads it ----------------------------
 
     def has_available(self) -> bool:

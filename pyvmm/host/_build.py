@@ -4,7 +4,8 @@
 disk's discard and write-zeroes, and a full memory fence for code sharing
 memory with a guest (the virtio rings).  They are a module of their own, apart
 from the KVM binding: a disk image or a virtio queue needs neither /dev/kvm
-nor <linux/kvm.h>.  The flags come from <linux/falloc.h> (``...``: the
+nor <linux/kvm.h>.  The CPUID instruction itself, for the leaves the guest
+sees as the host's (its brand string, cache and TLB descriptors).  The flags come from <linux/falloc.h> (``...``: the
 compiler fills them in).
 """
 
@@ -22,6 +23,9 @@ int pyvmm_fallocate(int fd, int mode, long long offset, long long length);
 /* A full memory barrier (mfence on x86): Python has none, and the virtio
    ring protocol needs one where a store must be seen before a later load. */
 void pyvmm_fence(void);
+
+/* The CPUID instruction on this CPU: regs = {eax, ebx, ecx, edx} of leaf/subleaf. */
+void pyvmm_cpuid(unsigned int leaf, unsigned int subleaf, unsigned int regs[4]);
 """
 
 SOURCE = r"""
@@ -29,6 +33,7 @@ SOURCE = r"""
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <cpuid.h>
 
 static int pyvmm_fallocate(int fd, int mode, long long offset, long long length)
 {
@@ -38,6 +43,11 @@ static int pyvmm_fallocate(int fd, int mode, long long offset, long long length)
 static void pyvmm_fence(void)
 {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+static void pyvmm_cpuid(unsigned int leaf, unsigned int subleaf, unsigned int regs[4])
+{
+    __cpuid_count(leaf, subleaf, regs[0], regs[1], regs[2], regs[3]);
 }
 """
 

@@ -9,11 +9,15 @@
 # pipeline whose other end a sleep holds until CMD has its own, opened through /proc.
 run_relayed() {
     local holder_in relay_out relay_err relay waited status rounds left dir pid
-    cat "$1" 3>&- | sleep 2147483647 3>&- &
+    # /init itself holds the three ports open until the machine stops: once the stdin
+    # relay has read to the end, the host closes that port, and a write to it (CMD may
+    # open any /dev/vport*) would wait for the host forever; held, it is EBUSY at once.
+    exec 4<"$1" 5>"$2" 6>"$3" || fail "cannot open the command's ports"
+    cat <&4 3>&- 4<&- 5>&- 6>&- | sleep 2147483647 3>&- 4<&- 5>&- 6>&- &
     holder_in=$!
-    sleep 2147483647 3>&- | cat >"$2" 3>&- &
+    sleep 2147483647 3>&- 4<&- 5>&- 6>&- | cat >&5 3>&- 4<&- 5>&- 6>&- &
     relay_out=$!
-    sleep 2147483647 3>&- | cat >"$3" 3>&- &
+    sleep 2147483647 3>&- 4<&- 5>&- 6>&- | cat >&6 3>&- 4<&- 5>&- 6>&- &
     relay_err=$!
     # Each pipe is there once the process has it as its stdin (until then, /init's console).
     waited=0
@@ -32,7 +36,8 @@ run_relayed() {
         chroot /newroot chrt -f -p 1 $relay >/dev/null 2>&1 || renice -n -20 -p $relay >/dev/null
         echo -1000 2>/dev/null >"/proc/$relay/oom_score_adj"
     done
-    pyvmm_run <"/proc/$holder_in/fd/0" >"/proc/$relay_out/fd/0" 2>"/proc/$relay_err/fd/0"
+    pyvmm_run <"/proc/$holder_in/fd/0" >"/proc/$relay_out/fd/0" 2>"/proc/$relay_err/fd/0" \
+        4<&- 5>&- 6>&-
     status=$?
 
     # What CMD left running would hold its streams open: stop it, as poweroff would, so

@@ -73,7 +73,9 @@ HEARTBEAT_SECONDS = 5
 MODULES = ("kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "overlay")
 #: Environment variables carried into the command (PATH and HOME always).
 CARRIED_ENV = ("PATH", "HOME", "TERM", "LANG", "CI", "PYVMM_REQUIRE_IMAGES",
-               "PYTHONDONTWRITEBYTECODE", "PYTEST_ADDOPTS")
+               "PYTHONDONTWRITEBYTECODE", "PYTHONPATH", "PYTEST_ADDOPTS")
+#: And every variable named so: pyvmm's and its tests' own (PYVMM_COMMAND_KERNELS, ...).
+CARRIED_PREFIXES = ("PYVMM_",)
 #: What on the rig kernel's console means the rig itself broke.
 FAILURE_PATTERNS = re.compile(
     rb"Kernel panic|Oops:|BUG: |kernel BUG at|stack guard page|general protection fault"
@@ -354,8 +356,9 @@ class Session:
 def write_job(job: Path, argv: list[str]) -> None:
     command = argv[0] if len(argv) == 1 else shlex.join(argv)
     (job / "cmd.sh").write_text(command + "\n")
-    env = [f"export {name}={shlex.quote(os.environ[name])}"
-           for name in CARRIED_ENV if name in os.environ]
+    carried = [name for name in os.environ
+               if name in CARRIED_ENV or name.startswith(CARRIED_PREFIXES)]
+    env = [f"export {name}={shlex.quote(os.environ[name])}" for name in sorted(carried)]
     env += ["export RIG=1 RIG_JOB=/job", f"RIG_CWD={shlex.quote(os.getcwd())}"]
     (job / "env").write_text("\n".join(env) + "\n")
 

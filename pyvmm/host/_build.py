@@ -4,7 +4,8 @@
 disk's discard and write-zeroes, and a full memory fence for code sharing
 memory with a guest (the virtio rings).  They are a module of their own, apart
 from the KVM binding: a disk image or a virtio queue needs neither /dev/kvm
-nor <linux/kvm.h>.  The flags come from <linux/falloc.h> (``...``: the
+nor <linux/kvm.h>.  The CPUID instruction itself, for the leaves the guest
+sees as the host's (its brand string, cache and TLB descriptors).  The flags come from <linux/falloc.h> (``...``: the
 compiler fills them in).
 """
 
@@ -28,6 +29,9 @@ void pyvmm_fence(void);
    the bytes written, or -errno. */
 long long pyvmm_write_nonzero_pages(int fd, const char *buf, unsigned long long len,
                                     long long offset, unsigned long long page);
+
+/* The CPUID instruction on this CPU: regs = {eax, ebx, ecx, edx} of leaf/subleaf. */
+void pyvmm_cpuid(unsigned int leaf, unsigned int subleaf, unsigned int regs[4]);
 """
 
 SOURCE = r"""
@@ -37,6 +41,7 @@ SOURCE = r"""
 #include <linux/falloc.h>
 #include <string.h>
 #include <unistd.h>
+#include <cpuid.h>
 
 static int pyvmm_fallocate(int fd, int mode, long long offset, long long length)
 {
@@ -87,6 +92,11 @@ static long long pyvmm_write_nonzero_pages(int fd, const char *buf, unsigned lon
             pos += len - pos < page ? len - pos : page;
     }
     return (long long)written;
+}
+
+static void pyvmm_cpuid(unsigned int leaf, unsigned int subleaf, unsigned int regs[4])
+{
+    __cpuid_count(leaf, subleaf, regs[0], regs[1], regs[2], regs[3]);
 }
 """
 

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Sequence
 from pyvmm.acpi.tables import write_acpi_tables
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.boot import prepare_boot
-from pyvmm.arch.x86_64.cpuid import CpuidEntry, adjust_cpuid, describe_policy
+from pyvmm.arch.x86_64.cpuid import (CpuidEntry, adjust_cpuid, describe_policy, host_leaves,
+                                     with_host_leaves)
 from pyvmm.config.machine import MachineConfig
 from pyvmm.config.values import size_name
 from pyvmm.console.host import HostConsole
@@ -29,6 +30,7 @@ from pyvmm.vcpu.dispatch import UnknownAccessLog
 from pyvmm.eventloop import EventLoop
 from pyvmm.vcpu.exit_event import ExitEvent
 from pyvmm.exitstatus import StopReason
+from pyvmm.host.cpuid import host_cpuid
 from pyvmm.host.inputfile import read_input
 from pyvmm.kvm._ffi import address_of
 from pyvmm.kvm import system as kvm_system  # a module: tests stand in for is_pvm_host
@@ -81,6 +83,7 @@ class KvmIrqLine:
 
 
 _policy_warned: list[bool] = []
+_stale_helper_warned: list[bool] = []
 
 
 def build_machine(config: MachineConfig, console: HostConsole | None = None,
@@ -178,6 +181,13 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
         log.warning("/dev/kvm is kvm_pvm, which emulates this guest in software; %s "
                     "(--cpu host keeps them)", describe_policy(policy))
     supported = [CpuidEntry(*leaf) for leaf in kvm.supported_cpuid()]
+    read_host_cpuid = host_cpuid()
+    if read_host_cpuid is not None:
+        supported = with_host_leaves(supported, host_leaves(read_host_cpuid))
+    elif not _stale_helper_warned:
+        _stale_helper_warned.append(True)
+        log.warning("pyvmm's compiled host helper predates CPUID pass-through: the guest sees "
+                    "no brand string (rebuild: python3 setup.py build_ext --inplace)")
 
     vm = kvm.create_vm()
     vm.set_tss_address(KVM_TSS_ADDRESS)

@@ -1,6 +1,6 @@
 """Command mode's initramfs: a cached base (busybox, /init, modules) and a per-run job.
 
-The base depends only on the init script, busybox and the kernel's modules,
+The base depends only on the init scripts, busybox and the kernel's modules,
 so it is built once and kept under ``$XDG_CACHE_HOME/pyvmm`` (created 0700,
 written through a private temporary file and renamed into place).  The job
 (``/job.sh``: the command, its directory, user and environment, the shares
@@ -47,6 +47,8 @@ class Job:
     #: would run busybox's ls, cat, sh... instead of the host's.
     env_binary: str = "/usr/bin/env"
     setpriv_binary: str = "/usr/bin/setpriv"
+    #: The guest's name (the host's): empty leaves the kernel's "(none)".
+    hostname: str = ""
 
     def script(self) -> str:
         """``/job.sh``: sourced by /init; variables and two functions."""
@@ -60,12 +62,17 @@ class Job:
                       else "--clear-groups")
             drop = [self.setpriv_binary, f"--reuid={self.uid}", f"--regid={self.gid}", groups, "--"]
         env = [f"{name}={value}" for name, value in self.env]
-        command = (["chroot", "/newroot", "/run/pyvmm/busybox", "sh", "-c",
+        # A session of its own, as sshd and vng give: its `kill 0` spares /init's relays.
+        command = (["chroot", "/newroot", "/run/pyvmm/busybox", "setsid",
+                    "/run/pyvmm/busybox", "sh", "-c",
                     'cd "$1" || exit 1; shift; exec "$@"', "sh", self.cwd] + drop
                    + [self.env_binary, "-i"] + env + list(self.argv))
         return "\n".join([
             f"PYVMM_RW={int(self.rw)}",
             f"PYVMM_CWD={q(self.cwd)}",
+            f"PYVMM_UID={self.uid}",
+            f"PYVMM_GID={self.gid}",
+            f"PYVMM_HOSTNAME={q(self.hostname)}",
             "pyvmm_mount_shares() {", *mounts, "    :", "}",
             "pyvmm_run() {", "    " + " ".join(q(part) for part in command) + " 3>&-", "}",
             ""])
@@ -98,8 +105,10 @@ def modules_for(kernel_image: bytes, modules_dir: str | None) -> ModuleSet | Non
 def base_archive(modules: ModuleSet | None) -> bytes:
     """busybox, /init and the modules as one newc archive, from the cache when there."""
     busybox = _busybox()
-    init = resources.files("pyvmm.command.initramfs").joinpath("init.sh").read_bytes()
-    key = hashlib.sha256(CACHE_VERSION.encode() + init)
+    scripts = resources.files("pyvmm.command.initramfs")
+    init = scripts.joinpath("init.sh").read_bytes()
+    streams = scripts.joinpath("streams.sh").read_bytes()
+    key = hashlib.sha256(CACHE_VERSION.encode() + init + b"\0" + streams)
     for path in [busybox] + [host for _, host in (modules.files if modules else ())]:
         info = os.stat(path)
         key.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
@@ -117,6 +126,7 @@ def base_archive(modules: ModuleSet | None) -> bytes:
     writer.char_device("dev/console", 5, 1)
     writer.char_device("dev/null", 1, 3, 0o666)
     writer.file("init", init, 0o755)
+    writer.file("streams.sh", streams, 0o644)
     with open(busybox, "rb") as stream:
         writer.file("bin/busybox", stream.read(), 0o755)
     if modules:

@@ -33,7 +33,8 @@ from pyvmm.console.host import HostConsole
 from pyvmm.devices.virtio.ports import Port, PortsDevice
 from pyvmm.errors import SEE_CHECK, ConfigError, HostError, PyvmmError
 from pyvmm.exitstatus import StopReason
-from pyvmm.command.initramfs.build import Job, base_archive, job_archive, modules_for
+from pyvmm.command.initramfs.build import (Job, base_archive, device_modules, job_archive,
+                                           modules_for)
 from pyvmm.kvm import system as kvm_system  # a module: tests stand in for is_pvm_host
 from pyvmm.vmm.signals import signals_stop
 
@@ -228,7 +229,7 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], options: CommandOp
                         f"{SEE_CHECK}; {kvm_system.RUN_LINUX_ELSEWHERE}")
     with open(config.kernel, "rb") as stream:
         head = stream.read(1 << 16)
-    base = base_archive(modules_for(head, options.modules))
+    base = base_archive(modules_for(head, options.modules, device_modules(config)))
     job = make_job(argv, options.rw, config.shares, options.user)
     private = tempfile.mkdtemp(prefix="pyvmm-run-")
     console = LogConsole(verbose)

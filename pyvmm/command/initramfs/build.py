@@ -15,7 +15,9 @@ import shlex
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
+from typing import Sequence
 
+from pyvmm.config.machine import MachineConfig
 from pyvmm.errors import ConfigError
 from pyvmm.host import environment
 from pyvmm.command.initramfs.cpio import CpioWriter
@@ -24,6 +26,17 @@ from pyvmm.loader.bzimage import kernel_release
 
 #: What command mode needs of the kernel: virtio-mmio, the console ports, virtio-fs, overlay.
 WANTED_MODULES = ["virtio_mmio", "virtio_console", "fuse", "virtiofs", "overlay"]
+
+
+def device_modules(config: MachineConfig) -> list[str]:
+    """The drivers of the devices ``config`` gives the guest beyond command mode's own, so
+    CMD finds ``/dev/vda`` or ``/dev/hwrng`` without running modprobe (one per device kind)."""
+    wanted = []
+    if config.drives:
+        wanted.append("virtio_blk")
+    if config.rng:
+        wanted.append("virtio_rng")
+    return wanted
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
 #: Format of the cache entries; bump when the layout of the base archive changes.
 CACHE_VERSION = "1"
@@ -90,15 +103,18 @@ def _busybox() -> str:
     return path
 
 
-def modules_for(kernel_image: bytes, modules_dir: str | None) -> ModuleSet | None:
-    """The modules to carry: from --modules, else /lib/modules/RELEASE if it exists."""
+def modules_for(kernel_image: bytes, modules_dir: str | None,
+                devices: Sequence[str] = ()) -> ModuleSet | None:
+    """The modules to carry (command mode's own, then the ``devices``' drivers): from
+    --modules, else /lib/modules/RELEASE if it exists."""
+    wanted = WANTED_MODULES + list(devices)
     if modules_dir is not None:
         if not os.path.isdir(modules_dir):
             raise ConfigError(f"--modules {modules_dir}: not a directory")
-        return find_modules(modules_dir, WANTED_MODULES)
+        return find_modules(modules_dir, wanted)
     release = kernel_release(kernel_image)
     if release and os.path.isdir(f"/lib/modules/{release}"):
-        return find_modules(f"/lib/modules/{release}", WANTED_MODULES)
+        return find_modules(f"/lib/modules/{release}", wanted)
     return None  # a kernel with the drivers built in (or none: /init says which)
 
 

@@ -104,6 +104,15 @@ def test_never_ready(pyvmm_snapshot, attempt):
 
 def test_stops_first(pyvmm_snapshot):
     pyvmm_snapshot(kernel=EXITCODE, append="exitcode=5", ready="never printed")
+
+
+def broken(vm):
+    assert False, "prepare went wrong"
+
+
+@pytest.mark.parametrize("attempt", [1, 2])
+def test_prepare_fails(pyvmm_snapshot, attempt):
+    pyvmm_snapshot(kernel=ECHO, memory="64M", ready="echo ready", prepare=broken)
 """
 
 
@@ -128,7 +137,7 @@ def test_a_boot_that_never_gets_ready_fails_its_tests_in_one_line(
                                                     exitcode=str(image("tiny/exitcode.bzImage"))))
     result = pytester.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider", "-rf", *workers,
                                            timeout=300)
-    result.assert_outcomes(failed=4)
+    result.assert_outcomes(failed=6)
     said = failure_lines(result)
     timed_out = [said[f"test_never_ready[{attempt}]"] for attempt in (1, 2, 3)]
     # One process booted and waited 2 s; the other tests read why and failed at once.
@@ -139,6 +148,11 @@ def test_a_boot_that_never_gets_ready_fails_its_tests_in_one_line(
     assert said["test_stops_first"] == (
         "pyvmm_snapshot: exitcode.bzImage stopped before its console matched 'never printed': "
         "the guest reported exit status 11 through the debug-exit port")
+    # prepare's own error, with its traceback, fails the test that booted; the other reads it
+    read = [line for test, line in said.items() if test.startswith("test_prepare_fails")]
+    assert len(read) == 1 and re.fullmatch(r"pyvmm_snapshot: the boot failed \(in (main|gw\d)\): "
+                                           r"AssertionError: prepare went wrong", read[0])
+    result.stdout.fnmatch_lines(["E   *AssertionError: prepare went wrong"])
     result.stdout.fnmatch_lines(["*pyvmm console 0: echo.bzImage*", "*echo ready*"])
     assert result.duration < 60
     assert left_behind(pytester) == []

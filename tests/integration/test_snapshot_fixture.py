@@ -59,14 +59,14 @@ def test_a_clone_answers_its_own_words(echo, word):
 """
 
 
-def run_suite(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, list[str],
-                                                               list[str]]:
-    """The suite's result, and the processes that booted and that ran a test."""
+def run_suite(pytester: pytest.Pytester, suite: str, *args: str,
+              **names: str) -> tuple[pytest.RunResult, list[str], list[str]]:
+    """Run ``suite`` (given ``names`` and the files ``boots`` and ``clones`` it writes to) in
+    a child pytest: its result, and the processes that booted and that ran a test."""
     boots, clones = pytester.path / "boots", pytester.path / "clones"
-    pytester.makepyfile(test_suite=SUITE.format(echo=str(image("tiny/echo.bzImage")),
-                                                boots=str(boots), clones=str(clones)))
+    pytester.makepyfile(test_suite=suite.format(boots=str(boots), clones=str(clones), **names))
     result = pytester.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider", *args,
-                                           timeout=300)
+                                           timeout=900)
     lines = [path.read_text().split() if path.exists() else [] for path in (boots, clones)]
     return result, lines[0], lines[1]
 
@@ -76,7 +76,7 @@ def left_behind(pytester: pytest.Pytester) -> list[Path]:
 
 
 def test_three_tests_three_clones_one_boot(pytester: pytest.Pytester) -> None:
-    result, boots, clones = run_suite(pytester)
+    result, boots, clones = run_suite(pytester, SUITE, echo=str(image("tiny/echo.bzImage")))
     result.assert_outcomes(passed=3)
     assert len(boots) == 1 and len(clones) == 3
     assert left_behind(pytester) == []      # the last user removed the snapshot
@@ -84,7 +84,8 @@ def test_three_tests_three_clones_one_boot(pytester: pytest.Pytester) -> None:
 
 def test_two_xdist_workers_share_one_boot(pytester: pytest.Pytester) -> None:
     pytest.importorskip("xdist")
-    result, boots, clones = run_suite(pytester, "-n", "2")
+    result, boots, clones = run_suite(pytester, SUITE, "-n", "2",
+                                      echo=str(image("tiny/echo.bzImage")))
     result.assert_outcomes(passed=3)
     assert len(boots) == 1 and len(clones) == 3
     assert len(set(clones)) == 2            # both workers ran clones of the one boot

@@ -29,13 +29,13 @@ def note(path):
 def uptime_noted(vm):
     note(BOOTS)
     vm.console.write("cut -d' ' -f1 /proc/uptime > /tmp/booted\\n")
-    vm.console.expect("# $", 60)
+    vm.console.expect("/ # ", 60)
 
 
 @pytest.fixture
 def shell(pyvmm_snapshot):
     return pyvmm_snapshot(kernel=KERNEL, initrd=INITRD, append=APPEND, memory="256M",
-                          ready="# $", ready_timeout=300, prepare=uptime_noted, timeout=300)
+                          ready="/ # ", ready_timeout=300, prepare=uptime_noted, timeout=300)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])

@@ -22,7 +22,7 @@ from pyvmm.limits import FS_TAG_BYTES, FS_TAG_FORBIDDEN
 CACHE_MODES = ("writeback", "none")
 
 
-def _key(help: str, kind: Kind | None = None) -> dict:
+def table_key(help: str, kind: Kind | None = None) -> dict:
     """Field metadata declaring a key of a ``[[table]]`` (and of its command-line spec)."""
     return {"key": {"help": help, "kind": kind or Kind()}}
 
@@ -31,12 +31,12 @@ def _key(help: str, kind: Kind | None = None) -> dict:
 class DriveConfig:
     """One --drive / [[drive]]: a raw image file and how to open it."""
 
-    path: str = field(metadata=_key("the image file", PathKind()))
-    readonly: bool = field(default=False, metadata=_key(
+    path: str = field(metadata=table_key("the image file", PathKind()))
+    readonly: bool = field(default=False, metadata=table_key(
         "open it read-only: the guest's writes fail", SwitchKind()))
-    cache: str = field(default="writeback", metadata=_key(
+    cache: str = field(default="writeback", metadata=table_key(
         "writeback (page cache) or none (O_DIRECT)", ChoiceKind(CACHE_MODES)))
-    serial: str = field(default="", metadata=_key(
+    serial: str = field(default="", metadata=table_key(
         "what GET_ID answers (at most 20 bytes)", TextKind(20)))
 
 
@@ -44,10 +44,10 @@ class DriveConfig:
 class ShareConfig:
     """One --share / [[share]]: a host directory the guest mounts with ``mount -t virtiofs TAG``."""
 
-    path: str = field(metadata=_key("the host directory", PathKind()))
-    tag: str = field(metadata=_key("the virtio-fs tag (default share0, share1, ...)",
+    path: str = field(metadata=table_key("the host directory", PathKind()))
+    tag: str = field(metadata=table_key("the virtio-fs tag (default share0, share1, ...)",
                                    TextKind(FS_TAG_BYTES, 1, FS_TAG_FORBIDDEN)))
-    readonly: bool = field(default=False, metadata=_key("the guest can't write", SwitchKind()))
+    readonly: bool = field(default=False, metadata=table_key("the guest can't write", SwitchKind()))
 
 
 def table_keys(table: type) -> dict[str, Kind]:

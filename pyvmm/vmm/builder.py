@@ -37,6 +37,7 @@ from pyvmm.loader.identify import is_linux
 from pyvmm.kvm.vm import Vm
 from pyvmm.vmm.machine import BuiltMachine
 from pyvmm.memory import GuestMemory
+from pyvmm.vmm.network import Networks
 from pyvmm.vmm.shares import Shares
 from pyvmm.vcpu.uart_fastpath import UartFastPath
 from pyvmm.vcpu.served import ServedVcpu
@@ -99,10 +100,12 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     # Everything that can be wrong with the input is found before KVM is opened.
     slots = plan_virtio_slots(config)
     shares = Shares(config.shares)
+    networks = Networks(config.nets)
     try:
         return _build(config, console, ports, stats, kernel_image, initrd_image, slots,
-                      shares)
+                      shares, networks)
     except BaseException:
+        networks.close()
         shares.close()
         raise
 
@@ -122,7 +125,7 @@ def refuse_linux_on_pvm(config: MachineConfig, kernel_image: bytes) -> None:
 
 def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[Port],
            stats: RunStats | None, kernel_image: bytes, initrd_image: bytes | None, slots: list,
-           shares: Shares) -> BuiltMachine:
+           shares: Shares, networks: Networks) -> BuiltMachine:
     if config.control:
         from pyvmm.vmm.control import check_control_path
 
@@ -153,7 +156,8 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
         exit_event.set(StopReason.backend_failed(message))
 
     shares.start()
-    devices = open_virtio_devices(slots, console.write, shares, backend_failed, ports)
+    networks.start()
+    devices = open_virtio_devices(slots, console.write, shares, backend_failed, ports, networks)
 
     kvm = Kvm()
     kvm.require_capabilities()
@@ -195,6 +199,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT)
     transports, owned_fds = attach_virtio(vm, loop, mmio_bus, memory, slots, devices)
     shares.watch(loop, backend_failed)
+    networks.watch(loop, backend_failed)
     console_input: ConsoleInput = serial
     if _guest_console_is_hvc(cmdline):
         console_input = next((t.device for t in transports
@@ -212,7 +217,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                         exit_event=exit_event, loop=loop, console=console,
                         pump=ConsolePump(console, console_input, serial, uart_fast),
                         runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
-                        owned_fds=owned_fds, closers=[shares.close], stats=stats,
+                        owned_fds=owned_fds, closers=[networks.close, shares.close], stats=stats,
                         assists=assists, gdb=gdb)
 
 

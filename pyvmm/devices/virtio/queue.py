@@ -129,6 +129,11 @@ class SplitQueue:
         self._walk(memory, self._desc, self.size, head, chain, indirect_allowed=True)
         return chain
 
+    def unpop(self, count: int) -> None:
+        """Put back the last ``count`` chains popped and not used (QEMU's
+        virtqueue_unpop): a device that found them too small for its data."""
+        self.next_avail = (self.next_avail - count) & 0xFFFF
+
     def _walk(self, memory: GuestMemory, table: memoryview | None, table_size: int,
               index: int, chain: DescriptorChain, indirect_allowed: bool) -> None:
         assert table is not None

@@ -118,7 +118,8 @@ class TablesKind(Kind):
         """The entries as command-line specs (``path=a.img,readonly=off,cache=none``)."""
         kinds = table_keys(self.table)
         return "; ".join(",".join(f"{key}={escape_option(kinds[key].show(v))}"
-                                  for key, v in dataclasses.asdict(entry).items() if v != "")
+                                  for key, v in dataclasses.asdict(entry).items()
+                                  if v not in ("", ()))
                          for entry in value) or "-"
 
 

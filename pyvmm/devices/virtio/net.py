@@ -231,7 +231,7 @@ class NetDevice(VirtioDevice):
         used_before = queue.next_used
         budget_end = time.monotonic() + SERVE_BUDGET_SECONDS
         delivered = 0
-        out_of_time = False
+        out_of_time = waiting = False
         while True:
             frame = self.link.next_frame()
             if frame is None:
@@ -248,13 +248,19 @@ class NetDevice(VirtioDevice):
                 continue
             outcome = self._put_frame(queue, memory, frame)
             if outcome == _NO_ROOM:
-                break  # the frame waits in the link, which stops reading its socket
+                # The frame waits in the link, which stops reading its socket.  With
+                # EVENT_IDX, ask to hear of the very next buffer (the ones put back
+                # are already past avail_event).
+                if queue.ask_for_next():
+                    continue
+                waiting = True
+                break
             self.link.consume_frame()
             if outcome == _DELIVERED:
                 self.rx_frames += 1
                 delivered += 1
-        # With EVENT_IDX, ask to hear of the next buffer the driver adds.
-        queue.set_avail_event()
+        if not waiting:
+            queue.set_avail_event()
         if queue.needs_interrupt(used_before):
             self._raise_used()
         return out_of_time

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -49,7 +50,7 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _start(tmp_path, guest: str, *extra: str) -> tuple[subprocess.Popen, int, os.PathLike]:
+def _start(tmp_path: Path, guest: str, *extra: str) -> tuple[subprocess.Popen, int, Path]:
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
     port = _free_port()
@@ -57,7 +58,7 @@ def _start(tmp_path, guest: str, *extra: str) -> tuple[subprocess.Popen, int, os
                             "--net", f"user,hostfwd=tcp:127.0.0.1:{port}-:80", "--net", "user",
                             *extra)
     proc = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "TMPDIR": str(private_tmp)})
     return proc, port, private_tmp
 
@@ -80,6 +81,8 @@ def test_passt_starts_and_goes_with_pyvmm(tmp_path, stop: str) -> None:
     if stop != "poweroff":
         _wait_for_passt(proc, port)
     if stop == "sigterm":
+        # Once the guest runs: pyvmm's handlers are installed after the machine is built.
+        assert proc.stdout is not None and b"looping" in proc.stdout.readline()
         proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     expected = {"poweroff": 0, "timeout": ExitStatus.TIMEOUT, "sigterm": 128 + signal.SIGTERM}

@@ -27,7 +27,7 @@ def framed(*frames: bytes) -> bytes:
 
 
 def drain(stream: FrameStream) -> list[bytes]:
-    got = []
+    got: list[bytes] = []
     while True:
         stream.fill()
         frame = stream.next_frame()
@@ -40,7 +40,7 @@ def drain(stream: FrameStream) -> list[bytes]:
 def test_frames_split_anywhere_arrive_whole(pair) -> None:
     stream, peer, _ = pair
     data = framed(b"a" * 60, b"b" * 1514, b"c")
-    got = []
+    got: list[bytes] = []
     for cut in range(0, len(data), 7):
         peer.sendall(data[cut:cut + 7])
         got += drain(stream)

@@ -192,7 +192,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     serial = Serial(KvmIrqLine(vm, layout.COM1_IRQ), console.write, on_pending=loop.wake)
     _attach_legacy_devices(pio_bus, serial, exit_event)
     pio_bus.insert(Rtc(KvmIrqLine(vm, layout.RTC_IRQ), loop.call_at), layout.RTC_PORT, 2)
-    uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT)
+    uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT, layout.COM1_IRQ)
     transports, owned_fds = attach_virtio(vm, loop, mmio_bus, memory, slots, devices)
     shares.watch(loop, backend_failed)
     console_input: ConsoleInput = serial

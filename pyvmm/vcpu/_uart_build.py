@@ -76,6 +76,8 @@ typedef struct {
     int wake_fd;                /* an eventfd written when output starts waiting, and at
                                    each newline; -1: none */
     int irq_errno;              /* the first KVM_IRQ_LINE failure the loop met */
+    int tx_polled_watched;      /* Python acts on tx_polled changes (coalescing): C leaves
+                                   the IER and MCR writes that change it to Python */
     __u64 irq_changes;          /* times the line was driven */
     ...;
 } pyvmm_uart;
@@ -90,7 +92,8 @@ int pyvmm_uart_drive_irq(pyvmm_uart *uart, int level);
 /* One 1-byte access at register offset (0..7), served as Serial would serve it
    if it is one this side serves: a THR write while tx has room (no divisor
    latch, no loopback), IIR and LSR reads, MSR reads outside loopback, IER reads
-   and IER writes that leave Serial.tx_polled as it is (no divisor latch).
+   and IER writes (no divisor latch; while tx_polled_watched, only those that
+   leave Serial.tx_polled as it is).
    Returns 1 if served (a read's value in *data), 0 if Python must serve it.
    Takes the lock. */
 int pyvmm_uart_access(pyvmm_uart *uart, int offset, int write, __u8 *data);
@@ -130,6 +133,7 @@ typedef struct {
     __u32 gsi;
     int wake_fd;
     int irq_errno;
+    int tx_polled_watched;
     __u64 irq_changes;
     pthread_mutex_t lock;
 } pyvmm_uart;
@@ -244,8 +248,10 @@ static int pyvmm_uart_write(pyvmm_uart *uart, int offset, __u8 value)
         return 1;
     }
     if (offset == UART_IER) {
-        /* Turning the THR-empty interrupt on or off changes tx_polled: Python's. */
-        if ((value ^ s->ier) & UART_IER_THRI && !(s->mcr & UART_MCR_LOOP))
+        /* Turning the THR-empty interrupt on or off changes tx_polled: Python's to
+           hear of (before the write), if it listens. */
+        if (uart->tx_polled_watched && (value ^ s->ier) & UART_IER_THRI
+                && !(s->mcr & UART_MCR_LOOP))
             return 0;
         if (value & UART_IER_THRI && !(s->ier & UART_IER_THRI))
             s->thre = 1;

@@ -119,6 +119,12 @@ class UartRegistersInC:
             return None
         return int(self._byte[0])
 
+    def watch_tx_polled(self, on: bool) -> None:
+        """Leave the IER and MCR writes that change ``Serial.tx_polled`` to Python (whose
+        ``on_tx_polled`` hears of them), or serve them here too."""
+        with _LockInC(self.block):
+            self.block.tx_polled_watched = int(on)
+
     def wake_on_output(self, fd: int) -> None:
         """Write the eventfd ``fd`` (-1: none) when output starts waiting in ``Serial.tx``."""
         with _LockInC(self.block):
@@ -184,6 +190,8 @@ class UartFastPath:
         if self._ring is not None:
             serial.on_tx_polled = self._set_coalescing
             self._set_coalescing(serial.tx_polled)
+            if self.registers is not None:
+                self.registers.watch_tx_polled(True)
 
     def _c_loop_arguments(self, vcpu: Vcpu) -> Any:
         """The ``pyvmm_uart_fast`` block ``pyvmm_run_uart_fast`` runs ``vcpu`` with."""

@@ -129,6 +129,7 @@ class SerialWithC:
     @on_tx_polled.setter
     def on_tx_polled(self, callback: Callable[[bool], None] | None) -> None:
         self.serial.on_tx_polled = callback
+        self.c.watch_tx_polled(callback is not None)  # as the fast path does with its ring
 
     @property
     def state(self) -> bytearray:

@@ -322,13 +322,16 @@ def test_any_access_sequence_behaves_the_same_in_c_and_in_python() -> None:
         st.tuples(st.just("flush"), st.just(0), st.just(0))), max_size=120)
 
     @settings(max_examples=300, deadline=None)
-    @given(steps)
-    def check(script: list[tuple[str, int, int]]) -> None:
+    @given(steps, st.booleans())
+    def check(script: list[tuple[str, int, int]], watched: bool) -> None:
         runs = []
         for device_type in ("python", "c"):
             line, out = FakeLine(), bytearray()
             device: Any = Serial(line, out.extend) if device_type == "python" \
                 else SerialWithC(line, out.extend)
+            modes: list[bool] = []
+            if watched:  # IER/MCR writes that change tx_polled are Python's (coalescing on)
+                device.on_tx_polled = modes.append
             reads = []
             for kind, offset, value in script:
                 if kind == "read":
@@ -341,7 +344,7 @@ def test_any_access_sequence_behaves_the_same_in_c_and_in_python() -> None:
                     device.flush()
                 reads.append(bytes(out))
             device.flush()
-            runs.append((reads, line.levels, bytes(out), bytes(device.state)))
+            runs.append((reads, line.levels, bytes(out), bytes(device.state), modes))
         assert runs[0] == runs[1]
 
     check()

@@ -4,8 +4,9 @@
  * the IOAPIC, vector 0x24) IIR, LSR and MSR read and up to 16 bytes written
  * to THR per pass, until IIR says nothing is pending; when the text is out,
  * the THR-empty bit goes off again.  bytes=N (default 4096) says how much:
- * 64-byte lines "uartirq NNNNNN <48 letters>\n".  Then, polled, it prints
- * "uartirq: done N bytes, I interrupts, P passes" and resets.
+ * 64-byte lines "uartirq NNNNNN <48 letters>\n".  Then, polled (LSR, then
+ * THR, as printk's console), the first polled=N (default 0) bytes of the same
+ * text, and "uartirq: done N bytes, I interrupts, P passes"; then it resets.
  */
 #include "runtime.h"
 
@@ -137,6 +138,10 @@ int main(const uint8_t *zp)
             break;
         __asm__ volatile("sti; hlt");
     }
+    uint64_t polled = cmdline_get(cmdline(zp), "polled", value, sizeof value)
+        ? parse_dec(value) : 0;
+    for (uint64_t i = 0; i < polled; i++)
+        putc(text_byte(i));
     puts("uartirq: done ");
     put_dec(sent);
     puts(" bytes, ");

@@ -76,8 +76,11 @@ typedef struct {
     int wake_fd;                /* an eventfd written when output starts waiting, and at
                                    each newline; -1: none */
     int irq_errno;              /* the first KVM_IRQ_LINE failure the loop met */
-    int tx_polled_watched;      /* Python acts on tx_polled changes (coalescing): C leaves
-                                   the IER and MCR writes that change it to Python */
+    int coalescing;             /* THR writes are coalesced now: the IER writes that turn
+                                   the THR-empty interrupt on are Python's (it stops that) */
+    __u32 coalesce_after;       /* polled THR writes served here in a row after which to
+                                   ask Python to coalesce again (0: never) */
+    __u32 polled_writes;        /* ... counted so far */
     __u64 irq_changes;          /* times the line was driven */
     ...;
 } pyvmm_uart;
@@ -92,14 +95,14 @@ int pyvmm_uart_drive_irq(pyvmm_uart *uart, int level);
 /* One 1-byte access at register offset (0..7), served as Serial would serve it
    if it is one this side serves: a THR write while tx has room (no divisor
    latch, no loopback), IIR and LSR reads, MSR reads outside loopback, IER reads
-   and IER writes (no divisor latch; while tx_polled_watched, only those that
-   leave Serial.tx_polled as it is).
-   Returns 1 if served (a read's value in *data), 0 if Python must serve it.
-   Takes the lock. */
+   and IER writes (no divisor latch; while coalescing, not those that turn the
+   THR-empty interrupt on).  Returns 1 if served (a read's value in *data),
+   PYVMM_UART_COALESCE if served and coalesce_after polled THR writes came in a
+   row, 0 if Python must serve it.  Takes the lock. */
 int pyvmm_uart_access(pyvmm_uart *uart, int offset, int write, __u8 *data);
 """ + UART_FAST_STRUCT + r"""
-/* The loop's decision for one 1-byte port access: 1 if served here.  Besides
-   what pyvmm_uart_access declines: a THR write while the ring holds older
+/* The loop's decision for one 1-byte port access: pyvmm_uart_access's answer,
+   counted.  Besides what that declines: a THR write while the ring holds older
    writes (Python applies those first), and an LSR read when the newest
    coalesced write is a newline (so the line goes out now). */
 int pyvmm_uart_fast_io(pyvmm_uart_fast *fast, __u16 port, int write, __u8 *data);
@@ -107,8 +110,10 @@ int pyvmm_uart_fast_io(pyvmm_uart_fast *fast, __u16 port, int write, __u8 *data)
 /* KVM_RUN until an exit pyvmm_uart_fast_io does not serve (left in kvm_run
    for Python: returns 0); -errno when KVM_RUN fails (EINTR: kicked);
    PYVMM_UART_IRQ_FAILED when an access it served could not drive the line
-   (the errno in uart->irq_errno). */
+   (the errno in uart->irq_errno); PYVMM_UART_COALESCE after serving the
+   polled THR write that asks for coalescing. */
 #define PYVMM_UART_IRQ_FAILED ...
+#define PYVMM_UART_COALESCE ...
 int pyvmm_run_uart_fast(pyvmm_uart_fast *fast);
 """
 
@@ -121,6 +126,7 @@ SOURCE = r"""
 #include <linux/serial_reg.h>
 
 #define PYVMM_UART_IRQ_FAILED 1
+#define PYVMM_UART_COALESCE 2
 #define PYVMM_IIR_FIFO_ENABLED 0xc0     /* IIR bits 6-7 while the FIFOs are on (16550A) */
 #define PYVMM_IER_MASK 0x0f
 
@@ -133,7 +139,9 @@ typedef struct {
     __u32 gsi;
     int wake_fd;
     int irq_errno;
-    int tx_polled_watched;
+    int coalescing;
+    __u32 coalesce_after;
+    __u32 polled_writes;
     __u64 irq_changes;
     pthread_mutex_t lock;
 } pyvmm_uart;
@@ -229,7 +237,8 @@ static void pyvmm_uart_update_irq(pyvmm_uart *uart)
     }
 }
 
-/* The accesses Serial._write_register would serve the same way; 0 for the others. */
+/* The accesses Serial._write_register would serve the same way (1, or
+   PYVMM_UART_COALESCE); 0 for the others. */
 static int pyvmm_uart_write(pyvmm_uart *uart, int offset, __u8 value)
 {
     pyvmm_uart_state *s = uart->state;
@@ -245,16 +254,24 @@ static int pyvmm_uart_write(pyvmm_uart *uart, int offset, __u8 value)
             __u64 one = 1;
             (void)!write(uart->wake_fd, &one, sizeof one);
         }
+        /* Polled output (printk's console) flowing: KVM may queue it instead. */
+        if (!(s->ier & UART_IER_THRI) && uart->coalesce_after
+                && ++uart->polled_writes >= uart->coalesce_after) {
+            uart->polled_writes = 0;
+            return PYVMM_UART_COALESCE;
+        }
         return 1;
     }
     if (offset == UART_IER) {
-        /* Turning the THR-empty interrupt on or off changes tx_polled: Python's to
-           hear of (before the write), if it listens. */
-        if (uart->tx_polled_watched && (value ^ s->ier) & UART_IER_THRI
-                && !(s->mcr & UART_MCR_LOOP))
+        /* THR writes must exit once the THR-empty interrupt is on: Python stops
+           coalescing them first. */
+        int enabling_thre = value & UART_IER_THRI && !(s->ier & UART_IER_THRI);
+        if (enabling_thre && uart->coalescing)
             return 0;
-        if (value & UART_IER_THRI && !(s->ier & UART_IER_THRI))
+        if (enabling_thre) {
             s->thre = 1;
+            uart->polled_writes = 0;
+        }
         s->ier = value & PYVMM_IER_MASK;
         return 1;
     }
@@ -314,10 +331,10 @@ static int pyvmm_uart_fast_io(pyvmm_uart_fast *fast, __u16 port, int write, __u8
         if (!write && offset == UART_LSR && pyvmm_newest_coalesced_is_newline(fast->ring))
             return 0;
     }
-    if (!pyvmm_uart_access(fast->uart, offset, write, data))
-        return 0;
-    (write ? fast->served_out : fast->served_in)[offset]++;
-    return 1;
+    int served = pyvmm_uart_access(fast->uart, offset, write, data);
+    if (served)
+        (write ? fast->served_out : fast->served_in)[offset]++;
+    return served;
 }
 
 static int pyvmm_run_uart_fast(pyvmm_uart_fast *fast)
@@ -329,10 +346,14 @@ static int pyvmm_run_uart_fast(pyvmm_uart_fast *fast)
         if (run->exit_reason != KVM_EXIT_IO || run->io.size != 1 || run->io.count != 1)
             return 0;
         __u8 *data = (__u8 *)run + run->io.data_offset;
-        if (!pyvmm_uart_fast_io(fast, run->io.port, run->io.direction == KVM_EXIT_IO_OUT, data))
+        int served = pyvmm_uart_fast_io(fast, run->io.port,
+                                        run->io.direction == KVM_EXIT_IO_OUT, data);
+        if (!served)
             return 0;
         if (__atomic_load_n(&fast->uart->irq_errno, __ATOMIC_RELAXED))
             return PYVMM_UART_IRQ_FAILED;
+        if (served == PYVMM_UART_COALESCE)
+            return PYVMM_UART_COALESCE;
     }
 }
 """

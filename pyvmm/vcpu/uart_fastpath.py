@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any
 
@@ -74,6 +75,10 @@ RING_POLL_SECONDS = 0.02
 #: a quiet guest doesn't wake the VMM 50 times a second (a spinning tiny guest, 3 s:
 #: 149 event-loop wake-ups before, 14 after; Python's CPU, not a boot time, is saved).
 RING_POLL_IDLE_SECONDS = 0.32
+#: Polled THR writes the C side serves in a row (the THR-empty interrupt off since the
+#: last one) before it asks for coalescing again: a kernel message or two between
+#: user space's bursts stays in C, a boot log gets coalesced.
+COALESCE_AFTER = 512
 #: ``Serial.state``'s offsets and the C struct's fields, which must agree.
 STATE_FIELDS = {"ier": ST_IER, "lcr": ST_LCR, "mcr": ST_MCR, "lsr": ST_LSR, "msr": ST_MSR,
                 "scr": ST_SCR, "fifo": ST_FIFO, "thre": ST_THRE, "irq": ST_IRQ, "rx": ST_RX,
@@ -119,16 +124,15 @@ class UartRegistersInC:
             return None
         return int(self._byte[0])
 
-    def watch_tx_polled(self, on: bool) -> None:
-        """Leave the IER and MCR writes that change ``Serial.tx_polled`` to Python (whose
-        ``on_tx_polled`` hears of them), or serve them here too."""
-        with _LockInC(self.block):
-            self.block.tx_polled_watched = int(on)
-
     def wake_on_output(self, fd: int) -> None:
         """Write the eventfd ``fd`` (-1: none) when output starts waiting in ``Serial.tx``."""
         with _LockInC(self.block):
             self.block.wake_fd = fd
+
+    @property
+    def lock(self) -> AbstractContextManager[object]:
+        """The lock the C side and the Serial share."""
+        return _LockInC(self.block)
 
     def close(self) -> None:
         """No more wake-ups nor ioctls from C (a vCPU thread that would not stop included)."""
@@ -174,7 +178,8 @@ class UartFastPath:
         self._serial = serial
         self.base_port = base_port
         self.thr_port = base_port + RBR_THR_DLL
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one consumer of the ring at a time
+        self._switch_lock = threading.Lock()  # one coalescing switch at a time
         self._ring: Any = None
         if coalesce and kvm.has_coalesced_pio():
             self._ring = ffi.cast("struct kvm_coalesced_mmio_ring *",
@@ -184,14 +189,16 @@ class UartFastPath:
         self.coalescing = False
         #: THR writes that came through the ring (for --stats).
         self.coalesced_writes = 0
+        #: Returns from the C loop to coalesce again, per vCPU (for --stats).
+        self._switches: dict[int, int] = {}
         #: The registers' C side (None with the C half off: Python serves them all).
         self.registers = UartRegistersInC(serial, vm.fd, irq) if in_c else None
         self._fast = {vcpu.id: self._c_loop_arguments(vcpu) for vcpu in vcpus} if in_c else {}
         if self._ring is not None:
-            serial.on_tx_polled = self._set_coalescing
-            self._set_coalescing(serial.tx_polled)
+            serial.on_tx_polled = self._tx_polled_changes
             if self.registers is not None:
-                self.registers.watch_tx_polled(True)
+                self.registers.block.coalesce_after = COALESCE_AFTER
+            self._set_coalescing(serial.tx_polled)
 
     def _c_loop_arguments(self, vcpu: Vcpu) -> Any:
         """The ``pyvmm_uart_fast`` block ``pyvmm_run_uart_fast`` runs ``vcpu`` with."""
@@ -201,10 +208,32 @@ class UartFastPath:
             "ring": self._ring if self._ring is not None else ffi.NULL,
             "uart": self.registers.block, "base_port": self.base_port})
 
+    def _tx_polled_changes(self, polled: bool) -> None:
+        """``Serial.on_tx_polled``: a register write Python serves is about to change it."""
+        if not polled:
+            self._set_coalescing(False)  # THR writes must exit before the write takes effect
+        elif self.registers is None:
+            self._set_coalescing(True)
+        # else the C side serves polled THR writes and asks for coalescing once they flow:
+        # user space's bursts toggle the THR-empty interrupt without a switch each.
+
     def _set_coalescing(self, on: bool) -> None:
-        if on != self.coalescing:
+        """Register (or unregister) THR's coalesced zone, if it is not already: only while
+        ``Serial.tx_polled``, checked under the lock the C side serves IER writes under."""
+        with self._switch_lock:
+            if on == self.coalescing:
+                return
             self.drain()  # what the ring holds was written under the old mode
-            self._vm.coalesce_pio(self.thr_port, 1, on)
+            registers = self.registers
+            if registers is None:
+                self._vm.coalesce_pio(self.thr_port, 1, on)
+            else:
+                with registers.lock:
+                    if on and not self._serial.tx_polled:
+                        return  # the THR-empty interrupt came on meanwhile
+                    self._vm.coalesce_pio(self.thr_port, 1, on)
+                    registers.block.coalescing = int(on)
+                    registers.block.polled_writes = 0
             self.coalescing = on
             log.debug("COM1 THR writes %s", "coalesced" if on else "exit again")
 
@@ -221,6 +250,10 @@ class UartFastPath:
         if fast is None:
             return vcpu.run()
         ret = lib.pyvmm_run_uart_fast(fast)
+        while ret == lib.PYVMM_UART_COALESCE:  # polled output flows: let KVM queue it
+            self._switches[vcpu.id] = self._switches.get(vcpu.id, 0) + 1
+            self._set_coalescing(True)
+            ret = lib.pyvmm_run_uart_fast(fast)
         if ret == lib.PYVMM_UART_IRQ_FAILED:
             raise KvmError("KVM_IRQ_LINE", fast.uart.irq_errno)
         return vcpu.finish_run(ret)
@@ -232,11 +265,14 @@ class UartFastPath:
             self.drain()
 
     def served_in_c(self, vcpu: Vcpu) -> dict[tuple[str, int], int]:
-        """What the C loop served for ``vcpu``, as --stats keys: by direction and port."""
+        """What the C loop served for ``vcpu``, as --stats keys: by direction and port, and
+        its returns to Python to coalesce again (``uart-switch``)."""
         fast = self._fast.get(vcpu.id)
         if fast is None:
             return {}
         served = {}
+        if self._switches.get(vcpu.id):
+            served[("uart-switch", self.thr_port)] = self._switches[vcpu.id]
         for offset in range(8):
             for kind, counts in (("pio-in-c", fast.served_in), ("pio-out-c", fast.served_out)):
                 if counts[offset]:

@@ -128,8 +128,20 @@ class SerialWithC:
 
     @on_tx_polled.setter
     def on_tx_polled(self, callback: Callable[[bool], None] | None) -> None:
-        self.serial.on_tx_polled = callback
-        self.c.watch_tx_polled(callback is not None)  # as the fast path does with its ring
+        """An owner that coalesces THR writes while they are polled: the C side leaves the
+        IER writes that turn the THR-empty interrupt on to Python then (the ones that turn
+        it off it serves: the fast path coalesces again only when polled output flows)."""
+        if callback is None:
+            self.serial.on_tx_polled = None
+            return
+
+        def switch(polled: bool) -> None:
+            with self.c.lock:
+                self.c.block.coalescing = int(polled)
+            callback(polled)
+        self.serial.on_tx_polled = switch
+        with self.c.lock:
+            self.c.block.coalescing = int(self.serial.tx_polled)
 
     @property
     def state(self) -> bytearray:

@@ -8,8 +8,9 @@ the vCPU's C loop serves on the same state.
 from __future__ import annotations
 
 from pyvmm.devices import serial as uart
+from pyvmm.devices.serial import Serial
 
-from tests.unit.devices.conftest import MakeSerial, rd, told
+from tests.unit.devices.conftest import FakeLine, MakeSerial, rd, told
 
 
 def test_transmit_reaches_output(make_serial: MakeSerial) -> None:
@@ -154,9 +155,10 @@ def test_flushes_from_two_threads_keep_the_order(make_serial: MakeSerial) -> Non
     assert bytes(out) == data
 
 
-def test_tx_polled_follows_thre_interrupt_and_loopback(make_serial: MakeSerial) -> None:
+def test_tx_polled_follows_thre_interrupt_and_loopback() -> None:
+    """The Python side's signal (the C side's rule: tests/unit/vcpu/test_uart_fastpath.py)."""
     modes: list[bool] = []
-    device, _, _ = make_serial()
+    device = Serial(FakeLine(), bytearray().extend)
     device.on_tx_polled = modes.append
     assert device.tx_polled
     device.write(uart.IER_DLM, bytes([uart.IER_RX_DATA]))

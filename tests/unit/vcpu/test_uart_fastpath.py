@@ -16,8 +16,8 @@ from pyvmm.devices import serial as uart
 from pyvmm.devices.serial import Serial
 from pyvmm.errors import KvmError
 from pyvmm.vcpu._uart_cffi import ffi, lib
-from pyvmm.vcpu.uart_fastpath import (RING_POLL_SECONDS, STATE_FIELDS, UartFastPath,
-                                      UartRegistersInC, wanted_halves)
+from pyvmm.vcpu.uart_fastpath import (COALESCE_AFTER, RING_POLL_SECONDS, STATE_FIELDS,
+                                      UartFastPath, UartRegistersInC, wanted_halves)
 
 from tests.unit.devices.conftest import FakeLine, SerialWithC, rd
 
@@ -128,8 +128,9 @@ def test_the_ring_wraps_around() -> None:
     assert out == expected and SLOTS < 500
 
 
-def test_thre_interrupt_stops_coalescing_after_draining_what_came_before() -> None:
-    fast, device, ring, vm, out = make()
+@pytest.mark.parametrize("setting", ["on", "coalesce"])
+def test_thre_interrupt_stops_coalescing_after_draining_what_came_before(setting: str) -> None:
+    fast, device, ring, vm, out = make(setting)
     ring.put(0x3F8, b"before\n")
     # The IER write exits; the vCPU loop drains first, then the UART switches mode.
     fast.drain_pending()
@@ -137,7 +138,10 @@ def test_thre_interrupt_stops_coalescing_after_draining_what_came_before() -> No
     assert vm.zones[-1] == (0x3F8, 1, False) and not fast.coalescing
     assert out == b"before\n"
     device.write(uart.IER_DLM, b"\x00")
-    assert vm.zones[-1] == (0x3F8, 1, True) and fast.coalescing
+    if setting == "coalesce":  # no C side: polled again, coalesced again at once
+        assert vm.zones[-1] == (0x3F8, 1, True) and fast.coalescing
+    else:  # the C side serves polled writes until they flow (the next test)
+        assert vm.zones[-1] == (0x3F8, 1, False) and not fast.coalescing
 
 
 def test_a_mode_switch_applies_what_the_ring_still_holds_first() -> None:
@@ -187,36 +191,51 @@ def test_the_c_state_is_laid_out_as_the_serials() -> None:
 def fast_io(fast: UartFastPath, port: int, write: bool, value: int = 0) -> int | None:
     """What the C loop does with a 1-byte access exit: the value, or None (to Python)."""
     byte = ffi.new("__u8 *", value)
-    if not lib.pyvmm_uart_fast_io(fast._fast[0], port, int(write), byte):
-        return None
-    return int(byte[0])
+    code = lib.pyvmm_uart_fast_io(fast._fast[0], port, int(write), byte)
+    if code == lib.PYVMM_UART_COALESCE:  # served; the loop returns and Python does this
+        fast._set_coalescing(True)
+    return int(byte[0]) if code else None
 
 
 def test_interrupt_driven_output_is_served_in_c() -> None:
-    """Linux's 8250 transmitting from user space: only IER's THRI changes reach Python."""
+    """Linux's 8250 transmitting from user space: after the first switch, nothing reaches
+    Python; polled output that flows afterwards gets coalesced again."""
     fast, device, ring, vm, out = make()
+    assert fast.coalescing  # polled at reset (printk's console)
     assert fast_io(fast, 0x3F9, True, uart.IER_RX_DATA | uart.IER_THR_EMPTY) is None
     device.write(uart.IER_DLM, bytes([uart.IER_RX_DATA | uart.IER_THR_EMPTY]))  # start_tx
     assert vm.zones[-1] == (0x3F8, 1, False)  # THR writes exit again, to C
     assert device.state[uart.ST_IRQ] == 1
     text = b"systemd[1]: Started Getty on tty1.\n" * 3
-    for start in range(0, len(text), 16):  # one interrupt per 16 bytes
-        assert fast_io(fast, 0x3FA, False) == uart.IIR_THR_EMPTY
-        assert device.state[uart.ST_IRQ] == 0  # acknowledged
-        assert fast_io(fast, 0x3FD, False) == uart.LSR_THR_EMPTY | uart.LSR_TRANSMITTER_EMPTY
-        assert fast_io(fast, 0x3FE, False) == uart.MSR_CONNECTED
-        for byte in text[start:start + 16]:
-            assert fast_io(fast, 0x3F8, True, byte) == byte
-        assert device.state[uart.ST_IRQ] == 1  # THR empty again
-    assert fast_io(fast, 0x3F9, True, uart.IER_RX_DATA) is None  # stop_tx: Python's
-    device.write(uart.IER_DLM, bytes([uart.IER_RX_DATA]))
-    assert fast_io(fast, 0x3FA, False) == uart.IIR_NO_INTERRUPT
-    assert device.state[uart.ST_IRQ] == 0
+    for burst in range(2):
+        if burst:  # start_tx again: coalescing is off, so C serves it
+            assert fast_io(fast, 0x3F9, True, uart.IER_RX_DATA | uart.IER_THR_EMPTY) \
+                == uart.IER_RX_DATA | uart.IER_THR_EMPTY
+            assert device.state[uart.ST_IRQ] == 1
+        for start in range(0, len(text), 16):  # one interrupt per 16 bytes
+            assert fast_io(fast, 0x3FA, False) == uart.IIR_THR_EMPTY
+            assert device.state[uart.ST_IRQ] == 0  # acknowledged
+            assert fast_io(fast, 0x3FD, False) == uart.LSR_THR_EMPTY | uart.LSR_TRANSMITTER_EMPTY
+            assert fast_io(fast, 0x3FE, False) == uart.MSR_CONNECTED
+            for byte in text[start:start + 16]:
+                assert fast_io(fast, 0x3F8, True, byte) == byte
+            assert device.state[uart.ST_IRQ] == 1  # THR empty again
+        assert fast_io(fast, 0x3F9, True, uart.IER_RX_DATA) == uart.IER_RX_DATA  # stop_tx
+        assert fast_io(fast, 0x3FA, False) == uart.IIR_NO_INTERRUPT
+        assert device.state[uart.ST_IRQ] == 0
     device.flush()
-    assert out == text
+    assert out == text * 2 and vm.zones == [(0x3F8, 1, True), (0x3F8, 1, False)]
     served = fast.served_in_c(FakeVcpu(ring))  # type: ignore[arg-type]
-    assert served[("pio-out-c", 0x3F8)] == len(text)
-    assert served[("pio-in-c", 0x3FA)] == 8 and served[("pio-in-c", 0x3FD)] == 7
+    assert served[("pio-out-c", 0x3F8)] == 2 * len(text)
+    assert served[("pio-in-c", 0x3FA)] == 16 and served[("pio-in-c", 0x3FD)] == 14
+    # printk's polled console: served in C for a while, then coalesced again.
+    for index in range(COALESCE_AFTER):
+        assert fast_io(fast, 0x3FD, False) is not None
+        assert fast_io(fast, 0x3F8, True, ord("k")) == ord("k")
+        assert fast.coalescing == (index == COALESCE_AFTER - 1)
+    assert vm.zones[-1] == (0x3F8, 1, True)
+    device.flush()
+    assert out == text * 2 + b"k" * COALESCE_AFTER
 
 
 def test_the_loop_leaves_thr_to_python_while_the_ring_holds_older_writes() -> None:
@@ -329,10 +348,9 @@ def test_any_access_sequence_behaves_the_same_in_c_and_in_python() -> None:
             line, out = FakeLine(), bytearray()
             device: Any = Serial(line, out.extend) if device_type == "python" \
                 else SerialWithC(line, out.extend)
-            modes: list[bool] = []
-            if watched:  # IER/MCR writes that change tx_polled are Python's (coalescing on)
-                device.on_tx_polled = modes.append
-            reads = []
+            if watched:  # an owner that coalesces while polled: THRI on is Python's then
+                device.on_tx_polled = lambda polled: None
+            reads: list[int | bytes] = []  # each read's value, and the output after each step
             for kind, offset, value in script:
                 if kind == "read":
                     reads.append(rd(device, offset))
@@ -344,7 +362,17 @@ def test_any_access_sequence_behaves_the_same_in_c_and_in_python() -> None:
                     device.flush()
                 reads.append(bytes(out))
             device.flush()
-            runs.append((reads, line.levels, bytes(out), bytes(device.state), modes))
+            runs.append((reads, line.levels, bytes(out), bytes(device.state)))
         assert runs[0] == runs[1]
 
     check()
+
+
+def test_coalescing_never_starts_while_the_thre_interrupt_is_on() -> None:
+    """The C loop asked (polled writes flowed), but another vCPU turned THRI on meanwhile."""
+    fast, device, _, vm, _ = make()
+    device.write(uart.IER_DLM, bytes([uart.IER_THR_EMPTY]))
+    zones = list(vm.zones)
+    fast._set_coalescing(True)
+    assert vm.zones == zones and not fast.coalescing
+    assert fast.registers is not None and fast.registers.block.coalescing == 0

@@ -103,8 +103,9 @@ int pyvmm_uart_access(pyvmm_uart *uart, int offset, int write, __u8 *data);
 """ + UART_FAST_STRUCT + r"""
 /* The loop's decision for one 1-byte port access: pyvmm_uart_access's answer,
    counted.  Besides what that declines: a THR write while the ring holds older
-   writes (Python applies those first), and an LSR read when the newest
-   coalesced write is a newline (so the line goes out now). */
+   writes (Python applies those first).  An LSR read when the newest coalesced
+   write is a newline wakes the event loop (once per newline), which drains the
+   ring and writes the line out; with no loop to wake, it is Python's. */
 int pyvmm_uart_fast_io(pyvmm_uart_fast *fast, __u16 port, int write, __u8 *data);
 
 /* KVM_RUN until an exit pyvmm_uart_fast_io does not serve (left in kvm_run
@@ -143,6 +144,7 @@ typedef struct {
     __u32 coalesce_after;
     __u32 polled_writes;
     __u64 irq_changes;
+    __u32 ring_woken;           /* the ring's 'last' when a newline last woke the loop */
     pthread_mutex_t lock;
 } pyvmm_uart;
 """ + UART_FAST_STRUCT + r"""
@@ -320,6 +322,25 @@ static int pyvmm_uart_access(pyvmm_uart *uart, int offset, int write, __u8 *data
     return served;
 }
 
+/* A polled line is complete in the ring: wake the event loop to write it out
+   (once per newline); 0 if there is no loop to wake. */
+static int pyvmm_uart_wake_for_ring(pyvmm_uart *uart, struct kvm_coalesced_mmio_ring *ring)
+{
+    int woke = 0;
+    pthread_mutex_lock(&uart->lock);
+    if (uart->wake_fd >= 0) {
+        __u32 last = __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
+        if (uart->ring_woken != last) {
+            __u64 one = 1;
+            (void)!write(uart->wake_fd, &one, sizeof one);
+            uart->ring_woken = last;
+        }
+        woke = 1;
+    }
+    pthread_mutex_unlock(&uart->lock);
+    return woke;
+}
+
 static int pyvmm_uart_fast_io(pyvmm_uart_fast *fast, __u16 port, int write, __u8 *data)
 {
     if (port < fast->base_port || port > fast->base_port + 7)
@@ -328,7 +349,8 @@ static int pyvmm_uart_fast_io(pyvmm_uart_fast *fast, __u16 port, int write, __u8
     if (fast->ring) {
         if (write && offset == UART_TX && pyvmm_coalesced_pending(fast->ring))
             return 0;
-        if (!write && offset == UART_LSR && pyvmm_newest_coalesced_is_newline(fast->ring))
+        if (!write && offset == UART_LSR && pyvmm_newest_coalesced_is_newline(fast->ring)
+                && !pyvmm_uart_wake_for_ring(fast->uart, fast->ring))
             return 0;
     }
     int served = pyvmm_uart_access(fast->uart, offset, write, data);

@@ -11,27 +11,37 @@ Linux's 8250 driver costs exits per character in both of its modes:
 
 Here:
 
-* **THR writes are coalesced** (``KVM_CAP_COALESCED_PIO``) while the UART
-  says a THR write has no effect but its byte (``Serial.tx_polled``: no
+* **THR writes are coalesced** (``KVM_CAP_COALESCED_PIO``) only while the
+  UART says a THR write has no effect but its byte (``Serial.tx_polled``: no
   THR-empty interrupt, no loopback): KVM queues them in its ring page instead
   of exiting.  The ring is drained in order into ``Serial.transmit`` before
   any exit is served in Python (so a write is always seen before the access
   that followed it) and on the event loop's timer.  When the guest enables the
-  THR-empty interrupt, the zone is unregistered and each write exits again, so
-  its interrupt follows it at once.
+  THR-empty interrupt, the zone is unregistered (after a drain) and each write
+  exits again, so its interrupt follows it at once.
 * **The hot accesses are served in C** (``pyvmm_run_uart_fast``, a KVM_RUN
   loop in this module's own cffi module, built by ``_uart_build.py``), on the
   Serial's own state (``Serial.state``, ``Serial.tx``) under a lock Python
   takes too (``Serial.share``): THR writes (into the Serial's output buffer;
-  an eventfd wakes the event loop, which flushes it as ``Serial.flush_due``
-  says), IIR, LSR, MSR and IER reads, IER writes that leave ``tx_polled`` as
-  it is, and the interrupt line they change (KVM_IRQ_LINE on the VM's fd, the
-  same call Python makes).  The loop returns to Python for every other access
-  and exit, when the output buffer is full (Python flushes it: a slow stdout
-  slows the guest down), and for an LSR read when the newest coalesced byte is
-  a newline, so each polled line is drained and written out as it completes.
+  an eventfd, the event loop's, wakes it when output starts waiting and at
+  each newline, and ``Serial.flush_due`` writes it out), IIR, LSR, MSR and IER
+  reads, IER writes, and the interrupt line they change (KVM_IRQ_LINE on the
+  VM's fd, the same call Python makes).  An LSR read when the newest coalesced byte
+  is a newline wakes the event loop too, which drains the ring and writes the
+  line out as it completes.  The loop returns to Python for every other access
+  and exit, and for a THR write when the output buffer is full (Python flushes
+  it: a slow stdout slows the guest down) or the ring holds older writes (the
+  ring is full, or Python has yet to drain it: older bytes first).
   The KVM binding lends it the vCPU's fd, its kvm_run mapping and the ring
   page, by address.
+* **Switching costs KVM an SRCU grace period** (a zone (un)registered), so
+  it happens rarely: user space's bursts turn the THR-empty interrupt on and
+  off around every write(2), and only the first "on" after coalescing goes
+  to Python, which unregisters the zone.  After that the C side serves both,
+  and serves polled THR writes too; once ``COALESCE_AFTER`` of those came in
+  a row (a boot log, not a kernel message between two bursts), the loop
+  returns for Python to register the zone again (``uart-switch`` in
+  ``--stats``), which it does only if ``tx_polled`` still holds.
 
 ``Serial`` stays the reference for every register (the register tests run
 against it and against this pair), and ``PYVMM_UART_FASTPATH`` (``on``,

@@ -250,13 +250,29 @@ def test_the_loop_leaves_thr_to_python_while_the_ring_holds_older_writes() -> No
     assert out == b"old n\n"
 
 
-def test_an_lsr_read_after_a_coalesced_newline_goes_to_python() -> None:
-    fast, _, ring, _, _ = make()
-    ring.put(0x3F8, b"line")
-    assert fast_io(fast, 0x3FD, False) is not None
-    ring.put(0x3F8, b"\n")
-    assert fast_io(fast, 0x3FD, False) is None
-    assert fast_io(fast, 0x2FD, False) is None  # another port: never served
+def test_an_lsr_read_after_a_coalesced_newline_wakes_the_loop_once() -> None:
+    """A polled line is complete in the ring: the event loop drains it and writes it out
+    (the pump's tick); with no loop to wake, the loop leaves the read to Python."""
+    fast, device, ring, _, out = make()
+    ring.put(0x3F8, b"line\n")
+    assert fast_io(fast, 0x3FD, False) is None  # no wake-up fd: Python drains now
+    fd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        fast.wake_on_output(fd)
+        ring.put(0x3F8, b"two")
+        assert fast_io(fast, 0x3FD, False) is not None
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(fd)
+        ring.put(0x3F8, b"\n")
+        for _ in range(3):  # printk polls LSR again at the end of its message
+            assert fast_io(fast, 0x3FD, False) == uart.LSR_THR_EMPTY | uart.LSR_TRANSMITTER_EMPTY
+        assert os.eventfd_read(fd) == 1
+        fast.poll()  # what the woken loop's tick does
+        assert out == b"line\ntwo\n"
+        assert fast_io(fast, 0x2FD, False) is None  # another port: never served
+    finally:
+        fast.close()
+        os.close(fd)
 
 
 def test_a_full_buffer_goes_to_python_which_flushes_it_first() -> None:

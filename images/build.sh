@@ -7,6 +7,9 @@
 #   bash images/build.sh linux initramfs cloud
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=scripts/progress.sh
+. "$here/../scripts/progress.sh"
+PROGRESS_NAME=build
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(tiny linux initramfs)
 declare -A about=([tiny]="the tiny test guests" [initramfs]="the busybox initramfs"
@@ -17,14 +20,5 @@ for target in "${targets[@]}"; do
         echo "images/build.sh: unknown target '$target' (tiny, linux, initramfs, cloud)" >&2
         exit 2
     fi
-    echo "build: $target: ${about[$target]} ..." >&2
-    started=$(date +%s%N)
-    case "$target" in
-        tiny)      bash "$here/build-tiny.sh" ;;
-        linux)     bash "$here/build-linux.sh" ;;
-        initramfs) bash "$here/build-initramfs.sh" ;;
-        cloud)     bash "$here/build-cloud.sh" ;;
-    esac
-    tenths=$(( ($(date +%s%N) - started) / 100000000 ))
-    echo "build: $target: done in $((tenths / 10)).$((tenths % 10)) s" >&2
+    step "$target: ${about[$target]}" bash "$here/build-$target.sh"
 done

@@ -32,6 +32,8 @@ from pyvmm.vcpu.runner import ensure_kick_handler
 
 if TYPE_CHECKING:
     from pyvmm.dump.state import VcpuRegisters
+    from pyvmm.snapshot.restore import Snapshot
+    from pyvmm.snapshot.save import SnapshotInfo
 
 __all__ = ["Machine", "Outcome", "Console", "run_command"]
 
@@ -71,11 +73,31 @@ class Machine:
             config = config_from_options(**options)
         elif options:
             raise TypeError("Machine() takes a MachineConfig or options, not both")
+        self._build(config, None)
+
+    @classmethod
+    def restore(cls, path: str | os.PathLike[str], **overrides: Any) -> "Machine":
+        """A new machine from the snapshot in directory ``path`` (``vm.snapshot``), not started.
+
+        Its RAM is the snapshot's memory file mapped copy-on-write, so many
+        machines restored from one snapshot share the pages none of them wrote.
+        ``overrides`` are per-run options only (``timeout``, ``control``, ``dump``,
+        ``dump_on``, ``gdb``, ``gdb_wait``).  A damaged snapshot, one of another
+        version or from a CPU with features this host lacks raises ``PyvmmError``.
+        """
+        from pyvmm.snapshot.restore import load_snapshot
+
+        snapshot = load_snapshot(os.fspath(path), **overrides)
+        machine = cls.__new__(cls)
+        machine._build(snapshot.config, snapshot)
+        return machine
+
+    def _build(self, config: MachineConfig, snapshot: Snapshot | None) -> None:
         self.config = config
         #: The guest's console: serial and virtio console output, and its input.
         self.console = Console()
         try:
-            self._machine = build_machine(config, self.console.machine_side)
+            self._machine = build_machine(config, self.console.machine_side, snapshot=snapshot)
         except BaseException:
             self.console.close()
             raise
@@ -175,6 +197,16 @@ class Machine:
 
         dump_machine(os.fspath(path), self._machine.memory, self._machine.vcpus,
                      self._machine.stop_reason)
+
+    def snapshot(self, path: str | os.PathLike[str], stop: bool = False) -> SnapshotInfo:
+        """Write a snapshot of the guest to directory ``path`` (made if missing, owner-only).
+
+        The guest is paused while its state and RAM are written, then runs on
+        (``stop``: it stops, as ``stop()`` would).  ``Machine.restore(path)`` makes
+        new machines from it.  Machines with disks or shares are refused for now.
+        """
+        self._check_open()
+        return self._machine.snapshot(os.fspath(path), stop)
 
     def _check_open(self) -> None:
         if self._closed:

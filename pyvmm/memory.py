@@ -9,6 +9,7 @@ devices can read and write guest buffers without copying.
 registers as memory slots), each aligned for huge pages (``map_ram``), or
 with ``shared=True`` with one memfd mapped ``MAP_SHARED``, so that a
 vhost-user backend (virtiofsd) can map the same RAM from the fd;
+``GuestMemory.private_file`` maps a snapshot's memory file copy-on-write;
 ``GuestMemory.from_bytes`` backs it with a ``bytearray`` for unit tests that
 need no VM.
 """
@@ -139,6 +140,30 @@ class GuestMemory:
         memory = cls(regions)
         memory._memfd = fd
         return memory
+
+    @classmethod
+    def private_file(cls, fd: int, ranges: Sequence[tuple[int, int, int]]) -> "GuestMemory":
+        """Each ``(guest_base, size, file_offset)`` range mapped ``MAP_PRIVATE`` from ``fd``.
+
+        A restored snapshot's RAM: pages are read from the file (the page cache)
+        when first touched and a write copies the page for this machine alone, so
+        machines restored from one file share every page they leave untouched.
+        ``fd`` may be closed afterwards.
+        """
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        regions: list[MemoryRegion] = []
+        try:
+            for base, size, offset in ranges:
+                mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE | MAP_NORESERVE,
+                                    prot=prot, offset=offset)
+                regions.append(MemoryRegion(base, size, mapping))
+                mapping.madvise(mmap.MADV_DONTFORK)  # as map_ram: a helper child needs none
+        except BaseException:
+            for region in regions:
+                assert isinstance(region.buffer, mmap.mmap)
+                region.buffer.close()
+            raise
+        return cls(regions)
 
     @classmethod
     def from_bytes(cls, size: int, guest_base: int = 0) -> "GuestMemory":

@@ -12,20 +12,9 @@ cd "$(dirname "$0")/.."
 extras=""
 [ "${1:-}" = test ] && extras="[test]"
 
-# A line when a step starts, and its time when it ends.
-step() {
-    local what="$1" started status=0
-    shift
-    echo "install: $what ..." >&2
-    started=$(date +%s%N)
-    "$@" || status=$?
-    if [ "$status" -ne 0 ]; then
-        echo "install: $what: FAILED (status $status)" >&2
-        exit "$status"
-    fi
-    local tenths=$(( ($(date +%s%N) - started) / 100000000 ))
-    echo "install: $what: done in $((tenths / 10)).$((tenths % 10)) s" >&2
-}
+# shellcheck source=scripts/progress.sh
+. scripts/progress.sh
+PROGRESS_NAME=install
 
 step "Debian packages (scripts/host-deps.sh run)" bash scripts/host-deps.sh run
 if [ ! -x .venv/bin/python ]; then

@@ -73,7 +73,9 @@ HEARTBEAT_SECONDS = 5
 MODULES = ("kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "overlay")
 #: Environment variables carried into the command (PATH and HOME always).
 CARRIED_ENV = ("PATH", "HOME", "TERM", "LANG", "CI", "PYVMM_REQUIRE_IMAGES",
-               "PYTHONDONTWRITEBYTECODE", "PYTEST_ADDOPTS")
+               "PYTHONDONTWRITEBYTECODE", "PYTHONPATH", "PYTEST_ADDOPTS")
+#: And every variable named so: pyvmm's and its tests' own (PYVMM_COMMAND_KERNELS, ...).
+CARRIED_PREFIXES = ("PYVMM_",)
 #: What on the rig kernel's console means the rig itself broke.
 FAILURE_PATTERNS = re.compile(
     rb"Kernel panic|Oops:|BUG: |kernel BUG at|stack guard page|general protection fault"
@@ -101,9 +103,13 @@ mount --bind /job /run/root/job
 stty -F /dev/ttyS1 raw -echo
 echo RIG-START > /dev/ttyS0
 sh=/bin/sh; [ -x /run/root/bin/bash ] && sh=/bin/bash
-# Through a pipe, as under CI: the command's output is not a terminal.
-{ chroot /run/root $sh -c ". /job/env; cd \"\$RIG_CWD\" && exec $sh /job/cmd.sh" \
-    </dev/null 2>&1; echo $? > /run/rc; } | cat > /dev/ttyS1
+# Through a pipe, as under CI: the command's output is not a terminal.  The root
+# is moved onto / in a mount namespace of the command's own (as switch_root does),
+# not entered with chroot: a chrooted process may not create user namespaces, and
+# passt (--net user) and virtiofsd sandbox themselves in one.
+{ unshare -m /bin/sh -c "cd /run/root && mount --move . / && exec chroot . $sh -c '. /job/env; \
+cd \"\$RIG_CWD\" && exec $sh /job/cmd.sh'" </dev/null 2>&1; echo $? > /run/rc; } \
+    | cat > /dev/ttyS1
 rc=$(cat /run/rc)
 sync
 echo "RIG-RC=$rc" > /dev/ttyS0
@@ -157,7 +163,7 @@ def rig_initramfs(release: str) -> Path:
     for directory in ("bin", "dev", "proc", "sys", "mnt", "job", "run", "lib", "lib/modules"):
         archive.directory(directory)
     archive.file("bin/busybox", busybox.read_bytes(), mode=0o755)
-    for applet in ("sh", "mount", "insmod", "mkdir", "chroot", "poweroff", "cat",
+    for applet in ("sh", "mount", "insmod", "mkdir", "chroot", "unshare", "poweroff", "cat",
                    "echo", "sleep", "stty", "sync"):
         archive.symlink(f"bin/{applet}", "busybox")
     for name, host_path in modules.files:
@@ -354,8 +360,9 @@ class Session:
 def write_job(job: Path, argv: list[str]) -> None:
     command = argv[0] if len(argv) == 1 else shlex.join(argv)
     (job / "cmd.sh").write_text(command + "\n")
-    env = [f"export {name}={shlex.quote(os.environ[name])}"
-           for name in CARRIED_ENV if name in os.environ]
+    carried = [name for name in os.environ
+               if name in CARRIED_ENV or name.startswith(CARRIED_PREFIXES)]
+    env = [f"export {name}={shlex.quote(os.environ[name])}" for name in sorted(carried)]
     env += ["export RIG=1 RIG_JOB=/job", f"RIG_CWD={shlex.quote(os.getcwd())}"]
     (job / "env").write_text("\n".join(env) + "\n")
 

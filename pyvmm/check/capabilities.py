@@ -119,7 +119,7 @@ def _virtiofsd(facts: HostFacts) -> Capability:
 
 
 def _programs(facts: HostFacts) -> list[Capability]:
-    about = {"qemu-storage-daemon": ("vhost-user disk back end",
+    about = {"qemu-storage-daemon": ("disk back end: qcow2 and other formats, snapshot=on",
                                      "apt-get install qemu-system-common"),
              "passt": ("user-mode networking back end", "apt-get install passt")}
     found = []

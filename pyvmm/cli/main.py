@@ -22,7 +22,7 @@ import click
 from pyvmm import __version__
 from pyvmm.cli.reporting import reports_errors
 from pyvmm.cli.options import (command_options, command_options_given, effective_config,
-                               machine_options)
+                               machine_options, restore_options_given)
 from pyvmm.errors import ConfigError, PyvmmError
 from pyvmm.exitstatus import ExitStatus
 
@@ -115,6 +115,10 @@ class _RunCommand(click.Command):
               show_default=True,
               help="When the guest reboots: exit 0, or restart it with the same machine.")
 @click.option("--verbose", "-v", is_flag=True, help="Log what pyvmm does to stderr.")
+@click.option("--restore", metavar="DIR", type=click.Path(file_okay=False),
+              help="Run a new machine restored from the snapshot in DIR ('pyvmm snapshot', "
+                   "vm.snapshot): no kernel; only per-run options (--timeout, --control, "
+                   "--dump, --dump-on, --gdb) may be given.")
 @click.option("--stats", type=click.Choice(("text", "json")), is_flag=False,
               flag_value="text", default=None,
               help="At exit, print start-up times and vCPU exits by kind and port/address "
@@ -123,8 +127,8 @@ class _RunCommand(click.Command):
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @reports_errors
-def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None,
-        command: tuple[str, ...], **params: Any) -> None:
+def run(ctx: click.Context, on_reboot: str, verbose: bool, restore: str | None,
+        stats: str | None, command: tuple[str, ...], **params: Any) -> None:
     """Boot a kernel and show its serial console; or, given a COMMAND, run it.
 
     \b
@@ -143,6 +147,15 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None,
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="pyvmm: %(message)s", stream=sys.stderr)
     command_mode = command_options_given(params)
+    snapshot = None
+    if restore is not None:
+        if command or ctx.meta.get("pyvmm.bare_double_dash"):
+            raise ConfigError("--restore: a restored machine runs as saved; no command mode")
+        if on_reboot != "exit":
+            raise ConfigError("--restore: --on-reboot restart would restore again; not taken")
+        from pyvmm.snapshot.restore import load_snapshot
+
+        snapshot = load_snapshot(restore, **restore_options_given(ctx, params))
     if command:
         _run_command(ctx, params, command, command_mode, verbose)
     if ctx.meta.get("pyvmm.bare_double_dash"):
@@ -162,13 +175,13 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, stats: str | None,
         run_stats = RunStats()
         run_stats.mark("pyvmm_imported", IMPORTED_AT, IMPORTED_CPU)
         run_stats.mark("cli_parsed")
-    config = effective_config(ctx, params)
+    config = effective_config(ctx, params) if snapshot is None else snapshot.config
     from pyvmm.vmm.builder import build_machine
     from pyvmm.vmm.signals import signals_stop
 
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
     while True:
-        machine = build_machine(config, stats=run_stats)
+        machine = build_machine(config, stats=run_stats, snapshot=snapshot)
         if run_stats is not None:
             run_stats.mark("machine_built")
         with signals_stop(machine):
@@ -204,6 +217,24 @@ def _run_command(ctx: click.Context, params: dict[str, Any], command: tuple[str,
         click.echo(f"pyvmm: error: {error}", err=True)
         status = FAILED
     sys.exit(status)
+
+
+@main.command()
+@click.argument("socket_path", metavar="SOCKET")
+@click.argument("directory", metavar="DIR")
+@click.option("--stop", is_flag=True, help="Stop the guest once the snapshot is written.")
+@reports_errors
+def snapshot(socket_path: str, directory: str, stop: bool) -> None:
+    """Snapshot the guest of a running 'pyvmm run --control SOCKET' into directory DIR.
+
+    The guest is paused while its state and RAM are written, then runs on (or,
+    with --stop, stops).  'pyvmm run --restore DIR' runs a copy of it.
+    """
+    from pyvmm.vmm.control import request_snapshot
+
+    seconds, ram, written = request_snapshot(socket_path, directory, stop)
+    click.echo(f"snapshot written to {os.path.abspath(directory)}: guest paused "
+               f"{seconds * 1000:.1f} ms, {ram >> 20} MiB of RAM ({written} bytes not zero)")
 
 
 @main.group()

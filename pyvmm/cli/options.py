@@ -154,3 +154,27 @@ def effective_config(ctx: click.Context, params: dict[str, Any]) -> MachineConfi
         raise ConfigError("no kernel: give --kernel PATH (or kernel = in --config)")
     check_values(values, origin)
     return MachineConfig(**values)
+
+
+def restore_options_given(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
+    """``run --restore``: the per-run options the command line gave, by their API names.
+
+    A restored machine is the snapshot's: any other machine option (or a config
+    file) is a usage error, never silently ignored.
+    """
+    from pyvmm.snapshot.restore import RESTORE_OPTIONS
+
+    if params.get("config_file"):
+        raise ConfigError("--restore: a restored machine is the snapshot's; no --config")
+    given: dict[str, Any] = {}
+    for option in schema():
+        value = params.get(option.field)
+        if value is None or value == () or \
+                ctx.get_parameter_source(option.field) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        if option.name not in RESTORE_OPTIONS:
+            raise ConfigError(f"{_flag(option)}: a restored machine is the snapshot's; "
+                              "--restore takes only " + ", ".join(
+                                  _flag(o) for o in schema() if o.name in RESTORE_OPTIONS))
+        given[option.name] = value
+    return given

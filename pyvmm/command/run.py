@@ -1,10 +1,10 @@
 """Command mode: ``pyvmm run -k KERNEL -- CMD ARGS``, a command in a guest on the host's files.
 
 The guest's root is the host's ``/`` over virtio-fs (read-only under a tmpfs
-overlay, or written through with ``--rw``).  Its /init (pyvmm/initramfs)
+overlay, or written through with ``--rw``).  Its /init (pyvmm/command/initramfs)
 runs CMD as the calling user in the calling directory.  CMD's stdin, stdout
-and stderr are ports of a multiport virtio console (binary-safe, apart, EOF
-passed on); a fourth port carries its exit status back, so pyvmm exits
+and stderr are pipes in the guest, relayed to ports of a multiport virtio
+console (binary-safe, apart, EOF passed on); a fourth port carries its exit status back, so pyvmm exits
 with it.  The kernel's console goes to a bounded in-memory log (to stderr
 as well with ``-v``), whose last telling line explains a guest that fails
 first: then the status is 255, as ssh and vng report their own failures.
@@ -18,6 +18,7 @@ import os
 import pwd
 import select
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -32,7 +33,8 @@ from pyvmm.console.host import HostConsole
 from pyvmm.devices.virtio.ports import Port, PortsDevice
 from pyvmm.errors import SEE_CHECK, ConfigError, HostError, PyvmmError
 from pyvmm.exitstatus import StopReason
-from pyvmm.command.initramfs.build import Job, base_archive, job_archive, modules_for
+from pyvmm.command.initramfs.build import (Job, base_archive, device_modules, job_archive,
+                                           modules_for)
 from pyvmm.kvm import system as kvm_system  # a module: tests stand in for is_pvm_host
 from pyvmm.vmm.signals import signals_stop
 
@@ -172,7 +174,7 @@ def make_job(argv: tuple[str, ...], rw: bool, shares: tuple[ShareConfig, ...],
     env_binary = _host_tool("env", "coreutils")
     setpriv_binary = _host_tool("setpriv", "util-linux") if uid or gid else ""
     return Job(argv, os.getcwd(), uid, gid, groups, tuple(env.items()), rw, mounts,
-               env_binary, setpriv_binary)
+               env_binary, setpriv_binary, socket.gethostname())
 
 
 def _host_tool(name: str, package: str) -> str:
@@ -227,7 +229,7 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], options: CommandOp
                         f"{SEE_CHECK}; {kvm_system.RUN_LINUX_ELSEWHERE}")
     with open(config.kernel, "rb") as stream:
         head = stream.read(1 << 16)
-    base = base_archive(modules_for(head, options.modules))
+    base = base_archive(modules_for(head, options.modules, device_modules(config)))
     job = make_job(argv, options.rw, config.shares, options.user)
     private = tempfile.mkdtemp(prefix="pyvmm-run-")
     console = LogConsole(verbose)

@@ -16,6 +16,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Protocol
 
+from pyvmm.config.network import NetConfig, parse_net
 from pyvmm.config.tables import DriveConfig, ShareConfig, TablesKind, parse_drive, parse_share
 from pyvmm.config.values import (BadValue, ChoiceKind, CountKind, EventsKind, GdbAddressKind,
                                  Kind, PathKind, SecondsKind, SizeKind, SwitchKind)
@@ -99,8 +100,14 @@ class MachineConfig:
     drives: tuple[DriveConfig, ...] = field(default=(), metadata=option_metadata(
         "--drive", "-d", toml="drive", metavar="SPEC", multiple=True,
         kind=TablesKind(DriveConfig, parse_drive),
-        help="A virtio-block disk: path=IMG[,readonly=on][,cache=none|writeback]"
-             "[,serial=ID] (a comma in a name: ,,).  Repeat for vda, vdb, ..."))
+        help="A virtio-block disk: path=IMG[,format=raw|qcow2|...][,readonly=on]"
+             "[,cache=none|writeback][,serial=ID][,snapshot=on[,overlay=FILE]]"
+             "[,backend=auto|pyvmm|qsd] (a comma in a name: ,,).  Repeat for vda, "
+             "vdb, ..."))
+    snapshot: bool = field(default=False, metadata=option_metadata(
+        "--snapshot/--no-snapshot", kind=SwitchKind(),
+        help="Throw away the guest's disk writes: snapshot=on for every "
+             "writable --drive (QEMU's -snapshot)."))
     #: Host directories given to the guest over virtio-fs (vhost-user, virtiofsd).
     shares: tuple[ShareConfig, ...] = field(default=(), metadata=option_metadata(
         "--share", toml="share", metavar="DIR[,tag=NAME][,ro]", multiple=True,
@@ -108,6 +115,14 @@ class MachineConfig:
         help="Give the guest a host directory over virtio-fs (a virtiofsd per "
              "share): mount -t virtiofs NAME /mnt (default tags share0, "
              "share1, ...; a comma in a name: ,,).  Repeatable."))
+    #: Guest NICs (virtio-net), each with its back end.
+    nets: tuple[NetConfig, ...] = field(default=(), metadata=option_metadata(
+        "--net", toml="net", metavar="user[,hostfwd=tcp::HOSTPORT-:GUESTPORT][,mac=MAC]|none",
+        multiple=True, kind=TablesKind(NetConfig, parse_net),
+        help="A virtio-net NIC: user is user-mode networking through passt (the "
+             "guest's gateway address reaches the host's loopback; hostfwd= forwards "
+             "a host port inward, QEMU's spelling; repeatable); none: no NIC.  "
+             "Repeat for eth0, eth1, ..."))
     #: A multiport virtio console carrying the command mode's stdin/stdout/stderr
     #: (set by command mode, not an option).
     stdio_ports: bool = False
@@ -115,6 +130,10 @@ class MachineConfig:
         "--virtio-console/--no-virtio-console", kind=SwitchKind(),
         help="Give the guest a virtio console, hvc0 (default on); with "
              "console=hvc0 on the command line it takes the terminal."))
+    rng: bool = field(default=False, metadata=option_metadata(
+        "--rng/--no-rng", kind=SwitchKind(),
+        help="Give the guest a virtio entropy device, /dev/hwrng, fed from the "
+             "host's getrandom (default off, as in QEMU and Firecracker)."))
     virtio_announce: str = field(default="both", metadata=option_metadata(
         "--virtio-announce", kind=ChoiceKind(VIRTIO_ANNOUNCE),
         help="How the guest learns of virtio devices: the kernel command line "
@@ -134,7 +153,7 @@ class MachineConfig:
              "--timeout."))
     control: str | None = field(default=None, metadata=option_metadata(
         "--control", kind=PathKind(),
-        help="Listen on this unix socket for live dumps "
+        help="Listen on this unix socket for live dumps and snapshots "
              "('pyvmm inspect summary SOCKET' reads the running guest)."))
     gdb: str | None = field(default=None, metadata=option_metadata(
         "--gdb", kind=GdbAddressKind(), metavar="[HOST:]PORT|unix:PATH",
@@ -158,6 +177,10 @@ class MachineConfig:
             object.__setattr__(self, "virtio_announce", "cmdline")
         if self.dump and not self.dump_on:
             object.__setattr__(self, "dump_on", DEFAULT_DUMP_EVENTS)
+        if self.snapshot:
+            object.__setattr__(self, "drives", tuple(
+                dataclasses.replace(d, snapshot=True) if not d.readonly else d
+                for d in self.drives))
 
 
 def options_of(schema: type) -> tuple[Option, ...]:

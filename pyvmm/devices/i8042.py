@@ -47,6 +47,16 @@ class I8042:
         self._expect: int | None = None  # command awaiting a data byte
         self._status = STATUS_SYSTEM_FLAG
 
+    def to_state(self) -> dict:
+        with self._lock:
+            return {"ctr": self._ctr, "output": self._output, "expect": self._expect,
+                    "status": self._status}
+
+    def from_state(self, state: dict) -> None:
+        with self._lock:
+            self._ctr, self._output = state["ctr"], state["output"]
+            self._expect, self._status = state["expect"], state["status"]
+
     def read(self, offset: int, data: memoryview) -> None:
         with self._lock:
             if offset == COMMAND_OFFSET:

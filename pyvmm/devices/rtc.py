@@ -101,6 +101,31 @@ class Rtc:
         self._checked = monotonic()
         self._next_call: float | None = None
 
+    # -- snapshot -----------------------------------------------------------------------
+
+    def to_state(self) -> dict:
+        """CMOS, the index, and the guest's clock as an offset from the host's UTC (so a
+        restore later reads a clock that moved on, as a PC's battery-backed one does)."""
+        with self._lock:
+            self._account(self._monotonic())
+            return {"cmos": self.cmos.hex(), "index": self.index,
+                    "nmi_masked": self.nmi_masked, "offset": self._offset,
+                    "held": self._held, "flags": self._flags}
+
+    def from_state(self, state: dict) -> None:
+        """Take ``to_state``'s values; the interrupt line and the timer follow them."""
+        with self._lock:
+            cmos = bytes.fromhex(state["cmos"])
+            if len(cmos) != CMOS_SIZE:
+                raise ValueError(f"RTC state: {len(cmos)} bytes of CMOS, not {CMOS_SIZE}")
+            self.cmos[:] = cmos
+            self.index, self.nmi_masked = state["index"], bool(state["nmi_masked"])
+            self._offset, self._flags = float(state["offset"]), state["flags"]
+            self._held = list(state["held"]) if state["held"] is not None else None
+            self._checked = self._monotonic()
+            self._irq.set_level(self._pending())
+            self._arm()
+
     # -- the bus ------------------------------------------------------------------------
 
     def read(self, offset: int, data: memoryview) -> None:

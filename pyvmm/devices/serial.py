@@ -214,6 +214,39 @@ class Serial:
         state = self.state
         return not (state[ST_IER] & IER_THR_EMPTY or state[ST_MCR] & MCR_LOOP)
 
+    # -- snapshot ----------------------------------------------------------------
+
+    def to_state(self) -> dict:
+        """The registers and the guest's unread input, as plain values (transmitted
+        bytes are handed to ``out`` first: they belong to the machine that sent them)."""
+        self.flush()
+        with self._lock:
+            state = self.state
+            return {"divisor": state[ST_DLL] | state[ST_DLM] << 8, "ier": state[ST_IER],
+                    "lcr": state[ST_LCR], "mcr": state[ST_MCR], "lsr": state[ST_LSR],
+                    "msr": state[ST_MSR], "scr": state[ST_SCR],
+                    "fifo_enabled": bool(state[ST_FIFO]),
+                    "thr_interrupt_pending": bool(state[ST_THRE]),
+                    "input": self._input.hex()}
+
+    def from_state(self, saved: dict) -> None:
+        """Take the registers ``to_state`` gave; the interrupt line follows them."""
+        with self._lock:
+            state = self.state
+            state[ST_DLL], state[ST_DLM] = saved["divisor"] & 0xFF, saved["divisor"] >> 8 & 0xFF
+            for offset, name in ((ST_IER, "ier"), (ST_LCR, "lcr"), (ST_MCR, "mcr"),
+                                 (ST_LSR, "lsr"), (ST_MSR, "msr"), (ST_SCR, "scr")):
+                state[offset] = saved[name]
+            state[ST_FIFO] = 1 if saved["fifo_enabled"] else 0
+            state[ST_THRE] = 1 if saved["thr_interrupt_pending"] else 0
+            self._input = bytearray.fromhex(saved["input"])[:INPUT_CAPACITY]
+            state[ST_RX] = 1 if self._input else 0
+            state[ST_IRQ] = 0  # a new machine's line is low: raised below if it must be
+            self._update_interrupt()
+            polled = self.tx_polled
+        if self.on_tx_polled is not None:
+            self.on_tx_polled(polled)
+
     # -- guest side ------------------------------------------------------------
 
     def read(self, offset: int, data: memoryview) -> None:

@@ -1,1 +1,2 @@
-"""Small host helpers: fallocate with mode flags, a memory fence, reading input files."""
+"""Small host helpers: fallocate with mode flags, a memory fence, the CPUID instruction, reading
+input files."""

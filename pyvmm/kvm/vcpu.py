@@ -92,6 +92,10 @@ class Vcpu:
         """Make the next (or current, once kicked by a signal) KVM_RUN return at once."""
         self._run.immediate_exit = 1
 
+    def clear_exit_request(self) -> None:
+        """Undo ``request_exit`` (a KVM_RUN that returned early clears it itself)."""
+        self._run.immediate_exit = 0
+
     def decode_exit(self) -> VmExit:
         """The exit the last KVM_RUN left in the kvm_run area, as data."""
         reason = self._run.exit_reason

@@ -39,6 +39,7 @@ class Request(enum.IntEnum):
     GET_PROTOCOL_FEATURES = 15
     SET_PROTOCOL_FEATURES = 16
     SET_VRING_ENABLE = 18
+    GET_CONFIG = 24
 
 
 # The message layout, declared once.
@@ -48,6 +49,7 @@ VRING_STATE = struct.Struct("<II")          # index, num
 VRING_ADDR = struct.Struct("<IIQQQQ")       # index, flags, desc, used, avail, log
 MEM_TABLE_HEAD = struct.Struct("<II")       # number of regions, padding
 MEM_REGION = struct.Struct("<QQQQ")         # guest address, size, user address, mmap offset
+CONFIG_HEAD = struct.Struct("<III")         # offset, size, flags (then the bytes)
 
 #: Flags: protocol version 1 in bits 0-1, bit 2 marks a reply, bit 3 asks for one.
 VERSION = 0x1
@@ -61,8 +63,12 @@ MAX_REGIONS = 8
 F_PROTOCOL_FEATURES = 1 << 30
 #: Protocol feature: the back end acknowledges requests sent with NEED_REPLY.
 PROTOCOL_F_REPLY_ACK = 1 << 3
+#: Protocol feature: the back end has a config space (GET_CONFIG), as vhost-user-blk does.
+PROTOCOL_F_CONFIG = 1 << 9
 #: Protocol features pyvmm can use.
-SUPPORTED_PROTOCOL_FEATURES = PROTOCOL_F_REPLY_ACK
+SUPPORTED_PROTOCOL_FEATURES = PROTOCOL_F_REPLY_ACK | PROTOCOL_F_CONFIG
+#: The largest config space we ask for (virtio-blk's is 60 bytes).
+MAX_CONFIG_BYTES = 256
 #: How long a back end may take to answer before we call it dead.
 REPLY_TIMEOUT = 10.0
 
@@ -215,6 +221,19 @@ class VhostUserFrontend:
 
     def set_vring_enable(self, index: int, enable: bool) -> None:
         self._request(Request.SET_VRING_ENABLE, VRING_STATE.pack(index, int(enable)))
+
+    def get_config(self, size: int) -> bytes:
+        """The first ``size`` bytes of the device's config space, as the back end has it."""
+        if not 0 < size <= MAX_CONFIG_BYTES:
+            raise ValueError(f"a config space of {size} bytes")
+        self._send(Request.GET_CONFIG, CONFIG_HEAD.pack(0, size, 0) + bytes(size))
+        reply = self._receive(Request.GET_CONFIG)
+        offset, length, _flags = CONFIG_HEAD.unpack_from(reply) if len(reply) >= \
+            CONFIG_HEAD.size else (0, -1, 0)
+        if offset != 0 or length != size or len(reply) != CONFIG_HEAD.size + size:
+            raise DeviceError(f"{self.name}: GET_CONFIG reply of {len(reply)} bytes "
+                              f"(asked for {size})")
+        return reply[CONFIG_HEAD.size:]
 
     def get_vring_base(self, index: int) -> int:
         """Stop ring ``index``; return the next available index the back end would read."""

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Sequence
 from pyvmm.acpi.tables import write_acpi_tables
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.boot import prepare_boot
-from pyvmm.arch.x86_64.cpuid import CpuidEntry, adjust_cpuid, describe_policy
+from pyvmm.arch.x86_64.cpuid import (CpuidEntry, adjust_cpuid, describe_policy, host_leaves,
+                                     with_host_leaves)
 from pyvmm.config.machine import MachineConfig
 from pyvmm.config.values import size_name
 from pyvmm.console.host import HostConsole
@@ -29,6 +30,7 @@ from pyvmm.vcpu.dispatch import UnknownAccessLog
 from pyvmm.eventloop import EventLoop
 from pyvmm.vcpu.exit_event import ExitEvent
 from pyvmm.exitstatus import StopReason
+from pyvmm.host.cpuid import host_cpuid
 from pyvmm.host.inputfile import read_input
 from pyvmm.kvm._ffi import address_of
 from pyvmm.kvm import system as kvm_system  # a module: tests stand in for is_pvm_host
@@ -37,6 +39,8 @@ from pyvmm.loader.identify import is_linux
 from pyvmm.kvm.vm import Vm
 from pyvmm.vmm.machine import BuiltMachine
 from pyvmm.memory import GuestMemory
+from pyvmm.vmm.disks import Disks
+from pyvmm.vmm.network import Networks
 from pyvmm.vmm.shares import Shares
 from pyvmm.vcpu.uart_fastpath import UartFastPath
 from pyvmm.vcpu.served import ServedVcpu
@@ -47,6 +51,8 @@ from pyvmm.vmm.virtio_slots import (acpi_platform, announce, attach_virtio, open
 if TYPE_CHECKING:
     from pyvmm.devices.virtio.ports import Port
     from pyvmm.gdb.server import GdbServer
+    from pyvmm.snapshot.restore import Snapshot
+    from pyvmm.snapshot.save import StatefulDevice
     from pyvmm.vcpu.stats import RunStats
 
 log = logging.getLogger(__name__)
@@ -78,17 +84,24 @@ class KvmIrqLine:
 
 
 _policy_warned: list[bool] = []
+_stale_helper_warned: list[bool] = []
 
 
 def build_machine(config: MachineConfig, console: HostConsole | None = None,
-                  ports: Sequence[Port] = (), stats: RunStats | None = None) -> BuiltMachine:
+                  ports: Sequence[Port] = (), stats: RunStats | None = None,
+                  snapshot: Snapshot | None = None) -> BuiltMachine:
     """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices: a whole BuiltMachine.
 
     ``console`` is where the guest's consoles go and its input comes from
     (default: our stdin and stdout, Ctrl-A x stopping the machine); ``ports``
     are the stream ports of command mode (``config.stdio_ports``); ``stats``
-    counts exits and start-up milestones for ``--stats``.
+    counts exits and start-up milestones for ``--stats``.  With ``snapshot``
+    (``config`` is then ``snapshot.config``) the machine is restored from it:
+    RAM mapped from its memory file, CPU and device state written back, no kernel.
     """
+    if snapshot is not None:
+        return _build(config, console, ports, stats, b"", None, plan_virtio_slots(config),
+                      Shares(()), Disks(()), Networks(()), snapshot)
     # A kernel or initrd larger than guest RAM can't fit in it.
     ram = f"(the guest's --memory {size_name(config.memory)})"
     kernel_image = read_input(config.kernel, "kernel", LoaderError, config.memory, ram)
@@ -98,12 +111,16 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     refuse_linux_on_pvm(config, kernel_image)
     # Everything that can be wrong with the input is found before KVM is opened.
     slots = plan_virtio_slots(config)
+    disks = Disks(config.drives)
     shares = Shares(config.shares)
+    networks = Networks(config.nets)
     try:
         return _build(config, console, ports, stats, kernel_image, initrd_image, slots,
-                      shares)
+                      shares, disks, networks)
     except BaseException:
+        networks.close()
         shares.close()
+        disks.close()
         raise
 
 
@@ -122,7 +139,8 @@ def refuse_linux_on_pvm(config: MachineConfig, kernel_image: bytes) -> None:
 
 def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[Port],
            stats: RunStats | None, kernel_image: bytes, initrd_image: bytes | None, slots: list,
-           shares: Shares) -> BuiltMachine:
+           shares: Shares, disks: Disks, networks: Networks,
+           snapshot: Snapshot | None = None) -> BuiltMachine:
     if config.control:
         from pyvmm.vmm.control import check_control_path
 
@@ -134,17 +152,15 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     cmdline = config.cmdline
     if config.virtio_announce in ("cmdline", "both"):
         cmdline = " ".join(part for part in (cmdline, announce(slots)) if part)
-    # A vhost-user back end maps guest RAM itself: then it must be a shareable memfd.
-    try:
-        memory = GuestMemory.anonymous(layout.ram_ranges(config.memory),
-                                       shared=bool(config.shares), address_of=address_of)
-    except OSError as exc:
-        raise ConfigError(f"--memory {size_name(config.memory)}: this host can't reserve "
-                          f"that much guest RAM ({exc.strerror or exc})") from None
-    rsdp = 0
-    if config.acpi:
-        rsdp = write_acpi_tables(memory, acpi_platform(config, slots))
-    boot = prepare_boot(memory, kernel_image, initrd_image, cmdline, rsdp_address=rsdp)
+    if snapshot is not None:
+        memory = snapshot.map_memory()  # the guest's RAM as saved, copy-on-write
+        boot = None
+    else:
+        memory = _new_ram(config, shared=bool(config.shares) or disks.need_daemon)
+        rsdp = 0
+        if config.acpi:
+            rsdp = write_acpi_tables(memory, acpi_platform(config, slots))
+        boot = prepare_boot(memory, kernel_image, initrd_image, cmdline, rsdp_address=rsdp)
     loop = EventLoop()
     exit_event = ExitEvent(on_set=loop.stop)
     console = console or HostConsole(on_quit=exit_event.setter(StopReason.user_quit()))
@@ -153,7 +169,10 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
         exit_event.set(StopReason.backend_failed(message))
 
     shares.start()
-    devices = open_virtio_devices(slots, console.write, shares, backend_failed, ports)
+    disks.start()
+    networks.start()
+    devices = open_virtio_devices(slots, console.write, shares, backend_failed, ports, disks,
+                                  networks)
 
     kvm = Kvm()
     kvm.require_capabilities()
@@ -163,11 +182,18 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     policy = config.cpu_policy
     if policy == "auto":
         policy = "compat" if pvm_host else "host"
-    if pvm_host and config.cpu_policy == "auto" and not _policy_warned:
+    if pvm_host and config.cpu_policy == "auto" and not _policy_warned and snapshot is None:
         _policy_warned.append(True)  # once per process, not per --on-reboot restart
         log.warning("/dev/kvm is kvm_pvm, which emulates this guest in software; %s "
                     "(--cpu host keeps them)", describe_policy(policy))
     supported = [CpuidEntry(*leaf) for leaf in kvm.supported_cpuid()]
+    read_host_cpuid = host_cpuid()
+    if read_host_cpuid is not None:
+        supported = with_host_leaves(supported, host_leaves(read_host_cpuid))
+    elif not _stale_helper_warned:
+        _stale_helper_warned.append(True)
+        log.warning("pyvmm's compiled host helper predates CPUID pass-through: the guest sees "
+                    "no brand string (rebuild: python3 setup.py build_ext --inplace)")
 
     vm = kvm.create_vm()
     vm.set_tss_address(KVM_TSS_ADDRESS)
@@ -178,23 +204,43 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                                   address_of(region.buffer))
 
     vcpus = [vm.create_vcpu(index) for index in range(config.cpus)]
-    for vcpu in vcpus:
-        vcpu.set_cpuid(adjust_cpuid(supported, vcpu.id, config.cpus, policy,
-                                    tsc_deadline=kvm.has_tsc_deadline_timer()))
-        vcpu.set_msrs(boot.msrs)
-        vcpu.configure_lapic_lint()
-        vcpu.set_fpu(boot.fpu.fcw, boot.fpu.mxcsr)
-    # Only the boot CPU starts at the kernel entry; the others wait for INIT/SIPI.
-    vcpus[0].set_sregs(boot.sregs)
-    vcpus[0].set_regs(boot.regs_dict())
+    if snapshot is not None:
+        from pyvmm.snapshot.restore import check_cpu, restore_vcpus, saved_cpuid
+
+        check_cpu(snapshot, kvm)
+        cpuid = saved_cpuid(snapshot)
+        for warning in restore_vcpus(snapshot, kvm, vcpus, lambda vcpu, leaves:
+                                     vcpu.set_cpuid(CpuidEntry(*leaf) for leaf in leaves)):
+            log.warning("restore: %s", warning)
+    else:
+        assert boot is not None
+        cpuid = [adjust_cpuid(supported, vcpu.id, config.cpus, policy,
+                              tsc_deadline=kvm.has_tsc_deadline_timer()) for vcpu in vcpus]
+        for vcpu, leaves in zip(vcpus, cpuid):
+            vcpu.set_cpuid(leaves)
+            vcpu.set_msrs(boot.msrs)
+            vcpu.configure_lapic_lint()
+            vcpu.set_fpu(boot.fpu.fcw, boot.fpu.mxcsr)
+        # Only the boot CPU starts at the kernel entry; the others wait for INIT/SIPI.
+        vcpus[0].set_sregs(boot.sregs)
+        vcpus[0].set_regs(boot.regs_dict())
 
     pio_bus, mmio_bus = Bus(), Bus()
     serial = Serial(KvmIrqLine(vm, layout.COM1_IRQ), console.write, on_pending=loop.wake)
-    _attach_legacy_devices(pio_bus, serial, exit_event)
-    pio_bus.insert(Rtc(KvmIrqLine(vm, layout.RTC_IRQ), loop.call_at), layout.RTC_PORT, 2)
+    rtc = Rtc(KvmIrqLine(vm, layout.RTC_IRQ), loop.call_at)
+    stateful: dict[str, StatefulDevice] = {"serial": serial, "i8042": _attach_legacy_devices(pio_bus, serial, exit_event),
+                "rtc": rtc}
+    pio_bus.insert(rtc, layout.RTC_PORT, 2)
     uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT, layout.COM1_IRQ)
     transports, owned_fds = attach_virtio(vm, loop, mmio_bus, memory, slots, devices)
+    if snapshot is not None:
+        from pyvmm.snapshot.restore import restore_machine_state
+
+        for warning in restore_machine_state(snapshot, kvm, vm, vcpus, stateful, transports):
+            log.warning("restore: %s", warning)
     shares.watch(loop, backend_failed)
+    disks.watch(loop, backend_failed)
+    networks.watch(loop, backend_failed)
     console_input: ConsoleInput = serial
     if _guest_console_is_hvc(cmdline):
         console_input = next((t.device for t in transports
@@ -212,8 +258,18 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                         exit_event=exit_event, loop=loop, console=console,
                         pump=ConsolePump(console, console_input, serial, uart_fast),
                         runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
-                        owned_fds=owned_fds, closers=[shares.close], stats=stats,
-                        assists=assists, gdb=gdb)
+                        owned_fds=owned_fds, closers=[networks.close, shares.close, disks.close], stats=stats,
+                        assists=assists, gdb=gdb, stateful=stateful, cpuid=cpuid)
+
+
+def _new_ram(config: MachineConfig, shared: bool) -> GuestMemory:
+    """Fresh guest RAM: a vhost-user back end maps it itself, then it is a ``shared`` memfd."""
+    try:
+        return GuestMemory.anonymous(layout.ram_ranges(config.memory),
+                                     shared=shared, address_of=address_of)
+    except OSError as exc:
+        raise ConfigError(f"--memory {size_name(config.memory)}: this host can't reserve "
+                          f"that much guest RAM ({exc.strerror or exc})") from None
 
 
 def _gdb_server(config: MachineConfig, vcpus: list, served: list[ServedVcpu],
@@ -245,17 +301,17 @@ def _guest_console_is_hvc(cmdline: str) -> bool:
     return bool(consoles) and consoles[-1].startswith("hvc")
 
 
-def _attach_legacy_devices(bus: Bus, serial: Serial, exit_event: ExitEvent) -> None:
+def _attach_legacy_devices(bus: Bus, serial: Serial, exit_event: ExitEvent) -> I8042:
     """COM1, the i8042 (reset), debug-exit, pvpanic, ACPI sleep, the ignored ports.
 
     (The RTC is attached beside them: it needs the event loop's timer.)
 
     The devices get the machine's exit event, and can only say why it should stop.
+    Returns the i8042 (the one of them with state a snapshot keeps).
     """
     bus.insert(serial, layout.COM1_PORT, 8)
-    bus.insert(I8042(exit_event.setter(
-        StopReason.reboot("the guest reset the machine (i8042)"))),
-        layout.I8042_DATA_PORT, 5)
+    i8042 = I8042(exit_event.setter(StopReason.reboot("the guest reset the machine (i8042)")))
+    bus.insert(i8042, layout.I8042_DATA_PORT, 5)
     bus.insert(DebugExit(lambda status: exit_event.set(StopReason.debug_exit(status))),
                layout.DEBUG_EXIT_PORT, 4)
     bus.insert(PvPanic(exit_event.setter(
@@ -266,3 +322,4 @@ def _attach_legacy_devices(bus: Bus, serial: Serial, exit_event: ExitEvent) -> N
         layout.ACPI_SLEEP_CONTROL_PORT, 2)
     for base, length in IGNORED_PORT_RANGES:
         bus.insert(IgnoredPorts(), base, length)
+    return i8042

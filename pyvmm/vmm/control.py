@@ -1,8 +1,11 @@
-"""The VMM's control socket: ``pyvmm inspect`` asks a running guest for a live dump.
+"""The VMM's control socket: ``pyvmm inspect`` asks a running guest for a live dump,
+``pyvmm snapshot`` for a snapshot.
 
 A unix stream socket on the event loop.  One request per connection, one
 line: ``dump PATH``; the VMM pauses its vCPUs, writes the dump, resumes them
-and answers ``ok SECONDS`` (or ``error MESSAGE``).  PATH is taken byte for
+and answers ``ok SECONDS`` (or ``error MESSAGE``).  ``snapshot PATH`` and
+``snapshot-stop PATH`` write a snapshot directory (the second then stops the
+guest) and answer ``ok SECONDS RAM_BYTES WRITTEN_BYTES``.  PATH is taken byte for
 byte (a file name need not be UTF-8) and must be absolute; anything else
 (no newline, a second line, a NUL) is refused, never guessed at.  The socket
 file is created owner-only and removed when the VMM exits.
@@ -13,7 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 from pyvmm.dump import DumpError
 from pyvmm.errors import ConfigError, PyvmmError
@@ -26,6 +29,13 @@ MAX_SOCKET_PATH = 107
 REQUEST_SECONDS = 0.5
 #: How long ``pyvmm inspect`` waits for a running VMM to answer.
 ANSWER_SECONDS = 10.0
+#: How long ``pyvmm snapshot`` waits (the guest's RAM is written meanwhile).
+SNAPSHOT_ANSWER_SECONDS = 300.0
+#: The requests, by their first word.
+REQUESTS = (b"dump", b"snapshot", b"snapshot-stop")
+
+#: ``snapshot(directory, stop)``: the reply's words after ``ok``.
+SnapshotHandler = Callable[[str, bool], str]
 
 
 def check_control_path(path: str) -> None:
@@ -42,11 +52,13 @@ def check_control_path(path: str) -> None:
 
 
 class ControlServer:
-    """Listens on ``path``; ``live_dump(path) -> seconds`` does the work."""
+    """Listens on ``path``; ``live_dump(path) -> seconds`` and ``snapshot`` do the work."""
 
-    def __init__(self, path: str, live_dump: Callable[[str], float]) -> None:
+    def __init__(self, path: str, live_dump: Callable[[str], float],
+                 snapshot: Optional[SnapshotHandler] = None) -> None:
         self.path = path
         self._live_dump = live_dump
+        self._snapshot = snapshot
         check_control_path(path)
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old_umask = os.umask(0o077)
@@ -72,7 +84,13 @@ class ControlServer:
             except OSError:
                 return
             try:
-                reply = f"ok {self._live_dump(parse_request(request)):.3f}"
+                command, path = parse_line(request)
+                if command == b"dump":
+                    reply = f"ok {self._live_dump(path):.3f}"
+                elif self._snapshot is None:
+                    raise RequestError("this VMM takes no snapshots")
+                else:
+                    reply = f"ok {self._snapshot(path, command == b'snapshot-stop')}"
             except PyvmmError as exc:
                 reply = f"error {exc}"
             try:
@@ -111,19 +129,19 @@ def _read_request(connection: socket.socket) -> bytes:
     return data
 
 
-def parse_request(request: bytes) -> str:
-    """The dump path of a well-formed ``dump PATH\\n``; RequestError for anything else."""
+def parse_line(request: bytes) -> tuple[bytes, str]:
+    """The command and path of a well-formed ``COMMAND PATH\\n``; RequestError otherwise."""
     line, newline, rest = request.partition(b"\n")
     if not newline:
         raise RequestError("unknown request (expected one line: dump PATH)")
     if rest:
         raise RequestError("one request per connection (a second line came)")
     command, _, path = line.partition(b" ")
-    if command != b"dump" or not path:
-        raise RequestError("unknown request (expected: dump PATH)")
+    if command not in REQUESTS or not path:
+        raise RequestError("unknown request (expected: dump PATH, snapshot[-stop] PATH)")
     if b"\0" in path or not path.startswith(b"/"):
-        raise RequestError("the dump path must be absolute, without NUL bytes")
-    return os.fsdecode(path)  # the file name's bytes, as the client sent them
+        raise RequestError(f"the {command.decode()} path must be absolute, without NUL bytes")
+    return command, os.fsdecode(path)  # the file name's bytes, as the client sent them
 
 
 def request_dump(socket_path: str, dump_path: str, timeout: float | None = None) -> float:
@@ -152,3 +170,36 @@ def request_dump(socket_path: str, dump_path: str, timeout: float | None = None)
     if status != "ok":
         raise DumpError(f"the VMM could not dump: {rest or 'no answer'}")
     return float(rest)
+
+
+def request_snapshot(socket_path: str, directory: str, stop: bool = False,
+                     timeout: float | None = None) -> tuple[float, int, int]:
+    """Client side: ask the VMM at ``socket_path`` for a snapshot in ``directory``.
+
+    Returns (seconds the guest was paused, RAM bytes, bytes written); SnapshotError
+    (``pyvmm.snapshot``) when the VMM can't, or doesn't answer within ``timeout``.
+    """
+    from pyvmm.snapshot import SnapshotError
+
+    timeout = SNAPSHOT_ANSWER_SECONDS if timeout is None else timeout
+    path = os.fsencode(os.path.abspath(directory))
+    if b"\n" in path:
+        raise SnapshotError(f"{directory!r}: a name with a newline can't be asked for")
+    command = b"snapshot-stop " if stop else b"snapshot "
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        try:
+            client.connect(socket_path)
+            client.sendall(command + path + b"\n")
+            reply = os.fsdecode(client.makefile("rb").readline()).strip()
+        except TimeoutError:
+            raise SnapshotError(f"no running pyvmm answered on {socket_path!r} within "
+                                f"{timeout:g} s") from None
+        except OSError as exc:
+            raise SnapshotError(f"no running pyvmm answers on {socket_path!r}: "
+                                f"{exc.strerror or exc}") from None
+    status, _, rest = reply.partition(" ")
+    words = rest.split()
+    if status != "ok" or len(words) != 3:
+        raise SnapshotError(f"the VMM could not take the snapshot: {rest or 'no answer'}")
+    return float(words[0]), int(words[1]), int(words[2])

@@ -42,7 +42,9 @@ if TYPE_CHECKING:
     from pyvmm.devices.serial import Serial
     from pyvmm.devices.virtio.mmio import VirtioMmioTransport
     from pyvmm.dump.state import VcpuRegisters
+    from pyvmm.arch.x86_64.cpuid import CpuidEntry
     from pyvmm.gdb.server import GdbServer
+    from pyvmm.snapshot.save import SnapshotInfo, StatefulDevice
     from pyvmm.vcpu.stats import RunStats
     from pyvmm.vcpu.uart_fastpath import UartFastPath
 
@@ -64,7 +66,9 @@ class BuiltMachine:
                  serial: Serial, uart_fast: UartFastPath | None,
                  virtio: Sequence[VirtioMmioTransport], owned_fds: Sequence[int],
                  closers: Sequence[Callable[[], None]], stats: RunStats | None,
-                 assists: dict[str, int], gdb: GdbServer | None = None) -> None:
+                 assists: dict[str, int], gdb: GdbServer | None = None,
+                 stateful: dict[str, StatefulDevice] | None = None,
+                 cpuid: Sequence[Sequence[CpuidEntry]] = ()) -> None:
         self.config = config
         self.kvm = kvm
         self.vm = vm
@@ -92,6 +96,12 @@ class BuiltMachine:
         self._pause_lock = threading.Lock()
         self._control: ControlServer | None = None
         self._closed = False
+        #: The devices besides virtio's whose state a snapshot keeps, by name.
+        self.stateful = dict(stateful or {})
+        #: Each vCPU's CPUID table as set (a snapshot keeps it).
+        self.cpuid = [list(leaves) for leaves in cpuid]
+        #: The thread running the event loop while ``run`` runs it (snapshots go there).
+        self._loop_thread: threading.Thread | None = None
 
     # -- events (any thread) ---------------------------------------------------------
 
@@ -137,17 +147,70 @@ class BuiltMachine:
         with self._pause_lock, self.runners.paused():
             return vcpu_states([self.vcpus[cpu]])[0]
 
+    def snapshot(self, directory: str, stop: bool = False) -> SnapshotInfo:
+        """Write a snapshot of the guest to ``directory``; it runs on after (or stops).
+
+        Taken on the event loop's thread with every vCPU paused, so no device
+        work moves a queue between its state and RAM being saved (from another
+        thread the request waits for the loop).  The console output the guest
+        sent before it is written out first.
+        """
+        from pyvmm.snapshot import SnapshotError
+
+        if self.exit_event.is_set():
+            raise SnapshotError("the machine has stopped: nothing to snapshot")
+        loop_thread = self._loop_thread
+        if loop_thread is None or loop_thread is threading.current_thread():
+            return self._snapshot_now(directory, stop)
+        done = threading.Event()
+        outcome: list = []
+
+        def on_loop() -> None:
+            try:
+                outcome.append(self._snapshot_now(directory, stop))
+            except BaseException as exc:  # noqa: BLE001 - raised on the asking thread
+                outcome.append(exc)
+            finally:
+                done.set()
+        self.loop.call_at(0, on_loop)
+        while not done.wait(0.05):
+            if self._loop_thread is None:
+                raise SnapshotError("the machine stopped before its snapshot was taken")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
+
+    def _snapshot_now(self, directory: str, stop: bool) -> SnapshotInfo:
+        from pyvmm.snapshot.save import save_snapshot
+
+        with self._pause_lock, self.runners.paused():
+            if self.uart_fast is not None:
+                self.uart_fast.drain()  # coalesced THR writes are the UART's before it is saved
+            self.pump.flush()
+            info = save_snapshot(directory, config=self.config, kvm=self.kvm, vm=self.vm,
+                                 vcpus=self.vcpus, cpuid=self.cpuid, memory=self.memory,
+                                 devices=self.stateful, virtio=self.virtio)
+            if stop:
+                self.request_stop(StopReason.stopped(f"snapshot written to {directory}"))
+        return info
+
+    def _control_snapshot(self, directory: str, stop: bool) -> str:
+        info = self.snapshot(directory, stop)
+        return f"{info.seconds:.3f} {info.ram_bytes} {info.written_bytes}"
+
     # -- running ------------------------------------------------------------------------
 
     def run(self) -> StopReason:
         """Run the guest until it stops; return why.  Call once, on any thread."""
         self.console.start()
+        self._loop_thread = threading.current_thread()
         try:
             self.pump.subscribe(self.loop)
             if self.config.control:
                 from pyvmm.vmm.control import ControlServer
 
-                self._control = ControlServer(self.config.control, self.live_dump)
+                self._control = ControlServer(self.config.control, self.live_dump,
+                                              self._control_snapshot)
                 self.loop.add(self._control.fd, self._control.on_ready)
             if self.gdb is not None:
                 self.gdb.subscribe(self.loop)
@@ -163,6 +226,7 @@ class BuiltMachine:
             log.debug("event loop failed:\n%s", traceback.format_exc())
             self.request_stop(StopReason.vmm_error(f"event loop: {describe(exc)}"))
         finally:
+            self._loop_thread = None
             self._finish()
         reason = self.exit_event.reason
         assert reason is not None

@@ -7,6 +7,7 @@ Needs hardware KVM (run inside the rig).  Each test boots a guest per kernel
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import pytest
 
 from pyvmm.kvm.system import is_pvm_host
 
+from .conftest import KERNELS
 from .guests import retried_in_rig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -186,3 +188,73 @@ def test_a_virtiofsd_that_dies_is_a_clean_stop_with_the_reason(kernel: str) -> N
     assert proc.returncode == 255
     assert stderr.count(b"\n") == 1
     assert b"virtiofsd for / was killed by signal 9" in stderr
+
+
+PROBE = REPO / "tests" / "linux" / "guest_probe.py"
+#: The filesystems a normal Linux mounts, as the probe names them, and their types.
+KERNEL_FILESYSTEMS = {"/dev/pts": "devpts", "cgroup2": "cgroup2", "debugfs": "debugfs",
+                      "tracefs": "tracefs", "securityfs": "securityfs", "bpffs": "bpf"}
+
+
+def probe_values(output: bytes) -> dict[str, str]:
+    values = {}
+    for line in output.decode(errors="replace").splitlines():
+        if line.startswith("PROBE "):
+            name, _, value = line.removeprefix("PROBE ").partition(" = ")
+            values[name] = value
+    return values
+
+
+def test_the_guest_looks_like_a_normal_linux(kernel: str) -> None:
+    """tests/linux/guest_probe.py in the guest: the environment, then a short real workload."""
+    from .guest_probe import caches, cpuinfo
+
+    result = command(kernel, sys.executable, str(PROBE), stdin=b"stdin-by-name\n")
+    assert result.status == 0, result.stderr
+    values = probe_values(result.stdout)
+    assert len(values) == 22, result.stdout
+    assert not [v for v in values.values() if "MISSING" in v or "FAILED" in v], values
+    debian = kernel != str(KERNELS["minimal"])  # Debian's has every filesystem and the network
+    for name, fstype in KERNEL_FILESYSTEMS.items():
+        allowed = {fstype} if debian else {fstype, f"no {fstype} in the kernel"}
+        assert values[name] in allowed, (name, values[name])
+    assert values["/dev/shm"] == "tmpfs, mode 1777"
+    assert values["/dev/fd and /dev/std*"] == ("fd->/proc/self/fd stdin->/proc/self/fd/0 "
+                                               "stdout->/proc/self/fd/1 stderr->/proc/self/fd/2")
+    # Opened again by name, CMD's streams are still pyvmm's own, apart.
+    assert values["streams re-opened by name"] == \
+        "write status 0, read status 0: 'stdin-by-name'"
+    assert b"probe reopened stdout\n" in result.stdout
+    assert b"probe reopened stderr\n" in result.stderr
+    assert values["hostname"] == socket.gethostname()
+    assert values["/tmp"] == "writable"
+    groups = ",".join(str(g) for g in sorted(set(os.getgroups()) - {os.getgid()}))
+    assert values["uid:gid, groups"] == f"{os.getuid()}:{os.getgid()} groups {groups or 'none'}"
+    # The host's CPU as the guest's CPUID shows it (brand string, cache and TLB leaves).
+    assert values["model name"] == cpuinfo("model name")
+    assert (values["cache size"], values["TLB size"]) == (cpuinfo("cache size"),
+                                                          cpuinfo("TLB size"))
+    assert values["caches (sysfs)"] == caches()
+    # The workload.
+    assert values["pty round trip"].startswith("status 0: got ping on /dev/pts/")
+    assert values["multiprocessing pool with a lock"] == "sum of squares 328350"
+    network = values["loopback"] != "no network in the kernel"
+    assert network or not debian
+    assert values["loopback"] == "up" or not network
+    assert values["TCP echo over 127.0.0.1"] == (
+        "65536 bytes back, equal" if network else "no network in the kernel")
+    assert values["kselftest-style runner"] == "status 0"
+    for test, number in (("alpha", 1), ("beta", 2)):
+        for line in (f"# diagnostic from {test}", f"# more from {test}",
+                     f"ok {number} selftests: probe: {test}"):
+            assert line.encode() + b"\n" in result.stdout, line
+
+
+def test_what_the_command_leaves_running_is_stopped_after_its_output(kernel: str) -> None:
+    # A daemon holding stdout would keep the relay from its end: it is stopped, as
+    # poweroff would, and everything written before the command ended arrives first.
+    result = command(kernel, "sh", "-c",
+                     "(sleep 1000; echo late) & for i in 1 2 3; do echo line $i; done; "
+                     "echo to stderr >&2; exit 3")
+    assert (result.status, result.stdout, result.stderr) == (
+        3, b"line 1\nline 2\nline 3\n", b"to stderr\n")

@@ -102,6 +102,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("devices", "arch", "dump"),            # devices, the platform, dumps: no KVM, no config
     ("acpi", "vcpu", "gdb"),                # tables describing it; the vCPU threads; gdb's stub
     ("console",),                           # terminal, guest console, the pump
+    ("snapshot",),                          # snapshots: saved state and RAM, restored
     ("vmm",),                               # the builder and the built machine
     ("command",),                           # command mode
     ("check",),                             # what this host can run (pyvmm check)
@@ -240,7 +241,7 @@ def test_devices_do_not_need_kvm() -> None:
     """A disk, a virtio queue or device loads neither the KVM binding nor /dev/kvm."""
     script = ("import sys\n"
               "import pyvmm.devices.virtio.block, pyvmm.devices.virtio.console, "
-              "pyvmm.devices.virtio.disk, pyvmm.devices.virtio.mmio, pyvmm.devices.serial\n"
+              "pyvmm.host.disk_image, pyvmm.devices.virtio.mmio, pyvmm.devices.serial\n"
               "print(' '.join(m for m in sys.modules if m.startswith('pyvmm.kvm')))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=PACKAGE.parent, check=True)

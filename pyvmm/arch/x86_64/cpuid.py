@@ -1,7 +1,9 @@
-"""CPUID for each vCPU: topology and APIC IDs, and the feature policy.
+"""CPUID for each vCPU: the host's identity leaves, topology and APIC IDs, the feature policy.
 
-KVM_GET_SUPPORTED_CPUID says what KVM can present; we set per-vCPU identity
-(APIC IDs, counts) and, under the "compat" policy, hide the features a
+KVM_GET_SUPPORTED_CPUID says what KVM can present; the brand string and the
+cache and TLB descriptors come from the host's own CPUID instead (KVM leaves
+the brand string and, before Linux 6.6, leaf 0x80000005 empty), as under
+QEMU's ``-cpu host``; we set per-vCPU identity (APIC IDs, counts) and, under the "compat" policy, hide the features a
 software x86 emulator cannot execute.  kvm_pvm emulates non-PVM guests
 instruction by instruction and fails on ``cmpxchg16b`` and ``xsave``/``xrstor``;
 hiding CX16 and XSAVE (and everything built on XSAVE) makes Linux use the
@@ -12,23 +14,44 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pyvmm.limits import MAX_CPUS
 
 #: The feature policies --cpu accepts (besides "auto", resolved by the machine).
 CPU_POLICIES = ("host", "compat")
 
+LEAF_BASIC_MAX = 0x0
 LEAF_FEATURES = 0x1
+LEAF_CACHE_DESCRIPTORS = 0x2
 LEAF_CACHE_PARAMS = 0x4
 LEAF_EXTENDED_FEATURES = 0x7
 LEAF_TOPOLOGY = 0xB
 LEAF_XSAVE = 0xD
 LEAF_TOPOLOGY_V2 = 0x1F
+LEAF_EXT_MAX = 0x80000000
 LEAF_EXT_FEATURES = 0x80000001
+LEAF_BRAND = (0x80000002, 0x80000003, 0x80000004)
+LEAF_L1_CACHE_TLB = 0x80000005
+LEAF_L2_L3_CACHE_TLB = 0x80000006
+LEAF_AMD_CACHE_PARAMS = 0x8000001D
 
-#: CPUID leaf 4 EAX[31:26] holds "cores per package - 1" in 6 bits.
+#: The leaves taken from the host's CPUID as they are (leaf 4's sharing fields
+#: are then fitted to the vCPUs like KVM's): what a guest or a tool prints or
+#: sizes its caches by, and costs nothing to show.
+HOST_LEAVES = (LEAF_CACHE_DESCRIPTORS, LEAF_CACHE_PARAMS, *LEAF_BRAND, LEAF_L1_CACHE_TLB,
+               LEAF_L2_L3_CACHE_TLB, LEAF_AMD_CACHE_PARAMS)
+#: Leaves with one subleaf per cache, up to one whose type (EAX[4:0]) is 0.
+CACHE_SUBLEAF_LEAVES = (LEAF_CACHE_PARAMS, LEAF_AMD_CACHE_PARAMS)
+#: More subleaves than any CPU has caches: a bound on a reader that never ends them.
+MAX_CACHE_SUBLEAVES = 16
+#: struct kvm_cpuid_entry2's flag for leaves whose subleaf (ECX) matters.
+KVM_CPUID_FLAG_SIGNIFICANT_INDEX = 1
+
+#: CPUID leaf 4 EAX[31:26] holds "cores per package - 1" in 6 bits, and
+#: EAX[25:14] "logical processors sharing this cache - 1".
 LEAF4_MAX_CORES = 64
+LEAF4_SHARING_SHIFT, LEAF4_SHARING_MASK = 14, 0xFFF
 
 # Leaf 1 bits.
 EBX_APIC_ID_SHIFT = 24
@@ -78,6 +101,50 @@ def _clear_bits(value: int, bits: Sequence[int]) -> int:
     return value
 
 
+def host_leaves(read: Callable[[int, int], tuple[int, int, int, int]]) -> list[CpuidEntry]:
+    """The host's HOST_LEAVES (those its CPU has), read with ``read(leaf, subleaf)``."""
+    limits = {0: read(LEAF_BASIC_MAX, 0)[0], LEAF_EXT_MAX: read(LEAF_EXT_MAX, 0)[0]}
+    entries = []
+    for leaf in HOST_LEAVES:
+        if leaf > limits[leaf & LEAF_EXT_MAX]:
+            continue
+        if leaf not in CACHE_SUBLEAF_LEAVES:
+            entries.append(CpuidEntry(leaf, 0, 0, *read(leaf, 0)))
+            continue
+        for index in range(MAX_CACHE_SUBLEAVES):
+            regs = read(leaf, index)
+            entries.append(CpuidEntry(leaf, index, KVM_CPUID_FLAG_SIGNIFICANT_INDEX, *regs))
+            if regs[0] & 0x1F == 0:  # the null entry that ends the list is kept, as KVM does
+                break
+    return entries
+
+
+def with_host_leaves(supported: Sequence[CpuidEntry], host: Sequence[CpuidEntry]) -> \
+        list[CpuidEntry]:
+    """KVM's table with each leaf of ``host`` in place of KVM's own.
+
+    Only leaves within the table's own range (CPUID 0 and 0x80000000 EAX) are
+    taken: the guest asks for no other, and the range stays KVM's.
+    """
+    limits = {0: 0, LEAF_EXT_MAX: 0}
+    for entry in supported:
+        if entry.function in (LEAF_BASIC_MAX, LEAF_EXT_MAX):
+            limits[entry.function] = entry.eax
+    taken: dict[int, list[CpuidEntry]] = {}
+    for entry in host:
+        if entry.function <= limits[entry.function & LEAF_EXT_MAX]:
+            taken.setdefault(entry.function, []).append(entry)
+    result, placed = [], set()
+    for entry in supported:  # in KVM's order, each taken leaf where KVM had it
+        if entry.function not in taken:
+            result.append(entry)
+        elif entry.function not in placed:
+            placed.add(entry.function)
+            result.extend(taken[entry.function])
+    return result + [entry for function, entries in taken.items() if function not in placed
+                     for entry in entries]
+
+
 def _topology_leaf(entry: CpuidEntry, apic_id: int, cpu_count: int) -> CpuidEntry:
     """Leaf 0xB/0x1F: one thread per core, ``cpu_count`` cores in one package."""
     core_shift = max(cpu_count - 1, 0).bit_length()
@@ -88,6 +155,24 @@ def _topology_leaf(entry: CpuidEntry, apic_id: int, cpu_count: int) -> CpuidEntr
     else:
         eax, ebx, ecx = 0, 0, entry.index
     return dataclasses.replace(entry, eax=eax, ebx=ebx, ecx=ecx, edx=apic_id)
+
+
+def _cache_params_eax(eax: int, cpu_count: int) -> int:
+    """Leaf 4's EAX for ``cpu_count`` cores in one package (as QEMU fits the host's).
+
+    EAX[31:26] is the package's cores - 1; EAX[25:14], the logical processors
+    sharing this cache - 1, becomes the whole package where the host's cache
+    is shared by more than the guest has.
+    """
+    if not eax & 0x1F:
+        return eax  # no cache: the list's end
+    eax = (eax & 0x03FFFFFF) | ((min(cpu_count, LEAF4_MAX_CORES) - 1) << 26)
+    sharing = (eax >> LEAF4_SHARING_SHIFT) & LEAF4_SHARING_MASK
+    if sharing + 1 > cpu_count:
+        package_ids = 1 << max(cpu_count - 1, 0).bit_length()
+        eax = (eax & ~(LEAF4_SHARING_MASK << LEAF4_SHARING_SHIFT)) \
+            | ((package_ids - 1) << LEAF4_SHARING_SHIFT)
+    return eax
 
 
 def adjust_cpuid(entries: Sequence[CpuidEntry], vcpu_id: int, cpu_count: int,
@@ -110,9 +195,7 @@ def adjust_cpuid(entries: Sequence[CpuidEntry], vcpu_id: int, cpu_count: int,
             ecx = entry.ecx | ECX_HYPERVISOR | (ECX_TSC_DEADLINE if tsc_deadline else 0)
             entry = dataclasses.replace(entry, ebx=ebx, ecx=ecx, edx=edx)
         elif entry.function == LEAF_CACHE_PARAMS:
-            entry = dataclasses.replace(
-                entry, eax=(entry.eax & 0x03FFFFFF)
-                | ((min(cpu_count, LEAF4_MAX_CORES) - 1) << 26))
+            entry = dataclasses.replace(entry, eax=_cache_params_eax(entry.eax, cpu_count))
         elif entry.function in (LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2):
             entry = _topology_leaf(entry, vcpu_id, cpu_count)
         if policy == "compat":

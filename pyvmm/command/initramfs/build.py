@@ -1,6 +1,6 @@
 """Command mode's initramfs: a cached base (busybox, /init, modules) and a per-run job.
 
-The base depends only on the init script, busybox and the kernel's modules,
+The base depends only on the init scripts, busybox and the kernel's modules,
 so it is built once and kept under ``$XDG_CACHE_HOME/pyvmm`` (created 0700,
 written through a private temporary file and renamed into place).  The job
 (``/job.sh``: the command, its directory, user and environment, the shares
@@ -15,7 +15,10 @@ import shlex
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
+from typing import Sequence
 
+from pyvmm.config.machine import MachineConfig
+from pyvmm.config.network import nics
 from pyvmm.errors import ConfigError
 from pyvmm.host import environment
 from pyvmm.command.initramfs.cpio import CpioWriter
@@ -24,6 +27,19 @@ from pyvmm.loader.bzimage import kernel_release
 
 #: What command mode needs of the kernel: virtio-mmio, the console ports, virtio-fs, overlay.
 WANTED_MODULES = ["virtio_mmio", "virtio_console", "fuse", "virtiofs", "overlay"]
+
+
+def device_modules(config: MachineConfig) -> list[str]:
+    """The drivers of the devices ``config`` gives the guest beyond command mode's own, so
+    CMD finds ``/dev/vda`` or ``/dev/hwrng`` without running modprobe (one per device kind)."""
+    wanted = []
+    if config.drives:
+        wanted.append("virtio_blk")
+    if config.rng:
+        wanted.append("virtio_rng")
+    if nics(config.nets):
+        wanted.append("virtio_net")
+    return wanted
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
 #: Format of the cache entries; bump when the layout of the base archive changes.
 CACHE_VERSION = "1"
@@ -47,6 +63,8 @@ class Job:
     #: would run busybox's ls, cat, sh... instead of the host's.
     env_binary: str = "/usr/bin/env"
     setpriv_binary: str = "/usr/bin/setpriv"
+    #: The guest's name (the host's): empty leaves the kernel's "(none)".
+    hostname: str = ""
 
     def script(self) -> str:
         """``/job.sh``: sourced by /init; variables and two functions."""
@@ -60,12 +78,17 @@ class Job:
                       else "--clear-groups")
             drop = [self.setpriv_binary, f"--reuid={self.uid}", f"--regid={self.gid}", groups, "--"]
         env = [f"{name}={value}" for name, value in self.env]
-        command = (["chroot", "/newroot", "/run/pyvmm/busybox", "sh", "-c",
+        # A session of its own, as sshd and vng give: its `kill 0` spares /init's relays.
+        command = (["chroot", "/newroot", "/run/pyvmm/busybox", "setsid",
+                    "/run/pyvmm/busybox", "sh", "-c",
                     'cd "$1" || exit 1; shift; exec "$@"', "sh", self.cwd] + drop
                    + [self.env_binary, "-i"] + env + list(self.argv))
         return "\n".join([
             f"PYVMM_RW={int(self.rw)}",
             f"PYVMM_CWD={q(self.cwd)}",
+            f"PYVMM_UID={self.uid}",
+            f"PYVMM_GID={self.gid}",
+            f"PYVMM_HOSTNAME={q(self.hostname)}",
             "pyvmm_mount_shares() {", *mounts, "    :", "}",
             "pyvmm_run() {", "    " + " ".join(q(part) for part in command) + " 3>&-", "}",
             ""])
@@ -83,23 +106,29 @@ def _busybox() -> str:
     return path
 
 
-def modules_for(kernel_image: bytes, modules_dir: str | None) -> ModuleSet | None:
-    """The modules to carry: from --modules, else /lib/modules/RELEASE if it exists."""
+def modules_for(kernel_image: bytes, modules_dir: str | None,
+                devices: Sequence[str] = ()) -> ModuleSet | None:
+    """The modules to carry (command mode's own, then the ``devices``' drivers): from
+    --modules, else /lib/modules/RELEASE if it exists."""
+    wanted = WANTED_MODULES + list(devices)
     if modules_dir is not None:
         if not os.path.isdir(modules_dir):
             raise ConfigError(f"--modules {modules_dir}: not a directory")
-        return find_modules(modules_dir, WANTED_MODULES)
+        return find_modules(modules_dir, wanted)
     release = kernel_release(kernel_image)
     if release and os.path.isdir(f"/lib/modules/{release}"):
-        return find_modules(f"/lib/modules/{release}", WANTED_MODULES)
+        return find_modules(f"/lib/modules/{release}", wanted)
     return None  # a kernel with the drivers built in (or none: /init says which)
 
 
 def base_archive(modules: ModuleSet | None) -> bytes:
     """busybox, /init and the modules as one newc archive, from the cache when there."""
     busybox = _busybox()
-    init = resources.files("pyvmm.command.initramfs").joinpath("init.sh").read_bytes()
-    key = hashlib.sha256(CACHE_VERSION.encode() + init)
+    scripts = resources.files("pyvmm.command.initramfs")
+    init = scripts.joinpath("init.sh").read_bytes()
+    streams = scripts.joinpath("streams.sh").read_bytes()
+    network = scripts.joinpath("network.sh").read_bytes()
+    key = hashlib.sha256(CACHE_VERSION.encode() + init + b"\0" + streams + b"\0" + network)
     for path in [busybox] + [host for _, host in (modules.files if modules else ())]:
         info = os.stat(path)
         key.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
@@ -117,6 +146,8 @@ def base_archive(modules: ModuleSet | None) -> bytes:
     writer.char_device("dev/console", 5, 1)
     writer.char_device("dev/null", 1, 3, 0o666)
     writer.file("init", init, 0o755)
+    writer.file("streams.sh", streams, 0o644)
+    writer.file("network.sh", network, 0o755)
     with open(busybox, "rb") as stream:
         writer.file("bin/busybox", stream.read(), 0o755)
     if modules:

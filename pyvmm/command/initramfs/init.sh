@@ -2,11 +2,15 @@
 # pyvmm command mode's /init (busybox sh; needs nothing from the guest but the kernel).
 # 1. load the modules we carry (/modules/order), 2. find our virtio-console ports by
 # name, 3. mount the host's / over virtio-fs (read-only with a tmpfs overlay, or
-# read-write with --rw) and the --share directories at their host paths, 4. run the
-# command of /job.sh as the calling user in the calling directory with its stdin,
-# stdout and stderr on the ports, 5. write "status N" on the status port and stop
-# the machine.  Anything going wrong before the command runs is one line:
-# "error MESSAGE" on the status port and "pyvmm-init: error: MESSAGE" on the console.
+# read-write with --rw) and the --share directories at their host paths, 4. give it
+# what a normal Linux has (ptys, /dev/shm, the /dev/fd links, the kernel's own
+# filesystems, loopback, the host's name, the NICs of --net), 5. run the command of /job.sh as the
+# calling user in the calling directory, in a session of its own, its stdin, stdout
+# and stderr pipes that three relays copy to and from the ports (streams.sh), 6. once
+# it and what it left running have ended and its output is out, write "status N" on
+# the status port and stop the machine.  Anything going wrong before the command runs is one
+# line: "error MESSAGE" on the status port and "pyvmm-init: error: MESSAGE" on the
+# console.
 /bin/busybox mkdir -p /bin /proc /sys /dev /newroot /lower /rw
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -68,11 +72,46 @@ mount -t devtmpfs devtmpfs /newroot/dev
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run || fail "cannot mount a tmpfs on /run"
 mkdir -p /newroot/run/pyvmm && cp /bin/busybox /newroot/run/pyvmm/busybox ||
     fail "cannot copy busybox into the guest's /run"
+
+# What a normal Linux has besides, where this kernel has it (quietly not, where not).
+has() { grep -q "[[:space:]]$1\$" /proc/filesystems; }
+kernel_fs() {  # TYPE DIR: sysfs makes DIR when the kernel has TYPE
+    has "$1" && [ -d "/newroot$2" ] && mount -t "$1" -o nosuid,nodev,noexec "$1" "/newroot$2"
+}
+mkdir -p /newroot/dev/pts /newroot/dev/shm
+if has devpts; then
+    tty_gid=$(sed -n 's/^tty:[^:]*:\([0-9][0-9]*\):.*/\1/p' /newroot/etc/group 2>/dev/null)
+    mount -t devpts -o "nosuid,noexec,mode=0620,ptmxmode=0666${tty_gid:+,gid=$tty_gid}" \
+        devpts /newroot/dev/pts || fail "cannot mount devpts on /dev/pts"
+fi
+mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /newroot/dev/shm ||
+    fail "cannot mount a tmpfs on /dev/shm"
+has mqueue && mkdir -p /newroot/dev/mqueue &&
+    mount -t mqueue -o nosuid,nodev,noexec mqueue /newroot/dev/mqueue
+ln -sfn /proc/self/fd /newroot/dev/fd
+ln -sf /proc/self/fd/0 /newroot/dev/stdin
+ln -sf /proc/self/fd/1 /newroot/dev/stdout
+ln -sf /proc/self/fd/2 /newroot/dev/stderr
+kernel_fs cgroup2 /sys/fs/cgroup
+kernel_fs debugfs /sys/kernel/debug
+kernel_fs tracefs /sys/kernel/tracing
+kernel_fs securityfs /sys/kernel/security
+kernel_fs bpf /sys/fs/bpf
+kernel_fs configfs /sys/kernel/config
+if [ -e /sys/class/net/lo ]; then
+    ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up || fail "cannot bring up lo"
+fi
+[ -z "$PYVMM_HOSTNAME" ] || hostname -- "$PYVMM_HOSTNAME" ||
+    fail "cannot set the hostname $PYVMM_HOSTNAME"
+# The NICs (--net): a DHCP lease from passt each, the route, DNS (network.sh).
+network_error=$(/network.sh /newroot 2>&1) || fail "${network_error#pyvmm: }"
+
 pyvmm_mount_shares
 [ -d "/newroot$PYVMM_CWD" ] || fail "the current directory $PYVMM_CWD is not there in the guest"
 
 stdin=$(port pyvmm.stdin) && stdout=$(port pyvmm.stdout) && stderr=$(port pyvmm.stderr) ||
     fail "the stdin/stdout/stderr ports are missing"
-pyvmm_run <"$stdin" >"$stdout" 2>"$stderr"
+. /streams.sh
+run_relayed "$stdin" "$stdout" "$stderr"
 echo "status $?" >&3
 stop

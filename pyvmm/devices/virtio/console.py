@@ -106,6 +106,13 @@ class ConsoleDevice(VirtioDevice):
         if queue.needs_interrupt(used_before):
             self._raise_used()
 
+    def to_state(self) -> dict:
+        """Host input the guest has not taken yet."""
+        return {"pending": self._pending.hex()}
+
+    def from_state(self, state: dict) -> None:
+        self._pending = bytearray.fromhex(state["pending"])[:INPUT_LIMIT]
+
     def reset(self) -> None:
         super().reset()
         self._receive_broken = False

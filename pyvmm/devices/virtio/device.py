@@ -99,6 +99,13 @@ class VirtioDevice:
         self._raise_used = lambda: None
         self._broken = lambda why: None
 
+    def to_state(self) -> dict:
+        """What the device keeps beyond its queues (the transport saves those); none here."""
+        return {}
+
+    def from_state(self, state: dict) -> None:
+        """Take ``to_state``'s values (after the transport restored the queues)."""
+
     def process_queue(self, index: int) -> None:
         """The driver notified queue ``index``."""
 

@@ -293,6 +293,47 @@ class VirtioMmioTransport:
             return self.device.queues[self.queue_sel]
         return None
 
+    # -- snapshot ---------------------------------------------------------------------
+
+    def to_state(self) -> dict:
+        """The registers, every queue and the device's own state, as plain values."""
+        with self._lock, self._irq_lock:
+            return {"device_id": self.device.device_id, "status": self.status,
+                    "device_features_sel": self.device_features_sel,
+                    "driver_features_sel": self.driver_features_sel,
+                    "driver_features": self.driver_features, "queue_sel": self.queue_sel,
+                    "config_generation": self.config_generation,
+                    "interrupt_status": self.interrupt_status,
+                    "queues": [queue.to_state() for queue in self.device.queues],
+                    "device": self.device.to_state()}
+
+    def from_state(self, state: dict) -> None:
+        """Take ``to_state``'s values: a device the driver had started serves on at once.
+
+        ValueError for a state of another kind of device or another queue count;
+        QueueError for queue layouts outside guest RAM.
+        """
+        if state["device_id"] != self.device.device_id \
+                or len(state["queues"]) != len(self.device.queues):
+            raise ValueError(f"virtio device {self.device.device_id}: the saved state is of "
+                             f"device {state['device_id']} with {len(state['queues'])} queues")
+        with self._lock:
+            self.status = state["status"]
+            self.device_features_sel = state["device_features_sel"]
+            self.driver_features_sel = state["driver_features_sel"]
+            self.driver_features = state["driver_features"]
+            self.queue_sel = state["queue_sel"]
+            self.config_generation = state["config_generation"]
+            with self._irq_lock:
+                self.interrupt_status = state["interrupt_status"]
+            for queue, saved in zip(self.device.queues, state["queues"]):
+                queue.from_state(saved, self.memory)
+            if self.status & STATUS_DRIVER_OK and not self.status & STATUS_NEEDS_RESET:
+                self.device.activate(self.memory, self.driver_features,
+                                     lambda: self.raise_interrupt(INTERRUPT_USED_BUFFER),
+                                     self._needs_reset)
+            self.device.from_state(state["device"])
+
     def shutdown(self) -> None:
         """The VMM is exiting: let the device finish and make data durable."""
         with self._lock:

@@ -105,6 +105,28 @@ class SplitQueue:
         self.next_avail = 0
         self.next_used = 0
 
+    # -- snapshot ---------------------------------------------------------------
+
+    def to_state(self) -> dict:
+        """The driver's layout and how far the device has got in the rings."""
+        return {"size": self.size, "ready": self.ready, "desc": self.desc_addr,
+                "avail": self.avail_addr, "used": self.used_addr,
+                "event_idx": self.event_idx, "next_avail": self.next_avail,
+                "next_used": self.next_used}
+
+    def from_state(self, state: dict, memory: GuestMemory) -> None:
+        """Take ``to_state``'s values; a ready queue's rings are checked and mapped again
+        (QueueError if the layout is not one a driver could have set)."""
+        self.reset()
+        self.size, self.desc_addr = state["size"], state["desc"]
+        self.avail_addr, self.used_addr = state["avail"], state["used"]
+        if state["ready"]:
+            self.activate(memory, bool(state["event_idx"]))
+            self.ready = True
+        self.event_idx = bool(state["event_idx"])
+        self.next_avail = state["next_avail"] & 0xFFFF
+        self.next_used = state["next_used"] & 0xFFFF
+
     # -- the driver's side, as the device reads it ----------------------------
 
     def has_available(self) -> bool:
@@ -128,6 +150,11 @@ class SplitQueue:
         chain = DescriptorChain(head)
         self._walk(memory, self._desc, self.size, head, chain, indirect_allowed=True)
         return chain
+
+    def unpop(self, count: int) -> None:
+        """Put back the last ``count`` chains popped and not used (QEMU's
+        virtqueue_unpop): a device that found them too small for its data."""
+        self.next_avail = (self.next_avail - count) & 0xFFFF
 
     def _walk(self, memory: GuestMemory, table: memoryview | None, table_size: int,
               index: int, chain: DescriptorChain, indirect_allowed: bool) -> None:
@@ -189,6 +216,17 @@ class SplitQueue:
             # The caller re-reads avail idx next: that load must not pass this
             # store, or a chain added meanwhile goes unnoticed (virtio 1.2 §2.7.10).
             fence()
+
+    def ask_for_next(self) -> bool:
+        """With EVENT_IDX: be notified of the driver's next chain, even with chains
+        still available (a device that found them too few).  True if the driver added
+        one meanwhile (it may not notify for that one): look again."""
+        if not self.event_idx or self._used is None or self._avail is None:
+            return False
+        seen = _U16.unpack_from(self._avail, 2)[0]
+        _U16.pack_into(self._used, 4 + 8 * self.size, seen)
+        fence()
+        return _U16.unpack_from(self._avail, 2)[0] != seen
 
     def needs_interrupt(self, used_before: int) -> bool:
         """Whether the driver wants an interrupt for the chains used since ``used_before``."""

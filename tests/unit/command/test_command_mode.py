@@ -4,6 +4,7 @@ one-line failures."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 
 import pytest
@@ -34,15 +35,22 @@ def test_the_command_reaches_chroot_word_for_word(tmp_path) -> None:
               (("PATH", "/usr/bin:/bin"), ("HOME", "/home/me")), rw=False,
               env_binary="/usr/bin/env", setpriv_binary="/usr/bin/setpriv")
     args = run_job(job, tmp_path, "pyvmm_run")
-    assert args[:6] == ["/newroot", "/run/pyvmm/busybox", "sh", "-c",
-                        'cd "$1" || exit 1; shift; exec "$@"', "sh"]
-    assert args[6] == "/home/me/dir with space"
+    # In a session of its own (busybox's setsid: the guest's / may have none).
+    assert args[:8] == ["/newroot", "/run/pyvmm/busybox", "setsid", "/run/pyvmm/busybox", "sh",
+                        "-c", 'cd "$1" || exit 1; shift; exec "$@"', "sh"]
+    assert args[8] == "/home/me/dir with space"
     # By absolute path: busybox's sh would run its own setpriv applet for "setpriv".
-    assert args[7:12] == ["/usr/bin/setpriv", "--reuid=1000", "--regid=1000",
+    assert args[9:14] == ["/usr/bin/setpriv", "--reuid=1000", "--regid=1000",
                           "--groups=27,100", "--"]
-    assert args[12:14] == ["/usr/bin/env", "-i"]
-    assert args[14:16] == ["PATH=/usr/bin:/bin", "HOME=/home/me"]
-    assert tuple(args[16:]) == WEIRD
+    assert args[14:16] == ["/usr/bin/env", "-i"]
+    assert args[16:18] == ["PATH=/usr/bin:/bin", "HOME=/home/me"]
+    assert tuple(args[18:]) == WEIRD
+
+
+def test_the_job_names_the_guest_and_who_owns_its_streams(tmp_path) -> None:
+    job = Job(("true",), "/", 1000, 100, (), (), rw=False, hostname="it's a host")
+    values = run_job(job, tmp_path, 'printf "%s\\0" "$PYVMM_UID" "$PYVMM_GID" "$PYVMM_HOSTNAME"')
+    assert values == ["1000", "100", "it's a host"]
 
 
 def test_root_keeps_its_privileges_and_shares_mount_at_their_paths(tmp_path) -> None:
@@ -128,6 +136,7 @@ def test_make_job_carries_the_callers_identity(monkeypatch, tmp_path) -> None:
     assert (job.cwd, job.uid, job.gid) == (str(tmp_path), os.geteuid(), os.getegid())
     assert os.path.isabs(job.env_binary) and os.access(job.env_binary, os.X_OK)
     assert ("TERM", "xterm-test") in job.env
+    assert job.hostname == socket.gethostname()
 
 
 def test_user_option_takes_the_users_identity_and_home() -> None:
@@ -142,3 +151,63 @@ def test_user_option_takes_the_users_identity_and_home() -> None:
     from pyvmm.errors import ConfigError
     with pytest.raises(ConfigError, match="no such user"):
         command.make_job(("id",), rw=False, shares=(), user="no-such-user-here")
+
+
+RELAY_HARNESS = r'''
+port_dir=$1
+fail() { echo "FAIL $*" >&2; exit 99; }
+pyvmm_run() { busybox setsid /usr/bin/setpriv --reuid="$PYVMM_UID" --regid="$PYVMM_GID" \
+                  --clear-groups -- sh -c "$TEST_COMMAND" 3>&-; }
+exec 3>"$port_dir/status"
+. "$STREAMS_SH"
+run_relayed "$port_dir/stdin" "$port_dir/stdout" "$port_dir/stderr"
+echo "status $?" >&3
+'''
+
+
+def run_relayed(tmp_path, command_line: str, stdin: bytes, uid: int = 65534) -> \
+        tuple[bytes, bytes, bytes]:
+    """streams.sh's run_relayed as PID 1 of a PID namespace (its clean-up kills what
+    it finds there), with files for the ports: (stdout, stderr, status port)."""
+    import shutil
+    from importlib import resources
+
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("busybox"):
+        pytest.skip("needs root, unshare and busybox")
+    streams = resources.files("pyvmm.command.initramfs").joinpath("streams.sh")
+    (tmp_path / "stdin").write_bytes(stdin)
+    tmp_path.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYVMM_UID": str(uid), "PYVMM_GID": str(uid),
+           "TEST_COMMAND": command_line, "STREAMS_SH": str(streams)}
+    proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "busybox", "sh", "-c",
+                           RELAY_HARNESS, "sh", str(tmp_path)],
+                          env=env, capture_output=True, timeout=60)
+    if proc.returncode != 0 and b"Operation not permitted" in proc.stderr:
+        pytest.skip("no PID namespaces here")
+    assert proc.returncode == 0, proc.stderr
+    return tuple((tmp_path / name).read_bytes() for name in ("stdout", "stderr", "status"))
+
+
+def test_the_relayed_streams_are_byte_exact_apart_and_reopenable(tmp_path) -> None:
+    data = os.urandom(3 << 20)
+    stdout, stderr, status = run_relayed(
+        tmp_path, "cat; echo x >/dev/stdout; exec 3>/dev/stderr; echo y >&3; "
+                  "cat /dev/stdin; cat /dev/fd/0; readlink /proc/self/fd/0 | cut -c1-5; "
+                  "printf 'end\\0' >&2; exit 5", data)
+    # Opened again after its end, stdin gives end of file at once, as a pipe does.
+    assert stdout == data + b"x\npipe:\n"
+    assert stderr == b"y\nend\0"
+    assert status == b"status 5\n"
+
+
+def test_what_the_command_leaves_behind_is_stopped_after_its_output_is_out(tmp_path) -> None:
+    import time
+
+    started = time.monotonic()
+    stdout, stderr, status = run_relayed(
+        # `kill 0` (its own session's group: the relays are not in it) ends the first;
+        # the second ignores it and holds stdout and stderr.
+        tmp_path, "(sleep 1000; echo late) & (trap '' TERM; exec sleep 1000) 2>&1 & "
+                  "trap '' TERM; kill 0; echo out; echo err >&2", b"")
+    assert (stdout, stderr, status) == (b"out\n", b"err\n", b"status 0\n")
+    assert time.monotonic() - started < 20

@@ -9,8 +9,12 @@ import subprocess
 
 import pytest
 
+from pyvmm.command.initramfs.build import device_modules, modules_for
 from pyvmm.command.initramfs.cpio import CpioWriter
 from pyvmm.command.initramfs.modules import find_modules, load_order, module_name, parse_modules_dep
+from pyvmm.config.machine import MachineConfig
+from pyvmm.config.network import NetConfig
+from pyvmm.config.tables import DriveConfig
 from pyvmm.loader.bzimage import kernel_release
 from tests.host_kernels import debian_kernel
 
@@ -64,6 +68,9 @@ kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/virtio/virtio_ring.ko:
 kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/char/hw_random/rng-core.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/char/hw_random/rng-core.ko:
 """
 
 
@@ -90,6 +97,22 @@ def test_find_modules_in_a_directory(tmp_path) -> None:
                                                  "virtiofs.ko"]
     assert found.files[-1][1] == str(tmp_path / "kernel/fs/fuse/virtiofs.ko.xz")
     assert found.missing == ("9p",)
+
+
+def test_the_guests_devices_bring_their_drivers(tmp_path) -> None:
+    (tmp_path / "modules.dep").write_text(DEP)
+    plain = MachineConfig(kernel="k")
+    assert device_modules(plain) == []
+    assert device_modules(MachineConfig(kernel="k", nets=(NetConfig(type="none"),))) == []
+    assert device_modules(MachineConfig(kernel="k", nets=(NetConfig(type="user"),))) == [
+        "virtio_net"]
+    both = MachineConfig(kernel="k", drives=(DriveConfig(path="disk.img"),), rng=True)
+    found = modules_for(b"", str(tmp_path), device_modules(both))
+    assert found is not None
+    names = [name for name, _ in found.files]
+    # Command mode's own first, then each device's driver after what it needs.
+    assert names[names.index("virtiofs.ko"):] == [
+        "virtiofs.ko", "virtio_blk.ko", "rng_core.ko", "virtio_rng.ko"]
 
 
 def test_kernel_release_from_a_bzimage_header() -> None:

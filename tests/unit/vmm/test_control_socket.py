@@ -97,3 +97,41 @@ def test_request_dump_writes_the_exact_non_utf8_name_and_refuses_a_fifo(tmp_path
         stop.set()
         thread.join()
         control.close()
+
+
+def test_snapshot_requests_reach_the_handler_with_stop_or_not(tmp_path) -> None:
+    asked: list[tuple[str, bool]] = []
+
+    def snapshot(path: str, stop: bool) -> str:
+        asked.append((path, stop))
+        return "0.005 67108864 73728"
+    control = ControlServer(str(tmp_path / "vmm.sock"), lambda path: 0.0, snapshot)
+    try:
+        assert ask(control, b"snapshot /tmp/snap\n") == b"ok 0.005 67108864 73728\n"
+        assert ask(control, b"snapshot-stop /tmp/b\n").startswith(b"ok ")
+        assert ask(control, b"snapshot relative\n").startswith(b"error the snapshot path")
+    finally:
+        control.close()
+    assert asked == [("/tmp/snap", False), ("/tmp/b", True)]
+
+
+def test_a_vmm_without_snapshots_says_so(server) -> None:
+    control, _ = server
+    assert ask(control, b"snapshot /tmp/snap\n") == b"error this VMM takes no snapshots\n"
+
+
+def test_request_snapshot_reports_the_vmms_refusal(tmp_path) -> None:
+    from pyvmm.snapshot import SnapshotError
+    from pyvmm.vmm.control import request_snapshot
+
+    def refuse(path: str, stop: bool) -> str:
+        raise SnapshotError("a machine with --drive can't be snapshotted yet")
+    control = ControlServer(str(tmp_path / "vmm.sock"), lambda path: 0.0, refuse)
+    try:
+        thread = threading.Thread(target=control.on_ready, args=(0,))
+        thread.start()
+        with pytest.raises(SnapshotError, match="could not take the snapshot: a machine with"):
+            request_snapshot(control.path, str(tmp_path / "snap"), timeout=5)
+        thread.join(5)
+    finally:
+        control.close()

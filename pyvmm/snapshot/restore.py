@@ -1,0 +1,163 @@
+"""Restoring: a snapshot's config, RAM, KVM state and device state, for the builder.
+
+``load_snapshot`` reads and checks the state file and makes the config (with the
+per-run options a restore may give); the builder then assembles the machine as
+for a boot, but with RAM from ``map_memory`` and, instead of loading a kernel,
+``restore_vcpus`` and ``restore_devices``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from pyvmm.arch.x86_64.cpuid import CpuidEntry
+from pyvmm.config.machine import MachineConfig, machine_options
+from pyvmm.config.values import BadValue
+from pyvmm.errors import ConfigError, HostError, PyvmmError
+from pyvmm.kvm.state import (VcpuState, VmState, kvmclock_ctrl, restore_vcpu, restore_vm)
+from pyvmm.kvm.system import Kvm
+from pyvmm.kvm.vcpu import Vcpu
+from pyvmm.kvm.vm import Vm
+from pyvmm.memory import GuestMemory
+from pyvmm.snapshot import SnapshotError
+from pyvmm.snapshot.cpu import missing_features
+from pyvmm.snapshot.memfile import map_memory
+from pyvmm.snapshot.save import PER_RUN_OPTIONS, StatefulDevice
+from pyvmm.snapshot.stateformat import read_state
+
+log = logging.getLogger(__name__)
+
+#: Options a restore may give (by their API names): they belong to the run, not the machine.
+RESTORE_OPTIONS = ("timeout", "control", "dump", "dump_on", "gdb", "gdb_wait")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A checked snapshot directory: its config (with the restore's options) and body."""
+
+    directory: str
+    config: MachineConfig
+    body: dict
+
+    def map_memory(self) -> GuestMemory:
+        return map_memory(self.directory, self.body["memory"]["layout"])
+
+
+def _decode(data: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, TypeError):
+        raise SnapshotError(f"the snapshot's {what} is not base64") from None
+
+
+def decode_vcpu(state: Mapping[str, Any]) -> VcpuState:
+    return VcpuState(int(state["mp_state"]),
+                     {name: _decode(data, name) for name, data in state["structs"].items()},
+                     [(int(i), int(v)) for i, v in state["msrs"]],
+                     [tuple(int(x) for x in leaf) for leaf in state["cpuid"]],  # type: ignore
+                     state["tsc_khz"], dict(state["missing"]))
+
+
+def decode_vm(state: Mapping[str, Any]) -> VmState:
+    return VmState({name: _decode(data, name) for name, data in state["structs"].items()},
+                   dict(state["missing"]))
+
+
+def restore_config(saved: Mapping[str, Any], overrides: Mapping[str, Any]) -> MachineConfig:
+    """The snapshot's machine with the restore's per-run ``overrides`` (API names, values as
+    ``Machine()`` takes them).  ConfigError for any other option: the machine is as saved."""
+    by_name = {option.name: option for option in machine_options()}
+    fields = {field.name for field in dataclasses.fields(MachineConfig)}
+    if set(saved) != fields:
+        raise SnapshotError("the snapshot's machine config does not match this pyvmm's options")
+    values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
+                              for name, value in saved.items()}
+    if values["drives"] or values["shares"]:
+        raise SnapshotError("the snapshot has disks or shares, which restore can't re-attach yet")
+    values.update(PER_RUN_OPTIONS)
+    for name, raw in overrides.items():
+        if name not in RESTORE_OPTIONS:
+            raise ConfigError(f"{name}: a restored machine is the snapshot's; a restore takes "
+                              f"only {', '.join(RESTORE_OPTIONS)}")
+        option = by_name[name]
+        if raw is None:
+            continue
+        try:
+            values[option.field] = option.kind.from_value(raw)
+        except BadValue as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    try:
+        return MachineConfig(**values)
+    except PyvmmError as exc:
+        raise SnapshotError(f"the snapshot's machine config is refused: {exc}") from None
+
+
+def load_snapshot(directory: str, **overrides: Any) -> Snapshot:
+    """The checked snapshot in ``directory`` (SnapshotError for anything wrong with it)."""
+    body = read_state(directory)
+    try:
+        config = restore_config(body["config"], overrides)
+        for state in body["vcpus"]:
+            decode_vcpu(state)
+        decode_vm(body["vm"])
+        body["memory"]["layout"], body["devices"], body["virtio"]  # noqa: B018 - present
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"{directory}: the state file lacks {exc} (damaged, or "
+                            "written by another pyvmm)") from None
+    if len(body["vcpus"]) != config.cpus:
+        raise SnapshotError(f"{directory}: {len(body['vcpus'])} vCPU states for "
+                            f"{config.cpus} vCPUs")
+    return Snapshot(directory, config, body)
+
+
+def check_cpu(snapshot: Snapshot, kvm: Kvm) -> None:
+    """HostError naming the CPU features the guest saw that this host's KVM can't offer."""
+    supported = [CpuidEntry(*leaf) for leaf in kvm.supported_cpuid()]
+    for index, saved in enumerate(saved_cpuid(snapshot)):
+        missing = missing_features(saved, supported, index, snapshot.config.cpus,
+                                   kvm.has_tsc_deadline_timer())
+        if missing:
+            raise HostError(f"{snapshot.directory}: the guest saw CPU features this host "
+                            f"lacks: {', '.join(missing[:6])}"
+                            f"{' ...' if len(missing) > 6 else ''}")
+
+
+def saved_cpuid(snapshot: Snapshot) -> list[list[CpuidEntry]]:
+    """Each vCPU's CPUID table as the snapshot has it."""
+    return [[CpuidEntry(*leaf) for leaf in decode_vcpu(state).cpuid]
+            for state in snapshot.body["vcpus"]]
+
+
+def restore_vcpus(snapshot: Snapshot, kvm: Kvm, vcpus: Sequence[Vcpu],
+                  set_cpuid: Callable[[Vcpu, list], None]) -> list[str]:
+    """Every vCPU's saved state, written in KVM's order; warnings for parts left at reset."""
+    warnings: list[str] = []
+    for vcpu, state in zip(vcpus, snapshot.body["vcpus"]):
+        warnings += restore_vcpu(kvm, vcpu, decode_vcpu(state), set_cpuid)
+    return warnings
+
+
+def restore_machine_state(snapshot: Snapshot, kvm: Kvm, vm: Vm, vcpus: Sequence[Vcpu],
+                          devices: Mapping[str, StatefulDevice],
+                          virtio: Sequence[StatefulDevice]) -> list[str]:
+    """The VM's irqchip, PIT and clock, then each device's state; KVMCLOCK_CTRL last."""
+    warnings = restore_vm(kvm, vm, decode_vm(snapshot.body["vm"]))
+    saved_devices = snapshot.body["devices"]
+    if set(saved_devices) != set(devices) or len(snapshot.body["virtio"]) != len(virtio):
+        raise SnapshotError(f"{snapshot.directory}: its devices are not this machine's")
+    try:
+        for name, device in devices.items():
+            device.from_state(saved_devices[name])
+        for transport, state in zip(virtio, snapshot.body["virtio"]):
+            transport.from_state(state)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"{snapshot.directory}: a device's state is refused: "
+                            f"{exc}") from None
+    for vcpu in vcpus:
+        kvmclock_ctrl(vcpu)
+    return warnings

@@ -1,0 +1,156 @@
+"""Snapshot the echo guest at its prompt; clones restored from it, in this process and in a
+new one, each answer what is typed into them and end on their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+import pyvmm
+from pyvmm.dump.core import CoreDump
+from pyvmm.errors import PyvmmError
+from pyvmm.snapshot import MEMORY_FILE, STATE_FILE
+from tests.integration.conftest import REPO, image, pyvmm_command, run_pyvmm
+
+Factory = Callable[..., pyvmm.Machine]
+
+
+@pytest.fixture
+def echo_snapshot(pyvmm_machine: Factory, tmp_path: Path) -> Path:
+    """The echo guest snapshotted at its prompt, after it echoed "before"; it runs on."""
+    vm = pyvmm_machine(kernel=image("tiny/echo.bzImage"), memory="64M")
+    vm.console.expect("echo ready", 30)
+    vm.console.write("before ")
+    vm.console.expect("before ", 30)
+    directory = tmp_path / "snap"
+    info = vm.snapshot(directory)
+    assert info.ram_bytes == 64 << 20 and 0 < info.written_bytes < 1 << 20
+    vm.console.write("original q")
+    assert vm.wait(30).status == 0
+    assert "original" in vm.console.text
+    return directory
+
+
+@pytest.fixture
+def restored() -> Iterator[Callable[..., pyvmm.Machine]]:
+    machines: list[pyvmm.Machine] = []
+
+    def restore(path: Path, **overrides: object) -> pyvmm.Machine:
+        machines.append(pyvmm.Machine.restore(path, **overrides))
+        return machines[-1]
+    yield restore
+    for machine in machines:
+        machine.stop()
+
+
+def test_the_snapshot_directory_is_private_and_sparse(echo_snapshot: Path) -> None:
+    assert os.stat(echo_snapshot).st_mode & 0o777 == 0o700
+    for name in (STATE_FILE, MEMORY_FILE):
+        assert os.stat(echo_snapshot / name).st_mode & 0o777 == 0o600
+    memory = os.stat(echo_snapshot / MEMORY_FILE)
+    assert memory.st_size == 64 << 20 and memory.st_blocks * 512 < 1 << 20
+
+
+def test_two_clones_in_one_process_answer_and_end_on_their_own(echo_snapshot: Path,
+                                                                restored) -> None:
+    first, second = restored(echo_snapshot), restored(echo_snapshot, timeout=60)
+    first.start()
+    second.start()
+    first.console.write("one")
+    second.console.write("two")
+    first.console.expect("one", 30)
+    second.console.expect("two", 30)
+    first.console.write(" q")
+    assert first.wait(30).status == 0          # the guest reset itself: its own exit
+    assert first.console.text == "one \npyvmm-tiny: bye\n"
+    assert second.running                      # the other clone is untouched by it
+    second.console.write(" still here")
+    second.console.expect("still here", 30)
+    assert second.stop().kind == "stop"
+    assert "bye" not in second.console.text
+
+
+def test_a_clone_in_a_new_process(echo_snapshot: Path) -> None:
+    result = run_pyvmm("run", "--restore", str(echo_snapshot), "--timeout", "60",
+                       stdin=b"from-another-process q", timeout=90)
+    assert result.status == 0, result.stderr
+    assert result.stdout == "from-another-process \npyvmm-tiny: bye\n"
+    assert "kvm_pvm" not in result.stderr  # the CPUID is the snapshot's: no policy to warn of
+
+
+def test_a_clone_that_never_ends_times_out_with_124(echo_snapshot: Path) -> None:
+    result = run_pyvmm("run", "--restore", str(echo_snapshot), "--timeout", "1",
+                       stdin=b"never-ends", timeout=60)
+    assert result.status == 124
+    assert result.stdout.startswith("never-ends")
+
+
+def test_the_restored_guests_memory_is_the_snapshots(echo_snapshot: Path, restored,
+                                                     tmp_path: Path) -> None:
+    clone = restored(echo_snapshot)
+    core = tmp_path / "clone.core"
+    clone.dump(core)                          # before it runs: RAM exactly as restored
+    saved = (echo_snapshot / MEMORY_FILE).read_bytes()
+    layout = json.loads((echo_snapshot / STATE_FILE).read_text())["body"]["memory"]["layout"]
+    dump = CoreDump(str(core))
+    try:
+        for base, size, offset in layout:
+            assert dump.read(base, size) == saved[offset:offset + size]
+            assert clone.memory.read(base, size) == saved[offset:offset + size]
+    finally:
+        dump.close()
+
+
+def test_snapshot_over_the_control_socket_and_stop(tmp_path: Path) -> None:
+    kernel, control = image("tiny/echo.bzImage"), tmp_path / "vmm.sock"
+    guest = subprocess.Popen(pyvmm_command("run", "-k", str(kernel), "-m", "64M", "--control",
+                                           str(control), "--timeout", "60"),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        line = guest.stdout.readline() if guest.stdout else b""
+        assert b"echo ready" in line
+        result = run_pyvmm("snapshot", str(control), str(tmp_path / "snap"), "--stop")
+        assert result.status == 0, result.stderr
+        assert "snapshot written to" in result.stdout
+        assert guest.wait(30) == 0
+    finally:
+        guest.kill()
+        guest.wait()
+    assert not control.exists()
+    again = run_pyvmm("run", "--restore", str(tmp_path / "snap"), stdin=b"ok q", timeout=60)
+    assert again.status == 0 and again.stdout == "ok \npyvmm-tiny: bye\n"
+
+
+def test_bad_snapshots_and_options_are_one_line_with_status_2(echo_snapshot: Path,
+                                                            tmp_path: Path) -> None:
+    state = echo_snapshot / STATE_FILE
+    changed = run_pyvmm("run", "--restore", str(echo_snapshot), "--memory", "128M")
+    assert changed.status == 2 and "--memory: a restored machine is the snapshot's" in \
+        changed.stderr
+    document = json.loads(state.read_text())
+    document["body"]["config"]["memory"] = 128 << 20
+    state.write_text(json.dumps(document))
+    damaged = run_pyvmm("run", "--restore", str(echo_snapshot))
+    assert damaged.status == 2 and damaged.stderr.count("\n") == 1
+    assert "sha256 does not match" in damaged.stderr
+    os.truncate(echo_snapshot / MEMORY_FILE, 1 << 20)
+    with pytest.raises(PyvmmError, match="damaged"):
+        pyvmm.Machine.restore(echo_snapshot)
+
+
+def test_a_machine_with_a_disk_is_refused_and_nothing_is_left(pyvmm_machine: Factory,
+                                                            tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    vm = pyvmm_machine(kernel=image("tiny/echo.bzImage"), memory="64M", drives=[str(disk)])
+    vm.console.expect("echo ready", 30)
+    with pytest.raises(PyvmmError, match="--drive can't be snapshotted yet"):
+        vm.snapshot(tmp_path / "snap")
+    assert not (tmp_path / "snap").exists()
+    assert vm.running

@@ -51,6 +51,7 @@ against it and against this pair), and ``PYVMM_UART_FASTPATH`` (``on``,
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -122,7 +123,7 @@ class UartRegistersInC:
             "tx_capacity": len(serial.tx), "vm_fd": vm_fd, "gsi": gsi, "wake_fd": -1})
         ret = lib.pyvmm_uart_init(self.block)
         if ret:
-            raise HostError(f"the UART's lock: {ret}")
+            raise HostError(f"the UART fast path's lock: {os.strerror(-ret)}")
         self._byte = ffi.new("__u8 *")
         serial.share(_LockInC(self.block), _LineInC(self.block))
 
@@ -135,7 +136,8 @@ class UartRegistersInC:
         return int(self._byte[0])
 
     def wake_on_output(self, fd: int) -> None:
-        """Write the eventfd ``fd`` (-1: none) when output starts waiting in ``Serial.tx``."""
+        """Write the eventfd ``fd`` (-1: none) when output starts waiting in ``Serial.tx``,
+        at each newline there, and when a polled line is complete in the ring."""
         with _LockInC(self.block):
             self.block.wake_fd = fd
 

@@ -4,7 +4,7 @@
 # packages the build, the demo and the rig need first (scripts/host-deps.sh).
 #
 #   bash scripts/install.sh        pyvmm (.venv/bin/pyvmm)
-#   bash scripts/install.sh test   and what the tests need (pytest, hypothesis, mypy)
+#   bash scripts/install.sh test   and what the tests need (pytest, pytest-xdist, hypothesis, mypy)
 #
 # The name pyvmm on PyPI belongs to an unrelated project: never pip install pyvmm.
 set -euo pipefail

@@ -2,7 +2,8 @@
 
     python3 scripts/fuzz_virtio.py [--examples 20000] [--seed N]
 
-Drives the block, console, ports (command mode's streams), entropy and virtio-fs
+Drives the block, console, ports (command mode's streams), entropy, net (a stand-in link)
+and virtio-fs
 (config space and transport, a stand-in back end) devices through their virtio-mmio transport
 with hypothesis-generated hostile drivers (tests/unit/devices/virtio/virtio_fuzzing.py) and
 prints how many runs, notifications ("rings"; "live rings" reached a device

@@ -9,9 +9,12 @@ set -euo pipefail
 # one), busybox for the initramfs pyvmm builds, Debian's kernel for the demo,
 # qemu-system-common for /usr/lib/qemu/virtiofsd (--share, command mode; bookworm
 # has no standalone virtiofsd package, and where there is one on PATH, pyvmm
-# prefers it), and QEMU for the rig (scripts/rig.py: Linux where KVM is not hardware).
+# prefers it), QEMU for the rig (scripts/rig.py: Linux where KVM is not hardware),
+# and passt for --net user (user-mode networking without root: pyvmm starts one
+# per NIC on a socketpair, QEMU's stream protocol, and passt does DHCP, DNS and
+# TCP/UDP through host sockets, so pyvmm needs no TCP/IP stack of its own).
 run=(gcc libc6-dev python3-venv python3-dev busybox-static linux-image-amd64
-     qemu-system-common qemu-system-x86)
+     qemu-system-common qemu-system-x86 passt)
 # The tests and benchmarks: the minimal kernel's and the tiny guests' builds, gdb, mkfs.
 tests=(binutils make cpio xz-utils bc flex bison libelf-dev libssl-dev linux-source-6.1
        acpica-tools gdb e2fsprogs)

@@ -103,9 +103,13 @@ mount --bind /job /run/root/job
 stty -F /dev/ttyS1 raw -echo
 echo RIG-START > /dev/ttyS0
 sh=/bin/sh; [ -x /run/root/bin/bash ] && sh=/bin/bash
-# Through a pipe, as under CI: the command's output is not a terminal.
-{ chroot /run/root $sh -c ". /job/env; cd \"\$RIG_CWD\" && exec $sh /job/cmd.sh" \
-    </dev/null 2>&1; echo $? > /run/rc; } | cat > /dev/ttyS1
+# Through a pipe, as under CI: the command's output is not a terminal.  The root
+# is moved onto / in a mount namespace of the command's own (as switch_root does),
+# not entered with chroot: a chrooted process may not create user namespaces, and
+# passt (--net user) and virtiofsd sandbox themselves in one.
+{ unshare -m /bin/sh -c "cd /run/root && mount --move . / && exec chroot . $sh -c '. /job/env; \
+cd \"\$RIG_CWD\" && exec $sh /job/cmd.sh'" </dev/null 2>&1; echo $? > /run/rc; } \
+    | cat > /dev/ttyS1
 rc=$(cat /run/rc)
 sync
 echo "RIG-RC=$rc" > /dev/ttyS0
@@ -159,7 +163,7 @@ def rig_initramfs(release: str) -> Path:
     for directory in ("bin", "dev", "proc", "sys", "mnt", "job", "run", "lib", "lib/modules"):
         archive.directory(directory)
     archive.file("bin/busybox", busybox.read_bytes(), mode=0o755)
-    for applet in ("sh", "mount", "insmod", "mkdir", "chroot", "poweroff", "cat",
+    for applet in ("sh", "mount", "insmod", "mkdir", "chroot", "unshare", "poweroff", "cat",
                    "echo", "sleep", "stty", "sync"):
         archive.symlink(f"bin/{applet}", "busybox")
     for name, host_path in modules.files:

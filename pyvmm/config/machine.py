@@ -16,6 +16,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Protocol
 
+from pyvmm.config.network import NetConfig, parse_net
 from pyvmm.config.tables import DriveConfig, ShareConfig, TablesKind, parse_drive, parse_share
 from pyvmm.config.values import (BadValue, ChoiceKind, CountKind, EventsKind, GdbAddressKind,
                                  Kind, PathKind, SecondsKind, SizeKind, SwitchKind)
@@ -114,6 +115,14 @@ class MachineConfig:
         help="Give the guest a host directory over virtio-fs (a virtiofsd per "
              "share): mount -t virtiofs NAME /mnt (default tags share0, "
              "share1, ...; a comma in a name: ,,).  Repeatable."))
+    #: Guest NICs (virtio-net), each with its back end.
+    nets: tuple[NetConfig, ...] = field(default=(), metadata=option_metadata(
+        "--net", toml="net", metavar="user[,hostfwd=tcp::HOSTPORT-:GUESTPORT][,mac=MAC]|none",
+        multiple=True, kind=TablesKind(NetConfig, parse_net),
+        help="A virtio-net NIC: user is user-mode networking through passt (the "
+             "guest's gateway address reaches the host's loopback; hostfwd= forwards "
+             "a host port inward, QEMU's spelling; repeatable); none: no NIC.  "
+             "Repeat for eth0, eth1, ..."))
     #: A multiport virtio console carrying the command mode's stdin/stdout/stderr
     #: (set by command mode, not an option).
     stdio_ports: bool = False

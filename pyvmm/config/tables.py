@@ -28,7 +28,7 @@ DRIVE_FORMATS = ("auto",) + FORMATS
 DRIVE_BACKENDS = ("auto", "pyvmm", "qsd")
 
 
-def _key(help: str, kind: Kind | None = None) -> dict:
+def table_key(help: str, kind: Kind | None = None) -> dict:
     """Field metadata declaring a key of a ``[[table]]`` (and of its command-line spec)."""
     return {"key": {"help": help, "kind": kind or Kind()}}
 
@@ -37,23 +37,23 @@ def _key(help: str, kind: Kind | None = None) -> dict:
 class DriveConfig:
     """One --drive / [[drive]]: an image file and how to open it."""
 
-    path: str = field(metadata=_key("the image file", PathKind()))
-    readonly: bool = field(default=False, metadata=_key(
+    path: str = field(metadata=table_key("the image file", PathKind()))
+    readonly: bool = field(default=False, metadata=table_key(
         "open it read-only: the guest's writes fail", SwitchKind()))
-    cache: str = field(default="writeback", metadata=_key(
+    cache: str = field(default="writeback", metadata=table_key(
         "writeback (page cache) or none (O_DIRECT)", ChoiceKind(CACHE_MODES)))
-    serial: str = field(default="", metadata=_key(
+    serial: str = field(default="", metadata=table_key(
         "what GET_ID answers (at most 20 bytes)", TextKind(20)))
-    format: str = field(default="auto", metadata=_key(
+    format: str = field(default="auto", metadata=table_key(
         "the image's format: auto (by its magic; no magic is raw), raw, qcow2, ...",
         ChoiceKind(DRIVE_FORMATS)))
-    backend: str = field(default="auto", metadata=_key(
+    backend: str = field(default="auto", metadata=table_key(
         "auto, pyvmm (in-process, raw only) or qsd (qemu-storage-daemon)",
         ChoiceKind(DRIVE_BACKENDS)))
-    snapshot: bool = field(default=False, metadata=_key(
+    snapshot: bool = field(default=False, metadata=table_key(
         "the guest's writes go to a temporary qcow2 overlay: the image never changes",
         SwitchKind()))
-    overlay: str = field(default="", metadata=_key(
+    overlay: str = field(default="", metadata=table_key(
         "with snapshot=on, keep the overlay in this new file", PathKind()))
 
 
@@ -61,10 +61,10 @@ class DriveConfig:
 class ShareConfig:
     """One --share / [[share]]: a host directory the guest mounts with ``mount -t virtiofs TAG``."""
 
-    path: str = field(metadata=_key("the host directory", PathKind()))
-    tag: str = field(metadata=_key("the virtio-fs tag (default share0, share1, ...)",
+    path: str = field(metadata=table_key("the host directory", PathKind()))
+    tag: str = field(metadata=table_key("the virtio-fs tag (default share0, share1, ...)",
                                    TextKind(FS_TAG_BYTES, 1, FS_TAG_FORBIDDEN)))
-    readonly: bool = field(default=False, metadata=_key("the guest can't write", SwitchKind()))
+    readonly: bool = field(default=False, metadata=table_key("the guest can't write", SwitchKind()))
 
 
 def table_keys(table: type) -> dict[str, Kind]:
@@ -135,7 +135,8 @@ class TablesKind(Kind):
         """The entries as command-line specs (``path=a.img,readonly=off,cache=none``)."""
         kinds = table_keys(self.table)
         return "; ".join(",".join(f"{key}={escape_option(kinds[key].show(v))}"
-                                  for key, v in dataclasses.asdict(entry).items() if v != "")
+                                  for key, v in dataclasses.asdict(entry).items()
+                                  if v not in ("", ()))
                          for entry in value) or "-"
 
 

@@ -31,12 +31,13 @@ UART_FASTPATH = Variable("PYVMM_UART_FASTPATH", "COM1's fast path: on, coalesce 
                          "only), c (LSR reads in C only) or off, to compare", "on")
 VIRTIOFSD = Variable("PYVMM_VIRTIOFSD", "the virtiofsd to run for --share and command mode "
                      "(default: virtiofsd on PATH, else QEMU's)")
+PASST = Variable("PYVMM_PASST", "the passt to run for --net user (default: passt on PATH)")
 BUSYBOX = Variable("PYVMM_BUSYBOX", "the static busybox command mode packs into its "
                    "initramfs (default: Debian's busybox-static)")
 CACHE_HOME = Variable("XDG_CACHE_HOME", "command mode caches its base initramfs in "
                       "$XDG_CACHE_HOME/pyvmm (default ~/.cache/pyvmm)")
 #: Every variable pyvmm reads, in the order the README lists them.
-VARIABLES = (KVM_DEVICE, UART_FASTPATH, VIRTIOFSD, BUSYBOX, CACHE_HOME)
+VARIABLES = (KVM_DEVICE, UART_FASTPATH, VIRTIOFSD, PASST, BUSYBOX, CACHE_HOME)
 
 
 def carried(names: Iterable[str]) -> dict[str, str]:

@@ -40,6 +40,7 @@ from pyvmm.kvm.vm import Vm
 from pyvmm.vmm.machine import BuiltMachine
 from pyvmm.memory import GuestMemory
 from pyvmm.vmm.disks import Disks
+from pyvmm.vmm.network import Networks
 from pyvmm.vmm.shares import Shares
 from pyvmm.vcpu.uart_fastpath import UartFastPath
 from pyvmm.vcpu.served import ServedVcpu
@@ -100,7 +101,7 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     """
     if snapshot is not None:
         return _build(config, console, ports, stats, b"", None, plan_virtio_slots(config),
-                      Shares(()), Disks(()), snapshot)
+                      Shares(()), Disks(()), Networks(()), snapshot)
     # A kernel or initrd larger than guest RAM can't fit in it.
     ram = f"(the guest's --memory {size_name(config.memory)})"
     kernel_image = read_input(config.kernel, "kernel", LoaderError, config.memory, ram)
@@ -112,10 +113,12 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     slots = plan_virtio_slots(config)
     disks = Disks(config.drives)
     shares = Shares(config.shares)
+    networks = Networks(config.nets)
     try:
         return _build(config, console, ports, stats, kernel_image, initrd_image, slots,
-                      shares, disks)
+                      shares, disks, networks)
     except BaseException:
+        networks.close()
         shares.close()
         disks.close()
         raise
@@ -136,7 +139,8 @@ def refuse_linux_on_pvm(config: MachineConfig, kernel_image: bytes) -> None:
 
 def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[Port],
            stats: RunStats | None, kernel_image: bytes, initrd_image: bytes | None, slots: list,
-           shares: Shares, disks: Disks, snapshot: Snapshot | None = None) -> BuiltMachine:
+           shares: Shares, disks: Disks, networks: Networks,
+           snapshot: Snapshot | None = None) -> BuiltMachine:
     if config.control:
         from pyvmm.vmm.control import check_control_path
 
@@ -166,7 +170,9 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
 
     shares.start()
     disks.start()
-    devices = open_virtio_devices(slots, console.write, shares, backend_failed, ports, disks)
+    networks.start()
+    devices = open_virtio_devices(slots, console.write, shares, backend_failed, ports, disks,
+                                  networks)
 
     kvm = Kvm()
     kvm.require_capabilities()
@@ -234,6 +240,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
             log.warning("restore: %s", warning)
     shares.watch(loop, backend_failed)
     disks.watch(loop, backend_failed)
+    networks.watch(loop, backend_failed)
     console_input: ConsoleInput = serial
     if _guest_console_is_hvc(cmdline):
         console_input = next((t.device for t in transports
@@ -251,7 +258,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                         exit_event=exit_event, loop=loop, console=console,
                         pump=ConsolePump(console, console_input, serial, uart_fast),
                         runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
-                        owned_fds=owned_fds, closers=[shares.close, disks.close], stats=stats,
+                        owned_fds=owned_fds, closers=[networks.close, shares.close, disks.close], stats=stats,
                         assists=assists, gdb=gdb, stateful=stateful, cpuid=cpuid)
 
 

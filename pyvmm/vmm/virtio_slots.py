@@ -2,8 +2,9 @@
 
 ``plan_virtio_slots`` is pure: one MMIO window and one IRQ line per device,
 disks first (so --drive order gives vda, vdb, …), then the virtio-fs shares,
-the command mode's stream ports, the console, then the entropy device (last,
-so that ``--rng`` moves no other device's window).
+the NICs (--net order: eth0, eth1, ...), the command mode's stream ports, the
+console, then the entropy device (last, so that ``--rng`` moves no other
+device's window).
 ``attach_virtio`` does the KVM side the devices know nothing of: each queue's
 notify register becomes an ioeventfd (the vCPU does not leave the kernel for
 it; the event loop serves the queue) and each IRQ line an irqfd.  A device
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from pyvmm.arch.x86_64 import layout
 from pyvmm.config.machine import MachineConfig
+from pyvmm.config.network import NetConfig, nics
 from pyvmm.config.tables import DriveConfig, ShareConfig
 from pyvmm.devices.virtio.device import VirtioDevice
 from pyvmm.errors import ConfigError
@@ -27,6 +29,7 @@ from pyvmm.errors import ConfigError
 if TYPE_CHECKING:
     from pyvmm.devices.virtio.ports import Port
     from pyvmm.vmm.disks import Disks
+    from pyvmm.vmm.network import Networks
     from pyvmm.vmm.shares import Shares
 
 #: What pyvmm announces as each window's size on the kernel command line.
@@ -41,9 +44,10 @@ class VirtioSlot:
 
     base: int
     irq: int
-    kind: str                      # "block", "fs", "ports", "console" or "rng"
+    kind: str                      # "block", "fs", "net", "ports", "console" or "rng"
     drive: DriveConfig | None = None
     share: ShareConfig | None = None
+    net: NetConfig | None = None
 
     def announcement(self) -> str:
         """The ``virtio_mmio.device=`` parameter Linux reads (VIRTIO_MMIO_CMDLINE_DEVICES)."""
@@ -51,21 +55,22 @@ class VirtioSlot:
 
 
 def plan_virtio_slots(config: MachineConfig) -> list[VirtioSlot]:
-    kinds: list[tuple[str, DriveConfig | None, ShareConfig | None]] = [
-        ("block", d, None) for d in config.drives]
-    kinds += [("fs", None, share) for share in config.shares]
+    kinds: list[tuple[str, DriveConfig | None, ShareConfig | None, NetConfig | None]] = [
+        ("block", d, None, None) for d in config.drives]
+    kinds += [("fs", None, share, None) for share in config.shares]
+    kinds += [("net", None, None, nic) for nic in nics(config.nets)]
     if config.stdio_ports:
-        kinds.append(("ports", None, None))
+        kinds.append(("ports", None, None, None))
     if config.virtio_console:
-        kinds.append(("console", None, None))
+        kinds.append(("console", None, None, None))
     if config.rng:
-        kinds.append(("rng", None, None))
+        kinds.append(("rng", None, None, None))
     if len(kinds) > len(layout.VIRTIO_IRQS):
         raise ConfigError(f"{len(kinds)} virtio devices asked for; pyvmm has IRQ lines "
                           f"for {len(layout.VIRTIO_IRQS)}")
     return [VirtioSlot(layout.VIRTIO_MMIO_START + index * layout.VIRTIO_MMIO_SIZE,
-                       layout.VIRTIO_IRQS[index], kind, drive, share)
-            for index, (kind, drive, share) in enumerate(kinds)]
+                       layout.VIRTIO_IRQS[index], kind, drive, share, net)
+            for index, (kind, drive, share, net) in enumerate(kinds)]
 
 
 def acpi_platform(config: MachineConfig, slots: list[VirtioSlot]):
@@ -86,21 +91,23 @@ def announce(slots: list[VirtioSlot]) -> str:
 
 def open_virtio_devices(slots: list[VirtioSlot], console_out: Callable[[memoryview], None],
                         shares: Shares, on_backend_failure: Callable[[str], None],
-                        ports: Sequence[Port] = (), disks: Disks | None = None
-                        ) -> list[VirtioDevice]:
+                        ports: Sequence[Port] = (), disks: Disks | None = None,
+                        networks: Networks | None = None) -> list[VirtioDevice]:
     """The device of each slot, in slot order: every virtio device is made here.
 
     Disks pyvmm serves are opened (and locked) here, before KVM; a disk
     qemu-storage-daemon serves, and a share, are made from their daemon's
-    connection (``disks.start``, ``shares.start``); the stream ports (command
-    mode) from the ``ports`` their owner describes.
+    connection (``disks.start``, ``shares.start``), a NIC's from its passt
+    (``networks.start``); the stream ports (command mode) from the ``ports``
+    their owner describes.
     """
     from pyvmm.devices.virtio.block import BlockDevice
     from pyvmm.devices.virtio.console import ConsoleDevice
-    from pyvmm.devices.virtio.disk import DiskImage
+    from pyvmm.host.disk_image import DiskImage
 
     devices: list[VirtioDevice] = []
     drive_index = 0
+    nic_index = 0
     try:
         for slot in slots:
             if slot.kind == "block" and disks is not None and \
@@ -125,6 +132,10 @@ def open_virtio_devices(slots: list[VirtioSlot], console_out: Callable[[memoryvi
                 assert slot.share is not None
                 frontend, features = shares.backend(slot.share)
                 devices.append(FsDevice(frontend, features, slot.share.tag, on_backend_failure))
+            elif slot.kind == "net":
+                assert slot.net is not None and networks is not None
+                devices.append(networks.device(nic_index, slot.net))
+                nic_index += 1
             elif slot.kind == "ports":
                 from pyvmm.devices.virtio.ports import PortsDevice
 

@@ -34,6 +34,11 @@ pytestmark = pytest.mark.skipif(
 RSS_BOUND = 256 << 20
 #: How late --timeout and SIGTERM may be answered.
 ANSWER_BOUND = 0.1
+#: What the --timeout test's anchor adds to it: the deadline is known only through the
+#: guest's uptime, and in the rig (TCG) the guest's clock and the host's drift apart by
+#: up to a few hundred ms between two boots (measured: 0.07 s on an idle rig, 1.7 s with
+#: the host's two cores busy).  SIGTERM's answer, timed from the host alone, has none.
+TIMEOUT_ANCHOR_NOISE = 0.4
 #: Bytes of stdout the full-speed writer must have pushed through before we stop it.
 WRITTEN = 32 << 20
 
@@ -157,4 +162,4 @@ def test_a_full_speed_writer_answers_the_timeout(kernel: str) -> None:
           f"written), {quiet * 1000:.0f} ms for a sleeping command")
     assert status == quiet_status == 255 and b"timed out after" in errors, errors
     assert written >= WRITTEN
-    assert late - quiet < ANSWER_BOUND
+    assert late - quiet < ANSWER_BOUND + TIMEOUT_ANCHOR_NOISE

@@ -241,7 +241,7 @@ def test_devices_do_not_need_kvm() -> None:
     """A disk, a virtio queue or device loads neither the KVM binding nor /dev/kvm."""
     script = ("import sys\n"
               "import pyvmm.devices.virtio.block, pyvmm.devices.virtio.console, "
-              "pyvmm.devices.virtio.disk, pyvmm.devices.virtio.mmio, pyvmm.devices.serial\n"
+              "pyvmm.host.disk_image, pyvmm.devices.virtio.mmio, pyvmm.devices.serial\n"
               "print(' '.join(m for m in sys.modules if m.startswith('pyvmm.kvm')))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=PACKAGE.parent, check=True)

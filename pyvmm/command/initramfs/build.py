@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Sequence
 
 from pyvmm.config.machine import MachineConfig
+from pyvmm.config.network import nics
 from pyvmm.errors import ConfigError
 from pyvmm.host import environment
 from pyvmm.command.initramfs.cpio import CpioWriter
@@ -36,6 +37,8 @@ def device_modules(config: MachineConfig) -> list[str]:
         wanted.append("virtio_blk")
     if config.rng:
         wanted.append("virtio_rng")
+    if nics(config.nets):
+        wanted.append("virtio_net")
     return wanted
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
 #: Format of the cache entries; bump when the layout of the base archive changes.
@@ -124,7 +127,8 @@ def base_archive(modules: ModuleSet | None) -> bytes:
     scripts = resources.files("pyvmm.command.initramfs")
     init = scripts.joinpath("init.sh").read_bytes()
     streams = scripts.joinpath("streams.sh").read_bytes()
-    key = hashlib.sha256(CACHE_VERSION.encode() + init + b"\0" + streams)
+    network = scripts.joinpath("network.sh").read_bytes()
+    key = hashlib.sha256(CACHE_VERSION.encode() + init + b"\0" + streams + b"\0" + network)
     for path in [busybox] + [host for _, host in (modules.files if modules else ())]:
         info = os.stat(path)
         key.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
@@ -143,6 +147,7 @@ def base_archive(modules: ModuleSet | None) -> bytes:
     writer.char_device("dev/null", 1, 3, 0o666)
     writer.file("init", init, 0o755)
     writer.file("streams.sh", streams, 0o644)
+    writer.file("network.sh", network, 0o755)
     with open(busybox, "rb") as stream:
         writer.file("bin/busybox", stream.read(), 0o755)
     if modules:

@@ -4,7 +4,7 @@
 # name, 3. mount the host's / over virtio-fs (read-only with a tmpfs overlay, or
 # read-write with --rw) and the --share directories at their host paths, 4. give it
 # what a normal Linux has (ptys, /dev/shm, the /dev/fd links, the kernel's own
-# filesystems, loopback, the host's name), 5. run the command of /job.sh as the
+# filesystems, loopback, the host's name, the NICs of --net), 5. run the command of /job.sh as the
 # calling user in the calling directory, in a session of its own, its stdin, stdout
 # and stderr pipes that three relays copy to and from the ports (streams.sh), 6. once
 # it and what it left running have ended and its output is out, write "status N" on
@@ -103,6 +103,8 @@ if [ -e /sys/class/net/lo ]; then
 fi
 [ -z "$PYVMM_HOSTNAME" ] || hostname -- "$PYVMM_HOSTNAME" ||
     fail "cannot set the hostname $PYVMM_HOSTNAME"
+# The NICs (--net): a DHCP lease from passt each, the route, DNS (network.sh).
+network_error=$(/network.sh /newroot 2>&1) || fail "${network_error#pyvmm: }"
 
 pyvmm_mount_shares
 [ -d "/newroot$PYVMM_CWD" ] || fail "the current directory $PYVMM_CWD is not there in the guest"

@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass, field
 
 from pyvmm.devices.virtio.device import VirtioDevice
-from pyvmm.devices.virtio.disk import SECTOR_SIZE, DiskImage
+from pyvmm.host.disk_image import SECTOR_SIZE, DiskImage
 from pyvmm.devices.virtio.queue import DescriptorChain, read_from, write_into
 from pyvmm.host.fallocate import PUNCH_HOLE, ZERO_RANGE, fallocate
 

@@ -151,6 +151,11 @@ class SplitQueue:
         self._walk(memory, self._desc, self.size, head, chain, indirect_allowed=True)
         return chain
 
+    def unpop(self, count: int) -> None:
+        """Put back the last ``count`` chains popped and not used (QEMU's
+        virtqueue_unpop): a device that found them too small for its data."""
+        self.next_avail = (self.next_avail - count) & 0xFFFF
+
     def _walk(self, memory: GuestMemory, table: memoryview | None, table_size: int,
               index: int, chain: DescriptorChain, indirect_allowed: bool) -> None:
         assert table is not None
@@ -211,6 +216,17 @@ class SplitQueue:
             # The caller re-reads avail idx next: that load must not pass this
             # store, or a chain added meanwhile goes unnoticed (virtio 1.2 §2.7.10).
             fence()
+
+    def ask_for_next(self) -> bool:
+        """With EVENT_IDX: be notified of the driver's next chain, even with chains
+        still available (a device that found them too few).  True if the driver added
+        one meanwhile (it may not notify for that one): look again."""
+        if not self.event_idx or self._used is None or self._avail is None:
+            return False
+        seen = _U16.unpack_from(self._avail, 2)[0]
+        _U16.pack_into(self._used, 4 + 8 * self.size, seen)
+        fence()
+        return _U16.unpack_from(self._avail, 2)[0] != seen
 
     def needs_interrupt(self, used_before: int) -> bool:
         """Whether the driver wants an interrupt for the chains used since ``used_before``."""

@@ -13,6 +13,7 @@ from pyvmm.command.initramfs.build import device_modules, modules_for
 from pyvmm.command.initramfs.cpio import CpioWriter
 from pyvmm.command.initramfs.modules import find_modules, load_order, module_name, parse_modules_dep
 from pyvmm.config.machine import MachineConfig
+from pyvmm.config.network import NetConfig
 from pyvmm.config.tables import DriveConfig
 from pyvmm.loader.bzimage import kernel_release
 from tests.host_kernels import debian_kernel
@@ -102,6 +103,9 @@ def test_the_guests_devices_bring_their_drivers(tmp_path) -> None:
     (tmp_path / "modules.dep").write_text(DEP)
     plain = MachineConfig(kernel="k")
     assert device_modules(plain) == []
+    assert device_modules(MachineConfig(kernel="k", nets=(NetConfig(type="none"),))) == []
+    assert device_modules(MachineConfig(kernel="k", nets=(NetConfig(type="user"),))) == [
+        "virtio_net"]
     both = MachineConfig(kernel="k", drives=(DriveConfig(path="disk.img"),), rng=True)
     found = modules_for(b"", str(tmp_path), device_modules(both))
     assert found is not None

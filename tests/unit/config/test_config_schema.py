@@ -40,10 +40,13 @@ CASES = {
     "gdb": ('"1234"', '"host:port"'), "gdb_wait": ("true", '"yes"'),
     "rng": ("true", '"yes"'), "snapshot": ("true", "2"),
 }
-#: A bad value of each key of the [[drive]] and [[share]] tables.
+#: A bad value of each key of the [[drive]], [[share]] and [[net]] tables.
 BAD_TABLE_VALUE = {"path": "1", "readonly": '"yes"', "cache": '"fast"',
                    "serial": '"' + "s" * 21 + '"', "tag": '""', "format": '"qcow3"',
-                   "backend": '"qemu"', "snapshot": '"yes"', "overlay": "1"}
+                   "backend": '"qemu"', "snapshot": '"yes"', "overlay": "1", "type": '"slirp"',
+                   "hostfwd": '["tcp::80"]', "mac": '"ff:ff:ff:ff:ff:ff"'}
+#: The key each table needs, with a good value.
+REQUIRED = {"drive": ("path", '"a"'), "share": ("path", '"a"'), "net": ("type", '"user"')}
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -54,7 +57,7 @@ def write(tmp_path: Path, text: str) -> str:
 
 def test_every_option_has_cases() -> None:
     assert set(CASES) == {option.toml for option in VALUES}
-    assert set(TABLES) == {"drive", "share"}
+    assert set(TABLES) == {"drive", "share", "net"}
     for option in TABLES.values():
         assert set(BAD_TABLE_VALUE) >= set(table_keys(table_of(option)))
 
@@ -77,7 +80,7 @@ def test_every_option_is_a_click_option(command) -> None:
 
 def test_every_option_is_a_toml_key(tmp_path) -> None:
     text = "".join(f"{key} = {good}\n" for key, (good, _) in CASES.items())
-    text += '[[drive]]\npath = "a.img"\n[[share]]\npath = "src"\n'
+    text += '[[drive]]\npath = "a.img"\n[[share]]\npath = "src"\n[[net]]\ntype = "user"\n'
     values = load_config_file(write(tmp_path, text))
     assert set(values) == {option.field for option in OPTIONS}
 
@@ -93,11 +96,12 @@ def test_every_key_has_file_line_errors(tmp_path, key) -> None:
 
 @pytest.mark.parametrize("table, key", [(t, k) for t, o in TABLES.items()
                                         for k in table_keys(table_of(o))] +
-                         [("drive", "size"), ("share", "mode")])
+                         [("drive", "size"), ("share", "mode"), ("net", "mode")])
 def test_table_keys_have_file_line_errors(tmp_path, table, key) -> None:
     bad = BAD_TABLE_VALUE.get(key, "1")
-    rest = "" if key == "path" else '\npath = "b"'
-    path = write(tmp_path, f'kernel = "k"\n[[{table}]]\npath = "a"\n\n[[{table}]]\n'
+    required, good = REQUIRED[table]
+    rest = "" if key == required else f'\n{required} = {good}'
+    path = write(tmp_path, f'kernel = "k"\n[[{table}]]\n{required} = {good}\n\n[[{table}]]\n'
                            f'{key} = {bad}{rest}\n')
     with pytest.raises(ConfigError) as error:
         load_config_file(path)

@@ -15,7 +15,7 @@ from pyvmm.devices.virtio.block import (VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR,
                                         VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
                                         BlockDevice)
 from pyvmm.devices.virtio.device import COMMON_FEATURES
-from pyvmm.devices.virtio.disk import DiskImage
+from pyvmm.host.disk_image import DiskImage
 from pyvmm.devices.virtio.testing import DriverQueue
 from pyvmm.errors import DeviceError
 from pyvmm.memory import GuestMemory
@@ -343,7 +343,7 @@ def test_request_larger_than_seg_max_times_size_max_fails(image, monkeypatch) ->
 
 def test_cache_none_bounce_buffer_stays_bounded(tmp_path) -> None:
     """An unaligned 3 MiB read and write go through a 1 MiB bounce buffer, correctly."""
-    from pyvmm.devices.virtio.disk import BOUNCE_SIZE
+    from pyvmm.host.disk_image import BOUNCE_SIZE
 
     path = tmp_path / "big.img"
     content = os.urandom(4 << 20)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.block import BlockDevice
 from pyvmm.devices.virtio.device import COMMON_FEATURES
-from pyvmm.devices.virtio.disk import DiskImage
+from pyvmm.host.disk_image import DiskImage
 from pyvmm.devices.virtio.testing import CountingTrigger
 from pyvmm.memory import GuestMemory
 

@@ -1,7 +1,8 @@
 """A hostile driver for the virtio devices, as hypothesis strategies plus the checks.
 
 A ``World`` is one device (block, console, the ports of command mode, the
-entropy device, or virtio-fs with a stand-in back end: its config space and transport) behind
+entropy device, virtio-net over a stand-in link, or virtio-fs with a stand-in
+back end: its config space and transport) behind
 its real virtio-mmio transport, over guest RAM of two ranges with a hole between them (as below and
 above the MMIO gap), each range cut from one host buffer between canary bytes.
 A run is a list of operations a driver could do, valid or not: MMIO reads and
@@ -9,7 +10,8 @@ writes of 1, 2, 4 or 8 bytes anywhere in the window, a full bring-up with any
 features and queue layout, random rings (descriptor tables, indirect tables,
 block request headers and discard segments, console control messages,
 available indices), notifications (by register and by ioeventfd), host input
-and its end, resets.
+and its end (for virtio-net: frames arriving, some over the MTU, and the link
+filling up and draining), resets.
 
 ``World.check`` holds after every operation: nothing escaped as an exception,
 the canaries around guest RAM are intact (nothing outside guest RAM was
@@ -17,8 +19,9 @@ written), the disk did not grow, the operation took under ``MAX_SECONDS`` of CPU
 it allocated less than guest RAM (``tracemalloc``: nothing copies a request's
 buffers more than once), its output is at most ``TRANSMIT_LIMIT`` per chain
 used (no amplification by overlapping descriptors), the entropy device gives
-at most ``REQUEST_LIMIT`` bytes per chain used, and what the ports
-device keeps for the guest (control backlog, input) stays within its bounds.  Used by tests/unit/devices/virtio/test_virtio_fuzz.py (bounded) and
+at most ``REQUEST_LIMIT`` bytes per chain used, what the ports
+device keeps for the guest (control backlog, input) stays within its bounds, and
+virtio-net's link never holds more than it was given.  Used by tests/unit/devices/virtio/test_virtio_fuzz.py (bounded) and
 scripts/fuzz_virtio.py (long).
 """
 
@@ -39,8 +42,9 @@ from hypothesis import strategies as st
 from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.block import BlockDevice
 from pyvmm.devices.virtio.console import TRANSMIT_LIMIT, ConsoleDevice
-from pyvmm.devices.virtio.disk import DiskImage
+from pyvmm.host.disk_image import DiskImage
 from pyvmm.devices.virtio.fs import FsDevice
+from pyvmm.devices.virtio.net import NetDevice, default_mac
 from pyvmm.devices.virtio.ports import (CONTROL, CONTROL_KINDS, INPUT_LIMIT, Port,
                                         PortsDevice)
 from pyvmm.devices.virtio.rng import REQUEST_LIMIT, RngDevice
@@ -58,7 +62,7 @@ DISK_SECTORS = 64
 #: (64 KiB each, smaller for a device of many queues: all in the first range).
 DATA_BASE, DATA_SIZE = 0x10000, 0x10000
 #: The kinds of world, and the ports of the ports world (command mode's four).
-KINDS = ("block", "console", "ports", "fs", "rng")
+KINDS = ("block", "console", "ports", "fs", "rng", "net")
 PORT_NAMES = ("stdin", "stdout", "stderr", "status")
 #: Longest any one operation may take.
 MAX_SECONDS = 1.0
@@ -81,6 +85,30 @@ class StandInBackend:
 
     def get_vring_base(self, index: int) -> int:
         return 0
+
+
+class StandInLink:
+    """virtio-net's back end: frames for the guest (at most ``HELD``), frames it sent."""
+
+    HELD = 4
+
+    def __init__(self, sink) -> None:
+        self.incoming: list[bytes] = []
+        self.room = True
+        self._sink = sink
+
+    def can_send(self) -> bool:
+        return self.room
+
+    def send(self, frame: bytes) -> None:
+        assert self.room, "a frame sent to a full link"
+        self._sink(memoryview(frame))
+
+    def next_frame(self) -> bytes | None:
+        return self.incoming[0] if self.incoming else None
+
+    def consume_frame(self) -> None:
+        self.incoming.pop(0)
 
 
 def data_area(queue_index: int, queue_count: int) -> tuple[int, int]:
@@ -118,7 +146,8 @@ class World:
         self.disk_path = os.path.join(self.directory, "disk.img")
         with open(self.disk_path, "wb") as stream:
             stream.write(bytes(range(256)) * (DISK_SECTORS * 2))
-        self.device: BlockDevice | ConsoleDevice | PortsDevice | FsDevice | RngDevice
+        self.device: (BlockDevice | ConsoleDevice | PortsDevice | FsDevice | RngDevice
+                      | NetDevice)
         self.fs_failures: list[str] = []
         if self.kind == "block":
             self.device = BlockDevice(DiskImage(self.disk_path))
@@ -129,6 +158,9 @@ class World:
         elif self.kind == "ports":
             self.device = PortsDevice([Port(PORT_NAMES[0])] +
                                       [Port(name, self._sink) for name in PORT_NAMES[1:]])
+        elif self.kind == "net":
+            self.link = StandInLink(self._sink)
+            self.device = NetDevice(self.link, default_mac(0), mtu=65520)
         else:
             self.device = FsDevice(StandInBackend(), (1 << 32) | (1 << 28) | (1 << 29),
                                    "fuzz", self.fs_failures.append)
@@ -297,6 +329,18 @@ class World:
             yield ("notify", queue_index, rng.random() < 0.3)
 
     def _op_input(self, data: bytes) -> None:
+        if isinstance(self.device, NetDevice):
+            if not data:
+                self.link.room = not self.link.room
+                if self.link.room:
+                    self.device.link_writable()
+                return
+            if data[0] & 1:  # a frame the size of the MTU or past it
+                data = (data * (65560 // len(data) + 1))[:65520 + data[0] * 4]
+            if len(self.link.incoming) < StandInLink.HELD:
+                self.link.incoming.append(data)
+            self.device.frames_arrived()
+            return
         if isinstance(self.device, ConsoleDevice):
             self.device.enqueue_input(data)
         elif isinstance(self.device, PortsDevice):
@@ -347,6 +391,8 @@ class World:
             assert backlog <= CONTROL_KINDS * len(self.device.ports), \
                 f"{backlog} control messages waiting"
             assert all(len(port.pending) <= INPUT_LIMIT for port in self.device.ports)
+        if isinstance(self.device, NetDevice):
+            assert len(self.link.incoming) <= StandInLink.HELD
         self.check()
 
     def check(self) -> None:

@@ -16,7 +16,7 @@ import mmap
 import os
 import stat
 
-from pyvmm.devices.virtio.image_lock import ImageLockError, lock_image
+from pyvmm.host.image_lock import ImageLockError, lock_image
 from pyvmm.errors import DeviceError
 
 log = logging.getLogger(__name__)

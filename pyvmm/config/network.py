@@ -1,0 +1,156 @@
+"""The ``[[net]]`` table and ``--net`` spec: a guest NIC and the back end behind it.
+
+``--net user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...[,mac=MAC]`` is
+QEMU's ``-nic user`` spelling (passt serves it), ``--net none`` says no NIC
+(it overrides a config file's ``[[net]]``).  No I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Sequence
+
+from pyvmm.config.tables import split_options, table_key, table_keys
+from pyvmm.config.values import BadValue, ChoiceKind, Kind
+from pyvmm.errors import ConfigError
+
+#: Kinds of back end: user-mode networking (passt), or no NIC.
+NET_TYPES = ("user", "none")
+#: QEMU's hostfwd: PROTOCOL:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT (the
+#: first colon may be left out: tcp:8080-:80).
+_HOSTFWD = re.compile(r"^(tcp|udp):(?:([0-9.]*):)?(\d+)-([0-9.]*):(\d+)$")
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+class Forward(NamedTuple):
+    """One hostfwd: connections to HOSTADDR:HOSTPORT on the host reach GUESTPORT in the guest."""
+
+    protocol: str
+    host_address: str
+    host_port: int
+    guest_port: int
+
+    def passt_spec(self) -> str:
+        """passt's ``-t``/``-u`` spec: ``[ADDR/]PORT:GUESTPORT``."""
+        address = f"{self.host_address}/" if self.host_address else ""
+        return f"{address}{self.host_port}:{self.guest_port}"
+
+
+def parse_hostfwd(text: str) -> Forward:
+    """A ``hostfwd=`` value; BadValue saying what it should look like."""
+    match = _HOSTFWD.match(text)
+    if not match:
+        raise BadValue(f"hostfwd={text!r}: use tcp::HOSTPORT-:GUESTPORT or "
+                       "udp:HOSTADDR:HOSTPORT-:GUESTPORT")
+    protocol, host_address, host_port, guest_address, guest_port = match.groups()
+    if guest_address:
+        raise BadValue(f"hostfwd={text!r}: passt forwards to the guest's own address; "
+                       "leave GUESTADDR out")
+    ports = int(host_port), int(guest_port)
+    if not all(0 < port < 65536 for port in ports):
+        raise BadValue(f"hostfwd={text!r}: ports are 1-65535")
+    return Forward(protocol, host_address or "", *ports)
+
+
+def parse_mac(text: str) -> bytes:
+    """``52:54:00:12:34:56`` as 6 bytes; BadValue unless a unicast MAC."""
+    if not _MAC.match(text):
+        raise BadValue(f"mac={text!r}: write six hex pairs, 52:54:00:12:34:56")
+    mac = bytes.fromhex(text.replace(":", ""))
+    if mac[0] & 1:
+        raise BadValue(f"mac={text!r} is a multicast address (its first byte is odd)")
+    return mac
+
+
+class ForwardsKind(Kind):
+    """hostfwd specs: one per ``hostfwd=`` key of a spec, a list in TOML."""
+
+    toml_types = (list, str)
+    toml_name = "a list of hostfwd specs"
+
+    def from_text(self, text: str) -> tuple[str, ...]:
+        return (text,)
+
+    def from_value(self, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        return super().from_value(value)
+
+    def problem(self, value: Any) -> str | None:
+        for spec in value:
+            try:
+                parse_hostfwd(spec)
+            except BadValue as exc:
+                return str(exc)
+        return None
+
+    def show(self, value: Any) -> str:
+        return " ".join(value)
+
+
+class MacKind(Kind):
+    """A unicast MAC, or "" for the default (52:54:00:12:34:56 for the first NIC, :57 ...)."""
+
+    def problem(self, value: Any) -> str | None:
+        if not value:
+            return None
+        try:
+            parse_mac(value)
+        except BadValue as exc:
+            return str(exc)
+        return None
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """One --net / [[net]]: a virtio-net NIC and its back end."""
+
+    type: str = field(metadata=table_key("user (passt) or none", ChoiceKind(NET_TYPES)))
+    hostfwd: tuple[str, ...] = field(default=(), metadata=table_key(
+        "forward a host port inward: tcp::HOSTPORT-:GUESTPORT (udp: too)", ForwardsKind()))
+    mac: str = field(default="", metadata=table_key(
+        "the NIC's MAC (default 52:54:00:12:34:56, :57 for the next, ...)", MacKind()))
+
+    def __post_init__(self) -> None:
+        if self.type == "none" and (self.hostfwd or self.mac):
+            raise BadValue("none takes no other key")
+
+    @property
+    def forwards(self) -> tuple[Forward, ...]:
+        return tuple(parse_hostfwd(spec) for spec in self.hostfwd)
+
+
+def parse_net(text: str, index: int = 0) -> NetConfig:
+    """``user[,hostfwd=...]...[,mac=MAC]`` or ``none``; ``,,`` is a comma of a value."""
+    kind, *options = split_options(text)
+    kind = kind.strip()
+    if kind not in NET_TYPES:
+        raise ConfigError(f"--net {text!r}: {kind!r} is not a network back end "
+                          f"(use {' or '.join(NET_TYPES)})")
+    forwards: list[str] = []
+    mac = ""
+    for option in options:
+        key, sep, value = option.partition("=")
+        key = key.strip()
+        if key == "hostfwd" and sep:
+            forwards.append(value.strip())
+        elif key == "mac" and sep and not mac:
+            mac = value.strip()
+        else:
+            raise ConfigError(f"--net {text!r}: unknown option {option!r} "
+                              f"({', '.join(k + '=' for k in table_keys(NetConfig) if k != 'type')})")
+    try:
+        net = NetConfig(kind, tuple(forwards), mac)
+    except BadValue as exc:
+        raise ConfigError(f"--net {text!r}: {exc}") from None
+    for name, kind_of in table_keys(NetConfig).items():
+        problem = kind_of.problem(getattr(net, name))
+        if problem:
+            raise ConfigError(f"--net {text!r}: {problem}")
+    return net
+
+
+def nics(nets: Sequence[NetConfig]) -> list[NetConfig]:
+    """The NICs a machine gets: ``none`` entries stand for none."""
+    return [net for net in nets if net.type != "none"]

@@ -1,0 +1,72 @@
+"""--net / [[net]] / nets=: one schema, QEMU's hostfwd spelling, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from pyvmm.cli.main import main
+from pyvmm.config.machine import config_from_options
+from pyvmm.config.network import Forward, NetConfig, parse_net
+from pyvmm.config.toml_file import load_config_file
+from pyvmm.errors import ConfigError
+from pyvmm.vmm.virtio_slots import plan_virtio_slots
+
+
+def test_user_with_forwards_and_a_mac() -> None:
+    net = parse_net("user,hostfwd=tcp::8080-:80,hostfwd=udp:127.0.0.1:5353-:53,"
+                    "mac=52:54:00:AB:CD:EF")
+    assert net == NetConfig("user", ("tcp::8080-:80", "udp:127.0.0.1:5353-:53"),
+                            "52:54:00:AB:CD:EF")
+    assert net.forwards == (Forward("tcp", "", 8080, 80), Forward("udp", "127.0.0.1", 5353, 53))
+    assert [f.passt_spec() for f in net.forwards] == ["8080:80", "127.0.0.1/5353:53"]
+    assert parse_net("user,hostfwd=tcp:2222-:22").forwards == (Forward("tcp", "", 2222, 22),)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("slirp", "'slirp' is not a network back end (use user or none)"),
+    ("user,hostfwd=tcp::80", "use tcp::HOSTPORT-:GUESTPORT"),
+    ("user,hostfwd=sctp::80-:80", "use tcp::HOSTPORT-:GUESTPORT"),
+    ("user,hostfwd=tcp::70000-:80", "ports are 1-65535"),
+    ("user,hostfwd=tcp::80-10.0.2.15:80", "leave GUESTADDR out"),
+    ("user,mac=52:54:00:12:34", "six hex pairs"),
+    ("user,mac=01:00:5e:00:00:01", "multicast"),
+    ("user,mac=52:54:00:00:00:01,mac=52:54:00:00:00:02", "unknown option"),
+    ("user,ifname=tap0", "unknown option 'ifname=tap0' (hostfwd=, mac=)"),
+    ("none,hostfwd=tcp::80-:80", "none takes no other key"),
+])
+def test_bad_specs_are_one_line_exit_2(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match="^--net " + repr(spec).replace("[", r"\[")
+                       .replace("(", r"\(").replace(".", r"\.") + ": .*" +
+                       message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        parse_net(spec)
+    result = CliRunner().invoke(main, ["config", "show", "-k", "k", "--net", spec])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_the_three_front_ends_agree(tmp_path) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text('kernel = "k"\n[[net]]\ntype = "user"\nhostfwd = ["tcp::8080-:80"]\n'
+                    '[[net]]\ntype = "user"\nmac = "52:54:00:00:00:02"\n')
+    from_file = load_config_file(str(path))["nets"]
+    from_api = config_from_options(kernel="k", nets=[
+        {"type": "user", "hostfwd": ["tcp::8080-:80"]}, "user,mac=52:54:00:00:00:02"]).nets
+    assert from_file == from_api == (NetConfig("user", ("tcp::8080-:80",)),
+                                     NetConfig("user", (), "52:54:00:00:00:02"))
+    result = CliRunner().invoke(main, ["config", "show", "-k", "k", "--net",
+                                       "user,hostfwd=tcp::8080-:80", "--net", "none"])
+    assert result.exit_code == 0 and "type=user,hostfwd=tcp::8080-:80" in result.output
+
+
+def test_a_bad_key_in_a_file_names_its_line(tmp_path) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text('kernel = "k"\n[[net]]\ntype = "user"\nhostfwd = ["tcp::1-2"]\n')
+    with pytest.raises(ConfigError, match=r"m.toml:4: hostfwd: .*use tcp::HOSTPORT"):
+        load_config_file(str(path))
+
+
+def test_nics_get_slots_after_disks_and_shares_none_gets_none() -> None:
+    config = config_from_options(kernel="k", nets=["user", "none", "user"],
+                                 drives=["a.img"])
+    assert [slot.kind for slot in plan_virtio_slots(config)] == ["block", "net", "net",
+                                                                 "console"]

@@ -34,7 +34,7 @@ GUESTS = {
              'f"word{n}\\n"', 'f"word{n}\\n"', "64M"),
     "linux": ({"kernel": str(IMAGES / "linux" / "bzImage"),
                "initrd": str(IMAGES / "initramfs.cpio.gz"), "append": "console=ttyS0 quiet"},
-              "# $", 'f"echo $((1000 + {n}))\\n"', 'f"{1000 + n}"', "256M"),
+              "/ # ", 'f"echo $((1000 + {n}))\\n"', 'f"{1000 + n}"', "256M"),
 }
 
 SUITE = """
@@ -51,9 +51,9 @@ def test_answer(guest, n):
     guest.console.write({typed})
     guest.console.expect({answer}, 120)
 """
-CLONE = 'return pyvmm_snapshot(**MACHINE, ready=READY, ready_timeout=300, timeout=600)'
+CLONE = 'return pyvmm_snapshot(**MACHINE, ready=READY, ready_timeout=120, timeout=600)'
 COLD = ('vm = pyvmm_machine(**MACHINE, timeout=600)\n'
-        '    vm.console.expect(READY, 300)\n'
+        '    vm.console.expect(READY, 120)\n'
         '    return vm')
 
 
@@ -96,7 +96,7 @@ def main() -> None:
         print(f"{options.tests} tests on the {options.guest} guest (--memory "
               f"{machine['memory']}), median of {options.repeat} runs of each suite; seconds")
         print(f"{'suite':30} {'pytest':>8} {'wall':>7} {'first test':>11} "
-              f"{'median test':>12} {'all tests':>10}")
+              f"{'median test':>12} {'all tests':>10}", flush=True)
         for count in options.workers:
             workers = ["-n", str(count)] if count > 1 else []
             for name, body, fixture in suites:

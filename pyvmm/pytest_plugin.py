@@ -143,15 +143,16 @@ class SharedSnapshots:
                 make(partial)
                 os.rename(partial, final)  # whole, or not there at all
                 return final
+            except SnapshotBootError as exc:
+                reason = str(exc)
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, SnapshotBootError) else \
-                    f"{type(exc).__name__}: {exc}"
-                _write_private(failed, f"the boot failed (in {self.process}): {reason}")
-                if isinstance(exc, SnapshotBootError):
-                    pytest.fail(f"pyvmm_snapshot: {reason}", pytrace=False)
+                _write_private(failed, f"the boot failed (in {self.process}): "
+                                       f"{type(exc).__name__}: {exc}")
                 raise  # the caller's own code (prepare) failed: its traceback tells why
             finally:
                 shutil.rmtree(partial, ignore_errors=True)  # after the rename: nothing
+            _write_private(failed, f"the boot failed (in {self.process}): {reason}")
+        pytest.fail(f"pyvmm_snapshot: {reason}", pytrace=False)
 
     def remove(self) -> None:
         """Remove the directory (when no process of the run needs it any more)."""

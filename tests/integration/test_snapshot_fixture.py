@@ -154,6 +154,7 @@ def test_a_boot_that_never_gets_ready_fails_its_tests_in_one_line(
     assert len(read) == 1 and re.fullmatch(r"pyvmm_snapshot: the boot failed \(in (main|gw\d)\): "
                                            r"AssertionError: prepare went wrong", read[0])
     result.stdout.fnmatch_lines(["E   *AssertionError: prepare went wrong"])
+    assert "During handling of the above exception" not in result.stdout.str()
     result.stdout.fnmatch_lines(["*pyvmm console 0: echo.bzImage*", "*echo ready*"])
     assert result.duration < 60
     assert left_behind(pytester) == []

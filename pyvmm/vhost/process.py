@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 from pyvmm.errors import HostError
 
@@ -26,8 +26,14 @@ START_SECONDS = 10.0
 class BackendProcess:
     """A daemon started with ``command(directory)`` in a private directory."""
 
-    def __init__(self, name: str, prefix: str, command: Callable[[str], list[str]]) -> None:
+    def __init__(self, name: str, prefix: str, command: Callable[[str], list[str]],
+                 pass_fds: Sequence[int] = (), noise: tuple[str, ...] = (),
+                 lost: str = "closed its connection") -> None:
+        """``pass_fds`` are handed to it; log lines starting with ``noise`` say nothing
+        about a failure; ``lost`` says how its connection went away, if it still runs."""
         self.name = name
+        self._noise = noise
+        self._lost = lost
         self.directory = tempfile.mkdtemp(prefix=prefix)  # 0700, a fresh name
         self._log_path = os.path.join(self.directory, "daemon.log")
         log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -36,10 +42,10 @@ class BackendProcess:
         try:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, close_fds=True,
-                start_new_session=True)  # a Ctrl-C on the terminal is for pyvmm, not for it
+                pass_fds=tuple(pass_fds), start_new_session=True)  # a Ctrl-C on the terminal is for pyvmm, not for it
         except OSError as exc:
             shutil.rmtree(self.directory, ignore_errors=True)
-            raise HostError(f"cannot start {argv[0]}: {exc.strerror}") from None
+            raise HostError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
         finally:
             os.close(log_fd)
 
@@ -71,7 +77,8 @@ class BackendProcess:
         try:
             with open(self._log_path, "rb") as stream:
                 lines = [line for line in stream.read()[-4096:].decode(errors="replace")
-                         .splitlines() if line.strip()]
+                         .splitlines()
+                         if line.strip() and not line.strip().startswith(self._noise)]
         except OSError:
             return ""
         return f": {lines[-1].strip()}" if lines else ""
@@ -82,7 +89,7 @@ class BackendProcess:
             status = self.process.wait(0.5)
             how = f"exited with status {status}" if status >= 0 else f"was killed by signal {-status}"
         except subprocess.TimeoutExpired:
-            how = "closed its connection"
+            how = self._lost
         return f"{self.name} {how}{self.last_words()}"
 
     def stop(self) -> None:

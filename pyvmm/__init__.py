@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 IMPORTED_AT = _time.perf_counter()
 IMPORTED_CPU = _time.process_time()
 
-__version__ = "0.1.0"
+from pyvmm.version import VERSION as __version__
 __all__ = ["__version__", "Machine", "Outcome", "Console", "run_command"]
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
-from pyvmm import __version__
+from pyvmm.version import VERSION
 from pyvmm.arch.x86_64.cpuid import CpuidEntry
 from pyvmm.arch.x86_64.msr import msr_is_saved
 from pyvmm.config.machine import MachineConfig
@@ -113,7 +113,7 @@ def save_snapshot(directory: str, *, config: MachineConfig, kvm: Kvm, vm: Vm,
             complete_pending(vcpu)
         msr_indices = [index for index in msr_index_list(kvm) if msr_is_saved(index)]
         body: dict[str, Any] = {
-            "pyvmm": __version__, "config": config_body(config),
+            "pyvmm": VERSION, "config": config_body(config),
             "vcpus": [encode_vcpu(save_vcpu(kvm, vcpu, msr_indices,
                                             [dataclasses.astuple(leaf) for leaf in leaves]))
                       for vcpu, leaves in zip(vcpus, cpuid)],

@@ -96,7 +96,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 #: lower layer (its own room's arrows are the cycle test's).  A room is a
 #: subpackage, or a top-level module everything shares.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "limits", "exitstatus"),     # plain values and the exit statuses
+    ("errors", "limits", "exitstatus", "version"),  # plain values, exit statuses, version
     ("host", "memory", "eventloop"),        # host helpers, guest RAM, the event loop
     ("kvm", "loader", "vhost", "config"),   # the binding, loaders, vhost-user, the schema
     ("devices", "arch", "dump"),            # devices, the platform, dumps: no KVM, no config

@@ -231,7 +231,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     stateful: dict[str, StatefulDevice] = {"serial": serial, "i8042": _attach_legacy_devices(pio_bus, serial, exit_event),
                 "rtc": rtc}
     pio_bus.insert(rtc, layout.RTC_PORT, 2)
-    uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT)
+    uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT, layout.COM1_IRQ)
     transports, owned_fds = attach_virtio(vm, loop, mmio_bus, memory, slots, devices)
     if snapshot is not None:
         from pyvmm.snapshot.restore import restore_machine_state

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pyvmm import __version__
-from pyvmm.cli.reporting import reports_errors
+from pyvmm.cli.reporting import reports_errors, unwinds_on_signals
 from pyvmm.cli.options import (command_options, command_options_given, effective_config,
                                machine_options, restore_options_given)
 from pyvmm.errors import ConfigError, PyvmmError
@@ -127,6 +127,7 @@ class _RunCommand(click.Command):
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @reports_errors
+@unwinds_on_signals
 def run(ctx: click.Context, on_reboot: str, verbose: bool, restore: str | None,
         stats: str | None, command: tuple[str, ...], **params: Any) -> None:
     """Boot a kernel and show its serial console; or, given a COMMAND, run it.

@@ -62,9 +62,10 @@ class VhostVsock:
     device or a CID another VM holds is one line before the guest starts.
     """
 
-    def __init__(self, cid: int, path: str = DEVICE) -> None:
+    def __init__(self, cid: int, path: str | None = None) -> None:
         from pyvmm.vhost._vsock_cffi import ffi, lib
 
+        path = path or DEVICE
         self._ffi, self._lib = ffi, lib
         self.cid = cid
         self._running = False

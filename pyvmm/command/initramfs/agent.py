@@ -40,7 +40,7 @@ import struct
 import subprocess
 import sys
 import threading
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 #: The vsock port the agent listens on (in the guest).
 AGENT_PORT = 28793
@@ -153,30 +153,27 @@ class _Connection:
 
     def _feed(self, process: subprocess.Popen) -> None:
         """The host's stdin messages to the command; the host gone kills the command."""
-        stdin = process.stdin
-        assert stdin is not None
+        stdin: IO[bytes] | None = process.stdin
         try:
             while (received := read_message(self.reader)) is not None:
                 kind, payload = received
                 if kind != STDIN:
                     raise AgentProtocolError(f"unexpected message {kind!r} after the command")
-                if not payload:
-                    stdin.close()
-                    stdin = None
-                    continue
-                if stdin is not None:
-                    try:
+                if stdin is None:
+                    continue  # ended, or the command closed it: the rest is dropped
+                try:
+                    if payload:
                         stdin.write(payload)
                         stdin.flush()
-                    except BrokenPipeError:
-                        stdin = None  # the command closed its stdin: the rest is dropped
+                        continue
+                except BrokenPipeError:
+                    pass
+                _close_quietly(stdin)
+                stdin = None
         except (AgentProtocolError, OSError):
             pass
         if stdin is not None:
-            try:
-                stdin.close()
-            except OSError:
-                pass
+            _close_quietly(stdin)
         if process.poll() is None:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
@@ -192,6 +189,13 @@ class _Connection:
     def close(self) -> None:
         self.reader.close()
         self.sock.close()
+
+
+def _close_quietly(pipe: IO[bytes]) -> None:
+    try:
+        pipe.close()
+    except OSError:
+        pass
 
 
 def serve_connection(sock: socket.socket, prefix: list[bytes]) -> None:

@@ -134,14 +134,17 @@ class _Connection:
                   threading.Thread(target=self._relay, args=(process.stderr, STDERR))]
         for relay in relays:
             relay.start()
-        threading.Thread(target=self._feed, args=(process,), daemon=True).start()
+        feeder = threading.Thread(target=self._feed, args=(process,), daemon=True)
+        feeder.start()
         status = exit_status(process.wait())
         for relay in relays:
             relay.join()
         try:
             self.send(EXIT, STATUS.pack(status))
+            self.sock.shutdown(socket.SHUT_RD)  # the feeder reads to its end, then stops
         except OSError:
             pass
+        feeder.join(5)
 
     def _relay(self, pipe: BinaryIO, kind: bytes) -> None:
         while chunk := os.read(pipe.fileno(), CHUNK):
@@ -170,7 +173,7 @@ class _Connection:
                     pass
                 _close_quietly(stdin)
                 stdin = None
-        except (AgentProtocolError, OSError):
+        except (AgentProtocolError, OSError, ValueError):  # ValueError: closed under us
             pass
         if stdin is not None:
             _close_quietly(stdin)

@@ -251,19 +251,11 @@ def exec_command(socket_path: str, command: tuple[str, ...], wait: float) -> Non
     status (255 and one line if it could not be run).  The guest is reached
     over vsock: command mode gives itself one where /dev/vhost-vsock opens.
     """
-    from pyvmm.command.exec import exec_in_guest, read_fd
+    from pyvmm.command.exec import exec_in_guest, fd_writer, read_fd
     from pyvmm.vmm.control import request_vsock
 
     cid = request_vsock(socket_path)
-
-    def writer(fd: int):
-        def write(data: bytes) -> None:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        return write
-
-    sys.exit(exec_in_guest(cid, command, read_fd(0), writer(1), writer(2), wait=wait))
+    sys.exit(exec_in_guest(cid, command, read_fd(0), fd_writer(1), fd_writer(2), wait=wait))
 
 
 @main.group()

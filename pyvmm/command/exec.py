@@ -43,7 +43,10 @@ def connect_agent(cid: int, port: int = AGENT_PORT,
     """A connection to the agent at vsock ``cid``:``port``, tried again for ``wait`` s."""
     deadline = time.monotonic() + wait
     while True:
-        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        except OSError as exc:  # no vsock in this kernel (the vsock module)
+            raise ExecError(f"no vsock here: {exc.strerror or exc}") from None
         try:
             sock.settimeout(max(0.5, min(5.0, deadline - time.monotonic())))
             sock.connect((cid, port))
@@ -115,6 +118,20 @@ def run_over(sock: socket.socket, argv: list[str] | tuple[str, ...],
                                 f"({kind!r}, {len(payload)} bytes)")
     finally:
         reader.close()
+
+
+def fd_writer(fd: int) -> Callable[[bytes], None]:
+    """Whole writes to ``fd``; once its reader is gone (EPIPE), the rest is dropped."""
+    broken = [False]
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view and not broken[0]:
+            try:
+                view = view[os.write(fd, view):]
+            except OSError:
+                broken[0] = True
+    return write
 
 
 def read_fd(fd: int) -> Iterable[bytes]:

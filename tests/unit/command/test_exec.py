@@ -177,3 +177,14 @@ def test_pyvmm_exec_errors_are_one_line(tmp_path: Path) -> None:
     assert result.output.count("\n") == 1
     result = runner.invoke(main, ["exec", path])
     assert result.exit_code == 2 and "Missing argument" in result.output
+
+
+def test_output_to_a_closed_pipe_is_dropped_quietly() -> None:
+    from pyvmm.command.exec import fd_writer
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    write = fd_writer(write_end)
+    write(b"lost")  # EPIPE (Python ignores SIGPIPE): no exception, nothing more tried
+    write(b"lost too")
+    os.close(write_end)

@@ -104,7 +104,8 @@ class VsockDevice(VirtioDevice):
         return False  # the kernel owns rx and tx; events are sent, not served
 
     def transport_reset(self) -> bool:
-        """Tell the guest its vsock connections are gone (after a restore, as QEMU does).
+        """Tell the guest its vsock connections are gone (after a restore, as QEMU does;
+        machines with a vsock can't be snapshotted yet, so nothing sends it today).
 
         Takes one buffer of the event queue; with none there, the event waits
         for the next.  Returns whether it was delivered.  A malformed chain puts

@@ -17,6 +17,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from pyvmm.arch.x86_64.cpuid import CpuidEntry
 from pyvmm.config.machine import MachineConfig, machine_options
+from pyvmm.config.network import NetConfig
+from pyvmm.config.tables import DriveConfig
 from pyvmm.config.values import BadValue
 from pyvmm.errors import ConfigError, HostError, PyvmmError
 from pyvmm.kvm.state import (VcpuState, VmState, kvmclock_ctrl, restore_vcpu, restore_vm)
@@ -26,6 +28,7 @@ from pyvmm.kvm.vm import Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.snapshot import SnapshotError
 from pyvmm.snapshot.cpu import missing_features
+from pyvmm.snapshot.disks import check_images
 from pyvmm.snapshot.memfile import map_memory
 from pyvmm.snapshot.save import PER_RUN_OPTIONS, StatefulDevice
 from pyvmm.snapshot.stateformat import read_state
@@ -33,7 +36,8 @@ from pyvmm.snapshot.stateformat import read_state
 log = logging.getLogger(__name__)
 
 #: Options a restore may give (by their API names): they belong to the run, not the machine.
-RESTORE_OPTIONS = ("timeout", "control", "dump", "dump_on", "gdb", "gdb_wait")
+#: ``snapshot`` (QEMU's -snapshot) puts each writable disk under a throwaway overlay.
+RESTORE_OPTIONS = ("timeout", "control", "dump", "dump_on", "gdb", "gdb_wait", "snapshot")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class Snapshot:
     directory: str
     config: MachineConfig
     body: dict
+    #: Each writable disk under a throwaway copy-on-write overlay (``pyvmm.host.cow_image``).
+    overlays: bool = False
 
     def map_memory(self) -> GuestMemory:
         return map_memory(self.directory, self.body["memory"]["layout"])
@@ -68,6 +74,14 @@ def decode_vm(state: Mapping[str, Any]) -> VmState:
                    dict(state["missing"]))
 
 
+def _table(kind: type, saved: Any) -> Any:
+    """A [[drive]]/[[net]] table back from JSON (its lists were tuples)."""
+    if not isinstance(saved, dict):
+        raise TypeError(f"a {kind.__name__} that is not an object")
+    return kind(**{key: tuple(value) if isinstance(value, list) else value
+                   for key, value in saved.items()})
+
+
 def restore_config(saved: Mapping[str, Any], overrides: Mapping[str, Any]) -> MachineConfig:
     """The snapshot's machine with the restore's per-run ``overrides`` (API names, values as
     ``Machine()`` takes them).  ConfigError for any other option: the machine is as saved."""
@@ -77,10 +91,14 @@ def restore_config(saved: Mapping[str, Any], overrides: Mapping[str, Any]) -> Ma
         raise SnapshotError("the snapshot's machine config does not match this pyvmm's options")
     values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
                               for name, value in saved.items()}
-    if values["drives"] or values["shares"]:
-        raise SnapshotError("the snapshot has disks or shares, which restore can't re-attach yet")
+    if values["shares"]:
+        raise SnapshotError("the snapshot has shares, which a restore can't re-attach")
+    values["drives"] = tuple(_table(DriveConfig, drive) for drive in values["drives"])
+    values["nets"] = tuple(_table(NetConfig, net) for net in values["nets"])
     values.update(PER_RUN_OPTIONS)
     for name, raw in overrides.items():
+        if name == "snapshot":
+            continue  # not the machine's: load_snapshot's overlays
         if name not in RESTORE_OPTIONS:
             raise ConfigError(f"{name}: a restored machine is the snapshot's; a restore takes "
                               f"only {', '.join(RESTORE_OPTIONS)}")
@@ -97,11 +115,17 @@ def restore_config(saved: Mapping[str, Any], overrides: Mapping[str, Any]) -> Ma
         raise SnapshotError(f"the snapshot's machine config is refused: {exc}") from None
 
 
-def load_snapshot(directory: str, **overrides: Any) -> Snapshot:
-    """The checked snapshot in ``directory`` (SnapshotError for anything wrong with it)."""
+def load_snapshot(directory: str, changed_disks: bool = False, **overrides: Any) -> Snapshot:
+    """The checked snapshot in ``directory`` (SnapshotError for anything wrong with it).
+
+    Its disk images must be unchanged since (``pyvmm.snapshot.disks``) unless
+    ``changed_disks``; ``snapshot=True`` restores onto throwaway overlays over them.
+    """
     body = read_state(directory)
+    overlays = bool(overrides.get("snapshot"))
     try:
         config = restore_config(body["config"], overrides)
+        images = list(body["disks"])
         for state in body["vcpus"]:
             decode_vcpu(state)
         decode_vm(body["vm"])
@@ -112,7 +136,12 @@ def load_snapshot(directory: str, **overrides: Any) -> Snapshot:
     if len(body["vcpus"]) != config.cpus:
         raise SnapshotError(f"{directory}: {len(body['vcpus'])} vCPU states for "
                             f"{config.cpus} vCPUs")
-    return Snapshot(directory, config, body)
+    if len(images) != len(config.drives):
+        raise SnapshotError(f"{directory}: {len(images)} disk records for "
+                            f"{len(config.drives)} drives")
+    if not changed_disks:
+        check_images(directory, images)
+    return Snapshot(directory, config, body, overlays)
 
 
 def check_cpu(snapshot: Snapshot, kvm: Kvm) -> None:

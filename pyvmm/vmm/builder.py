@@ -46,7 +46,7 @@ from pyvmm.vcpu.uart_fastpath import UartFastPath
 from pyvmm.vcpu.served import ServedVcpu
 from pyvmm.vcpu.runner import VcpuRunner, VcpuRunners
 from pyvmm.vmm.virtio_slots import (acpi_platform, announce, attach_virtio, open_virtio_devices,
-                                plan_virtio_slots)
+                                plan_virtio_slots, serve_restored_queues)
 
 if TYPE_CHECKING:
     from pyvmm.devices.virtio.ports import Port
@@ -99,24 +99,24 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     (``config`` is then ``snapshot.config``) the machine is restored from it:
     RAM mapped from its memory file, CPU and device state written back, no kernel.
     """
-    if snapshot is not None:
-        return _build(config, console, ports, stats, b"", None, plan_virtio_slots(config),
-                      Shares(()), Disks(()), Networks(()), snapshot)
-    # A kernel or initrd larger than guest RAM can't fit in it.
-    ram = f"(the guest's --memory {size_name(config.memory)})"
-    kernel_image = read_input(config.kernel, "kernel", LoaderError, config.memory, ram)
-    initrd_image = read_input(config.initrd, "initrd", LoaderError, config.memory, ram) \
-        if config.initrd else None
-
-    refuse_linux_on_pvm(config, kernel_image)
+    kernel_image, initrd_image = b"", None
+    if snapshot is None:
+        # A kernel or initrd larger than guest RAM can't fit in it.
+        ram = f"(the guest's --memory {size_name(config.memory)})"
+        kernel_image = read_input(config.kernel, "kernel", LoaderError, config.memory, ram)
+        initrd_image = read_input(config.initrd, "initrd", LoaderError, config.memory, ram) \
+            if config.initrd else None
+        refuse_linux_on_pvm(config, kernel_image)
     # Everything that can be wrong with the input is found before KVM is opened.
     slots = plan_virtio_slots(config)
-    disks = Disks(config.drives)
+    # A restore re-opens the snapshot's images (or overlays over them) and starts a
+    # fresh passt per NIC; the snapshot refused shares.
+    disks = Disks(config.drives, overlays=snapshot is not None and snapshot.overlays)
     shares = Shares(config.shares)
     networks = Networks(config.nets)
     try:
         return _build(config, console, ports, stats, kernel_image, initrd_image, slots,
-                      shares, disks, networks)
+                      shares, disks, networks, snapshot)
     except BaseException:
         networks.close()
         shares.close()
@@ -238,6 +238,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
 
         for warning in restore_machine_state(snapshot, kvm, vm, vcpus, stateful, transports):
             log.warning("restore: %s", warning)
+        loop.call_at(0, lambda: serve_restored_queues(transports))
     shares.watch(loop, backend_failed)
     disks.watch(loop, backend_failed)
     networks.watch(loop, backend_failed)

@@ -12,6 +12,7 @@ import base64
 import binascii
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -52,6 +53,11 @@ class Snapshot:
 
     def map_memory(self) -> GuestMemory:
         return map_memory(self.directory, self.body["memory"]["layout"])
+
+    def clock_advance_ns(self) -> int:
+        """Host time since the snapshot (never negative): how far the guest's clocks move on."""
+        saved = self.body.get("host_realtime_ns")
+        return max(0, time.time_ns() - int(saved)) if saved is not None else 0
 
 
 def _decode(data: str, what: str) -> bytes:
@@ -163,19 +169,21 @@ def saved_cpuid(snapshot: Snapshot) -> list[list[CpuidEntry]]:
 
 
 def restore_vcpus(snapshot: Snapshot, kvm: Kvm, vcpus: Sequence[Vcpu],
-                  set_cpuid: Callable[[Vcpu, list], None]) -> list[str]:
-    """Every vCPU's saved state, written in KVM's order; warnings for parts left at reset."""
+                  set_cpuid: Callable[[Vcpu, list], None], advance_ns: int = 0) -> list[str]:
+    """Every vCPU's saved state, written in KVM's order, its TSC moved on by ``advance_ns``;
+    warnings for parts left at reset."""
     warnings: list[str] = []
     for vcpu, state in zip(vcpus, snapshot.body["vcpus"]):
-        warnings += restore_vcpu(kvm, vcpu, decode_vcpu(state), set_cpuid)
+        warnings += restore_vcpu(kvm, vcpu, decode_vcpu(state), set_cpuid, advance_ns)
     return warnings
 
 
 def restore_machine_state(snapshot: Snapshot, kvm: Kvm, vm: Vm, vcpus: Sequence[Vcpu],
                           devices: Mapping[str, StatefulDevice],
-                          virtio: Sequence[StatefulDevice]) -> list[str]:
-    """The VM's irqchip, PIT and clock, then each device's state; KVMCLOCK_CTRL last."""
-    warnings = restore_vm(kvm, vm, decode_vm(snapshot.body["vm"]))
+                          virtio: Sequence[StatefulDevice], advance_ns: int = 0) -> list[str]:
+    """The VM's irqchip, PIT and clock (moved on by ``advance_ns``), then each device's
+    state; KVMCLOCK_CTRL last."""
+    warnings = restore_vm(kvm, vm, decode_vm(snapshot.body["vm"]), advance_ns)
     saved_devices = snapshot.body["devices"]
     if set(saved_devices) != set(devices) or len(snapshot.body["virtio"]) != len(virtio):
         raise SnapshotError(f"{snapshot.directory}: its devices are not this machine's")

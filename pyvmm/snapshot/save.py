@@ -154,6 +154,9 @@ def save_snapshot(directory: str, *, config: MachineConfig, kvm: Kvm, vm: Vm,
                                             [dataclasses.astuple(leaf) for leaf in leaves]))
                       for vcpu, leaves in zip(vcpus, cpuid)],
             "vm": encode_vm(save_vm(kvm, vm)),
+            # The host's time when kvmclock was read: a restore moves the guest's
+            # clocks (kvmclock, the TSC) on by the time since.
+            "host_realtime_ns": time.time_ns(),
             "devices": {name: device.to_state() for name, device in devices.items()},
             "virtio": [transport.to_state() for transport in virtio],
             "disks": images}

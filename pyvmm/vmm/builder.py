@@ -209,11 +209,14 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
 
         check_cpu(snapshot, kvm)
         cpuid = saved_cpuid(snapshot)
+        advance_ns = snapshot.clock_advance_ns()  # the guest's clocks move on by this
         for warning in restore_vcpus(snapshot, kvm, vcpus, lambda vcpu, leaves:
-                                     vcpu.set_cpuid(CpuidEntry(*leaf) for leaf in leaves)):
+                                     vcpu.set_cpuid(CpuidEntry(*leaf) for leaf in leaves),
+                                     advance_ns):
             log.warning("restore: %s", warning)
     else:
         assert boot is not None
+        advance_ns = 0
         cpuid = [adjust_cpuid(supported, vcpu.id, config.cpus, policy,
                               tsc_deadline=kvm.has_tsc_deadline_timer()) for vcpu in vcpus]
         for vcpu, leaves in zip(vcpus, cpuid):
@@ -236,7 +239,8 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     if snapshot is not None:
         from pyvmm.snapshot.restore import restore_machine_state
 
-        for warning in restore_machine_state(snapshot, kvm, vm, vcpus, stateful, transports):
+        for warning in restore_machine_state(snapshot, kvm, vm, vcpus, stateful, transports,
+                                             advance_ns):
             log.warning("restore: %s", warning)
         loop.call_at(0, lambda: serve_restored_queues(transports))
     shares.watch(loop, backend_failed)

@@ -76,8 +76,7 @@ class Machine:
         self._build(config, None)
 
     @classmethod
-    def restore(cls, path: str | os.PathLike[str], changed_disks: bool = False,
-                **overrides: Any) -> "Machine":
+    def restore(cls, path: str | os.PathLike[str], **overrides: Any) -> "Machine":
         """A new machine from the snapshot in directory ``path`` (``vm.snapshot``), not started.
 
         Its RAM is the snapshot's memory file mapped copy-on-write, so many
@@ -91,6 +90,7 @@ class Machine:
         """
         from pyvmm.snapshot.restore import load_snapshot
 
+        changed_disks = bool(overrides.pop("changed_disks", False))
         snapshot = load_snapshot(os.fspath(path), changed_disks, **overrides)
         machine = cls.__new__(cls)
         machine._build(snapshot.config, snapshot)

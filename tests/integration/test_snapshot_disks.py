@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -102,11 +103,15 @@ def test_an_image_replaced_with_its_mtime_set_back_is_refused(disk_snapshot) -> 
         pyvmm.Machine.restore(directory)
 
 
-def test_clones_on_overlays_each_write_their_own(disk_snapshot, restored) -> None:
+def test_clones_on_overlays_each_write_their_own(disk_snapshot, restored, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     directory, disk = disk_snapshot
     image_before = disk.read_bytes()
     mtime_before = os.stat(disk).st_mtime_ns
-    temporary = set(os.listdir(os.environ.get("TMPDIR", "/tmp")))
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
     clones = [restored(directory, snapshot=True) for _ in range(3)]
     for clone, byte in zip(clones, "xyz"):
         assert _read(clone) == "a"
@@ -117,8 +122,8 @@ def test_clones_on_overlays_each_write_their_own(disk_snapshot, restored) -> Non
         assert _quit(clone) == 0
         clone.stop()
     assert disk.read_bytes() == image_before and os.stat(disk).st_mtime_ns == mtime_before
-    # The overlays were unnamed files: nothing new is left in $TMPDIR.
-    assert set(os.listdir(os.environ.get("TMPDIR", "/tmp"))) - temporary == set()
+    # The overlays were unnamed files in $TMPDIR: nothing is left there.
+    assert os.listdir(private_tmp) == []
     again = restored(directory)  # the image never changed: no --changed-disks needed
     assert _read(again) == "a" and _quit(again) == 0
 

@@ -58,13 +58,17 @@ def _clone(snap: Snap) -> pyvmm.Machine:
 
 
 def _use_and_power_off(vm: pyvmm.Machine, n: int) -> None:
-    """The clone answers, reads the boot's disk block, writes its own, powers off with 0."""
+    """The clone answers, reads the boot's disk block, writes its own, powers off with 0.
+
+    Each answer is matched up to its line's end: the console may deliver a line in pieces.
+    """
     answer = _shell(vm, f"echo answer-$(({n} * 7)) $(dd if=/dev/vda bs=4 count=1 2>/dev/null)",
-                    r"answer-(\d+) (\w+)")
+                    r"answer-(\d+) (\w+)\r?\n")
     assert answer.groups() == (str(n * 7), "base")
     mine = _shell(vm, f"echo clone{n} | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null; "
                   "sync; echo 3 > /proc/sys/vm/drop_caches; "
-                  "echo mine $(dd if=/dev/vda bs=16 count=1 2>/dev/null | head -n1)", r"mine (\w+)")
+                  "echo mine $(dd if=/dev/vda bs=16 count=1 2>/dev/null | head -n1)",
+                  r"mine (\w+)\r?\n")
     assert mine.group(1) == f"clone{n}"
     vm.console.write("poweroff -f\n")
     outcome = vm.wait(120)
@@ -79,7 +83,7 @@ def test_the_clocks_move_on_with_the_hosts(linux_snapshot: Snap) -> None:
         before = time.time()
         found = _shell(vm, "a=$(date +%s); u=$(cut -d' ' -f1 /proc/uptime); sleep 2; "
                        "v=$(cut -d' ' -f1 /proc/uptime); echo clocks $a $u $v",
-                       r"clocks (\d+) ([\d.]+) ([\d.]+)")
+                       r"clocks (\d+) ([\d.]+) ([\d.]+)\r?\n")
         after = time.time()
         realtime, up, up_after_sleep = int(found[1]), float(found[2]), float(found[3])
         # CLOCK_REALTIME is the host's (whole seconds), not the snapshot's 3 s behind.

@@ -147,6 +147,8 @@ def qemu_savevm(memory: str, qcow2: Path, monitor: Path) -> float:
             if b"rror" in reply:
                 raise RuntimeError(f"QEMU savevm: {reply.decode(errors='replace').strip()}")
             hmp.sendall(b"quit\n")
+            while hmp.recv(4096):  # QEMU drops a command whose connection closed first
+                pass
         proc.wait(60)
         return seconds
     finally:
@@ -247,8 +249,8 @@ def main() -> None:
             print(f"pyvmm snapshot: guest paused {pause * 1000:.0f} ms, memory file "
                   f"{allocated >> 20} MiB allocated; QEMU savevm "
                   f"{'-' if savevm is None else f'{savevm:.2f} s'}")
-            print(f"RSS one clone adds: {anon >> 10} MiB anonymous, {file >> 10} MiB "
-                  f"file-backed (of {memory} guest RAM)")
+            print(f"RSS one clone adds: {anon} KiB anonymous, {file} KiB file-backed "
+                  f"(of {memory} guest RAM)")
 
 
 if __name__ == "__main__":

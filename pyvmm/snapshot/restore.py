@@ -50,6 +50,9 @@ class Snapshot:
     body: dict
     #: Each writable disk under a throwaway copy-on-write overlay (``pyvmm.host.cow_image``).
     overlays: bool = False
+    #: Every vCPU's and the VM's KVM state, decoded once (``load_snapshot`` checks them).
+    vcpus: tuple[VcpuState, ...] = ()
+    vm: VmState | None = None
 
     def map_memory(self) -> GuestMemory:
         return map_memory(self.directory, self.body["memory"]["layout"])
@@ -132,9 +135,8 @@ def load_snapshot(directory: str, changed_disks: bool = False, **overrides: Any)
     try:
         config = restore_config(body["config"], overrides)
         images = list(body["disks"])
-        for state in body["vcpus"]:
-            decode_vcpu(state)
-        decode_vm(body["vm"])
+        vcpus = tuple(decode_vcpu(state) for state in body["vcpus"])
+        vm = decode_vm(body["vm"])
         body["memory"]["layout"], body["devices"], body["virtio"]  # noqa: B018 - present
     except (KeyError, TypeError, ValueError) as exc:
         raise SnapshotError(f"{directory}: the state file lacks {exc} (damaged, or "
@@ -147,7 +149,7 @@ def load_snapshot(directory: str, changed_disks: bool = False, **overrides: Any)
                             f"{len(config.drives)} drives")
     if not changed_disks:
         check_images(directory, images)
-    return Snapshot(directory, config, body, overlays)
+    return Snapshot(directory, config, body, overlays, vcpus, vm)
 
 
 def check_cpu(snapshot: Snapshot, kvm: Kvm) -> None:
@@ -164,8 +166,7 @@ def check_cpu(snapshot: Snapshot, kvm: Kvm) -> None:
 
 def saved_cpuid(snapshot: Snapshot) -> list[list[CpuidEntry]]:
     """Each vCPU's CPUID table as the snapshot has it."""
-    return [[CpuidEntry(*leaf) for leaf in decode_vcpu(state).cpuid]
-            for state in snapshot.body["vcpus"]]
+    return [[CpuidEntry(*leaf) for leaf in state.cpuid] for state in snapshot.vcpus]
 
 
 def restore_vcpus(snapshot: Snapshot, kvm: Kvm, vcpus: Sequence[Vcpu],
@@ -173,8 +174,8 @@ def restore_vcpus(snapshot: Snapshot, kvm: Kvm, vcpus: Sequence[Vcpu],
     """Every vCPU's saved state, written in KVM's order, its TSC moved on by ``advance_ns``;
     warnings for parts left at reset."""
     warnings: list[str] = []
-    for vcpu, state in zip(vcpus, snapshot.body["vcpus"]):
-        warnings += restore_vcpu(kvm, vcpu, decode_vcpu(state), set_cpuid, advance_ns)
+    for vcpu, state in zip(vcpus, snapshot.vcpus):
+        warnings += restore_vcpu(kvm, vcpu, state, set_cpuid, advance_ns)
     return warnings
 
 
@@ -183,7 +184,8 @@ def restore_machine_state(snapshot: Snapshot, kvm: Kvm, vm: Vm, vcpus: Sequence[
                           virtio: Sequence[StatefulDevice], advance_ns: int = 0) -> list[str]:
     """The VM's irqchip, PIT and clock (moved on by ``advance_ns``), then each device's
     state; KVMCLOCK_CTRL last."""
-    warnings = restore_vm(kvm, vm, decode_vm(snapshot.body["vm"]), advance_ns)
+    assert snapshot.vm is not None
+    warnings = restore_vm(kvm, vm, snapshot.vm, advance_ns)
     saved_devices = snapshot.body["devices"]
     if set(saved_devices) != set(devices) or len(snapshot.body["virtio"]) != len(virtio):
         raise SnapshotError(f"{snapshot.directory}: its devices are not this machine's")

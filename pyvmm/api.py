@@ -87,12 +87,16 @@ class Machine:
         Its RAM is the snapshot's memory file mapped copy-on-write, so many
         machines restored from one snapshot share the pages none of them wrote.
         ``overrides`` are per-run options only (``timeout``, ``control``, ``dump``,
-        ``dump_on``, ``gdb``, ``gdb_wait``).  A damaged snapshot, one of another
-        version or from a CPU with features this host lacks raises ``PyvmmError``.
+        ``dump_on``, ``gdb``, ``gdb_wait``), and ``snapshot=True``: each writable
+        disk under a throwaway overlay, so clones write their own.  Its disk
+        images must be as they were at the snapshot (``changed_disks=True``
+        takes them anyway).  A damaged snapshot, one of another version or from
+        a CPU with features this host lacks raises ``PyvmmError``.
         """
         from pyvmm.snapshot.restore import load_snapshot
 
-        snapshot = load_snapshot(os.fspath(path), **overrides)
+        changed_disks = bool(overrides.pop("changed_disks", False))
+        snapshot = load_snapshot(os.fspath(path), changed_disks, **overrides)
         machine = cls.__new__(cls)
         machine._build(snapshot.config, snapshot)
         return machine
@@ -257,7 +261,9 @@ class Machine:
 
         The guest is paused while its state and RAM are written, then runs on
         (``stop``: it stops, as ``stop()`` would).  ``Machine.restore(path)`` makes
-        new machines from it.  Machines with disks or shares are refused for now.
+        new machines from it.  Raw disks pyvmm serves are named, not copied (a
+        restore checks they did not change); shares, disks qemu-storage-daemon
+        serves and command mode are refused (``SnapshotError``).
         """
         self._check_open()
         return self._machine.snapshot(os.fspath(path), stop)

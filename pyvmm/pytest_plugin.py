@@ -304,6 +304,8 @@ def pyvmm_snapshot(request: pytest.FixtureRequest,
                 snapshot_key(booted, ready, prepare),
                 lambda path: boot_to_snapshot(booted, ready, ready_timeout, prepare, path,
                                               machines))
+            if booted.drives:
+                per_run.setdefault("snapshot", True)  # each clone writes its own overlay
             machine = Machine.restore(directory, **per_run)
             machines.append(machine)
             return machine.start() if start else machine

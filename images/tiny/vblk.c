@@ -10,6 +10,11 @@
  *                  "vblk: write status <n>"
  *   getid          "vblk: id <serial>"
  *   bounds         read the sector past the end: "vblk: past-end status <n>"
+ *   console        "vblk: ready", then commands from the UART: 'w' and a byte
+ *                  fills sectors 0..7 with that byte and flushes ("vblk: wrote
+ *                  <byte>"), 'r' reads them ("vblk: read <byte>", or "vblk:
+ *                  read mixed" when they differ), 's' the whole disk's SHA-256,
+ *                  'q' powers off (for snapshots taken at its prompt)
  * Anything unexpected: "vblk: FAIL ..." and debug-exit status 1.
  */
 #include "runtime.h"
@@ -81,6 +86,69 @@ static void write_pattern(uint64_t capacity)
     puts(" sectors\n");
 }
 
+static void print_sha256(uint64_t capacity)
+{
+    struct sha256 ctx;
+    uint8_t digest[32];
+    sha256_init(&ctx);
+    for (uint64_t s = 0; s < capacity; s += CHUNK / 512) {
+        uint64_t n = capacity - s < CHUNK / 512 ? capacity - s : CHUNK / 512;
+        if (request(T_IN, s, buffer, (uint32_t)(n * 512)) != 0)
+            fail("read");
+        sha256_update(&ctx, buffer, n * 512);
+    }
+    sha256_final(&ctx, digest);
+    puts("vblk: sha256 ");
+    for (int i = 0; i < 32; i++) {
+        putc("0123456789abcdef"[digest[i] >> 4]);
+        putc("0123456789abcdef"[digest[i] & 15]);
+    }
+    putc('\n');
+}
+
+static int wait_byte(void)
+{
+    int c;
+    while ((c = getc_poll()) < 0)
+        __asm__ volatile("pause");
+    return c;
+}
+
+/* Commands from the UART, one byte each, until 'q'. */
+static void console_loop(uint64_t capacity)
+{
+    puts("vblk: ready\n");
+    for (;;) {
+        int c = wait_byte();
+        if (c == 'q')
+            return;
+        if (c == 'w') {
+            int value = wait_byte();
+            for (unsigned i = 0; i < 4096; i++)
+                buffer[i] = (uint8_t)value;
+            if (request(T_OUT, 0, buffer, 4096) != 0 || request(T_FLUSH, 0, 0, 0) != 0)
+                fail("write");
+            puts("vblk: wrote ");
+            putc((char)value);
+            putc('\n');
+        } else if (c == 'r') {
+            if (request(T_IN, 0, buffer, 4096) != 0)
+                fail("read");
+            int same = 1;
+            for (unsigned i = 1; i < 4096; i++)
+                same &= buffer[i] == buffer[0];
+            puts("vblk: read ");
+            if (same)
+                putc((char)buffer[0]);
+            else
+                puts("mixed");
+            putc('\n');
+        } else if (c == 's') {
+            print_sha256(capacity);
+        }
+    }
+}
+
 int main(const uint8_t *zp)
 {
     char mode[32];
@@ -100,22 +168,9 @@ int main(const uint8_t *zp)
                 __asm__ volatile("pause");
         }
     } else if (streq(mode, "sha256")) {
-        struct sha256 ctx;
-        uint8_t digest[32];
-        sha256_init(&ctx);
-        for (uint64_t s = 0; s < capacity; s += CHUNK / 512) {
-            uint64_t n = capacity - s < CHUNK / 512 ? capacity - s : CHUNK / 512;
-            if (request(T_IN, s, buffer, (uint32_t)(n * 512)) != 0)
-                fail("read");
-            sha256_update(&ctx, buffer, n * 512);
-        }
-        sha256_final(&ctx, digest);
-        puts("vblk: sha256 ");
-        for (int i = 0; i < 32; i++) {
-            putc("0123456789abcdef"[digest[i] >> 4]);
-            putc("0123456789abcdef"[digest[i] & 15]);
-        }
-        putc('\n');
+        print_sha256(capacity);
+    } else if (streq(mode, "console")) {
+        console_loop(capacity);
     } else if (streq(mode, "readonly")) {
         puts("vblk: ro-feature ");
         put_dec((dev.offered >> F_RO) & 1);

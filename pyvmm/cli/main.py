@@ -118,7 +118,11 @@ class _RunCommand(click.Command):
 @click.option("--restore", metavar="DIR", type=click.Path(file_okay=False),
               help="Run a new machine restored from the snapshot in DIR ('pyvmm snapshot', "
                    "vm.snapshot): no kernel; only per-run options (--timeout, --control, "
-                   "--dump, --dump-on, --gdb) may be given.")
+                   "--dump, --dump-on, --gdb; --snapshot: its disks under throwaway "
+                   "overlays) may be given.")
+@click.option("--changed-disks", is_flag=True,
+              help="With --restore: take the snapshot's disk images even if they changed "
+                   "since (by default such a restore is refused).")
 @click.option("--stats", type=click.Choice(("text", "json")), is_flag=False,
               flag_value="text", default=None,
               help="At exit, print start-up times and vCPU exits by kind and port/address "
@@ -129,7 +133,8 @@ class _RunCommand(click.Command):
 @reports_errors
 @unwinds_on_signals
 def run(ctx: click.Context, on_reboot: str, verbose: bool, restore: str | None,
-        stats: str | None, command: tuple[str, ...], **params: Any) -> None:
+        changed_disks: bool, stats: str | None, command: tuple[str, ...],
+        **params: Any) -> None:
     """Boot a kernel and show its serial console; or, given a COMMAND, run it.
 
     \b
@@ -156,7 +161,9 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, restore: str | None,
             raise ConfigError("--restore: --on-reboot restart would restore again; not taken")
         from pyvmm.snapshot.restore import load_snapshot
 
-        snapshot = load_snapshot(restore, **restore_options_given(ctx, params))
+        snapshot = load_snapshot(restore, changed_disks, **restore_options_given(ctx, params))
+    elif changed_disks:
+        raise ConfigError("--changed-disks: only with --restore")
     if command:
         _run_command(ctx, params, command, command_mode, verbose)
     if ctx.meta.get("pyvmm.bare_double_dash"):

@@ -16,6 +16,7 @@ import mmap
 import os
 import stat
 
+from pyvmm.host.fallocate import PUNCH_HOLE, ZERO_RANGE, fallocate
 from pyvmm.host.image_lock import ImageLockError, lock_image
 from pyvmm.errors import DeviceError
 
@@ -162,6 +163,30 @@ class DiskImage:
         finally:
             bounce.release()
         return done
+
+    def discard(self, offset: int, length: int) -> None:
+        """The guest no longer needs these bytes: punch them out where the filesystem can."""
+        try:
+            fallocate(self.fd, PUNCH_HOLE, offset, length)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                raise  # discard is a hint: a filesystem that can't is not an error
+
+    def write_zeroes(self, offset: int, length: int, unmap: bool) -> None:
+        """Zero ``length`` bytes at ``offset``: a hole (``unmap``) or zeroed blocks, else
+        zeros written a MiB at a time."""
+        try:
+            fallocate(self.fd, PUNCH_HOLE if unmap else ZERO_RANGE, offset, length)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+        zeros = memoryview(bytes(min(length, 1 << 20)))
+        while length:
+            count = min(length, len(zeros))
+            self.write_from([zeros[:count]], offset)
+            offset += count
+            length -= count
 
     def flush(self) -> None:
         """Make every completed write durable (the guest's flush)."""

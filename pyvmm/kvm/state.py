@@ -30,6 +30,9 @@ from pyvmm.kvm.system import CpuidTuple, Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 
+#: The TSC's MSR (Intel SDM vol. 4): a restore moves it on by the time since the snapshot.
+MSR_IA32_TSC = 0x10
+
 log = logging.getLogger(__name__)
 
 #: Struct kept whole per vCPU part: part name -> (C type, get ioctl, set ioctl, capability).
@@ -173,10 +176,13 @@ def save_vcpu(kvm: Kvm, vcpu: Vcpu, msr_indices: Iterable[int],
 
 
 def restore_vcpu(kvm: Kvm, vcpu: Vcpu, state: VcpuState,
-                 set_cpuid: Callable[[Vcpu, list[CpuidTuple]], None]) -> list[str]:
+                 set_cpuid: Callable[[Vcpu, list[CpuidTuple]], None],
+                 advance_ns: int = 0) -> list[str]:
     """Write ``state`` into a new vCPU, in the order the module doc gives; return warnings.
 
     ``set_cpuid`` sets the leaves (the platform's type for them is not the binding's).
+    ``advance_ns``: the time since the snapshot, by which the guest's TSC moves on
+    (a guest whose clocksource is the TSC then keeps the host's time).
     """
     warnings = [f"vCPU {vcpu.id}: {part} not saved ({why}); left at reset"
                 for part, why in state.missing.items()]
@@ -193,7 +199,9 @@ def restore_vcpu(kvm: Kvm, vcpu: Vcpu, state: VcpuState,
     ioctl(vcpu.fd, lib.KVM_SET_MP_STATE, mp, "KVM_SET_MP_STATE")
     for part in RESTORE_ORDER:
         if part == "msrs":
-            vcpu.set_msrs(state.msrs)
+            ticks = advance_ns * (state.tsc_khz or 0) // 1_000_000
+            vcpu.set_msrs([(index, (value + ticks) & (1 << 64) - 1 if index == MSR_IA32_TSC
+                            else value) for index, value in state.msrs])
             continue
         data = state.structs.get(part)
         if data is None:
@@ -241,8 +249,12 @@ def save_vm(kvm: Kvm, vm: Vm) -> VmState:
     return VmState(structs, missing)
 
 
-def restore_vm(kvm: Kvm, vm: Vm, state: VmState) -> list[str]:
-    """PIT, kvmclock, then the three irqchips (Firecracker's order); return warnings."""
+def restore_vm(kvm: Kvm, vm: Vm, state: VmState, advance_ns: int = 0) -> list[str]:
+    """PIT, kvmclock, then the three irqchips (Firecracker's order); return warnings.
+
+    kvmclock moves on by ``advance_ns`` (the time since the snapshot), so the
+    guest's clocks read the host's time, not the snapshot's.
+    """
     warnings = [f"VM: {part} not saved ({why}); left at reset"
                 for part, why in state.missing.items()]
     if "pit2" in state.structs:
@@ -252,6 +264,7 @@ def restore_vm(kvm: Kvm, vm: Vm, state: VmState) -> list[str]:
         if _has(kvm, "KVM_CAP_ADJUST_CLOCK"):
             clock = _blob("struct kvm_clock_data", state.structs["clock"], "clock")
             clock.flags = 0  # the flags KVM_GET_CLOCK reports are not ones SET takes
+            clock.clock += advance_ns
             ioctl(vm.fd, lib.KVM_SET_CLOCK, clock, "KVM_SET_CLOCK")
         else:
             warnings.append("VM: this host's KVM lacks KVM_CAP_ADJUST_CLOCK: kvmclock restarts")

@@ -8,8 +8,11 @@ A snapshot directory holds two files, both created owner-only:
     ``body``: the machine config, the memory layout, every vCPU's and the VM's
     KVM state (kernel structs as base64, MSRs, CPUID; ``pyvmm/kvm/state.py``)
     and each device's state (``to_state`` of the UART, i8042, RTC and virtio
-    transports).  Another version, a checksum that does not match, a file cut
-    short or CPU features this host lacks are refused with one line.
+    transports) and ``disks``: each raw image pyvmm served, by path, size,
+    mtime and a sampled fingerprint (``pyvmm/snapshot/disks.py``; the images
+    themselves are not copied).  Another version, a checksum that does not
+    match, a file cut short, CPU features this host lacks or a disk image that
+    changed since are refused with one line.
 ``memory.raw``
     Guest RAM, its ranges back to back, written straight from guest memory with
     all-zero pages left as holes (a sparse file).  A restore maps it

@@ -12,11 +12,14 @@ import base64
 import binascii
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from pyvmm.arch.x86_64.cpuid import CpuidEntry
 from pyvmm.config.machine import MachineConfig, machine_options
+from pyvmm.config.network import NetConfig
+from pyvmm.config.tables import DriveConfig
 from pyvmm.config.values import BadValue
 from pyvmm.errors import ConfigError, HostError, PyvmmError
 from pyvmm.kvm.state import (VcpuState, VmState, kvmclock_ctrl, restore_vcpu, restore_vm)
@@ -26,6 +29,7 @@ from pyvmm.kvm.vm import Vm
 from pyvmm.memory import GuestMemory
 from pyvmm.snapshot import SnapshotError
 from pyvmm.snapshot.cpu import missing_features
+from pyvmm.snapshot.disks import check_images
 from pyvmm.snapshot.memfile import map_memory
 from pyvmm.snapshot.save import PER_RUN_OPTIONS, StatefulDevice
 from pyvmm.snapshot.stateformat import read_state
@@ -33,7 +37,8 @@ from pyvmm.snapshot.stateformat import read_state
 log = logging.getLogger(__name__)
 
 #: Options a restore may give (by their API names): they belong to the run, not the machine.
-RESTORE_OPTIONS = ("timeout", "control", "dump", "dump_on", "gdb", "gdb_wait")
+#: ``snapshot`` (QEMU's -snapshot) puts each writable disk under a throwaway overlay.
+RESTORE_OPTIONS = ("timeout", "control", "dump", "dump_on", "gdb", "gdb_wait", "snapshot")
 
 
 @dataclass(frozen=True)
@@ -43,9 +48,19 @@ class Snapshot:
     directory: str
     config: MachineConfig
     body: dict
+    #: Each writable disk under a throwaway copy-on-write overlay (``pyvmm.host.cow_image``).
+    overlays: bool = False
+    #: Every vCPU's and the VM's KVM state, decoded once (``load_snapshot`` checks them).
+    vcpus: tuple[VcpuState, ...] = ()
+    vm: VmState | None = None
 
     def map_memory(self) -> GuestMemory:
         return map_memory(self.directory, self.body["memory"]["layout"])
+
+    def clock_advance_ns(self) -> int:
+        """Host time since the snapshot (never negative): how far the guest's clocks move on."""
+        saved = self.body.get("host_realtime_ns")
+        return max(0, time.time_ns() - int(saved)) if saved is not None else 0
 
 
 def _decode(data: str, what: str) -> bytes:
@@ -68,6 +83,14 @@ def decode_vm(state: Mapping[str, Any]) -> VmState:
                    dict(state["missing"]))
 
 
+def _table(kind: type, saved: Any) -> Any:
+    """A [[drive]]/[[net]] table back from JSON (its lists were tuples)."""
+    if not isinstance(saved, dict):
+        raise TypeError(f"a {kind.__name__} that is not an object")
+    return kind(**{key: tuple(value) if isinstance(value, list) else value
+                   for key, value in saved.items()})
+
+
 def restore_config(saved: Mapping[str, Any], overrides: Mapping[str, Any]) -> MachineConfig:
     """The snapshot's machine with the restore's per-run ``overrides`` (API names, values as
     ``Machine()`` takes them).  ConfigError for any other option: the machine is as saved."""
@@ -77,10 +100,14 @@ def restore_config(saved: Mapping[str, Any], overrides: Mapping[str, Any]) -> Ma
         raise SnapshotError("the snapshot's machine config does not match this pyvmm's options")
     values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
                               for name, value in saved.items()}
-    if values["drives"] or values["shares"]:
-        raise SnapshotError("the snapshot has disks or shares, which restore can't re-attach yet")
+    if values["shares"]:
+        raise SnapshotError("the snapshot has shares, which a restore can't re-attach")
+    values["drives"] = tuple(_table(DriveConfig, drive) for drive in values["drives"])
+    values["nets"] = tuple(_table(NetConfig, net) for net in values["nets"])
     values.update(PER_RUN_OPTIONS)
     for name, raw in overrides.items():
+        if name == "snapshot":
+            continue  # not the machine's: load_snapshot's overlays
         if name not in RESTORE_OPTIONS:
             raise ConfigError(f"{name}: a restored machine is the snapshot's; a restore takes "
                               f"only {', '.join(RESTORE_OPTIONS)}")
@@ -97,14 +124,19 @@ def restore_config(saved: Mapping[str, Any], overrides: Mapping[str, Any]) -> Ma
         raise SnapshotError(f"the snapshot's machine config is refused: {exc}") from None
 
 
-def load_snapshot(directory: str, **overrides: Any) -> Snapshot:
-    """The checked snapshot in ``directory`` (SnapshotError for anything wrong with it)."""
+def load_snapshot(directory: str, changed_disks: bool = False, **overrides: Any) -> Snapshot:
+    """The checked snapshot in ``directory`` (SnapshotError for anything wrong with it).
+
+    Its disk images must be unchanged since (``pyvmm.snapshot.disks``) unless
+    ``changed_disks``; ``snapshot=True`` restores onto throwaway overlays over them.
+    """
     body = read_state(directory)
+    overlays = bool(overrides.get("snapshot"))
     try:
         config = restore_config(body["config"], overrides)
-        for state in body["vcpus"]:
-            decode_vcpu(state)
-        decode_vm(body["vm"])
+        images = list(body["disks"])
+        vcpus = tuple(decode_vcpu(state) for state in body["vcpus"])
+        vm = decode_vm(body["vm"])
         body["memory"]["layout"], body["devices"], body["virtio"]  # noqa: B018 - present
     except (KeyError, TypeError, ValueError) as exc:
         raise SnapshotError(f"{directory}: the state file lacks {exc} (damaged, or "
@@ -112,7 +144,12 @@ def load_snapshot(directory: str, **overrides: Any) -> Snapshot:
     if len(body["vcpus"]) != config.cpus:
         raise SnapshotError(f"{directory}: {len(body['vcpus'])} vCPU states for "
                             f"{config.cpus} vCPUs")
-    return Snapshot(directory, config, body)
+    if len(images) != len(config.drives):
+        raise SnapshotError(f"{directory}: {len(images)} disk records for "
+                            f"{len(config.drives)} drives")
+    if not changed_disks:
+        check_images(directory, images)
+    return Snapshot(directory, config, body, overlays, vcpus, vm)
 
 
 def check_cpu(snapshot: Snapshot, kvm: Kvm) -> None:
@@ -129,24 +166,26 @@ def check_cpu(snapshot: Snapshot, kvm: Kvm) -> None:
 
 def saved_cpuid(snapshot: Snapshot) -> list[list[CpuidEntry]]:
     """Each vCPU's CPUID table as the snapshot has it."""
-    return [[CpuidEntry(*leaf) for leaf in decode_vcpu(state).cpuid]
-            for state in snapshot.body["vcpus"]]
+    return [[CpuidEntry(*leaf) for leaf in state.cpuid] for state in snapshot.vcpus]
 
 
 def restore_vcpus(snapshot: Snapshot, kvm: Kvm, vcpus: Sequence[Vcpu],
-                  set_cpuid: Callable[[Vcpu, list], None]) -> list[str]:
-    """Every vCPU's saved state, written in KVM's order; warnings for parts left at reset."""
+                  set_cpuid: Callable[[Vcpu, list], None], advance_ns: int = 0) -> list[str]:
+    """Every vCPU's saved state, written in KVM's order, its TSC moved on by ``advance_ns``;
+    warnings for parts left at reset."""
     warnings: list[str] = []
-    for vcpu, state in zip(vcpus, snapshot.body["vcpus"]):
-        warnings += restore_vcpu(kvm, vcpu, decode_vcpu(state), set_cpuid)
+    for vcpu, state in zip(vcpus, snapshot.vcpus):
+        warnings += restore_vcpu(kvm, vcpu, state, set_cpuid, advance_ns)
     return warnings
 
 
 def restore_machine_state(snapshot: Snapshot, kvm: Kvm, vm: Vm, vcpus: Sequence[Vcpu],
                           devices: Mapping[str, StatefulDevice],
-                          virtio: Sequence[StatefulDevice]) -> list[str]:
-    """The VM's irqchip, PIT and clock, then each device's state; KVMCLOCK_CTRL last."""
-    warnings = restore_vm(kvm, vm, decode_vm(snapshot.body["vm"]))
+                          virtio: Sequence[StatefulDevice], advance_ns: int = 0) -> list[str]:
+    """The VM's irqchip, PIT and clock (moved on by ``advance_ns``), then each device's
+    state; KVMCLOCK_CTRL last."""
+    assert snapshot.vm is not None
+    warnings = restore_vm(kvm, vm, snapshot.vm, advance_ns)
     saved_devices = snapshot.body["devices"]
     if set(saved_devices) != set(devices) or len(snapshot.body["virtio"]) != len(virtio):
         raise SnapshotError(f"{snapshot.directory}: its devices are not this machine's")

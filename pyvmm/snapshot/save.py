@@ -48,19 +48,50 @@ class SnapshotInfo:
     written_bytes: int
 
 
+#: Why a share can't be in a snapshot (Firecracker refuses vhost-user devices too).
+SHARE_REFUSED = ("a machine with --share can't be snapshotted: virtiofsd keeps the share's "
+                 "open files and FUSE session, which vhost-user can't hand to a new "
+                 "virtiofsd, and a restored guest's RAM (the memory file mapped privately) "
+                 "can't be shared with a vhost-user back end")
+
+
 def refuse_unsupported(config: MachineConfig) -> None:
-    """SnapshotError for a machine whose state lives outside pyvmm (not yet handled)."""
-    if config.shares:
-        raise SnapshotError("a machine with --share can't be snapshotted yet: virtiofsd "
-                            "keeps the share's state, outside pyvmm")
-    if config.drives:
-        raise SnapshotError("a machine with --drive can't be snapshotted yet (disk images "
-                            "and their overlays are later work)")
+    """SnapshotError for a machine whose state lives outside pyvmm."""
     if config.stdio_ports:
         raise SnapshotError("command mode's machine can't be snapshotted")
     if config.vsock is not None or config.vsock_auto:
         raise SnapshotError("a machine with --vsock can't be snapshotted yet: the kernel's "
                             "vhost-vsock holds its connections, outside pyvmm")
+    if config.shares:
+        raise SnapshotError(SHARE_REFUSED)
+
+
+def disk_images(virtio: Sequence[StatefulDevice]) -> list[dict]:
+    """Each disk pyvmm serves, flushed and named by its identity (``snapshot.disks``), in
+    --drive order; SnapshotError for a disk whose data lives where a snapshot can't see."""
+    from pyvmm.devices.virtio.block import BlockDevice
+    from pyvmm.devices.virtio.vhost_user import VhostBlockDevice
+    from pyvmm.host.cow_image import CowImage
+    from pyvmm.snapshot.disks import identity
+
+    images = []
+    for transport in virtio:
+        device = getattr(transport, "device", None)
+        if isinstance(device, VhostBlockDevice):
+            raise SnapshotError(
+                "a drive served by qemu-storage-daemon (a qcow2 or other format, "
+                "snapshot=on, backend=qsd) can't be snapshotted: its state is the daemon's, "
+                "and a restored guest's RAM (the memory file mapped privately) can't be "
+                "shared with a vhost-user back end; give raw drives, which pyvmm serves "
+                "(restore with --snapshot for throwaway overlays)")
+        if isinstance(getattr(device, "disk", None), CowImage):
+            raise SnapshotError("a clone restored onto throwaway disk overlays can't be "
+                                "snapshotted: what it wrote to its disks is not kept")
+        if isinstance(device, BlockDevice):
+            device.disk.flush()
+            images.append({**identity(os.path.abspath(device.disk.path)),
+                           "readonly": device.disk.readonly})
+    return images
 
 
 def _prepare_directory(directory: str) -> None:
@@ -96,7 +127,11 @@ def encode_vm(state: VmState) -> dict:
 
 
 def config_body(config: MachineConfig) -> dict:
-    return dataclasses.asdict(dataclasses.replace(config, **PER_RUN_OPTIONS))
+    """The machine as saved: no per-run options, disk images by absolute path (a restore
+    may run elsewhere)."""
+    drives = tuple(dataclasses.replace(drive, path=os.path.abspath(drive.path))
+                   for drive in config.drives)
+    return dataclasses.asdict(dataclasses.replace(config, drives=drives, **PER_RUN_OPTIONS))
 
 
 def save_snapshot(directory: str, *, config: MachineConfig, kvm: Kvm, vm: Vm,
@@ -108,6 +143,7 @@ def save_snapshot(directory: str, *, config: MachineConfig, kvm: Kvm, vm: Vm,
     KVM_RUN and device work stopped (the caller pauses the machine) until this returns.
     ``cpuid`` is each vCPU's CPUID table as the builder set it."""
     refuse_unsupported(config)
+    images = disk_images(virtio)
     directory = os.path.abspath(directory)
     _prepare_directory(directory)
     start = time.perf_counter()
@@ -121,8 +157,12 @@ def save_snapshot(directory: str, *, config: MachineConfig, kvm: Kvm, vm: Vm,
                                             [dataclasses.astuple(leaf) for leaf in leaves]))
                       for vcpu, leaves in zip(vcpus, cpuid)],
             "vm": encode_vm(save_vm(kvm, vm)),
+            # The host's time when kvmclock was read: a restore moves the guest's
+            # clocks (kvmclock, the TSC) on by the time since.
+            "host_realtime_ns": time.time_ns(),
             "devices": {name: device.to_state() for name, device in devices.items()},
-            "virtio": [transport.to_state() for transport in virtio]}
+            "virtio": [transport.to_state() for transport in virtio],
+            "disks": images}
         layout, written = write_memory(directory, memory)
         body["memory"] = {"file": MEMORY_FILE, "layout": [list(entry) for entry in layout]}
         write_state(directory, body)

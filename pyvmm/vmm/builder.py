@@ -46,7 +46,7 @@ from pyvmm.vcpu.uart_fastpath import UartFastPath
 from pyvmm.vcpu.served import ServedVcpu
 from pyvmm.vcpu.runner import VcpuRunner, VcpuRunners
 from pyvmm.vmm.virtio_slots import (acpi_platform, announce, attach_virtio, open_virtio_devices,
-                                open_vsock, plan_virtio_slots)
+                                open_vsock, plan_virtio_slots, serve_restored_queues)
 
 if TYPE_CHECKING:
     from pyvmm.devices.virtio.ports import Port
@@ -100,26 +100,26 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     (``config`` is then ``snapshot.config``) the machine is restored from it:
     RAM mapped from its memory file, CPU and device state written back, no kernel.
     """
-    if snapshot is not None:
-        return _build(config, console, ports, stats, b"", None, plan_virtio_slots(config),
-                      Shares(()), Disks(()), Networks(()), snapshot)
-    # A kernel or initrd larger than guest RAM can't fit in it.
-    ram = f"(the guest's --memory {size_name(config.memory)})"
-    kernel_image = read_input(config.kernel, "kernel", LoaderError, config.memory, ram)
-    initrd_image = read_input(config.initrd, "initrd", LoaderError, config.memory, ram) \
-        if config.initrd else None
-
-    refuse_linux_on_pvm(config, kernel_image)
+    kernel_image, initrd_image = b"", None
+    if snapshot is None:
+        # A kernel or initrd larger than guest RAM can't fit in it.
+        ram = f"(the guest's --memory {size_name(config.memory)})"
+        kernel_image = read_input(config.kernel, "kernel", LoaderError, config.memory, ram)
+        initrd_image = read_input(config.initrd, "initrd", LoaderError, config.memory, ram) \
+            if config.initrd else None
+        refuse_linux_on_pvm(config, kernel_image)
     # Everything that can be wrong with the input is found before KVM is opened.
     slots = plan_virtio_slots(config)
-    disks = Disks(config.drives)
+    # A restore re-opens the snapshot's images (or overlays over them) and starts a
+    # fresh passt per NIC; the snapshot refused shares.
+    disks = Disks(config.drives, overlays=snapshot is not None and snapshot.overlays)
     shares = Shares(config.shares)
     networks = Networks(config.nets)
     vsock = None
     try:
         vsock = open_vsock(config)
         return _build(config, console, ports, stats, kernel_image, initrd_image, slots,
-                      shares, disks, networks, vsock=vsock)
+                      shares, disks, networks, snapshot, vsock=vsock)
     except BaseException:
         if vsock is not None:
             vsock.close()
@@ -214,11 +214,14 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
 
         check_cpu(snapshot, kvm)
         cpuid = saved_cpuid(snapshot)
+        advance_ns = snapshot.clock_advance_ns()  # the guest's clocks move on by this
         for warning in restore_vcpus(snapshot, kvm, vcpus, lambda vcpu, leaves:
-                                     vcpu.set_cpuid(CpuidEntry(*leaf) for leaf in leaves)):
+                                     vcpu.set_cpuid(CpuidEntry(*leaf) for leaf in leaves),
+                                     advance_ns):
             log.warning("restore: %s", warning)
     else:
         assert boot is not None
+        advance_ns = 0
         cpuid = [adjust_cpuid(supported, vcpu.id, config.cpus, policy,
                               tsc_deadline=kvm.has_tsc_deadline_timer()) for vcpu in vcpus]
         for vcpu, leaves in zip(vcpus, cpuid):
@@ -241,8 +244,10 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     if snapshot is not None:
         from pyvmm.snapshot.restore import restore_machine_state
 
-        for warning in restore_machine_state(snapshot, kvm, vm, vcpus, stateful, transports):
+        for warning in restore_machine_state(snapshot, kvm, vm, vcpus, stateful, transports,
+                                             advance_ns):
             log.warning("restore: %s", warning)
+        loop.call_at(0, lambda: serve_restored_queues(transports))
     shares.watch(loop, backend_failed)
     disks.watch(loop, backend_failed)
     networks.watch(loop, backend_failed)

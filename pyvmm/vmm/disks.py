@@ -24,6 +24,7 @@ from pyvmm.config.tables import DriveConfig
 from pyvmm.errors import ConfigError, DeviceError
 
 if TYPE_CHECKING:
+    from pyvmm.host.disk_image import DiskImage
     from pyvmm.vhost.frontend import VhostUserFrontend
     from pyvmm.vhost.storage_daemon import StorageDaemon
 
@@ -70,8 +71,11 @@ def plan_drive(drive: DriveConfig) -> DrivePlan:
 class Disks:
     """The drives of one machine and, if any needs it, its qemu-storage-daemon."""
 
-    def __init__(self, drives: Sequence[DriveConfig]) -> None:
+    def __init__(self, drives: Sequence[DriveConfig], overlays: bool = False) -> None:
         self.plans = [plan_drive(drive) for drive in drives]
+        #: A restore with ``snapshot=True``: each writable raw disk under a throwaway
+        #: in-process copy-on-write overlay (``pyvmm.host.cow_image``).
+        self.overlays = overlays
         self.daemon: StorageDaemon | None = None
         self._binary: str | None = None
         self._backends: dict[int, tuple[VhostUserFrontend, int, bytes]] = {}
@@ -88,6 +92,17 @@ class Disks:
 
     def served_by_daemon(self, index: int) -> bool:
         return self.plans[index].daemon
+
+    def open_image(self, index: int) -> DiskImage:
+        """The raw image of the ``index``-th drive, opened and locked for pyvmm to serve."""
+        from pyvmm.host.disk_image import DiskImage
+
+        drive = self.plans[index].drive
+        if self.overlays and not drive.readonly:
+            from pyvmm.host.cow_image import CowImage
+
+            return CowImage(drive.path, direct=drive.cache == "none")
+        return DiskImage(drive.path, readonly=drive.readonly, direct=drive.cache == "none")
 
     def start(self) -> None:
         """Start the daemon and export its drives (in --drive order); all or nothing."""

@@ -142,15 +142,3 @@ def test_bad_snapshots_and_options_are_one_line_with_status_2(echo_snapshot: Pat
     os.truncate(echo_snapshot / MEMORY_FILE, 1 << 20)
     with pytest.raises(PyvmmError, match="damaged"):
         pyvmm.Machine.restore(echo_snapshot)
-
-
-def test_a_machine_with_a_disk_is_refused_and_nothing_is_left(pyvmm_machine: Factory,
-                                                            tmp_path: Path) -> None:
-    disk = tmp_path / "disk.img"
-    disk.write_bytes(bytes(1 << 20))
-    vm = pyvmm_machine(kernel=image("tiny/echo.bzImage"), memory="64M", drives=[str(disk)])
-    vm.console.expect("echo ready", 30)
-    with pytest.raises(PyvmmError, match="--drive can't be snapshotted yet"):
-        vm.snapshot(tmp_path / "snap")
-    assert not (tmp_path / "snap").exists()
-    assert vm.running

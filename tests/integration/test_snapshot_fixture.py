@@ -158,3 +158,45 @@ def test_a_boot_that_never_gets_ready_fails_its_tests_in_one_line(
     result.stdout.fnmatch_lines(["*pyvmm console 0: echo.bzImage*", "*echo ready*"])
     assert result.duration < 60
     assert left_behind(pytester) == []
+
+
+#: Three tests on clones of the vblk guest, its disk written 'a' before the snapshot: each
+#: clone reads 'a', writes its own byte to its own overlay and reads it back.
+DISK_SUITE = """
+import pytest
+
+VBLK, DISK = {vblk!r}, {disk!r}
+
+
+def wrote_a(vm):
+    vm.console.write("wa")
+    vm.console.expect("vblk: wrote a\\n", 30)
+
+
+@pytest.fixture
+def vblk(pyvmm_snapshot):
+    return pyvmm_snapshot(kernel=VBLK, memory="64M", append="console=ttyS0 blktest=console",
+                          drives=[DISK], ready="vblk: ready", prepare=wrote_a, timeout=60)
+
+
+@pytest.mark.parametrize("byte", ["x", "y", "z"])
+def test_a_clone_writes_its_own_overlay(vblk, byte):
+    vblk.console.write("r")
+    vblk.console.expect("vblk: read a\\n", 30)
+    vblk.console.write("w" + byte + "r")
+    vblk.console.expect(f"vblk: wrote {{byte}}\\nvblk: read {{byte}}\\n", 30)
+    vblk.console.write("q")
+    assert vblk.wait(30).status == 0
+"""
+
+
+def test_clones_of_a_machine_with_a_disk_each_write_their_own(pytester: pytest.Pytester,
+                                                              tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(2 << 20))
+    result, _, _ = run_suite(pytester, DISK_SUITE, vblk=str(image("tiny/vblk.bzImage")),
+                             disk=str(disk))
+    result.assert_outcomes(passed=3)
+    # The boot wrote 'a' to the image; no clone's byte reached it.
+    assert disk.read_bytes()[:4096] == b"a" * 4096
+    assert left_behind(pytester) == []

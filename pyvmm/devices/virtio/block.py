@@ -9,7 +9,6 @@ error) becomes a status byte, never an exception out of the device.
 
 from __future__ import annotations
 
-import errno
 import logging
 import struct
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from dataclasses import dataclass, field
 from pyvmm.devices.virtio.device import VirtioDevice
 from pyvmm.host.disk_image import SECTOR_SIZE, DiskImage
 from pyvmm.devices.virtio.queue import DescriptorChain, read_from, write_into
-from pyvmm.host.fallocate import PUNCH_HOLE, ZERO_RANGE, fallocate
 
 log = logging.getLogger(__name__)
 
@@ -240,28 +238,8 @@ class BlockDevice(VirtioDevice):
                 return VIRTIO_BLK_S_IOERR
             offset, length = sector * SECTOR_SIZE, count * SECTOR_SIZE
             if request.type == VIRTIO_BLK_T_DISCARD:
-                self._discard(offset, length)
+                self.disk.discard(offset, length)
             else:
-                self._zero(offset, length, unmap=bool(flags & WRITE_ZEROES_FLAG_UNMAP))
+                self.disk.write_zeroes(offset, length,
+                                       unmap=bool(flags & WRITE_ZEROES_FLAG_UNMAP))
         return VIRTIO_BLK_S_OK
-
-    def _discard(self, offset: int, length: int) -> None:
-        try:
-            fallocate(self.disk.fd, PUNCH_HOLE, offset, length)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
-                raise  # discard is a hint: a filesystem that can't is not an error
-
-    def _zero(self, offset: int, length: int, unmap: bool) -> None:
-        try:
-            fallocate(self.disk.fd, PUNCH_HOLE if unmap else ZERO_RANGE, offset, length)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise
-        zeros = memoryview(bytes(min(length, 1 << 20)))
-        while length:
-            count = min(length, len(zeros))
-            self.disk.write_from([zeros[:count]], offset)
-            offset += count
-            length -= count

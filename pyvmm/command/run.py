@@ -22,14 +22,16 @@ import socket
 import sys
 import tempfile
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from pyvmm.vmm.builder import build_machine
 from pyvmm.config.command import CommandOptions
 from pyvmm.config.machine import MachineConfig
+from pyvmm.config.network import NetConfig, nics
 from pyvmm.host import environment
 from pyvmm.config.tables import ShareConfig
 from pyvmm.console.host import HostConsole
+from pyvmm.devices.virtio.net import default_mac
 from pyvmm.devices.virtio.ports import Port, PortsDevice
 from pyvmm.errors import SEE_CHECK, ConfigError, HostError, PyvmmError
 from pyvmm.exitstatus import StopReason
@@ -161,8 +163,9 @@ class Streams:
 
 
 def make_job(argv: tuple[str, ...], rw: bool, shares: tuple[ShareConfig, ...],
-             user: str | None = None) -> Job:
-    """The job: the caller's directory, identity and environment (or ``user``'s)."""
+             user: str | None = None, nets: Sequence[NetConfig] = ()) -> Job:
+    """The job: the caller's directory, identity and environment (or ``user``'s), and
+    the NICs /init only brings up (taps: no DHCP server of ours behind them)."""
     env = environment.carried(CARRIED_ENV)
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
     uid, gid = os.geteuid(), os.getegid()
@@ -173,8 +176,10 @@ def make_job(argv: tuple[str, ...], rw: bool, shares: tuple[ShareConfig, ...],
     mounts = tuple((share.tag, os.path.abspath(share.path), share.readonly) for share in shares)
     env_binary = _host_tool("env", "coreutils")
     setpriv_binary = _host_tool("setpriv", "util-linux") if uid or gid else ""
+    link_only = tuple((nic.mac or default_mac(index).hex(":")).lower()
+                      for index, nic in enumerate(nics(nets)) if nic.type == "tap")
     return Job(argv, os.getcwd(), uid, gid, groups, tuple(env.items()), rw, mounts,
-               env_binary, setpriv_binary, socket.gethostname())
+               env_binary, setpriv_binary, socket.gethostname(), link_only)
 
 
 def _host_tool(name: str, package: str) -> str:
@@ -230,7 +235,7 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], options: CommandOp
     with open(config.kernel, "rb") as stream:
         head = stream.read(1 << 16)
     base = base_archive(modules_for(head, options.modules, device_modules(config)))
-    job = make_job(argv, options.rw, config.shares, options.user)
+    job = make_job(argv, options.rw, config.shares, options.user, config.nets)
     private = tempfile.mkdtemp(prefix="pyvmm-run-")
     console = LogConsole(verbose)
     try:

@@ -113,7 +113,7 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     slots = plan_virtio_slots(config)
     disks = Disks(config.drives)
     shares = Shares(config.shares)
-    networks = Networks(config.nets)
+    networks = Networks(config.nets, address_of)
     try:
         return _build(config, console, ports, stats, kernel_image, initrd_image, slots,
                       shares, disks, networks)

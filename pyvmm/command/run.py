@@ -22,7 +22,7 @@ import socket
 import sys
 import tempfile
 import threading
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from pyvmm.vmm.builder import build_machine
 from pyvmm.config.command import CommandOptions
@@ -39,6 +39,9 @@ from pyvmm.command.initramfs.build import (Job, base_archive, device_modules, jo
                                            modules_for)
 from pyvmm.kvm import system as kvm_system  # a module: tests stand in for is_pvm_host
 from pyvmm.vmm.signals import signals_stop
+
+if TYPE_CHECKING:
+    from pyvmm.vcpu.stats import RunStats
 
 #: pyvmm's status when it, or the guest, fails before the command ends.
 FAILED = 255
@@ -219,7 +222,7 @@ def command_config(config: MachineConfig, rw: bool, initrd: str, user_append: st
 
 def run_command(config: MachineConfig, argv: tuple[str, ...], options: CommandOptions, *,
                 user_append: str | None = None, verbose: bool = False,
-                streams: Streams | None = None) -> int:
+                streams: Streams | None = None, stats: RunStats | None = None) -> int:
     """Run ``argv`` in a guest; return its status (255 and a line on stderr if we fail first).
 
     ``user_append`` is what the user added to the kernel command line;
@@ -246,20 +249,23 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], options: CommandOp
             stream.write(base)
             stream.write(job_archive(job))
         machine_config = command_config(config, options.rw, initrd, user_append)
-        return _run(machine_config, console, streams)
+        return _run(machine_config, console, streams, stats)
     finally:
         console.close()
         shutil.rmtree(private, ignore_errors=True)
 
 
-def _run(config: MachineConfig, console: LogConsole, library: Streams | None) -> int:
+def _run(config: MachineConfig, console: LogConsole, library: Streams | None,
+         stats: RunStats | None = None) -> int:
     streams = library or Streams()
-    machine = build_machine(config, console, streams.ports)
+    machine = build_machine(config, console, streams.ports, stats=stats)
     device = machine.virtio_device(PortsDevice)
     assert device is not None  # config.stdio_ports
     streams.start_stdin(device)
     with signals_stop(machine) if library is None else contextlib.nullcontext():
         reason = machine.run()
+    if stats is not None:
+        stats.note_stop(machine.stop_requested_at)
     machine.close()
     streams.reason = reason
     status, error = streams.outcome()

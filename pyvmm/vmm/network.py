@@ -148,9 +148,16 @@ class Networks:
         return index in self.taps and self.taps[index].vhost is not None
 
     def watch(self, loop: EventLoop, on_death: Callable[[str], None]) -> None:
-        """Serve each link from the loop; ``on_death(reason)`` when its back end goes away."""
+        """Serve each link from the loop; ``on_death(reason)`` when its back end goes away
+        (a tap vhost-net serves is watched for that alone: EPOLLERR once it is deleted)."""
         for link, death_reason, device, error_is_gone in self._links:
             _watch_link(loop, link, death_reason, device, on_death, error_is_gone)
+        for host in self.taps.values():
+            if host.vhost is not None:
+                def gone(_events: int, fd: int = host.tap.fd, name: str = host.tap.name) -> None:
+                    loop.remove(fd)
+                    on_death(f"the tap {name} went away (deleted?)")
+                loop.add(host.tap.fd, gone, 0)
 
     def close(self) -> None:
         for process in self.processes.values():

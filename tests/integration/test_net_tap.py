@@ -40,3 +40,17 @@ def test_a_tap_pyvmm_made_goes_with_it(stop: str) -> None:
     expected = {"poweroff": 0, "timeout": ExitStatus.TIMEOUT, "sigterm": 128 + signal.SIGTERM}
     assert proc.returncode == expected[stop], stderr
     assert not os.path.exists(f"/sys/class/net/{name}")
+
+
+def test_a_deleted_tap_stops_the_guest_with_one_line() -> None:
+    name = f"pyvmmd{os.getpid() % 100000}"
+    command = pyvmm_command("run", "-k", str(image("tiny/loop.bzImage")), "-m", "64M",
+                            "--timeout", "60", "--net", f"tap={name},vhost=off")
+    proc = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and b"looping" in proc.stdout.readline()
+    subprocess.run(["ip", "link", "del", name], check=True)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == ExitStatus.VMM_ERROR, stderr
+    assert [line for line in stderr.decode().splitlines() if "tap" in line] == [
+        f"pyvmm: the tap {name} went away (deleted?)"], stderr

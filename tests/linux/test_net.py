@@ -108,6 +108,23 @@ def test_the_guest_fetches_a_file_from_the_hosts_loopback(kernel: str, http_serv
     assert "eth0" in out and "inet " in out
 
 
+def _first_line(proc: subprocess.Popen, seconds: float = 300) -> bytes:
+    """The first line ``proc`` writes to stdout, or what it wrote by then (never blocks
+    longer than ``seconds``: a guest that never speaks must not hang the test)."""
+    import select
+
+    assert proc.stdout is not None
+    fd, data = proc.stdout.fileno(), b""
+    deadline = time.monotonic() + seconds
+    while b"\n" not in data and time.monotonic() < deadline:
+        if select.select([fd], [], [], 1)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
 def _free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -126,8 +143,8 @@ def test_a_server_in_the_guest_is_reached_through_hostfwd(kernel: str) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
-        assert proc.stdout is not None and proc.stdout.readline() == b"listening\n", \
-            proc.communicate(timeout=60)
+        line = _first_line(proc)
+        assert line == b"listening\n", (line, proc.poll())
         # passt accepts on the host at once and connects inward: retry until the guest answers.
         answer = b""
         deadline = time.monotonic() + 60
@@ -263,9 +280,8 @@ def test_a_flooding_guest_leaves_pyvmm_bounded_and_the_timeout_answered(kernel: 
 
     inward = threading.Thread(target=flood_inward, daemon=True)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line == b"flooding\n", (line, proc.communicate(timeout=120))
+        line = _first_line(proc)
+        assert line == b"flooding\n", (line, proc.poll())
         inward.start()
         samples = []
         while proc.poll() is None:

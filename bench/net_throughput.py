@@ -98,6 +98,7 @@ else
     SERVER=TAP_HOST
 fi
 chroot /newroot /usr/bin/python3 -c "$WORKLOAD" "$SERVER" "$SECONDS" "$PINGS" </dev/console >/dev/console 2>&1
+printf '\000' | dd of=/dev/port bs=1 seek=244 2>/dev/null
 poweroff -f
 """.replace("TAP_GUEST", TAP_GUEST).replace("TAP_HOST", TAP_HOST)
 
@@ -172,7 +173,8 @@ def qemu_initrd(kernel: str, directory: str, net: str, seconds: int, pings: int)
     return path
 
 
-def run_mode(mode: str, kernel: str, seconds: int, pings: int, work: str) -> dict:
+def run_mode(mode: str, kernel: str, seconds: int, pings: int, work: str,
+             accel: str = "kvm") -> dict:
     """One guest of ``mode``: the workload's figures, or {"error": ...}."""
     timeout = 900
     passt = None
@@ -194,7 +196,12 @@ def run_mode(mode: str, kernel: str, seconds: int, pings: int, work: str) -> dic
         if mode == "qemu-slirp":
             netdev = "user,id=n0"
         elif mode == "qemu-passt":
-            path = os.path.join(work, "passt.socket")
+            # passt started as root runs as nobody: its socket's directory must let it in.
+            os.chmod(work, 0o711)
+            directory = os.path.join(work, "passt")
+            os.makedirs(directory, exist_ok=True)
+            os.chmod(directory, 0o777)
+            path = os.path.join(directory, "passt.socket")
             passt = subprocess.Popen(["passt", "--foreground", "--quiet", "--socket", path],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 30
@@ -204,7 +211,9 @@ def run_mode(mode: str, kernel: str, seconds: int, pings: int, work: str) -> dic
         else:
             netdev = f"tap,id=n0,ifname={TAP},script=no,downscript=no,vhost=on"
         command = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,rtc=off,acpi=on",
-                   "-enable-kvm", "-cpu", "host", "-m", "512M", "-smp", "1", "-nodefaults",
+                   "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
+                   "-m", "512M", "-smp", "1", "-nodefaults",
+                   "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
                    "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
                    "-kernel", kernel, "-initrd", initrd,
                    "-append", "console=ttyS0 quiet loglevel=2 rdinit=/init panic=-1",
@@ -235,6 +244,8 @@ def main() -> int:
     parser.add_argument("--pings", type=int, default=2000)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--json")
+    parser.add_argument("--accel", default="kvm", help="QEMU's accelerator (tcg: to try the "
+                        "QEMU modes where KVM runs no Linux user space)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("net_throughput: run as root (taps, modprobe), e.g. in the rig", file=sys.stderr)
@@ -250,7 +261,7 @@ def main() -> int:
         time.sleep(0.5)
         for mode in args.modes.split(","):
             started = time.monotonic()
-            results[mode] = run_mode(mode, kernel, args.seconds, args.pings, work)
+            results[mode] = run_mode(mode, kernel, args.seconds, args.pings, work, args.accel)
             print(f"{mode}: {results[mode]} ({time.monotonic() - started:.0f} s)", flush=True)
     finally:
         iperf.terminate()

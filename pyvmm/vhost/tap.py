@@ -95,10 +95,12 @@ class Tap:
         flags = sum(flag for bit, flag in GUEST_OFFLOADS if features >> bit & 1)
         if not flags & TUN_F_CSUM:
             flags = 0  # segmentation needs checksum offload too
-        try:
-            fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
-        except OSError:
-            fcntl.ioctl(self.fd, TUNSETOFFLOAD, 0)
+        for attempt in (flags, 0):  # refused: the tap finishes every frame itself
+            try:
+                fcntl.ioctl(self.fd, TUNSETOFFLOAD, attempt)
+                return
+            except OSError:
+                continue
 
     def mtu(self) -> int:
         """The interface's MTU (the guest is told the same), 1500 if it can't be read."""

@@ -5,6 +5,7 @@
 #   bash images/build.sh            tiny guests + minimal Linux + initramfs
 #   bash images/build.sh tiny       only the tiny test guests (seconds)
 #   bash images/build.sh linux initramfs cloud
+#   bash images/build.sh systemd  a Debian system on a disk image (benchmarks only)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=scripts/progress.sh
@@ -14,10 +15,11 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(tiny linux initramfs)
 declare -A about=([tiny]="the tiny test guests" [initramfs]="the busybox initramfs"
                  [linux]="pyvmm's minimal kernel (compiled when its config changed: ~5 min on 2 cores)"
-                 [cloud]="Debian's cloud kernel and its initramfs")
+                 [cloud]="Debian's cloud kernel and its initramfs"
+                 [systemd]="a Debian bookworm system with systemd on a disk image (~3 min)")
 for target in "${targets[@]}"; do
     if [ -z "${about[$target]:-}" ]; then
-        echo "images/build.sh: unknown target '$target' (tiny, linux, initramfs, cloud)" >&2
+        echo "images/build.sh: unknown target '$target' (tiny, linux, initramfs, cloud, systemd)" >&2
         exit 2
     fi
     step "$target: ${about[$target]}" bash "$here/build-$target.sh"

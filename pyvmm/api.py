@@ -17,7 +17,9 @@ signal handlers: a Ctrl-C in a test stops the test, and ``with`` the guest.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass
 from types import TracebackType
@@ -25,12 +27,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from pyvmm.vmm.builder import build_machine
 from pyvmm.config.machine import MachineConfig, config_from_options
+from pyvmm.errors import SEE_CHECK, HostError
 from pyvmm.exitstatus import StopReason
 from pyvmm.console.guest import Console
 from pyvmm.memory import GuestMemory
 from pyvmm.vcpu.runner import ensure_kick_handler
 
 if TYPE_CHECKING:
+    from pyvmm.devices.virtio.ports import Port
     from pyvmm.dump.state import VcpuRegisters
     from pyvmm.snapshot.restore import Snapshot
     from pyvmm.snapshot.save import SnapshotInfo
@@ -65,7 +69,8 @@ class Machine:
     ``timeout``, ``cpu``, ``drives`` and ``shares`` (specs as on the command
     line, or ``DriveConfig`` / ``ShareConfig``), ``virtio_console``,
     ``virtio_announce``, ``acpi``, ``dump``, ``dump_on``, ``control``,
-    ``emulation_assist``.
+    ``emulation_assist``, ``vsock`` (the guest's CID).  ``Machine.command``
+    makes a command-mode guest whose ``run`` runs commands in it.
     """
 
     def __init__(self, config: MachineConfig | None = None, /, **options: Any) -> None:
@@ -92,18 +97,65 @@ class Machine:
         machine._build(snapshot.config, snapshot)
         return machine
 
-    def _build(self, config: MachineConfig, snapshot: Snapshot | None) -> None:
+    @classmethod
+    def command(cls, cmd: str | Sequence[str] = ("sleep", "infinity"), *, rw: bool = False,
+                modules: str | None = None, user: str | None = None,
+                **options: Any) -> "Machine":
+        """A command-mode guest (as ``run_command``: the host's files, you, this directory)
+        running ``cmd``, not started; while it runs, ``vm.run(...)`` runs more commands in it.
+
+        It reaches them over a vsock of its own (``vsock=CID`` chooses its
+        address; else the first free one), so it needs /dev/vhost-vsock.
+        ``cmd``'s own output is kept in ``command_stdout`` / ``command_stderr``;
+        the machine stops when ``cmd`` ends (default: never, until ``stop``).
+        """
+        from pyvmm.command.run import Streams, prepare
+        from pyvmm.config.command import CommandOptions
+        from pyvmm.devices.virtio.ports import PortsDevice
+        from pyvmm.vhost.vsock import DEVICE
+
+        argv = ("sh", "-c", cmd) if isinstance(cmd, str) else tuple(cmd)
+        config = config_from_options(**options)
+        private = tempfile.mkdtemp(prefix="pyvmm-run-")
+        try:
+            config = prepare(config, argv, CommandOptions(rw=rw, modules=modules, user=user),
+                             private, options.get("append"), want_vsock=True)
+            if config.vsock is None and not config.vsock_auto:
+                raise HostError(f"Machine.command reaches its guest over vsock: {DEVICE} "
+                                f"can't be opened here (modprobe vhost_vsock){SEE_CHECK}")
+            machine = cls.__new__(cls)
+            stdout, stderr = bytearray(), bytearray()
+            streams = Streams(stdout=stdout.extend, stderr=stderr.extend, stdin=b"")
+            machine._build(config, None, streams.ports)
+            machine.command_stdout, machine.command_stderr = stdout, stderr
+        except BaseException:
+            shutil.rmtree(private, ignore_errors=True)
+            raise
+        machine._private = private
+        device = machine._machine.virtio_device(PortsDevice)
+        assert device is not None
+        streams.start_stdin(device)
+        return machine
+
+    def _build(self, config: MachineConfig, snapshot: Snapshot | None,
+               ports: Sequence[Port] = ()) -> None:
         self.config = config
         #: The guest's console: serial and virtio console output, and its input.
         self.console = Console()
         try:
-            self._machine = build_machine(config, self.console.machine_side, snapshot=snapshot)
+            self._machine = build_machine(config, self.console.machine_side, ports,
+                                          snapshot=snapshot)
         except BaseException:
             self.console.close()
             raise
         self._thread: threading.Thread | None = None
         self._outcome: Outcome | None = None
         self._closed = False
+        #: What the main command of a ``Machine.command`` guest wrote (as it comes).
+        self.command_stdout = bytearray()
+        self.command_stderr = bytearray()
+        #: The directory of a ``Machine.command`` guest's initramfs, removed at ``stop``.
+        self._private: str | None = None
 
     # -- running ----------------------------------------------------------------------
 
@@ -160,6 +212,8 @@ class Machine:
             self.console.machine_stopped("closed")
             self._machine.close()
             self.console.close()
+            if self._private is not None:
+                shutil.rmtree(self._private, ignore_errors=True)
 
     def __enter__(self) -> "Machine":
         return self.start()
@@ -207,6 +261,43 @@ class Machine:
         """
         self._check_open()
         return self._machine.snapshot(os.fspath(path), stop)
+
+    def run(self, cmd: str | Sequence[str], *, input: bytes | str = b"",
+            timeout: float | None = None, check: bool = False,
+            wait: float = 60.0) -> subprocess.CompletedProcess[bytes]:
+        """Run ``cmd`` in this running guest, as ``subprocess.run`` runs it here.
+
+        For a ``Machine.command`` guest (or any whose guest runs pyvmm's exec
+        agent on its vsock): ``cmd`` is an argv or a string for ``sh -c``;
+        ``input`` is its stdin; stdout, stderr and the return code come back
+        apart.  ``wait`` is how long to keep trying while the guest still
+        boots.  Past ``timeout`` the command is killed and
+        ``subprocess.TimeoutExpired`` raised; with ``check``,
+        ``CalledProcessError`` for a non-zero status.  ``ExecError`` (a
+        ``PyvmmError``) when it could not be run.
+        """
+        from pyvmm.command.exec import ExecError, ExecTimeout, exec_in_guest
+
+        self._check_open()
+        argv = ("sh", "-c", cmd) if isinstance(cmd, str) else tuple(cmd)
+        cid = self._machine.vsock_cid
+        if cid is None:
+            raise ExecError("this machine has no vsock (make it with Machine.command, "
+                            "or give vsock=CID)")
+        if not self.running:
+            raise ExecError("the machine is not running")
+        stdout, stderr = bytearray(), bytearray()
+        data = input.encode() if isinstance(input, str) else bytes(input)
+        try:
+            status = exec_in_guest(cid, argv, [data] if data else [], stdout.extend,
+                                   stderr.extend, wait=wait, timeout=timeout)
+        except ExecTimeout:
+            raise subprocess.TimeoutExpired(list(argv), timeout or 0, bytes(stdout),
+                                            bytes(stderr)) from None
+        result = subprocess.CompletedProcess(list(argv), status, bytes(stdout), bytes(stderr))
+        if check:
+            result.check_returncode()
+        return result
 
     def _check_open(self) -> None:
         if self._closed:

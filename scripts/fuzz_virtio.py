@@ -3,9 +3,9 @@
     python3 scripts/fuzz_virtio.py [--examples 20000] [--seed N]
 
 Drives the block, console, ports (command mode's streams), entropy, net (a stand-in link;
-frames with their vnet header and offloads, as a tap gives them; vhost-net's registers)
-and virtio-fs
-(config space and transport, a stand-in back end) devices through their virtio-mmio transport
+frames with their vnet header and offloads, as a tap gives them; vhost-net's registers),
+virtio-fs (config space and transport, a stand-in back end) and vsock (config space,
+transport and its event queue, a stand-in vhost-vsock) devices through their virtio-mmio transport
 with hypothesis-generated hostile drivers (tests/unit/devices/virtio/virtio_fuzzing.py) and
 prints how many runs, notifications ("rings"; "live rings" reached a device
 not in DEVICE_NEEDS_RESET) and used chains it went through, and the first failure if any (hypothesis shrinks it).

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pyvmm import __version__
-from pyvmm.cli.reporting import reports_errors
+from pyvmm.cli.reporting import reports_errors, unwinds_on_signals
 from pyvmm.cli.options import (command_options, command_options_given, effective_config,
                                machine_options, restore_options_given)
 from pyvmm.errors import ConfigError, PyvmmError
@@ -127,6 +127,7 @@ class _RunCommand(click.Command):
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @reports_errors
+@unwinds_on_signals
 def run(ctx: click.Context, on_reboot: str, verbose: bool, restore: str | None,
         stats: str | None, command: tuple[str, ...], **params: Any) -> None:
     """Boot a kernel and show its serial console; or, given a COMMAND, run it.
@@ -242,6 +243,27 @@ def snapshot(socket_path: str, directory: str, stop: bool) -> None:
     seconds, ram, written = request_snapshot(socket_path, directory, stop)
     click.echo(f"snapshot written to {os.path.abspath(directory)}: guest paused "
                f"{seconds * 1000:.1f} ms, {ram >> 20} MiB of RAM ({written} bytes not zero)")
+
+
+@main.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.argument("socket_path", metavar="SOCKET")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--wait", type=click.FloatRange(0, 3600), default=60.0, show_default=True,
+              metavar="SECONDS", help="How long to keep trying while the guest still boots.")
+@reports_errors
+def exec_command(socket_path: str, command: tuple[str, ...], wait: float) -> None:
+    """Run COMMAND in the running guest of 'pyvmm run -k K --control SOCKET -- CMD'.
+
+    It runs as CMD does (same user, directory and environment), with this
+    stdin; its stdout and stderr come back apart and pyvmm exits with its
+    status (255 and one line if it could not be run).  The guest is reached
+    over vsock: command mode gives itself one where /dev/vhost-vsock opens.
+    """
+    from pyvmm.command.exec import exec_in_guest, fd_writer, read_fd
+    from pyvmm.vmm.control import request_vsock
+
+    cid = request_vsock(socket_path)
+    sys.exit(exec_in_guest(cid, command, read_fd(0), fd_writer(1), fd_writer(2), wait=wait))
 
 
 @main.group()

@@ -22,6 +22,23 @@ def fail(error: PyvmmError) -> None:
     sys.exit(error.exit_status)
 
 
+def unwinds_on_signals(command: Callable) -> Callable:
+    """A command that starts things (back ends, sockets, temporary files): a fatal
+    signal outside a running machine unwinds it, so they are cleaned up, and it exits
+    128+N with one line."""
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pyvmm.vmm.signals import Signalled, signals_unwind
+
+        try:
+            with signals_unwind():
+                return command(*args, **kwargs)
+        except Signalled as stop:
+            click.echo(f"\npyvmm: {stop}", err=True)
+            sys.exit(stop.status)
+    return wrapper
+
+
 def reports_errors(command: Callable) -> Callable:
     """A command whose PyvmmErrors end as ``fail`` does: one line, the error's status."""
     @functools.wraps(command)

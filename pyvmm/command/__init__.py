@@ -1,1 +1,1 @@
-"""Command mode (``pyvmm run -k KERNEL -- CMD``) and the initramfs it builds."""
+"""Command mode (``pyvmm run -k KERNEL -- CMD``), the initramfs it builds, and ``pyvmm exec``."""

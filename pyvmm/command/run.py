@@ -8,6 +8,9 @@ console (binary-safe, apart, EOF passed on); a fourth port carries its exit stat
 with it.  The kernel's console goes to a bounded in-memory log (to stderr
 as well with ``-v``), whose last telling line explains a guest that fails
 first: then the status is 255, as ssh and vng report their own failures.
+A guest with a vsock (``--vsock``, or its own where ``--control`` is given
+and /dev/vhost-vsock opens) also runs the exec agent, through which
+``pyvmm exec`` runs more commands in it (``pyvmm.command.exec``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pyvmm.devices.virtio.net import default_mac
 from pyvmm.devices.virtio.ports import Port, PortsDevice
 from pyvmm.errors import SEE_CHECK, ConfigError, HostError, PyvmmError
 from pyvmm.exitstatus import StopReason
+from pyvmm.command.initramfs.agent import AGENT_PORT
 from pyvmm.command.initramfs.build import (Job, base_archive, device_modules, job_archive,
                                            modules_for)
 from pyvmm.kvm import system as kvm_system  # a module: tests stand in for is_pvm_host
@@ -166,9 +170,11 @@ class Streams:
 
 
 def make_job(argv: tuple[str, ...], rw: bool, shares: tuple[ShareConfig, ...],
-             user: str | None = None, nets: Sequence[NetConfig] = ()) -> Job:
-    """The job: the caller's directory, identity and environment (or ``user``'s), and
-    the NICs /init only brings up (taps: no DHCP server of ours behind them)."""
+             user: str | None = None, agent: bool = False,
+             nets: Sequence[NetConfig] = ()) -> Job:
+    """The job: the caller's directory, identity and environment (or ``user``'s); with
+    ``agent``, the exec agent is run by the host's python3; the NICs /init only brings
+    up (taps: no DHCP server of ours behind them)."""
     env = environment.carried(CARRIED_ENV)
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
     uid, gid = os.geteuid(), os.getegid()
@@ -179,10 +185,12 @@ def make_job(argv: tuple[str, ...], rw: bool, shares: tuple[ShareConfig, ...],
     mounts = tuple((share.tag, os.path.abspath(share.path), share.readonly) for share in shares)
     env_binary = _host_tool("env", "coreutils")
     setpriv_binary = _host_tool("setpriv", "util-linux") if uid or gid else ""
+    agent_python = _host_tool("python3", "python3") if agent else ""
     link_only = tuple((nic.mac or default_mac(index).hex(":")).lower()
                       for index, nic in enumerate(nics(nets)) if nic.type == "tap")
     return Job(argv, os.getcwd(), uid, gid, groups, tuple(env.items()), rw, mounts,
-               env_binary, setpriv_binary, socket.gethostname(), link_only)
+               env_binary, setpriv_binary, socket.gethostname(), agent_python, AGENT_PORT,
+               link_only_macs=link_only)
 
 
 def _host_tool(name: str, package: str) -> str:
@@ -235,24 +243,39 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], options: CommandOp
     if kvm_system.is_pvm_host():
         raise HostError(f"command mode needs hardware KVM: {kvm_system.PVM_NO_USER_SPACE}"
                         f"{SEE_CHECK}; {kvm_system.RUN_LINUX_ELSEWHERE}")
-    with open(config.kernel, "rb") as stream:
-        head = stream.read(1 << 16)
-    base = base_archive(modules_for(head, options.modules, device_modules(config)))
-    job = make_job(argv, options.rw, config.shares, options.user, config.nets)
     private = tempfile.mkdtemp(prefix="pyvmm-run-")
     console = LogConsole(verbose)
     try:
-        initrd = os.path.join(private, "initrd.cpio")
-        fd = os.open(initrd, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(base)
-            stream.write(job_archive(job))
-        machine_config = command_config(config, options.rw, initrd, user_append)
+        machine_config = prepare(config, argv, options, private, user_append)
         return _run(machine_config, console, streams, stats)
     finally:
         console.close()
         shutil.rmtree(private, ignore_errors=True)
+
+
+def prepare(config: MachineConfig, argv: tuple[str, ...], options: CommandOptions,
+            private: str, user_append: str | None, want_vsock: bool = False) -> MachineConfig:
+    """The command-mode machine of ``config``: its initramfs written into ``private``.
+
+    The guest gets a vsock of its own (so ``pyvmm exec`` reaches it) with
+    ``--control`` or ``want_vsock``, where /dev/vhost-vsock can be opened.
+    """
+    from pyvmm.vhost.vsock import usable as vhost_vsock_usable
+
+    if config.vsock is None and (config.control or want_vsock) and vhost_vsock_usable():
+        config = dataclasses.replace(config, vsock_auto=True)
+    with open(config.kernel, "rb") as stream:
+        head = stream.read(1 << 16)
+    base = base_archive(modules_for(head, options.modules, device_modules(config)))
+    job = make_job(argv, options.rw, config.shares, options.user,
+                   agent=config.vsock is not None or config.vsock_auto, nets=config.nets)
+    initrd = os.path.join(private, "initrd.cpio")
+    fd = os.open(initrd, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with os.fdopen(fd, "wb") as stream:
+        stream.write(base)
+        stream.write(job_archive(job))
+    return command_config(config, options.rw, initrd, user_append)
 
 
 def _run(config: MachineConfig, console: LogConsole, library: Streams | None,

@@ -71,6 +71,11 @@ _CPUS = CountKind(1, MAX_CPUS, "a machine needs at least one vCPU",
                   f"the platform describes at most {MAX_CPUS} vCPUs (8-bit xAPIC IDs)")
 
 
+#: A guest's vsock address: 0-2 are reserved (hypervisor, loopback, host), 2**32-1 is "any".
+_CID = CountKind(3, 0xFFFF_FFFE, "CIDs 0, 1 and 2 are reserved (2 is the host): give 3 or more",
+                 "a CID is 32 bits and 4294967295 means any: give at most 4294967294")
+
+
 @dataclass(frozen=True)
 class MachineConfig:
     """Everything ``pyvmm run`` needs to build and run one VM."""
@@ -128,6 +133,15 @@ class MachineConfig:
              "kernel's vhost-net where /dev/vhost-net opens (vhost=on insists, off: "
              "pyvmm serves them); none: no NIC.  "
              "Repeat for eth0, eth1, ..."))
+    vsock: int | None = field(default=None, metadata=option_metadata(
+        "--vsock", kind=_CID, metavar="CID",
+        help="A virtio-vsock device served by the host kernel's vhost-vsock (QEMU's "
+             "-device vhost-vsock-pci,guest-cid=CID): host programs connect to the "
+             "guest at AF_VSOCK address CID (3 or more), the guest to the host at 2.  "
+             "Needs read-write /dev/vhost-vsock (modprobe vhost_vsock)."))
+    #: A vsock on the first free CID (command mode with --control, so that
+    #: ``pyvmm exec`` reaches its agent; set by command mode, not an option).
+    vsock_auto: bool = False
     #: A multiport virtio console carrying the command mode's stdin/stdout/stderr
     #: (set by command mode, not an option).
     stdio_ports: bool = False

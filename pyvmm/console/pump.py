@@ -6,7 +6,8 @@ Subscribed to the machine's event loop: stdin's fd when epoll can watch it
 is full, stdin is taken off the loop (so a paste or a pipe waits in the
 kernel, not in our memory) and put back once the guest has read some.  The
 tick also drains the UART's coalesced writes and flushes its line buffer on
-time (``Serial.flush_due``), so output reaches the console within 10 ms.
+time (``Serial.flush_due``), so output reaches the console within 10 ms; output
+the UART fast path's C side served wakes the loop through its eventfd.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class ConsolePump:
     def subscribe(self, loop: EventLoop) -> None:
         """Watch the console's input on ``loop`` (stdin stays blocking: read only when ready)."""
         self._loop = loop
+        if self._fast is not None:
+            self._fast.wake_on_output(loop.wake_fd)  # output the C side served: see tick
         try:
             loop.add(self.console.stdin_fd, self.feed)
         except PermissionError:

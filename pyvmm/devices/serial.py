@@ -10,20 +10,30 @@ interrupt output follows the pending-interrupt state as a level, like the real
 chip's INTR pin.  The vCPU threads and the main thread both touch the state,
 hence the lock.
 
-For a VMM that serves some accesses without calling ``read``/``write`` (a
-coalesced THR, a line-status read answered in C), the UART says when that is
-exact: ``tx_polled`` (no THR-empty interrupt, no loopback: a THR write has no
-effect but the byte, so writes may be batched and applied by ``transmit``)
-and ``cells``, kept current under the lock: the value an LSR read returns
-(reading it has no side effect while no overrun is flagged, which this model
-never does), IER's value, and whether IER is at offset 1 (DLAB clear):
-reading IER, or writing the value it has, changes nothing.
+This class is the reference for every register, and it can share them.
+Everything an access reads or changes, but the receive queue, lives in two
+fixed buffers: ``state`` (the registers, the THR-empty latch, the interrupt
+line's level, whether input waits, the output's length; offsets ``ST_*``)
+and ``tx`` (the output waiting for ``out``).  A VMM that serves some accesses
+itself, without calling ``read``/``write`` (the C loop of
+``pyvmm.vcpu.uart_fastpath``), works on the same bytes under the same lock and
+drives the same line (``share``), so whichever side serves an access, the
+other sees its effect; it must behave as this class does (tests run the
+register tests against both).  Output it appends to ``tx`` is looked at (for a
+newline, ``on_pending``) the next time this class takes the lock, in
+``flush_due`` at the latest.
+
+``tx_polled`` says when a THR write has no effect but its byte (no THR-empty
+interrupt, no loopback), so that writes may be batched (KVM's coalesced I/O)
+and applied later by ``transmit``; ``on_tx_polled`` hears of a change before
+the register write that makes it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from contextlib import AbstractContextManager
 from typing import Callable
 
 from pyvmm.devices.irq import InterruptLine
@@ -81,15 +91,26 @@ INPUT_CAPACITY = 64 * 1024
 #: Divisor latch at reset: 115200 baud from the 1.8432 MHz clock.
 DEFAULT_DIVISOR = 1
 
-#: Indices into ``Serial.cells``.
-CELL_LSR = 0
-CELL_IER = 1
-CELL_IER_VALID = 2
-
 #: Transmitted bytes held before ``out`` gets them, at most (a newline flushes sooner).
 TX_BUFFER_BYTES = 4096
 #: How long a partial line may wait for its newline before ``flush_due`` says flush.
 TX_FLUSH_DELAY = 0.01
+
+#: Offsets into ``Serial.state`` (the module doc): one byte each, then a native u32.
+ST_IER = 0
+ST_LCR = 1
+ST_MCR = 2
+ST_LSR = 3
+ST_MSR = 4
+ST_SCR = 5
+ST_FIFO = 6          # 1 while the FIFOs are enabled (IIR's top bits)
+ST_THRE = 7          # the THR-empty interrupt's latch: set by a THR write, cleared by an IIR read
+ST_IRQ = 8           # the interrupt line's level, as last driven
+ST_RX = 9            # 1 while received bytes wait (LSR's data-ready bit)
+ST_DLL = 10
+ST_DLM = 11
+ST_TX_LEN = 12       # how many bytes of ``Serial.tx`` wait for ``out``
+STATE_BYTES = 16
 
 
 class Serial:
@@ -104,25 +125,33 @@ class Serial:
         self.on_pending = on_pending
         #: Called with the new ``tx_polled`` just before a register write changes it.
         self.on_tx_polled = on_tx_polled
-        self._lock = threading.Lock()
+        self._lock: AbstractContextManager[object] = threading.Lock()
         self._out_lock = threading.Lock()  # held while handing a chunk to ``out``: keeps order
         self._input = bytearray()
-        self._tx = bytearray()
+        #: The registers and latches (module doc; offsets ``ST_*``).
+        self.state = bytearray(STATE_BYTES)
+        #: Output waiting for ``out``: the first ``state[ST_TX_LEN]`` bytes.
+        self.tx = bytearray(TX_BUFFER_BYTES)
+        self._tx_len = memoryview(self.state)[ST_TX_LEN:ST_TX_LEN + 4].cast("I")
+        self._tx_seen = 0  # bytes of ``tx`` already looked at for a newline
         self._tx_since = 0.0
         self._tx_watched = False
-        self._divisor = DEFAULT_DIVISOR
-        self._ier = 0
-        self._lcr = 0
-        self._mcr = MCR_OUT2
-        self._lsr = LSR_THR_EMPTY | LSR_TRANSMITTER_EMPTY
-        self._msr = MSR_CONNECTED
-        self._scr = 0
-        self._fifo_enabled = False
-        self._thr_interrupt_pending = False
-        self._irq_level = False
-        #: LSR, IER and "IER is at offset 1" as a read would see them now (module doc).
-        self.cells = bytearray(3)
-        self._publish()
+        state = self.state
+        state[ST_DLL] = DEFAULT_DIVISOR
+        state[ST_MCR] = MCR_OUT2
+        state[ST_LSR] = LSR_THR_EMPTY | LSR_TRANSMITTER_EMPTY
+        state[ST_MSR] = MSR_CONNECTED
+
+    def share(self, lock: AbstractContextManager[object], interrupt: InterruptLine) -> None:
+        """Serve the registers beside another implementation of them (module doc).
+
+        From now on every access takes ``lock``, which the other side takes
+        too, and ``interrupt`` is driven at every change of ``state[ST_IRQ]``
+        made here (the other side drives the same line itself).  Call it
+        before the guest runs.
+        """
+        self._lock = lock
+        self._interrupt = interrupt
 
     # -- host side -------------------------------------------------------------
 
@@ -136,8 +165,8 @@ class Serial:
         with self._lock:
             taken = data[:INPUT_CAPACITY - len(self._input)]
             self._input += taken
+            self.state[ST_RX] = 1 if self._input else 0
             self._update_interrupt()
-            self._publish()
             return len(taken)
 
     def flush(self, wait: bool = True) -> bool:
@@ -149,27 +178,32 @@ class Serial:
             return False
         try:
             with self._lock:
-                if not self._tx:
+                length = self._tx_len[0]
+                if not length:
                     return True
-                chunk = bytes(self._tx)
-                self._tx.clear()
+                chunk = bytes(self.tx[:length])
+                self._tx_len[0] = 0
+                self._tx_seen = 0
             self._out(chunk)
             return True
         finally:
             self._out_lock.release()
 
     def flush_due(self, now: float | None = None) -> float | None:
-        """Flush output that waited ``TX_FLUSH_DELAY``; seconds until the next is due.
+        """Flush output that waited ``TX_FLUSH_DELAY``, or holds a newline another side
+        appended; seconds until the next is due.
 
         None when nothing waits: the next byte calls ``on_pending`` again.
         """
         now = time.monotonic() if now is None else now
         with self._lock:
-            if not self._tx:
+            complete, _ = self._look_at_output(now)
+            if not self._tx_len[0]:
                 self._tx_watched = False
                 return None
+            self._tx_watched = True
             wait = self._tx_since + TX_FLUSH_DELAY - now
-        if wait > 0:
+        if wait > 0 and not complete:
             return wait
         self.flush(wait=False)  # a vCPU already writing (to a slow stdout) has it in hand
         return TX_FLUSH_DELAY
@@ -177,7 +211,8 @@ class Serial:
     @property
     def tx_polled(self) -> bool:
         """True when a THR write does nothing but send its byte (see the module doc)."""
-        return not (self._ier & IER_THR_EMPTY or self._mcr & MCR_LOOP)
+        state = self.state
+        return not (state[ST_IER] & IER_THR_EMPTY or state[ST_MCR] & MCR_LOOP)
 
     # -- snapshot ----------------------------------------------------------------
 
@@ -186,23 +221,28 @@ class Serial:
         bytes are handed to ``out`` first: they belong to the machine that sent them)."""
         self.flush()
         with self._lock:
-            return {"divisor": self._divisor, "ier": self._ier, "lcr": self._lcr,
-                    "mcr": self._mcr, "lsr": self._lsr, "msr": self._msr, "scr": self._scr,
-                    "fifo_enabled": self._fifo_enabled,
-                    "thr_interrupt_pending": self._thr_interrupt_pending,
+            state = self.state
+            return {"divisor": state[ST_DLL] | state[ST_DLM] << 8, "ier": state[ST_IER],
+                    "lcr": state[ST_LCR], "mcr": state[ST_MCR], "lsr": state[ST_LSR],
+                    "msr": state[ST_MSR], "scr": state[ST_SCR],
+                    "fifo_enabled": bool(state[ST_FIFO]),
+                    "thr_interrupt_pending": bool(state[ST_THRE]),
                     "input": self._input.hex()}
 
-    def from_state(self, state: dict) -> None:
+    def from_state(self, saved: dict) -> None:
         """Take the registers ``to_state`` gave; the interrupt line follows them."""
         with self._lock:
-            self._divisor, self._ier, self._lcr = state["divisor"], state["ier"], state["lcr"]
-            self._mcr, self._lsr, self._msr = state["mcr"], state["lsr"], state["msr"]
-            self._scr, self._fifo_enabled = state["scr"], bool(state["fifo_enabled"])
-            self._thr_interrupt_pending = bool(state["thr_interrupt_pending"])
-            self._input = bytearray.fromhex(state["input"])[:INPUT_CAPACITY]
-            self._irq_level = False
+            state = self.state
+            state[ST_DLL], state[ST_DLM] = saved["divisor"] & 0xFF, saved["divisor"] >> 8 & 0xFF
+            for offset, name in ((ST_IER, "ier"), (ST_LCR, "lcr"), (ST_MCR, "mcr"),
+                                 (ST_LSR, "lsr"), (ST_MSR, "msr"), (ST_SCR, "scr")):
+                state[offset] = saved[name]
+            state[ST_FIFO] = 1 if saved["fifo_enabled"] else 0
+            state[ST_THRE] = 1 if saved["thr_interrupt_pending"] else 0
+            self._input = bytearray.fromhex(saved["input"])[:INPUT_CAPACITY]
+            state[ST_RX] = 1 if self._input else 0
+            state[ST_IRQ] = 0  # a new machine's line is low: raised below if it must be
             self._update_interrupt()
-            self._publish()
             polled = self.tx_polled
         if self.on_tx_polled is not None:
             self.on_tx_polled(polled)
@@ -213,8 +253,6 @@ class Serial:
         with self._lock:
             value = self._read_register(offset)
             self._update_interrupt()
-            if offset == RBR_THR_DLL:
-                self._publish()
         data[0] = value
         if len(data) > 1:
             data[1:] = b"\x00" * (len(data) - 1)
@@ -232,112 +270,138 @@ class Serial:
         with self._lock:
             self._write_register(offset, value)
             self._update_interrupt()
-            self._publish()
 
     def _tx_polled_after(self, offset: int, value: int) -> bool:
-        ier, mcr = self._ier, self._mcr
-        if offset == IER_DLM and not self._lcr & LCR_DLAB:
+        state = self.state
+        ier, mcr = state[ST_IER], state[ST_MCR]
+        if offset == IER_DLM and not state[ST_LCR] & LCR_DLAB:
             ier = value & IER_MASK
         elif offset == MCR:
             mcr = value & MCR_MASK
         return not (ier & IER_THR_EMPTY or mcr & MCR_LOOP)
 
+    def tx_is_full(self) -> bool:
+        """No room for another THR write until ``tx`` is flushed."""
+        return self._tx_len[0] >= len(self.tx)
+
     def transmit(self, data: bytes | memoryview) -> None:
         """Writes of ``data`` to offset 0 (THR, or the divisor latch), one byte each, in order."""
-        with self._lock:
-            waiting = len(self._tx)
-            for value in data:
-                self._write_register(RBR_THR_DLL, value)
-            self._update_interrupt()
-            self._publish()
-            added = len(self._tx) - waiting
-            start_watch = added and not self._tx_watched
-            if start_watch:
-                self._tx_watched = True
-            if added and not waiting:
-                self._tx_since = time.monotonic()
-            flush = added and (len(self._tx) >= TX_BUFFER_BYTES or 0x0A in data)
-        if flush:
-            self.flush()
-        elif start_watch and self.on_pending is not None:
-            self.on_pending()
+        done = 0
+        while True:
+            with self._lock:
+                done = self._write_thr(data, done)
+                self._update_interrupt()
+                flush, start_watch = self._look_at_output(time.monotonic())
+            if flush or done < len(data):  # a newline, or ``tx`` is full
+                self.flush()
+            elif start_watch and self.on_pending is not None:
+                self.on_pending()
+            if done == len(data):
+                return
 
-    def _publish(self) -> None:
-        cells = self.cells
-        cells[CELL_LSR] = self._lsr | (LSR_DATA_READY if self._input else 0)
-        cells[CELL_IER] = self._ier
-        cells[CELL_IER_VALID] = 0 if self._lcr & LCR_DLAB else 1
+    def _write_thr(self, data: bytes | memoryview, start: int) -> int:
+        """Apply THR writes of ``data[start:]`` while ``tx`` has room; how far it got."""
+        state, full = self.state, len(self.tx)
+        for index in range(start, len(data)):
+            if self._tx_len[0] == full and not state[ST_LCR] & LCR_DLAB \
+                    and not state[ST_MCR] & MCR_LOOP:
+                return index
+            self._write_register(RBR_THR_DLL, data[index])
+        return len(data)
+
+    def _look_at_output(self, now: float) -> tuple[bool, bool]:
+        """(flush now, start the flush timer) for output not looked at yet, this side's or
+        the other's: a newline or a full ``tx`` flushes, a partial line waits."""
+        length, seen = self._tx_len[0], self._tx_seen
+        if length <= seen:
+            return False, False
+        if not seen:
+            self._tx_since = now
+        self._tx_seen = length
+        if length >= len(self.tx) or self.tx.find(b"\n", seen, length) >= 0:
+            return True, False
+        if self._tx_watched:
+            return False, False
+        self._tx_watched = True
+        return False, True
 
     def _read_register(self, offset: int) -> int:
-        dlab = self._lcr & LCR_DLAB
+        state = self.state
+        dlab = state[ST_LCR] & LCR_DLAB
         if offset == RBR_THR_DLL:
             if dlab:
-                return self._divisor & 0xFF
+                return state[ST_DLL]
             if not self._input:
                 return 0
             value = self._input.pop(0)
+            state[ST_RX] = 1 if self._input else 0
             return value
         if offset == IER_DLM:
-            return (self._divisor >> 8) & 0xFF if dlab else self._ier
+            return state[ST_DLM] if dlab else state[ST_IER]
         if offset == IIR_FCR:
             value = self._interrupt_identification()
-            if value & 0x0F == IIR_THR_EMPTY:
-                self._thr_interrupt_pending = False  # reading IIR acknowledges THRE
-            return value | (IIR_FIFO_ENABLED if self._fifo_enabled else 0)
+            if value == IIR_THR_EMPTY:
+                state[ST_THRE] = 0  # reading IIR acknowledges THRE
+            return value | (IIR_FIFO_ENABLED if state[ST_FIFO] else 0)
         if offset == LCR:
-            return self._lcr
+            return state[ST_LCR]
         if offset == MCR:
-            return self._mcr
+            return state[ST_MCR]
         if offset == LSR:
-            value = self._lsr | (LSR_DATA_READY if self._input else 0)
-            self._lsr &= ~LSR_OVERRUN
+            value = state[ST_LSR] | (LSR_DATA_READY if state[ST_RX] else 0)
+            state[ST_LSR] &= ~LSR_OVERRUN
             return value
         if offset == MSR:
             value = self._modem_status()
-            self._msr &= ~MSR_DELTA_MASK
+            state[ST_MSR] &= ~MSR_DELTA_MASK
             return value
-        return self._scr
+        return state[ST_SCR]
 
     def _write_register(self, offset: int, value: int) -> None:
-        """Apply a register write (a transmitted byte goes to ``_tx``)."""
-        dlab = self._lcr & LCR_DLAB
+        """Apply a register write (a transmitted byte goes to ``tx``, which has room)."""
+        state = self.state
+        dlab = state[ST_LCR] & LCR_DLAB
         if offset == RBR_THR_DLL:
             if dlab:
-                self._divisor = (self._divisor & 0xFF00) | value
+                state[ST_DLL] = value
                 return
             # The byte leaves at once, so THR is empty again: THRE re-arms.
-            self._thr_interrupt_pending = True
-            if self._mcr & MCR_LOOP:
+            state[ST_THRE] = 1
+            if state[ST_MCR] & MCR_LOOP:
                 if len(self._input) < INPUT_CAPACITY:
                     self._input.append(value)
+                    state[ST_RX] = 1
                 return
-            self._tx.append(value)
+            length = self._tx_len[0]
+            self.tx[length] = value
+            self._tx_len[0] = length + 1
             return
         if offset == IER_DLM:
             if dlab:
-                self._divisor = (self._divisor & 0x00FF) | (value << 8)
+                state[ST_DLM] = value
                 return
-            enabling_thre = value & IER_THR_EMPTY and not self._ier & IER_THR_EMPTY
-            self._ier = value & IER_MASK
-            if enabling_thre:
-                self._thr_interrupt_pending = True  # as the 8250 driver's probe expects
+            if value & IER_THR_EMPTY and not state[ST_IER] & IER_THR_EMPTY:
+                state[ST_THRE] = 1  # as the 8250 driver's probe expects
+            state[ST_IER] = value & IER_MASK
         elif offset == IIR_FCR:
-            self._fifo_enabled = bool(value & FCR_ENABLE_FIFO)
+            state[ST_FIFO] = value & FCR_ENABLE_FIFO
             if value & FCR_CLEAR_RX:
                 self._input.clear()
+                state[ST_RX] = 0
         elif offset == LCR:
-            self._lcr = value
+            state[ST_LCR] = value
         elif offset == MCR:
-            self._mcr = value & MCR_MASK
+            state[ST_MCR] = value & MCR_MASK
         elif offset == SCR:
-            self._scr = value
+            state[ST_SCR] = value
 
     def _modem_status(self) -> int:
-        if not self._mcr & MCR_LOOP:
-            return self._msr
+        state = self.state
+        mcr = state[ST_MCR]
+        if not mcr & MCR_LOOP:
+            return state[ST_MSR]
         # Loopback wires the modem-control outputs back to the status inputs.
-        mcr = self._mcr
-        value = self._msr & MSR_DELTA_MASK
+        value = state[ST_MSR] & MSR_DELTA_MASK
         if mcr & MCR_RTS:
             value |= MSR_CTS
         if mcr & MCR_DTR:
@@ -350,18 +414,20 @@ class Serial:
 
     def _interrupt_identification(self) -> int:
         """The highest-priority pending interrupt, as IIR bits 0..3."""
-        if self._ier & IER_LINE_STATUS and self._lsr & LSR_OVERRUN:
+        state = self.state
+        ier = state[ST_IER]
+        if ier & IER_LINE_STATUS and state[ST_LSR] & LSR_OVERRUN:
             return IIR_LINE_STATUS
-        if self._ier & IER_RX_DATA and self._input:
+        if ier & IER_RX_DATA and state[ST_RX]:
             return IIR_RX_DATA
-        if self._ier & IER_THR_EMPTY and self._thr_interrupt_pending:
+        if ier & IER_THR_EMPTY and state[ST_THRE]:
             return IIR_THR_EMPTY
-        if self._ier & IER_MODEM_STATUS and self._msr & MSR_DELTA_MASK:
+        if ier & IER_MODEM_STATUS and state[ST_MSR] & MSR_DELTA_MASK:
             return IIR_MODEM_STATUS
         return IIR_NO_INTERRUPT
 
     def _update_interrupt(self) -> None:
-        level = self._interrupt_identification() != IIR_NO_INTERRUPT
-        if level != self._irq_level:
-            self._irq_level = level
-            self._interrupt.set_level(level)
+        level = 0 if self._interrupt_identification() == IIR_NO_INTERRUPT else 1
+        if level != self.state[ST_IRQ]:
+            self.state[ST_IRQ] = level
+            self._interrupt.set_level(bool(level))

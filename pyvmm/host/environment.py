@@ -27,8 +27,9 @@ class Variable:
 
 KVM_DEVICE = Variable("PYVMM_KVM_DEVICE", "the KVM device node to open (tests name a missing "
                       "one)", "/dev/kvm")
-UART_FASTPATH = Variable("PYVMM_UART_FASTPATH", "COM1's fast path: on, coalesce (THR writes "
-                         "only), c (LSR reads in C only) or off, to compare", "on")
+UART_FASTPATH = Variable("PYVMM_UART_FASTPATH", "COM1's fast path: on, coalesce (polled THR "
+                         "writes coalesced, nothing in C), c (registers in C, no coalescing) "
+                         "or off, to compare", "on")
 VIRTIOFSD = Variable("PYVMM_VIRTIOFSD", "the virtiofsd to run for --share and command mode "
                      "(default: virtiofsd on PATH, else QEMU's)")
 PASST = Variable("PYVMM_PASST", "the passt to run for --net user (default: passt on PATH)")

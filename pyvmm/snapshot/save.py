@@ -58,6 +58,9 @@ def refuse_unsupported(config: MachineConfig) -> None:
                             "and their overlays are later work)")
     if config.stdio_ports:
         raise SnapshotError("command mode's machine can't be snapshotted")
+    if config.vsock is not None or config.vsock_auto:
+        raise SnapshotError("a machine with --vsock can't be snapshotted yet: the kernel's "
+                            "vhost-vsock holds its connections, outside pyvmm")
     if any(net.type != "none" for net in config.nets):
         raise SnapshotError("a machine with --net can't be snapshotted yet: its back end "
                             "(passt, a tap, vhost-net's rings) holds state outside pyvmm")

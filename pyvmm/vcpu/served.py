@@ -20,7 +20,7 @@ from pyvmm.kvm.exits import Debug, InternalError, VmExit
 from pyvmm.kvm.vcpu import Vcpu
 
 if TYPE_CHECKING:
-    from pyvmm.vcpu.stats import RunStats
+    from pyvmm.vcpu.stats import ExitKey, RunStats
     from pyvmm.vcpu.uart_fastpath import UartFastPath
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class ServedVcpu:
         #: Instructions finished for the emulator, by name (shared by the machine's vCPUs).
         self.assists = assists
         self._returned = 0
+        #: KVM's ring held THR writes at the last exit (the guest's output outran the drain).
+        self._ring_held = False
         self._first = True
         #: A debugger's look at debug traps and failed int3s first (``pyvmm.vmm.gdb_target``):
         #: True when it took the exit.
@@ -65,11 +67,12 @@ class ServedVcpu:
             self._returned = time.perf_counter_ns()
             counter.in_kvm_ns += self._returned - entered
         if fast is not None:
-            fast.drain_pending()  # writes the guest made before this exit come first
+            self._ring_held = fast.drain_pending()  # writes made before this exit come first
         return exit
 
     def serve(self, exit: VmExit) -> StopReason | None:
         """Serve one exit; why to stop, or None to run on."""
+        key = self._stats_key(exit) if self._counter is not None else None
         if isinstance(exit, (Debug, InternalError)) and self.debugger is not None \
                 and self.debugger(self.id, exit):
             reason = None
@@ -78,11 +81,22 @@ class ServedVcpu:
         else:
             reason = dispatch_exit(exit, self._pio, self._mmio, self._unknown,
                                    self._read_rip, self._pvm_host)
-        if self._counter is not None:
-            from pyvmm.vcpu.stats import exit_key  # only with --stats
-
-            self._counter.add(exit_key(exit), time.perf_counter_ns() - self._returned)
+        if self._counter is not None and key is not None:
+            self._counter.add(key, time.perf_counter_ns() - self._returned)
         return reason
+
+    def _stats_key(self, exit: VmExit) -> ExitKey:
+        """What --stats counts ``exit`` as (before it is served: serving changes the UART).
+        A THR write the fast path let exit only because the guest's output outran its
+        drain is ``pio-out-full``: back-pressure, not a write the fast path missed."""
+        from pyvmm.vcpu.stats import exit_key  # only with --stats
+
+        key = exit_key(exit)
+        fast = self._fast
+        if fast is not None and key == ("pio-out", fast.thr_port) \
+                and fast.outran(self._ring_held):
+            return ("pio-out-full", fast.thr_port)
+        return key
 
     def finished(self) -> None:
         """The thread is done: count what the C loop answered without Python."""

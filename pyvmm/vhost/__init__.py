@@ -1,1 +1,2 @@
-"""vhost-user: the front end pyvmm speaks and the back-end processes it starts."""
+"""vhost: the vhost-user front end pyvmm speaks, the back-end processes it starts, and the
+kernel's vhost-vsock."""

@@ -46,10 +46,11 @@ from pyvmm.vcpu.uart_fastpath import UartFastPath
 from pyvmm.vcpu.served import ServedVcpu
 from pyvmm.vcpu.runner import VcpuRunner, VcpuRunners
 from pyvmm.vmm.virtio_slots import (acpi_platform, announce, attach_virtio, open_virtio_devices,
-                                plan_virtio_slots)
+                                open_vsock, plan_virtio_slots)
 
 if TYPE_CHECKING:
     from pyvmm.devices.virtio.ports import Port
+    from pyvmm.vhost.vsock import VhostVsock
     from pyvmm.gdb.server import GdbServer
     from pyvmm.snapshot.restore import Snapshot
     from pyvmm.snapshot.save import StatefulDevice
@@ -114,10 +115,14 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     disks = Disks(config.drives)
     shares = Shares(config.shares)
     networks = Networks(config.nets, address_of)
+    vsock = None
     try:
+        vsock = open_vsock(config)
         return _build(config, console, ports, stats, kernel_image, initrd_image, slots,
-                      shares, disks, networks)
+                      shares, disks, networks, vsock=vsock)
     except BaseException:
+        if vsock is not None:
+            vsock.close()
         networks.close()
         shares.close()
         disks.close()
@@ -140,7 +145,7 @@ def refuse_linux_on_pvm(config: MachineConfig, kernel_image: bytes) -> None:
 def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[Port],
            stats: RunStats | None, kernel_image: bytes, initrd_image: bytes | None, slots: list,
            shares: Shares, disks: Disks, networks: Networks,
-           snapshot: Snapshot | None = None) -> BuiltMachine:
+           snapshot: Snapshot | None = None, vsock: VhostVsock | None = None) -> BuiltMachine:
     if config.control:
         from pyvmm.vmm.control import check_control_path
 
@@ -172,7 +177,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     disks.start()
     networks.start()
     devices = open_virtio_devices(slots, console.write, shares, backend_failed, ports, disks,
-                                  networks)
+                                  networks, vsock)
 
     kvm = Kvm()
     kvm.require_capabilities()
@@ -231,7 +236,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     stateful: dict[str, StatefulDevice] = {"serial": serial, "i8042": _attach_legacy_devices(pio_bus, serial, exit_event),
                 "rtc": rtc}
     pio_bus.insert(rtc, layout.RTC_PORT, 2)
-    uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT)
+    uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT, layout.COM1_IRQ)
     transports, owned_fds = attach_virtio(vm, loop, mmio_bus, memory, slots, devices)
     if snapshot is not None:
         from pyvmm.snapshot.restore import restore_machine_state
@@ -258,7 +263,9 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                         exit_event=exit_event, loop=loop, console=console,
                         pump=ConsolePump(console, console_input, serial, uart_fast),
                         runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
-                        owned_fds=owned_fds, closers=[networks.close, shares.close, disks.close], stats=stats,
+                        owned_fds=owned_fds, stats=stats,
+                        closers=[networks.close, shares.close, disks.close]
+                        + ([vsock.close] if vsock is not None else []),
                         assists=assists, gdb=gdb, stateful=stateful, cpuid=cpuid)
 
 

@@ -5,7 +5,9 @@ A unix stream socket on the event loop.  One request per connection, one
 line: ``dump PATH``; the VMM pauses its vCPUs, writes the dump, resumes them
 and answers ``ok SECONDS`` (or ``error MESSAGE``).  ``snapshot PATH`` and
 ``snapshot-stop PATH`` write a snapshot directory (the second then stops the
-guest) and answer ``ok SECONDS RAM_BYTES WRITTEN_BYTES``.  PATH is taken byte for
+guest) and answer ``ok SECONDS RAM_BYTES WRITTEN_BYTES``.  ``vsock`` (no path)
+answers ``ok CID``, the guest's vsock address (``pyvmm exec`` connects
+there).  PATH is taken byte for
 byte (a file name need not be UTF-8) and must be absolute; anything else
 (no newline, a second line, a NUL) is refused, never guessed at.  The socket
 file is created owner-only and removed when the VMM exits.
@@ -55,10 +57,12 @@ class ControlServer:
     """Listens on ``path``; ``live_dump(path) -> seconds`` and ``snapshot`` do the work."""
 
     def __init__(self, path: str, live_dump: Callable[[str], float],
-                 snapshot: Optional[SnapshotHandler] = None) -> None:
+                 snapshot: Optional[SnapshotHandler] = None,
+                 vsock_cid: int | None = None) -> None:
         self.path = path
         self._live_dump = live_dump
         self._snapshot = snapshot
+        self._vsock_cid = vsock_cid
         check_control_path(path)
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old_umask = os.umask(0o077)
@@ -84,13 +88,17 @@ class ControlServer:
             except OSError:
                 return
             try:
-                command, path = parse_line(request)
-                if command == b"dump":
-                    reply = f"ok {self._live_dump(path):.3f}"
+                if request == b"vsock\n":
+                    if self._vsock_cid is None:
+                        raise RequestError("this machine has no vsock (pyvmm exec needs "
+                                           "command mode, with --vsock or /dev/vhost-vsock)")
+                    reply = f"ok {self._vsock_cid}"
+                elif (parsed := parse_line(request))[0] == b"dump":
+                    reply = f"ok {self._live_dump(parsed[1]):.3f}"
                 elif self._snapshot is None:
                     raise RequestError("this VMM takes no snapshots")
                 else:
-                    reply = f"ok {self._snapshot(path, command == b'snapshot-stop')}"
+                    reply = f"ok {self._snapshot(parsed[1], parsed[0] == b'snapshot-stop')}"
             except PyvmmError as exc:
                 reply = f"error {exc}"
             try:
@@ -170,6 +178,26 @@ def request_dump(socket_path: str, dump_path: str, timeout: float | None = None)
     if status != "ok":
         raise DumpError(f"the VMM could not dump: {rest or 'no answer'}")
     return float(rest)
+
+
+def request_vsock(socket_path: str, timeout: float = ANSWER_SECONDS) -> int:
+    """Client side: the vsock CID of the guest whose VMM listens at ``socket_path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        try:
+            client.connect(socket_path)
+            client.sendall(b"vsock\n")
+            reply = client.makefile("rb").readline().decode(errors="replace").strip()
+        except TimeoutError:
+            raise RequestError(f"no running pyvmm answered on {socket_path!r} within "
+                               f"{timeout:g} s") from None
+        except OSError as exc:
+            raise RequestError(f"no running pyvmm answers on {socket_path!r}: "
+                               f"{exc.strerror or exc}") from None
+    status, _, rest = reply.partition(" ")
+    if status != "ok" or not rest.isdigit():
+        raise RequestError(f"{socket_path}: {rest or 'no answer'}")
+    return int(rest)
 
 
 def request_snapshot(socket_path: str, directory: str, stop: bool = False,

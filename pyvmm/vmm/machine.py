@@ -109,6 +109,14 @@ class BuiltMachine:
         """The machine's first virtio device of class ``kind`` (command mode's stream ports)."""
         return next((t.device for t in self.virtio if isinstance(t.device, kind)), None)
 
+    @property
+    def vsock_cid(self) -> int | None:
+        """The guest's vsock address (``--vsock``, or command mode's own), if it has one."""
+        from pyvmm.devices.virtio.vsock import VsockDevice
+
+        device = self.virtio_device(VsockDevice)
+        return device.guest_cid if device is not None else None
+
     def request_stop(self, reason: StopReason) -> None:
         """Stop the machine for ``reason`` unless it is already stopping."""
         self.exit_event.set(reason)
@@ -210,7 +218,7 @@ class BuiltMachine:
                 from pyvmm.vmm.control import ControlServer
 
                 self._control = ControlServer(self.config.control, self.live_dump,
-                                              self._control_snapshot)
+                                              self._control_snapshot, self.vsock_cid)
                 self.loop.add(self._control.fd, self._control.on_ready)
             if self.gdb is not None:
                 self.gdb.subscribe(self.loop)

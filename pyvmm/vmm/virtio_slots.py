@@ -2,7 +2,7 @@
 
 ``plan_virtio_slots`` is pure: one MMIO window and one IRQ line per device,
 disks first (so --drive order gives vda, vdb, …), then the virtio-fs shares,
-the NICs (--net order: eth0, eth1, ...), the command mode's stream ports, the
+the NICs (--net order: eth0, eth1, ...), the vsock, the command mode's stream ports, the
 console, then the entropy device (last, so that ``--rng`` moves no other
 device's window).
 ``attach_virtio`` does the KVM side the devices know nothing of: each queue's
@@ -10,7 +10,8 @@ notify register becomes an ioeventfd (the vCPU does not leave the kernel for
 it; the event loop serves the queue) and each IRQ line an irqfd.  A device
 whose queues a vhost-user back end (virtio-fs) or the kernel's vhost-net serves gets its own kick
 eventfds bound as the ioeventfds, and the irqfd as its call fd; the event
-loop never sees them.
+loop never sees them, but for the queues the device serves itself
+(``loop_queues``: vsock's event queue).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pyvmm.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyvmm.devices.virtio.ports import Port
+    from pyvmm.vhost.vsock import VhostVsock
     from pyvmm.vmm.disks import Disks
     from pyvmm.vmm.network import Networks
     from pyvmm.vmm.shares import Shares
@@ -44,7 +46,7 @@ class VirtioSlot:
 
     base: int
     irq: int
-    kind: str                      # "block", "fs", "net", "ports", "console" or "rng"
+    kind: str                      # "block", "fs", "net", "vsock", "ports", "console" or "rng"
     drive: DriveConfig | None = None
     share: ShareConfig | None = None
     net: NetConfig | None = None
@@ -59,6 +61,8 @@ def plan_virtio_slots(config: MachineConfig) -> list[VirtioSlot]:
         ("block", d, None, None) for d in config.drives]
     kinds += [("fs", None, share, None) for share in config.shares]
     kinds += [("net", None, None, nic) for nic in nics(config.nets)]
+    if config.vsock is not None or config.vsock_auto:
+        kinds.append(("vsock", None, None, None))
     if config.stdio_ports:
         kinds.append(("ports", None, None, None))
     if config.virtio_console:
@@ -92,13 +96,15 @@ def announce(slots: list[VirtioSlot]) -> str:
 def open_virtio_devices(slots: list[VirtioSlot], console_out: Callable[[memoryview], None],
                         shares: Shares, on_backend_failure: Callable[[str], None],
                         ports: Sequence[Port] = (), disks: Disks | None = None,
-                        networks: Networks | None = None) -> list[VirtioDevice]:
+                        networks: Networks | None = None,
+                        vsock: VhostVsock | None = None) -> list[VirtioDevice]:
     """The device of each slot, in slot order: every virtio device is made here.
 
     Disks pyvmm serves are opened (and locked) here, before KVM; a disk
     qemu-storage-daemon serves, and a share, are made from their daemon's
     connection (``disks.start``, ``shares.start``), a NIC's from its passt
-    (``networks.start``) or its tap (vhost-net's rings, like vhost-user's); the stream ports (command mode) from the ``ports``
+    (``networks.start``) or its tap (vhost-net's rings, like vhost-user's), the vsock's
+    from its open /dev/vhost-vsock (``open_vsock``); the stream ports (command mode) from the ``ports``
     their owner describes.
     """
     from pyvmm.devices.virtio.block import BlockDevice
@@ -136,6 +142,11 @@ def open_virtio_devices(slots: list[VirtioSlot], console_out: Callable[[memoryvi
                 assert slot.net is not None and networks is not None
                 devices.append(networks.device(nic_index, slot.net, on_backend_failure))
                 nic_index += 1
+            elif slot.kind == "vsock":
+                from pyvmm.devices.virtio.vsock import VsockDevice
+
+                assert vsock is not None  # open_vsock(config)
+                devices.append(VsockDevice(vsock, vsock.cid, on_backend_failure))
             elif slot.kind == "ports":
                 from pyvmm.devices.virtio.ports import PortsDevice
 
@@ -154,6 +165,21 @@ def open_virtio_devices(slots: list[VirtioSlot], console_out: Callable[[memoryvi
                 close()
         raise
     return devices
+
+
+def open_vsock(config: MachineConfig) -> VhostVsock | None:
+    """/dev/vhost-vsock with the guest's CID claimed (VsockSetupError, exit 2, if it can't
+    be), before anything else starts; command mode's own vsock takes the first free CID
+    of a range its process id picks."""
+    if config.vsock is not None:
+        from pyvmm.vhost.vsock import VhostVsock
+
+        return VhostVsock(config.vsock)
+    if config.vsock_auto:
+        from pyvmm.vhost.vsock import FIRST_GUEST_CID, claim_any_cid
+
+        return claim_any_cid(FIRST_GUEST_CID + 1000 + os.getpid() % 1_000_000 * 64)
+    return None
 
 
 class IrqfdTrigger:
@@ -189,6 +215,8 @@ def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot],
             owned_fds.extend(kick_fds)
             for index, kick_fd in enumerate(kick_fds):
                 vm.register_ioeventfd(kick_fd, slot.base + QUEUE_NOTIFY, 4, datamatch=index)
+            for index in getattr(device, "loop_queues", ()):
+                loop.add(kick_fds[index], _notify_handler(kick_fds[index], transport, index))
             continue
         for index in range(len(device.queues)):
             notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)

@@ -110,3 +110,29 @@ def test_a_dying_passt_stops_the_guest_with_one_line(tmp_path) -> None:
     lines = [line for line in stderr.decode().splitlines() if "passt" in line]
     assert lines == ["pyvmm: passt for --net 0 was killed by signal 9"], stderr
     assert list(private_tmp.iterdir()) == []
+
+
+def test_a_signal_while_the_machine_is_built_leaves_nothing_behind(tmp_path) -> None:
+    """SIGTERM while the second NIC's passt starts (the first one is running, its private
+    directory made): pyvmm unwinds, stops the first passt, removes its directory and
+    exits 128+15 with one line."""
+    real = shutil.which("passt")
+    wrapper = tmp_path / "passt"
+    # The second passt (no hostfwd) signals pyvmm, then runs as the real one would.
+    wrapper.write_text("#!/bin/sh\ncase \"$*\" in *127.0.0.1/*) ;; *) kill -TERM $PPID;; "
+                       f"esac\nexec {real} \"$@\"\n")
+    wrapper.chmod(0o700)
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    port = _free_port()
+    command = pyvmm_command("run", "-k", str(image("tiny/loop.bzImage")), "-m", "64M",
+                            "--net", f"user,hostfwd=tcp:127.0.0.1:{port}-:80", "--net", "user")
+    result = subprocess.run(command, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True,
+                            timeout=60, env={**os.environ, "TMPDIR": str(private_tmp),
+                                             "PYVMM_PASST": str(wrapper)})
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert result.stderr.decode().strip().splitlines()[-1] == "pyvmm: stopped by SIGTERM"
+    assert b"Traceback" not in result.stderr
+    assert list(private_tmp.iterdir()) == []
+    assert not _listening(port)
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_passt_of(p, port)]

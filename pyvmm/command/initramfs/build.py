@@ -39,6 +39,8 @@ def device_modules(config: MachineConfig) -> list[str]:
         wanted.append("virtio_rng")
     if nics(config.nets):
         wanted.append("virtio_net")
+    if config.vsock is not None or config.vsock_auto:
+        wanted.append("vmw_vsock_virtio_transport")  # and vsock, its common part
     return wanted
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
 #: Format of the cache entries; bump when the layout of the base archive changes.
@@ -65,6 +67,10 @@ class Job:
     setpriv_binary: str = "/usr/bin/setpriv"
     #: The guest's name (the host's): empty leaves the kernel's "(none)".
     hostname: str = ""
+    #: The host's python3 that runs the exec agent on this vsock port (the guest has a
+    #: vsock); empty: no agent.
+    agent_python: str = ""
+    agent_port: int = 0
     #: MACs (lower case) of the NICs /init brings up without DHCP (--net tap: CMD
     #: gives them their addresses); the others get a lease from passt.
     link_only_macs: tuple[str, ...] = ()
@@ -82,10 +88,13 @@ class Job:
             drop = [self.setpriv_binary, f"--reuid={self.uid}", f"--regid={self.gid}", groups, "--"]
         env = [f"{name}={value}" for name, value in self.env]
         # A session of its own, as sshd and vng give: its `kill 0` spares /init's relays.
-        command = (["chroot", "/newroot", "/run/pyvmm/busybox", "setsid",
-                    "/run/pyvmm/busybox", "sh", "-c",
-                    'cd "$1" || exit 1; shift; exec "$@"', "sh", self.cwd] + drop
-                   + [self.env_binary, "-i"] + env + list(self.argv))
+        # The same for each command the exec agent runs (inside the new root).
+        inner = (["/run/pyvmm/busybox", "setsid", "/run/pyvmm/busybox", "sh", "-c",
+                  'cd "$1" || exit 1; shift; exec "$@"', "sh", self.cwd] + drop
+                 + [self.env_binary, "-i"] + env)
+        command = ["chroot", "/newroot"] + inner + list(self.argv)
+        agent = ["chroot", "/newroot", self.agent_python, "-I", "-S", "/run/pyvmm/agent.py",
+                 str(self.agent_port)] + inner
         return "\n".join([
             f"PYVMM_RW={int(self.rw)}",
             f"PYVMM_CWD={q(self.cwd)}",
@@ -95,6 +104,9 @@ class Job:
             f"export PYVMM_NET_LINK_ONLY={q(' '.join(self.link_only_macs))}",
             "pyvmm_mount_shares() {", *mounts, "    :", "}",
             "pyvmm_run() {", "    " + " ".join(q(part) for part in command) + " 3>&-", "}",
+            "pyvmm_agent() {",
+            ("    " + " ".join(q(part) for part in agent) + " 3>&-") if self.agent_python
+            else "    :", "}",
             ""])
 
 
@@ -132,7 +144,9 @@ def base_archive(modules: ModuleSet | None) -> bytes:
     init = scripts.joinpath("init.sh").read_bytes()
     streams = scripts.joinpath("streams.sh").read_bytes()
     network = scripts.joinpath("network.sh").read_bytes()
-    key = hashlib.sha256(CACHE_VERSION.encode() + init + b"\0" + streams + b"\0" + network)
+    agent = scripts.joinpath("agent.py").read_bytes()
+    key = hashlib.sha256(CACHE_VERSION.encode() + init + b"\0" + streams + b"\0" + network
+                         + b"\0" + agent)
     for path in [busybox] + [host for _, host in (modules.files if modules else ())]:
         info = os.stat(path)
         key.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
@@ -152,6 +166,7 @@ def base_archive(modules: ModuleSet | None) -> bytes:
     writer.file("init", init, 0o755)
     writer.file("streams.sh", streams, 0o644)
     writer.file("network.sh", network, 0o755)
+    writer.file("agent.py", agent, 0o644)
     with open(busybox, "rb") as stream:
         writer.file("bin/busybox", stream.read(), 0o755)
     if modules:

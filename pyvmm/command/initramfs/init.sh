@@ -4,9 +4,10 @@
 # name, 3. mount the host's / over virtio-fs (read-only with a tmpfs overlay, or
 # read-write with --rw) and the --share directories at their host paths, 4. give it
 # what a normal Linux has (ptys, /dev/shm, the /dev/fd links, the kernel's own
-# filesystems, loopback, the host's name, the NICs of --net), 5. run the command of /job.sh as the
+# filesystems, loopback, the host's name, the NICs of --net), 5. with a vsock, start the exec
+# agent (agent.py: `pyvmm exec` runs more commands through it), 6. run the command of /job.sh as the
 # calling user in the calling directory, in a session of its own, its stdin, stdout
-# and stderr pipes that three relays copy to and from the ports (streams.sh), 6. once
+# and stderr pipes that three relays copy to and from the ports (streams.sh), 7. once
 # it and what it left running have ended and its output is out, write "status N" on
 # the status port and stop the machine.  Anything going wrong before the command runs is one
 # line: "error MESSAGE" on the status port and "pyvmm-init: error: MESSAGE" on the
@@ -70,7 +71,7 @@ mount -t proc proc /newroot/proc
 mount -t sysfs sysfs /newroot/sys
 mount -t devtmpfs devtmpfs /newroot/dev
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run || fail "cannot mount a tmpfs on /run"
-mkdir -p /newroot/run/pyvmm && cp /bin/busybox /newroot/run/pyvmm/busybox ||
+mkdir -p /newroot/run/pyvmm && cp /bin/busybox /agent.py /newroot/run/pyvmm/ ||
     fail "cannot copy busybox into the guest's /run"
 
 # What a normal Linux has besides, where this kernel has it (quietly not, where not).
@@ -108,6 +109,9 @@ network_error=$(/network.sh /newroot 2>&1) || fail "${network_error#pyvmm: }"
 
 pyvmm_mount_shares
 [ -d "/newroot$PYVMM_CWD" ] || fail "the current directory $PYVMM_CWD is not there in the guest"
+
+# The exec agent (a guest with a vsock): its complaints go to the kernel's console.
+pyvmm_agent </dev/null >/dev/console 2>&1 &
 
 stdin=$(port pyvmm.stdin) && stdout=$(port pyvmm.stdout) && stderr=$(port pyvmm.stderr) ||
     fail "the stdin/stdout/stderr ports are missing"

@@ -74,10 +74,19 @@ def test_drives_that_are_not_files_or_block_devices(tmp_path, odd_files, kind) -
     (("--timeout", "1e300"), "longer than a year"),
     (("--drive", "path=a,path=b"), "path given twice"),
     (("--drive", "file=a,path=b"), "path given twice"),
+    (("--vsock", "2"), "CIDs 0, 1 and 2 are reserved"),
+    (("--vsock", "4294967295"), "4294967295 means any"),
 ], ids=lambda value: "_".join(value) if isinstance(value, tuple) else None)
 def test_numbers_and_options_out_of_range(tmp_path, args, fragment) -> None:
     status = 4 if fragment == "no-kvm" else 2
     assert_one_line_error(run_with_kernel(tmp_path, make_bzimage(), *args), fragment, status)
+
+
+def test_a_vsock_without_vhost_vsock(tmp_path, monkeypatch) -> None:
+    """Before KVM is opened (the KVM device named here does not exist)."""
+    monkeypatch.setattr("pyvmm.vhost.vsock.DEVICE", str(tmp_path / "vhost-vsock"))
+    assert_one_line_error(run_with_kernel(tmp_path, make_bzimage(), "--vsock", "3"),
+                          "--vsock 3: cannot open")
 
 
 def test_guest_ram_the_host_cannot_reserve(tmp_path, monkeypatch) -> None:

@@ -47,6 +47,18 @@ def test_the_command_reaches_chroot_word_for_word(tmp_path) -> None:
     assert tuple(args[18:]) == WEIRD
 
 
+def test_the_exec_agent_runs_commands_as_the_command_runs(tmp_path) -> None:
+    """With a vsock, /init's pyvmm_agent starts agent.py with the same prefix as CMD's."""
+    job = Job(("main",), "/work", 1000, 1000, (), (("PATH", "/bin"),), rw=False,
+              agent_python="/usr/bin/python3", agent_port=28793)
+    run = run_job(job, tmp_path, "pyvmm_run")
+    agent = run_job(job, tmp_path, "pyvmm_agent")
+    assert agent[:6] == ["/newroot", "/usr/bin/python3", "-I", "-S", "/run/pyvmm/agent.py",
+                         "28793"]
+    assert agent[6:] == run[1:-1]  # the user, directory, environment; the argv comes later
+    assert run_job(Job(("main",), "/", 0, 0, (), (), rw=False), tmp_path, "pyvmm_agent") == []
+
+
 def test_the_job_names_the_guest_and_who_owns_its_streams(tmp_path) -> None:
     job = Job(("true",), "/", 1000, 100, (), (), rw=False, hostname="it's a host")
     values = run_job(job, tmp_path, 'printf "%s\\0" "$PYVMM_UID" "$PYVMM_GID" "$PYVMM_HOSTNAME"')

@@ -106,6 +106,9 @@ def test_the_guests_devices_bring_their_drivers(tmp_path) -> None:
     assert device_modules(MachineConfig(kernel="k", nets=(NetConfig(type="none"),))) == []
     assert device_modules(MachineConfig(kernel="k", nets=(NetConfig(type="user"),))) == [
         "virtio_net"]
+    assert device_modules(MachineConfig(kernel="k", vsock=3)) == ["vmw_vsock_virtio_transport"]
+    assert device_modules(MachineConfig(kernel="k", vsock_auto=True)) == [
+        "vmw_vsock_virtio_transport"]
     both = MachineConfig(kernel="k", drives=(DriveConfig(path="disk.img"),), rng=True)
     found = modules_for(b"", str(tmp_path), device_modules(both))
     assert found is not None

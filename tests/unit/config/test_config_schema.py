@@ -38,7 +38,7 @@ CASES = {
     "dump": ('"d.core"', "[]"), "dump_on": ('["exit"]', '["later"]'),
     "control": ('"c.sock"', "2"), "emulation_assist": ('"on"', '"maybe"'),
     "gdb": ('"1234"', '"host:port"'), "gdb_wait": ("true", '"yes"'),
-    "rng": ("true", '"yes"'), "snapshot": ("true", "2"),
+    "rng": ("true", '"yes"'), "snapshot": ("true", "2"), "vsock": ("3", "2"),
 }
 #: A bad value of each key of the [[drive]], [[share]] and [[net]] tables.
 BAD_TABLE_VALUE = {"path": "1", "readonly": '"yes"', "cache": '"fast"',
@@ -187,6 +187,8 @@ def test_config_from_options() -> None:
     ({"cmdline": "x"}, "unknown keyword argument cmdline="),
     ({"cpus": 0}, "cpus=0: a machine needs at least one vCPU"),
     ({"cpus": "two"}, "cpus='two': 'two' is not a whole number"),
+    ({"vsock": 2}, "vsock=2: CIDs 0, 1 and 2 are reserved"),
+    ({"vsock": 2**32 - 1}, "vsock=4294967295: a CID is 32 bits and 4294967295 means any"),
     ({"acpi": "maybe"}, "acpi='maybe'"),
     ({"emulation_assist": "maybe"}, "emulation_assist='maybe': choose one of auto, on, off"),
     ({"timeout": float("nan")}, "timeout=nan: must be a positive number"),

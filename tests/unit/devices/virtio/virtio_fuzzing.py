@@ -1,8 +1,9 @@
 """A hostile driver for the virtio devices, as hypothesis strategies plus the checks.
 
 A ``World`` is one device (block, console, the ports of command mode, the
-entropy device, virtio-net over a stand-in link, or virtio-fs with a stand-in
-back end: its config space and transport) behind
+entropy device, virtio-net over a stand-in link, virtio-fs with a stand-in
+back end: its config space and transport, or virtio-vsock with a stand-in
+vhost-vsock: its config space, transport and the event queue it serves) behind
 its real virtio-mmio transport, over guest RAM of two ranges with a hole between them (as below and
 above the MMIO gap), each range cut from one host buffer between canary bytes.
 A run is a list of operations a driver could do, valid or not: MMIO reads and
@@ -11,7 +12,7 @@ features and queue layout, random rings (descriptor tables, indirect tables,
 block request headers and discard segments, console control messages,
 available indices), notifications (by register and by ioeventfd), host input
 and its end (for virtio-net: frames arriving, some over the MTU, and the link
-filling up and draining), resets.
+filling up and draining; for vsock: a transport-reset event), resets.
 
 ``World.check`` holds after every operation: nothing escaped as an exception,
 the canaries around guest RAM are intact (nothing outside guest RAM was
@@ -49,6 +50,7 @@ from pyvmm.devices.virtio.ports import (CONTROL, CONTROL_KINDS, INPUT_LIMIT, Por
                                         PortsDevice)
 from pyvmm.devices.virtio.rng import REQUEST_LIMIT, RngDevice
 from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue
+from pyvmm.devices.virtio.vsock import VsockDevice
 from pyvmm.memory import GuestMemory, MemoryRegion
 
 RANGE = 256 << 10
@@ -62,7 +64,7 @@ DISK_SECTORS = 64
 #: (64 KiB each, smaller for a device of many queues: all in the first range).
 DATA_BASE, DATA_SIZE = 0x10000, 0x10000
 #: The kinds of world, and the ports of the ports world (command mode's four).
-KINDS = ("block", "console", "ports", "fs", "rng", "net", "tapnet", "vhostnet")
+KINDS = ("block", "console", "ports", "fs", "rng", "net", "tapnet", "vhostnet", "vsock")
 PORT_NAMES = ("stdin", "stdout", "stderr", "status")
 #: Longest any one operation may take.
 MAX_SECONDS = 1.0
@@ -101,6 +103,22 @@ class StandInKernel:
     def stop(self) -> None:
         assert self.started == 1, "a stop without a start"
         self.started -= 1
+
+
+class StandInVhostVsock:
+    """The kernel's vhost-vsock, accepting any rings (the kernel checks them itself): what
+    is fuzzed is the config space, the transport and the event queue pyvmm serves."""
+
+    features = (1 << 32) | (1 << 29) | (1 << 28) | (1 << 1)
+
+    def __init__(self) -> None:
+        self.starts = 0
+
+    def start(self, features, memory, rings) -> None:
+        self.starts += 1
+
+    def stop(self) -> None:
+        pass
 
 
 class StandInLink:
@@ -163,7 +181,7 @@ class World:
         with open(self.disk_path, "wb") as stream:
             stream.write(bytes(range(256)) * (DISK_SECTORS * 2))
         self.device: (BlockDevice | ConsoleDevice | PortsDevice | FsDevice | RngDevice
-                      | NetDevice | VhostNetDevice)
+                      | NetDevice | VhostNetDevice | VsockDevice)
         self.fs_failures: list[str] = []
         if self.kind == "block":
             self.device = BlockDevice(DiskImage(self.disk_path))
@@ -188,6 +206,9 @@ class World:
                                          | (1 << 15) | OFFLOAD_FEATURES, default_mac(0), 1500,
                                          self.fs_failures.append)
             self.device.call_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        elif self.kind == "vsock":
+            self.device = VsockDevice(StandInVhostVsock(), 3, self.fs_failures.append)
+            self.device.call_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         else:
             self.device = FsDevice(StandInBackend(), (1 << 32) | (1 << 28) | (1 << 29),
                                    "fuzz", self.fs_failures.append)
@@ -208,7 +229,7 @@ class World:
     def close(self) -> None:
         self.device.reset()
         self.device.shutdown()
-        if isinstance(self.device, (FsDevice, VhostNetDevice)):
+        if isinstance(self.device, (FsDevice, VhostNetDevice, VsockDevice)):
             self.device.close()
             assert self.device.call_fd is not None
             os.close(self.device.call_fd)
@@ -357,6 +378,9 @@ class World:
             yield ("notify", queue_index, rng.random() < 0.3)
 
     def _op_input(self, data: bytes) -> None:
+        if isinstance(self.device, VsockDevice):
+            self.device.transport_reset()  # takes an event buffer the driver gave
+            return
         if isinstance(self.device, NetDevice):
             if not data:
                 self.link.room = not self.link.room

@@ -2,7 +2,8 @@
 
     python3 scripts/fuzz_virtio.py [--examples 20000] [--seed N]
 
-Drives the block, console, ports (command mode's streams), entropy, net (a stand-in link),
+Drives the block, console, ports (command mode's streams), entropy, net (a stand-in link;
+frames with their vnet header and offloads, as a tap gives them; vhost-net's registers),
 virtio-fs (config space and transport, a stand-in back end) and vsock (config space,
 transport and its event queue, a stand-in vhost-vsock) devices through their virtio-mmio transport
 with hypothesis-generated hostile drivers (tests/unit/devices/virtio/virtio_fuzzing.py) and

@@ -165,7 +165,7 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, restore: str | None,
     elif changed_disks:
         raise ConfigError("--changed-disks: only with --restore")
     if command:
-        _run_command(ctx, params, command, command_mode, verbose)
+        _run_command(ctx, params, command, command_mode, verbose, stats)
     if ctx.meta.get("pyvmm.bare_double_dash"):
         raise ConfigError("nothing after --: give the command to run (pyvmm run -k KERNEL "
                           "-- CMD [ARGS...]), or leave out -- to boot the kernel")
@@ -211,19 +211,26 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, restore: str | None,
 
 
 def _run_command(ctx: click.Context, params: dict[str, Any], command: tuple[str, ...],
-                 options: CommandOptions, verbose: bool) -> None:
+                 options: CommandOptions, verbose: bool, stats: str | None = None) -> None:
     """Command mode: exit with the command's status, or 255 and one line."""
     from pyvmm.command.run import FAILED, run_command
 
+    run_stats = None
+    if stats:
+        from pyvmm.vcpu.stats import RunStats
+
+        run_stats = RunStats()
     try:
         config = effective_config(ctx, params)
         user_append = params.get("cmdline") if ctx.get_parameter_source("cmdline") == \
             click.core.ParameterSource.COMMANDLINE else None
         status = run_command(config, command, options, user_append=user_append,
-                             verbose=verbose)
+                             verbose=verbose, stats=run_stats)
     except PyvmmError as error:
         click.echo(f"pyvmm: error: {error}", err=True)
         status = FAILED
+    if run_stats is not None:
+        click.echo(run_stats.json_line() if stats == "json" else run_stats.text(), err=True)
     sys.exit(status)
 
 

@@ -25,14 +25,16 @@ import socket
 import sys
 import tempfile
 import threading
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from pyvmm.vmm.builder import build_machine
 from pyvmm.config.command import CommandOptions
 from pyvmm.config.machine import MachineConfig
+from pyvmm.config.network import NetConfig, nics
 from pyvmm.host import environment
 from pyvmm.config.tables import ShareConfig
 from pyvmm.console.host import HostConsole
+from pyvmm.devices.virtio.net import default_mac
 from pyvmm.devices.virtio.ports import Port, PortsDevice
 from pyvmm.errors import SEE_CHECK, ConfigError, HostError, PyvmmError
 from pyvmm.exitstatus import StopReason
@@ -41,6 +43,9 @@ from pyvmm.command.initramfs.build import (Job, base_archive, device_modules, jo
                                            modules_for)
 from pyvmm.kvm import system as kvm_system  # a module: tests stand in for is_pvm_host
 from pyvmm.vmm.signals import signals_stop
+
+if TYPE_CHECKING:
+    from pyvmm.vcpu.stats import RunStats
 
 #: pyvmm's status when it, or the guest, fails before the command ends.
 FAILED = 255
@@ -165,9 +170,11 @@ class Streams:
 
 
 def make_job(argv: tuple[str, ...], rw: bool, shares: tuple[ShareConfig, ...],
-             user: str | None = None, agent: bool = False) -> Job:
+             user: str | None = None, agent: bool = False,
+             nets: Sequence[NetConfig] = ()) -> Job:
     """The job: the caller's directory, identity and environment (or ``user``'s); with
-    ``agent``, the exec agent is run by the host's python3."""
+    ``agent``, the exec agent is run by the host's python3; the NICs /init only brings
+    up (taps: no DHCP server of ours behind them)."""
     env = environment.carried(CARRIED_ENV)
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
     uid, gid = os.geteuid(), os.getegid()
@@ -179,8 +186,11 @@ def make_job(argv: tuple[str, ...], rw: bool, shares: tuple[ShareConfig, ...],
     env_binary = _host_tool("env", "coreutils")
     setpriv_binary = _host_tool("setpriv", "util-linux") if uid or gid else ""
     agent_python = _host_tool("python3", "python3") if agent else ""
+    link_only = tuple((nic.mac or default_mac(index).hex(":")).lower()
+                      for index, nic in enumerate(nics(nets)) if nic.type == "tap")
     return Job(argv, os.getcwd(), uid, gid, groups, tuple(env.items()), rw, mounts,
-               env_binary, setpriv_binary, socket.gethostname(), agent_python, AGENT_PORT)
+               env_binary, setpriv_binary, socket.gethostname(), agent_python, AGENT_PORT,
+               link_only_macs=link_only)
 
 
 def _host_tool(name: str, package: str) -> str:
@@ -220,7 +230,7 @@ def command_config(config: MachineConfig, rw: bool, initrd: str, user_append: st
 
 def run_command(config: MachineConfig, argv: tuple[str, ...], options: CommandOptions, *,
                 user_append: str | None = None, verbose: bool = False,
-                streams: Streams | None = None) -> int:
+                streams: Streams | None = None, stats: RunStats | None = None) -> int:
     """Run ``argv`` in a guest; return its status (255 and a line on stderr if we fail first).
 
     ``user_append`` is what the user added to the kernel command line;
@@ -237,7 +247,7 @@ def run_command(config: MachineConfig, argv: tuple[str, ...], options: CommandOp
     console = LogConsole(verbose)
     try:
         machine_config = prepare(config, argv, options, private, user_append)
-        return _run(machine_config, console, streams)
+        return _run(machine_config, console, streams, stats)
     finally:
         console.close()
         shutil.rmtree(private, ignore_errors=True)
@@ -258,7 +268,7 @@ def prepare(config: MachineConfig, argv: tuple[str, ...], options: CommandOption
         head = stream.read(1 << 16)
     base = base_archive(modules_for(head, options.modules, device_modules(config)))
     job = make_job(argv, options.rw, config.shares, options.user,
-                   agent=config.vsock is not None or config.vsock_auto)
+                   agent=config.vsock is not None or config.vsock_auto, nets=config.nets)
     initrd = os.path.join(private, "initrd.cpio")
     fd = os.open(initrd, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
@@ -268,14 +278,17 @@ def prepare(config: MachineConfig, argv: tuple[str, ...], options: CommandOption
     return command_config(config, options.rw, initrd, user_append)
 
 
-def _run(config: MachineConfig, console: LogConsole, library: Streams | None) -> int:
+def _run(config: MachineConfig, console: LogConsole, library: Streams | None,
+         stats: RunStats | None = None) -> int:
     streams = library or Streams()
-    machine = build_machine(config, console, streams.ports)
+    machine = build_machine(config, console, streams.ports, stats=stats)
     device = machine.virtio_device(PortsDevice)
     assert device is not None  # config.stdio_ports
     streams.start_stdin(device)
     with signals_stop(machine) if library is None else contextlib.nullcontext():
         reason = machine.run()
+    if stats is not None:
+        stats.note_stop(machine.stop_requested_at)
     machine.close()
     streams.reason = reason
     status, error = streams.outcome()

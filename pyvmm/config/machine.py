@@ -122,11 +122,16 @@ class MachineConfig:
              "share1, ...; a comma in a name: ,,).  Repeatable."))
     #: Guest NICs (virtio-net), each with its back end.
     nets: tuple[NetConfig, ...] = field(default=(), metadata=option_metadata(
-        "--net", toml="net", metavar="user[,hostfwd=tcp::HOSTPORT-:GUESTPORT][,mac=MAC]|none",
+        "--net", toml="net",
+        metavar="user[,hostfwd=tcp::HOSTPORT-:GUESTPORT][,mac=MAC]|tap=NAME[,vhost=on|off|auto]"
+                "[,mac=MAC]|none",
         multiple=True, kind=TablesKind(NetConfig, parse_net),
         help="A virtio-net NIC: user is user-mode networking through passt (the "
              "guest's gateway address reaches the host's loopback; hostfwd= forwards "
-             "a host port inward, QEMU's spelling; repeatable); none: no NIC.  "
+             "a host port inward, QEMU's spelling; repeatable); tap=NAME a host tap "
+             "interface (made if missing and pyvmm may: root), its queues served by the "
+             "kernel's vhost-net where /dev/vhost-net opens (vhost=on insists, off: "
+             "pyvmm serves them); none: no NIC.  "
              "Repeat for eth0, eth1, ..."))
     vsock: int | None = field(default=None, metadata=option_metadata(
         "--vsock", kind=_CID, metavar="CID",

@@ -1,8 +1,11 @@
 """The ``[[net]]`` table and ``--net`` spec: a guest NIC and the back end behind it.
 
 ``--net user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]...[,mac=MAC]`` is
-QEMU's ``-nic user`` spelling (passt serves it), ``--net none`` says no NIC
-(it overrides a config file's ``[[net]]``).  No I/O.
+QEMU's ``-nic user`` spelling (passt serves it); ``--net tap=NAME[,vhost=on|off|auto]
+[,mac=MAC]`` is QEMU's ``-nic tap,ifname=NAME,vhost=on`` (``tap,ifname=NAME`` is
+taken too): a host tap interface, its queues served by the kernel's vhost-net
+where it can; ``--net none`` says no NIC (it overrides a config file's
+``[[net]]``).  No I/O.
 """
 
 from __future__ import annotations
@@ -12,11 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
 from pyvmm.config.tables import split_options, table_key, table_keys
-from pyvmm.config.values import BadValue, ChoiceKind, Kind
+from pyvmm.config.values import BadValue, ChoiceKind, Kind, TextKind
 from pyvmm.errors import ConfigError
 
-#: Kinds of back end: user-mode networking (passt), or no NIC.
-NET_TYPES = ("user", "none")
+#: Kinds of back end: user-mode networking (passt), a host tap interface, or no NIC.
+NET_TYPES = ("user", "tap", "none")
+#: Who serves a tap NIC's queues: the kernel's vhost-net (on), pyvmm (off), or
+#: vhost-net where /dev/vhost-net opens, else pyvmm (auto).
+VHOST_MODES = ("auto", "on", "off")
+#: Linux's interface names: at most IFNAMSIZ - 1 bytes, none of these (dev_valid_name).
+IFNAME_BYTES = 15
+IFNAME_FORBIDDEN = "/: \t\n"
 #: QEMU's hostfwd: PROTOCOL:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT (the
 #: first colon may be left out: tcp:8080-:80).
 _HOSTFWD = re.compile(r"^(tcp|udp):(?:([0-9.]*):)?(\d+)-([0-9.]*):(\d+)$")
@@ -111,10 +120,23 @@ class NetConfig:
         "forward a host port inward: tcp::HOSTPORT-:GUESTPORT (udp: too)", ForwardsKind()))
     mac: str = field(default="", metadata=table_key(
         "the NIC's MAC (default 52:54:00:12:34:56, :57 for the next, ...)", MacKind()))
+    ifname: str = field(default="", metadata=table_key(
+        "tap: the host's tap interface (made, and gone at exit, if it is not there "
+        "and pyvmm may: root)", TextKind(IFNAME_BYTES, 0, IFNAME_FORBIDDEN)))
+    vhost: str = field(default="auto", metadata=table_key(
+        "tap: the kernel's vhost-net serves the queues (on), pyvmm does (off), or "
+        "vhost-net where /dev/vhost-net opens (auto)", ChoiceKind(VHOST_MODES)))
 
     def __post_init__(self) -> None:
-        if self.type == "none" and (self.hostfwd or self.mac):
+        if self.type == "none" and (self.hostfwd or self.mac or self.ifname):
             raise BadValue("none takes no other key")
+        if self.type == "tap" and not self.ifname:
+            raise BadValue("tap needs the interface's name: tap=NAME")
+        if self.type == "tap" and self.hostfwd:
+            raise BadValue("hostfwd= is for user; a tap's guest is reached on the tap's "
+                           "network")
+        if self.type != "tap" and (self.ifname or self.vhost != "auto"):
+            raise BadValue("ifname= and vhost= are for tap")
 
     @property
     def forwards(self) -> tuple[Forward, ...]:
@@ -122,32 +144,34 @@ class NetConfig:
 
 
 def parse_net(text: str, index: int = 0) -> NetConfig:
-    """``user[,hostfwd=...]...[,mac=MAC]`` or ``none``; ``,,`` is a comma of a value."""
-    kind, *options = split_options(text)
-    kind = kind.strip()
-    if kind not in NET_TYPES:
-        raise ConfigError(f"--net {text!r}: {kind!r} is not a network back end "
-                          f"(use {' or '.join(NET_TYPES)})")
+    """``user[,hostfwd=...]...[,mac=MAC]``, ``tap=NAME[,vhost=on|off|auto][,mac=MAC]``
+    (or ``tap,ifname=NAME,...``) or ``none``; ``,,`` is a comma of a value."""
+    first, *options = split_options(text)
+    kind, _, ifname = first.strip().partition("=")
+    if kind not in NET_TYPES or ifname and kind != "tap":
+        raise ConfigError(f"--net {text!r}: {first.strip()!r} is not a network back end "
+                          f"(use user, tap=NAME or none)")
     forwards: list[str] = []
-    mac = ""
+    given: dict[str, str] = {"ifname": ifname.strip()} if ifname else {}
     for option in options:
         key, sep, value = option.partition("=")
         key = key.strip()
         if key == "hostfwd" and sep:
             forwards.append(value.strip())
-        elif key == "mac" and sep and not mac:
-            mac = value.strip()
+        elif key in ("mac", "ifname", "vhost") and sep and key not in given:
+            given[key] = value.strip()
         else:
             raise ConfigError(f"--net {text!r}: unknown option {option!r} "
                               f"({', '.join(k + '=' for k in table_keys(NetConfig) if k != 'type')})")
     try:
-        net = NetConfig(kind, tuple(forwards), mac)
+        net = NetConfig(kind, tuple(forwards), **given)
     except BadValue as exc:
         raise ConfigError(f"--net {text!r}: {exc}") from None
     for name, kind_of in table_keys(NetConfig).items():
         problem = kind_of.problem(getattr(net, name))
         if problem:
-            raise ConfigError(f"--net {text!r}: {problem}")
+            key = "" if problem.startswith(name + "=") else f"{name}={getattr(net, name)}: "
+            raise ConfigError(f"--net {text!r}: {key}{problem}")
     return net
 
 

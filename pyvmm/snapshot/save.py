@@ -64,6 +64,9 @@ def refuse_unsupported(config: MachineConfig) -> None:
                             "vhost-vsock holds its connections, outside pyvmm")
     if config.shares:
         raise SnapshotError(SHARE_REFUSED)
+    if any(net.type == "tap" for net in config.nets):
+        raise SnapshotError("a machine with --net tap can't be snapshotted yet: the tap and "
+                            "vhost-net's rings hold state outside pyvmm")
 
 
 def disk_images(virtio: Sequence[StatefulDevice]) -> list[dict]:

@@ -114,7 +114,7 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     # fresh passt per NIC; the snapshot refused shares.
     disks = Disks(config.drives, overlays=snapshot is not None and snapshot.overlays)
     shares = Shares(config.shares)
-    networks = Networks(config.nets)
+    networks = Networks(config.nets, address_of)
     vsock = None
     try:
         vsock = open_vsock(config)

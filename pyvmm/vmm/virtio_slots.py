@@ -8,7 +8,7 @@ device's window).
 ``attach_virtio`` does the KVM side the devices know nothing of: each queue's
 notify register becomes an ioeventfd (the vCPU does not leave the kernel for
 it; the event loop serves the queue) and each IRQ line an irqfd.  A device
-whose queues a vhost-user back end serves (virtio-fs) gets its own kick
+whose queues a vhost-user back end (virtio-fs) or the kernel's vhost-net serves gets its own kick
 eventfds bound as the ioeventfds, and the irqfd as its call fd; the event
 loop never sees them, but for the queues the device serves itself
 (``loop_queues``: vsock's event queue).
@@ -103,8 +103,8 @@ def open_virtio_devices(slots: list[VirtioSlot], console_out: Callable[[memoryvi
     Disks pyvmm serves are opened (and locked) here, before KVM; a disk
     qemu-storage-daemon serves, and a share, are made from their daemon's
     connection (``disks.start``, ``shares.start``), a NIC's from its passt
-    (``networks.start``), the vsock's from its open /dev/vhost-vsock
-    (``open_vsock``); the stream ports (command mode) from the ``ports``
+    (``networks.start``) or its tap (vhost-net's rings, like vhost-user's), the vsock's
+    from its open /dev/vhost-vsock (``open_vsock``); the stream ports (command mode) from the ``ports``
     their owner describes.
     """
     from pyvmm.devices.virtio.block import BlockDevice
@@ -141,7 +141,7 @@ def open_virtio_devices(slots: list[VirtioSlot], console_out: Callable[[memoryvi
                 devices.append(FsDevice(frontend, features, slot.share.tag, on_backend_failure))
             elif slot.kind == "net":
                 assert slot.net is not None and networks is not None
-                devices.append(networks.device(nic_index, slot.net))
+                devices.append(networks.device(nic_index, slot.net, on_backend_failure))
                 nic_index += 1
             elif slot.kind == "vsock":
                 from pyvmm.devices.virtio.vsock import VsockDevice

@@ -71,6 +71,9 @@ class Job:
     #: vsock); empty: no agent.
     agent_python: str = ""
     agent_port: int = 0
+    #: MACs (lower case) of the NICs /init brings up without DHCP (--net tap: CMD
+    #: gives them their addresses); the others get a lease from passt.
+    link_only_macs: tuple[str, ...] = ()
 
     def script(self) -> str:
         """``/job.sh``: sourced by /init; variables and two functions."""
@@ -98,6 +101,7 @@ class Job:
             f"PYVMM_UID={self.uid}",
             f"PYVMM_GID={self.gid}",
             f"PYVMM_HOSTNAME={q(self.hostname)}",
+            f"export PYVMM_NET_LINK_ONLY={q(' '.join(self.link_only_macs))}",
             "pyvmm_mount_shares() {", *mounts, "    :", "}",
             "pyvmm_run() {", "    " + " ".join(q(part) for part in command) + " 3>&-", "}",
             "pyvmm_agent() {",

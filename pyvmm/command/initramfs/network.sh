@@ -4,7 +4,8 @@
 #   network.sh ROOT    as root, once virtio_net is loaded; ROOT is the command's
 #                      root (/newroot in /init), mounted, with its /run a tmpfs
 #
-# Brings lo up, then each virtio-net interface: link up, a DHCP lease from passt
+# Brings lo up, then each virtio-net interface: link up; unless its MAC is in
+# $PYVMM_NET_LINK_ONLY (a --net tap NIC, whose addresses CMD sets), a DHCP lease from passt
 # (busybox udhcpc, with this script as its handler): address, default route, MTU;
 # the DNS servers of the lease go to ROOT/etc/resolv.conf, over the host's file
 # (a bind mount from ROOT/run/pyvmm: nothing is written to the host, --rw or not).
@@ -58,6 +59,9 @@ export PYVMM_RESOLV="$root/run/pyvmm/resolv.conf"
 : >"$PYVMM_RESOLV"
 for interface in $(interfaces); do
     $bb ip link set "$interface" up
+    case " $PYVMM_NET_LINK_ONLY " in
+    *" $(cat "/sys/class/net/$interface/address") "*) continue ;;
+    esac
     $bb udhcpc -i "$interface" -f -q -n -t 5 -T 1 -s "$0" >/dev/null 2>&1 || {
         echo "pyvmm: no DHCP lease for $interface from the network back end" >&2
         exit 1

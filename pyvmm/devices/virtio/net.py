@@ -1,43 +1,72 @@
 """virtio-net (virtio 1.2 section 5.1): one receive/transmit queue pair, frames to a back end.
 
 Every buffer starts with the 12-byte ``virtio_net_hdr`` of virtio 1.x (flags,
-gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers).  The
-device offers no checksum or segmentation offload: its back ends (passt's
-stream socket, a tap without vnet headers) carry plain Ethernet frames, so
-the driver computes checksums and segments itself, and every header we
-write is zero but for ``num_buffers``.  With ``VIRTIO_NET_F_MRG_RXBUF`` a
-received frame spans as many receive chains as it needs.
+gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers).  With
+``VIRTIO_NET_F_MRG_RXBUF`` a received frame spans as many receive chains as
+it needs.  A back end carrying plain Ethernet frames (passt's stream socket)
+gets no offloads: the driver computes checksums and segments itself, and
+every header we write is zero but for ``num_buffers``.  A back end whose
+frames carry the header too (a tap with ``IFF_VNET_HDR``, ``header_in_frames``)
+offers checksum and TCP segmentation offload both ways (``offloads``): the
+driver's header goes to the tap as it is, the tap's to the driver with
+``num_buffers`` set, and ``on_offloads`` tells the back end what the driver
+takes (``TUNSETOFFLOAD``).
 
 Nothing is buffered without bound.  Received frames stay in the back end
 (``FrameLink.next_frame`` is the one it holds) while the driver has no
 receive buffers, and the back end stops reading its socket: back-pressure
 goes to the peer.  Transmit chains stay on the ring while the back end's
 output is full (``can_send``), and are taken again when it drains.  A frame
-larger than the negotiated size (MTU + Ethernet and VLAN headers), either
-way, is dropped and counted.  The device knows nothing of KVM or of the
-event loop: the machine calls ``frames_arrived`` and ``link_writable`` when
-the back end's socket is ready.
+larger than the negotiated size (MTU + Ethernet and VLAN headers; 64 KiB for
+a segmentation-offloaded one), either way, is dropped and counted.  The
+device knows nothing of KVM or of the event loop: the machine calls
+``frames_arrived`` and ``link_writable`` when the back end's socket is ready.
+
+``VhostNetDevice`` is the same NIC with its queues served by the host
+kernel's vhost-net: pyvmm keeps the registers and the config space, the
+kernel moves the frames (see ``KernelQueues``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import time
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from pyvmm.devices.virtio.device import COMMON_FEATURES, SERVE_BUDGET_SECONDS, VirtioDevice
 from pyvmm.devices.virtio.queue import DescriptorChain, QueueError, SplitQueue, read_from
+from pyvmm.errors import DeviceError
 from pyvmm.memory import GuestMemory
+from pyvmm.vhost.frontend import VringConfig
 
 log = logging.getLogger(__name__)
 
 VIRTIO_ID_NET = 1
+VIRTIO_NET_F_CSUM = 0
+VIRTIO_NET_F_GUEST_CSUM = 1
 VIRTIO_NET_F_MTU = 3
 VIRTIO_NET_F_MAC = 5
+VIRTIO_NET_F_GUEST_TSO4 = 7
+VIRTIO_NET_F_GUEST_TSO6 = 8
+VIRTIO_NET_F_GUEST_ECN = 9
+VIRTIO_NET_F_HOST_TSO4 = 11
+VIRTIO_NET_F_HOST_TSO6 = 12
+VIRTIO_NET_F_HOST_ECN = 13
 VIRTIO_NET_F_MRG_RXBUF = 15
 VIRTIO_NET_F_STATUS = 16
 VIRTIO_NET_S_LINK_UP = 1
+#: Checksum and TCP segmentation offload, both ways: what a tap can take (no UFO/USO).
+OFFLOAD_FEATURES = sum(1 << bit for bit in (
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_ECN))
+#: virtio_net_hdr flags and gso types.
+HDR_F_NEEDS_CSUM = 1
+HDR_F_DATA_VALID = 2
+GSO_NONE, GSO_TCPV4, GSO_UDP, GSO_TCPV6 = 0, 1, 3, 4
+GSO_ECN = 0x80
 RECEIVE_QUEUE = 0
 TRANSMIT_QUEUE = 1
 QUEUE_SIZE = 256
@@ -49,12 +78,18 @@ CONFIG = struct.Struct("<6sHHH")
 FRAME_OVERHEAD = 14 + 4
 #: The largest MTU virtio-net's config space can state (le16), and Linux's ceiling.
 MAX_MTU = 65535
+#: The largest segmentation-offloaded frame: a 64 KiB IP packet and its link headers.
+MAX_GSO_FRAME = 65535 + FRAME_OVERHEAD
+#: Which feature lets a gso type through, sent by the driver (HOST_*) or to it (GUEST_*).
+_GSO_FEATURES = {GSO_TCPV4: (VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_GUEST_TSO4),
+                 GSO_TCPV6: (VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_GUEST_TSO6)}
 #: What became of one received frame (``NetDevice._put_frame``).
 _DELIVERED, _DROPPED, _NO_ROOM = range(3)
 
 
 class FrameLink(Protocol):
-    """A back end carrying whole Ethernet frames (``pyvmm.vhost.stream.FrameStream``)."""
+    """A back end carrying whole Ethernet frames (``pyvmm.vhost.stream.FrameStream``), or
+    each frame after its virtio_net_hdr (``pyvmm.vhost.tap.TapLink``, ``header_in_frames``)."""
 
     def can_send(self) -> bool:
         """Whether ``send`` takes a frame now (the back end's output has room)."""
@@ -79,19 +114,27 @@ class NetDevice(VirtioDevice):
 
     device_id = VIRTIO_ID_NET
 
-    def __init__(self, link: FrameLink, mac: bytes, mtu: int = 1500) -> None:
+    def __init__(self, link: FrameLink, mac: bytes, mtu: int = 1500, *,
+                 header_in_frames: bool = False, offloads: int = 0,
+                 on_offloads: Callable[[int], None] | None = None) -> None:
         super().__init__((QUEUE_SIZE, QUEUE_SIZE))
         if len(mac) != 6 or not 68 <= mtu <= MAX_MTU:
             raise ValueError(f"virtio-net: bad MAC {mac.hex(':')} or MTU {mtu}")
+        if offloads & ~OFFLOAD_FEATURES or offloads and not header_in_frames:
+            raise ValueError("virtio-net: offloads need a link that carries the header")
         self.link = link
         self.mac = mac
         self.mtu = mtu
         self.max_frame = mtu + FRAME_OVERHEAD
+        self.header_in_frames = header_in_frames
+        self.offloads = offloads
+        self._on_offloads = on_offloads
         #: Frames dropped: larger than max_frame (received, transmitted), received
         #: while the driver was not running, transmitted with a header we can't honour.
         self.rx_oversize = 0
         self.tx_oversize = 0
         self.rx_inactive = 0
+        self.rx_bad_header = 0
         self.tx_bad_header = 0
         self.rx_frames = 0
         self.tx_frames = 0
@@ -102,7 +145,7 @@ class NetDevice(VirtioDevice):
 
     def device_features(self) -> int:
         return COMMON_FEATURES | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS \
-            | 1 << VIRTIO_NET_F_MRG_RXBUF | 1 << VIRTIO_NET_F_MTU
+            | 1 << VIRTIO_NET_F_MRG_RXBUF | 1 << VIRTIO_NET_F_MTU | self.offloads
 
     def config_space(self) -> bytes:
         return CONFIG.pack(self.mac, VIRTIO_NET_S_LINK_UP, 1, self.mtu)
@@ -112,6 +155,8 @@ class NetDevice(VirtioDevice):
                  broken: Callable[[str], None] | None = None) -> None:
         super().activate(memory, driver_features, raise_used, broken)
         self._receive_broken = False
+        if self._on_offloads is not None:
+            self._on_offloads(driver_features & self.offloads)
 
     def reset(self) -> None:
         super().reset()
@@ -205,20 +250,49 @@ class NetDevice(VirtioDevice):
         if length < 0:
             self.tx_bad_header += 1
             return
-        if length > self.max_frame:
-            if not self.tx_oversize:
-                log.warning("virtio-net: a %d-byte frame from the guest was dropped (the "
-                            "largest is %d)", length, self.max_frame)
-            self.tx_oversize += 1
+        if length > MAX_GSO_FRAME or length > self.max_frame and not \
+                self.offloads & (1 << VIRTIO_NET_F_HOST_TSO4 | 1 << VIRTIO_NET_F_HOST_TSO6):
+            self._tx_too_long(length)
             return
         data = read_from(chain.readable, HEADER.size + length)
         flags, gso_type = data[0], data[1]
-        if gso_type:  # segmentation we never offered: the frame is not a frame
+        if not self.header_in_frames:
+            if gso_type:  # segmentation we never offered: the frame is not a frame
+                self.tx_bad_header += 1
+                return
+            # NEEDS_CSUM can't be set without VIRTIO_NET_F_CSUM; ignored as QEMU does
+            self.link.send(data[HEADER.size:])
+            self.tx_frames += 1
+            return
+        if not self._header_allowed(flags, gso_type, host=True):
             self.tx_bad_header += 1
             return
-        del flags  # NEEDS_CSUM can't be set without VIRTIO_NET_F_CSUM; ignored as QEMU does
-        self.link.send(data[HEADER.size:])
+        if length > self.max_frame and gso_type == GSO_NONE:
+            self._tx_too_long(length)
+            return
+        self.link.send(data)  # the tap reads the header as the driver wrote it
         self.tx_frames += 1
+
+    def _tx_too_long(self, length: int) -> None:
+        if not self.tx_oversize:
+            log.warning("virtio-net: a %d-byte frame from the guest was dropped (the "
+                        "largest is %d)", length, self.max_frame)
+        self.tx_oversize += 1
+
+    def _header_allowed(self, flags: int, gso_type: int, host: bool) -> bool:
+        """Whether the features negotiated let a header with ``flags`` and ``gso_type``
+        through: from the driver (``host``, HOST_* and CSUM) or to it (GUEST_*)."""
+        csum = VIRTIO_NET_F_CSUM if host else VIRTIO_NET_F_GUEST_CSUM
+        if flags & HDR_F_NEEDS_CSUM and not self.has_feature(csum):
+            return False
+        kind = gso_type & ~GSO_ECN
+        if kind == GSO_NONE:
+            return not gso_type & GSO_ECN
+        features = _GSO_FEATURES.get(kind)
+        if features is None or not self.has_feature(features[0 if host else 1]):
+            return False
+        ecn = VIRTIO_NET_F_HOST_ECN if host else VIRTIO_NET_F_GUEST_ECN
+        return not gso_type & GSO_ECN or self.has_feature(ecn)
 
     # -- receive: link -> guest -------------------------------------------------------------
 
@@ -239,14 +313,11 @@ class NetDevice(VirtioDevice):
             if delivered >= queue.size or (delivered and time.monotonic() >= budget_end):
                 out_of_time = queue.has_available()
                 break
-            if len(frame) > self.max_frame:
-                if not self.rx_oversize:
-                    log.warning("virtio-net: a %d-byte frame for the guest was dropped (the "
-                                "largest is %d)", len(frame), self.max_frame)
-                self.rx_oversize += 1
+            header, payload = self._split_received(frame)
+            if header is None:
                 self.link.consume_frame()
                 continue
-            outcome = self._put_frame(queue, memory, frame)
+            outcome = self._put_frame(queue, memory, header, payload)
             if outcome == _NO_ROOM:
                 # The frame waits in the link, which stops reading its socket.  With
                 # EVENT_IDX, ask to hear of the very next buffer (the ones put back
@@ -265,7 +336,36 @@ class NetDevice(VirtioDevice):
             self._raise_used()
         return out_of_time
 
-    def _put_frame(self, queue: SplitQueue, memory: GuestMemory, frame: bytes) -> int:
+    def _split_received(self, frame: bytes) -> tuple[bytes | None, memoryview]:
+        """The first 10 bytes of the header the driver gets and the frame after it, or
+        (None, _) for a frame dropped (and counted) here."""
+        if not self.header_in_frames:
+            header: bytes | None = bytes(HEADER.size - 2)
+            payload = memoryview(frame)
+            gso_type = GSO_NONE
+        elif len(frame) < HEADER.size:
+            self.rx_bad_header += 1
+            return None, memoryview(frame)
+        else:
+            flags, gso_type = frame[0], frame[1]
+            if not self.has_feature(VIRTIO_NET_F_GUEST_CSUM):
+                flags &= ~HDR_F_DATA_VALID  # a driver without GUEST_CSUM gets flags 0
+            header = bytes((flags, gso_type)) + frame[2:HEADER.size - 2]
+            payload = memoryview(frame)[HEADER.size:]
+            if not self._header_allowed(flags, gso_type, host=False):
+                self.rx_bad_header += 1
+                return None, payload
+        limit = self.max_frame if gso_type == GSO_NONE else MAX_GSO_FRAME
+        if len(payload) > limit:
+            if not self.rx_oversize:
+                log.warning("virtio-net: a %d-byte frame for the guest was dropped (the "
+                            "largest is %d)", len(payload), limit)
+            self.rx_oversize += 1
+            return None, payload
+        return header, payload
+
+    def _put_frame(self, queue: SplitQueue, memory: GuestMemory, header: bytes,
+                   frame: memoryview) -> int:
         """Write header and frame over as many chains as it needs: _DELIVERED; _NO_ROOM
         (nothing taken) if the ring holds too little now; _DROPPED if it never can."""
         mergeable = self.has_feature(VIRTIO_NET_F_MRG_RXBUF)
@@ -294,7 +394,7 @@ class NetDevice(VirtioDevice):
                 self.rx_oversize += 1
                 return _DROPPED
             return _NO_ROOM
-        data = memoryview(HEADER.pack(0, 0, 0, 0, 0, 0, len(chains)) + frame)
+        data = memoryview(header + len(chains).to_bytes(2, "little") + frame)
         offset = 0
         for chain in chains:
             written = 0
@@ -307,3 +407,92 @@ class NetDevice(VirtioDevice):
                 written += count
             queue.add_used(chain.head, written)
         return _DELIVERED
+
+
+class KernelQueues(Protocol):
+    """What a ``VhostNetDevice`` needs of the kernel's vhost-net (``pyvmm.vhost.vhost_net``)."""
+
+    def start(self, features: int, memory: GuestMemory, rings: Sequence[VringConfig]) -> None:
+        """Hand the rings (guest-physical addresses) and the negotiated features over."""
+
+    def stop(self) -> None:
+        """Take the rings back (the driver reset the device)."""
+
+
+class VhostNetDevice(VirtioDevice):
+    """A virtio-net NIC whose queues the host kernel's vhost-net serves.
+
+    Like the vhost-user devices (``vhost_user.VhostUserDevice``): each queue's
+    kick is an eventfd the machine binds as its ioeventfd, the call is the
+    device's irqfd (``call_fd``, bound by the machine), so no frame passes
+    through Python.  ``features`` are what the kernel and the tap offer together.
+    """
+
+    device_id = VIRTIO_ID_NET
+    backend_interrupts = True
+
+    def __init__(self, queues: KernelQueues, features: int, mac: bytes, mtu: int,
+                 on_failure: Callable[[str], None]) -> None:
+        super().__init__((QUEUE_SIZE, QUEUE_SIZE))
+        if len(mac) != 6 or not 68 <= mtu <= MAX_MTU:
+            raise ValueError(f"virtio-net: bad MAC {mac.hex(':')} or MTU {mtu}")
+        self._kernel = queues
+        self._features = features
+        self._on_failure = on_failure
+        self.mac = mac
+        self.mtu = mtu
+        #: One eventfd per queue: KVM signals it on the driver's notify, vhost-net reads it.
+        self.kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in self.queues]
+        self.call_fd: int | None = None
+        self._started = False
+
+    def device_features(self) -> int:
+        return self._features | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS \
+            | 1 << VIRTIO_NET_F_MTU
+
+    def config_space(self) -> bytes:
+        return CONFIG.pack(self.mac, VIRTIO_NET_S_LINK_UP, 1, self.mtu)
+
+    def activate(self, memory: GuestMemory, driver_features: int,
+                 raise_used: Callable[[], None],
+                 broken: Callable[[str], None] | None = None) -> None:
+        super().activate(memory, driver_features, raise_used, broken)
+        if self.call_fd is None:
+            raise DeviceError("vhost-net device: no interrupt eventfd bound")
+        rings = [VringConfig(index, queue.size, queue.desc_addr, queue.avail_addr,
+                             queue.used_addr, self.kick_fds[index], self.call_fd)
+                 for index, queue in enumerate(self.queues)]
+        if not all(queue.ready for queue in self.queues):
+            return  # a driver that set up one queue only: nothing to hand over
+        try:
+            self._kernel.start(driver_features, memory, rings)
+        except DeviceError as exc:
+            self._on_failure(str(exc))
+            return
+        self._started = True
+
+    def process_queue(self, index: int) -> None:
+        """A notify that reached us (not KVM's ioeventfd): pass it on to vhost-net."""
+        if self._started:
+            os.eventfd_write(self.kick_fds[index], 1)
+
+    def pending(self, index: int) -> bool:
+        return False  # the kernel owns the rings
+
+    def reset(self) -> None:
+        """Take the rings back from the kernel before the driver reuses their memory."""
+        started, self._started = self._started, False
+        if started:
+            try:
+                self._kernel.stop()
+            except DeviceError as exc:
+                self._on_failure(str(exc))
+        super().reset()
+
+    def shutdown(self) -> None:
+        self._started = False
+
+    def close(self) -> None:
+        for fd in self.kick_fds:
+            os.close(fd)
+        self.kick_fds = []

@@ -44,7 +44,8 @@ CASES = {
 BAD_TABLE_VALUE = {"path": "1", "readonly": '"yes"', "cache": '"fast"',
                    "serial": '"' + "s" * 21 + '"', "tag": '""', "format": '"qcow3"',
                    "backend": '"qemu"', "snapshot": '"yes"', "overlay": "1", "type": '"slirp"',
-                   "hostfwd": '["tcp::80"]', "mac": '"ff:ff:ff:ff:ff:ff"'}
+                   "hostfwd": '["tcp::80"]', "mac": '"ff:ff:ff:ff:ff:ff"', "ifname": '"a/b"',
+                   "vhost": '"maybe"'}
 #: The key each table needs, with a good value.
 REQUIRED = {"drive": ("path", '"a"'), "share": ("path", '"a"'), "net": ("type", '"user"')}
 

@@ -24,7 +24,16 @@ def test_user_with_forwards_and_a_mac() -> None:
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("slirp", "'slirp' is not a network back end (use user or none)"),
+    ("slirp", "'slirp' is not a network back end (use user, tap=NAME or none)"),
+    ("user=x", "'user=x' is not a network back end"),
+    ("tap", "tap needs the interface's name: tap=NAME"),
+    ("tap,vhost=on", "tap needs the interface's name"),
+    ("tap=a/b", "ifname=a/b: holds '/'"),
+    ("tap=abcdefghijklmnop", "ifname=abcdefghijklmnop: longer than 15 bytes"),
+    ("tap=tap0,vhost=maybe", "vhost=maybe: choose one of auto, on, off"),
+    ("tap=tap0,hostfwd=tcp::80-:80", "hostfwd= is for user"),
+    ("tap=tap0,ifname=tap1", "unknown option 'ifname=tap1'"),
+    ("user,vhost=on", "ifname= and vhost= are for tap"),
     ("user,hostfwd=tcp::80", "use tcp::HOSTPORT-:GUESTPORT"),
     ("user,hostfwd=sctp::80-:80", "use tcp::HOSTPORT-:GUESTPORT"),
     ("user,hostfwd=tcp::70000-:80", "ports are 1-65535"),
@@ -32,7 +41,8 @@ def test_user_with_forwards_and_a_mac() -> None:
     ("user,mac=52:54:00:12:34", "six hex pairs"),
     ("user,mac=01:00:5e:00:00:01", "multicast"),
     ("user,mac=52:54:00:00:00:01,mac=52:54:00:00:00:02", "unknown option"),
-    ("user,ifname=tap0", "unknown option 'ifname=tap0' (hostfwd=, mac=)"),
+    ("user,ifname=tap0", "ifname= and vhost= are for tap"),
+    ("user,model=e1000", "unknown option 'model=e1000' (hostfwd=, mac=, ifname=, vhost=)"),
     ("none,hostfwd=tcp::80-:80", "none takes no other key"),
 ])
 def test_bad_specs_are_one_line_exit_2(spec: str, message: str) -> None:
@@ -56,6 +66,18 @@ def test_the_three_front_ends_agree(tmp_path) -> None:
     result = CliRunner().invoke(main, ["config", "show", "-k", "k", "--net",
                                        "user,hostfwd=tcp::8080-:80", "--net", "none"])
     assert result.exit_code == 0 and "type=user,hostfwd=tcp::8080-:80" in result.output
+
+
+def test_tap_with_qemus_spelling_too() -> None:
+    assert parse_net("tap=tap0") == NetConfig("tap", ifname="tap0")
+    assert parse_net("tap,ifname=tap0,vhost=off,mac=52:54:00:00:00:09") == \
+        NetConfig("tap", (), "52:54:00:00:00:09", "tap0", "off")
+    config = config_from_options(kernel="k", nets=[{"type": "tap", "ifname": "tap0",
+                                                     "vhost": "on"}, "tap=tap1"])
+    assert config.nets == (NetConfig("tap", ifname="tap0", vhost="on"),
+                           NetConfig("tap", ifname="tap1"))
+    result = CliRunner().invoke(main, ["config", "show", "-k", "k", "--net", "tap=tap0"])
+    assert result.exit_code == 0 and "type=tap,ifname=tap0,vhost=auto" in result.output
 
 
 def test_a_bad_key_in_a_file_names_its_line(tmp_path) -> None:

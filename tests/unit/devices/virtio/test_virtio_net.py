@@ -46,10 +46,10 @@ class Guest:
     """Linux's side: features negotiated, both queues up (16 entries each)."""
 
     def __init__(self, mergeable: bool = True, mtu: int = 1500, link: FakeLink | None = None,
-                 size: int = 16) -> None:
+                 size: int = 16, device: NetDevice | None = None, refused: int = 0) -> None:
         self.memory = GuestMemory.from_bytes(8 << 20)
         self.link = link or FakeLink()
-        self.device = NetDevice(self.link, MAC, mtu)
+        self.device = device or NetDevice(self.link, MAC, mtu)
         self.interrupts = CountingTrigger()
         self.transport = mmio.VirtioMmioTransport(self.device, self.memory, self.interrupts)
         self.rx = DriverQueue(self.memory, 0x10000, size=size, data_base=0x100000)
@@ -57,6 +57,7 @@ class Guest:
         self.write(mmio.STATUS, 3)
         offered = self.features()
         wanted = offered if mergeable else offered & ~(1 << VIRTIO_NET_F_MRG_RXBUF)
+        wanted &= ~refused
         for page in (0, 1):
             self.write(mmio.DRIVER_FEATURES_SEL, page)
             self.write(mmio.DRIVER_FEATURES, wanted >> (32 * page) & 0xFFFFFFFF)

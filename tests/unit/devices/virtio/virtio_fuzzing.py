@@ -45,7 +45,7 @@ from pyvmm.devices.virtio.block import BlockDevice
 from pyvmm.devices.virtio.console import TRANSMIT_LIMIT, ConsoleDevice
 from pyvmm.host.disk_image import DiskImage
 from pyvmm.devices.virtio.fs import FsDevice
-from pyvmm.devices.virtio.net import NetDevice, default_mac
+from pyvmm.devices.virtio.net import OFFLOAD_FEATURES, NetDevice, VhostNetDevice, default_mac
 from pyvmm.devices.virtio.ports import (CONTROL, CONTROL_KINDS, INPUT_LIMIT, Port,
                                         PortsDevice)
 from pyvmm.devices.virtio.rng import REQUEST_LIMIT, RngDevice
@@ -64,7 +64,7 @@ DISK_SECTORS = 64
 #: (64 KiB each, smaller for a device of many queues: all in the first range).
 DATA_BASE, DATA_SIZE = 0x10000, 0x10000
 #: The kinds of world, and the ports of the ports world (command mode's four).
-KINDS = ("block", "console", "ports", "fs", "rng", "net", "vsock")
+KINDS = ("block", "console", "ports", "fs", "rng", "net", "tapnet", "vhostnet", "vsock")
 PORT_NAMES = ("stdin", "stdout", "stderr", "status")
 #: Longest any one operation may take.
 MAX_SECONDS = 1.0
@@ -87,6 +87,22 @@ class StandInBackend:
 
     def get_vring_base(self, index: int) -> int:
         return 0
+
+
+class StandInKernel:
+    """vhost-net (``VhostNetDevice``'s rings), answering as a healthy one: what is fuzzed
+    is the device's registers and config space and the transport in front of it."""
+
+    def __init__(self) -> None:
+        self.started = 0
+
+    def start(self, features, memory, rings) -> None:
+        assert self.started == 0, "rings handed over twice without a stop"
+        self.started += 1
+
+    def stop(self) -> None:
+        assert self.started == 1, "a stop without a start"
+        self.started -= 1
 
 
 class StandInVhostVsock:
@@ -165,7 +181,7 @@ class World:
         with open(self.disk_path, "wb") as stream:
             stream.write(bytes(range(256)) * (DISK_SECTORS * 2))
         self.device: (BlockDevice | ConsoleDevice | PortsDevice | FsDevice | RngDevice
-                      | NetDevice | VsockDevice)
+                      | NetDevice | VhostNetDevice | VsockDevice)
         self.fs_failures: list[str] = []
         if self.kind == "block":
             self.device = BlockDevice(DiskImage(self.disk_path))
@@ -179,6 +195,17 @@ class World:
         elif self.kind == "net":
             self.link = StandInLink(self._sink)
             self.device = NetDevice(self.link, default_mac(0), mtu=65520)
+        elif self.kind == "tapnet":  # a tap pyvmm serves: frames carry the header, offloads
+            self.link = StandInLink(self._sink)
+            self.offloads_set: list[int] = []
+            self.device = NetDevice(self.link, default_mac(0), mtu=1500, header_in_frames=True,
+                                    offloads=OFFLOAD_FEATURES,
+                                    on_offloads=self.offloads_set.append)
+        elif self.kind == "vhostnet":
+            self.device = VhostNetDevice(StandInKernel(), (1 << 32) | (1 << 28) | (1 << 29)
+                                         | (1 << 15) | OFFLOAD_FEATURES, default_mac(0), 1500,
+                                         self.fs_failures.append)
+            self.device.call_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         elif self.kind == "vsock":
             self.device = VsockDevice(StandInVhostVsock(), 3, self.fs_failures.append)
             self.device.call_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -202,7 +229,7 @@ class World:
     def close(self) -> None:
         self.device.reset()
         self.device.shutdown()
-        if isinstance(self.device, (FsDevice, VsockDevice)):
+        if isinstance(self.device, (FsDevice, VhostNetDevice, VsockDevice)):
             self.device.close()
             assert self.device.call_fd is not None
             os.close(self.device.call_fd)

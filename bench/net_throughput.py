@@ -1,0 +1,290 @@
+"""Network throughput and latency: pyvmm's virtio-net beside QEMU's, same kernel, same tools.
+
+    python3 scripts/rig.py -- python3 bench/net_throughput.py [KERNEL] [--seconds 5]
+        [--pings 2000] [--modes pyvmm-user,qemu-slirp,...] [--json PATH]
+
+As root on hardware KVM (the rig): Debian's kernel, one vCPU, 512 MiB, the guest
+running the host's own iperf3 (Debian's ``iperf3``) and python3.  Per mode:
+iperf3 TCP guest -> host and host -> guest (``-R``) for ``--seconds`` each, and
+a 1-byte TCP ping-pong (``--pings`` round trips, TCP_NODELAY, Python both ends)
+against an echo server on the host.  The modes, in pairs:
+
+- ``pyvmm-user``: ``pyvmm run --net user`` (passt on a socketpair; frames through
+  Python), ``qemu-slirp``: QEMU ``-netdev user`` (libslirp), ``qemu-passt``: QEMU
+  ``-netdev stream`` to a passt of its own (passt's socket path);
+- ``pyvmm-tap``: ``pyvmm run --net tap=NAME,vhost=on`` (the kernel's vhost-net),
+  ``qemu-tap``: QEMU ``-netdev tap,ifname=NAME,vhost=on``; ``pyvmm-tap-novhost``:
+  ``vhost=off``, pyvmm serving the tap itself.
+
+pyvmm runs the workload in command mode (the host's / over virtio-fs); QEMU
+(``-M microvm,acpi=on``, virtio-mmio like pyvmm) boots the same kernel with an
+initramfs made here (busybox, the kernel's modules, pyvmm's own network.sh for
+DHCP) that mounts the host's / over 9p read-only and runs the same workload.
+In the user modes the guest reaches the host's loopback through its gateway
+address; in the tap modes the guest is 10.0.3.2 and the host 10.0.3.1 on a tap
+made here.  In the rig compare only the ratios of one run (the rig is TCG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pyvmm.command.initramfs.build import _busybox  # noqa: E402
+from pyvmm.command.initramfs.cpio import CpioWriter  # noqa: E402
+from pyvmm.command.initramfs.modules import find_modules, read_module  # noqa: E402
+
+MODES = ("pyvmm-user", "qemu-slirp", "qemu-passt", "pyvmm-tap", "qemu-tap",
+         "pyvmm-tap-novhost")
+TAP = "pyvmmbench0"
+TAP_HOST, TAP_GUEST = "10.0.3.1", "10.0.3.2"
+IPERF_PORT, ECHO_PORT = 5201, 5299
+QEMU_MODULES = ["virtio_mmio", "virtio_net", "9pnet_virtio", "9p"]
+
+#: What the guest runs: python3 WORKLOAD SERVER SECONDS PINGS -> one "BENCH {...}" line.
+WORKLOAD = r"""
+import json, socket, subprocess, sys, time
+server, seconds, pings = sys.argv[1], sys.argv[2], int(sys.argv[3])
+result = {}
+for name, extra in (("up", []), ("down", ["-R"])):
+    out = subprocess.run(["iperf3", "-c", server, "-p", "5201", "-t", seconds, "-J"] + extra,
+                         capture_output=True, text=True)
+    try:
+        result[name] = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]
+    except (ValueError, KeyError):
+        result[name] = None
+        result[name + "_error"] = (out.stdout + out.stderr)[-300:]
+sock = socket.create_connection((server, 5299))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for _ in range(20):
+    sock.sendall(b"x"); sock.recv(1)
+start = time.perf_counter()
+for _ in range(pings):
+    sock.sendall(b"x"); sock.recv(1)
+result["rtt_us"] = (time.perf_counter() - start) / pings * 1e6
+print("BENCH " + json.dumps(result), flush=True)
+"""
+
+#: The QEMU guest's /init: modules, the host's / over 9p, the network, the workload.
+QEMU_INIT = r"""#!/bin/busybox sh
+/bin/busybox mkdir -p /bin /proc /sys /dev /newroot
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+while read -r module; do insmod "/modules/$module"; done </modules/order
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose hostroot /newroot || echo "BENCH-ERROR no 9p root"
+mount -t proc proc /newroot/proc; mount -t sysfs sysfs /newroot/sys
+mount -t devtmpfs devtmpfs /newroot/dev
+mount -t tmpfs tmpfs /newroot/tmp; mount -t tmpfs tmpfs /newroot/run
+ip link set lo up
+. /job.sh
+if [ "$NET" = dhcp ]; then
+    /network.sh /newroot || echo "BENCH-ERROR no lease"
+    SERVER=$(ip route | awk '/^default/ {print $3; exit}')
+else
+    ip link set eth0 up; ip addr add TAP_GUEST/24 dev eth0
+    SERVER=TAP_HOST
+fi
+chroot /newroot /usr/bin/python3 -c "$WORKLOAD" "$SERVER" "$SECONDS" "$PINGS" </dev/console >/dev/console 2>&1
+printf '\000' | dd of=/dev/port bs=1 seek=244 2>/dev/null
+poweroff -f
+""".replace("TAP_GUEST", TAP_GUEST).replace("TAP_HOST", TAP_HOST)
+
+
+def sh(*args: str, check: bool = True) -> None:
+    subprocess.run(args, check=check, capture_output=True)
+
+
+def prepare_host() -> None:
+    """The rig has no network: lo up, a dummy routable interface for passt, the tap."""
+    for module in ("tun", "vhost_net", "dummy"):
+        sh("modprobe", module, check=False)
+    sh("ip", "link", "set", "lo", "up")
+    with open("/proc/net/route") as routes:
+        has_default = any(line.split()[1] == "00000000" for line in routes.readlines()[1:])
+    if not has_default:
+        sh("ip", "link", "add", "dummy0", "type", "dummy", check=False)
+        sh("ip", "addr", "add", "10.0.2.2/24", "dev", "dummy0", check=False)
+        sh("ip", "link", "set", "dummy0", "up")
+        sh("ip", "route", "add", "default", "via", "10.0.2.1")
+    sh("ip", "link", "del", TAP, check=False)
+    sh("ip", "tuntap", "add", TAP, "mode", "tap")
+    sh("ip", "addr", "add", f"{TAP_HOST}/24", "dev", TAP)
+    sh("ip", "link", "set", TAP, "up")
+
+
+def echo_server() -> socket.socket:
+    """Echoes each byte back, one connection at a time (the ping-pong's far end)."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", ECHO_PORT))
+    listener.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with conn:
+                while data := conn.recv(64):
+                    conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+def qemu_initrd(kernel: str, directory: str, net: str, seconds: int, pings: int) -> str:
+    release = subprocess.run(["file", "-bL", kernel], capture_output=True, text=True).stdout
+    release = release.split("version ", 1)[1].split()[0] if "version " in release else \
+        os.path.basename(kernel).removeprefix("vmlinuz-")
+    modules = find_modules(f"/lib/modules/{release}", QEMU_MODULES)
+    writer = CpioWriter()
+    for name in ("bin", "dev", "proc", "sys", "newroot", "modules"):
+        writer.directory(name)
+    writer.char_device("dev/console", 5, 1)
+    writer.file("init", QEMU_INIT.encode(), 0o755)
+    network = (REPO / "pyvmm/command/initramfs/network.sh").read_bytes()
+    writer.file("network.sh", network, 0o755)
+    with open(_busybox(), "rb") as stream:
+        writer.file("bin/busybox", stream.read(), 0o755)
+    for name, host in modules.files:
+        writer.file(f"modules/{name}", read_module(host))
+    writer.file("modules/order", "".join(f"{name}\n" for name, _ in modules.files).encode())
+    job = (f"NET={net}\nSECONDS={seconds}\nPINGS={pings}\n"
+           f"WORKLOAD='{WORKLOAD.replace(chr(39), chr(39) + chr(92) + chr(39) + chr(39))}'\n"
+           "export PYVMM_NET_LINK_ONLY=\n")
+    writer.file("job.sh", job.encode(), 0o644)
+    path = os.path.join(directory, f"initrd-{net}.cpio")
+    Path(path).write_bytes(writer.finish())
+    return path
+
+
+def run_mode(mode: str, kernel: str, seconds: int, pings: int, work: str,
+             accel: str = "kvm") -> dict:
+    """One guest of ``mode``: the workload's figures, or {"error": ...}."""
+    timeout = 900
+    passt = None
+    if mode.startswith("pyvmm"):
+        net = {"pyvmm-user": "user", "pyvmm-tap": f"tap={TAP},vhost=on",
+               "pyvmm-tap-novhost": f"tap={TAP},vhost=off"}[mode]
+        if net == "user":
+            script = ('s=$(/run/pyvmm/busybox ip route | /run/pyvmm/busybox awk '
+                      "'/^default/ {print $3; exit}'); exec python3 -c \"$0\" $s "
+                      f"{seconds} {pings}")
+        else:
+            script = (f"/run/pyvmm/busybox ip addr add {TAP_GUEST}/24 dev eth0 && "
+                      f"exec python3 -c \"$0\" {TAP_HOST} {seconds} {pings}")
+        command = [sys.executable, "-m", "pyvmm", "run", "-k", kernel, "-m", "512M",
+                   "-t", str(timeout), "--net", net, "--", "sh", "-c", script, WORKLOAD]
+    else:
+        net = "dhcp" if mode in ("qemu-slirp", "qemu-passt") else "static"
+        initrd = qemu_initrd(kernel, work, net, seconds, pings)
+        if mode == "qemu-slirp":
+            netdev = "user,id=n0"
+        elif mode == "qemu-passt":
+            # passt started as root runs as nobody: its socket's directory must let it in.
+            os.chmod(work, 0o711)
+            directory = os.path.join(work, "passt")
+            os.makedirs(directory, exist_ok=True)
+            os.chmod(directory, 0o777)
+            path = os.path.join(directory, "passt.socket")
+            passt = subprocess.Popen(["passt", "--foreground", "--quiet", "--socket", path],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 30
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            netdev = f"stream,id=n0,server=off,addr.type=unix,addr.path={path}"
+        else:
+            netdev = f"tap,id=n0,ifname={TAP},script=no,downscript=no,vhost=on"
+        command = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,rtc=off,acpi=on",
+                   "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
+                   "-m", "512M", "-smp", "1", "-nodefaults",
+                   "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+                   "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
+                   "-kernel", kernel, "-initrd", initrd,
+                   "-append", "console=ttyS0 quiet loglevel=2 rdinit=/init panic=-1",
+                   "-fsdev", "local,id=fs0,path=/,security_model=none,readonly=on",
+                   "-device", "virtio-9p-device,fsdev=fs0,mount_tag=hostroot",
+                   "-netdev", netdev, "-device", "virtio-net-device,netdev=n0"]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 60,
+                              cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out"}
+    finally:
+        if passt is not None:
+            passt.terminate()
+            passt.wait()
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH "):
+            return json.loads(line[len("BENCH "):])
+    return {"error": f"status {proc.returncode}: "
+                     f"{(proc.stdout[-400:] + proc.stderr[-400:]).strip()}"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kernel", nargs="?")
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--pings", type=int, default=2000)
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--json")
+    parser.add_argument("--accel", default="kvm", help="QEMU's accelerator (tcg: to try the "
+                        "QEMU modes where KVM runs no Linux user space)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("net_throughput: run as root (taps, modprobe), e.g. in the rig", file=sys.stderr)
+        return 2
+    kernel = args.kernel or sorted(str(p) for p in Path("/boot").glob("vmlinuz-*"))[-1]
+    prepare_host()
+    iperf = subprocess.Popen(["iperf3", "-s", "-p", str(IPERF_PORT)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listener = echo_server()
+    results: dict[str, dict] = {}
+    work = tempfile.mkdtemp(prefix="pyvmm-netbench-")
+    try:
+        time.sleep(0.5)
+        for mode in args.modes.split(","):
+            started = time.monotonic()
+            results[mode] = run_mode(mode, kernel, args.seconds, args.pings, work, args.accel)
+            print(f"{mode}: {results[mode]} ({time.monotonic() - started:.0f} s)", flush=True)
+    finally:
+        iperf.terminate()
+        iperf.wait()
+        listener.close()
+        shutil.rmtree(work, ignore_errors=True)
+        sh("ip", "link", "del", TAP, check=False)
+
+    def gbps(value: float | None) -> str:
+        return "-" if value is None else f"{value / 1e9:.3f}"
+
+    print(f"\n{'mode':20} {'guest->host Gb/s':>17} {'host->guest Gb/s':>17} "
+          f"{'1-byte RTT us':>14}")
+    for mode, row in results.items():
+        if "error" in row:
+            print(f"{mode:20} error: {row['error'][:300]}")
+            continue
+        print(f"{mode:20} {gbps(row.get('up')):>17} {gbps(row.get('down')):>17} "
+              f"{row.get('rtt_us', 0):>14.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

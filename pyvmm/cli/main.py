@@ -180,8 +180,9 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, restore: str | None,
     from pyvmm.vmm.signals import signals_stop
 
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
+    disks = None
     while True:
-        machine = build_machine(config, stats=run_stats, snapshot=snapshot)
+        machine = build_machine(config, stats=run_stats, snapshot=snapshot, disks=disks)
         if run_stats is not None:
             run_stats.mark("machine_built")
         with signals_stop(machine):
@@ -189,6 +190,7 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, restore: str | None,
         if reason.kind != "reboot" or on_reboot != "restart":
             machine.close_at_exit()
             break
+        disks = machine.carry_disks()  # snapshot=on overlays last until pyvmm exits
         machine.close()
         click.echo("\npyvmm: the guest rebooted; restarting it", err=True)
         if deadline is not None:  # --timeout bounds the whole run, restarts included

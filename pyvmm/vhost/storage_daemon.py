@@ -124,7 +124,10 @@ class StorageDaemon:
             "server=on,wait=off", "--monitor", "chardev=qmp"])
         self.process = self._backend.process
         self._exports = 0
-        self.frontends: list[VhostUserFrontend] = []
+        #: Each export's socket and the name its connections go by, by its index.
+        self._sockets: dict[int, tuple[str, str]] = {}
+        #: Our connection to each export, by its index.
+        self.frontends: dict[int, VhostUserFrontend] = {}
         try:
             self.qmp = self._backend.wait_for(self._backend.path("qmp.sock"),
                                               lambda path: Qmp(path, DAEMON))
@@ -135,12 +138,13 @@ class StorageDaemon:
     def death_reason(self) -> str:
         return self._backend.death_reason()
 
+
     def private_path(self, name: str) -> str:
         """A file in the daemon's private 0700 directory (removed with it)."""
         return self._backend.path(name)
 
-    def export(self, drive: DaemonDrive) -> VhostUserFrontend:
-        """Open ``drive`` in the daemon and export it; our connection to the export.
+    def export(self, drive: DaemonDrive) -> int:
+        """Open ``drive`` in the daemon and export it; the export's index (``connect``).
 
         DeviceError with QEMU's words if the image can't be opened (missing,
         locked, not that format), the overlay can't be made, or the export fails.
@@ -155,9 +159,30 @@ class StorageDaemon:
         socket_path = self._backend.path(f"vd{index}.sock")
         self.qmp.execute("block-export-add", **export_options(drive, node, f"export{index}",
                                                               socket_path))
-        frontend = VhostUserFrontend.connect(socket_path, f"{DAEMON} ({drive.path})")
-        self.frontends.append(frontend)
+        self._sockets[index] = (socket_path, f"{DAEMON} ({drive.path})")
+        return index
+
+    def connect(self, index: int) -> VhostUserFrontend:
+        """A new connection to the ``index``-th export, replacing ours (closed).
+
+        The export outlives a connection (QEMU's vhost-user server takes the
+        next client once the last has gone), and so do the image's node, its
+        locks and its overlay: a machine built again after a guest reboot
+        connects to the same disk, with the writes the guest made before.
+        """
+        old = self.frontends.pop(index, None)
+        if old is not None:
+            old.close()
+        path, name = self._sockets[index]
+        frontend = VhostUserFrontend.connect(path, name)
+        self.frontends[index] = frontend
         return frontend
+
+    def disconnect(self) -> None:
+        """Close our connections to the exports; the exports and images stay open."""
+        for frontend in self.frontends.values():
+            frontend.close()
+        self.frontends = {}
 
     def _add_overlay(self, index: int, drive: DaemonDrive) -> None:
         """A fresh qcow2 at ``drive.overlay`` whose backing file is the image (read-only)."""
@@ -194,9 +219,7 @@ class StorageDaemon:
 
     def close(self) -> None:
         """End the daemon: it flushes its images and drops its locks on SIGTERM."""
-        for frontend in self.frontends:
-            frontend.close()
-        self.frontends = []
+        self.disconnect()
         qmp = getattr(self, "qmp", None)
         if qmp is not None:
             qmp.close()

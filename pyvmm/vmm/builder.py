@@ -89,7 +89,7 @@ _stale_helper_warned: list[bool] = []
 
 def build_machine(config: MachineConfig, console: HostConsole | None = None,
                   ports: Sequence[Port] = (), stats: RunStats | None = None,
-                  snapshot: Snapshot | None = None) -> BuiltMachine:
+                  snapshot: Snapshot | None = None, disks: Disks | None = None) -> BuiltMachine:
     """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices: a whole BuiltMachine.
 
     ``console`` is where the guest's consoles go and its input comes from
@@ -98,6 +98,8 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     counts exits and start-up milestones for ``--stats``.  With ``snapshot``
     (``config`` is then ``snapshot.config``) the machine is restored from it:
     RAM mapped from its memory file, CPU and device state written back, no kernel.
+    ``disks`` are the last machine's (``BuiltMachine.carry_disks``), after a guest
+    reboot: the same qemu-storage-daemon exports, overlays and all.
     """
     if snapshot is not None:
         return _build(config, console, ports, stats, b"", None, plan_virtio_slots(config),
@@ -111,7 +113,8 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     refuse_linux_on_pvm(config, kernel_image)
     # Everything that can be wrong with the input is found before KVM is opened.
     slots = plan_virtio_slots(config)
-    disks = Disks(config.drives)
+    if disks is None:
+        disks = Disks(config.drives)
     shares = Shares(config.shares)
     networks = Networks(config.nets)
     try:
@@ -258,7 +261,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                         exit_event=exit_event, loop=loop, console=console,
                         pump=ConsolePump(console, console_input, serial, uart_fast),
                         runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
-                        owned_fds=owned_fds, closers=[networks.close, shares.close, disks.close], stats=stats,
+                        owned_fds=owned_fds, closers=[networks.close, shares.close, disks.close], disks=disks, stats=stats,
                         assists=assists, gdb=gdb, stateful=stateful, cpuid=cpuid)
 
 

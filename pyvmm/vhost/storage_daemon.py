@@ -1,9 +1,10 @@
 """qemu-storage-daemon: QEMU's block layer as a process, serving disks over vhost-user-blk.
 
 One daemon per machine serves every drive that needs it (any format but raw,
-a throwaway overlay, ``backend=qsd``): pyvmm starts it with nothing but a QMP
-monitor on a socket in its private directory (``pyvmm.vhost.process``), then
-adds each drive over QMP: the image's node (``blockdev-add``, which takes
+a throwaway overlay, ``backend=qsd``): pyvmm starts it in a private directory
+(``pyvmm.vhost.process``) with nothing but a QMP monitor on a socket pyvmm
+has already connected (a socketpair, QEMU's ``fd=``), then adds each drive
+over QMP: the image's node (``blockdev-add``, which takes
 QEMU's image locks), for ``snapshot=on`` a new qcow2 overlay over it
 (``blockdev-create``), and a vhost-user-blk export on a socket next to the
 monitor's.  Errors come back per command as QEMU words them ("Failed to get
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pyvmm.errors import ConfigError, DeviceError
+from pyvmm.errors import ConfigError, DeviceError, HostError
 from pyvmm.vhost.frontend import VhostUserFrontend
 from pyvmm.vhost.process import BackendProcess
 
@@ -48,17 +49,13 @@ class QmpError(DeviceError):
 
 
 class Qmp:
-    """A QMP monitor connection: one command at a time, events skipped."""
+    """A QMP monitor connection (``sock``, connected, ours to close): one command at a
+    time, events skipped."""
 
-    def __init__(self, path: str, name: str) -> None:
+    def __init__(self, sock: socket.socket, name: str) -> None:
         self.name = name
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock = sock
         self.sock.settimeout(QMP_TIMEOUT)
-        try:
-            self.sock.connect(path)
-        except OSError:
-            self.sock.close()
-            raise
         self._buffer = b""
         self._read()  # the greeting
         self.execute("qmp_capabilities")
@@ -118,10 +115,28 @@ class StorageDaemon:
     """The qemu-storage-daemon of one machine, and what it exports."""
 
     def __init__(self, binary: str) -> None:
+        """Start it, its monitor already connected.
+
+        Not a listening socket we connect to once its file appears: QEMU 7.2
+        watches a listening monitor socket from its main thread and from the
+        monitor's I/O thread at once until that thread has set the monitor up,
+        and a client that connects in that window can leave the daemon never
+        answering (QEMU's fix: "monitor/qmp: cleanup socket listener sources
+        early", November 2025).  The window is widest on a slow machine, as
+        the rig's first start of the daemon.  A socket connected before the
+        daemon starts has no listener and no window.
+        """
         self.name = DAEMON
-        self._backend = BackendProcess(DAEMON, "pyvmm-qsd-", lambda private: [
-            binary, "--chardev", f"socket,id=qmp,path={os.path.join(private, 'qmp.sock')},"
-            "server=on,wait=off", "--monitor", "chardev=qmp"])
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._backend = BackendProcess(DAEMON, "pyvmm-qsd-", lambda _: [
+                binary, "--chardev", f"socket,id=qmp,fd={theirs.fileno()}",
+                "--monitor", "chardev=qmp"], pass_fds=(theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         self.process = self._backend.process
         self._exports = 0
         #: Each export's socket and the name its connections go by, by its index.
@@ -129,9 +144,17 @@ class StorageDaemon:
         #: Our connection to each export, by its index.
         self.frontends: dict[int, VhostUserFrontend] = {}
         try:
-            self.qmp = self._backend.wait_for(self._backend.path("qmp.sock"),
-                                              lambda path: Qmp(path, DAEMON))
+            self.qmp = Qmp(ours, DAEMON)
+        except DeviceError as exc:
+            ours.close()
+            if self._backend.exited(1.0):  # it said why on its way out
+                message = self._backend.death_reason()
+                self._backend.stop()
+                raise HostError(message) from None
+            self._backend.stop()
+            raise exc from None
         except BaseException:
+            ours.close()
             self._backend.stop()
             raise
 

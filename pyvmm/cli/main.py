@@ -182,7 +182,12 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, restore: str | None,
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
     disks = None
     while True:
-        machine = build_machine(config, stats=run_stats, snapshot=snapshot, disks=disks)
+        try:
+            machine = build_machine(config, stats=run_stats, snapshot=snapshot, disks=disks)
+        except BaseException:
+            if disks is not None:  # the last machine's, not yet the new one's to close
+                disks.close()
+            raise
         if run_stats is not None:
             run_stats.mark("machine_built")
         with signals_stop(machine):

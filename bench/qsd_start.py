@@ -59,12 +59,13 @@ def one_round(mode: str, timeout: float) -> dict:
     marks: dict = {}
     samples: list[str] = []
     started = time.monotonic()
+    pass_fds: tuple[int, ...] = ()
     if mode == "fd":
         sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         chardev, pass_fds = f"socket,id=qmp,fd={theirs.fileno()}", (theirs.fileno(),)
     else:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        chardev, pass_fds = f"socket,id=qmp,path={path},server=on,wait=off", ()
+        chardev = f"socket,id=qmp,path={path},server=on,wait=off"
     proc = subprocess.Popen([DAEMON, "--chardev", chardev, "--monitor", "chardev=qmp"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True,

@@ -122,9 +122,12 @@ class StorageDaemon:
         monitor's I/O thread at once until that thread has set the monitor up,
         and a client that connects in that window can leave the daemon never
         answering (QEMU's fix: "monitor/qmp: cleanup socket listener sources
-        early", November 2025).  The window is widest on a slow machine, as
-        the rig's first start of the daemon.  A socket connected before the
-        daemon starts has no listener and no window.
+        early", November 2025): both threads see the connection, one accepts
+        it and the other blocks in ``accept4`` for good.  Seen in the rig
+        (``bench/qsd_start.py``): the greeting came, then the main thread, which
+        runs QMP's commands, sat in ``accept4`` and ``qmp_capabilities`` got no
+        answer.  A socket connected before the daemon starts has no listener
+        and no window.
         """
         self.name = DAEMON
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -15,6 +15,14 @@
  *                  <byte>"), 'r' reads them ("vblk: read <byte>", or "vblk:
  *                  read mixed" when they differ), 's' the whole disk's SHA-256,
  *                  'q' powers off (for snapshots taken at its prompt)
+ *   discard        discard sectors 0..capacity-1 in requests of the device's
+ *                  max_discard_sectors; flush; "vblk: discarded N sectors"
+ *   write-zeroes   write zeroes (no unmap flag) over sectors 0..capacity-1 in
+ *                  requests of max_write_zeroes_sectors, flush, read them all
+ *                  back: "vblk: zeroed N sectors, read back zero"
+ *   persist        if sectors 0..N-1 hold write-pattern's bytes: "vblk: pattern
+ *                  found" and debug-exit 0 (status 1); else write them as
+ *                  write-pattern does and reset (a reboot: --on-reboot restart)
  * Anything unexpected: "vblk: FAIL ..." and debug-exit status 1.
  */
 #include "runtime.h"
@@ -25,15 +33,24 @@
 #define T_OUT 1
 #define T_FLUSH 4
 #define T_GET_ID 8
+#define T_DISCARD 11
+#define T_WRITE_ZEROES 13
 #define F_RO 5
 #define F_FLUSH 9
+#define F_DISCARD 13
+#define F_WRITE_ZEROES 14
+/* struct virtio_blk_config offsets of max_discard_sectors, max_write_zeroes_sectors. */
+#define CFG_MAX_DISCARD 36
+#define CFG_MAX_WRITE_ZEROES 48
 #define CHUNK (64 * 1024)
 
 struct req_header { uint32_t type; uint32_t reserved; uint64_t sector; };
+struct range { uint64_t sector; uint32_t sectors; uint32_t flags; };
 
 static struct vdev dev;
 static volatile struct req_header header;
 static volatile uint8_t status;
+static volatile struct range segment;
 static uint8_t buffer[CHUNK] __attribute__((aligned(4096)));
 
 static __attribute__((noreturn)) void fail(const char *why)
@@ -149,6 +166,41 @@ static void console_loop(uint64_t capacity)
     }
 }
 
+/* Discard or write zeroes over the whole disk, max_config sectors a request. */
+static void each_range(uint32_t type, int feature, unsigned max_config, uint64_t capacity)
+{
+    if (!(dev.features & (1ull << feature)))
+        fail("feature not offered");
+    uint64_t largest = vio_config32(&dev, max_config);
+    if (largest == 0)
+        fail("max sectors 0");
+    for (uint64_t s = 0; s < capacity; s += largest) {
+        segment.sector = s;
+        segment.sectors = (uint32_t)(capacity - s < largest ? capacity - s : largest);
+        segment.flags = 0;
+        if (request(type, 0, (void *)&segment, sizeof segment) != 0)
+            fail(type == T_DISCARD ? "discard" : "write zeroes");
+    }
+    if (request(T_FLUSH, 0, 0, 0) != 0)
+        fail("flush");
+}
+
+/* Whether sectors 0..min(capacity, 2048)-1 hold write_pattern's bytes. */
+static int has_pattern(uint64_t capacity)
+{
+    uint64_t sectors = capacity < 2048 ? capacity : 2048;
+    for (uint64_t s = 0; s < sectors; s += CHUNK / 512) {
+        uint64_t n = sectors - s < CHUNK / 512 ? sectors - s : CHUNK / 512;
+        if (request(T_IN, s, buffer, (uint32_t)(n * 512)) != 0)
+            fail("read");
+        for (uint64_t k = 0; k < n; k++)
+            for (unsigned i = 0; i < 512; i++)
+                if (buffer[k * 512 + i] != (uint8_t)(((s + k) * 7 + i) & 0xff))
+                    return 0;
+    }
+    return 1;
+}
+
 int main(const uint8_t *zp)
 {
     char mode[32];
@@ -157,7 +209,8 @@ int main(const uint8_t *zp)
         fail("no blktest= on the command line");
     if (vio_find(line, VIRTIO_ID_BLOCK, &dev))
         fail("no virtio-block device announced");
-    if (vio_init(&dev, (1ull << F_RO) | (1ull << F_FLUSH), 1))
+    if (vio_init(&dev, (1ull << F_RO) | (1ull << F_FLUSH) | (1ull << F_DISCARD)
+                 | (1ull << F_WRITE_ZEROES), 1))
         fail("device set-up");
     uint64_t capacity = vio_config64(&dev, 0);
     if (streq(mode, "write-pattern") || streq(mode, "write-hang")) {
@@ -193,6 +246,31 @@ int main(const uint8_t *zp)
         puts("vblk: past-end status ");
         put_dec(request(T_IN, capacity, buffer, 512));
         putc('\n');
+    } else if (streq(mode, "discard")) {
+        each_range(T_DISCARD, F_DISCARD, CFG_MAX_DISCARD, capacity);
+        puts("vblk: discarded ");
+        put_dec(capacity);
+        puts(" sectors\n");
+    } else if (streq(mode, "write-zeroes")) {
+        each_range(T_WRITE_ZEROES, F_WRITE_ZEROES, CFG_MAX_WRITE_ZEROES, capacity);
+        for (uint64_t s = 0; s < capacity; s += CHUNK / 512) {
+            uint64_t n = capacity - s < CHUNK / 512 ? capacity - s : CHUNK / 512;
+            if (request(T_IN, s, buffer, (uint32_t)(n * 512)) != 0)
+                fail("read");
+            const uint64_t *words = (const uint64_t *)buffer;
+            for (uint64_t i = 0; i < n * 512 / 8; i++)
+                if (words[i])
+                    fail("a written-zero byte reads back non-zero");
+        }
+        puts("vblk: zeroed ");
+        put_dec(capacity);
+        puts(" sectors, read back zero\n");
+    } else if (streq(mode, "persist")) {
+        if (has_pattern(capacity)) {
+            puts("vblk: pattern found\n");
+            debug_exit(0);
+        }
+        write_pattern(capacity);
     } else {
         fail("unknown blktest mode");
     }

@@ -188,8 +188,14 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, restore: str | None,
     from pyvmm.vmm.signals import signals_stop
 
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
+    disks = None
     while True:
-        machine = build_machine(config, stats=run_stats, snapshot=snapshot)
+        try:
+            machine = build_machine(config, stats=run_stats, snapshot=snapshot, disks=disks)
+        except BaseException:
+            if disks is not None:  # the last machine's, not yet the new one's to close
+                disks.close()
+            raise
         if run_stats is not None:
             run_stats.mark("machine_built")
         with signals_stop(machine):
@@ -197,6 +203,7 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, restore: str | None,
         if reason.kind != "reboot" or on_reboot != "restart":
             machine.close_at_exit()
             break
+        disks = machine.carry_disks()  # snapshot=on overlays last until pyvmm exits
         machine.close()
         click.echo("\npyvmm: the guest rebooted; restarting it", err=True)
         if deadline is not None:  # --timeout bounds the whole run, restarts included

@@ -83,6 +83,14 @@ class BackendProcess:
             return ""
         return f": {lines[-1].strip()}" if lines else ""
 
+    def exited(self, wait: float = 0.0) -> bool:
+        """Whether the daemon has exited (waiting up to ``wait`` seconds for it)."""
+        try:
+            self.process.wait(wait)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def death_reason(self) -> str:
         """One line for a back end whose connection went away."""
         try:

@@ -1,9 +1,10 @@
 """qemu-storage-daemon: QEMU's block layer as a process, serving disks over vhost-user-blk.
 
 One daemon per machine serves every drive that needs it (any format but raw,
-a throwaway overlay, ``backend=qsd``): pyvmm starts it with nothing but a QMP
-monitor on a socket in its private directory (``pyvmm.vhost.process``), then
-adds each drive over QMP: the image's node (``blockdev-add``, which takes
+a throwaway overlay, ``backend=qsd``): pyvmm starts it in a private directory
+(``pyvmm.vhost.process``) with nothing but a QMP monitor on a socket pyvmm
+has already connected (a socketpair, QEMU's ``fd=``), then adds each drive
+over QMP: the image's node (``blockdev-add``, which takes
 QEMU's image locks), for ``snapshot=on`` a new qcow2 overlay over it
 (``blockdev-create``), and a vhost-user-blk export on a socket next to the
 monitor's.  Errors come back per command as QEMU words them ("Failed to get
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pyvmm.errors import ConfigError, DeviceError
+from pyvmm.errors import ConfigError, DeviceError, HostError
 from pyvmm.vhost.frontend import VhostUserFrontend
 from pyvmm.vhost.process import BackendProcess
 
@@ -48,17 +49,13 @@ class QmpError(DeviceError):
 
 
 class Qmp:
-    """A QMP monitor connection: one command at a time, events skipped."""
+    """A QMP monitor connection (``sock``, connected, ours to close): one command at a
+    time, events skipped."""
 
-    def __init__(self, path: str, name: str) -> None:
+    def __init__(self, sock: socket.socket, name: str) -> None:
         self.name = name
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock = sock
         self.sock.settimeout(QMP_TIMEOUT)
-        try:
-            self.sock.connect(path)
-        except OSError:
-            self.sock.close()
-            raise
         self._buffer = b""
         self._read()  # the greeting
         self.execute("qmp_capabilities")
@@ -118,29 +115,62 @@ class StorageDaemon:
     """The qemu-storage-daemon of one machine, and what it exports."""
 
     def __init__(self, binary: str) -> None:
+        """Start it, its monitor already connected.
+
+        Not a listening socket we connect to once its file appears: QEMU 7.2
+        watches a listening monitor socket from its main thread and from the
+        monitor's I/O thread at once until that thread has set the monitor up,
+        and a client that connects in that window can leave the daemon never
+        answering (QEMU's fix: "monitor/qmp: cleanup socket listener sources
+        early", November 2025): both threads see the connection, one accepts
+        it and the other blocks in ``accept4`` for good.  Seen in the rig
+        (``bench/qsd_start.py``): the greeting came, then the main thread, which
+        runs QMP's commands, sat in ``accept4`` and ``qmp_capabilities`` got no
+        answer.  A socket connected before the daemon starts has no listener
+        and no window.
+        """
         self.name = DAEMON
-        self._backend = BackendProcess(DAEMON, "pyvmm-qsd-", lambda private: [
-            binary, "--chardev", f"socket,id=qmp,path={os.path.join(private, 'qmp.sock')},"
-            "server=on,wait=off", "--monitor", "chardev=qmp"])
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._backend = BackendProcess(DAEMON, "pyvmm-qsd-", lambda _: [
+                binary, "--chardev", f"socket,id=qmp,fd={theirs.fileno()}",
+                "--monitor", "chardev=qmp"], pass_fds=(theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         self.process = self._backend.process
         self._exports = 0
-        self.frontends: list[VhostUserFrontend] = []
+        #: Each export's socket and the name its connections go by, by its index.
+        self._sockets: dict[int, tuple[str, str]] = {}
+        #: Our connection to each export, by its index.
+        self.frontends: dict[int, VhostUserFrontend] = {}
         try:
-            self.qmp = self._backend.wait_for(self._backend.path("qmp.sock"),
-                                              lambda path: Qmp(path, DAEMON))
+            self.qmp = Qmp(ours, DAEMON)
+        except DeviceError as exc:
+            ours.close()
+            if self._backend.exited(1.0):  # it said why on its way out
+                message = self._backend.death_reason()
+                self._backend.stop()
+                raise HostError(message) from None
+            self._backend.stop()
+            raise exc from None
         except BaseException:
+            ours.close()
             self._backend.stop()
             raise
 
     def death_reason(self) -> str:
         return self._backend.death_reason()
 
+
     def private_path(self, name: str) -> str:
         """A file in the daemon's private 0700 directory (removed with it)."""
         return self._backend.path(name)
 
-    def export(self, drive: DaemonDrive) -> VhostUserFrontend:
-        """Open ``drive`` in the daemon and export it; our connection to the export.
+    def export(self, drive: DaemonDrive) -> int:
+        """Open ``drive`` in the daemon and export it; the export's index (``connect``).
 
         DeviceError with QEMU's words if the image can't be opened (missing,
         locked, not that format), the overlay can't be made, or the export fails.
@@ -155,9 +185,30 @@ class StorageDaemon:
         socket_path = self._backend.path(f"vd{index}.sock")
         self.qmp.execute("block-export-add", **export_options(drive, node, f"export{index}",
                                                               socket_path))
-        frontend = VhostUserFrontend.connect(socket_path, f"{DAEMON} ({drive.path})")
-        self.frontends.append(frontend)
+        self._sockets[index] = (socket_path, f"{DAEMON} ({drive.path})")
+        return index
+
+    def connect(self, index: int) -> VhostUserFrontend:
+        """A new connection to the ``index``-th export, replacing ours (closed).
+
+        The export outlives a connection (QEMU's vhost-user server takes the
+        next client once the last has gone), and so do the image's node, its
+        locks and its overlay: a machine built again after a guest reboot
+        connects to the same disk, with the writes the guest made before.
+        """
+        old = self.frontends.pop(index, None)
+        if old is not None:
+            old.close()
+        path, name = self._sockets[index]
+        frontend = VhostUserFrontend.connect(path, name)
+        self.frontends[index] = frontend
         return frontend
+
+    def disconnect(self) -> None:
+        """Close our connections to the exports; the exports and images stay open."""
+        for frontend in self.frontends.values():
+            frontend.close()
+        self.frontends = {}
 
     def _add_overlay(self, index: int, drive: DaemonDrive) -> None:
         """A fresh qcow2 at ``drive.overlay`` whose backing file is the image (read-only)."""
@@ -194,9 +245,7 @@ class StorageDaemon:
 
     def close(self) -> None:
         """End the daemon: it flushes its images and drops its locks on SIGTERM."""
-        for frontend in self.frontends:
-            frontend.close()
-        self.frontends = []
+        self.disconnect()
         qmp = getattr(self, "qmp", None)
         if qmp is not None:
             qmp.close()

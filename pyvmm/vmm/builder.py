@@ -90,7 +90,7 @@ _stale_helper_warned: list[bool] = []
 
 def build_machine(config: MachineConfig, console: HostConsole | None = None,
                   ports: Sequence[Port] = (), stats: RunStats | None = None,
-                  snapshot: Snapshot | None = None) -> BuiltMachine:
+                  snapshot: Snapshot | None = None, disks: Disks | None = None) -> BuiltMachine:
     """The assembly recipe: KVM, RAM, kernel, boot CPU state, devices: a whole BuiltMachine.
 
     ``console`` is where the guest's consoles go and its input comes from
@@ -99,6 +99,8 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     counts exits and start-up milestones for ``--stats``.  With ``snapshot``
     (``config`` is then ``snapshot.config``) the machine is restored from it:
     RAM mapped from its memory file, CPU and device state written back, no kernel.
+    ``disks`` are the last machine's (``BuiltMachine.carry_disks``), after a guest
+    reboot: the same qemu-storage-daemon exports, overlays and all.
     """
     kernel_image, initrd_image = b"", None
     if snapshot is None:
@@ -112,7 +114,8 @@ def build_machine(config: MachineConfig, console: HostConsole | None = None,
     slots = plan_virtio_slots(config)
     # A restore re-opens the snapshot's images (or overlays over them) and starts a
     # fresh passt per NIC; the snapshot refused shares.
-    disks = Disks(config.drives, overlays=snapshot is not None and snapshot.overlays)
+    if disks is None:
+        disks = Disks(config.drives, overlays=snapshot is not None and snapshot.overlays)
     shares = Shares(config.shares)
     networks = Networks(config.nets, address_of)
     vsock = None
@@ -268,7 +271,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                         exit_event=exit_event, loop=loop, console=console,
                         pump=ConsolePump(console, console_input, serial, uart_fast),
                         runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
-                        owned_fds=owned_fds, stats=stats,
+                        owned_fds=owned_fds, stats=stats, disks=disks,
                         closers=[networks.close, shares.close, disks.close]
                         + ([vsock.close] if vsock is not None else []),
                         assists=assists, gdb=gdb, stateful=stateful, cpuid=cpuid)

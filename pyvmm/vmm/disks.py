@@ -79,6 +79,8 @@ class Disks:
         self.daemon: StorageDaemon | None = None
         self._binary: str | None = None
         self._backends: dict[int, tuple[VhostUserFrontend, int, bytes]] = {}
+        #: The daemon's export of each drive it serves, by the drive's index.
+        self._exports: dict[int, int] = {}
         self._kept_overlays: list[str] = []
         if self.need_daemon:
             from pyvmm.vhost.storage_daemon import find_storage_daemon
@@ -105,24 +107,33 @@ class Disks:
         return DiskImage(drive.path, readonly=drive.readonly, direct=drive.cache == "none")
 
     def start(self) -> None:
-        """Start the daemon and export its drives (in --drive order); all or nothing."""
+        """Start the daemon and export its drives (in --drive order); all or nothing.
+
+        Called again for the machine built after a guest reboot (``--on-reboot
+        restart``), it connects to the same exports: the daemon, its images,
+        their locks and overlays stay until ``close``, so the guest finds its
+        writes after the reboot, as under QEMU's ``-snapshot``.
+        """
         if not self.need_daemon:
             return
         from pyvmm.devices.virtio.vhost_user import BLOCK_CONFIG_BYTES
         from pyvmm.vhost.storage_daemon import DaemonDrive, StorageDaemon
 
         assert self._binary is not None
+        again = self.daemon is not None
         try:
-            self.daemon = StorageDaemon(self._binary)
+            if self.daemon is None:
+                self.daemon = StorageDaemon(self._binary)
             for index, plan in enumerate(self.plans):
                 if not plan.daemon:
                     continue
                 drive = plan.drive
-                overlay = self._overlay_file(index, drive)
                 try:
-                    frontend = self.daemon.export(DaemonDrive(
-                        drive.path, plan.format, drive.readonly, drive.cache == "none",
-                        overlay))
+                    if not again:
+                        self._exports[index] = self.daemon.export(DaemonDrive(
+                            drive.path, plan.format, drive.readonly, drive.cache == "none",
+                            self._overlay_file(index, drive)))
+                    frontend = self.daemon.connect(self._exports[index])
                     features = frontend.handshake()
                     config = frontend.get_config(BLOCK_CONFIG_BYTES)
                 except DeviceError as exc:
@@ -170,6 +181,12 @@ class Disks:
                     told.append(True)
                     on_death(daemon.death_reason())
             loop.add(frontend.fileno(), died, select.EPOLLRDHUP)
+
+    def disconnect(self) -> None:
+        """The machine is gone, the run goes on: drop our connections, keep the daemon."""
+        if self.daemon is not None:
+            self.daemon.disconnect()
+        self._backends = {}
 
     def close(self) -> None:
         if self.daemon is not None:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from pyvmm.snapshot.save import SnapshotInfo, StatefulDevice
     from pyvmm.vcpu.stats import RunStats
     from pyvmm.vcpu.uart_fastpath import UartFastPath
+    from pyvmm.vmm.disks import Disks
 
 #: A kind of virtio device a caller looks for (``BuiltMachine.virtio_device``).
 DeviceT = TypeVar("DeviceT")
@@ -67,6 +68,7 @@ class BuiltMachine:
                  virtio: Sequence[VirtioMmioTransport], owned_fds: Sequence[int],
                  closers: Sequence[Callable[[], None]], stats: RunStats | None,
                  assists: dict[str, int], gdb: GdbServer | None = None,
+                 disks: Disks | None = None,
                  stateful: dict[str, StatefulDevice] | None = None,
                  cpuid: Sequence[Sequence[CpuidEntry]] = ()) -> None:
         self.config = config
@@ -86,6 +88,8 @@ class BuiltMachine:
         self._owned_fds = tuple(owned_fds)
         #: Called by ``close`` after the devices: helper processes (virtiofsd) and the like.
         self._closers = list(closers)
+        #: The drives and their qemu-storage-daemon (``carry_disks``).
+        self.disks = disks
         self.stats = stats
         #: Instructions finished for a software-emulating KVM, by name (the runners count).
         self.assists = assists
@@ -367,6 +371,15 @@ class BuiltMachine:
             self.memory.close()
         except BufferError:
             log.debug("guest RAM still has views; left to the garbage collector")
+
+    def carry_disks(self) -> Disks | None:
+        """The disks, kept for the machine built after a guest reboot (``--on-reboot
+        restart``): this machine's close drops only its connections to them, and
+        the next machine owns them (``build_machine(..., disks=)``)."""
+        disks = self.disks
+        if disks is not None and disks.close in self._closers:
+            self._closers[self._closers.index(disks.close)] = disks.disconnect
+        return disks
 
     def _run_closers(self) -> None:
         """Release what the machine started beside the VM (once; one failing stops none)."""

@@ -43,9 +43,9 @@ def make_qcow2_over(base: Path, path: Path) -> None:
         daemon.close()
 
 
-def vblk(mode: str, *drive: str, env: dict | None = None):
+def vblk(mode: str, *drive: str, env: dict | None = None, options: tuple[str, ...] = ()):
     args = ("run", "-k", str(image("tiny/vblk.bzImage")), "-a", f"console=ttyS0 blktest={mode}",
-            "--timeout", "90", *(a for d in drive for a in ("--drive", d)))
+            "--timeout", "90", *(a for d in drive for a in ("--drive", d)), *options)
     if env is None:
         return run_pyvmm(*args)
     proc = subprocess.run(pyvmm_command(*args), capture_output=True, timeout=120, cwd=REPO,
@@ -98,6 +98,35 @@ def test_snapshot_throws_the_writes_away_and_overlay_keeps_them(base, tmp_path) 
     assert f"vblk: sha256 {sha(pattern())}" in second.stdout, second.stderr
     again = vblk("write-pattern", f"path={base},overlay={kept}")
     assert again.status == ExitStatus.BAD_INPUT and "exists" in again.stderr
+
+
+def test_overlays_last_across_a_guest_reboot(base, tmp_path) -> None:
+    """--on-reboot restart: the guest finds its writes after a reboot (the daemon, its
+    export and the overlay stay until pyvmm exits); the next run starts from the base
+    again, and overlay= keeps them for later."""
+    digest = sha(base.read_bytes())
+    private = tmp_path / "tmp"  # pyvmm's TMPDIR: the daemon's directory goes there
+    private.mkdir()
+    env = {**os.environ, "TMPDIR": str(private)}
+
+    def persist(drive: str, *options: str) -> str:
+        # First boot: no pattern, so the guest writes it and reboots; the second boot
+        # finds it and says so through the debug-exit port (status 1).
+        result = vblk("persist", drive, env=env, options=options)
+        out, err = result.stdout.decode(), result.stderr.decode()
+        assert result.returncode == 1, out + err
+        assert ("the guest rebooted; restarting it" in err) == bool(options), err
+        assert list(private.iterdir()) == []
+        return out
+
+    for _ in range(2):  # the second run sees none of the first one's writes
+        out = persist(f"path={base},snapshot=on", "--on-reboot", "restart")
+        assert out.splitlines() == ["vblk: wrote 2048 sectors", "vblk: pattern found"], out
+        assert sha(base.read_bytes()) == digest
+    kept = tmp_path / "kept.qcow2"
+    persist(f"path={base},overlay={kept}", "--on-reboot", "restart")
+    assert persist(str(kept)).splitlines() == ["vblk: pattern found"]
+    assert sha(base.read_bytes()) == digest
 
 
 def test_the_global_snapshot_option(base) -> None:

@@ -3,7 +3,9 @@ mapping onto the daemon's QMP arguments, and the vhost-user-blk config space; no
 
 from __future__ import annotations
 
+import shutil
 import struct
+import tempfile
 
 import pytest
 
@@ -13,7 +15,7 @@ from pyvmm.devices.virtio.vhost_user import BLOCK_FEATURES, VhostBlockDevice
 from pyvmm.errors import ConfigError, DeviceError
 from pyvmm.host.image_format import detect_format, format_of_header
 from pyvmm.vhost.storage_daemon import DaemonDrive, export_options, image_options
-from pyvmm.vmm.disks import plan_drive
+from pyvmm.vmm.disks import Disks, plan_drive
 
 #: Real headers' first bytes: qcow2 v2 and v3 (magic, version, backing file offset).
 QCOW2_V2 = b"QFI\xfb" + struct.pack(">IQ", 2, 0) + bytes(52)
@@ -129,3 +131,30 @@ def test_the_config_space_is_the_daemons() -> None:
                                                | (1 << 29))
     finally:
         device.close()
+
+
+@pytest.mark.skipif(shutil.which("qemu-storage-daemon") is None, reason="no qemu-storage-daemon")
+def test_a_reboot_keeps_the_daemon_and_its_overlay(tmp_path, monkeypatch) -> None:
+    """The machine built after a guest reboot connects to the same exports: the same
+    daemon, the same throwaway overlay (holding what the guest wrote), until close."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read once, then cached
+    disks = Disks([DriveConfig(image(tmp_path, bytes(1 << 20), "base.raw"), snapshot=True)])
+    try:
+        disks.start()
+        assert disks.daemon is not None
+        daemon = disks.daemon.process.pid
+        (directory,) = [p for p in tmp_path.iterdir() if p.name.startswith("pyvmm-qsd-")]
+        overlay = directory / "overlay0.qcow2"
+        first = disks.backend(0)[0]
+        assert overlay.read_bytes()[:4] == b"QFI\xfb"
+        disks.disconnect()  # the machine is closed: its connections go, nothing else
+        assert first.fileno() == -1 and overlay.exists()
+        disks.start()  # the next machine
+        frontend, features, config = disks.backend(0)
+        assert disks.daemon.process.pid == daemon and frontend is not first
+        assert struct.unpack_from("<Q", config)[0] == ((1 << 20) + 4096) // 512 and features & (1 << 32)
+        process = disks.daemon.process
+    finally:
+        disks.close()
+    assert process.poll() is not None and not directory.exists()

@@ -27,6 +27,11 @@ if hardware_kvm; then
     $python -m pytest -q -m linux "$@" && linux=0 || linux=$?
 else
     echo "test.sh: /dev/kvm is not hardware KVM here: the linux tests run in scripts/rig.py" >&2
+    # The rig's patched QEMU (scripts/rig-qemu/), without which the gdb breakpoint
+    # tests skip: built once per patch (a few minutes), cached in /var/tmp/pyvmm-rig.
+    bash scripts/rig-qemu/build.sh >/dev/null \
+        || echo "test.sh: the rig's patched QEMU didn't build (above): the gdb" \
+                "breakpoint tests will skip" >&2
     # One rig session per test file: a failure of the rig itself then costs a
     # retry of that file only.  The job directories keep output and any dumps.
     linux=0

@@ -4,7 +4,8 @@ One session each, the same gdb commands, the same answers asserted of both:
 ``hbreak start_kernel`` stops there (a hardware breakpoint, set before paging
 is on), ``bt``; a software ``break`` on ``kernel_init`` and then on the reboot
 syscall's handler (``__x64_sys_reboot``, which the guest's /init calls last)
-stop there, in the thread that hit it, with both vCPUs listed; ``x/s
+stop there, in the thread that hit it, with both vCPUs listed; a ``watch`` on
+``jiffies`` fires; ``x/s
 linux_banner``; ``jiffies`` grows between the two; ``stepi`` advances RIP by
 one instruction; ``detach`` lets the guest finish and the VMM exit 0.
 
@@ -68,6 +69,7 @@ COMMANDS = [
     "hbreak start_kernel", timed("continue", "continue"),
     py(FUNCTION, "stop1"), py(PC, "pc1"), "bt", "delete",
     "break kernel_init", "continue", py(FUNCTION, "stop2"), py(JIFFIES, "jiffies2"), "delete",
+    "watch *(unsigned long *)&jiffies", "continue", py(JIFFIES, "jiffies_watched"), "delete",
     "break __x64_sys_reboot", "continue", py(FUNCTION, "stop3"), py(PC, "pc3"),
     py(THREAD, "thread3"), "info threads", py("len(gdb.selected_inferior().threads())",
                                               "threads"),
@@ -150,6 +152,10 @@ def check(run: Session) -> None:
     assert int(run.value("pc1"), 16) == symbol("start_kernel")
     assert re.search(r"^#0 .*start_kernel", run.transcript, re.MULTILINE), run.transcript
     assert run.value("stop2") == "kernel_init"
+    # A data watchpoint (DR7 write watch) fires at the next tick: jiffies moved on.
+    assert re.search(r"Hardware watchpoint \d+: \*\(unsigned long \*\)&jiffies\s+Old value",
+                     run.transcript), run.transcript
+    assert int(run.value("jiffies_watched")) > int(run.value("jiffies2"))
     assert run.value("stop3") == "__x64_sys_reboot"
     assert int(run.value("pc3"), 16) == symbol("__x64_sys_reboot")  # in the thread that hit it
     assert run.value("threads") == "2"

@@ -39,10 +39,11 @@ The rig runs the patched QEMU that ``scripts/rig-qemu/build.sh`` builds when
 it is there (its TCG delivers a nested guest's breakpoint traps, int3 and
 DR0-DR3, to the KVM inside as hardware does; Debian's doesn't), else the
 system's; it says which on stderr, and tells the command in ``$RIG_QEMU``
-(``patched`` or ``system``) so tests that need breakpoints can skip.  Before booting, the checkout is
-byte-compiled (``compileall``): this environment sets PYTHONDONTWRITEBYTECODE
-and the rig's writable layer is discarded, so otherwise every Python start
-inside would recompile pyvmm.
+(``patched`` or ``system``) so tests that need breakpoints can skip.
+
+Before booting, the checkout is byte-compiled (``compileall``): this
+environment sets PYTHONDONTWRITEBYTECODE and the rig's writable layer is
+discarded, so otherwise every Python start inside would recompile pyvmm.
 """
 
 from __future__ import annotations

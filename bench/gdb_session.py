@@ -5,10 +5,11 @@ symbols) with a command that sleeps, attaches gdb to the *running* guest once
 its /init has started, and prints gdb's transcript: threads, ``x/s
 linux_banner``, ``jiffies``, ``stepi`` (RIP before and after, and the round
 trip's time), then ``detach``; the guest then finishes and pyvmm's status is
-printed.  ``--break`` instead sets ``hbreak`` on the reboot syscall the
-guest's /init makes at its end, continues and reports where it stopped (in
-the rig, breakpoint traps of the nested guest aren't delivered: the guest
-then powers off and gdb sees it exit).  Needs hardware KVM: run it in the rig.
+printed.  ``--break`` instead sets ``hbreak`` (``--soft``: ``break``) on the
+reboot syscall the guest's /init makes at its end, continues and reports
+where it stopped.  Needs hardware KVM: run it in the rig, with its patched
+QEMU (scripts/rig-qemu/build.sh): Debian's doesn't deliver the nested
+guest's breakpoint traps, so there the guest powers off and gdb sees it exit.
 
     flock /tmp/pyvmm-rig.lock python3 scripts/rig.py -- python3 bench/gdb_session.py [--cpus 2]
 """
@@ -37,6 +38,7 @@ def main() -> int:
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--sleep", type=int, default=15, help="how long the guest runs")
     parser.add_argument("--break", dest="breakpoint", action="store_true")
+    parser.add_argument("--soft", action="store_true", help="with --break: break, not hbreak")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="pyvmm-gdb-"))
     sock = directory / "gdb.sock"
@@ -60,7 +62,8 @@ def main() -> int:
                 "info registers rip", "x/i $pc", timed("stepi", "stepi"), "info registers rip",
                 "p/d *(unsigned long *)&jiffies"]
     if args.breakpoint:
-        commands += ["hbreak __x64_sys_reboot", timed("continue", "continue"),
+        commands += [f"{'break' if args.soft else 'hbreak'} __x64_sys_reboot",
+                     timed("continue", "continue"),
                      "info registers rip", "bt 1", "delete", "detach"]
     else:
         commands += [timed("detach", "detach")]

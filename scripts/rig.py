@@ -33,10 +33,17 @@ itself failed on every attempt (the reason on stderr, starting ``rig:
 FAILED``); 126 if the rig can't run on this host (missing packages).
 
 Everything built is cached in ``/var/tmp/pyvmm-rig`` (the rig's initramfs,
-keyed by kernel version and init script).  Before booting, the checkout is
-byte-compiled (``compileall``): this environment sets PYTHONDONTWRITEBYTECODE
-and the rig's writable layer is discarded, so otherwise every Python start
-inside would recompile pyvmm.
+keyed by kernel version and init script).
+
+The rig runs the patched QEMU that ``scripts/rig-qemu/build.sh`` builds when
+it is there (its TCG delivers a nested guest's breakpoint traps, int3 and
+DR0-DR3, to the KVM inside as hardware does; Debian's doesn't), else the
+system's; it says which on stderr, and tells the command in ``$RIG_QEMU``
+(``patched`` or ``system``) so tests that need breakpoints can skip.
+
+Before booting, the checkout is byte-compiled (``compileall``): this
+environment sets PYTHONDONTWRITEBYTECODE and the rig's writable layer is
+discarded, so otherwise every Python start inside would recompile pyvmm.
 """
 
 from __future__ import annotations
@@ -68,6 +75,9 @@ from pyvmm.command.initramfs.modules import ModuleSet, find_modules, read_module
 CACHE = Path("/var/tmp/pyvmm-rig")
 EXIT_TIMEOUT, EXIT_RIG_FAILED, EXIT_UNAVAILABLE = 124, 125, 126
 HEARTBEAT_SECONDS = 5
+#: The patched QEMU's build script and patch: their hash names its directory in CACHE.
+RIG_QEMU_SOURCES = (REPO / "scripts/rig-qemu/build.sh",
+                    REPO / "scripts/rig-qemu/svm-breakpoints.patch")
 
 #: Modules the rig's init loads (with what they depend on, from modules.dep).
 MODULES = ("kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "overlay")
@@ -179,6 +189,22 @@ def rig_initramfs(release: str) -> Path:
     return path
 
 
+def rig_qemu(system: bool = False) -> tuple[str, str]:
+    """The rig's QEMU and its kind: the patched build if built (and not ``system``), else the system's.
+
+    The path is the one ``scripts/rig-qemu/build.sh`` installs to: keyed by a
+    hash of that script and its patch, so an edit to either means "not built".
+    """
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in RIG_QEMU_SOURCES)).hexdigest()[:16]
+    patched = CACHE / f"qemu-{key}" / "bin" / "qemu-system-x86_64"
+    if not system and os.access(patched, os.X_OK):
+        return str(patched), "patched"
+    system_qemu = shutil.which("qemu-system-x86_64")
+    if system_qemu is None:
+        raise Unavailable("no qemu-system-x86_64 (apt-get install qemu-system-x86)")
+    return system_qemu, "system"
+
+
 class Session:
     """One boot of the rig running the job; says how it ended."""
 
@@ -188,8 +214,9 @@ class Session:
     NUDGES = (("an NMI", ("nmi",)), ("stop/cont", ("stop", "cont")))
 
     def __init__(self, args: argparse.Namespace, release: str, initramfs: Path,
-                 job: Path) -> None:
+                 job: Path, qemu: str = "qemu-system-x86_64") -> None:
         self.args, self.release, self.initramfs, self.job = args, release, initramfs, job
+        self.qemu = qemu
         self.console = bytearray()      # the rig kernel's console (ttyS0)
         self.status: int | None = None  # the command's, from RIG-RC=
         self.failure: str | None = None  # the rig's own failure, if any
@@ -200,7 +227,7 @@ class Session:
     def command(self) -> list[str]:
         a = self.args
         return [
-            "qemu-system-x86_64", "-accel", f"tcg,thread={a.tcg_threads}",
+            self.qemu, "-accel", f"tcg,thread={a.tcg_threads}",
             "-cpu", "EPYC-Rome,+svm,+npt", "-smp", str(a.cpus), "-m", a.memory,
             "-M", "q35", "-display", "none", "-no-reboot",
             "-monitor", f"unix:{self.monitor},server=on,wait=off",
@@ -357,13 +384,13 @@ class Session:
         return "\n".join(kept[-lines:])
 
 
-def write_job(job: Path, argv: list[str]) -> None:
+def write_job(job: Path, argv: list[str], qemu_kind: str = "system") -> None:
     command = argv[0] if len(argv) == 1 else shlex.join(argv)
     (job / "cmd.sh").write_text(command + "\n")
     carried = [name for name in os.environ
                if name in CARRIED_ENV or name.startswith(CARRIED_PREFIXES)]
     env = [f"export {name}={shlex.quote(os.environ[name])}" for name in sorted(carried)]
-    env += ["export RIG=1 RIG_JOB=/job", f"RIG_CWD={shlex.quote(os.getcwd())}"]
+    env += [f"export RIG=1 RIG_JOB=/job RIG_QEMU={qemu_kind}", f"RIG_CWD={shlex.quote(os.getcwd())}"]
     (job / "env").write_text("\n".join(env) + "\n")
 
 
@@ -388,6 +415,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="new sessions after a rig failure (default 1)")
     parser.add_argument("--job", type=Path, help="the shared job directory (kept; default a "
                         "private temporary one, removed)")
+    parser.add_argument("--system-qemu", action="store_true",
+                        help="run the system's QEMU even if the patched one is built")
     parser.add_argument("--no-compile", action="store_true",
                         help="don't byte-compile the checkout first")
     parser.add_argument("command", nargs=argparse.REMAINDER)
@@ -402,8 +431,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
-        if shutil.which("qemu-system-x86_64") is None:
-            raise Unavailable("no qemu-system-x86_64 (apt-get install qemu-system-x86)")
+        qemu, qemu_kind = rig_qemu(args.system_qemu)
         release = rig_kernel()
         initramfs = rig_initramfs(release)
     except Unavailable as exc:
@@ -414,12 +442,17 @@ def main(argv: list[str]) -> int:
         compileall.compile_dir(str(REPO / "tests"), quiet=1)
     job = args.job or Path(tempfile.mkdtemp(prefix="pyvmm-rig-job."))
     job.mkdir(parents=True, exist_ok=True)
-    write_job(job, args.command)
+    write_job(job, args.command, qemu_kind)
+    if qemu_kind == "patched":
+        print(f"rig: QEMU: patched for nested breakpoints ({qemu})", file=sys.stderr)
+    else:
+        print(f"rig: QEMU: the system's ({qemu}): a nested guest's breakpoints don't fire "
+              "(bash scripts/rig-qemu/build.sh builds the patched one)", file=sys.stderr)
     # A SIGTERM (CI's timeout) should still kill QEMU through the finally below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         for attempt in range(1 + max(0, args.retries)):
-            session = Session(args, release, initramfs, job)
+            session = Session(args, release, initramfs, job, qemu)
             session.run()
             if session.timed_out:
                 print(f"rig: the command ran past --timeout {args.timeout:.0f} s",

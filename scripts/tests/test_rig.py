@@ -24,11 +24,32 @@ def load_rig() -> ModuleType:
 
 def test_no_qemu_is_exit_126_in_one_line(tmp_path: Path) -> None:
     env = dict(os.environ, PATH=str(tmp_path))  # nothing to find on it
-    proc = subprocess.run([sys.executable, str(RIG), "--no-compile", "--", "true"],
+    proc = subprocess.run([sys.executable, str(RIG), "--no-compile", "--system-qemu", "--", "true"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 126
     assert proc.stderr.strip().splitlines() == [
         "rig: can't run here: no qemu-system-x86_64 (apt-get install qemu-system-x86)"]
+
+
+def test_the_patched_qemu_is_used_when_built(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    rig = load_rig()
+    monkeypatch.setattr(rig, "CACHE", tmp_path)
+    monkeypatch.setattr(rig.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert rig.rig_qemu() == ("/usr/bin/qemu-system-x86_64", "system")
+    # Where build.sh installs it: the same key, computed by the script itself.
+    key = subprocess.run(["bash", str(RIG.parent / "rig-qemu" / "build.sh"), "--print-key"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    binary = tmp_path / f"qemu-{key}" / "bin" / "qemu-system-x86_64"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    assert rig.rig_qemu() == (str(binary), "patched")
+    assert rig.rig_qemu(system=True) == ("/usr/bin/qemu-system-x86_64", "system")
+    job = tmp_path / "job"
+    job.mkdir()
+    rig.write_job(job, ["true"], "patched")
+    assert "RIG_QEMU=patched" in (job / "env").read_text()
 
 
 def test_no_kernel_with_kvm_amd_is_exit_126(monkeypatch: pytest.MonkeyPatch,

@@ -99,6 +99,9 @@ def run_over(sock: socket.socket, argv: list[str] | tuple[str, ...],
         while True:
             try:
                 received = read_message(reader)
+            except ConnectionResetError:
+                # The agent closed with our stdin unread: gone, as at end of stream.
+                received = None
             except (AgentProtocolError, OSError) as exc:
                 raise ExecError(f"the guest's answer broke off: {exc}") from None
             if received is None:

@@ -111,6 +111,11 @@ def fake_agent(replies: bytes) -> socket.socket:
         with guest:
             guest.recv(1 << 16)
             guest.sendall(replies)
+            guest.shutdown(socket.SHUT_WR)
+            # Read what else comes (stdin's end) until the host closes: closing with it
+            # unread would reset the connection, which is another test's case.
+            while guest.recv(1 << 16):
+                pass
     threading.Thread(target=answer, daemon=True).start()
     return host
 
@@ -188,3 +193,16 @@ def test_output_to_a_closed_pipe_is_dropped_quietly() -> None:
     write(b"lost")  # EPIPE (Python ignores SIGPIPE): no exception, nothing more tried
     write(b"lost too")
     os.close(write_end)
+
+
+def test_an_agent_that_resets_the_connection_went_away() -> None:
+    """Closing with our stdin unread resets the connection (ECONNRESET, not end of
+    stream): still the one line of an agent gone before the command ended."""
+    host, guest = socket.socketpair()
+    with host:
+        def answer() -> None:
+            guest.recv(1)  # leaves the rest of the request unread
+            guest.close()
+        threading.Thread(target=answer, daemon=True).start()
+        with pytest.raises(ExecError, match="went away before the command ended"):
+            run_over(host, ["true"], [b"x" * 4096], lambda b: None, lambda b: None)

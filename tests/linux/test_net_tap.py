@@ -32,6 +32,8 @@ def _modprobe_in_the_rig() -> None:
     if os.environ.get("RIG") == "1" and os.geteuid() == 0:
         for module in ("tun", "vhost_net"):
             subprocess.run(["modprobe", module], capture_output=True)
+        # The tap's host address is local: the host reaches it through lo, down in the rig.
+        subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True)
 
 
 _modprobe_in_the_rig()

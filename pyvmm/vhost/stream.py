@@ -27,6 +27,8 @@ import socket
 import struct
 from typing import Callable
 
+from pyvmm.vhost.link import WatchedLink
+
 _LENGTH = struct.Struct(">I")
 #: Most bytes one read takes from the socket.
 READ_CHUNK = 256 << 10
@@ -36,7 +38,7 @@ OUTPUT_LIMIT = 256 << 10
 DEFAULT_MAX_FRAME = 65535 + 18
 
 
-class FrameStream:
+class FrameStream(WatchedLink):
     """Length-prefixed Ethernet frames over a connected stream socket (which it owns)."""
 
     def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME,
@@ -158,13 +160,6 @@ class FrameStream:
         if self._output:
             events |= select.EPOLLOUT
         return events
-
-    def _interest_changed(self) -> None:
-        interest = self.wanted_events()
-        if interest != self._interest:
-            self._interest = interest
-            if self.on_interest is not None:
-                self.on_interest(interest)
 
     def close(self) -> None:
         self.sock.close()

@@ -27,6 +27,7 @@ from collections import deque
 from typing import Callable
 
 from pyvmm.errors import SEE_CHECK, ConfigError
+from pyvmm.vhost.link import WatchedLink
 
 TUN_DEVICE = "/dev/net/tun"
 # <linux/if_tun.h>
@@ -132,7 +133,7 @@ def _why(name: str, existed: bool, exc: OSError) -> str:
     return f"cannot open the tap: {exc.strerror}"
 
 
-class TapLink:
+class TapLink(WatchedLink):
     """The tap as a ``FrameLink`` (frames with their vnet header) on a non-blocking fd.
 
     The owner watches ``fileno()`` for ``wanted_events()`` (``on_interest`` when
@@ -202,13 +203,6 @@ class TapLink:
         if self.closed or len(self._input) >= INPUT_FRAMES or self._input_bytes >= INPUT_BYTES:
             return 0
         return select.EPOLLIN
-
-    def _interest_changed(self) -> None:
-        interest = self.wanted_events()
-        if interest != self._interest:
-            self._interest = interest
-            if self.on_interest is not None:
-                self.on_interest(interest)
 
     def close(self) -> None:
         self.tap.close()

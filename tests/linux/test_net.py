@@ -11,6 +11,7 @@ configures eth0 (pyvmm/command/initramfs/network.sh) before it runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -65,22 +67,23 @@ def kernel() -> str:
     return str(path)
 
 
-@pytest.fixture
-def http_server(tmp_path: Path):
-    """A file of random bytes served on 127.0.0.1: (port, its sha256)."""
+@contextlib.contextmanager
+def serving_random_file(directory: Path, address: str) -> Iterator[tuple[int, str]]:
+    """A file of random bytes served over HTTP on ``address`` (once it answers):
+    (port, its sha256)."""
     blob = os.urandom(3 << 20)
-    (tmp_path / "blob").write_bytes(blob)
+    (directory / "blob").write_bytes(blob)
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((address, 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
-                               str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", address,
+                               str(port)], cwd=directory, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                socket.create_connection((address, port), timeout=1).close()
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -90,6 +93,13 @@ def http_server(tmp_path: Path):
     finally:
         server.terminate()
         server.wait()
+
+
+@pytest.fixture
+def http_server(tmp_path: Path):
+    """A file of random bytes served on 127.0.0.1: (port, its sha256)."""
+    with serving_random_file(tmp_path, "127.0.0.1") as served:
+        yield served
 
 
 def test_the_guest_fetches_a_file_from_the_hosts_loopback(kernel: str, http_server) -> None:

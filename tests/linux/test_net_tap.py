@@ -10,12 +10,8 @@ only brings a tap NIC up: there is no DHCP server behind a tap of ours).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +19,7 @@ import pytest
 from tests.host_kernels import debian_kernel
 
 from .test_command_mode import command
+from .test_net import serving_random_file
 
 TAP = "pyvmmtap0"
 HOST, GUEST = "10.0.3.1", "10.0.3.2"
@@ -70,27 +67,8 @@ def tap():
 @pytest.fixture
 def http_server(tmp_path: Path, tap: str):
     """A file of random bytes served on the tap's host address: (port, its sha256)."""
-    blob = os.urandom(3 << 20)
-    (tmp_path / "blob").write_bytes(blob)
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", HOST, str(port)],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection((HOST, port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield port, hashlib.sha256(blob).hexdigest()
-    finally:
-        server.terminate()
-        server.wait()
+    with serving_random_file(tmp_path, HOST) as served:
+        yield served
 
 
 @pytest.mark.parametrize("vhost", ["on", "off"])

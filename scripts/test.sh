@@ -39,6 +39,13 @@ else
         echo "test.sh: the rig's patched QEMU is not built: the gdb breakpoint tests" \
              "will skip (PYVMM_RIG_QEMU_BUILD=1 builds it)" >&2
     fi
+    # The kernel's own gdb scripts (lx-dmesg, lx-ps) need the debug kernel: only
+    # where those tests can run, the patched QEMU (its build: ~10 min, niced).
+    if bash scripts/rig-qemu/build.sh --print-path >/dev/null 2>&1; then
+        bash images/build.sh linux-debug \
+            || echo "test.sh: the debug kernel didn't build (above): the lx-dmesg and" \
+                    "lx-ps tests will skip" >&2
+    fi
     # One rig session per test file: a failure of the rig itself then costs a
     # retry of that file only.  The job directories keep output and any dumps.
     linux=0

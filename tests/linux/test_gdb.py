@@ -123,10 +123,13 @@ def session(vmm: list[str], sock: Path, commands: Sequence[str] = COMMANDS,
             assert proc.poll() is None, proc.communicate()[0].decode(errors="replace")
             assert time.monotonic() < deadline, f"no gdb socket at {sock}"
             time.sleep(0.05)
-        gdb = [GDB, "-batch", "-nx", "-ex", "set confirm off", "-ex", f"target remote {sock}"]
+        vmlinux = vmlinux or image("linux/vmlinux")
+        # The kernel's gdb scripts (next to a debug vmlinux) load with it, as its docs say.
+        gdb = [GDB, "-batch", "-nx", "-iex", f"add-auto-load-safe-path {vmlinux.parent}",
+               "-ex", "set confirm off", "-ex", f"target remote {sock}"]
         for command in commands:
             gdb += ["-ex", command]
-        result = subprocess.run(gdb + [str(vmlinux or image("linux/vmlinux"))],
+        result = subprocess.run(gdb + [str(vmlinux)],
                                 capture_output=True, text=True, timeout=SESSION_TIMEOUT)
         out, _ = proc.communicate(timeout=SESSION_TIMEOUT)
     finally:
@@ -222,7 +225,6 @@ def why_no_debug_kernel() -> str | None:
 #: At the reboot syscall (the guest's /init is done): the kernel's log and its tasks.
 LX_COMMANDS = (
     "break __x64_sys_reboot", "continue", py(FUNCTION, "stop"), "delete",
-    f"add-auto-load-safe-path {DEBUG_KERNEL}", f"source {DEBUG_KERNEL}/vmlinux-gdb.py",
     "echo lx-dmesg-begin\\n", "lx-dmesg", "echo lx-dmesg-end\\n",
     "echo lx-ps-begin\\n", "lx-ps", "echo lx-ps-end\\n", "detach",
 )

@@ -224,8 +224,9 @@ def why_no_debug_kernel() -> str | None:
 
 
 #: At the reboot syscall (the guest's /init is done): the kernel's log and its tasks.
+#: (hbreak: at -S paging is off, so an int3 can't be written at a kernel address yet.)
 LX_COMMANDS = (
-    "break __x64_sys_reboot", "continue", py(FUNCTION, "stop"), "delete",
+    "hbreak __x64_sys_reboot", "continue", py(FUNCTION, "stop"), "delete",
     "echo lx-dmesg-begin\\n", "lx-dmesg", "echo lx-dmesg-end\\n",
     "echo lx-ps-begin\\n", "lx-ps", "echo lx-ps-end\\n", "detach",
 )

@@ -16,7 +16,7 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(tiny linux initramfs)
 declare -A about=([tiny]="the tiny test guests" [initramfs]="the busybox initramfs"
                  [linux]="pyvmm's minimal kernel (compiled when its config changed: ~5 min on 2 cores)"
-                 [linux-debug]="the minimal kernel with DWARF and scripts/gdb (~10 min, niced)"
+                 [linux-debug]="the minimal kernel with DWARF and scripts/gdb (9 min of CPU, niced)"
                  [cloud]="Debian's cloud kernel and its initramfs"
                  [systemd]="a Debian bookworm system with systemd on a disk image (~3 min)")
 for target in "${targets[@]}"; do

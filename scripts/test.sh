@@ -39,6 +39,15 @@ else
         echo "test.sh: the rig's patched QEMU is not built: the gdb breakpoint tests" \
              "will skip (PYVMM_RIG_QEMU_BUILD=1 builds it)" >&2
     fi
+    # The kernel's own gdb scripts (lx-dmesg, lx-ps) need the debug kernel (a
+    # ~10 min build, images/out/linux-debug): built under the same opt-in as the
+    # patched QEMU, PYVMM_RIG_QEMU_BUILD=1, or by hand; otherwise those tests skip.
+    if [ "${PYVMM_RIG_QEMU_BUILD:-}" = 1 ] \
+            && bash scripts/rig-qemu/build.sh --print-path >/dev/null 2>&1; then
+        bash images/build.sh linux-debug \
+            || echo "test.sh: the debug kernel didn't build (above): the lx-dmesg and" \
+                    "lx-ps tests will skip" >&2
+    fi
     # The rig keeps one host core busy with TCG; the host suite runs beside it
     # on the other, its output kept in a file and shown when it ends.  The rig
     # files that time pyvmm's answers against a bound (hostile, net) wait until

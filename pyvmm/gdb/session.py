@@ -64,6 +64,8 @@ class Session:
         #: Guest-virtual address -> (guest-physical, the byte our int3 replaced).
         self.breakpoints: dict[int, tuple[int, int]] = {}
         self.hw_points: list[HwPoint] = []
+        #: Z types the target said it can't deliver, each said once in pyvmm's log.
+        self._said_unavailable: set[int] = set()
         self._g_cpu = 0
         self._c_cpu = -1
         self.running = False
@@ -300,6 +302,14 @@ class Session:
             if kind > 4:
                 return b""  # not a type we know: "unsupported"
             log.debug("gdb hardware point refused: %s", problem)
+            return E_INVAL
+        unavailable = self.target.point_unavailable(kind) if insert else None
+        if unavailable:
+            # An error, not "unsupported": for that gdb would single-step the guest
+            # to emulate the watchpoint, which looks like a hang.
+            if kind not in self._said_unavailable:
+                self._said_unavailable.add(kind)
+                log.warning("gdb: %s", unavailable)
             return E_INVAL
         if insert:
             if point not in self.hw_points:

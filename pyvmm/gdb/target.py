@@ -88,6 +88,10 @@ class Target(Protocol):
     def monitor(self, command: str) -> str:
         """The output of a ``monitor`` command; ValueError for an unknown one."""
 
+    def point_unavailable(self, kind: int) -> str | None:
+        """Why this back end can't deliver hardware points of gdb's type ``kind``
+        (1 breakpoint, 2-4 watchpoints), or None when it can."""
+
     def kill(self) -> None:
         """End the machine (gdb's ``kill``)."""
 

@@ -8,7 +8,10 @@ releases the ones gdb lets run.  A trap is seen on the vCPU's thread
 (``on_exit``, called by ``pyvmm.vcpu.served`` before anything else): ours
 holds every vCPU, records the stop and wakes the server; a guest ``int3``
 that isn't ours is re-injected.  On kvm_pvm an ``int3`` reaches us as an
-emulation failure instead of a debug exit; one at our breakpoint is a hit.
+emulation failure instead of a debug exit; one at our breakpoint is a hit
+(and the guest's own goes on to the emulation assist, which injects its #BP).
+kvm_pvm delivers single steps and DR7 instruction breakpoints but never
+fires a DR7 data breakpoint, so there watchpoints are refused, saying so.
 
 While gdb holds the vCPUs ``held_seconds`` grows, so ``--timeout`` counts
 only the time the guest may run.
@@ -25,8 +28,9 @@ from typing import Callable, Mapping, Sequence
 
 from pyvmm.dump.pagewalk import PageWalkError, translate
 from pyvmm.errors import DeviceError, GuestMemoryError, KvmError, PyvmmError
-from pyvmm.gdb.debugregs import DR6_SINGLE_STEP, STOP_REASON, slots_hit
+from pyvmm.gdb.debugregs import DR6_SINGLE_STEP, STOP_REASON, Z_HW_BREAK, slots_hit
 from pyvmm.gdb.target import SIGTRAP, Debugging, MemoryFault, Stop
+from pyvmm.kvm import system as kvm_system
 from pyvmm.kvm._ffi import lib
 from pyvmm.kvm.exits import Debug, InternalError
 from pyvmm.kvm.vcpu import Vcpu
@@ -40,6 +44,10 @@ CR0_PG = 1 << 31
 EFER_LMA = 1 << 10
 INT3 = 0xCC
 BREAKPOINT_VECTOR = 3
+#: Measured with the tiny guests (images/tiny/int3.c): watch, rwatch and awatch
+#: armed in DR7 never stop the guest on kvm_pvm; hbreak and stepi do.
+PVM_NO_WATCHPOINTS = ("watchpoints are not available on kvm_pvm (this /dev/kvm never fires "
+                      "DR7 data breakpoints): refused; hbreak, break and stepi work")
 _WRITABLE = frozenset(("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9",
                        "r10", "r11", "r12", "r13", "r14", "r15", "rip", "eflags"))
 
@@ -50,6 +58,7 @@ class MachineTarget:
     def __init__(self, vcpus: Sequence[Vcpu], runners: VcpuRunners, memory: GuestMemory,
                  kill: Callable[[], None]) -> None:
         self._vcpus = tuple(vcpus)
+        self._pvm_host = kvm_system.is_pvm_host()
         self._runners = runners
         self._memory = memory
         self._kill = kill
@@ -208,6 +217,8 @@ class MachineTarget:
             if exit.pc in debugging.breakpoints:
                 self._report(Stop(cpu, SIGTRAP, "swbreak"))
             else:  # the guest's own int3: its #BP, as if we weren't here
+                log.debug("vCPU %d: the guest's own int3 at %#x, its #BP re-injected", cpu,
+                          exit.pc)
                 self._vcpus[cpu].inject_exception(BREAKPOINT_VECTOR)
             return True
         slots = [s for s in slots_hit(exit.dr6) if s < len(debugging.hw_types)]
@@ -246,6 +257,9 @@ class MachineTarget:
                 return f"dump failed: {exc}\n"
             return f"guest dump written to {path} in {seconds:.2f} s\n"
         raise ValueError(f"unknown monitor command {command!r}")
+
+    def point_unavailable(self, kind: int) -> str | None:
+        return PVM_NO_WATCHPOINTS if self._pvm_host and kind != Z_HW_BREAK else None
 
     def kill(self) -> None:
         self._kill()

@@ -19,6 +19,8 @@ import pytest
 
 import pyvmm
 
+from pyvmm.kvm.system import is_pvm_host
+
 from tests.integration.conftest import REPO, image, pyvmm_command
 
 GDB = shutil.which("gdb")
@@ -275,3 +277,49 @@ def test_a_software_breakpoint_hits_again_after_gdb_steps_over_it(tmp_path: Path
     status, stdout, stderr = finish(proc)
     assert status == 0, stderr
     assert "pyvmm-tiny: hello\ncheck hdrs ok" in stdout and "pyvmm-tiny: done" in stdout
+
+
+def test_the_guests_own_int3_reaches_its_handler_while_gdb_has_breakpoints(
+        tmp_path: Path) -> None:
+    """The guest's int3s are its own (a kernel's text_poke and int3 self-test): with
+    gdb's breakpoints armed they still reach the guest's #BP handler, with the
+    return address the CPU would push, and gdb sees only its own breakpoint."""
+    sock = tmp_path / "gdb.sock"
+    elf = image("tiny/int3.elf")
+    proc = start_pyvmm("-k", str(image("tiny/int3.bzImage")), "-a", "count=3",
+                       "--gdb", f"unix:{sock}", "--gdb-wait", "--timeout", "60")
+    wait_for_socket(sock, proc)
+    report, _ = symbol_bytes(elf, "int3_report", 1)
+    out = run_gdb(str(sock), elf, "hbreak main", "continue", "delete", "break int3_report",
+                  "continue", "info registers rip", "p *(long *)&int3_handled",
+                  "p *(long *)&int3_wrong_return", "delete", "detach")
+    assert re.search(r"Breakpoint 2, 0x0*%x in int3_report" % report, out), out
+    assert "SIGTRAP" not in out, out
+    assert rips(out) == [report], out
+    assert re.search(r"^\$1 = 3$", out, re.MULTILINE) and re.search(r"^\$2 = 0$", out,
+                                                                      re.MULTILINE), out
+    status, stdout, stderr = finish(proc)
+    assert "int3: 3 of 3 handled, return address ok" in stdout, stdout + stderr
+    assert status == 7, stderr  # (3 << 1) | 1
+
+
+def test_a_watchpoint_fires_or_is_refused_saying_why(tmp_path: Path) -> None:
+    """Hardware KVM fires DR7 data breakpoints; kvm_pvm never does, so there pyvmm
+    refuses them with one line instead of letting gdb wait for a hit that never comes."""
+    sock = tmp_path / "gdb.sock"
+    elf = image("tiny/int3.elf")
+    proc = start_pyvmm("-k", str(image("tiny/int3.bzImage")), "-a", "count=3",
+                       "--gdb", f"unix:{sock}", "--gdb-wait", "--timeout", "60")
+    wait_for_socket(sock, proc)
+    out = run_gdb(str(sock), elf, "hbreak main", "continue", "delete",
+                  "watch *(long *)&int3_handled", "continue", "info registers rip", "delete",
+                  "detach")
+    status, stdout, stderr = finish(proc)
+    assert status == 7, stderr
+    if is_pvm_host():
+        assert "Could not insert hardware watchpoint" in out, out
+        assert "watchpoints are not available on kvm_pvm" in stderr, stderr
+    else:
+        assert re.search(r"Hardware watchpoint 2: .*\s+Old value = 0\s+New value = 1", out), out
+        bp_entry, _ = symbol_bytes(elf, "bp_entry", 1)
+        assert bp_entry < rips(out)[0] < bp_entry + 32, out  # in the guest's #BP handler

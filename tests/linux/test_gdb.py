@@ -2,12 +2,20 @@
 
 One session each, the same gdb commands, the same answers asserted of both:
 ``hbreak start_kernel`` stops there (a hardware breakpoint, set before paging
-is on), ``bt``; a software ``break`` on ``kernel_init`` and then on the reboot
+is on), ``bt``; ``hbreak int3_selftest``, then a software ``break`` on
+``kernel_init``: on the way the kernel's int3 self-test executes its own
+``int3`` with our breakpoint armed (so KVM traps every #BP to the VMM), which
+must go back to the guest's handler (else the self-test's BUG_ON stops the
+boot) and not to gdb; then a ``break`` on the reboot
 syscall's handler (``__x64_sys_reboot``, which the guest's /init calls last)
-stop there, in the thread that hit it, with both vCPUs listed; a ``watch`` on
+stops there, in the thread that hit it, with both vCPUs listed; a ``watch`` on
 ``jiffies`` fires; ``x/s
 linux_banner``; ``jiffies`` grows between the two; ``stepi`` advances RIP by
 one instruction; ``detach`` lets the guest finish and the VMM exit 0.
+
+With the debug kernel (``bash images/build.sh linux-debug``: DWARF and the
+kernel's scripts/gdb), the kernel's own ``lx-dmesg`` and ``lx-ps`` print the
+log and the task list at the reboot syscall, under both VMMs alike.
 
 In the rig these need its patched QEMU (scripts/rig-qemu/): Debian's TCG
 doesn't deliver a nested guest's breakpoint traps to the KVM inside, and the
@@ -23,6 +31,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -65,9 +74,11 @@ def timed(command: str, label: str) -> str:
             f"print('{label}-seconds=%.3f' % (time.perf_counter() - t))")
 
 
-COMMANDS = [
+COMMANDS = (
     "hbreak start_kernel", timed("continue", "continue"),
     py(FUNCTION, "stop1"), py(PC, "pc1"), "bt", "delete",
+    "hbreak int3_selftest", "continue", py(FUNCTION, "stop_selftest"),
+    "x/i int3_selftest_ip", "delete",
     "break kernel_init", "continue", py(FUNCTION, "stop2"), py(JIFFIES, "jiffies2"), "delete",
     "watch *(unsigned long *)&jiffies", "continue", py(JIFFIES, "jiffies_watched"), "delete",
     "break __x64_sys_reboot", "continue", py(FUNCTION, "stop3"), py(PC, "pc3"),
@@ -76,7 +87,7 @@ COMMANDS = [
     py(JIFFIES, "jiffies3"), "x/s &linux_banner",
     py(NEXT_PC, "next3"), timed("stepi", "stepi"), py(PC, "pc4"),
     "delete", "detach",
-]
+)
 
 
 @dataclass
@@ -100,8 +111,9 @@ def symbol(name: str) -> int:
     return int(match.group(1), 16)
 
 
-def session(vmm: list[str], sock: Path) -> Session:
-    """Start the VMM (stopped until gdb continues), run COMMANDS in gdb, wait for its end."""
+def session(vmm: list[str], sock: Path, commands: Sequence[str] = COMMANDS,
+            vmlinux: Path | None = None) -> Session:
+    """Start the VMM (stopped until gdb continues), run ``commands`` in gdb, wait for its end."""
     assert GDB is not None
     proc = subprocess.Popen(vmm, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, cwd=REPO)
@@ -111,11 +123,14 @@ def session(vmm: list[str], sock: Path) -> Session:
             assert proc.poll() is None, proc.communicate()[0].decode(errors="replace")
             assert time.monotonic() < deadline, f"no gdb socket at {sock}"
             time.sleep(0.05)
-        gdb = [GDB, "-batch", "-nx", "-ex", "set confirm off", "-ex", f"target remote {sock}"]
-        for command in COMMANDS:
+        vmlinux = vmlinux or image("linux/vmlinux")
+        # The kernel's gdb scripts (next to a debug vmlinux) load with it, as its docs say.
+        gdb = [GDB, "-batch", "-nx", "-iex", f"add-auto-load-safe-path {vmlinux.parent}",
+               "-ex", "set confirm off", "-ex", f"target remote {sock}"]
+        for command in commands:
             gdb += ["-ex", command]
-        result = subprocess.run(gdb + [str(image("linux/vmlinux"))], capture_output=True,
-                                text=True, timeout=SESSION_TIMEOUT)
+        result = subprocess.run(gdb + [str(vmlinux)],
+                                capture_output=True, text=True, timeout=SESSION_TIMEOUT)
         out, _ = proc.communicate(timeout=SESSION_TIMEOUT)
     finally:
         if proc.poll() is None:
@@ -128,22 +143,27 @@ def session(vmm: list[str], sock: Path) -> Session:
 APPEND = "console=ttyS0 quiet pyvmm.run=echo,gdb-guest-ran"
 
 
-def pyvmm_session(tmp_path: Path) -> Session:
+def pyvmm_session(tmp_path: Path, kernel: Path | None = None,
+                  commands: Sequence[str] = COMMANDS) -> Session:
     sock = tmp_path / "pyvmm-gdb.sock"
+    kernel = kernel or image("linux/bzImage")
     return session(pyvmm_command(
-        "run", "-k", str(image("linux/bzImage")), "-i", str(image("initramfs.cpio.gz")),
+        "run", "-k", str(kernel), "-i", str(image("initramfs.cpio.gz")),
         "-c", "2", "-m", "512M", "-a", APPEND, "--gdb", f"unix:{sock}", "--gdb-wait",
-        "--timeout", str(SESSION_TIMEOUT)), sock)
+        "--timeout", str(SESSION_TIMEOUT)), sock, commands, kernel.parent / "vmlinux")
 
 
-def qemu_session(tmp_path: Path) -> Session:
+def qemu_session(tmp_path: Path, kernel: Path | None = None,
+                 commands: Sequence[str] = COMMANDS) -> Session:
     sock = tmp_path / "qemu-gdb.sock"
+    kernel = kernel or image("linux/bzImage")
     return session([
         "qemu-system-x86_64", "-M", "microvm,x-option-roms=off,rtc=off", "-enable-kvm",
         "-cpu", "host", "-m", "512M", "-smp", "2", "-display", "none", "-no-reboot",
-        "-nodefaults", "-kernel", str(image("linux/bzImage")),
+        "-nodefaults", "-kernel", str(kernel),
         "-initrd", str(image("initramfs.cpio.gz")), "-append", APPEND, "-serial", "stdio",
-        "-gdb", f"unix:{sock},server=on,wait=off", "-S"], sock)
+        "-gdb", f"unix:{sock},server=on,wait=off", "-S"], sock, commands,
+        kernel.parent / "vmlinux")
 
 
 def check(run: Session) -> None:
@@ -151,6 +171,12 @@ def check(run: Session) -> None:
     assert run.value("stop1") == "start_kernel", run.transcript
     assert int(run.value("pc1"), 16) == symbol("start_kernel")
     assert re.search(r"^#0 .*start_kernel", run.transcript, re.MULTILINE), run.transcript
+    # The self-test's int3 ran with our breakpoint on kernel_init armed: the guest
+    # handled it (the boot went on) and gdb never saw it (the next stop is ours).
+    assert run.value("stop_selftest") == "int3_selftest"
+    # (gdb names the label int3_selftest+N: the function's symbol wins.)
+    assert re.search(r"<int3_selftest\S*>:\s+int3", run.transcript), run.transcript
+    assert "SIGTRAP" not in run.transcript, run.transcript
     assert run.value("stop2") == "kernel_init"
     # A data watchpoint (DR7 write watch) fires at the next tick: jiffies moved on.
     assert re.search(r"Hardware watchpoint \d+: \*\(unsigned long \*\)&jiffies\s+Old value",
@@ -179,7 +205,88 @@ def test_pyvmm_gdb_breakpoints(pyvmm_run: Session) -> None:
 def test_qemu_gdb_breakpoints_give_the_same_answers(pyvmm_run: Session, tmp_path: Path) -> None:
     theirs = qemu_session(tmp_path)
     check(theirs)
-    for label in ("stop1", "pc1", "stop2", "stop3", "pc3", "threads"):
+    for label in ("stop1", "pc1", "stop_selftest", "stop2", "stop3", "pc3", "threads"):
         assert pyvmm_run.value(label) == theirs.value(label), label
     banner = re.compile(r'<linux_banner>:\s+(".*")')
     assert banner.findall(pyvmm_run.transcript) == banner.findall(theirs.transcript)
+
+
+# -- the kernel's own gdb scripts, on the debug kernel ---------------------------------------
+
+DEBUG_KERNEL = REPO / "images" / "out" / "linux-debug"
+
+
+def why_no_debug_kernel() -> str | None:
+    if not (DEBUG_KERNEL / "vmlinux-gdb.py").exists():
+        return (f"the debug kernel is not built ({DEBUG_KERNEL}: bash images/build.sh "
+                "linux-debug; scripts/test.sh builds it with the rig's patched QEMU)")
+    return None
+
+
+#: At the reboot syscall (the guest's /init is done): the kernel's log and its tasks.
+#: (hbreak: at -S paging is off, so an int3 can't be written at a kernel address yet.)
+LX_COMMANDS = (
+    "hbreak __x64_sys_reboot", "continue", py(FUNCTION, "stop"), "delete",
+    "echo lx-dmesg-begin\\n", "lx-dmesg", "echo lx-dmesg-end\\n",
+    "echo lx-ps-begin\\n", "lx-ps", "echo lx-ps-end\\n", "detach",
+)
+
+
+@dataclass
+class KernelView:
+    """What lx-dmesg and lx-ps printed: the log's lines, the tasks by pid."""
+
+    dmesg: list[str]
+    tasks: dict[int, str]
+
+
+def kernel_view(run: Session) -> KernelView:
+    def between(name: str) -> str:
+        match = re.search(rf"^{name}-begin\n(.*?)^{name}-end$", run.transcript,
+                          re.MULTILINE | re.DOTALL)
+        assert match, f"no {name} output in gdb's transcript:\n{run.transcript}"
+        return match.group(1)
+
+    dmesg = [re.sub(r"^\[\s*[0-9.]+\] ", "", line) for line in between("lx-dmesg").splitlines()]
+    # lx-ps: "0xffff888000123400 <pid> <comm>" per task.
+    tasks = {int(m.group(1)): m.group(2) for m in re.finditer(
+        r"^0x[0-9a-f]+\s+(\d+)\s+(\S+)\s*$", between("lx-ps"), re.MULTILINE)}
+    return KernelView(dmesg, tasks)
+
+
+def check_kernel_view(run: Session) -> KernelView:
+    assert run.value("stop") == "__x64_sys_reboot", run.transcript
+    view = kernel_view(run)
+    assert view.dmesg and view.dmesg[0].startswith("Linux version 6.1"), run.transcript
+    assert any(line.startswith("Command line: ") and APPEND in line
+               for line in view.dmesg), view.dmesg
+    assert any(line.startswith("Run /init as init process") for line in view.dmesg), view.dmesg
+    assert view.tasks.get(0) == "swapper/0" and view.tasks.get(2) == "kthreadd", run.transcript
+    assert 1 in view.tasks, run.transcript  # /init, the reboot syscall's caller
+    assert "gdb-guest-ran" in run.console and run.status == 0, run.console
+    return view
+
+
+needs_debug_kernel = pytest.mark.skipif(why_no_debug_kernel() is not None,
+                                        reason=str(why_no_debug_kernel()))
+
+
+@pytest.fixture(scope="module")
+def pyvmm_lx_run(tmp_path_factory: pytest.TempPathFactory) -> Session:
+    return pyvmm_session(tmp_path_factory.mktemp("pyvmm-lx"), DEBUG_KERNEL / "bzImage",
+                         LX_COMMANDS)
+
+
+@needs_debug_kernel
+def test_pyvmm_runs_the_kernels_gdb_scripts(pyvmm_lx_run: Session) -> None:
+    check_kernel_view(pyvmm_lx_run)
+
+
+@needs_debug_kernel
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="no QEMU")
+def test_qemu_runs_the_kernels_gdb_scripts_alike(pyvmm_lx_run: Session, tmp_path: Path) -> None:
+    ours = check_kernel_view(pyvmm_lx_run)
+    theirs = check_kernel_view(qemu_session(tmp_path, DEBUG_KERNEL / "bzImage", LX_COMMANDS))
+    assert ours.dmesg[0] == theirs.dmesg[0]  # the same kernel
+    assert {pid: ours.tasks[pid] for pid in (0, 1, 2)} == \
+        {pid: theirs.tasks[pid] for pid in (0, 1, 2)}

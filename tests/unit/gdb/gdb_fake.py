@@ -26,6 +26,8 @@ class FakeTarget:
         self.stop_alls = 0
         self.killed = False
         self.monitored: list[str] = []
+        #: Z type -> why the back end can't (as kvm_pvm says of watchpoints).
+        self.unavailable: dict[int, str] = {}
 
     @property
     def cpus(self) -> int:
@@ -83,6 +85,9 @@ class FakeTarget:
         if command.startswith("dump "):
             return "dumped\n"
         raise ValueError(f"unknown monitor command {command!r}")
+
+    def point_unavailable(self, kind: int) -> str | None:
+        return self.unavailable.get(kind)
 
     def kill(self) -> None:
         self.killed = True

@@ -222,6 +222,17 @@ def test_continue_then_a_breakpoint_stop(target: FakeTarget, session: Session) -
     assert ask(session, b"qC") == [b"QC2"]  # the stopped vCPU is the current thread
 
 
+def test_points_the_back_end_cannot_deliver_are_refused_with_a_log_line(
+        target: FakeTarget, session: Session, caplog: pytest.LogCaptureFixture) -> None:
+    target.unavailable = {2: "no watchpoints here", 4: "no watchpoints here"}
+    assert ask(session, b"Z2,602000,4") == [b"E16"]  # an error: gdb says it couldn't insert
+    assert ask(session, b"Z2,602008,4") == [b"E16"]
+    assert ask(session, b"z2,602000,4") == [b"OK"]   # removing one never fails
+    assert ask(session, b"Z1,401000,1") == [b"OK"]   # what the back end has still works
+    assert session.hw_points == [(1, 0x401000, 1)]
+    assert [r.getMessage() for r in caplog.records] == ["gdb: no watchpoints here"]  # once
+
+
 def test_watch_stop_names_the_address(target: FakeTarget, session: Session) -> None:
     ask(session, b"c")
     target.pending.append(Stop(0, reason="watch", address=0x602000))

@@ -13,18 +13,28 @@ fixture does) and prints, per phase, the median of:
   the console's round trip), then the same again (``2nd answer``: the steady
   state, with the clone's first-touch page faults behind it);
 
+``--variants`` adds, alternating with those, restores made differently, to see
+what makes a clone's first answer slower than the booted guest's:
+``populate``: the RAM's data extents (the memory file's, by SEEK_DATA/SEEK_HOLE)
+prefaulted with ``MADV_POPULATE_READ`` first (first-touch faults of the private
+mapping?); ``uart-c``: ``PYVMM_UART_FASTPATH=c``, no coalesced THR ring, so
+no ring zone (un)registered, each an SRCU grace period in KVM;
+
 then the cProfile of ``--profile`` more restores to their first answer (the
 slowest functions by cumulative and own time; the vCPU thread is not profiled:
 only what the calling thread does).
 
 Usage: python3 bench/snapshot_profile.py [--runs 5] [--profile 3] [--memory 256M]
+                                             [--variants populate uart-c]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import errno
 import io
+import os
 import pstats
 import statistics
 import tempfile
@@ -32,6 +42,7 @@ import time
 from pathlib import Path
 
 import pyvmm
+from pyvmm.snapshot import restore as restore_module
 from pyvmm.snapshot.restore import load_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,12 +56,60 @@ def ask(vm: pyvmm.Machine, number: int) -> None:
     vm.console.expect(f"r{number * 7}".encode(), 300)
 
 
-def restore_phases(snapshot: Path) -> dict[str, float]:
+MADV_POPULATE_READ = 22  # Linux 5.14
+
+
+def populate(memory, path: Path, layout) -> int:  # (GuestMemory, ..., its layout)
+    """Prefault the data extents of ``path`` in ``memory``; how many extents."""
+    extents = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for region, (_, size, offset) in zip(memory.regions, layout):
+            position, end = offset, offset + size
+            while position < end:
+                try:
+                    data = os.lseek(fd, position, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == errno.ENXIO:
+                        break
+                    raise
+                if data >= end:
+                    break
+                hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+                region.buffer.madvise(MADV_POPULATE_READ, data - offset, hole - data)
+                extents += 1
+                position = hole
+    finally:
+        os.close(fd)
+    return extents
+
+
+def restore_phases(snapshot: Path, variant: str = "plain") -> dict[str, float]:
+    if variant == "uart-c":
+        os.environ["PYVMM_UART_FASTPATH"] = "c"
+        try:
+            return restore_phases(snapshot)
+        finally:
+            del os.environ["PYVMM_UART_FASTPATH"]
+    prefault = variant == "populate"
     marks = [time.perf_counter()]
     loaded = load_snapshot(str(snapshot), snapshot=True)
     marks.append(time.perf_counter())
     vm = pyvmm.Machine.__new__(pyvmm.Machine)
-    vm._build(loaded.config, loaded)
+    real_map = restore_module.map_memory
+    if prefault:
+        def map_and_populate(directory: str, layout):  # type: ignore[no-untyped-def]
+            memory = real_map(directory, layout)
+            began = time.perf_counter()
+            extents = populate(memory, Path(directory) / "memory.raw", layout)
+            print(f"  (populated {extents} extents in "
+                  f"{(time.perf_counter() - began) * 1e3:.1f} ms)", flush=True)
+            return memory
+        restore_module.map_memory = map_and_populate  # type: ignore[assignment]
+    try:
+        vm._build(loaded.config, loaded)
+    finally:
+        restore_module.map_memory = real_map  # type: ignore[assignment]
     marks.append(time.perf_counter())
     try:
         vm.start()
@@ -82,6 +141,7 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=3)
     parser.add_argument("--memory", default="256M")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--variants", nargs="*", default=[], choices=("populate", "uart-c"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pyvmm-profile-") as where:
         work = Path(where)
@@ -105,12 +165,18 @@ def main() -> None:
         print(f"boot to the prompt {boot:.2f} s; the booted guest's answers "
               f"{' '.join(f'{a * 1e3:.0f}' for a in answers)} ms; snapshot paused the guest "
               f"{info.seconds * 1e3:.0f} ms", flush=True)
-        runs = [restore_phases(snapshot) for _ in range(args.runs)]
-        print(f"\n== restore phases, {args.memory}, median of {args.runs} (ms) ==")
-        for name in runs[0]:
-            values = [run[name] * 1e3 for run in runs]
-            print(f"  {name:22} {statistics.median(values):8.1f}   (all: "
-                  f"{' '.join(f'{v:.1f}' for v in values)})")
+        variants = ["plain", *args.variants]
+        runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
+        for _ in range(args.runs):
+            for variant in variants:
+                runs[variant].append(restore_phases(snapshot, variant))
+        for variant, done in runs.items():
+            print(f"\n== restore phases, {args.memory}, median of {args.runs} (ms), "
+                  f"{variant} ==")
+            for name in done[0]:
+                values = [run[name] * 1e3 for run in done]
+                print(f"  {name:22} {statistics.median(values):8.1f}   (all: "
+                      f"{' '.join(f'{v:.1f}' for v in values)})")
         profile = cProfile.Profile()
         profile.enable()
         for _ in range(args.profile):

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 import pyvmm
-from pyvmm.snapshot import restore as restore_module
+from pyvmm.snapshot import memfile, restore as restore_module
 from pyvmm.snapshot.restore import load_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def restore_phases(snapshot: Path, variant: str = "plain") -> dict[str, float]:
     loaded = load_snapshot(str(snapshot), snapshot=True)
     marks.append(time.perf_counter())
     vm = pyvmm.Machine.__new__(pyvmm.Machine)
-    real_map = restore_module.map_memory
+    real_map = memfile.map_memory
     if prefault:
         def map_and_populate(directory: str, layout):  # type: ignore[no-untyped-def]
             memory = real_map(directory, layout)
@@ -105,11 +105,11 @@ def restore_phases(snapshot: Path, variant: str = "plain") -> dict[str, float]:
             print(f"  (populated {extents} extents in "
                   f"{(time.perf_counter() - began) * 1e3:.1f} ms)", flush=True)
             return memory
-        restore_module.map_memory = map_and_populate  # type: ignore[assignment]
+        setattr(restore_module, "map_memory", map_and_populate)
     try:
         vm._build(loaded.config, loaded)
     finally:
-        restore_module.map_memory = real_map  # type: ignore[assignment]
+        setattr(restore_module, "map_memory", real_map)
     marks.append(time.perf_counter())
     try:
         vm.start()

@@ -82,8 +82,12 @@ def test_a_settled_disk_is_fingerprinted_once(disk: Path, settled: None,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[int] = []
     real = disks.fingerprint
-    monkeypatch.setattr(disks, "fingerprint", lambda fd, size: reads.append(size) or
-                        real(fd, size))
+
+    def counted(fd: int, size: int) -> str:
+        reads.append(size)
+        return real(fd, size)
+
+    monkeypatch.setattr(disks, "fingerprint", counted)
     saved = disks.identity(str(disk))
     for _ in range(3):
         disks.check_images("snap", [saved])

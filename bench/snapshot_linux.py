@@ -12,7 +12,8 @@ the guest's answer to ``echo r$((6*7))``.  Reports medians of ``--runs``:
   boot vs ``-loadvm`` of a snapshot ``savevm`` took at the same prompt;
 * RSS a clone adds to its process (anonymous and file-backed), 256 MiB and 1 GiB.
 
-Usage: python3 bench/snapshot_linux.py [--runs 5] [--memory 256M 1G]
+Usage: python3 bench/snapshot_linux.py [--runs 5] [--memory 256M 1G] [--no-qemu]
+                                       [--in-process-only]
 """
 
 from __future__ import annotations
@@ -193,6 +194,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--memory", nargs="+", default=["256M", "1G"])
     parser.add_argument("--no-qemu", action="store_true")
+    parser.add_argument("--in-process-only", action="store_true",
+                        help="only the in-process rows (no pyvmm run processes, no QEMU)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pyvmm-bench-") as where:
         work = Path(where)
@@ -207,7 +210,7 @@ def main() -> None:
                 "QEMU cold boot (process)", "QEMU -loadvm (process)")}
             qcow2 = work / f"disk-{memory}.qcow2"
             savevm = None
-            qemu = not args.no_qemu
+            qemu = not args.no_qemu and not args.in_process_only
             if qemu:
                 subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "16M"],
                                check=True)
@@ -219,8 +222,10 @@ def main() -> None:
             for _ in range(args.runs):  # interleaved, so drifts in the host hit all alike
                 rows["pyvmm cold boot, in-process"].append(cold_in_process(memory, disk))
                 rows["pyvmm restore, in-process"].append(restore_in_process(snap))
-                rows["pyvmm run (process)"].append(pyvmm_process(memory, disk, None))
-                rows["pyvmm run --restore (process)"].append(pyvmm_process(memory, disk, snap))
+                if not args.in_process_only:
+                    rows["pyvmm run (process)"].append(pyvmm_process(memory, disk, None))
+                    rows["pyvmm run --restore (process)"].append(
+                        pyvmm_process(memory, disk, snap))
                 if qemu:
                     try:
                         rows["QEMU cold boot (process)"].append(answer_of_process(
@@ -239,9 +244,10 @@ def main() -> None:
             cold, warm = (statistics.median(rows[name]) for name in (
                 "pyvmm cold boot, in-process", "pyvmm restore, in-process"))
             print(f"restore / cold boot, in-process: {100 * warm / cold:.1f}%")
-            cold, warm = (statistics.median(rows[name]) for name in (
-                "pyvmm run (process)", "pyvmm run --restore (process)"))
-            print(f"restore / cold boot, processes:  {100 * warm / cold:.1f}%")
+            if rows["pyvmm run (process)"]:
+                cold, warm = (statistics.median(rows[name]) for name in (
+                    "pyvmm run (process)", "pyvmm run --restore (process)"))
+                print(f"restore / cold boot, processes:  {100 * warm / cold:.1f}%")
             if rows["QEMU -loadvm (process)"]:
                 cold, warm = (statistics.median(rows[name]) for name in (
                     "QEMU cold boot (process)", "QEMU -loadvm (process)"))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Iterable
 
 from pyvmm.errors import KvmError
 from pyvmm.kvm._ffi import ffi, ioctl, ioctl_value, lib
@@ -55,6 +55,8 @@ RESTORE_ORDER = ("regs", "sregs", "xsave", "fpu", "xcrs", "debugregs", "lapic", 
 REQUIRED_PARTS = ("regs", "sregs", "lapic", "msrs")
 #: The in-kernel irqchip's three chips, as KVM_GET_IRQCHIP numbers them.
 IRQCHIPS = ("pic_master", "pic_slave", "ioapic")
+#: A CPUID leaf's fields, in ``CpuidTuple`` order.
+_CPUID_FIELDS = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
 #: KVM_GET_MSRS entries asked for at once (KVM caps one call at 0x100... and more).
 _MSR_BATCH = 128
 _MSR_LIST_CAPACITY = 1024
@@ -71,6 +73,26 @@ class VcpuState:
     tsc_khz: int | None = None
     #: Parts this host's KVM could not give, with why (a restore leaves them at reset).
     missing: dict[str, str] = field(default_factory=dict)
+    #: The CPUID table and the MSRs as the kernel structs KVM_SET_CPUID2 and KVM_SET_MSRS
+    #: take, built by the first restore: a snapshot kept in a process restores many clones.
+    #: Treat as read-only (KVM only reads them); the MSRs are copied to move the TSC on.
+    packed: tuple[Any, Any, int | None] | None = field(default=None, init=False, repr=False,
+                                                       compare=False)
+
+    def kernel_structs(self) -> tuple[Any, Any, int | None]:
+        """(struct kvm_cpuid2 *, struct kvm_msrs *, the TSC's entry in it) of ``cpuid`` and
+        ``msrs``, built once."""
+        if self.packed is None:
+            cpuid = ffi.new("struct kvm_cpuid2 *", {
+                "nent": len(self.cpuid),
+                "entries": [dict(zip(_CPUID_FIELDS, leaf)) for leaf in self.cpuid]})
+            msrs = ffi.new("struct kvm_msrs *", {
+                "nmsrs": len(self.msrs),
+                "entries": [{"index": index, "data": value} for index, value in self.msrs]})
+            tsc = next((slot for slot, (index, _) in enumerate(self.msrs)
+                        if index == MSR_IA32_TSC), None)
+            self.packed = (cpuid, msrs, tsc)
+        return self.packed
 
 
 @dataclass
@@ -175,18 +197,16 @@ def save_vcpu(kvm: Kvm, vcpu: Vcpu, msr_indices: Iterable[int],
     return VcpuState(int(mp.mp_state), structs, msrs, list(cpuid), tsc_khz, missing)
 
 
-def restore_vcpu(kvm: Kvm, vcpu: Vcpu, state: VcpuState,
-                 set_cpuid: Callable[[Vcpu, list[CpuidTuple]], None],
-                 advance_ns: int = 0) -> list[str]:
+def restore_vcpu(kvm: Kvm, vcpu: Vcpu, state: VcpuState, advance_ns: int = 0) -> list[str]:
     """Write ``state`` into a new vCPU, in the order the module doc gives; return warnings.
 
-    ``set_cpuid`` sets the leaves (the platform's type for them is not the binding's).
     ``advance_ns``: the time since the snapshot, by which the guest's TSC moves on
     (a guest whose clocksource is the TSC then keeps the host's time).
     """
     warnings = [f"vCPU {vcpu.id}: {part} not saved ({why}); left at reset"
                 for part, why in state.missing.items()]
-    set_cpuid(vcpu, state.cpuid)
+    cpuid, saved_msrs, tsc_slot = state.kernel_structs()
+    ioctl(vcpu.fd, lib.KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2")
     if state.tsc_khz is not None and _has(kvm, "KVM_CAP_GET_TSC_KHZ"):
         here = ioctl_value(vcpu.fd, lib.KVM_GET_TSC_KHZ, 0, "KVM_GET_TSC_KHZ")
         if abs(here - state.tsc_khz) > state.tsc_khz // 4000:  # 250 ppm, as QEMU allows
@@ -199,9 +219,8 @@ def restore_vcpu(kvm: Kvm, vcpu: Vcpu, state: VcpuState,
     ioctl(vcpu.fd, lib.KVM_SET_MP_STATE, mp, "KVM_SET_MP_STATE")
     for part in RESTORE_ORDER:
         if part == "msrs":
-            ticks = advance_ns * (state.tsc_khz or 0) // 1_000_000
-            vcpu.set_msrs([(index, (value + ticks) & (1 << 64) - 1 if index == MSR_IA32_TSC
-                            else value) for index, value in state.msrs])
+            _set_msrs(vcpu, saved_msrs, tsc_slot,
+                      advance_ns * (state.tsc_khz or 0) // 1_000_000)
             continue
         data = state.structs.get(part)
         if data is None:
@@ -215,6 +234,22 @@ def restore_vcpu(kvm: Kvm, vcpu: Vcpu, state: VcpuState,
             continue
         ioctl(vcpu.fd, getattr(lib, set_name), _blob(ctype, data, part), set_name)
     return warnings
+
+
+def _set_msrs(vcpu: Vcpu, saved: Any, tsc_slot: int | None, tsc_ticks: int) -> None:
+    """KVM_SET_MSRS of a copy of ``saved`` (a struct kvm_msrs) with the TSC (its entry
+    ``tsc_slot``) moved on by ``tsc_ticks``; every MSR must be accepted."""
+    count = saved.nmsrs
+    size = ffi.sizeof("struct kvm_msrs") + count * ffi.sizeof("struct kvm_msr_entry")
+    request = ffi.new("struct kvm_msrs *", {"nmsrs": count, "entries": count})
+    ffi.memmove(request, saved, size)
+    if tsc_slot is not None:
+        entry = request.entries[tsc_slot]
+        entry.data = (entry.data + tsc_ticks) & (1 << 64) - 1
+    done = ioctl(vcpu.fd, lib.KVM_SET_MSRS, request, "KVM_SET_MSRS")
+    if done != count:
+        raise KvmError(f"KVM_SET_MSRS (MSR {request.entries[done].index:#x} refused)",
+                       errno.EINVAL)
 
 
 def kvmclock_ctrl(vcpu: Vcpu) -> None:

@@ -27,6 +27,9 @@ REQUIRED_CAPABILITIES: dict[str, int] = {
 #: Entries requested from KVM_GET_SUPPORTED_CPUID (doubled on E2BIG).
 _CPUID_ENTRIES = 128
 
+#: KVM_CHECK_EXTENSION's answers by (device path, capability), for ``check_extension``.
+_CAPABILITIES: dict[tuple[str, int], int] = {}
+
 #: A CPUID leaf as plain data: (function, index, flags, eax, ebx, ecx, edx).
 CpuidTuple = tuple[int, int, int, int, int, int, int]
 
@@ -36,6 +39,7 @@ class Kvm:
 
     def __init__(self, path: str | None = None) -> None:
         path = path or environment.KVM_DEVICE.get()
+        self.path = path
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -55,8 +59,19 @@ class Kvm:
                 f"{path} speaks KVM API version {version}, pyvmm needs {lib.KVM_API_VERSION}")
 
     def check_extension(self, capability: int) -> int:
-        """KVM_CHECK_EXTENSION: 0 when absent, else a capability-specific value."""
-        return ioctl_value(self.fd, lib.KVM_CHECK_EXTENSION, capability, "KVM_CHECK_EXTENSION")
+        """KVM_CHECK_EXTENSION: 0 when absent, else a capability-specific value.
+
+        The answer is the loaded KVM module's, so each is asked once per process
+        and device (a machine's assembly asks some 30; a restore in the rig,
+        where an ioctl is emulated, paid milliseconds for them).
+        """
+        key = (self.path, capability)
+        value = _CAPABILITIES.get(key)
+        if value is None:
+            value = ioctl_value(self.fd, lib.KVM_CHECK_EXTENSION, capability,
+                                "KVM_CHECK_EXTENSION")
+            _CAPABILITIES[key] = value
+        return value
 
     def has_tsc_deadline_timer(self) -> bool:
         """Whether the in-kernel LAPIC emulates TSC-deadline mode (userspace must say so in CPUID)."""

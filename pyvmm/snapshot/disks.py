@@ -14,6 +14,11 @@ spaced between (each at a 4 KiB boundary); about 1 MiB read, whatever the
 image's size.  Any write through the filesystem moves the mtime; the
 fingerprint catches a file replaced by another of the same size whose mtime
 was set back (``cp -p``, ``touch -d``) where the two differ in those blocks.
+
+A process reads a regular file's fingerprint once while the file's inode,
+size, mtime and ctime stay as they were (``pyvmm/snapshot/filecache.py``):
+a fixture restoring many clones reads 1 MiB once, not once per clone.  Any
+write, or an mtime set back, moves the ctime, and the next check reads it again.
 """
 
 from __future__ import annotations
@@ -24,10 +29,14 @@ import stat
 from typing import Any, Mapping
 
 from pyvmm.snapshot import SnapshotError
+from pyvmm.snapshot.filecache import FileCache
 
 #: Bytes read at each sampled place, and how many places.
 SAMPLE_BYTES = 64 << 10
 SAMPLES = 17
+#: Each regular file's fingerprint as last read, by path, while the file is unchanged
+#: (``filecache``): the snapshot and every restore of it in a process read it once.
+_FINGERPRINTS: FileCache[str] = FileCache()
 
 
 def sample_offsets(size: int) -> list[int]:
@@ -54,9 +63,14 @@ def identity(path: str) -> dict[str, Any]:
     try:
         info = os.fstat(fd)
         size = os.lseek(fd, 0, os.SEEK_END)
+        regular = stat.S_ISREG(info.st_mode)
+        known = _FINGERPRINTS.get(path, info) if regular else None
+        if known is None:
+            known = fingerprint(fd, size)
+            if regular:
+                _FINGERPRINTS.put(path, info, known)
         return {"path": path, "size": size,
-                "mtime_ns": info.st_mtime_ns if stat.S_ISREG(info.st_mode) else None,
-                "fingerprint": fingerprint(fd, size)}
+                "mtime_ns": info.st_mtime_ns if regular else None, "fingerprint": known}
     except OSError as exc:
         raise SnapshotError(f"disk image {path}: {exc.strerror}") from None
     finally:

@@ -4,6 +4,14 @@
 per-run options a restore may give); the builder then assembles the machine as
 for a boot, but with RAM from ``map_memory`` and, instead of loading a kernel,
 ``restore_vcpus`` and ``restore_devices``.
+
+A process keeps what it read, checked and decoded of a state file (and the
+CPU check's verdict, the CPUID tables, the kernel structs of CPUID and MSRs)
+for as long as the file is unchanged (``filecache``): a suite's fixture
+restores many clones of one snapshot, and in an emulated host that work
+was a third of a restore.  Each restore still opens the state file (its
+identity is the cache's key), checks the disk images (their fingerprints
+cached the same way) and maps the memory file, checking its length.
 """
 
 from __future__ import annotations
@@ -12,9 +20,10 @@ import base64
 import binascii
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from pyvmm.arch.x86_64.cpuid import CpuidEntry
 from pyvmm.config.machine import MachineConfig, machine_options
@@ -27,12 +36,13 @@ from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.memory import GuestMemory
-from pyvmm.snapshot import SnapshotError
+from pyvmm.snapshot import STATE_FILE, SnapshotError
 from pyvmm.snapshot.cpu import missing_features
 from pyvmm.snapshot.disks import check_images
 from pyvmm.snapshot.memfile import map_memory
 from pyvmm.snapshot.save import PER_RUN_OPTIONS, StatefulDevice
-from pyvmm.snapshot.stateformat import read_state
+from pyvmm.snapshot.filecache import FileCache
+from pyvmm.snapshot.stateformat import open_state, read_open_state
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,8 @@ class Snapshot:
     #: Every vCPU's and the VM's KVM state, decoded once (``load_snapshot`` checks them).
     vcpus: tuple[VcpuState, ...] = ()
     vm: VmState | None = None
+    #: The state file's checks this process keeps (shared by restores of it).
+    checked: "CheckedState | None" = None
 
     def map_memory(self) -> GuestMemory:
         return map_memory(self.directory, self.body["memory"]["layout"])
@@ -124,36 +136,89 @@ def restore_config(saved: Mapping[str, Any], overrides: Mapping[str, Any]) -> Ma
         raise SnapshotError(f"the snapshot's machine config is refused: {exc}") from None
 
 
+@dataclass
+class CheckedState:
+    """A state file read, checked and decoded: what every restore of it starts from.
+
+    Kept per process while the file is unchanged (``filecache``), so a pytest
+    suite's many clones of one snapshot don't read, checksum and decode it each.
+    Shared by those restores: read-only, but for what is filled in once.
+    """
+
+    body: dict
+    vcpus: tuple[VcpuState, ...]
+    vm: VmState
+    #: The machine config per restore's options (``repr`` of them sorted).
+    configs: dict[str, MachineConfig] = dataclasses.field(default_factory=dict)
+    #: Whether this process's KVM was found to offer the CPU features the guest saw.
+    cpu_checked: bool = False
+    #: Each vCPU's CPUID table as entries (``saved_cpuid``), made once.
+    cpuid: tuple[tuple[CpuidEntry, ...], ...] | None = None
+
+
+#: Each state file checked, by path, while unchanged.
+_CHECKED: FileCache[CheckedState] = FileCache()
+
+
+def check_state(directory: str, body: dict) -> CheckedState:
+    """``body`` decoded and checked for what a restore needs (SnapshotError otherwise)."""
+    try:
+        vcpus = tuple(decode_vcpu(state) for state in body["vcpus"])
+        vm = decode_vm(body["vm"])
+        body["config"], body["memory"]["layout"], body["devices"], body["virtio"]  # noqa: B018
+        if len(body["disks"]) != len(body["config"]["drives"]):
+            raise SnapshotError(f"{directory}: {len(body['disks'])} disk records for "
+                                f"{len(body['config']['drives'])} drives")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"{directory}: the state file lacks {exc} (damaged, or "
+                            "written by another pyvmm)") from None
+    return CheckedState(body, vcpus, vm)
+
+
+def checked_state(directory: str) -> CheckedState:
+    """``directory``'s state file checked: read once per process while it is unchanged."""
+    fd, info = open_state(directory)
+    try:
+        path = os.path.abspath(os.path.join(directory, STATE_FILE))
+        checked = _CHECKED.get(path, info)
+        if checked is None:
+            checked = check_state(directory, read_open_state(fd, path))
+            _CHECKED.put(path, info, checked)
+        return checked
+    finally:
+        os.close(fd)
+
+
 def load_snapshot(directory: str, changed_disks: bool = False, **overrides: Any) -> Snapshot:
     """The checked snapshot in ``directory`` (SnapshotError for anything wrong with it).
 
     Its disk images must be unchanged since (``pyvmm.snapshot.disks``) unless
     ``changed_disks``; ``snapshot=True`` restores onto throwaway overlays over them.
     """
-    body = read_state(directory)
-    overlays = bool(overrides.get("snapshot"))
-    try:
-        config = restore_config(body["config"], overrides)
-        images = list(body["disks"])
-        vcpus = tuple(decode_vcpu(state) for state in body["vcpus"])
-        vm = decode_vm(body["vm"])
-        body["memory"]["layout"], body["devices"], body["virtio"]  # noqa: B018 - present
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SnapshotError(f"{directory}: the state file lacks {exc} (damaged, or "
-                            "written by another pyvmm)") from None
-    if len(body["vcpus"]) != config.cpus:
-        raise SnapshotError(f"{directory}: {len(body['vcpus'])} vCPU states for "
-                            f"{config.cpus} vCPUs")
-    if len(images) != len(config.drives):
-        raise SnapshotError(f"{directory}: {len(images)} disk records for "
-                            f"{len(config.drives)} drives")
+    checked = checked_state(directory)
+    body = checked.body
+    key = repr(sorted(overrides.items()))
+    config = checked.configs.get(key)
+    if config is None:
+        try:
+            config = restore_config(body["config"], overrides)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"{directory}: the state file lacks {exc} (damaged, or "
+                                "written by another pyvmm)") from None
+        if len(checked.vcpus) != config.cpus:
+            raise SnapshotError(f"{directory}: {len(checked.vcpus)} vCPU states for "
+                                f"{config.cpus} vCPUs")
+        checked.configs[key] = config
     if not changed_disks:
-        check_images(directory, images)
-    return Snapshot(directory, config, body, overlays, vcpus, vm)
+        check_images(directory, body["disks"])
+    return Snapshot(directory, config, body, bool(overrides.get("snapshot")), checked.vcpus,
+                    checked.vm, checked)
 
 
 def check_cpu(snapshot: Snapshot, kvm: Kvm) -> None:
     """HostError naming the CPU features the guest saw that this host's KVM can't offer."""
+    if snapshot.checked is not None and snapshot.checked.cpu_checked:
+        return  # this process's KVM passed it for this state file
     supported = [CpuidEntry(*leaf) for leaf in kvm.supported_cpuid()]
     for index, saved in enumerate(saved_cpuid(snapshot)):
         missing = missing_features(saved, supported, index, snapshot.config.cpus,
@@ -162,20 +227,29 @@ def check_cpu(snapshot: Snapshot, kvm: Kvm) -> None:
             raise HostError(f"{snapshot.directory}: the guest saw CPU features this host "
                             f"lacks: {', '.join(missing[:6])}"
                             f"{' ...' if len(missing) > 6 else ''}")
+    if snapshot.checked is not None:
+        snapshot.checked.cpu_checked = True
 
 
 def saved_cpuid(snapshot: Snapshot) -> list[list[CpuidEntry]]:
-    """Each vCPU's CPUID table as the snapshot has it."""
-    return [[CpuidEntry(*leaf) for leaf in state.cpuid] for state in snapshot.vcpus]
+    """Each vCPU's CPUID table as the snapshot has it (made once per checked state file;
+    the entries are frozen, the lists the caller's)."""
+    checked = snapshot.checked
+    if checked is not None and checked.cpuid is not None:
+        return [list(leaves) for leaves in checked.cpuid]
+    tables = [[CpuidEntry(*leaf) for leaf in state.cpuid] for state in snapshot.vcpus]
+    if checked is not None:
+        checked.cpuid = tuple(tuple(leaves) for leaves in tables)
+    return tables
 
 
 def restore_vcpus(snapshot: Snapshot, kvm: Kvm, vcpus: Sequence[Vcpu],
-                  set_cpuid: Callable[[Vcpu, list], None], advance_ns: int = 0) -> list[str]:
-    """Every vCPU's saved state, written in KVM's order, its TSC moved on by ``advance_ns``;
-    warnings for parts left at reset."""
+                  advance_ns: int = 0) -> list[str]:
+    """Every vCPU's saved state (its CPUID first), written in KVM's order, its TSC moved
+    on by ``advance_ns``; warnings for parts left at reset."""
     warnings: list[str] = []
     for vcpu, state in zip(vcpus, snapshot.vcpus):
-        warnings += restore_vcpu(kvm, vcpu, state, set_cpuid, advance_ns)
+        warnings += restore_vcpu(kvm, vcpu, state, advance_ns)
     return warnings
 
 

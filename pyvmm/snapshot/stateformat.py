@@ -62,8 +62,8 @@ def write_state(directory: str, body: dict) -> None:
         os.close(fd)
 
 
-def read_state(directory: str) -> dict:
-    """The body of ``directory``/state.json, checked (SnapshotError otherwise)."""
+def open_state(directory: str) -> tuple[int, os.stat_result]:
+    """``directory``/state.json open (an fd the caller closes) and its ``fstat``."""
     path = os.path.join(directory, STATE_FILE)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -71,10 +71,33 @@ def read_state(directory: str) -> dict:
         raise SnapshotError(f"{directory}: no snapshot here ({STATE_FILE}: "
                             f"{exc.strerror})") from None
     try:
-        with os.fdopen(fd, "rb") as file:
-            data = file.read(MAX_STATE_BYTES + 1)
+        return fd, os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise SnapshotError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def read_open_state(fd: int, path: str) -> dict:
+    """The body of the state file open as ``fd`` (``path`` names it), checked."""
+    chunks, left = [], MAX_STATE_BYTES + 1
+    try:
+        while left:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
     except OSError as exc:
         raise SnapshotError(f"cannot read {path}: {exc.strerror}") from None
-    if len(data) > MAX_STATE_BYTES:
+    if not left:
         raise SnapshotError(f"{path}: larger than {MAX_STATE_BYTES >> 20} MiB: not a state file")
-    return decode_state(data, path)
+    return decode_state(b"".join(chunks), path)
+
+
+def read_state(directory: str) -> dict:
+    """The body of ``directory``/state.json, checked (SnapshotError otherwise)."""
+    fd, _ = open_state(directory)
+    try:
+        return read_open_state(fd, os.path.join(directory, STATE_FILE))
+    finally:
+        os.close(fd)

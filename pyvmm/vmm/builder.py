@@ -194,15 +194,6 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
         _policy_warned.append(True)  # once per process, not per --on-reboot restart
         log.warning("/dev/kvm is kvm_pvm, which emulates this guest in software; %s "
                     "(--cpu host keeps them)", describe_policy(policy))
-    supported = [CpuidEntry(*leaf) for leaf in kvm.supported_cpuid()]
-    read_host_cpuid = host_cpuid()
-    if read_host_cpuid is not None:
-        supported = with_host_leaves(supported, host_leaves(read_host_cpuid))
-    elif not _stale_helper_warned:
-        _stale_helper_warned.append(True)
-        log.warning("pyvmm's compiled host helper predates CPUID pass-through: the guest sees "
-                    "no brand string (rebuild: python3 setup.py build_ext --inplace)")
-
     vm = kvm.create_vm()
     vm.set_tss_address(KVM_TSS_ADDRESS)
     vm.create_irqchip()
@@ -218,13 +209,12 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
         check_cpu(snapshot, kvm)
         cpuid = saved_cpuid(snapshot)
         advance_ns = snapshot.clock_advance_ns()  # the guest's clocks move on by this
-        for warning in restore_vcpus(snapshot, kvm, vcpus, lambda vcpu, leaves:
-                                     vcpu.set_cpuid(CpuidEntry(*leaf) for leaf in leaves),
-                                     advance_ns):
+        for warning in restore_vcpus(snapshot, kvm, vcpus, advance_ns):
             log.warning("restore: %s", warning)
     else:
         assert boot is not None
         advance_ns = 0
+        supported = _supported_cpuid(kvm)
         cpuid = [adjust_cpuid(supported, vcpu.id, config.cpus, policy,
                               tsc_deadline=kvm.has_tsc_deadline_timer()) for vcpu in vcpus]
         for vcpu, leaves in zip(vcpus, cpuid):
@@ -275,6 +265,20 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                         closers=[networks.close, shares.close, disks.close]
                         + ([vsock.close] if vsock is not None else []),
                         assists=assists, gdb=gdb, stateful=stateful, cpuid=cpuid)
+
+
+def _supported_cpuid(kvm: Kvm) -> list[CpuidEntry]:
+    """The leaves a booted guest's CPUID is made from: KVM's, with the host's brand string
+    and cache leaves (a restore takes the snapshot's table instead)."""
+    supported = [CpuidEntry(*leaf) for leaf in kvm.supported_cpuid()]
+    read_host_cpuid = host_cpuid()
+    if read_host_cpuid is not None:
+        return with_host_leaves(supported, host_leaves(read_host_cpuid))
+    if not _stale_helper_warned:
+        _stale_helper_warned.append(True)
+        log.warning("pyvmm's compiled host helper predates CPUID pass-through: the guest sees "
+                    "no brand string (rebuild: python3 setup.py build_ext --inplace)")
+    return supported
 
 
 def _new_ram(config: MachineConfig, shared: bool) -> GuestMemory:

@@ -25,18 +25,16 @@ The machine decides which windows (``attach_virtio``, from the device's
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-from pyvmm.errors import HostError
-from pyvmm.kvm.vm import Vm
+from pyvmm.vcpu._uart_cffi import ffi  # built with the UART fast path (uart_fastpath.py)
 
-try:
-    from pyvmm.vcpu._uart_cffi import ffi
-except ImportError as exc:  # pragma: no cover - depends on the install
-    raise HostError(
-        "the vCPU's C loop is not built (pyvmm/vcpu/_uart_cffi); "
-        "reinstall with 'pip install -e .' on a machine with gcc and <linux/kvm.h>"
-    ) from exc
+class IoeventfdVm(Protocol):
+    """What this needs of the VM (``pyvmm.kvm.vm.Vm``)."""
+
+    def register_ioeventfd(self, event_fd: int, addr: int, length: int,
+                           datamatch: int | None = None, pio: bool = False) -> None: ...
+
 
 #: The used-buffer bit of InterruptStatus (virtio 1.2, 4.2.2), the ACK KVM absorbs.
 USED_BUFFER = 1
@@ -52,7 +50,7 @@ class InterruptRegistersOffPython:
         #: (InterruptACK's address, its eventfd), per window served.
         self._acks: list[tuple[int, int]] = []
 
-    def serve(self, vm: Vm, status_addr: int, ack_addr: int) -> Callable[[int], None] | None:
+    def serve(self, vm: IoeventfdVm, status_addr: int, ack_addr: int) -> Callable[[int], None] | None:
         """Answer ``status_addr``'s reads in C and let KVM absorb ``ack_addr``'s used-buffer
         ACKs; returns the function that sets what a read returns (None when the table is
         full: Python serves that window as before)."""

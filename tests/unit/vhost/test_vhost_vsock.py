@@ -1,5 +1,6 @@
 """The kernel's vhost-vsock as pyvmm opens it: errors before the guest starts, the ioctl
-numbers from <linux/vhost.h>, ring addresses translated into this process's."""
+numbers from <linux/vhost.h> (vhost-net's too: one binding), ring addresses translated
+into this process's."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from pyvmm.errors import DeviceError
-from pyvmm.vhost._vsock_cffi import lib
-from pyvmm.vhost.vsock import HostRange, VhostVsock, VsockSetupError, host_address
+from pyvmm.vhost._vhost_cffi import lib
+from pyvmm.vhost.kernel import HostRange, host_address
+from pyvmm.vhost.vsock import VhostVsock, VsockSetupError
 
 
 def _iow(number: int, size: int) -> int:
@@ -24,6 +26,7 @@ def test_the_ioctl_numbers_are_the_kernels() -> None:
     assert lib.VHOST_SET_OWNER == 0xAF01
     assert lib.VHOST_SET_VRING_ADDR == _iow(0x11, 40)
     assert lib.VHOST_SET_VRING_KICK == _iow(0x20, 8)
+    assert lib.VHOST_NET_SET_BACKEND == _iow(0x30, 8)
 
 
 def test_a_missing_device_is_one_line_naming_the_module(tmp_path: Path) -> None:
@@ -46,7 +49,7 @@ def test_a_device_without_access_says_so(tmp_path: Path) -> None:
 
 def test_a_device_that_is_not_vhost_is_refused_and_closed() -> None:
     before = set(os.listdir("/proc/self/fd"))
-    with pytest.raises(DeviceError, match="VHOST_SET_OWNER failed"):
+    with pytest.raises(DeviceError, match="^vhost-vsock: VHOST_SET_OWNER refused: "):
         VhostVsock(3, "/dev/null")
     assert set(os.listdir("/proc/self/fd")) == before
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from pyvmm.devices.virtio.queue import DescriptorChain, SplitQueue
 from pyvmm.errors import DeviceError
 from pyvmm.memory import GuestMemory
-from pyvmm.vhost.frontend import VringConfig
+
+if TYPE_CHECKING:
+    from pyvmm.vhost.frontend import VringConfig
 
 # Feature bits common to all devices (virtio 1.2, section 6).
 VIRTIO_F_INDIRECT_DESC = 28
@@ -212,6 +214,8 @@ class VhostDevice(VirtioDevice):
     def activate(self, memory: GuestMemory, driver_features: int,
                  raise_used: Callable[[], None],
                  broken: Callable[[str], None] | None = None) -> None:
+        from pyvmm.vhost.frontend import VringConfig  # a plain boot never loads vhost-user
+
         super().activate(memory, driver_features, raise_used, broken)
         if self.call_fd is None:
             raise DeviceError(f"{self.backend_name} device: no interrupt eventfd bound")

@@ -3,8 +3,8 @@ from setuptools import setup
 
 # Four compiled modules: the KVM binding, the host helpers a disk or a virtio
 # queue needs without KVM (fallocate, a memory fence), the UART fast path's
-# C loop (a vCPU's KVM_RUN that answers the console's polls), and the kernel's
-# vhost-vsock ioctls (--vsock).
+# C loop (a vCPU's KVM_RUN that answers the console's polls and vhost devices'
+# InterruptStatus reads), and the kernel's vhost ioctls (vhost-net, vhost-vsock).
 setup(cffi_modules=["pyvmm/kvm/_build.py:ffibuilder", "pyvmm/host/_build.py:ffibuilder",
                     "pyvmm/vcpu/_uart_build.py:ffibuilder",
-                    "pyvmm/vhost/_vsock_build.py:ffibuilder"])
+                    "pyvmm/vhost/_build.py:ffibuilder"])

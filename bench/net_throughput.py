@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 from pyvmm.command.initramfs.build import _busybox  # noqa: E402
 from pyvmm.command.initramfs.cpio import CpioWriter  # noqa: E402
 from pyvmm.command.initramfs.modules import find_modules, read_module  # noqa: E402
+from pyvmm.vcpu.stats import read_json_stats  # noqa: E402
 
 MODES = ("pyvmm-user", "qemu-slirp", "qemu-passt", "pyvmm-tap", "qemu-tap",
          "pyvmm-tap-novhost")
@@ -189,7 +190,8 @@ def run_mode(mode: str, kernel: str, seconds: int, pings: int, work: str,
             script = (f"/run/pyvmm/busybox ip addr add {TAP_GUEST}/24 dev eth0 && "
                       f"exec python3 -c \"$0\" {TAP_HOST} {seconds} {pings}")
         command = [sys.executable, "-m", "pyvmm", "run", "-k", kernel, "-m", "512M",
-                   "-t", str(timeout), "--net", net, "--", "sh", "-c", script, WORKLOAD]
+                   "-t", str(timeout), "--stats=json", "--net", net, "--", "sh", "-c", script,
+                   WORKLOAD]
     else:
         net = "dhcp" if mode in ("qemu-slirp", "qemu-passt") else "static"
         initrd = qemu_initrd(kernel, work, net, seconds, pings)
@@ -232,9 +234,29 @@ def run_mode(mode: str, kernel: str, seconds: int, pings: int, work: str,
             passt.wait()
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH "):
-            return json.loads(line[len("BENCH "):])
+            result: dict = json.loads(line[len("BENCH "):])
+            stats = read_json_stats(proc.stderr) if mode.startswith("pyvmm") else None
+            if stats is not None:
+                result["interrupt_registers"] = interrupt_register_counts(stats)
+                result["exits_to_python"] = stats["exits"]
+            return result
     return {"error": f"status {proc.returncode}: "
                      f"{(proc.stdout[-400:] + proc.stderr[-400:]).strip()}"}
+
+
+def interrupt_register_counts(stats: dict) -> dict[str, dict[str, int]]:
+    """The run's accesses to each virtio window's InterruptStatus (0x60) and InterruptACK
+    (0x64), by window and kind: ``mmio-read``/``mmio-write`` reached Python,
+    ``mmio-read-c`` the vCPU's C loop answered, ``mmio-write-kvm`` KVM absorbed."""
+    counts: dict[str, dict[str, int]] = {}
+    for row in stats["by_address"]:
+        address = row["address"]
+        if address is not None and row["kind"].startswith("mmio") \
+                and address & 0xFFF in (0x60, 0x64):
+            window = counts.setdefault(f"{address & ~0xFFF:#x}", {})
+            name = f"{'status' if address & 0xFFF == 0x60 else 'ack'} {row['kind']}"
+            window[name] = window.get(name, 0) + row["count"]
+    return counts
 
 
 def main() -> int:

@@ -12,6 +12,11 @@ and ``<linux/serial_reg.h>`` (the register bits, as Linux names them):
 ``...`` lets the compiler fill in the layouts, nothing is a hand-counted
 offset.  cffi releases the GIL around each call, so a vCPU in the loop stops
 no other, and a Python thread waiting for the UART's lock holds no GIL.
+
+The same loop answers the InterruptStatus reads of the virtio-mmio windows
+whose interrupts a vhost back end raises (``pyvmm_status_read``, a table of
+words ``pyvmm.vcpu.interrupt_status`` keeps): with COM1's registers all
+Python's (``PYVMM_UART_FASTPATH``), it runs for those alone.
 """
 
 from __future__ import annotations
@@ -33,18 +38,33 @@ typedef struct {
 } pyvmm_uart_state;
 """
 
+#: Virtio-mmio windows whose InterruptStatus the loop may answer (pyvmm has 9 IRQ lines).
+STATUS_WINDOWS = 16
+
+# The InterruptStatus registers of the virtio-mmio devices whose interrupts another
+# party raises through an irqfd (vhost): shared by every vCPU's loop, kept by Python.
+STATUS_TABLE_STRUCT = r"""
+typedef struct {
+    __u32 count;                            /* windows in use, filled in order */
+    __u32 status[%(n)d];                    /* what a read of each returns */
+    __u64 addr[%(n)d];                      /* each register's guest-physical address */
+} pyvmm_status_table;
+""" % {"n": STATUS_WINDOWS}
+
 # One vCPU's loop: its KVM_RUN arguments and what it served, per register.
 UART_FAST_STRUCT = r"""
 typedef struct {
     int fd;                                 /* the vCPU's */
     struct kvm_run *run;                    /* its kvm_run mapping */
     struct kvm_coalesced_mmio_ring *ring;   /* NULL unless THR writes may be coalesced */
-    pyvmm_uart *uart;
+    pyvmm_uart *uart;                       /* NULL: COM1's registers are all Python's */
     __u16 base_port;
     __u64 served_in[8];                     /* accesses answered, by register offset */
     __u64 served_out[8];
+    pyvmm_status_table *status;             /* NULL: no InterruptStatus read answered here */
+    __u64 status_reads[%(n)d];              /* InterruptStatus reads answered, by window */
 } pyvmm_uart_fast;
-"""
+""" % {"n": STATUS_WINDOWS}
 
 CDEF = r"""
 typedef unsigned char __u8;
@@ -100,7 +120,7 @@ int pyvmm_uart_drive_irq(pyvmm_uart *uart, int level);
    PYVMM_UART_COALESCE if served and coalesce_after polled THR writes came in a
    row, 0 if Python must serve it.  Takes the lock. */
 int pyvmm_uart_access(pyvmm_uart *uart, int offset, int write, __u8 *data);
-""" + UART_FAST_STRUCT + r"""
+""" + STATUS_TABLE_STRUCT + UART_FAST_STRUCT + r"""
 /* The loop's decision for one 1-byte port access: pyvmm_uart_access's answer,
    counted.  Besides what that declines: a THR write while the ring holds older
    writes (Python applies those first).  An LSR read when the newest coalesced
@@ -108,7 +128,11 @@ int pyvmm_uart_access(pyvmm_uart *uart, int offset, int write, __u8 *data);
    ring and writes the line out; with no loop to wake, it is Python's. */
 int pyvmm_uart_fast_io(pyvmm_uart_fast *fast, __u16 port, int write, __u8 *data);
 
-/* KVM_RUN until an exit pyvmm_uart_fast_io does not serve (left in kvm_run
+/* A 4-byte MMIO read at addr: 1 if it is an InterruptStatus register of fast->status
+   (the value in data, counted), else 0. */
+int pyvmm_status_read(pyvmm_uart_fast *fast, __u64 addr, __u32 len, __u8 *data);
+
+/* KVM_RUN until an exit neither pyvmm_uart_fast_io nor pyvmm_status_read serves (left in kvm_run
    for Python: returns 0); -errno when KVM_RUN fails (EINTR: kicked);
    PYVMM_UART_IRQ_FAILED when an access it served could not drive the line
    (the errno in uart->irq_errno); PYVMM_UART_COALESCE after serving the
@@ -121,6 +145,7 @@ int pyvmm_run_uart_fast(pyvmm_uart_fast *fast);
 SOURCE = r"""
 #include <errno.h>
 #include <pthread.h>
+#include <string.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <linux/kvm.h>
@@ -147,7 +172,7 @@ typedef struct {
     __u32 ring_woken;           /* the ring's 'last' when a newline last woke the loop */
     pthread_mutex_t lock;
 } pyvmm_uart;
-""" + UART_FAST_STRUCT + r"""
+""" + STATUS_TABLE_STRUCT + UART_FAST_STRUCT + r"""
 
 /* Slots in the ring page (the kernel's KVM_COALESCED_MMIO_MAX, which needs PAGE_SIZE). */
 static __u32 pyvmm_coalesced_max(void)
@@ -343,7 +368,7 @@ static int pyvmm_uart_wake_for_ring(pyvmm_uart *uart, struct kvm_coalesced_mmio_
 
 static int pyvmm_uart_fast_io(pyvmm_uart_fast *fast, __u16 port, int write, __u8 *data)
 {
-    if (port < fast->base_port || port > fast->base_port + 7)
+    if (!fast->uart || port < fast->base_port || port > fast->base_port + 7)
         return 0;
     int offset = port - fast->base_port;
     if (fast->ring) {
@@ -359,12 +384,36 @@ static int pyvmm_uart_fast_io(pyvmm_uart_fast *fast, __u16 port, int write, __u8
     return served;
 }
 
+/* Python stores each status word (an aligned 32-bit store) before it raises the
+   interrupt a read should see, and fills a window's address before counting it in. */
+static int pyvmm_status_read(pyvmm_uart_fast *fast, __u64 addr, __u32 len, __u8 *data)
+{
+    pyvmm_status_table *table = fast->status;
+    if (!table || len != 4)
+        return 0;
+    __u32 count = __atomic_load_n(&table->count, __ATOMIC_ACQUIRE);
+    for (__u32 i = 0; i < count && i < sizeof table->addr / sizeof table->addr[0]; i++) {
+        if (table->addr[i] == addr) {
+            __u32 status = __atomic_load_n(&table->status[i], __ATOMIC_ACQUIRE);
+            memcpy(data, &status, sizeof status);
+            fast->status_reads[i]++;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static int pyvmm_run_uart_fast(pyvmm_uart_fast *fast)
 {
     struct kvm_run *run = fast->run;
     for (;;) {
         if (ioctl(fast->fd, KVM_RUN, 0) < 0)
             return -errno;
+        if (run->exit_reason == KVM_EXIT_MMIO && !run->mmio.is_write) {
+            if (!pyvmm_status_read(fast, run->mmio.phys_addr, run->mmio.len, run->mmio.data))
+                return 0;
+            continue;
+        }
         if (run->exit_reason != KVM_EXIT_IO || run->io.size != 1 || run->io.count != 1)
             return 0;
         __u8 *data = (__u8 *)run + run->io.data_offset;

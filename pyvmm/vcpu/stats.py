@@ -24,8 +24,9 @@ from pyvmm.kvm.exits import IoIn, IoOut, MmioRead, MmioWrite, VmExit
 ExitKey = tuple[str, "int | None"]
 #: How many (kind, address) rows the text report lists.
 TEXT_ROWS = 12
-#: Kinds counted without an exit to Python: KVM coalesced the write, or C answered it.
-NO_EXIT_KINDS = ("pio-out-coalesced", "pio-in-c", "pio-out-c")
+#: Kinds counted without an exit to Python: KVM coalesced the write or absorbed it (a
+#: virtio InterruptACK), or C answered it.
+NO_EXIT_KINDS = ("pio-out-coalesced", "pio-in-c", "pio-out-c", "mmio-read-c", "mmio-write-kvm")
 
 
 def exit_key(exit: VmExit) -> ExitKey:

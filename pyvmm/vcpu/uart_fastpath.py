@@ -55,7 +55,7 @@ import os
 import threading
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyvmm.devices.serial import (RBR_THR_DLL, ST_DLL, ST_DLM, ST_FIFO, ST_IER, ST_IRQ,
                                   ST_LCR, ST_LSR, ST_MCR, ST_MSR, ST_RX, ST_SCR, ST_THRE,
@@ -66,6 +66,9 @@ from pyvmm.kvm.exits import VmExit
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
+
+if TYPE_CHECKING:
+    from pyvmm.vcpu.interrupt_status import InterruptRegistersOffPython
 
 try:
     from pyvmm.vcpu._uart_cffi import ffi, lib
@@ -183,7 +186,8 @@ class UartFastPath:
     """Coalesced THR writes and the hot registers in C for one UART at ``base_port``."""
 
     def __init__(self, kvm: Kvm, vm: Vm, vcpus: list[Vcpu], serial: Serial,
-                 base_port: int, irq: int, setting: str | None = None) -> None:
+                 base_port: int, irq: int, setting: str | None = None,
+                 interrupts: InterruptRegistersOffPython | None = None) -> None:
         coalesce, in_c = wanted_halves(setting if setting is not None
                                        else environment.UART_FASTPATH.get())
         self._vm = vm
@@ -205,7 +209,11 @@ class UartFastPath:
         self._switches: dict[int, int] = {}
         #: The registers' C side (None with the C half off: Python serves them all).
         self.registers = UartRegistersInC(serial, vm.fd, irq) if in_c else None
-        self._fast = {vcpu.id: self._c_loop_arguments(vcpu) for vcpu in vcpus} if in_c else {}
+        #: Virtio InterruptStatus reads the C loop answers too (``interrupt_status``); it
+        #: runs for them even with COM1's registers all Python's.
+        self._interrupts = interrupts
+        in_loop = in_c or interrupts is not None
+        self._fast = {vcpu.id: self._c_loop_arguments(vcpu) for vcpu in vcpus} if in_loop else {}
         if self._ring is not None:
             serial.on_tx_polled = self._tx_polled_changes
             if self.registers is not None:
@@ -214,11 +222,12 @@ class UartFastPath:
 
     def _c_loop_arguments(self, vcpu: Vcpu) -> Any:
         """The ``pyvmm_uart_fast`` block ``pyvmm_run_uart_fast`` runs ``vcpu`` with."""
-        assert self.registers is not None
         return ffi.new("pyvmm_uart_fast *", {
             "fd": vcpu.fd, "run": ffi.cast("struct kvm_run *", vcpu.run_address),
             "ring": self._ring if self._ring is not None else ffi.NULL,
-            "uart": self.registers.block, "base_port": self.base_port})
+            "uart": self.registers.block if self.registers is not None else ffi.NULL,
+            "base_port": self.base_port,
+            "status": self._interrupts.table if self._interrupts is not None else ffi.NULL})
 
     def _tx_polled_changes(self, polled: bool) -> None:
         """``Serial.on_tx_polled``: a register write Python serves is about to change it."""
@@ -286,12 +295,13 @@ class UartFastPath:
         return ring_held or (self.registers is not None and self._serial.tx_is_full())
 
     def served_in_c(self, vcpu: Vcpu) -> dict[tuple[str, int], int]:
-        """What the C loop served for ``vcpu``, as --stats keys: by direction and port, and
-        its returns to Python to coalesce again (``uart-switch``)."""
+        """What the C loop served for ``vcpu``, as --stats keys: by direction and port, its
+        returns to Python to coalesce again (``uart-switch``), and virtio InterruptStatus
+        reads (``mmio-read-c``)."""
         fast = self._fast.get(vcpu.id)
         if fast is None:
             return {}
-        served = {}
+        served = {} if self._interrupts is None else self._interrupts.reads_served(fast)
         if self._switches.get(vcpu.id):
             served[("uart-switch", self.thr_port)] = self._switches[vcpu.id]
         for offset in range(8):
@@ -299,6 +309,11 @@ class UartFastPath:
                 if counts[offset]:
                     served[(kind, self.base_port + offset)] = int(counts[offset])
         return served
+
+    def acks_absorbed(self) -> dict[tuple[str, int], int]:
+        """The virtio InterruptACK writes KVM absorbed (``interrupt_status``), as --stats
+        keys."""
+        return {} if self._interrupts is None else self._interrupts.acks_absorbed()
 
     def poll(self) -> float:
         """``drain`` on the event loop's timer; seconds until it should poll again."""

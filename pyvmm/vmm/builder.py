@@ -42,6 +42,7 @@ from pyvmm.memory import GuestMemory
 from pyvmm.vmm.disks import Disks
 from pyvmm.vmm.network import Networks
 from pyvmm.vmm.shares import Shares
+from pyvmm.vcpu.interrupt_status import InterruptRegistersOffPython
 from pyvmm.vcpu.uart_fastpath import UartFastPath
 from pyvmm.vcpu.served import ServedVcpu
 from pyvmm.vcpu.runner import VcpuRunner, VcpuRunners
@@ -232,8 +233,11 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     stateful: dict[str, StatefulDevice] = {"serial": serial, "i8042": _attach_legacy_devices(pio_bus, serial, exit_event),
                 "rtc": rtc}
     pio_bus.insert(rtc, layout.RTC_PORT, 2)
-    uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT, layout.COM1_IRQ)
-    transports, owned_fds = attach_virtio(vm, loop, mmio_bus, memory, slots, devices)
+    interrupts = InterruptRegistersOffPython()
+    uart_fast = UartFastPath(kvm, vm, vcpus, serial, layout.COM1_PORT, layout.COM1_IRQ,
+                             interrupts=interrupts)
+    transports, owned_fds = attach_virtio(vm, loop, mmio_bus, memory, slots, devices,
+                                          interrupts)
     if snapshot is not None:
         from pyvmm.snapshot.restore import restore_machine_state
 
@@ -262,7 +266,7 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                         pump=ConsolePump(console, console_input, serial, uart_fast),
                         runners=runners, serial=serial, uart_fast=uart_fast, virtio=transports,
                         owned_fds=owned_fds, stats=stats, disks=disks,
-                        closers=[networks.close, shares.close, disks.close]
+                        closers=[networks.close, shares.close, disks.close, interrupts.close]
                         + ([vsock.close] if vsock is not None else []),
                         assists=assists, gdb=gdb, stateful=stateful, cpuid=cpuid)
 

@@ -286,12 +286,16 @@ class BuiltMachine:
     def _flush_console(self) -> None:
         """Every byte the guest sent reaches the console before pyvmm goes on."""
         try:
-            if self.uart_fast is not None:
-                self.uart_fast.close()
+            fast = self.uart_fast
+            if fast is not None:
+                acks = fast.acks_absorbed()
+                fast.close()
                 if self.stats is not None:
-                    self.stats.counter().add_uncounted(
-                        ("pio-out-coalesced", self.uart_fast.thr_port),
-                        self.uart_fast.coalesced_writes)
+                    counter = self.stats.counter()
+                    counter.add_uncounted(("pio-out-coalesced", fast.thr_port),
+                                          fast.coalesced_writes)
+                    for key, count in acks.items():
+                        counter.add_uncounted(key, count)
             self.pump.flush()
         except Exception as exc:  # noqa: BLE001 - the stop reason still counts
             log.error("could not write the guest's last console output: %s", exc)

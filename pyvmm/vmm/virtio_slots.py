@@ -11,7 +11,9 @@ it; the event loop serves the queue) and each IRQ line an irqfd.  A device
 whose queues a vhost-user back end (virtio-fs) or the kernel's vhost-net serves gets its own kick
 eventfds bound as the ioeventfds, and the irqfd as its call fd; the event
 loop never sees them, but for the queues the device serves itself
-(``loop_queues``: vsock's event queue).
+(``loop_queues``: vsock's event queue).  Such a device's interrupt registers
+(InterruptStatus, InterruptACK) are served without Python too, when the
+machine hands over ``interrupts`` (``pyvmm.vcpu.interrupt_status``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pyvmm.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyvmm.devices.virtio.ports import Port
+    from pyvmm.vcpu.interrupt_status import InterruptRegistersOffPython
     from pyvmm.vhost.vsock import VhostVsock
     from pyvmm.vmm.disks import Disks
     from pyvmm.vmm.network import Networks
@@ -193,14 +196,16 @@ class IrqfdTrigger:
         os.eventfd_write(self.event_fd, 1)
 
 
-def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot],
-                  devices) -> tuple[list, list[int]]:
+def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices,
+                  interrupts: InterruptRegistersOffPython | None = None
+                  ) -> tuple[list, list[int]]:
     """Map each device's transport and bind its notifications and interrupt to KVM.
 
     Returns the transports and the eventfds made here, for the machine to close.
     """
     owned_fds: list[int] = []
-    from pyvmm.devices.virtio.mmio import QUEUE_NOTIFY, VirtioMmioTransport
+    from pyvmm.devices.virtio.mmio import (INTERRUPT_ACK, INTERRUPT_STATUS, QUEUE_NOTIFY,
+                                           VirtioMmioTransport)
 
     transports = []
     for slot, device in zip(slots, devices):
@@ -210,6 +215,11 @@ def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot],
         transport = VirtioMmioTransport(device, memory, IrqfdTrigger(irq_fd))
         mmio_bus.insert(transport, slot.base, layout.VIRTIO_MMIO_SIZE)
         transports.append(transport)
+        if device.backend_interrupts and interrupts is not None:
+            set_status = interrupts.serve(vm, slot.base + INTERRUPT_STATUS,
+                                          slot.base + INTERRUPT_ACK)
+            if set_status is not None:
+                transport.report_status_to(set_status)
         kick_fds = getattr(device, "kick_fds", None)
         if kick_fds is not None:  # a vhost-user back end serves the queues
             device.call_fd = irq_fd

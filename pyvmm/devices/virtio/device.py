@@ -6,16 +6,25 @@ raises the used-buffer interrupt; after that it calls ``process_queue`` when
 the driver notifies.  ``serve`` is the common loop: pop chains, let the device
 handle each, publish them as used, then interrupt only if the driver wants it
 (``VIRTIO_F_EVENT_IDX`` or the ``NO_INTERRUPT`` flag).
+
+``VhostDevice`` is the base of the devices whose queues another party serves
+(a vhost-user back end, or the kernel's vhost through ``KernelVhostDevice``):
+pyvmm keeps the registers and the config space and hands the rings over.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from pyvmm.devices.virtio.queue import DescriptorChain, SplitQueue
+from pyvmm.errors import DeviceError
 from pyvmm.memory import GuestMemory
+
+if TYPE_CHECKING:
+    from pyvmm.vhost.frontend import VringConfig
 
 # Feature bits common to all devices (virtio 1.2, section 6).
 VIRTIO_F_INDIRECT_DESC = 28
@@ -160,3 +169,122 @@ class VirtioDevice:
         if queue.needs_interrupt(used_before):
             self._raise_used()
         return served
+
+
+class VhostDevice(VirtioDevice):
+    """A device whose queues a back end serves straight from guest RAM, not Python.
+
+    When the driver sets DRIVER_OK the rings go to the back end with their
+    eventfds: each queue's kick (``kick_fds``, which the machine binds as the
+    queue's ioeventfd: KVM signals it on the driver's notify) and the device's
+    call (``call_fd``, the machine's irqfd: the back end interrupts the guest
+    itself, hence ``backend_interrupts``).  The device knows nothing of KVM.
+    Subclasses say how the rings start (``_start_backend``) and stop
+    (``_stop_backend``: before the driver reuses their memory).
+    """
+
+    backend_interrupts = True
+    #: Named in errors.
+    backend_name = "vhost"
+    #: How many leading queues the back end serves (None: all); the others are the
+    #: device's own, their kick brought to ``process_queue`` by the event loop
+    #: (``loop_queues``).
+    backend_queues: int | None = None
+    #: Start only once every queue the back end serves is ready (a NIC's pair).
+    needs_every_queue = False
+
+    def __init__(self, queue_sizes: tuple[int, ...], on_failure: Callable[[str], None]) -> None:
+        super().__init__(queue_sizes)
+        self._on_failure = on_failure
+        #: One eventfd per queue: KVM signals it on the driver's notify, the back end reads it.
+        self.kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in self.queues]
+        self.call_fd: int | None = None
+        #: The rings the back end serves now (None: not started).
+        self._started: list[int] | None = None
+
+    def _start_backend(self, memory: GuestMemory, driver_features: int,
+                       rings: Sequence[VringConfig]) -> None:
+        """Hand ``rings`` over (DeviceError if the back end refuses)."""
+        raise NotImplementedError
+
+    def _stop_backend(self, started: Sequence[int]) -> None:
+        """Take the ``started`` rings back (DeviceError if the back end refuses)."""
+        raise NotImplementedError
+
+    def activate(self, memory: GuestMemory, driver_features: int,
+                 raise_used: Callable[[], None],
+                 broken: Callable[[str], None] | None = None) -> None:
+        from pyvmm.vhost.frontend import VringConfig  # a plain boot never loads vhost-user
+
+        super().activate(memory, driver_features, raise_used, broken)
+        if self.call_fd is None:
+            raise DeviceError(f"{self.backend_name} device: no interrupt eventfd bound")
+        served = self.queues[:self.backend_queues]
+        rings = [VringConfig(index, queue.size, queue.desc_addr, queue.avail_addr,
+                             queue.used_addr, self.kick_fds[index], self.call_fd)
+                 for index, queue in enumerate(served) if queue.ready]
+        if self.needs_every_queue and len(rings) < len(served):
+            return  # a driver that set up part of them: nothing to hand over
+        try:
+            self._start_backend(memory, driver_features, rings)
+        except DeviceError as exc:
+            self._on_failure(str(exc))
+            return
+        self._started = [ring.index for ring in rings]
+
+    def process_queue(self, index: int) -> None:
+        """A notify that reached us (not KVM's ioeventfd): pass it on to the back end."""
+        if self._started is not None and index in self._started:
+            os.eventfd_write(self.kick_fds[index], 1)
+
+    def pending(self, index: int) -> bool:
+        return False  # the back end owns the rings
+
+    def reset(self) -> None:
+        """Take the rings back before the driver reuses their memory."""
+        started, self._started = self._started, None
+        if started is not None:
+            try:
+                self._stop_backend(started)
+            except DeviceError as exc:
+                self._on_failure(str(exc))
+        super().reset()
+
+    def shutdown(self) -> None:
+        """The VMM is exiting, and the back end with it (or closing its fd stops it):
+        nothing more is asked of it."""
+        self._started = None
+
+    def close(self) -> None:
+        """Close the kick eventfds (the machine's, once KVM no longer signals them)."""
+        for fd in self.kick_fds:
+            os.close(fd)
+        self.kick_fds = []
+
+
+class KernelQueues(Protocol):
+    """What a ``KernelVhostDevice`` needs of the kernel's vhost (``pyvmm.vhost.vhost_net``,
+    ``pyvmm.vhost.vsock``): unlike vhost-user, it reads guest RAM through pyvmm's own
+    mappings."""
+
+    def start(self, features: int, memory: GuestMemory, rings: Sequence[VringConfig]) -> None:
+        """Hand the rings (guest-physical addresses) and the negotiated features over."""
+
+    def stop(self) -> None:
+        """Take the rings back (the driver reset the device)."""
+
+
+class KernelVhostDevice(VhostDevice):
+    """A device whose queues the host kernel's vhost serves (vhost-net, vhost-vsock)."""
+
+    def __init__(self, queue_sizes: tuple[int, ...], kernel: KernelQueues,
+                 on_failure: Callable[[str], None]) -> None:
+        super().__init__(queue_sizes, on_failure)
+        self._kernel = kernel
+
+    def _start_backend(self, memory: GuestMemory, driver_features: int,
+                       rings: Sequence[VringConfig]) -> None:
+        self._kernel.start(driver_features, memory, rings)
+
+    def _stop_backend(self, started: Sequence[int]) -> None:
+        self._kernel.stop()

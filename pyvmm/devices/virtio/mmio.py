@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from typing import Protocol
+from typing import Callable, Protocol
 
 from pyvmm.devices.virtio.device import VIRTIO_F_VERSION_1, VirtioDevice
 from pyvmm.devices.virtio.queue import QueueError
@@ -91,6 +91,10 @@ class VirtioMmioTransport:
         self._lock = device.lock
         self._irq_lock = threading.Lock()
         self.interrupt_status = 0
+        #: Told, under the interrupt lock, what an InterruptStatus read returns whenever
+        #: that changes (and once when set): the machine answers such reads elsewhere for
+        #: devices whose back end raises the interrupts (``pyvmm.vcpu.interrupt_status``).
+        self.on_reported_status: Callable[[int], None] | None = None
         self._odd_read_logged = False
         self._reset_registers()
 
@@ -102,14 +106,32 @@ class VirtioMmioTransport:
         self.queue_sel = 0
         self.config_generation = 0
         with self._irq_lock:
-            self.interrupt_status = 0
+            self._set_interrupt_status(0)
 
     # -- interrupts (any thread) --------------------------------------------
 
     def raise_interrupt(self, cause: int = INTERRUPT_USED_BUFFER) -> None:
         with self._irq_lock:
-            self.interrupt_status |= cause
+            self._set_interrupt_status(self.interrupt_status | cause)
         self.interrupt.trigger()
+
+    def reported_status(self) -> int:
+        """What an InterruptStatus read returns (interrupt lock held)."""
+        if self.device.backend_interrupts:
+            return self.interrupt_status | INTERRUPT_USED_BUFFER
+        return self.interrupt_status
+
+    def _set_interrupt_status(self, value: int) -> None:
+        """(Interrupt lock held.)"""
+        self.interrupt_status = value
+        if self.on_reported_status is not None:
+            self.on_reported_status(self.reported_status())
+
+    def report_status_to(self, listener: Callable[[int], None]) -> None:
+        """Set ``on_reported_status`` and tell it the current value."""
+        with self._irq_lock:
+            self.on_reported_status = listener
+            listener(self.reported_status())
 
     # -- notifications (event loop, or a QUEUE_NOTIFY write) ----------------------
 
@@ -169,9 +191,7 @@ class VirtioMmioTransport:
             return VENDOR_PYVMM
         if offset == INTERRUPT_STATUS:
             with self._irq_lock:
-                if device.backend_interrupts:
-                    return self.interrupt_status | INTERRUPT_USED_BUFFER
-                return self.interrupt_status
+                return self.reported_status()
         with self._lock:
             if offset == DEVICE_FEATURES:
                 if self.device_features_sel > 1:
@@ -206,7 +226,7 @@ class VirtioMmioTransport:
             self.notify(value & 0xFFFF)
         elif offset == INTERRUPT_ACK:
             with self._irq_lock:
-                self.interrupt_status &= ~value
+                self._set_interrupt_status(self.interrupt_status & ~value)
         else:
             with self._lock:
                 self._write_register(offset, value)
@@ -325,7 +345,7 @@ class VirtioMmioTransport:
             self.queue_sel = state["queue_sel"]
             self.config_generation = state["config_generation"]
             with self._irq_lock:
-                self.interrupt_status = state["interrupt_status"]
+                self._set_interrupt_status(state["interrupt_status"])
             for queue, saved in zip(self.device.queues, state["queues"]):
                 queue.from_state(saved, self.memory)
             if self.status & STATUS_DRIVER_OK and not self.status & STATUS_NEEDS_RESET:

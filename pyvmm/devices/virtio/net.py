@@ -24,22 +24,20 @@ device knows nothing of KVM or of the event loop: the machine calls
 
 ``VhostNetDevice`` is the same NIC with its queues served by the host
 kernel's vhost-net: pyvmm keeps the registers and the config space, the
-kernel moves the frames (see ``KernelQueues``).
+kernel moves the frames (``device.KernelVhostDevice``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import time
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol
 
-from pyvmm.devices.virtio.device import COMMON_FEATURES, SERVE_BUDGET_SECONDS, VirtioDevice
+from pyvmm.devices.virtio.device import (COMMON_FEATURES, SERVE_BUDGET_SECONDS, KernelQueues,
+                                         KernelVhostDevice, VirtioDevice)
 from pyvmm.devices.virtio.queue import DescriptorChain, QueueError, SplitQueue, read_from
-from pyvmm.errors import DeviceError
 from pyvmm.memory import GuestMemory
-from pyvmm.vhost.frontend import VringConfig
 
 log = logging.getLogger(__name__)
 
@@ -409,42 +407,27 @@ class NetDevice(VirtioDevice):
         return _DELIVERED
 
 
-class KernelQueues(Protocol):
-    """What a ``VhostNetDevice`` needs of the kernel's vhost-net (``pyvmm.vhost.vhost_net``)."""
-
-    def start(self, features: int, memory: GuestMemory, rings: Sequence[VringConfig]) -> None:
-        """Hand the rings (guest-physical addresses) and the negotiated features over."""
-
-    def stop(self) -> None:
-        """Take the rings back (the driver reset the device)."""
-
-
-class VhostNetDevice(VirtioDevice):
+class VhostNetDevice(KernelVhostDevice):
     """A virtio-net NIC whose queues the host kernel's vhost-net serves.
 
-    Like the vhost-user devices (``vhost_user.VhostUserDevice``): each queue's
-    kick is an eventfd the machine binds as its ioeventfd, the call is the
-    device's irqfd (``call_fd``, bound by the machine), so no frame passes
-    through Python.  ``features`` are what the kernel and the tap offer together.
+    pyvmm keeps the registers and the config space; the rings, their kick and
+    call eventfds go to the kernel (``device.KernelVhostDevice``), so no frame
+    passes through Python.  ``features`` are what the kernel and the tap offer
+    together.
     """
 
     device_id = VIRTIO_ID_NET
-    backend_interrupts = True
+    backend_name = "vhost-net"
+    needs_every_queue = True
 
     def __init__(self, queues: KernelQueues, features: int, mac: bytes, mtu: int,
                  on_failure: Callable[[str], None]) -> None:
-        super().__init__((QUEUE_SIZE, QUEUE_SIZE))
         if len(mac) != 6 or not 68 <= mtu <= MAX_MTU:
             raise ValueError(f"virtio-net: bad MAC {mac.hex(':')} or MTU {mtu}")
-        self._kernel = queues
+        super().__init__((QUEUE_SIZE, QUEUE_SIZE), queues, on_failure)
         self._features = features
-        self._on_failure = on_failure
         self.mac = mac
         self.mtu = mtu
-        #: One eventfd per queue: KVM signals it on the driver's notify, vhost-net reads it.
-        self.kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in self.queues]
-        self.call_fd: int | None = None
-        self._started = False
 
     def device_features(self) -> int:
         return self._features | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS \
@@ -452,47 +435,3 @@ class VhostNetDevice(VirtioDevice):
 
     def config_space(self) -> bytes:
         return CONFIG.pack(self.mac, VIRTIO_NET_S_LINK_UP, 1, self.mtu)
-
-    def activate(self, memory: GuestMemory, driver_features: int,
-                 raise_used: Callable[[], None],
-                 broken: Callable[[str], None] | None = None) -> None:
-        super().activate(memory, driver_features, raise_used, broken)
-        if self.call_fd is None:
-            raise DeviceError("vhost-net device: no interrupt eventfd bound")
-        rings = [VringConfig(index, queue.size, queue.desc_addr, queue.avail_addr,
-                             queue.used_addr, self.kick_fds[index], self.call_fd)
-                 for index, queue in enumerate(self.queues)]
-        if not all(queue.ready for queue in self.queues):
-            return  # a driver that set up one queue only: nothing to hand over
-        try:
-            self._kernel.start(driver_features, memory, rings)
-        except DeviceError as exc:
-            self._on_failure(str(exc))
-            return
-        self._started = True
-
-    def process_queue(self, index: int) -> None:
-        """A notify that reached us (not KVM's ioeventfd): pass it on to vhost-net."""
-        if self._started:
-            os.eventfd_write(self.kick_fds[index], 1)
-
-    def pending(self, index: int) -> bool:
-        return False  # the kernel owns the rings
-
-    def reset(self) -> None:
-        """Take the rings back from the kernel before the driver reuses their memory."""
-        started, self._started = self._started, False
-        if started:
-            try:
-                self._kernel.stop()
-            except DeviceError as exc:
-                self._on_failure(str(exc))
-        super().reset()
-
-    def shutdown(self) -> None:
-        self._started = False
-
-    def close(self) -> None:
-        for fd in self.kick_fds:
-            os.close(fd)
-        self.kick_fds = []

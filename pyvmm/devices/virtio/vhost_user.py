@@ -2,20 +2,17 @@
 
 pyvmm keeps what the transport needs (feature bits, the config space, the
 queue registers); when the driver sets DRIVER_OK the rings go to the back end
-with their eventfds: the kick is the queue's ioeventfd (KVM signals it on the
-driver's notify write) and the call is the device's irqfd (the back end
-interrupts the guest itself), so no request ever passes through Python.  The
-devices know nothing of KVM: the machine assembly binds ``kick_fds`` and the
-call fd.
+with their eventfds (``device.VhostDevice``, the base it shares with the
+kernel's vhost devices), so no request ever passes through Python.  The back
+end maps guest RAM itself, from its memfd.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Protocol, Sequence
 
 from pyvmm.devices.virtio.device import (VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC,
-                                         VIRTIO_F_VERSION_1, VirtioDevice)
+                                         VIRTIO_F_VERSION_1, VhostDevice)
 from pyvmm.errors import DeviceError
 from pyvmm.memory import GuestMemory
 from pyvmm.vhost.frontend import MemoryRegionFd, VringConfig
@@ -34,23 +31,18 @@ class Backend(Protocol):
     def get_vring_base(self, index: int) -> int: ...
 
 
-class VhostUserDevice(VirtioDevice):
+class VhostUserDevice(VhostDevice):
     """A device of ``queue_sizes`` queues served by ``backend``; subclasses say which
     of the back end's features pass (``passed_features``) and give the config space."""
 
-    backend_interrupts = True
+    backend_name = "vhost-user"
     passed_features = RING_FEATURES
 
     def __init__(self, queue_sizes: tuple[int, ...], backend: Backend, backend_features: int,
                  on_failure: Callable[[str], None]) -> None:
-        super().__init__(queue_sizes)
+        super().__init__(queue_sizes, on_failure)
         self._backend = backend
         self._backend_features = backend_features
-        self._on_failure = on_failure
-        #: One eventfd per queue: KVM signals it on the driver's notify, the back end reads it.
-        self.kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in self.queues]
-        self.call_fd: int | None = None
-        self._started: list[int] = []
 
     def device_features(self) -> int:
         return self._backend_features & self.passed_features
@@ -58,52 +50,22 @@ class VhostUserDevice(VirtioDevice):
     def activate(self, memory: GuestMemory, driver_features: int,
                  raise_used: Callable[[], None],
                  broken: Callable[[str], None] | None = None) -> None:
+        if any(region.fd is None for region in memory.regions):
+            # pyvmm's own mistake (the machine makes RAM a memfd for these), not the back end's.
+            raise DeviceError("a vhost-user device needs guest RAM that can be shared "
+                              "(a memfd)")
         super().activate(memory, driver_features, raise_used, broken)
-        if self.call_fd is None:
-            raise DeviceError("vhost-user device: no interrupt eventfd bound")
-        regions = []
-        for region in memory.regions:
-            if region.fd is None:
-                raise DeviceError("a vhost-user device needs guest RAM that can be shared "
-                                  "(a memfd)")
-            regions.append(MemoryRegionFd(region.guest_base, region.size, region.fd,
-                                          region.fd_offset))
-        rings = [VringConfig(index, queue.size, queue.desc_addr, queue.avail_addr,
-                             queue.used_addr, self.kick_fds[index], self.call_fd)
-                 for index, queue in enumerate(self.queues) if queue.ready]
-        try:
-            self._backend.start(driver_features, regions, rings, self._backend_features)
-        except DeviceError as exc:
-            self._on_failure(str(exc))
-            return
-        self._started = [ring.index for ring in rings]
 
-    def process_queue(self, index: int) -> None:
-        """A notify that reached us (not KVM's ioeventfd): pass it on to the back end."""
-        if self._started:
-            os.eventfd_write(self.kick_fds[index], 1)
+    def _start_backend(self, memory: GuestMemory, driver_features: int,
+                       rings: Sequence[VringConfig]) -> None:
+        regions = [MemoryRegionFd(region.guest_base, region.size, region.fd, region.fd_offset)
+                   for region in memory.regions if region.fd is not None]
+        self._backend.start(driver_features, regions, rings, self._backend_features)
 
-    def pending(self, index: int) -> bool:
-        return False  # the back end owns the rings
-
-    def reset(self) -> None:
-        """Stop the back end's rings (GET_VRING_BASE) before the driver reuses them."""
-        started, self._started = self._started, []
-        try:
-            for index in started:
-                self._backend.get_vring_base(index)
-        except DeviceError as exc:
-            self._on_failure(str(exc))
-        super().reset()
-
-    def shutdown(self) -> None:
-        """The VMM is exiting and the back end with it: no GET_VRING_BASE on the way out."""
-        self._started = []
-
-    def close(self) -> None:
-        for fd in self.kick_fds:
-            os.close(fd)
-        self.kick_fds = []
+    def _stop_backend(self, started: Sequence[int]) -> None:
+        """GET_VRING_BASE of each ring (the back end stops it)."""
+        for index in started:
+            self._backend.get_vring_base(index)
 
 
 VIRTIO_ID_BLOCK = 2

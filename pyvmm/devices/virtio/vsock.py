@@ -5,22 +5,18 @@ driver sets DRIVER_OK (``pyvmm.vhost.vsock``): the kick is the queue's
 ioeventfd, the call the device's irqfd, so connections never pass through
 Python.  pyvmm keeps the config space (the guest's CID) and the event
 queue, on which it tells the guest its connections are gone
-(``VIRTIO_VSOCK_EVENT_TRANSPORT_RESET``).  The device knows nothing of KVM:
-the machine assembly binds ``kick_fds`` and ``call_fd``.
+(``VIRTIO_VSOCK_EVENT_TRANSPORT_RESET``).  The rings' lifecycle is
+``device.KernelVhostDevice``'s, shared with vhost-net's NIC.
 """
 
 from __future__ import annotations
 
-import os
 import struct
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol
 
-from pyvmm.devices.virtio.device import VirtioDevice
+from pyvmm.devices.virtio.device import KernelQueues, KernelVhostDevice
 from pyvmm.devices.virtio.queue import QueueError, write_into
 from pyvmm.devices.virtio.vhost_user import RING_FEATURES
-from pyvmm.errors import DeviceError
-from pyvmm.memory import GuestMemory
-from pyvmm.vhost.frontend import VringConfig
 
 VIRTIO_ID_VSOCK = 19
 RX, TX, EVENT = range(3)
@@ -36,60 +32,36 @@ EVENT_MESSAGE = struct.Struct("<I")
 EVENT_TRANSPORT_RESET = 0
 
 
-class VsockBackend(Protocol):
-    """What the device needs of the kernel's vhost-vsock (``VhostVsock``)."""
+class VsockBackend(KernelQueues, Protocol):
+    """What the device needs of the kernel's vhost-vsock (``VhostVsock``): its rings, and
+    the features it offers."""
 
     features: int
 
-    def start(self, features: int, memory: GuestMemory,
-              rings: Sequence[VringConfig]) -> None: ...
 
-    def stop(self) -> None: ...
-
-
-class VsockDevice(VirtioDevice):
+class VsockDevice(KernelVhostDevice):
     """A virtio-vsock device for guest ``guest_cid``: rx and tx in the kernel, events here."""
 
     device_id = VIRTIO_ID_VSOCK
-    backend_interrupts = True
-    #: Queues whose kick the event loop brings to ``process_queue`` (not the kernel's).
+    backend_name = "vhost-vsock"
+    #: rx and tx go to the kernel; the event queue's kick the event loop brings to
+    #: ``process_queue`` (its eventfd is never read otherwise: buffers wait for an event).
+    backend_queues = EVENT
     loop_queues = (EVENT,)
 
     def __init__(self, backend: VsockBackend, guest_cid: int,
                  on_failure: Callable[[str], None]) -> None:
-        super().__init__((QUEUE_SIZE,) * 3)
+        super().__init__((QUEUE_SIZE,) * 3, backend, on_failure)
         self.guest_cid = guest_cid
-        self._backend = backend
-        self._on_failure = on_failure
-        #: One eventfd per queue, bound as its ioeventfd: the kernel reads rx's and tx's;
-        #: the event queue's is never read (its buffers wait for an event).
-        self.kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in self.queues]
-        self.call_fd: int | None = None
-        self._started = False
+        self._features = backend.features
         #: Events the guest had no buffer for, told when it gives one (at most one kind).
         self._event_waiting = False
 
     def device_features(self) -> int:
-        return self._backend.features & PASSED_FEATURES
+        return self._features & PASSED_FEATURES
 
     def config_space(self) -> bytes:
         return CONFIG.pack(self.guest_cid)
-
-    def activate(self, memory: GuestMemory, driver_features: int,
-                 raise_used: Callable[[], None],
-                 broken: Callable[[str], None] | None = None) -> None:
-        super().activate(memory, driver_features, raise_used, broken)
-        if self.call_fd is None:
-            raise DeviceError("vhost-vsock device: no interrupt eventfd bound")
-        rings = [VringConfig(index, queue.size, queue.desc_addr, queue.avail_addr,
-                             queue.used_addr, self.kick_fds[index], self.call_fd)
-                 for index, queue in enumerate(self.queues[:EVENT]) if queue.ready]
-        try:
-            self._backend.start(driver_features, memory, rings)
-        except DeviceError as exc:
-            self._on_failure(str(exc))
-            return
-        self._started = True
 
     def process_queue(self, index: int) -> None:
         """A notify that reached us, not KVM's ioeventfd: rx/tx go on to the kernel; on the
@@ -97,11 +69,8 @@ class VsockDevice(VirtioDevice):
         if index == EVENT:
             if self._event_waiting:
                 self.transport_reset()
-        elif self._started and 0 <= index < EVENT:
-            os.eventfd_write(self.kick_fds[index], 1)
-
-    def pending(self, index: int) -> bool:
-        return False  # the kernel owns rx and tx; events are sent, not served
+        else:
+            super().process_queue(index)
 
     def transport_reset(self) -> bool:
         """Tell the guest its vsock connections are gone (after a restore, as QEMU does;
@@ -130,21 +99,6 @@ class VsockDevice(VirtioDevice):
             return True
 
     def reset(self) -> None:
-        """Stop the kernel's rings before the driver reuses them."""
-        started, self._started = self._started, False
+        """Forget a waiting event; stop the kernel's rings before the driver reuses them."""
         self._event_waiting = False
-        if started:
-            try:
-                self._backend.stop()
-            except DeviceError as exc:
-                self._on_failure(str(exc))
         super().reset()
-
-    def shutdown(self) -> None:
-        """The VMM is exiting: closing /dev/vhost-vsock stops everything; no ioctl now."""
-        self._started = False
-
-    def close(self) -> None:
-        for fd in self.kick_fds:
-            os.close(fd)
-        self.kick_fds = []

@@ -1,24 +1,23 @@
-"""vhost-net's ioctls as pyvmm sends them (a recording stand-in for fcntl.ioctl): the order
-QEMU uses, guest-physical ring addresses turned into pyvmm's own, the tap behind each
-ring, the features vhost-net may see, and the rings taken back on reset."""
+"""vhost-net's ioctls as pyvmm sends them (a recording stand-in for the binding's ioctl
+call): the order QEMU uses, guest-physical ring addresses turned into pyvmm's own, the
+tap behind each ring, the features vhost-net may see, and the rings taken back on reset."""
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import os
-import struct
+from typing import Any
 
 import pytest
 
 from pyvmm.errors import ConfigError, DeviceError
 from pyvmm.memory import GuestMemory, MemoryRegion
-from pyvmm.vhost import vhost_net
+from pyvmm.vhost import kernel
+from pyvmm.vhost._vhost_cffi import ffi, lib
 from pyvmm.vhost.frontend import VringConfig
-from pyvmm.vhost.vhost_net import (MEMORY_HEAD, MEMORY_REGION, VRING_ADDR, VRING_FILE,
-                                   VRING_STATE, VhostNet)
+from pyvmm.vhost.vhost_net import VhostNet
 
-NAMES = {value: name for name, value in vars(vhost_net).items()
-         if name.startswith("VHOST_") and isinstance(value, int)}
+NAMES = {getattr(lib, name): name for name in dir(lib) if name.startswith("VHOST_")}
 KERNEL_FEATURES = (1 << 32) | (1 << 29) | (1 << 28) | (1 << 27) | (1 << 15) | (1 << 26)
 
 
@@ -34,21 +33,45 @@ class FakeTap:
         self.offloads_set.append(features)
 
 
-@pytest.fixture
-def calls(monkeypatch) -> list[tuple[str, bytes | int]]:
-    recorded: list[tuple[str, bytes | int]] = []
+def _decoded(name: str, argument: Any) -> Any:
+    """What an ioctl's argument says, as plain values."""
+    if name.endswith(("_FEATURES",)):
+        return int(ffi.cast("uint64_t *", argument)[0])
+    if name in ("VHOST_SET_VRING_NUM", "VHOST_SET_VRING_BASE", "VHOST_GET_VRING_BASE"):
+        state = ffi.cast("struct vhost_vring_state *", argument)
+        return (state.index, state.num)
+    if name == "VHOST_SET_VRING_ADDR":
+        addr = ffi.cast("struct vhost_vring_addr *", argument)
+        return (addr.index, addr.flags, addr.desc_user_addr, addr.used_user_addr,
+                addr.avail_user_addr, addr.log_guest_addr)
+    if name in ("VHOST_SET_VRING_KICK", "VHOST_SET_VRING_CALL", "VHOST_NET_SET_BACKEND"):
+        file = ffi.cast("struct vhost_vring_file *", argument)
+        return (file.index, file.fd)
+    return None
 
-    def ioctl(fd: int, request: int, argument=0):
+
+@pytest.fixture
+def calls(monkeypatch) -> list[tuple[str, Any]]:
+    recorded: list[tuple[str, Any]] = []
+
+    def ioctl(fd: int, request: int, argument: Any) -> int:
         assert fd == 5
         name = NAMES[request]
-        recorded.append((name, bytes(argument) if not isinstance(argument, int) else argument))
+        recorded.append((name, _decoded(name, argument)))
         if name == "VHOST_GET_FEATURES":
-            argument[:] = struct.pack("<Q", KERNEL_FEATURES)
+            ffi.cast("uint64_t *", argument)[0] = KERNEL_FEATURES
         if name == "VHOST_GET_VRING_BASE":
-            argument[4:8] = struct.pack("<I", 42)
+            ffi.cast("struct vhost_vring_state *", argument).num = 42
         return 0
 
-    monkeypatch.setattr(fcntl, "ioctl", ioctl)
+    def set_mem_table(fd: int, count: int, regions: Any) -> int:
+        recorded.append(("VHOST_SET_MEM_TABLE", [
+            (r.guest_phys_addr, r.memory_size, r.userspace_addr, r.flags_padding)
+            for r in regions[0:count]]))
+        return 0
+
+    monkeypatch.setattr(kernel, "_ioctl", ioctl)
+    monkeypatch.setattr(kernel, "_set_mem_table", set_mem_table)
     monkeypatch.setattr(os, "close", lambda fd: None)
     return recorded
 
@@ -70,46 +93,35 @@ def test_the_rings_and_the_tap_go_to_the_kernel_in_qemus_order(calls) -> None:
     negotiated = (1 << 32) | (1 << 29) | (1 << 15) | 0b11 | (1 << 5)
     net.start(negotiated, memory, rings)
     assert tap.offloads_set == [negotiated]
-    names = [name for name, _ in calls]
-    per_ring = ["VHOST_SET_VRING_NUM", "VHOST_SET_VRING_BASE", "VHOST_SET_VRING_ADDR",
-                "VHOST_SET_VRING_KICK", "VHOST_SET_VRING_CALL", "VHOST_NET_SET_BACKEND"]
-    assert names == ["VHOST_SET_FEATURES", "VHOST_SET_MEM_TABLE"] + per_ring * 2
-    assert struct.unpack("<Q", calls[0][1]) == ((1 << 32) | (1 << 29) | (1 << 15),)
-    table = calls[1][1]
-    assert isinstance(table, bytes)
-    assert MEMORY_HEAD.unpack_from(table) == (2, 0)
-    assert [MEMORY_REGION.unpack_from(table, MEMORY_HEAD.size + i * MEMORY_REGION.size)
-            for i in range(2)] == [(0, 1 << 20, bases[0], 0),
-                                   (4 << 30, 1 << 20, bases[4 << 30], 0)]
-    addr = calls[4][1]
-    assert isinstance(addr, bytes)
-    assert VRING_ADDR.unpack(addr) == (0, 0, bases[0] + 0x1000, bases[0] + 0x3000,
-                                       bases[0] + 0x2000, 0)
-    second = calls[10][1]
-    assert isinstance(second, bytes)
-    assert VRING_ADDR.unpack(second)[2] == bases[4 << 30] + 0x4000
-    assert VRING_FILE.unpack(calls[7][1]) == (0, 77)  # type: ignore[arg-type]
-    assert VRING_STATE.unpack(calls[2][1]) == (0, 256)  # type: ignore[arg-type]
+    high = bases[4 << 30]
+    assert calls == [
+        ("VHOST_SET_FEATURES", (1 << 32) | (1 << 29) | (1 << 15)),
+        ("VHOST_SET_MEM_TABLE", [(0, 1 << 20, bases[0], 0), (4 << 30, 1 << 20, high, 0)]),
+        ("VHOST_SET_VRING_NUM", (0, 256)), ("VHOST_SET_VRING_BASE", (0, 0)),
+        ("VHOST_SET_VRING_ADDR", (0, 0, bases[0] + 0x1000, bases[0] + 0x3000,
+                                  bases[0] + 0x2000, 0)),
+        ("VHOST_SET_VRING_KICK", (0, 10)), ("VHOST_SET_VRING_CALL", (0, 12)),
+        ("VHOST_NET_SET_BACKEND", (0, 77)),
+        ("VHOST_SET_VRING_NUM", (1, 256)), ("VHOST_SET_VRING_BASE", (1, 0)),
+        ("VHOST_SET_VRING_ADDR", (1, 0, high + 0x4000, high + 0x6000, high + 0x5000, 0)),
+        ("VHOST_SET_VRING_KICK", (1, 11)), ("VHOST_SET_VRING_CALL", (1, 12)),
+        ("VHOST_NET_SET_BACKEND", (1, 77))]
     calls.clear()
     net.stop()
-    assert [(name, VRING_FILE.unpack(arg) if name.endswith("BACKEND") else None)
-            for name, arg in calls] == [  # type: ignore[arg-type]
-        ("VHOST_NET_SET_BACKEND", (0, -1)), ("VHOST_GET_VRING_BASE", None),
-        ("VHOST_NET_SET_BACKEND", (1, -1)), ("VHOST_GET_VRING_BASE", None)]
+    assert calls == [("VHOST_NET_SET_BACKEND", (0, -1)), ("VHOST_GET_VRING_BASE", (0, 0)),
+                     ("VHOST_NET_SET_BACKEND", (1, -1)), ("VHOST_GET_VRING_BASE", (1, 0))]
 
 
 def test_a_ring_outside_guest_ram_is_a_device_error(calls) -> None:
     memory = GuestMemory([MemoryRegion(0, 1 << 20, bytearray(1 << 20))])
     net = VhostNet(5, FakeTap(), lambda buffer: 0x1000_0000)  # type: ignore[arg-type]
-    with pytest.raises(DeviceError, match="a ring at 0x200000 is outside guest RAM"):
+    with pytest.raises(DeviceError, match=r"^vhost-net for tap tap0: a ring at 0x200000\+"
+                                          r"0x1000 is not in guest RAM$"):
         net.start(1 << 32, memory, [VringConfig(0, 256, 2 << 20, 0x2000, 0x3000, 10, 12)])
 
 
 def test_a_refusing_kernel_is_one_config_line(monkeypatch) -> None:
-    def ioctl(fd: int, request: int, argument=0):
-        raise OSError(1, "Operation not permitted")
-
-    monkeypatch.setattr(fcntl, "ioctl", ioctl)
+    monkeypatch.setattr(kernel, "_ioctl", lambda fd, request, argument: -errno.EPERM)
     monkeypatch.setattr(os, "close", lambda fd: None)
     with pytest.raises(ConfigError, match=r"^--net tap=tap0: vhost-net for tap tap0: "
                                           r"VHOST_SET_OWNER refused: Operation not permitted$"):

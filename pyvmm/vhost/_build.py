@@ -1,8 +1,11 @@
-"""cffi build script for the kernel's vhost-vsock (API, out-of-line mode).
+"""cffi build script for the host kernel's vhost interface (API, out-of-line mode).
 
-The ioctl numbers and the structs they take come from <linux/vhost.h> (``...``:
-the compiler fills them in), never counted by hand.  A module of its own: a
-machine without ``--vsock`` never loads it, and it needs nothing of KVM.
+For ``pyvmm.vhost.kernel``, which vhost-net (``vhost_net.py``) and vhost-vsock
+(``vsock.py``) share: the ioctls every ``/dev/vhost-*`` takes, and each
+device's own.  The ioctl numbers and the structs they take come from
+<linux/vhost.h> (``...``: the compiler fills them in), never counted by hand.
+A module of its own: a machine without vhost never loads it, and it needs
+nothing of KVM.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ CDEF = r"""
 #define VHOST_GET_VRING_BASE ...
 #define VHOST_SET_VRING_KICK ...
 #define VHOST_SET_VRING_CALL ...
+#define VHOST_NET_SET_BACKEND ...
 #define VHOST_VSOCK_SET_GUEST_CID ...
 #define VHOST_VSOCK_SET_RUNNING ...
 
@@ -71,7 +75,7 @@ static int pyvmm_vhost_set_mem_table(int fd, unsigned int n,
 
 ffibuilder = cffi.FFI()
 ffibuilder.cdef(CDEF)
-ffibuilder.set_source("pyvmm.vhost._vsock_cffi", SOURCE)
+ffibuilder.set_source("pyvmm.vhost._vhost_cffi", SOURCE)
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

@@ -163,15 +163,17 @@ class NetDevice(VirtioDevice):
 
     # -- what the transport asks ---------------------------------------------------------
 
-    def __getattr__(self, name: str) -> list[int]:
-        # ``kick_fds`` exists only over passt's stream, and is made when the machine
-        # asks for it (attach_virtio binds them as ioeventfds and owns them).
-        if name == "kick_fds" and self.__dict__.get("_pump") is not None:
-            if self._kick_fds is None:
-                self._kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-                                  for _ in self.queues]
-            return self._kick_fds
-        raise AttributeError(name)
+    @property
+    def kick_fds(self) -> list[int]:
+        """Over passt's stream only (else AttributeError, so ``getattr(device,
+        "kick_fds", None)`` is None): one eventfd per queue, made when the machine
+        asks (attach_virtio binds them as KVM's ioeventfds and owns them)."""
+        if self._pump is None:
+            raise AttributeError("kick_fds: a NIC over a tap is served from the loop")
+        if self._kick_fds is None:
+            self._kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                              for _ in self.queues]
+        return self._kick_fds
 
     def device_features(self) -> int:
         return COMMON_FEATURES | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS \

@@ -13,10 +13,10 @@ import time
 import pytest
 
 from pyvmm.devices.virtio import mmio
-from pyvmm.devices.virtio.net import RECEIVE_QUEUE, TRANSMIT_QUEUE, NetDevice
+from pyvmm.devices.virtio.net import HEADER, RECEIVE_QUEUE, TRANSMIT_QUEUE, NetDevice
 from pyvmm.devices.virtio.queue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
 from pyvmm.vhost.stream import FrameStream
-from tests.unit.devices.virtio.test_virtio_net import HEADER, MAC, Guest, frame
+from tests.unit.devices.virtio.test_virtio_net import MAC, Guest, frame
 
 
 class Passt:
@@ -182,7 +182,11 @@ def test_the_serving_thread_moves_frames_both_ways(passt) -> None:
             guest.tx.add_chain([(guest.tx.alloc(len(data), data), len(data), False)])
         os.eventfd_write(kicks[TRANSMIT_QUEUE], 1)  # what KVM's ioeventfd does
         got: list[bytes] = []
-        wait_for(lambda: got.extend(passt.taken()) or len(got) == 3)
+
+        def three_taken() -> bool:
+            got.extend(passt.taken())
+            return len(got) == 3
+        wait_for(three_taken)
         assert got == [frame(200, n) for n in range(3)]
         guest.write(mmio.STATUS, 0)  # reset: the thread stops, the loop serves again
         assert passt.device._thread is None and passt.stream.wanted_events() & select.EPOLLIN

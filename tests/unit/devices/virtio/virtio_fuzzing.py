@@ -29,12 +29,14 @@ scripts/fuzz_virtio.py (long).
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import random
 import socket
 import struct
 import tempfile
+import termios
 import time
 import tracemalloc
 from dataclasses import dataclass, field
@@ -204,6 +206,7 @@ class World:
             self.peer.setblocking(False)
             self.peer_reads = True
             self.peer_buffer = bytearray(64 << 10)
+            self.peer_read = self.produced = 0
             self.stream = FrameStream(ours)
             self.device = NetDevice(self.stream, default_mac(0), mtu=65520)
         elif self.kind == "tapnet":  # a tap pyvmm serves: frames carry the header, offloads
@@ -264,11 +267,17 @@ class World:
             moved = (queue.next_used - used) & 0xFFFF
             self._used += moved if moved <= queue.max_size else 0
         if self.peer_reads:
-            try:  # passt reads what the device sent: the output of this operation
+            try:  # passt reads what the device sent
                 while count := self.peer.recv_into(self.peer_buffer):
-                    self.output_bytes += count
+                    self.peer_read += count
             except BlockingIOError:
                 pass
+        # The output of this operation: what the device handed the stream since the
+        # last one, read by passt, waiting in the socket or in the stream's buffer.
+        waiting = struct.unpack("i", fcntl.ioctl(self.peer, termios.FIONREAD, b"\0" * 4))[0]
+        produced = self.peer_read + waiting + self.stream.held_output
+        self.output_bytes += produced - self.produced
+        self.produced = produced
 
     def _op_read(self, offset: int, size: int) -> None:
         data = memoryview(bytearray(size))

@@ -9,8 +9,8 @@ iperf3 TCP guest -> host and host -> guest (``-R``) for ``--seconds`` each, and
 a 1-byte TCP ping-pong (``--pings`` round trips, TCP_NODELAY, Python both ends)
 against an echo server on the host.  The modes, in pairs:
 
-- ``pyvmm-user``: ``pyvmm run --net user`` (passt on a socketpair; frames through
-  Python), ``qemu-slirp``: QEMU ``-netdev user`` (libslirp), ``qemu-passt``: QEMU
+- ``pyvmm-user``: ``pyvmm run --net user`` (passt on a socketpair; frames moved
+  by the NIC's C thread), ``qemu-slirp``: QEMU ``-netdev user`` (libslirp), ``qemu-passt``: QEMU
   ``-netdev stream`` to a passt of its own (passt's socket path);
 - ``pyvmm-tap``: ``pyvmm run --net tap=NAME,vhost=on`` (the kernel's vhost-net),
   ``qemu-tap``: QEMU ``-netdev tap,ifname=NAME,vhost=on``; ``pyvmm-tap-novhost``:

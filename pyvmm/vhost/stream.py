@@ -3,39 +3,50 @@
 Each Ethernet frame travels as a 4-byte big-endian length and the frame
 (QEMU's ``-netdev stream``/``socket``; passt's ``--fd``), with no virtio-net
 header.  ``FrameStream`` reads and writes it on a non-blocking socket with
-bounded buffers:
+bounded buffers, which are C arrays (``_stream_build.py``): the NIC's C half
+moves frames between them and its rings without Python per frame
+(``pyvmm.devices.virtio.net``), and the methods here are the same buffers
+seen from Python:
 
 - input: the socket is read only while no whole frame waits in the buffer
-  (``next_frame`` until ``consume_frame``), at most ``READ_CHUNK`` bytes at
-  a time, so what is held is one chunk and one partial frame.  A frame
-  longer than ``max_frame`` is skipped as it streams in, never held, and
-  counted.  ``wanted_events`` drops EPOLLIN while a frame waits: a guest
-  without receive buffers holds the peer back (back-pressure), not our memory.
+  (``next_frame`` until ``consume_frame``), at most the buffer's room (one
+  ``READ_CHUNK`` and a partial frame) at a time.  A frame longer than
+  ``max_frame`` is skipped as it streams in, never held, and counted.
+  ``wanted_events`` drops EPOLLIN while a frame waits: a guest without
+  receive buffers holds the peer back (back-pressure), not our memory.
 - output: ``send`` writes what the socket takes at once and keeps the rest;
   ``can_send`` is False from ``OUTPUT_LIMIT`` bytes on, so the caller stops
   taking frames until ``flush`` (on EPOLLOUT) drains it.
 
 The owner watches ``fileno()`` for ``wanted_events()``; ``on_interest`` is
 called whenever that set changes (from ``send`` and ``consume_frame`` too).
+While the NIC's serving thread owns the socket (``served_elsewhere``), the
+owner's loop watches only for the peer going away.
 """
 
 from __future__ import annotations
 
-import errno
 import select
 import socket
-import struct
-from typing import Callable
+from typing import Any, Callable
 
 from pyvmm.vhost.link import WatchedLink
 
-_LENGTH = struct.Struct(">I")
-#: Most bytes one read takes from the socket.
+#: Most bytes one read takes from the socket (beyond a partial frame held).
 READ_CHUNK = 256 << 10
 #: Output bytes kept for a slow peer before the device stops transmitting.
 OUTPUT_LIMIT = 256 << 10
 #: Largest frame accepted from the peer: a 64 KiB MTU with its headers.
 DEFAULT_MAX_FRAME = 65535 + 18
+#: The output buffer holds OUTPUT_LIMIT and one more frame of any size a device sends.
+_LARGEST_SENT = 65535 + 18 + 4
+
+
+def c_module() -> tuple[Any, Any]:
+    """The C half's ``ffi`` and ``lib`` (``_stream_build.py``), imported when first needed."""
+    from pyvmm.vhost._stream_cffi import ffi, lib  # type: ignore[import-not-found]
+
+    return ffi, lib
 
 
 class FrameStream(WatchedLink):
@@ -47,119 +58,120 @@ class FrameStream(WatchedLink):
         self.sock = sock
         self.max_frame = max_frame
         self.on_interest = on_interest
-        self._input = bytearray()
-        self._output = bytearray()
-        #: Bytes still to skip of a frame that was too long.
-        self._skip = 0
-        self._frame: bytes | None = None
-        #: The peer closed its end (or the socket failed): no more input.
-        self.closed = False
-        self.oversize_frames = 0
+        ffi, self._lib = c_module()
+        self._ffi = ffi
+        self._in = ffi.new("uint8_t[]", READ_CHUNK + 4 + max_frame)
+        self._out = ffi.new("uint8_t[]", OUTPUT_LIMIT + _LARGEST_SENT)
+        #: The C state; ``c_stream`` is what the NIC's C half takes.
+        self.c_stream = ffi.new("pyvmm_stream *", {
+            "fd": sock.fileno(), "max_frame": max_frame,
+            "in": self._in, "in_cap": READ_CHUNK + 4 + max_frame,
+            "out": self._out, "out_cap": OUTPUT_LIMIT + _LARGEST_SENT,
+            "out_limit": OUTPUT_LIMIT})
+        #: A serving thread reads and writes the socket: Python leaves the buffers alone.
+        self.served_elsewhere = False
         self._interest = self.wanted_events()
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    @property
+    def closed(self) -> bool:
+        """The peer closed its end (or the socket failed): no more input."""
+        if self.c_stream.closed:
+            return True
+        if self.served_elsewhere:  # the thread may not have read the end yet
+            poller = select.poll()
+            poller.register(self.sock.fileno(), select.POLLRDHUP)
+            return any(events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+                       for _, events in poller.poll(0))
+        return False
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self.c_stream.closed = int(value)
+
+    @property
+    def oversize_frames(self) -> int:
+        """Frames longer than ``max_frame`` from the peer, skipped."""
+        return int(self.c_stream.oversize)
+
+    @property
+    def held_input(self) -> int:
+        """Bytes read and not yet consumed (a partial frame, frames waiting)."""
+        return int(self.c_stream.in_len - self.c_stream.in_start)
+
+    @property
+    def held_output(self) -> int:
+        """Bytes kept for the peer, not yet written."""
+        return int(self.c_stream.out_len)
+
     # -- input -------------------------------------------------------------------------------
 
     def fill(self) -> None:
         """Read what the socket has (one chunk), unless a whole frame already waits."""
-        if self.closed or self.next_frame() is not None:
+        if self.served_elsewhere:
             return
-        try:
-            data = self.sock.recv(READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.closed = True
-        else:
-            self._input += data
+        self._lib.pyvmm_stream_fill(self.c_stream)
         self._interest_changed()
 
     def next_frame(self) -> bytes | None:
         """The oldest whole frame received and not consumed, or None."""
-        if self._frame is None:
-            self._frame = self._parse()
-        return self._frame
+        stream = self.c_stream
+        if self.served_elsewhere or not self._lib.pyvmm_stream_peek(stream):
+            return None
+        start = stream.in_start + 4
+        return bytes(self._ffi.buffer(self._in + start, stream.frame_len))
 
     def consume_frame(self) -> None:
-        self._frame = None
+        if not self.served_elsewhere:
+            self._lib.pyvmm_stream_consume(self.c_stream)
         self._interest_changed()
 
-    def _parse(self) -> bytes | None:
-        buffer = self._input
-        while True:
-            if self._skip:
-                count = min(self._skip, len(buffer))
-                del buffer[:count]
-                self._skip -= count
-                if self._skip:
-                    return None
-            if len(buffer) < _LENGTH.size:
-                return None
-            length = _LENGTH.unpack_from(buffer)[0]
-            if length > self.max_frame:
-                self.oversize_frames += 1
-                del buffer[:_LENGTH.size]
-                self._skip = length
-                continue
-            if len(buffer) < _LENGTH.size + length:
-                return None
-            frame = bytes(buffer[_LENGTH.size:_LENGTH.size + length])
-            del buffer[:_LENGTH.size + length]
-            if length:  # an empty frame carries nothing
-                return frame
+    def frame_waits(self) -> bool:
+        """Whether a whole frame waits (what ``next_frame`` says, without copying it)."""
+        return not self.served_elsewhere and bool(self._lib.pyvmm_stream_peek(self.c_stream))
 
     # -- output ------------------------------------------------------------------------------
 
     def can_send(self) -> bool:
-        return not self.closed and len(self._output) < OUTPUT_LIMIT
+        return not self.closed and self.c_stream.out_len < OUTPUT_LIMIT
 
     def send(self, frame: bytes) -> None:
         """Queue ``frame`` (with its length) and write what the socket takes now."""
-        if self.closed:
-            return
-        if self._output:
-            self._output += _LENGTH.pack(len(frame))
-            self._output += frame
-            return  # EPOLLOUT is already wanted: flush() writes it in order
-        message = _LENGTH.pack(len(frame)) + frame
-        sent = self._write(message)
-        if sent < len(message):
-            self._output += message[sent:]
-            self._interest_changed()
+        if len(frame) > _LARGEST_SENT - 4:
+            raise ValueError(f"a {len(frame)}-byte frame is longer than any link carries")
+        self._check(self._lib.pyvmm_stream_send(self.c_stream, frame, len(frame)))
+        self._interest_changed()
 
     def flush(self) -> None:
         """Write what is kept (the socket became writable)."""
-        if self._output:
-            sent = self._write(self._output)
-            del self._output[:sent]
+        if not self.served_elsewhere:
+            self._check(self._lib.pyvmm_stream_flush(self.c_stream))
         self._interest_changed()
 
-    def _write(self, data: bytes | bytearray) -> int:
-        try:
-            return self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            return 0
-        except OSError as exc:
-            if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-                raise
-            self.closed = True
-            self._output.clear()
-            return len(data)
+    @staticmethod
+    def _check(result: int) -> None:
+        if result < 0:
+            raise OSError(-result, f"passt's socket: {__import__('os').strerror(-result)}")
 
     # -- what to watch ---------------------------------------------------------------------------
 
     def wanted_events(self) -> int:
-        """EPOLLIN unless a whole frame waits (or the peer is gone); EPOLLOUT while output waits."""
+        """EPOLLIN unless a whole frame waits (or the peer is gone); EPOLLOUT while output waits
+        (neither while a serving thread watches the socket itself)."""
+        if self.served_elsewhere:
+            return 0
         events = 0
-        if not self.closed and self.next_frame() is None:
+        if not self.c_stream.closed and not self._lib.pyvmm_stream_peek(self.c_stream):
             events |= select.EPOLLIN
-        if self._output:
+        if self.c_stream.out_len:
             events |= select.EPOLLOUT
         return events
+
+    def interest_changed(self) -> None:
+        """The C half moved frames: tell the owner if the events wanted changed."""
+        self._interest_changed()
 
     def close(self) -> None:
         self.sock.close()

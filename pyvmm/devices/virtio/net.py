@@ -22,6 +22,14 @@ a segmentation-offloaded one), either way, is dropped and counted.  The
 device knows nothing of KVM or of the event loop: the machine calls
 ``frames_arrived`` and ``link_writable`` when the back end's socket is ready.
 
+Over passt's stream (a ``FrameStream`` link) the frames never pass through
+Python: ``_RingPump`` hands the rings and guest RAM to the stream's C half
+(``pyvmm/vhost/_stream_build.py``), which moves every ready frame per call.
+In the machine the NIC is served like a vhost back end: its ``kick_fds``
+become KVM's ioeventfds, ``call_fd`` its irqfd, and a thread of its own runs
+the C loop (GIL released), so a frame costs no Python at all; without them
+(tests, the fuzzer) each notification and each arrival runs the C half once.
+
 ``VhostNetDevice`` is the same NIC with its queues served by the host
 kernel's vhost-net: pyvmm keeps the registers and the config space, the
 kernel moves the frames (``device.KernelVhostDevice``).
@@ -30,14 +38,18 @@ kernel moves the frames (``device.KernelVhostDevice``).
 from __future__ import annotations
 
 import logging
+import os
 import struct
+import threading
 import time
 from typing import Callable, Protocol
 
 from pyvmm.devices.virtio.device import (COMMON_FEATURES, SERVE_BUDGET_SECONDS, KernelQueues,
                                          KernelVhostDevice, VirtioDevice)
 from pyvmm.devices.virtio.queue import DescriptorChain, QueueError, SplitQueue, read_from
+from pyvmm.errors import DeviceError
 from pyvmm.memory import GuestMemory
+from pyvmm.vhost.stream import FrameStream, c_module
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +95,8 @@ _GSO_FEATURES = {GSO_TCPV4: (VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_GUEST_TSO4),
                  GSO_TCPV6: (VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_GUEST_TSO6)}
 #: What became of one received frame (``NetDevice._put_frame``).
 _DELIVERED, _DROPPED, _NO_ROOM = range(3)
+#: What a pass of the C half reports (its PYVMM_NET_* bits).
+_PUMP_INTERRUPT, _PUMP_MORE, _PUMP_ERROR = 1, 2, 4
 
 
 class FrameLink(Protocol):
@@ -138,12 +152,42 @@ class NetDevice(VirtioDevice):
         self.tx_frames = 0
         #: A receive ring was malformed outside a notification: drop input until reset.
         self._receive_broken = False
+        #: Over passt's stream: the C half that moves the frames (no Python per frame).
+        self._pump = _RingPump(link, self.max_frame) \
+            if isinstance(link, FrameStream) and not header_in_frames else None
+        #: Bound by the machine (attach_virtio) once it asked for ``kick_fds``: the
+        #: irqfd the serving thread signals.
+        self.call_fd: int | None = None
+        self._kick_fds: list[int] | None = None
+        self._thread: threading.Thread | None = None
 
     # -- what the transport asks ---------------------------------------------------------
+
+    @property
+    def kick_fds(self) -> list[int]:
+        """Over passt's stream only (else AttributeError, so ``getattr(device,
+        "kick_fds", None)`` is None): one eventfd per queue, made when the machine
+        asks (attach_virtio binds them as KVM's ioeventfds and owns them)."""
+        if self._pump is None:
+            raise AttributeError("kick_fds: a NIC over a tap is served from the loop")
+        if self._kick_fds is None:
+            self._kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                              for _ in self.queues]
+        return self._kick_fds
 
     def device_features(self) -> int:
         return COMMON_FEATURES | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS \
             | 1 << VIRTIO_NET_F_MRG_RXBUF | 1 << VIRTIO_NET_F_MTU | self.offloads
+
+    @property
+    def frame_counts(self) -> dict[str, int]:
+        """Frames moved and dropped, by kind (the C half's counts over passt's stream)."""
+        names = ("rx_frames", "tx_frames", "rx_oversize", "tx_oversize", "tx_bad_header",
+                 "rx_inactive", "rx_bad_header")
+        counts = {name: getattr(self, name) for name in names}
+        if self._pump is not None:
+            counts.update(self._pump.counts())
+        return counts
 
     def config_space(self) -> bytes:
         return CONFIG.pack(self.mac, VIRTIO_NET_S_LINK_UP, 1, self.mtu)
@@ -155,12 +199,72 @@ class NetDevice(VirtioDevice):
         self._receive_broken = False
         if self._on_offloads is not None:
             self._on_offloads(driver_features & self.offloads)
+        if self._pump is not None:
+            self._pump.load(memory, self.queues,
+                            self.has_feature(VIRTIO_NET_F_MRG_RXBUF))
+            if self.call_fd is not None and self._kick_fds is not None:
+                self._start_thread()
 
     def reset(self) -> None:
+        self._stop_thread()
         super().reset()
         self._receive_broken = False
+        if self._pump is not None:
+            self._pump.unload()
+
+    def shutdown(self) -> None:
+        self._stop_thread()
+
+    # -- the serving thread (the machine's NIC over passt) ------------------------------------
+
+    def _start_thread(self) -> None:
+        assert self._pump is not None and self._kick_fds is not None
+        assert self.call_fd is not None and isinstance(self.link, FrameStream)
+        self.backend_interrupts = True  # the thread signals the irqfd, not the transport
+        self._pump.start_serving(self._kick_fds, self.call_fd)
+        self.link.served_elsewhere = True
+        self.link.interest_changed()
+        self._thread = threading.Thread(target=self._serve, name="virtio-net",
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        assert self._pump is not None
+        error = self._pump.serve()
+        if error is None:
+            return
+        # Report under the lock, unless a reset (which holds it) is stopping us.
+        while not self._pump.stopping:
+            if self.lock.acquire(timeout=0.05):
+                try:
+                    if not self._pump.stopping:
+                        self._receive_broken = True
+                        self._broken(error)
+                finally:
+                    self.lock.release()
+                return
+
+    def _stop_thread(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        assert self._pump is not None and isinstance(self.link, FrameStream)
+        self._pump.stop_serving(thread)
+        self.link.served_elsewhere = False
+        self.link.interest_changed()
 
     def process_queue(self, index: int) -> None:
+        if self._pump is not None:
+            if self._thread is not None and self._kick_fds is not None:
+                os.eventfd_write(self._kick_fds[index], 1)  # a notify KVM did not take
+                return
+            try:
+                self._pump_call(index == TRANSMIT_QUEUE)
+            except QueueError:
+                if index == RECEIVE_QUEUE:
+                    self._receive_broken = True
+                raise
+            return
         if index == TRANSMIT_QUEUE:
             self._transmit()
         elif index == RECEIVE_QUEUE:
@@ -172,7 +276,23 @@ class NetDevice(VirtioDevice):
 
     def pending(self, index: int) -> bool:
         # Receive buffers wait for frames; transmit chains wait while the link is full.
+        if self._thread is not None:
+            return False  # the thread serves them
         return index == TRANSMIT_QUEUE and self.link.can_send() and super().pending(index)
+
+    def _pump_call(self, transmit: bool) -> bool:
+        """One pass of the C half over one queue (raises QueueError for a bad ring);
+        True if it stopped with work left."""
+        assert self._pump is not None and isinstance(self.link, FrameStream)
+        if self.memory is None:
+            return False
+        status, error = self._pump.run(transmit)
+        self.link.interest_changed()
+        if status & _PUMP_INTERRUPT:
+            self._raise_used()
+        if error is not None:
+            raise QueueError(error)
+        return bool(status & _PUMP_MORE)
 
     # -- the back end's events (the machine's event loop) ---------------------------------
 
@@ -183,10 +303,14 @@ class NetDevice(VirtioDevice):
         left: the caller should come back after its other events.
         """
         with self.lock:
+            if self._thread is not None:
+                return False
             if self._receive_broken or not self._running():
                 self._drop_input()
                 return False
             try:
+                if self._pump is not None:
+                    return self._pump_call(transmit=False)
                 return self._receive()
             except QueueError as exc:
                 self._receive_broken = True
@@ -197,9 +321,11 @@ class NetDevice(VirtioDevice):
     def link_writable(self) -> bool:
         """The link's output drained: take the transmit chains left on the ring."""
         with self.lock:
-            if not self._running():
+            if not self._running() or self._thread is not None:
                 return False
             try:
+                if self._pump is not None:
+                    return self._pump_call(transmit=True)
                 self._transmit()
             except QueueError as exc:
                 self._broken(str(exc))
@@ -405,6 +531,120 @@ class NetDevice(VirtioDevice):
                 written += count
             queue.add_used(chain.head, written)
         return _DELIVERED
+
+
+class _RingPump:
+    """The C half of a NIC over passt's stream: its rings, guest RAM and the stream
+    as one C struct (``pyvmm_net``), and the passes or the serving loop over it.
+
+    Guest RAM goes over as each region's host address and size, the rings as the
+    views ``SplitQueue`` checked when the driver made them ready; the C code
+    checks every descriptor against the regions as ``SplitQueue`` does.  The
+    queues' positions (``next_avail``, ``next_used``) move to C for a pass and
+    back after it; while the thread serves, C alone holds them.
+    """
+
+    def __init__(self, stream: FrameStream, max_frame: int) -> None:
+        self._ffi, self._lib = c_module()
+        self._stream = stream
+        self.c = self._ffi.new("pyvmm_net *", {
+            "stream": stream.c_stream, "max_frame": max_frame,
+            "budget_ns": int(SERVE_BUDGET_SECONDS * 1e9),
+            "kick_rx": -1, "kick_tx": -1, "call_fd": -1, "stop_fd": -1})
+        #: The buffers C points into, kept alive while it does.
+        self._held: list[object] = []
+        self._queues: list[SplitQueue] = []
+        self._stop_fd = -1
+        self.stopping = False
+
+    def load(self, memory: GuestMemory, queues: list[SplitQueue], mergeable: bool) -> None:
+        """The driver is up: point C at guest RAM and at the rings that are ready."""
+        ffi, c = self._ffi, self.c
+        held: list[object] = []
+        if len(memory.regions) > len(c.regions):
+            raise DeviceError("virtio-net: guest RAM has too many ranges for the C half")
+        for i, region in enumerate(memory.regions):
+            host = ffi.from_buffer("uint8_t[]", memory.view(region.guest_base, region.size))
+            held.append(host)
+            c.regions[i] = {"gpa": region.guest_base, "size": region.size, "host": host}
+        c.nregions = len(memory.regions)
+        c.mergeable = int(mergeable)
+        for queue, ring in zip(queues, (c.rx, c.tx)):
+            ring.desc = ring.avail = ring.used = ffi.NULL
+            if not queue.ready:
+                continue
+            views = [memory.view(queue.desc_addr, 16 * queue.size),
+                     memory.view(queue.avail_addr, 6 + 2 * queue.size),
+                     memory.view(queue.used_addr, 6 + 8 * queue.size)]
+            pointers = [ffi.from_buffer("uint8_t[]", view) for view in views]
+            held += pointers
+            ring.desc, ring.avail, ring.used = pointers
+            ring.size = queue.size
+            ring.event_idx = int(queue.event_idx)
+        self._held = held
+        self._queues = queues
+
+    def unload(self) -> None:
+        c = self.c
+        c.nregions = 0
+        for ring in (c.rx, c.tx):
+            ring.desc = ring.avail = ring.used = self._ffi.NULL
+        self._held = []
+        self._queues = []
+
+    def _to_c(self) -> None:
+        for queue, ring in zip(self._queues, (self.c.rx, self.c.tx)):
+            ring.next_avail, ring.next_used = queue.next_avail, queue.next_used
+
+    def _from_c(self) -> None:
+        for queue, ring in zip(self._queues, (self.c.rx, self.c.tx)):
+            queue.next_avail, queue.next_used = ring.next_avail, ring.next_used
+
+    def run(self, transmit: bool) -> tuple[int, str | None]:
+        """One pass over the transmit or the receive queue: (PYVMM_NET_* bits, error)."""
+        ring = self.c.tx if transmit else self.c.rx
+        if ring.desc == self._ffi.NULL:
+            return 0, None
+        self._to_c()
+        status = (self._lib.pyvmm_net_transmit if transmit else
+                  self._lib.pyvmm_net_receive)(self.c)
+        self._from_c()
+        if status & _PUMP_ERROR:
+            return status, self._ffi.string(self.c.error).decode()
+        return status, None
+
+    def counts(self) -> dict[str, int]:
+        c = self.c
+        return {"rx_frames": c.rx_frames, "tx_frames": c.tx_frames,
+                "rx_oversize": c.rx_oversize, "tx_oversize": c.tx_oversize,
+                "tx_bad_header": c.tx_bad_header}
+
+    # -- the serving thread ----------------------------------------------------------------
+
+    def start_serving(self, kick_fds: list[int], call_fd: int) -> None:
+        c = self.c
+        c.kick_rx, c.kick_tx = kick_fds[RECEIVE_QUEUE], kick_fds[TRANSMIT_QUEUE]
+        c.call_fd = call_fd
+        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        c.stop_fd = self._stop_fd
+        self.stopping = False
+        self._to_c()
+
+    def serve(self) -> str | None:
+        """The thread's body: C serves both queues until stopped; the error that ended
+        it (a malformed ring), or None."""
+        status = self._lib.pyvmm_net_serve(self.c)
+        if status & _PUMP_ERROR:
+            return self._ffi.string(self.c.error).decode()
+        return None
+
+    def stop_serving(self, thread: threading.Thread) -> None:
+        self.stopping = True
+        os.eventfd_write(self._stop_fd, 1)
+        thread.join()
+        os.close(self._stop_fd)
+        self._stop_fd = self.c.stop_fd = -1
+        self._from_c()
 
 
 class VhostNetDevice(KernelVhostDevice):

@@ -74,7 +74,7 @@ def test_an_oversize_frame_is_skipped_without_holding_it(pair) -> None:
             sent += peer.send(b"\0" * min(1 << 20, huge - sent))
         except BlockingIOError:
             assert drain(stream) == []
-            assert len(stream._input) <= READ_CHUNK + 4
+            assert stream.held_input <= READ_CHUNK + 4
     peer.setblocking(True)
     peer.sendall(framed(b"after"))
     assert drain(stream) == [b"after"]
@@ -88,7 +88,7 @@ def test_output_is_bounded_and_drains_in_order(pair) -> None:
     while stream.can_send():
         stream.send(frames[sent % 256])
         sent += 1
-    assert len(stream._output) < OUTPUT_LIMIT + 1504
+    assert stream.held_output < OUTPUT_LIMIT + 1504
     assert stream.wanted_events() & select.EPOLLOUT and changes[-1] & select.EPOLLOUT
     received = bytearray()
     peer.setblocking(False)

@@ -1,7 +1,8 @@
 """A hostile driver for the virtio devices, as hypothesis strategies plus the checks.
 
 A ``World`` is one device (block, console, the ports of command mode, the
-entropy device, virtio-net over a stand-in link, virtio-fs with a stand-in
+entropy device, virtio-net over a stand-in link or over passt's stream (a
+socketpair, the frames moved by the C half), virtio-fs with a stand-in
 back end: its config space and transport, or virtio-vsock with a stand-in
 vhost-vsock: its config space, transport and the event queue it serves) behind
 its real virtio-mmio transport, over guest RAM of two ranges with a hole between them (as below and
@@ -28,11 +29,14 @@ scripts/fuzz_virtio.py (long).
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import random
+import socket
 import struct
 import tempfile
+import termios
 import time
 import tracemalloc
 from dataclasses import dataclass, field
@@ -52,6 +56,7 @@ from pyvmm.devices.virtio.rng import REQUEST_LIMIT, RngDevice
 from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue
 from pyvmm.devices.virtio.vsock import VsockDevice
 from pyvmm.memory import GuestMemory, MemoryRegion
+from pyvmm.vhost.stream import OUTPUT_LIMIT, READ_CHUNK, FrameStream
 
 RANGE = 256 << 10
 #: Guest RAM: [0, 256K) and [1M, 1M + 256K); the hole between is not RAM.
@@ -64,7 +69,8 @@ DISK_SECTORS = 64
 #: (64 KiB each, smaller for a device of many queues: all in the first range).
 DATA_BASE, DATA_SIZE = 0x10000, 0x10000
 #: The kinds of world, and the ports of the ports world (command mode's four).
-KINDS = ("block", "console", "ports", "fs", "rng", "net", "tapnet", "vhostnet", "vsock")
+KINDS = ("block", "console", "ports", "fs", "rng", "net", "usernet", "tapnet", "vhostnet",
+         "vsock")
 PORT_NAMES = ("stdin", "stdout", "stderr", "status")
 #: Longest any one operation may take.
 MAX_SECONDS = 1.0
@@ -195,6 +201,14 @@ class World:
         elif self.kind == "net":
             self.link = StandInLink(self._sink)
             self.device = NetDevice(self.link, default_mac(0), mtu=65520)
+        elif self.kind == "usernet":  # passt's stream: a socketpair, the C half
+            ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.peer.setblocking(False)
+            self.peer_reads = True
+            self.peer_buffer = bytearray(64 << 10)
+            self.peer_read = self.produced = 0
+            self.stream = FrameStream(ours)
+            self.device = NetDevice(self.stream, default_mac(0), mtu=65520)
         elif self.kind == "tapnet":  # a tap pyvmm serves: frames carry the header, offloads
             self.link = StandInLink(self._sink)
             self.offloads_set: list[int] = []
@@ -235,12 +249,35 @@ class World:
             os.close(self.device.call_fd)
         if self._memfd >= 0:
             os.close(self._memfd)
+        if self.kind == "usernet":
+            self.stream.close()
+            self.peer.close()
 
     # -- operations ---------------------------------------------------------------
 
     def apply(self, op: tuple) -> None:
         kind, *args = op
+        before = [queue.next_used for queue in self.device.queues]
         getattr(self, "_op_" + kind)(*args)
+        if self.kind != "usernet":
+            return
+        # The C half uses chains without SplitQueue.add_used: count them by the index
+        # (a reset in this operation sets it back: nothing counted then).
+        for queue, used in zip(self.device.queues, before):
+            moved = (queue.next_used - used) & 0xFFFF
+            self._used += moved if moved <= queue.max_size else 0
+        if self.peer_reads:
+            try:  # passt reads what the device sent
+                while count := self.peer.recv_into(self.peer_buffer):
+                    self.peer_read += count
+            except BlockingIOError:
+                pass
+        # The output of this operation: what the device handed the stream since the
+        # last one, read by passt, waiting in the socket or in the stream's buffer.
+        waiting = struct.unpack("i", fcntl.ioctl(self.peer, termios.FIONREAD, b"\0" * 4))[0]
+        produced = self.peer_read + waiting + self.stream.held_output
+        self.output_bytes += produced - self.produced
+        self.produced = produced
 
     def _op_read(self, offset: int, size: int) -> None:
         data = memoryview(bytearray(size))
@@ -381,6 +418,25 @@ class World:
         if isinstance(self.device, VsockDevice):
             self.device.transport_reset()  # takes an event buffer the driver gave
             return
+        if self.kind == "usernet":
+            assert isinstance(self.device, NetDevice)
+            if not data:  # passt stops reading (the link fills up) or starts again
+                self.peer_reads = not self.peer_reads
+                if self.peer_reads:
+                    self.stream.flush()
+                    self.device.link_writable()
+                return
+            if data[0] & 1:  # a frame the size of the MTU or past it
+                data = (data * (65560 // len(data) + 1))[:65520 + data[0] * 4]
+            if not data[0] & 2:  # else raw bytes: a length prefix of anything
+                data = struct.pack(">I", len(data)) + data
+            try:
+                self.peer.send(data)
+            except BlockingIOError:
+                pass
+            self.stream.fill()
+            self.device.frames_arrived()
+            return
         if isinstance(self.device, NetDevice):
             if not data:
                 self.link.room = not self.link.room
@@ -443,7 +499,10 @@ class World:
             assert backlog <= CONTROL_KINDS * len(self.device.ports), \
                 f"{backlog} control messages waiting"
             assert all(len(port.pending) <= INPUT_LIMIT for port in self.device.ports)
-        if isinstance(self.device, NetDevice):
+        if self.kind == "usernet":
+            assert self.stream.held_input <= READ_CHUNK + 4 + self.stream.max_frame
+            assert self.stream.held_output <= OUTPUT_LIMIT + 65557
+        elif isinstance(self.device, NetDevice):
             assert len(self.link.incoming) <= StandInLink.HELD
         self.check()
 

@@ -1,0 +1,713 @@
+"""cffi build script for the C half of ``--net user``: passt's stream and the NIC's rings.
+
+For ``pyvmm.vhost.stream.FrameStream`` (QEMU's stream framing, a 4-byte
+big-endian length before each frame, on passt's socket) and
+``pyvmm.devices.virtio.net.NetDevice`` over it.  Python per frame was the
+cost of ``--net user`` (in the rig, where Python runs emulated, a 1-byte
+round trip took four times QEMU's), so the frames never reach Python:
+
+- the stream's buffers are C arrays of fixed size (input: one read chunk and
+  one frame; output: ``out_limit`` and one frame), parsed and written here;
+- ``pyvmm_net_transmit`` walks every available transmit chain, gathers each
+  frame after its 12-byte virtio-net header into the output buffer behind its
+  length, publishes the used index once and makes one ``send``;
+- ``pyvmm_net_receive`` reads the socket in big chunks, splits frames by their
+  length and fills mergeable receive buffers, one used-index store per batch;
+- ``pyvmm_net_serve`` is a loop for a thread of its own (cffi releases the
+  GIL): epoll over the two kick eventfds (KVM's ioeventfds), the socket and a
+  stop eventfd, the interrupt an eventfd write (KVM's irqfd).  The device
+  sees eventfds, never KVM.
+
+Guest memory is checked exactly as ``pyvmm.devices.virtio.queue`` does: every
+descriptor buffer lies inside one RAM region, a chain (indirect tables
+included) holds at most the queue's size of descriptors, an indirect table is
+neither nested nor chained nor of a bad length, no readable descriptor
+follows a writable one; anything else is an error whose message the device
+turns into DEVICE_NEEDS_RESET.  No host memory outside guest RAM and the
+stream's own buffers is read or written.
+"""
+
+from __future__ import annotations
+
+import cffi
+
+CDEF = r"""
+typedef struct {
+    uint64_t gpa, size;
+    uint8_t *host;
+} pyvmm_ram_region;
+
+typedef struct {
+    uint8_t *desc, *avail, *used;  /* the rings, checked inside guest RAM by SplitQueue */
+    uint32_t size;                 /* entries: a power of two */
+    uint16_t next_avail, next_used;
+    int event_idx;
+} pyvmm_ring;
+
+typedef struct {
+    int fd;
+    int closed;                    /* the peer closed its end, or the socket failed */
+    uint32_t max_frame;            /* longer frames from the peer are skipped, counted */
+    uint8_t *in;
+    uint32_t in_start, in_len, in_cap;
+    uint32_t skip;                 /* bytes still to skip of an oversize frame */
+    uint32_t frame_len;            /* a whole frame waits at in_start (its length), or 0 */
+    uint8_t *out;
+    uint32_t out_len, out_cap, out_limit;
+    uint64_t oversize;
+} pyvmm_stream;
+
+typedef struct {
+    pyvmm_ram_region regions[8];
+    uint32_t nregions;
+    pyvmm_ring rx, tx;
+    pyvmm_stream *stream;
+    int mergeable;
+    uint32_t max_frame;            /* the device's: MTU + Ethernet and VLAN headers */
+    uint64_t budget_ns;            /* most time one call spends */
+    uint64_t rx_frames, tx_frames, rx_oversize, tx_oversize, tx_bad_header;
+    int kick_rx, kick_tx, call_fd, stop_fd;   /* eventfds, for pyvmm_net_serve */
+    uint64_t wakeups, interrupts;
+    char error[200];
+} pyvmm_net;
+
+#define PYVMM_NET_INTERRUPT 1
+#define PYVMM_NET_MORE 2
+#define PYVMM_NET_ERROR 4
+#define PYVMM_NET_STOPPED 8
+
+int pyvmm_stream_fill(pyvmm_stream *s);
+int pyvmm_stream_peek(pyvmm_stream *s);
+void pyvmm_stream_consume(pyvmm_stream *s);
+int pyvmm_stream_send(pyvmm_stream *s, const uint8_t *frame, uint32_t len);
+int pyvmm_stream_flush(pyvmm_stream *s);
+int pyvmm_net_transmit(pyvmm_net *n);
+int pyvmm_net_receive(pyvmm_net *n);
+int pyvmm_net_serve(pyvmm_net *n);
+"""
+
+SOURCE = r"""
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+#define PYVMM_NET_INTERRUPT 1
+#define PYVMM_NET_MORE 2
+#define PYVMM_NET_ERROR 4
+#define PYVMM_NET_STOPPED 8
+#define NET_HDR 12
+#define DESC_F_NEXT 1
+#define DESC_F_WRITE 2
+#define DESC_F_INDIRECT 4
+#define AVAIL_F_NO_INTERRUPT 1
+
+""" + CDEF.split("#define", 1)[0] + r"""
+
+static inline uint16_t ld16(const uint8_t *p) { return __atomic_load_n((const uint16_t *)p, __ATOMIC_ACQUIRE); }
+static inline void st16(uint8_t *p, uint16_t v) { __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELEASE); }
+static inline void full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + t.tv_nsec;
+}
+
+/* ---- the stream: QEMU's framing on a non-blocking socket ---------------------------- */
+
+/* Parse up to the next whole frame (skipping oversize and empty ones); 1 if one waits. */
+int pyvmm_stream_peek(pyvmm_stream *s)
+{
+    for (;;) {
+        uint32_t held;
+        if (s->frame_len)
+            return 1;
+        held = s->in_len - s->in_start;
+        if (s->skip) {
+            uint32_t count = s->skip < held ? s->skip : held;
+            s->in_start += count;
+            s->skip -= count;
+            if (s->skip)
+                return 0;
+            held -= count;
+        }
+        if (held < 4)
+            return 0;
+        const uint8_t *p = s->in + s->in_start;
+        uint32_t length = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+        if (length > s->max_frame) {
+            s->oversize++;
+            s->in_start += 4;
+            s->skip = length;
+            continue;
+        }
+        if (held - 4 < length)
+            return 0;
+        if (length == 0) {  /* an empty frame carries nothing */
+            s->in_start += 4;
+            continue;
+        }
+        s->frame_len = length;
+        return 1;
+    }
+}
+
+void pyvmm_stream_consume(pyvmm_stream *s)
+{
+    if (s->frame_len) {
+        s->in_start += 4 + s->frame_len;
+        s->frame_len = 0;
+    }
+}
+
+/* Read what the socket has (up to the buffer's room) unless a whole frame waits.
+   1 if bytes came, 0 if none (or a frame waits), -1 once closed. */
+int pyvmm_stream_fill(pyvmm_stream *s)
+{
+    ssize_t got;
+    if (s->closed)
+        return -1;
+    if (pyvmm_stream_peek(s))
+        return 0;
+    if (s->in_start) {  /* what is held is less than one frame and its length */
+        memmove(s->in, s->in + s->in_start, s->in_len - s->in_start);
+        s->in_len -= s->in_start;
+        s->in_start = 0;
+    }
+    got = recv(s->fd, s->in + s->in_len, s->in_cap - s->in_len, MSG_DONTWAIT);
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return 0;
+    if (got <= 0) {
+        s->closed = 1;
+        return -1;
+    }
+    s->in_len += (uint32_t)got;
+    return 1;
+}
+
+/* Write what is kept; 0, or -errno for a failure other than the peer going away. */
+int pyvmm_stream_flush(pyvmm_stream *s)
+{
+    while (s->out_len) {
+        ssize_t sent = send(s->fd, s->out, s->out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (sent < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 0;
+            if (errno == EPIPE || errno == ECONNRESET) {
+                s->closed = 1;
+                s->out_len = 0;
+                return 0;
+            }
+            return -errno;
+        }
+        memmove(s->out, s->out + sent, s->out_len - (uint32_t)sent);
+        s->out_len -= (uint32_t)sent;
+    }
+    return 0;
+}
+
+static inline void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+
+/* Queue one frame (the caller checked can-send); -ENOBUFS if it can't fit at all. */
+int pyvmm_stream_send(pyvmm_stream *s, const uint8_t *frame, uint32_t len)
+{
+    if (s->closed)
+        return 0;
+    if ((uint64_t)s->out_len + 4 + len > s->out_cap)
+        return -ENOBUFS;
+    int was_empty = s->out_len == 0;
+    put_be32(s->out + s->out_len, len);
+    memcpy(s->out + s->out_len + 4, frame, len);
+    s->out_len += 4 + len;
+    return was_empty ? pyvmm_stream_flush(s) : 0;
+}
+
+/* ---- guest memory and the split virtqueue (as pyvmm.devices.virtio.queue) -------------- */
+
+static uint8_t *translate(const pyvmm_net *n, uint64_t gpa, uint64_t len)
+{
+    for (uint32_t i = 0; i < n->nregions; i++) {
+        const pyvmm_ram_region *r = &n->regions[i];
+        if (gpa >= r->gpa && gpa - r->gpa <= r->size && len <= r->size - (gpa - r->gpa))
+            return r->host + (gpa - r->gpa);
+    }
+    return NULL;
+}
+
+static int fail(pyvmm_net *n, const char *message)
+{
+    snprintf(n->error, sizeof n->error, "%s", message);
+    return -1;
+}
+
+/* What a chain's walk does with each buffer. */
+typedef struct {
+    /* transmit: gather the readable bytes after the header into dst (up to cap) */
+    uint8_t *dst;
+    uint64_t cap, readable;
+    uint8_t gso_type;
+    /* receive: scatter src over the writable buffers */
+    const uint8_t *src;
+    uint64_t src_len, src_off;     /* src_off counts the header too */
+    uint64_t writable;
+    uint8_t *hdr_nb[2];            /* where num_buffers' two bytes went */
+    int receive;
+    uint32_t count;                /* descriptors in the chain */
+    int seen_writable;
+} walk_state;
+
+static void take_buffer(walk_state *w, uint8_t *p, uint32_t len, const uint8_t *header)
+{
+    if (!w->receive) {
+        for (uint32_t i = 0; i < len; i++) {  /* the header: only gso_type matters */
+            uint64_t at = w->readable + i;
+            if (at >= NET_HDR)
+                break;
+            if (at == 1)
+                w->gso_type = p[i];
+        }
+        uint64_t start = w->readable < NET_HDR ? NET_HDR - w->readable : 0;
+        if (start < len) {
+            uint64_t off = w->readable + start - NET_HDR, count = len - start;
+            if (off < w->cap) {
+                if (count > w->cap - off)
+                    count = w->cap - off;
+                memcpy(w->dst + off, p + start, count);
+            }
+        }
+        w->readable += len;
+        return;
+    }
+    uint64_t total = NET_HDR + w->src_len;
+    uint32_t i = 0;
+    while (i < len && w->src_off < NET_HDR) {
+        uint64_t at = w->src_off;
+        if (at == 10 || at == 11)
+            w->hdr_nb[at - 10] = p + i;
+        p[i] = header[at];
+        i++;
+        w->src_off++;
+    }
+    if (i < len && w->src_off < total) {
+        uint64_t count = len - i;
+        if (count > total - w->src_off)
+            count = total - w->src_off;
+        memcpy(p + i, w->src + (w->src_off - NET_HDR), count);
+        w->src_off += count;
+        i += count;
+    }
+    w->writable += len;  /* the chain's room: counted in full, as writable_length is */
+}
+
+static int walk(pyvmm_net *n, pyvmm_ring *q, const uint8_t *table, uint32_t table_size,
+                uint32_t index, walk_state *w, int indirect_allowed, const uint8_t *header)
+{
+    uint32_t seen = 0;
+    for (;;) {
+        uint64_t addr; uint32_t len; uint16_t flags, next;
+        if (++seen > table_size)
+            return fail(n, "descriptor chain is longer than its table (a loop?)");
+        const uint8_t *d = table + 16 * (uint64_t)index;
+        memcpy(&addr, d, 8); memcpy(&len, d + 8, 4); memcpy(&flags, d + 12, 2); memcpy(&next, d + 14, 2);
+        if (flags & DESC_F_INDIRECT) {
+            if (!indirect_allowed || flags & DESC_F_NEXT)
+                return fail(n, "nested or chained indirect descriptor table");
+            if (len == 0 || len % 16)
+                return fail(n, "indirect table length is not a multiple of 16");
+            if (len / 16 > q->size)
+                return fail(n, "indirect table is larger than the queue");
+            const uint8_t *indirect = translate(n, addr, len);
+            if (indirect == NULL)
+                return fail(n, "indirect table outside guest RAM");
+            return walk(n, q, indirect, len / 16, 0, w, 0, header);
+        }
+        if (w->count >= q->size)
+            return fail(n, "descriptor chain is longer than the queue");
+        uint8_t *p = translate(n, addr, len);
+        if (p == NULL)
+            return fail(n, "descriptor buffer outside guest RAM");
+        w->count++;
+        if (flags & DESC_F_WRITE) {
+            w->seen_writable = 1;
+            if (w->receive)
+                take_buffer(w, p, len, header);
+        } else if (w->seen_writable) {
+            return fail(n, "a device-readable descriptor follows a writable one");
+        } else if (!w->receive) {
+            take_buffer(w, p, len, header);
+        }
+        if (!(flags & DESC_F_NEXT))
+            return 0;
+        if (next >= table_size)
+            return fail(n, "next descriptor is past the table size");
+        index = next;
+    }
+}
+
+/* The next available chain's head (-1: none), checked as SplitQueue.pop; -2 on error. */
+static int pop_head(pyvmm_net *n, pyvmm_ring *q)
+{
+    uint16_t avail_idx = ld16(q->avail + 2);
+    if (avail_idx == q->next_avail)
+        return -1;
+    if ((uint16_t)(avail_idx - q->next_avail) > q->size)
+        return fail(n, "available index ran more than the queue size ahead"), -2;
+    uint16_t head = ld16(q->avail + 4 + 2 * (q->next_avail % q->size));
+    q->next_avail++;
+    if (head >= q->size)
+        return fail(n, "descriptor head is past the queue size"), -2;
+    return head;
+}
+
+static inline int has_available(pyvmm_ring *q) { return ld16(q->avail + 2) != q->next_avail; }
+
+static void add_used(pyvmm_ring *q, uint32_t head, uint32_t len)
+{
+    uint8_t *e = q->used + 4 + 8 * (uint64_t)(q->next_used % q->size);
+    memcpy(e, &head, 4);
+    memcpy(e + 4, &len, 4);
+    q->next_used++;
+}
+
+static void publish_used(pyvmm_ring *q) { st16(q->used + 2, q->next_used); }
+
+static void set_avail_event(pyvmm_ring *q)
+{
+    if (q->event_idx) {
+        st16(q->used + 4 + 8 * q->size, q->next_avail);
+        full_fence();
+    }
+}
+
+static int ask_for_next(pyvmm_ring *q)
+{
+    if (!q->event_idx)
+        return 0;
+    uint16_t seen = ld16(q->avail + 2);
+    st16(q->used + 4 + 8 * q->size, seen);
+    full_fence();
+    return ld16(q->avail + 2) != seen;
+}
+
+static int needs_interrupt(pyvmm_ring *q, uint16_t used_before)
+{
+    if (q->next_used == used_before)
+        return 0;
+    full_fence();
+    if (q->event_idx) {
+        uint16_t used_event = ld16(q->avail + 4 + 2 * q->size);
+        return (uint16_t)(q->next_used - used_event - 1) < (uint16_t)(q->next_used - used_before);
+    }
+    return !(ld16(q->avail) & AVAIL_F_NO_INTERRUPT);
+}
+
+/* ---- transmit: guest -> peer ------------------------------------------------------------ */
+
+int pyvmm_net_transmit(pyvmm_net *n)
+{
+    pyvmm_ring *q = &n->tx;
+    pyvmm_stream *s = n->stream;
+    uint16_t used_before = q->next_used;
+    uint64_t deadline = now_ns() + n->budget_ns;
+    uint32_t served = 0;
+    int status = 0, flush_error = 0;
+    if (q->desc == NULL)  /* the driver never made it ready */
+        return 0;
+    for (;;) {
+        if (served >= q->size || (served && now_ns() >= deadline)) {
+            set_avail_event(q);
+            if (has_available(q))
+                status |= PYVMM_NET_MORE;
+            break;
+        }
+        if (s->closed)
+            break;
+        if (s->out_len >= s->out_limit) {
+            flush_error = pyvmm_stream_flush(s);
+            if (flush_error || s->out_len >= s->out_limit)
+                break;  /* EPOLLOUT brings us back */
+        }
+        int head = pop_head(n, q);
+        if (head == -2) {
+            status |= PYVMM_NET_ERROR;
+            break;
+        }
+        if (head < 0) {
+            set_avail_event(q);
+            if (!has_available(q))
+                break;
+            continue;
+        }
+        walk_state w = {0};
+        w.dst = s->out + s->out_len + 4;
+        w.cap = s->out_cap - s->out_len - 4;
+        if (walk(n, q, q->desc, q->size, head, &w, 1, NULL) < 0) {
+            status |= PYVMM_NET_ERROR;
+            break;
+        }
+        if (w.readable < NET_HDR || w.gso_type) {
+            n->tx_bad_header++;  /* no header, or segmentation we never offered */
+        } else if (w.readable - NET_HDR > n->max_frame || w.readable - NET_HDR > w.cap) {
+            n->tx_oversize++;
+        } else {
+            uint32_t length = (uint32_t)(w.readable - NET_HDR);
+            put_be32(s->out + s->out_len, length);
+            s->out_len += 4 + length;
+            n->tx_frames++;
+        }
+        add_used(q, head, 0);
+        served++;
+    }
+    if (q->next_used != used_before)
+        publish_used(q);
+    if (!flush_error)
+        flush_error = pyvmm_stream_flush(s);
+    if (needs_interrupt(q, used_before))
+        status |= PYVMM_NET_INTERRUPT;
+    if (flush_error && !(status & PYVMM_NET_ERROR)) {
+        snprintf(n->error, sizeof n->error, "sending to the peer: %s", strerror(-flush_error));
+        s->closed = 1;
+        s->out_len = 0;
+    }
+    return status;
+}
+
+/* ---- receive: peer -> guest ------------------------------------------------------------- */
+
+enum { DELIVERED, DROPPED, NO_ROOM, BROKEN };
+
+static int put_frame(pyvmm_net *n, pyvmm_ring *q, const uint8_t *frame, uint32_t len)
+{
+    static const uint8_t header[NET_HDR] = {0};
+    uint64_t needed = NET_HDR + (uint64_t)len, room = 0;
+    uint32_t heads[1024], lengths[1024], chains = 0;   /* q->size <= 1024 */
+    walk_state w = {0};
+    w.receive = 1;
+    w.src = frame;
+    w.src_len = len;
+    while (room < needed) {
+        if (chains && !n->mergeable)
+            break;
+        if (chains >= q->size)
+            break;
+        int head = pop_head(n, q);
+        if (head == -2)
+            return BROKEN;
+        if (head < 0)
+            break;
+        uint64_t before = w.src_off;
+        w.writable = 0;
+        w.count = 0;
+        w.seen_writable = 0;
+        if (walk(n, q, q->desc, q->size, head, &w, 1, header) < 0)
+            return BROKEN;
+        if (!w.writable) {
+            fail(n, "a virtio-net receive chain has no writable buffer");
+            return BROKEN;
+        }
+        heads[chains] = head;
+        lengths[chains] = (uint32_t)(w.src_off - before);
+        chains++;
+        room += w.writable;
+    }
+    if (room < needed) {
+        q->next_avail -= chains;  /* put them back (what we wrote there is the device's) */
+        if ((!n->mergeable && chains) || chains >= q->size) {
+            n->rx_oversize++;  /* it never fits: buffers too small for the size */
+            return DROPPED;
+        }
+        return NO_ROOM;
+    }
+    /* num_buffers: the header's last two bytes, wherever they landed */
+    if (w.hdr_nb[0]) *w.hdr_nb[0] = chains & 0xFF;
+    if (w.hdr_nb[1]) *w.hdr_nb[1] = chains >> 8;
+    for (uint32_t i = 0; i < chains; i++)
+        add_used(q, heads[i], lengths[i]);
+    return DELIVERED;
+}
+
+int pyvmm_net_receive(pyvmm_net *n)
+{
+    pyvmm_ring *q = &n->rx;
+    pyvmm_stream *s = n->stream;
+    uint16_t used_before = q->next_used;
+    uint64_t deadline = now_ns() + n->budget_ns;
+    uint32_t delivered = 0;
+    int status = 0, waiting = 0;
+    if (q->desc == NULL)
+        return 0;
+    for (;;) {
+        if (!pyvmm_stream_peek(s)) {
+            if (pyvmm_stream_fill(s) > 0)
+                continue;
+            break;
+        }
+        if (delivered >= q->size || (delivered && now_ns() >= deadline)) {
+            if (has_available(q))
+                status |= PYVMM_NET_MORE;
+            break;
+        }
+        uint32_t len = s->frame_len;
+        if (len > n->max_frame) {
+            n->rx_oversize++;
+            pyvmm_stream_consume(s);
+            continue;
+        }
+        int outcome = put_frame(n, q, s->in + s->in_start + 4, len);
+        if (outcome == BROKEN) {
+            status |= PYVMM_NET_ERROR;
+            waiting = 1;
+            break;
+        }
+        if (outcome == NO_ROOM) {
+            if (ask_for_next(q))
+                continue;
+            waiting = 1;
+            break;
+        }
+        pyvmm_stream_consume(s);
+        if (outcome == DELIVERED) {
+            n->rx_frames++;
+            delivered++;
+        }
+    }
+    if (!waiting)
+        set_avail_event(q);
+    if (q->next_used != used_before)
+        publish_used(q);
+    if (needs_interrupt(q, used_before))
+        status |= PYVMM_NET_INTERRUPT;
+    return status;
+}
+
+/* ---- the serving thread --------------------------------------------------------------- */
+
+static void drain_eventfd(int fd)
+{
+    uint64_t value;
+    if (read(fd, &value, 8) < 0) { /* nothing was there */ }
+}
+
+static int signal_eventfd(int fd)
+{
+    uint64_t one = 1;
+    return write(fd, &one, 8) == 8 ? 0 : -1;
+}
+
+/* Serve both queues until stop_fd is signalled (PYVMM_NET_STOPPED), the ring is
+   malformed (PYVMM_NET_ERROR, n->error says why) or the peer is gone (0). */
+int pyvmm_net_serve(pyvmm_net *n)
+{
+    pyvmm_stream *s = n->stream;
+    int ep = epoll_create1(EPOLL_CLOEXEC), result = 0;
+    struct epoll_event ev = {0}, events[8];
+    uint32_t sock_events = EPOLLIN, want;
+    if (ep < 0) {
+        snprintf(n->error, sizeof n->error, "epoll_create1: %s", strerror(errno));
+        return PYVMM_NET_ERROR;
+    }
+    int fds[3] = {n->kick_rx, n->kick_tx, n->stop_fd};
+    for (int i = 0; i < 3; i++) {
+        ev.events = EPOLLIN;
+        ev.data.fd = fds[i];
+        epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
+    }
+    ev.events = sock_events;
+    ev.data.fd = s->fd;
+    epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev);
+    int rx_more = 1, tx_more = 1;   /* serve once at start: work may predate us */
+    int watching = 1;               /* the socket is in the epoll set (not after a hang-up) */
+    for (;;) {
+        int status = 0;
+        if (tx_more) {
+            status |= pyvmm_net_transmit(n);
+            tx_more = status & PYVMM_NET_MORE;
+        }
+        if (!(status & PYVMM_NET_ERROR) && rx_more) {
+            int got = pyvmm_net_receive(n);
+            rx_more = got & PYVMM_NET_MORE;
+            status |= got;
+        }
+        if (status & PYVMM_NET_INTERRUPT) {
+            n->interrupts++;
+            signal_eventfd(n->call_fd);
+        }
+        if (status & PYVMM_NET_ERROR) {
+            result = PYVMM_NET_ERROR;
+            break;
+        }
+        if (s->closed && !pyvmm_stream_peek(s))
+            break;
+        /* The socket: readable while no whole frame waits, writable while output waits. */
+        want = (pyvmm_stream_peek(s) ? 0 : EPOLLIN) | (s->out_len ? EPOLLOUT : 0);
+        if (watching && want != sock_events) {
+            sock_events = want;
+            ev.events = want;
+            ev.data.fd = s->fd;
+            epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev);
+        }
+        int count = epoll_wait(ep, events, 8, rx_more || tx_more ? 0 : -1);
+        if (count < 0 && errno != EINTR) {
+            snprintf(n->error, sizeof n->error, "epoll_wait: %s", strerror(errno));
+            result = PYVMM_NET_ERROR;
+            break;
+        }
+        n->wakeups++;
+        int stop = 0;
+        for (int i = 0; i < count; i++) {
+            int fd = events[i].data.fd;
+            if (fd == n->stop_fd) {
+                stop = 1;
+            } else if (fd == n->kick_tx) {
+                drain_eventfd(fd);
+                tx_more = 1;
+            } else if (fd == n->kick_rx) {
+                drain_eventfd(fd);
+                rx_more = 1;
+            } else {
+                if (events[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+                    int err = pyvmm_stream_flush(s);
+                    if (err) {
+                        snprintf(n->error, sizeof n->error, "sending to the peer: %s", strerror(-err));
+                        s->closed = 1;
+                    }
+                    tx_more = 1;  /* transmit chains may wait for room */
+                }
+                if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+                    rx_more = 1;
+                if (events[i].events & (EPOLLERR | EPOLLHUP)) {
+                    /* reported whatever is asked: stop watching, or a frame that waits
+                       for receive buffers would spin us; EOF is read once it is delivered */
+                    epoll_ctl(ep, EPOLL_CTL_DEL, s->fd, NULL);
+                    watching = 0;
+                }
+            }
+        }
+        if (stop) {
+            drain_eventfd(n->stop_fd);
+            result = PYVMM_NET_STOPPED;
+            break;
+        }
+    }
+    close(ep);
+    return result;
+}
+"""
+
+ffibuilder = cffi.FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("pyvmm.vhost._stream_cffi", SOURCE)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

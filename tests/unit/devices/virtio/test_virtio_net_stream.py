@@ -1,0 +1,211 @@
+"""virtio-net over passt's stream, the frames moved by the C half (``_stream_build.py``):
+the mock driver on one side, a fake passt on a socketpair on the other; and the
+serving thread with its kick and call eventfds, as the machine wires them."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import time
+
+import pytest
+
+from pyvmm.devices.virtio import mmio
+from pyvmm.devices.virtio.net import HEADER, RECEIVE_QUEUE, TRANSMIT_QUEUE, NetDevice
+from pyvmm.devices.virtio.queue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
+from pyvmm.vhost.stream import FrameStream
+from tests.unit.devices.virtio.test_virtio_net import MAC, Guest, frame
+
+
+class Passt:
+    """The peer end of the socketpair: frames framed as QEMU's stream protocol."""
+
+    def __init__(self, mtu: int = 1500) -> None:
+        ours, self.sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.stream = FrameStream(ours)
+        self.device = NetDevice(self.stream, MAC, mtu)
+        self._input = b""
+
+    def give(self, *frames: bytes) -> None:
+        self.sock.sendall(b"".join(struct.pack(">I", len(f)) + f for f in frames))
+
+    def taken(self) -> list[bytes]:
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self._input += self.sock.recv(1 << 20)
+        except BlockingIOError:
+            pass
+        frames = []
+        while len(self._input) >= 4:
+            length = struct.unpack_from(">I", self._input)[0]
+            if len(self._input) < 4 + length:
+                break
+            frames.append(self._input[4:4 + length])
+            self._input = self._input[4 + length:]
+        return frames
+
+    def arrived(self) -> bool:
+        """What the machine's loop does when the socket is readable."""
+        self.stream.fill()
+        return self.device.frames_arrived()
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def passt():
+    peer = Passt()
+    yield peer
+    peer.close()
+
+
+def test_transmit_gathers_frames_and_counts_bad_ones(passt) -> None:
+    guest = Guest(device=passt.device)
+    guest.transmit(frame(60, 1))
+    guest.transmit(frame(1514, 2), split=5)                           # header split
+    guest.transmit(frame(1500 + 18 + 1))                              # over MTU + headers
+    guest.transmit(b"", header=bytes(5))                              # shorter than a header
+    guest.transmit(frame(60), header=HEADER.pack(0, 1, 0, 0, 0, 0, 0))  # GSO never offered
+    assert passt.taken() == [frame(60, 1), frame(1514, 2)]
+    counts = passt.device.frame_counts
+    assert (counts["tx_frames"], counts["tx_oversize"], counts["tx_bad_header"]) == (2, 1, 2)
+    assert [length for _, length in guest.tx.take_used()] == [0] * 5
+    assert guest.interrupts.count >= 1 and not guest.status & mmio.STATUS_NEEDS_RESET
+
+
+def test_many_chains_go_in_one_pass(passt) -> None:
+    guest = Guest(device=passt.device, size=64)
+    for n in range(50):  # made available without notifying, then one notify
+        data = bytes(HEADER.size) + frame(100, n)
+        guest.tx.add_chain([(guest.tx.alloc(len(data), data), len(data), False)])
+    guest.transport.notify(TRANSMIT_QUEUE)
+    assert passt.taken() == [frame(100, n) for n in range(50)]
+    assert guest.tx.used_index() == 50
+
+
+def test_receive_fills_mergeable_buffers_and_holds_back(passt) -> None:
+    passt.device = NetDevice(passt.stream, MAC, 65520)
+    guest = Guest(device=passt.device, mtu=65520, size=64)
+    big = frame(65520 + 14, 7)
+    passt.give(frame(60, 1), big, frame(100, 8))
+    assert passt.arrived() is False
+    assert guest.received() == []                 # no buffers: the frames wait
+    guest.post_rx(20, size=1536)                  # room for the first, not the big one
+    got = guest.received()
+    assert [payload for _, payload in got] == [frame(60, 1)]
+    assert got[0][0]["num_buffers"] == 1
+    assert not passt.stream.wanted_events() & select.EPOLLIN  # back-pressure to passt
+    guest.post_rx(40, size=1536)
+    got = guest.received()
+    assert [payload for _, payload in got] == [big, frame(100, 8)]
+    assert got[0][0]["num_buffers"] == 43
+    assert passt.stream.wanted_events() & select.EPOLLIN
+
+
+def test_receive_header_split_over_tiny_buffers(passt) -> None:
+    guest = Guest(device=passt.device)
+    passt.give(frame(60, 3))
+    for size in (5, 5, 100):  # num_buffers lands in the third one
+        address = guest.rx.alloc(size)
+        guest.rx_buffers[guest.rx.add_chain([(address, size, True)])] = (address, size)
+    guest.transport.notify(RECEIVE_QUEUE)
+    passt.arrived()
+    data = b"".join(guest.memory.read(guest.rx_buffers[head][0], length)
+                    for head, length in guest.rx.take_used())
+    assert HEADER.unpack_from(data)[-1] == 3 and data[HEADER.size:] == frame(60, 3)
+
+
+def test_frames_over_the_size_are_dropped_and_counted(passt) -> None:
+    guest = Guest(device=passt.device)
+    guest.post_rx(4)
+    passt.give(frame(1500 + 18 + 1), frame(60, 3))
+    passt.arrived()
+    assert [payload for _, payload in guest.received()] == [frame(60, 3)]
+    assert passt.device.frame_counts["rx_oversize"] == 1
+
+
+def test_a_descriptor_outside_guest_ram_needs_a_reset(passt) -> None:
+    guest = Guest(device=passt.device)
+    guest.rx.add_chain([(guest.memory.total_size - 16, 64, True)])
+    passt.give(frame(60))
+    passt.arrived()
+    assert guest.status & mmio.STATUS_NEEDS_RESET
+
+
+def test_a_looping_transmit_chain_needs_a_reset(passt) -> None:
+    guest = Guest(device=passt.device)
+    guest.tx.write_descriptor(0, 0x400000, 64, VIRTQ_DESC_F_NEXT, 1)
+    guest.tx.write_descriptor(1, 0x400100, 64, VIRTQ_DESC_F_NEXT, 0)
+    guest.tx.make_available(0)
+    guest.transport.notify(TRANSMIT_QUEUE)
+    assert guest.status & mmio.STATUS_NEEDS_RESET
+    assert passt.taken() == []
+
+
+def test_a_readable_buffer_after_a_writable_one_needs_a_reset(passt) -> None:
+    guest = Guest(device=passt.device)
+    guest.rx.add_chain([(guest.rx.alloc(64), 64, True), (guest.rx.alloc(64), 64, False)])
+    guest.transport.notify(RECEIVE_QUEUE)
+    passt.give(frame(60))
+    passt.arrived()
+    assert guest.status & mmio.STATUS_NEEDS_RESET
+
+
+def wait_for(condition, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def test_the_serving_thread_moves_frames_both_ways(passt) -> None:
+    """As the machine wires it: kicks on eventfds, the interrupt an eventfd write."""
+    kicks = passt.device.kick_fds
+    call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    passt.device.call_fd = call
+    try:
+        guest = Guest(device=passt.device, size=64)
+        assert passt.device.backend_interrupts and passt.stream.wanted_events() == 0
+        guest.post_rx(8)  # QUEUE_NOTIFY: passed on to the thread's kick eventfd
+        passt.give(*[frame(60, n) for n in range(5)])
+        wait_for(lambda: guest.rx.used_index() == 5)
+        assert [payload for _, payload in guest.received()] == [frame(60, n) for n in range(5)]
+        wait_for(lambda: os.eventfd_read(call) > 0 if select.select([call], [], [], 0)[0]
+                 else False)
+        for n in range(3):
+            data = bytes(HEADER.size) + frame(200, n)
+            guest.tx.add_chain([(guest.tx.alloc(len(data), data), len(data), False)])
+        os.eventfd_write(kicks[TRANSMIT_QUEUE], 1)  # what KVM's ioeventfd does
+        got: list[bytes] = []
+
+        def three_taken() -> bool:
+            got.extend(passt.taken())
+            return len(got) == 3
+        wait_for(three_taken)
+        assert got == [frame(200, n) for n in range(3)]
+        guest.write(mmio.STATUS, 0)  # reset: the thread stops, the loop serves again
+        assert passt.device._thread is None and passt.stream.wanted_events() & select.EPOLLIN
+    finally:
+        for fd in kicks + [call]:
+            os.close(fd)
+
+
+def test_the_thread_reports_a_malformed_ring(passt) -> None:
+    kicks = passt.device.kick_fds
+    call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    passt.device.call_fd = call
+    try:
+        guest = Guest(device=passt.device)
+        guest.tx.write_descriptor(0, 0x400000, 64, VIRTQ_DESC_F_NEXT, 0)  # a loop
+        guest.tx.make_available(0)
+        os.eventfd_write(kicks[TRANSMIT_QUEUE], 1)
+        wait_for(lambda: bool(guest.status & mmio.STATUS_NEEDS_RESET))
+        guest.write(mmio.STATUS, 0)
+    finally:
+        for fd in kicks + [call]:
+            os.close(fd)

@@ -203,8 +203,8 @@ def log_in_and_power_off(command: list[str], run: int) -> ConsoleRun:
     with ConsoleSession(command, cwd=REPO) as console:
         seconds["login prompt"] = console.expect(LOGIN_PROMPT, SYSTEMD_TIMEOUT)
         console.type_line("root")
-        for line in SYSTEMD_COMMANDS:
-            console.expect(ROOT_PROMPT, 120)
+        for line in SYSTEMD_COMMANDS:  # the first waits for the boot's last jobs
+            console.expect(ROOT_PROMPT, 300)
             console.type_line(line.format(run=run))
         console.expect(b"end-1", 300)
         console.expect(ROOT_PROMPT, 60)

@@ -9,6 +9,7 @@ console on stdin and stdout).
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import subprocess
 import time
@@ -18,6 +19,8 @@ from pathlib import Path
 #: What the systemd image's getty and root's bash print when they wait for a line.
 LOGIN_PROMPT = b" login: "
 ROOT_PROMPT = b":~# "
+#: Terminal control sequences (colours, bash's bracketed-paste switches around each line).
+ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class ConsoleTimeout(AssertionError):
@@ -100,7 +103,8 @@ class ConsoleSession:
         return time.monotonic() - self.started
 
     def text(self) -> str:
-        return self.output.decode(errors="replace").replace("\r", "")
+        """The console as plain lines: no CRs, no terminal control sequences."""
+        return ESCAPES.sub("", self.output.decode(errors="replace").replace("\r", ""))
 
     def __enter__(self) -> ConsoleSession:
         return self

@@ -237,7 +237,7 @@ def test_systemd_boots_twice_from_one_qcow2_under_throwaway_overlays(tmp_path) -
     runs = [log_in_and_power_off(command, run) for run in (1, 2)]
     for number, run in enumerate(runs, 1):
         print(f"run {number}: {run.seconds}\nfailed units:\n{run.found.get('failed')}"
-              f"\nwarnings:\n{run.found.get('journal')}")
+              f"\nwarnings:\n{run.found.get('journal')}\nconsole:\n{run.console}")
         assert run.status == 0, run.console[-3000:] + run.stderr
         assert run.found.get("state", "").startswith("active:"), run.console[-3000:]
         assert run.found.get("seen") == "", f"run {number} saw another run's writes"

@@ -11,7 +11,10 @@ the phase where systemd's and getty's writes go through the 8250 in
 interrupt mode), and to exit; and pyvmm's ``--stats``: exits to Python by
 kind and port.  ``--baseline DIR`` adds a second pyvmm checkout as a
 "before" column; ``--format qcow2`` boots the qcow2 copy of the image
-(pyvmm through qemu-storage-daemon, QEMU through its own block layer).
+(pyvmm through qemu-storage-daemon, QEMU through its own block layer);
+``--snapshot`` boots it under a throwaway overlay (pyvmm's ``snapshot=on``,
+QEMU's ``-snapshot``), so that every boot, timed or not, is the image's
+first: no warm-up boot then.
 Needs hardware KVM: run it in the rig, where only ratios within one run
 mean anything.
 
@@ -52,13 +55,15 @@ class Run:
     tail: bytes = b""
 
 
-def commands(image_format: str, memory: str, python: str) -> dict[str, list[str]]:
+def commands(image_format: str, memory: str, python: str,
+             snapshot: bool = False) -> dict[str, list[str]]:
     """The pyvmm and QEMU command lines: same kernel, initramfs, command line, disk, RAM."""
     disk = IMAGE / f"rootfs.{'img' if image_format == 'raw' else 'qcow2'}"
     kernel, initrd = IMAGE / "vmlinuz", IMAGE / "initrd.img"
     pyvmm = [python, "-m", "pyvmm", "run", "-k", str(kernel), "-i", str(initrd),
              "-a", APPEND, "-m", memory, "--virtio-announce", "acpi",
-             "--drive", f"path={disk},format={image_format}", "--timeout", "900",
+             "--drive", f"path={disk},format={image_format}{',snapshot=on' if snapshot else ''}",
+             "--timeout", "900",
              "--stats=json"]
     qemu = [shutil.which("qemu-system-x86_64") or "qemu-system-x86_64",
             "-M", "microvm,x-option-roms=off,rtc=on,acpi=on", "-enable-kvm", "-cpu", "host",
@@ -66,7 +71,7 @@ def commands(image_format: str, memory: str, python: str) -> dict[str, list[str]
             "-serial", "stdio", "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", APPEND,
             "-drive", f"id=root,file={disk},format={image_format},if=none,cache=writeback",
-            "-device", "virtio-blk-device,drive=root"]
+            "-device", "virtio-blk-device,drive=root", *(["-snapshot"] if snapshot else [])]
     return {"pyvmm": pyvmm, "qemu": qemu}
 
 
@@ -117,6 +122,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory", default="1G")
     parser.add_argument("--format", choices=("raw", "qcow2"), default="raw")
+    parser.add_argument("--snapshot", action="store_true",
+                        help="boot under a throwaway overlay (snapshot=on, QEMU's -snapshot)")
     parser.add_argument("--baseline", metavar="DIR", help="another pyvmm checkout: 'before'")
     parser.add_argument("--limit", type=float, default=900, help="seconds per boot at most")
     args = parser.parse_args()
@@ -124,10 +131,11 @@ def main() -> int:
         print("systemd_boot: no image: bash images/build.sh systemd", file=sys.stderr)
         return 2
     vmms = ["pyvmm", "qemu"] + (["before"] if args.baseline else [])
-    cmds = commands(args.format, args.memory, sys.executable)
-    # First boot of a fresh image commits its machine-id and presets: not timed.
-    warm = time_run(cmds["pyvmm"], REPO, args.limit)
-    print(f"# warm-up boot: status {warm.status} in {warm.to_exit:.1f} s", file=sys.stderr)
+    cmds = commands(args.format, args.memory, sys.executable, args.snapshot)
+    if not args.snapshot:
+        # First boot of a fresh image commits its machine-id and presets: not timed.
+        warm = time_run(cmds["pyvmm"], REPO, args.limit)
+        print(f"# warm-up boot: status {warm.status} in {warm.to_exit:.1f} s", file=sys.stderr)
     runs: dict[str, list[Run]] = {vmm: [] for vmm in vmms}
     for round_ in range(args.runs):
         for vmm in vmms:
@@ -152,7 +160,8 @@ def main() -> int:
                 + f" exit {run.to_exit:.1f} status {run.status}", file=sys.stderr, flush=True)
             if run.status != 0:
                 print(f"# its output ended: {run.tail!r}", file=sys.stderr)
-    print(f"Debian bookworm + systemd from a {args.format} image, medians of {args.runs} "
+    overlay = " under a throwaway overlay" if args.snapshot else ""
+    print(f"Debian bookworm + systemd from a {args.format} image{overlay}, medians of {args.runs} "
           "interleaved runs, seconds from spawn")
     print(f"{'vmm':6} {'banner':>7} {'kernel':>7} {'user space':>10} {'exit':>7} "
           f"{'vs qemu':>7} {'exits':>7}  exits to Python by kind and port (count)")

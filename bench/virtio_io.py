@@ -8,6 +8,7 @@ Disks compared (the same image data each time):
   QEMU raw          QEMU's virtio-blk-device on the raw file
   QEMU qcow2        QEMU's virtio-blk-device on the qcow2
   QEMU vub qcow2    QEMU's vhost-user-blk on the same qemu-storage-daemon export
+  before qsd qcow2  with --baseline DIR: the qcow2 through the daemon, DIR's pyvmm
 
 Two guests:
 
@@ -23,6 +24,7 @@ Two guests:
   ``--runtime`` seconds each.  fio's own figures, median over --runs boots.
 
 Usage: python3 bench/virtio_io.py [--guest tiny|linux] [--runs 3] [--scale 1.0]
+                                  [--configs A,B] [--baseline DIR]
        python3 scripts/rig.py -- python3 bench/virtio_io.py --guest linux --runs 1
 """
 
@@ -150,12 +152,26 @@ CONFIGS: dict[str, Callable[[Guest, Disks], list[str]]] = {
     "QEMU raw": lambda g, d: qemu_command(g, qemu_blk(d.raw, "raw")),
     "QEMU qcow2": lambda g, d: qemu_command(g, qemu_blk(d.qcow2, "qcow2")),
     "QEMU vub qcow2": lambda g, d: qemu_command(g, qemu_vub(d.vub_socket)),
+    "before qsd qcow2": lambda g, d: pyvmm_command(g, d.qcow2),
 }
+#: --baseline: the pyvmm checkout the "before" configurations run (PYTHONPATH).
+BASELINE: list[str] = []
 
 
-def run(command: list[str], marker: bytes) -> tuple[float, str]:
+def environment(config: str) -> dict[str, str] | None:
+    """The environment of a configuration's run: the baseline's pyvmm for "before" ones."""
+    if not config.startswith("before"):
+        return None
+    if not BASELINE:
+        sys.exit(f"{config!r} needs --baseline DIR")
+    return dict(os.environ, PYTHONPATH=BASELINE[0])
+
+
+def run(command: list[str], marker: bytes,
+        env: dict[str, str] | None = None) -> tuple[float, str]:
     start = time.monotonic()
-    proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, cwd=REPO)
+    proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, cwd=REPO,
+                          env=env)
     elapsed = time.monotonic() - start
     output = proc.stdout.decode(errors="replace")
     if marker not in proc.stdout:
@@ -212,7 +228,8 @@ def bench_tiny(configs: list[str], disks: Disks, runs: int, scale: float) -> Non
 
     def seconds(config: str, work: Workload | None) -> float:
         return statistics.median(run(CONFIGS[config](tiny_guest(work), disks),
-                                     b"vbench: done")[0] for _ in range(runs))
+                                     b"vbench: done", environment(config))[0]
+                                 for _ in range(runs))
     baselines = {config: seconds(config, None) for config in configs}
     print("baseline (boot + exit, bench=none): " +
           ", ".join(f"{config} {t:.3f} s" for config, t in baselines.items()))
@@ -290,7 +307,7 @@ def bench_linux(configs: list[str], disks: Disks, runs: int, runtime: int, tmp: 
     results: dict[str, list[list[float]]] = {config: [] for config in configs}
     for _ in range(runs):  # interleaved: each round boots every configuration once
         for config in configs:
-            _, output = run(CONFIGS[config](guest, disks), b"fio-done")
+            _, output = run(CONFIGS[config](guest, disks), b"fio-done", environment(config))
             results[config].append(fio_figures(output))
     print(f"{'fio, median of ' + str(runs):30}" + "".join(f"{c:>17}" for c in configs))
     for index, (name, _rw, _bs, _depth, unit) in enumerate(FIO_JOBS):
@@ -307,9 +324,14 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0,
                         help="tiny guest: multiply the data sizes")
     parser.add_argument("--runtime", type=int, default=5, help="linux guest: seconds per job")
-    parser.add_argument("--configs", default=",".join(CONFIGS),
-                        help=f"which disks, comma-separated (default all: {', '.join(CONFIGS)})")
+    parser.add_argument("--configs", default=",".join(c for c in CONFIGS if "before" not in c),
+                        help=f"which disks, comma-separated (known: {', '.join(CONFIGS)}; "
+                        "default all but the 'before' ones)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="another pyvmm checkout, for the 'before' configurations")
     args = parser.parse_args()
+    if args.baseline:
+        BASELINE.append(os.path.abspath(args.baseline))
     configs = [c.strip() for c in args.configs.split(",")]
     if unknown := [c for c in configs if c not in CONFIGS]:
         sys.exit(f"unknown configurations {unknown} (known: {', '.join(CONFIGS)})")

@@ -134,8 +134,8 @@ class Disks:
                             drive.path, plan.format, drive.readonly, drive.cache == "none",
                             self._overlay_file(index, drive)))
                     frontend = self.daemon.connect(self._exports[index])
-                    features = frontend.handshake()
                     config = frontend.get_config(BLOCK_CONFIG_BYTES)
+                    features = without_zero_size_max(frontend.handshake(), config)
                 except DeviceError as exc:
                     raise DeviceError(f"--drive {drive.path}: {exc}") from None
                 self._backends[index] = (frontend, features, config)
@@ -193,6 +193,26 @@ class Disks:
             self.daemon.close()
             self.daemon = None
         self._backends = {}
+
+
+#: virtio-blk's SIZE_MAX feature: config's size_max (le32 at byte 8) bounds each data buffer.
+VIRTIO_BLK_F_SIZE_MAX = 1
+
+
+def without_zero_size_max(features: int, config: bytes) -> int:
+    """The daemon's features, less SIZE_MAX if its size_max is 0.
+
+    QEMU 7.2's vhost-user-blk export offers SIZE_MAX with size_max 0 (it means
+    no limit); Linux takes the 0 at its word and raises it to its minimum, a
+    page: every request is then 4 KiB buffers, at most seg_max (126) of them,
+    so a 1 MiB read is three requests of 126 buffers each.  Without the
+    feature the guest's buffers are as large as its memory makes them, as
+    under QEMU's own virtio-blk (which doesn't offer SIZE_MAX); the daemon
+    takes any buffer size.
+    """
+    if int.from_bytes(config[8:12], "little") == 0:
+        return features & ~(1 << VIRTIO_BLK_F_SIZE_MAX)
+    return features
 
 
 def _remove(path: str) -> None:

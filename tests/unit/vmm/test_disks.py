@@ -15,7 +15,7 @@ from pyvmm.devices.virtio.vhost_user import BLOCK_FEATURES, VhostBlockDevice
 from pyvmm.errors import ConfigError, DeviceError
 from pyvmm.host.image_format import detect_format, format_of_header
 from pyvmm.vhost.storage_daemon import DaemonDrive, export_options, image_options
-from pyvmm.vmm.disks import Disks, plan_drive
+from pyvmm.vmm.disks import Disks, plan_drive, without_zero_size_max
 
 #: Real headers' first bytes: qcow2 v2 and v3 (magic, version, backing file offset).
 QCOW2_V2 = b"QFI\xfb" + struct.pack(">IQ", 2, 0) + bytes(52)
@@ -133,6 +133,15 @@ def test_the_config_space_is_the_daemons() -> None:
         device.close()
 
 
+def test_a_size_max_of_zero_is_not_offered() -> None:
+    """QEMU 7.2's export says SIZE_MAX with size_max 0: Linux would then use 4 KiB buffers."""
+    seg_max_too = (1 << 32) | (1 << 2) | (1 << 1)
+    zero = struct.pack("<QII", 2048, 0, 126)
+    assert without_zero_size_max(seg_max_too, zero) == (1 << 32) | (1 << 2)
+    bounded = struct.pack("<QII", 2048, 65536, 126)
+    assert without_zero_size_max(seg_max_too, bounded) == seg_max_too
+
+
 @pytest.mark.skipif(shutil.which("qemu-storage-daemon") is None, reason="no qemu-storage-daemon")
 def test_a_reboot_keeps_the_daemon_and_its_overlay(tmp_path, monkeypatch) -> None:
     """The machine built after a guest reboot connects to the same exports: the same
@@ -154,6 +163,9 @@ def test_a_reboot_keeps_the_daemon_and_its_overlay(tmp_path, monkeypatch) -> Non
         frontend, features, config = disks.backend(0)
         assert disks.daemon.process.pid == daemon and frontend is not first
         assert struct.unpack_from("<Q", config)[0] == ((1 << 20) + 4096) // 512 and features & (1 << 32)
+        # QEMU 7.2's export: size_max 0, so SIZE_MAX is not passed on (seg_max is).
+        assert struct.unpack_from("<I", config, 8)[0] == 0
+        assert not features & (1 << 1) and features & (1 << 2)
         process = disks.daemon.process
     finally:
         disks.close()

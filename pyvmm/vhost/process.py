@@ -46,6 +46,11 @@ class BackendProcess:
         except OSError as exc:
             shutil.rmtree(self.directory, ignore_errors=True)
             raise HostError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+        except BaseException:
+            # A signal that unwinds pyvmm (Signalled) while Popen waits for the exec:
+            # nobody holds this object yet, so its directory goes here.
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
         finally:
             os.close(log_fd)
 

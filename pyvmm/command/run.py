@@ -34,7 +34,6 @@ from pyvmm.config.network import NetConfig, nics
 from pyvmm.host import environment
 from pyvmm.config.tables import ShareConfig
 from pyvmm.console.host import HostConsole
-from pyvmm.devices.virtio.net import default_mac
 from pyvmm.devices.virtio.ports import Port, PortsDevice
 from pyvmm.errors import SEE_CHECK, ConfigError, HostError, PyvmmError
 from pyvmm.exitstatus import StopReason
@@ -186,7 +185,7 @@ def make_job(argv: tuple[str, ...], rw: bool, shares: tuple[ShareConfig, ...],
     env_binary = _host_tool("env", "coreutils")
     setpriv_binary = _host_tool("setpriv", "util-linux") if uid or gid else ""
     agent_python = _host_tool("python3", "python3") if agent else ""
-    link_only = tuple((nic.mac or default_mac(index).hex(":")).lower()
+    link_only = tuple(nic.guest_mac(index).hex(":")
                       for index, nic in enumerate(nics(nets)) if nic.type == "tap")
     return Job(argv, os.getcwd(), uid, gid, groups, tuple(env.items()), rw, mounts,
                env_binary, setpriv_binary, socket.gethostname(), agent_python, AGENT_PORT,

@@ -10,6 +10,7 @@ where it can; ``--net none`` says no NIC (it overrides a config file's
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
@@ -99,7 +100,7 @@ class ForwardsKind(Kind):
 
 
 class MacKind(Kind):
-    """A unicast MAC, or "" for the default (52:54:00:12:34:56 for the first NIC, :57 ...)."""
+    """A unicast MAC, or "" for the default (``NetConfig.guest_mac``)."""
 
     def problem(self, value: Any) -> str | None:
         if not value:
@@ -119,7 +120,8 @@ class NetConfig:
     hostfwd: tuple[str, ...] = field(default=(), metadata=table_key(
         "forward a host port inward: tcp::HOSTPORT-:GUESTPORT (udp: too)", ForwardsKind()))
     mac: str = field(default="", metadata=table_key(
-        "the NIC's MAC (default 52:54:00:12:34:56, :57 for the next, ...)", MacKind()))
+        "the NIC's MAC (default: user 52:54:00:12:34:56, :57 for the next, ...; "
+        "tap 52:54:00 and three bytes of a hash of the tap's name)", MacKind()))
     ifname: str = field(default="", metadata=table_key(
         "tap: the host's tap interface (made, and gone at exit, if it is not there "
         "and pyvmm may: root)", TextKind(IFNAME_BYTES, 0, IFNAME_FORBIDDEN)))
@@ -141,6 +143,22 @@ class NetConfig:
     @property
     def forwards(self) -> tuple[Forward, ...]:
         return tuple(parse_hostfwd(spec) for spec in self.hostfwd)
+
+    def guest_mac(self, index: int) -> bytes:
+        """The MAC the guest sees on the ``index``-th NIC: ``mac=``, else a default.
+
+        A user NIC has a network of its own (its own passt), so QEMU's defaults
+        serve (52:54:00:12:34:56, :57 for the next...).  Taps may share a bridge,
+        where QEMU's one default collides: a tap NIC's default comes from its
+        tap's name, so it is stable across runs and differs between the
+        machines on one bridge (a host's taps have distinct names).
+        """
+        if self.mac:
+            return parse_mac(self.mac)
+        if self.type == "tap":
+            return bytes((0x52, 0x54, 0x00)) + hashlib.sha256(
+                self.ifname.encode()).digest()[:3]
+        return bytes((0x52, 0x54, 0x00, 0x12, 0x34, (0x56 + index) & 0xFF))
 
 
 def parse_net(text: str, index: int = 0) -> NetConfig:

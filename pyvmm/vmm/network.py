@@ -21,7 +21,7 @@ import select
 import time
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
-from pyvmm.config.network import NetConfig, nics, parse_mac
+from pyvmm.config.network import NetConfig, nics
 
 if TYPE_CHECKING:
     from pyvmm.devices.virtio.device import VirtioDevice
@@ -113,9 +113,9 @@ class Networks:
     def device(self, index: int, nic: NetConfig,
                on_failure: Callable[[str], None] = lambda why: None) -> VirtioDevice:
         """The virtio-net device of the ``index``-th NIC, linked to its back end."""
-        from pyvmm.devices.virtio.net import NetDevice, default_mac
+        from pyvmm.devices.virtio.net import NetDevice
 
-        mac = parse_mac(nic.mac) if nic.mac else default_mac(index)
+        mac = nic.guest_mac(index)
         if index in self.taps:
             return self._tap_device(self.taps[index], mac, on_failure)
         from pyvmm.vhost.passt import PASST_MTU

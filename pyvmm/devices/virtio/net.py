@@ -116,11 +116,6 @@ class FrameLink(Protocol):
         """That frame is delivered (or dropped): the back end may read the next one."""
 
 
-def default_mac(index: int) -> bytes:
-    """QEMU's default MAC for the ``index``-th NIC: 52:54:00:12:34:56, then :57, ..."""
-    return bytes((0x52, 0x54, 0x00, 0x12, 0x34, (0x56 + index) & 0xFF))
-
-
 class NetDevice(VirtioDevice):
     """A virtio-net NIC whose frames go to and come from ``link``."""
 

@@ -92,3 +92,14 @@ def test_nics_get_slots_after_disks_and_shares_none_gets_none() -> None:
                                  drives=["a.img"])
     assert [slot.kind for slot in plan_virtio_slots(config)] == ["block", "net", "net",
                                                                  "console"]
+
+
+def test_a_nics_default_mac_is_qemus_for_user_and_its_taps_own_for_tap() -> None:
+    assert parse_net("user").guest_mac(0).hex(":") == "52:54:00:12:34:56"
+    assert parse_net("user").guest_mac(1).hex(":") == "52:54:00:12:34:57"
+    assert parse_net("user,mac=52:54:00:AB:CD:EF").guest_mac(3).hex(":") == "52:54:00:ab:cd:ef"
+    tap0, tap1 = parse_net("tap=tap0").guest_mac(0), parse_net("tap=tap1").guest_mac(0)
+    # Stable for one tap (run after run), different between the taps of one bridge.
+    assert tap0 == parse_net("tap=tap0,vhost=off").guest_mac(5) and tap0 != tap1
+    assert tap0[:3] == tap1[:3] == bytes.fromhex("525400")
+    assert parse_net("tap=tap0,mac=02:00:00:00:00:01").guest_mac(0) == bytes.fromhex("020000000001")

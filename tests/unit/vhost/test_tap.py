@@ -16,7 +16,7 @@ import pytest
 from pyvmm.devices.virtio.net import (GSO_TCPV4, GSO_TCPV6, HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM,
                                       HEADER, OFFLOAD_FEATURES, VIRTIO_NET_F_GUEST_CSUM,
                                       VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
-                                      NetDevice, default_mac)
+                                      NetDevice)
 from pyvmm.errors import ConfigError
 from pyvmm.vhost import tap as tap_module
 from pyvmm.vhost import vhost_net
@@ -196,7 +196,7 @@ def test_a_tap_pyvmm_made_answers_arp_and_goes_when_closed() -> None:
         _ip("addr", "add", "10.254.77.1/24", "dev", name)
         _ip("link", "set", name, "up")
         link = TapLink(tap)
-        guest_mac = default_mac(0)
+        guest_mac = bytes.fromhex("525400123456")
         arp = (b"\xff" * 6 + guest_mac + b"\x08\x06" + struct.pack(">HHBBH", 1, 0x0800, 6, 4, 1)
                + guest_mac + bytes([10, 254, 77, 2]) + bytes(6) + bytes([10, 254, 77, 1]))
         link.send(bytes(HEADER.size) + arp)

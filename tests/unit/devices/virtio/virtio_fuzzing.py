@@ -49,7 +49,7 @@ from pyvmm.devices.virtio.block import BlockDevice
 from pyvmm.devices.virtio.console import TRANSMIT_LIMIT, ConsoleDevice
 from pyvmm.host.disk_image import DiskImage
 from pyvmm.devices.virtio.fs import FsDevice
-from pyvmm.devices.virtio.net import OFFLOAD_FEATURES, NetDevice, VhostNetDevice, default_mac
+from pyvmm.devices.virtio.net import OFFLOAD_FEATURES, NetDevice, VhostNetDevice
 from pyvmm.devices.virtio.ports import (CONTROL, CONTROL_KINDS, INPUT_LIMIT, Port,
                                         PortsDevice)
 from pyvmm.devices.virtio.rng import REQUEST_LIMIT, RngDevice
@@ -65,6 +65,8 @@ RAM = sum(size for _, size in RANGES)
 GUARD = 4096
 CANARY = 0xA5
 DISK_SECTORS = 64
+#: The MAC of the fuzzed NICs (any unicast MAC serves).
+GUEST_MAC = bytes.fromhex("525400123456")
 #: Where well-formed requests put their buffers: an area per queue from DATA_BASE
 #: (64 KiB each, smaller for a device of many queues: all in the first range).
 DATA_BASE, DATA_SIZE = 0x10000, 0x10000
@@ -200,7 +202,7 @@ class World:
                                       [Port(name, self._sink) for name in PORT_NAMES[1:]])
         elif self.kind == "net":
             self.link = StandInLink(self._sink)
-            self.device = NetDevice(self.link, default_mac(0), mtu=65520)
+            self.device = NetDevice(self.link, GUEST_MAC, mtu=65520)
         elif self.kind == "usernet":  # passt's stream: a socketpair, the C half
             ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             self.peer.setblocking(False)
@@ -208,16 +210,16 @@ class World:
             self.peer_buffer = bytearray(64 << 10)
             self.peer_read = self.produced = 0
             self.stream = FrameStream(ours)
-            self.device = NetDevice(self.stream, default_mac(0), mtu=65520)
+            self.device = NetDevice(self.stream, GUEST_MAC, mtu=65520)
         elif self.kind == "tapnet":  # a tap pyvmm serves: frames carry the header, offloads
             self.link = StandInLink(self._sink)
             self.offloads_set: list[int] = []
-            self.device = NetDevice(self.link, default_mac(0), mtu=1500, header_in_frames=True,
+            self.device = NetDevice(self.link, GUEST_MAC, mtu=1500, header_in_frames=True,
                                     offloads=OFFLOAD_FEATURES,
                                     on_offloads=self.offloads_set.append)
         elif self.kind == "vhostnet":
             self.device = VhostNetDevice(StandInKernel(), (1 << 32) | (1 << 28) | (1 << 29)
-                                         | (1 << 15) | OFFLOAD_FEATURES, default_mac(0), 1500,
+                                         | (1 << 15) | OFFLOAD_FEATURES, GUEST_MAC, 1500,
                                          self.fs_failures.append)
             self.device.call_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         elif self.kind == "vsock":

@@ -7,14 +7,6 @@
    the guest writes N to the debug-exit port. */
 #include "runtime.h"
 
-struct gate {
-    uint16_t offset_low, selector;
-    uint8_t ist, type;
-    uint16_t offset_mid;
-    uint32_t offset_high, zero;
-} __attribute__((packed));
-
-static struct gate idt[256] __attribute__((aligned(16)));
 volatile uint64_t int3_handled, int3_wrong_return;
 
 __asm__(".text\n"
@@ -45,15 +37,7 @@ int main(const uint8_t *zp)
 {
     char value[16];
     uint64_t count = cmdline_get(cmdline(zp), "count", value, sizeof value) ? parse_dec(value) : 3;
-    uint16_t cs;
-    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
-    uint64_t address = (uint64_t)(uintptr_t)bp_entry;
-    idt[3] = (struct gate){
-        .offset_low = (uint16_t)address, .selector = cs, .ist = 0, .type = 0x8E,
-        .offset_mid = (uint16_t)(address >> 16), .offset_high = (uint32_t)(address >> 32)};
-    struct { uint16_t limit; uint64_t base; } __attribute__((packed)) idtr = {
-        sizeof idt - 1, (uint64_t)(uintptr_t)idt};
-    __asm__ volatile("lidt %0" : : "m"(idtr));
+    set_interrupt_gate(3, bp_entry);
     for (uint64_t i = 0; i < count; i++)
         __asm__ volatile("int3\n.globl int3_return\nint3_return:" : : : "memory");
     int3_report(count);

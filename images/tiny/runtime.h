@@ -50,6 +50,8 @@ uint64_t parse_dec(const char *s);
 int streq(const char *a, const char *b);
 void *memset(void *dst, int c, size_t n);
 void *memcpy(void *dst, const void *src, size_t n);
+/* Point IDT vector at handler (an interrupt gate in the code segment running now). */
+void set_interrupt_gate(int vector, void (*handler)(void));
 __attribute__((noreturn)) void reset(void);
 __attribute__((noreturn)) void debug_exit(uint8_t value);
 

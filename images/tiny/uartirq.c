@@ -25,14 +25,6 @@
 #define MSR 6
 #define IER_THRI 0x02
 
-struct gate {
-    uint16_t offset_low, selector;
-    uint8_t ist, type;
-    uint16_t offset_mid;
-    uint32_t offset_high, zero;
-} __attribute__((packed));
-
-static struct gate idt[256] __attribute__((aligned(16)));
 static volatile uint64_t sent, total, interrupts, passes;
 static volatile int done;
 
@@ -102,25 +94,12 @@ void uart_interrupt(void)
     *lapic(LAPIC_EOI) = 0;
 }
 
-static void set_gate(int vector, void (*handler)(void), uint16_t selector)
-{
-    uint64_t address = (uint64_t)(uintptr_t)handler;
-    idt[vector] = (struct gate){
-        .offset_low = (uint16_t)address, .selector = selector, .ist = 0, .type = 0x8E,
-        .offset_mid = (uint16_t)(address >> 16), .offset_high = (uint32_t)(address >> 32)};
-}
-
 int main(const uint8_t *zp)
 {
     char value[16];
     total = cmdline_get(cmdline(zp), "bytes", value, sizeof value) ? parse_dec(value) : 4096;
-    uint16_t cs;
-    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
-    set_gate(UART_VECTOR, uart_entry, cs);
-    set_gate(SPURIOUS_VECTOR, spurious_entry, cs);
-    struct { uint16_t limit; uint64_t base; } __attribute__((packed)) idtr = {
-        sizeof idt - 1, (uint64_t)(uintptr_t)idt};
-    __asm__ volatile("lidt %0" : : "m"(idtr));
+    set_interrupt_gate(UART_VECTOR, uart_entry);
+    set_interrupt_gate(SPURIOUS_VECTOR, spurious_entry);
 
     outb(0x21, 0xFF);                   /* the 8259s masked: the IOAPIC delivers */
     outb(0xA1, 0xFF);

@@ -188,27 +188,33 @@ def run(ctx: click.Context, on_reboot: str, verbose: bool, restore: str | None,
     from pyvmm.vmm.signals import signals_stop
 
     deadline = None if config.timeout is None else time.monotonic() + config.timeout
-    disks = None
-    while True:
-        try:
+    # What is alive when a signal unwinds us: the running machine, or between two
+    # machines (--on-reboot restart) the disks carried from one to the next.
+    machine = disks = None
+    try:
+        while True:
             machine = build_machine(config, stats=run_stats, snapshot=snapshot, disks=disks)
-        except BaseException:
-            if disks is not None:  # the last machine's, not yet the new one's to close
-                disks.close()
-            raise
-        if run_stats is not None:
-            run_stats.mark("machine_built")
-        with signals_stop(machine):
-            reason = machine.run()
-        if reason.kind != "reboot" or on_reboot != "restart":
-            machine.close_at_exit()
-            break
-        disks = machine.carry_disks()  # snapshot=on overlays last until pyvmm exits
-        machine.close()
-        click.echo("\npyvmm: the guest rebooted; restarting it", err=True)
-        if deadline is not None:  # --timeout bounds the whole run, restarts included
-            config = dataclasses.replace(
-                config, timeout=max(deadline - time.monotonic(), 0.001))
+            disks = None  # the machine's now
+            if run_stats is not None:
+                run_stats.mark("machine_built")
+            with signals_stop(machine):
+                reason = machine.run()
+            if reason.kind != "reboot" or on_reboot != "restart":
+                break
+            disks = machine.carry_disks()  # snapshot=on overlays last until pyvmm exits
+            machine.close()
+            machine = None
+            click.echo("\npyvmm: the guest rebooted; restarting it", err=True)
+            if deadline is not None:  # --timeout bounds the whole run, restarts included
+                config = dataclasses.replace(
+                    config, timeout=max(deadline - time.monotonic(), 0.001))
+    except BaseException:
+        if machine is not None:
+            machine.close()
+        if disks is not None:
+            disks.close()
+        raise
+    machine.close_at_exit()
     if reason.status != ExitStatus.OK or verbose:
         click.echo(f"\npyvmm: {reason.message}", err=True)
     if run_stats is not None:

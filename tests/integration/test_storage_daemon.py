@@ -129,6 +129,46 @@ def test_overlays_last_across_a_guest_reboot(base, tmp_path) -> None:
     assert sha(base.read_bytes()) == digest
 
 
+def test_a_signal_as_the_guest_restarts_leaves_no_daemon_or_overlay(base, tmp_path) -> None:
+    """SIGTERM when pyvmm says the guest rebooted, between two machines or in the
+    second one's build or run: pyvmm exits with 128+15 (or 1, if the second boot
+    won the race), and the daemon, its directory and the overlay are gone."""
+    private = tmp_path / "tmp"
+    private.mkdir()
+    proc = subprocess.Popen(pyvmm_command(
+        "run", "-k", str(image("tiny/vblk.bzImage")), "-a", "console=ttyS0 blktest=persist",
+        "--timeout", "90", "--drive", f"path={base},snapshot=on", "--on-reboot", "restart"),
+        cwd=REPO, env={**os.environ, "TMPDIR": str(private)}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        err = b""
+        while b"restarting it" not in err:
+            line = proc.stderr.readline()
+            assert line, err
+            err += line
+        proc.send_signal(signal.SIGTERM)
+        err += proc.stderr.read()
+        status = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert status in (128 + signal.SIGTERM, 1), err
+    assert b"Traceback" not in err
+    assert list(private.iterdir()) == []
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit()
+                and str(private).encode() in _cmdline(pid)]
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read()
+    except OSError:
+        return b""
+
+
 def test_the_global_snapshot_option(base) -> None:
     digest = sha(base.read_bytes())
     result = run_pyvmm("run", "-k", str(image("tiny/vblk.bzImage")), "--drive", str(base),

@@ -21,6 +21,7 @@ stamp="$(kernel_stamp "${fragments[@]}" "$0")"
 if [ -f "$out/vmlinux-gdb.py" ] && [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
     exit 0
 fi
+kernel_cache_fetch linux-debug "$stamp" "$out" && exit 0
 kernel_tree_configure build-linux-debug "$build" "${fragments[@]}"
 
 cd "$build"
@@ -35,3 +36,4 @@ cp -L vmlinux-gdb.py "$out/"
 cp -rL scripts/gdb "$out/scripts/gdb"
 echo "build-linux-debug: built in $(( $(date +%s) - start )) s" >&2
 echo "$stamp" > "$out/stamp"
+kernel_cache_store linux-debug "$stamp" "$out"

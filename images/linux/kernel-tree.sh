@@ -51,3 +51,39 @@ kernel_tree_configure() {
         [ "$missing" -eq 0 ]
     )
 }
+
+# Built kernels are also kept by stamp outside the checkout, so a fresh clone
+# (CI's) copies its kernel in a second instead of compiling it for minutes.
+# The directory is ours alone (0700, not a link); the newest three of each
+# kernel stay.
+kernel_cache=/var/tmp/pyvmm-images
+
+kernel_cache_usable() {
+    [ -d "$kernel_cache" ] || mkdir -m 0700 "$kernel_cache" 2>/dev/null || true
+    [ -d "$kernel_cache" ] && [ ! -L "$kernel_cache" ] && [ -O "$kernel_cache" ] \
+        && [ -z "$(find "$kernel_cache" -maxdepth 0 -perm /022)" ]
+}
+
+# kernel_cache_fetch NAME STAMP OUT: OUT becomes the cached build of STAMP, if one is kept.
+kernel_cache_fetch() {
+    local entry="$kernel_cache/$1-$2" out="$3"
+    kernel_cache_usable && [ "$(cat "$entry/stamp" 2>/dev/null)" = "$2" ] || return 1
+    mkdir -p "$(dirname "$out")"
+    rm -rf "$out.tmp"
+    cp -a "$entry" "$out.tmp" && rm -rf "$out" && mv "$out.tmp" "$out"
+}
+
+# kernel_cache_store NAME STAMP OUT: keep OUT (a finished build of STAMP).
+kernel_cache_store() {
+    local entry="$kernel_cache/$1-$2" out="$3"
+    kernel_cache_usable && [ ! -e "$entry" ] || return 0
+    local staging
+    staging="$(mktemp -d "$kernel_cache/.$1.XXXXXX")"
+    # (touched after the copy: the age the pruning goes by is the entry's own)
+    if cp -a "$out/." "$staging/" && touch "$staging" && mv -T "$staging" "$entry"; then
+        # shellcheck disable=SC2012  # names are ours: NAME-STAMP, no odd characters
+        ls -dt "$kernel_cache/$1-"* | tail -n +4 | xargs -r rm -rf
+    else
+        rm -rf "$staging"
+    fi
+}

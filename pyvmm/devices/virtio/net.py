@@ -167,12 +167,18 @@ class NetDevice(VirtioDevice):
     def kick_fds(self) -> list[int]:
         """Over passt's stream only (else AttributeError, so ``getattr(device,
         "kick_fds", None)`` is None): one eventfd per queue, made when the machine
-        asks (attach_virtio binds them as KVM's ioeventfds and owns them)."""
+        asks (attach_virtio binds them as KVM's ioeventfds and owns them).
+
+        Asking makes the NIC back-end served, as a ``VhostDevice`` is: its thread
+        raises every used-buffer interrupt through ``call_fd``, never the transport, so
+        the machine answers its InterruptStatus reads and absorbs its ACKs without
+        Python (``pyvmm.vcpu.interrupt_status``)."""
         if self._pump is None:
             raise AttributeError("kick_fds: a NIC over a tap is served from the loop")
         if self._kick_fds is None:
             self._kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
                               for _ in self.queues]
+            self.backend_interrupts = True
         return self._kick_fds
 
     def device_features(self) -> int:
@@ -220,7 +226,6 @@ class NetDevice(VirtioDevice):
     def _start_thread(self) -> None:
         assert self._pump is not None and self._kick_fds is not None
         assert self.call_fd is not None and isinstance(self.link, FrameStream)
-        self.backend_interrupts = True  # the thread signals the irqfd, not the transport
         self._pump.start_serving(self._kick_fds, self.call_fd)
         self.link.served_elsewhere = True
         self.link.interest_changed()

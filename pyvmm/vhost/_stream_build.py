@@ -63,6 +63,8 @@ typedef struct {
     pyvmm_ring rx, tx;
     pyvmm_stream *stream;
     int mergeable;
+    int data_valid;                /* VIRTIO_NET_F_GUEST_CSUM: received frames are marked
+                                      VIRTIO_NET_HDR_F_DATA_VALID (passt computed their sums) */
     uint32_t max_frame;            /* the device's: MTU + Ethernet and VLAN headers */
     uint64_t budget_ns;            /* most time one call spends */
     uint64_t rx_frames, tx_frames, rx_oversize, tx_oversize, tx_bad_header;
@@ -105,6 +107,7 @@ SOURCE = r"""
 #define DESC_F_WRITE 2
 #define DESC_F_INDIRECT 4
 #define AVAIL_F_NO_INTERRUPT 1
+#define HDR_F_DATA_VALID 2
 
 """ + CDEF.split("#define", 1)[0] + r"""
 
@@ -489,7 +492,7 @@ enum { DELIVERED, DROPPED, NO_ROOM, BROKEN };
 
 static int put_frame(pyvmm_net *n, pyvmm_ring *q, const uint8_t *frame, uint32_t len)
 {
-    static const uint8_t header[NET_HDR] = {0};
+    const uint8_t header[NET_HDR] = {n->data_valid ? HDR_F_DATA_VALID : 0};
     uint64_t needed = NET_HDR + (uint64_t)len, room = 0;
     uint32_t heads[1024], lengths[1024], chains = 0;   /* q->size <= 1024 */
     walk_state w = {0};
@@ -544,7 +547,7 @@ int pyvmm_net_receive(pyvmm_net *n)
     uint16_t used_before = q->next_used;
     uint64_t deadline = now_ns() + n->budget_ns;
     uint32_t delivered = 0;
-    int status = 0, waiting = 0;
+    int status = 0;
     if (q->desc == NULL)
         return 0;
     for (;;) {
@@ -554,7 +557,8 @@ int pyvmm_net_receive(pyvmm_net *n)
             break;
         }
         if (delivered >= q->size || (delivered && now_ns() >= deadline)) {
-            if (has_available(q))
+            /* frames wait: come back now, or when the driver adds a buffer */
+            if (has_available(q) || ask_for_next(q))
                 status |= PYVMM_NET_MORE;
             break;
         }
@@ -567,13 +571,11 @@ int pyvmm_net_receive(pyvmm_net *n)
         int outcome = put_frame(n, q, s->in + s->in_start + 4, len);
         if (outcome == BROKEN) {
             status |= PYVMM_NET_ERROR;
-            waiting = 1;
             break;
         }
         if (outcome == NO_ROOM) {
-            if (ask_for_next(q))
+            if (ask_for_next(q))  /* the frame waits: notify me of the next buffer */
                 continue;
-            waiting = 1;
             break;
         }
         pyvmm_stream_consume(s);
@@ -582,8 +584,11 @@ int pyvmm_net_receive(pyvmm_net *n)
             delivered++;
         }
     }
-    if (!waiting)
-        set_avail_event(q);
+    /* No set_avail_event here: a receive buffer the driver adds is worth a notification
+       only while a frame waits for one (ask_for_next asked for it then); otherwise the
+       socket wakes us and we find the buffers in the ring, so the driver's refills after
+       each frame cost no kick, no wake-up (as vhost-net, which enables notification only
+       once the ring is empty). */
     if (q->next_used != used_before)
         publish_used(q);
     if (needs_interrupt(q, used_before))

@@ -5,7 +5,9 @@ gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers).  With
 ``VIRTIO_NET_F_MRG_RXBUF`` a received frame spans as many receive chains as
 it needs.  A back end carrying plain Ethernet frames (passt's stream socket)
 gets no offloads: the driver computes checksums and segments itself, and
-every header we write is zero but for ``num_buffers``.  A back end whose
+every header we write is zero but for ``num_buffers`` and, over passt's
+stream, ``DATA_VALID`` (``VIRTIO_NET_F_GUEST_CSUM``: passt computed the
+checksums of every frame it builds, so the guest need not check them).  A back end whose
 frames carry the header too (a tap with ``IFF_VNET_HDR``, ``header_in_frames``)
 offers checksum and TCP segmentation offload both ways (``offloads``): the
 driver's header goes to the tap as it is, the tap's to the driver with
@@ -182,8 +184,12 @@ class NetDevice(VirtioDevice):
         return self._kick_fds
 
     def device_features(self) -> int:
+        # Over passt's stream: GUEST_CSUM, so received frames can say their checksums
+        # are valid (passt computed every one it builds; its own vhost-user path marks
+        # them so) and the guest skips verifying them.
+        valid_sums = 1 << VIRTIO_NET_F_GUEST_CSUM if self._pump is not None else 0
         return COMMON_FEATURES | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS \
-            | 1 << VIRTIO_NET_F_MRG_RXBUF | 1 << VIRTIO_NET_F_MTU | self.offloads
+            | 1 << VIRTIO_NET_F_MRG_RXBUF | 1 << VIRTIO_NET_F_MTU | self.offloads | valid_sums
 
     @property
     def frame_counts(self) -> dict[str, int]:
@@ -207,7 +213,8 @@ class NetDevice(VirtioDevice):
             self._on_offloads(driver_features & self.offloads)
         if self._pump is not None:
             self._pump.load(memory, self.queues,
-                            self.has_feature(VIRTIO_NET_F_MRG_RXBUF))
+                            self.has_feature(VIRTIO_NET_F_MRG_RXBUF),
+                            self.has_feature(VIRTIO_NET_F_GUEST_CSUM))
             if self.call_fd is not None and self._kick_fds is not None:
                 self._start_thread()
 
@@ -562,8 +569,10 @@ class _RingPump:
         self._stop_fd = -1
         self.stopping = False
 
-    def load(self, memory: GuestMemory, queues: list[SplitQueue], mergeable: bool) -> None:
-        """The driver is up: point C at guest RAM and at the rings that are ready."""
+    def load(self, memory: GuestMemory, queues: list[SplitQueue], mergeable: bool,
+             data_valid: bool) -> None:
+        """The driver is up: point C at guest RAM and at the rings that are ready;
+        ``data_valid``: mark received frames' checksums valid (GUEST_CSUM negotiated)."""
         ffi, c = self._ffi, self.c
         held: list[object] = []
         if len(memory.regions) > len(c.regions):
@@ -574,6 +583,7 @@ class _RingPump:
             c.regions[i] = {"gpa": region.guest_base, "size": region.size, "host": host}
         c.nregions = len(memory.regions)
         c.mergeable = int(mergeable)
+        c.data_valid = int(data_valid)
         for queue, ring in zip(queues, (c.rx, c.tx)):
             ring.desc = ring.avail = ring.used = ffi.NULL
             if not queue.ready:

@@ -8,11 +8,16 @@ round trip took four times QEMU's), so the frames never reach Python:
 
 - the stream's buffers are C arrays of fixed size (input: one read chunk and
   one frame; output: ``out_limit`` and one frame), parsed and written here;
-- ``pyvmm_net_transmit`` walks every available transmit chain, gathers each
-  frame after its 12-byte virtio-net header into the output buffer behind its
-  length, publishes the used index once and makes one ``send``;
+- ``pyvmm_net_transmit`` walks every available transmit chain and sends the
+  frames (each after its 12-byte virtio-net header, behind its length) with
+  one ``sendmsg`` per batch straight from guest RAM; what the socket refuses
+  is copied into the output buffer (frames behind it are copied there too,
+  in order, until it drains); the used index is published once, after;
 - ``pyvmm_net_receive`` reads the socket in big chunks, splits frames by their
   length and fills mergeable receive buffers, one used-index store per batch;
+  it asks the driver to notify new receive buffers only while a frame waits
+  for one (otherwise the socket wakes us, and the driver's refills cost no
+  wake-up), and marks frames DATA_VALID when the driver took GUEST_CSUM;
 - ``pyvmm_net_serve`` is a loop for a thread of its own (cffi releases the
   GIL): epoll over the two kick eventfds (KVM's ioeventfds), the socket and a
   stop eventfd, the interrupt an eventfd write (KVM's irqfd).  The device
@@ -97,6 +102,7 @@ SOURCE = r"""
 #include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #define PYVMM_NET_INTERRUPT 1
 #define PYVMM_NET_MORE 2
@@ -256,10 +262,14 @@ static int fail(pyvmm_net *n, const char *message)
 
 /* What a chain's walk does with each buffer. */
 typedef struct {
-    /* transmit: gather the readable bytes after the header into dst (up to cap) */
+    /* transmit: gather the readable bytes after the header into dst (up to cap), or,
+       with iov, point iov entries at them (up to iov_cap; overflow if more) */
     uint8_t *dst;
     uint64_t cap, readable;
     uint8_t gso_type;
+    struct iovec *iov;
+    uint32_t niov, iov_cap;
+    int overflow;
     /* receive: scatter src over the writable buffers */
     const uint8_t *src;
     uint64_t src_len, src_off;     /* src_off counts the header too */
@@ -283,7 +293,15 @@ static void take_buffer(walk_state *w, uint8_t *p, uint32_t len, const uint8_t *
         uint64_t start = w->readable < NET_HDR ? NET_HDR - w->readable : 0;
         if (start < len) {
             uint64_t off = w->readable + start - NET_HDR, count = len - start;
-            if (off < w->cap) {
+            if (w->iov) {
+                if (w->niov < w->iov_cap) {
+                    w->iov[w->niov].iov_base = p + start;
+                    w->iov[w->niov].iov_len = count;
+                    w->niov++;
+                } else {
+                    w->overflow = 1;
+                }
+            } else if (off < w->cap) {
                 if (count > w->cap - off)
                     count = w->cap - off;
                 memcpy(w->dst + off, p + start, count);
@@ -417,6 +435,64 @@ static int needs_interrupt(pyvmm_ring *q, uint16_t used_before)
 
 /* ---- transmit: guest -> peer ------------------------------------------------------------ */
 
+/* Frames gathered for one sendmsg straight from guest RAM (no copy of ours): at most
+   TX_BATCH frames, TX_IOV buffers and out_limit bytes (so what the socket refuses
+   always fits the output buffer, which is empty when a batch starts). */
+#define TX_BATCH 64
+#define TX_IOV 1024
+
+typedef struct {
+    struct iovec iov[TX_IOV];
+    uint8_t lengths[TX_BATCH][4];
+    uint32_t niov, frames;
+    uint64_t bytes;
+} tx_batch;
+
+/* Send the batch; what the socket did not take is copied to the output buffer, in order.
+   0, or -errno for a failure other than the peer going away. */
+static int send_batch(pyvmm_stream *s, tx_batch *b)
+{
+    ssize_t sent = 0;
+    int error = 0;
+    if (!b->niov)
+        return 0;
+    if (!s->closed) {
+        struct msghdr msg = {0};
+        msg.msg_iov = b->iov;
+        msg.msg_iovlen = b->niov;
+        do
+            sent = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        while (sent < 0 && errno == EINTR);
+        if (sent < 0) {
+            if (errno == EPIPE || errno == ECONNRESET)
+                s->closed = 1;
+            else if (errno != EAGAIN && errno != EWOULDBLOCK)
+                error = -errno;
+            sent = 0;
+        }
+    }
+    if (!s->closed && !error) {
+        uint64_t skip = (uint64_t)sent;
+        for (uint32_t i = 0; i < b->niov; i++) {
+            uint64_t len = b->iov[i].iov_len;
+            if (skip >= len) {
+                skip -= len;
+                continue;
+            }
+            if (len - skip > s->out_cap - s->out_len) {  /* never: the batch is bounded */
+                error = -ENOBUFS;
+                break;
+            }
+            memcpy(s->out + s->out_len, (uint8_t *)b->iov[i].iov_base + skip, len - skip);
+            s->out_len += (uint32_t)(len - skip);
+            skip = 0;
+        }
+    }
+    b->niov = b->frames = 0;
+    b->bytes = 0;
+    return error;
+}
+
 int pyvmm_net_transmit(pyvmm_net *n)
 {
     pyvmm_ring *q = &n->tx;
@@ -425,6 +501,9 @@ int pyvmm_net_transmit(pyvmm_net *n)
     uint64_t deadline = now_ns() + n->budget_ns;
     uint32_t served = 0;
     int status = 0, flush_error = 0;
+    tx_batch batch;
+    batch.niov = batch.frames = 0;
+    batch.bytes = 0;
     if (q->desc == NULL)  /* the driver never made it ready */
         return 0;
     for (;;) {
@@ -452,17 +531,61 @@ int pyvmm_net_transmit(pyvmm_net *n)
                 break;
             continue;
         }
+        /* Nothing kept for the peer: gather the frame's buffers for one sendmsg. */
+        int direct = s->out_len == 0;
         walk_state w = {0};
-        w.dst = s->out + s->out_len + 4;
-        w.cap = s->out_cap - s->out_len - 4;
+        if (direct) {
+            w.iov = batch.iov + batch.niov + 1;
+            w.iov_cap = TX_IOV - batch.niov - 1;
+        } else {
+            w.dst = s->out + s->out_len + 4;
+            w.cap = s->out_cap - s->out_len - 4;
+        }
         if (walk(n, q, q->desc, q->size, head, &w, 1, NULL) < 0) {
             status |= PYVMM_NET_ERROR;
             break;
         }
         if (w.readable < NET_HDR || w.gso_type) {
             n->tx_bad_header++;  /* no header, or segmentation we never offered */
-        } else if (w.readable - NET_HDR > n->max_frame || w.readable - NET_HDR > w.cap) {
+        } else if (w.readable - NET_HDR > n->max_frame ||
+                   (!direct && w.readable - NET_HDR > w.cap)) {
             n->tx_oversize++;
+        } else if (direct && w.overflow) {
+            /* more buffers than the batch has room for: send what is gathered, then
+               copy this one (the output buffer is empty but for what the peer refused) */
+            if (!flush_error)
+                flush_error = send_batch(s, &batch);
+            walk_state again = {0};
+            again.dst = s->out + s->out_len + 4;
+            again.cap = s->out_cap - s->out_len - 4;
+            if (walk(n, q, q->desc, q->size, head, &again, 1, NULL) < 0) {
+                status |= PYVMM_NET_ERROR;  /* the driver rewrote it meanwhile */
+                break;
+            }
+            uint32_t length = (uint32_t)(again.readable - NET_HDR);
+            if (again.readable < NET_HDR || again.gso_type) {
+                n->tx_bad_header++;
+            } else if (again.readable - NET_HDR > n->max_frame || length > again.cap) {
+                n->tx_oversize++;
+            } else {
+                put_be32(s->out + s->out_len, length);
+                s->out_len += 4 + length;
+                n->tx_frames++;
+            }
+        } else if (direct) {
+            uint32_t length = (uint32_t)(w.readable - NET_HDR);
+            put_be32(batch.lengths[batch.frames], length);
+            batch.iov[batch.niov].iov_base = batch.lengths[batch.frames];
+            batch.iov[batch.niov].iov_len = 4;
+            batch.niov += 1 + w.niov;
+            batch.frames++;
+            batch.bytes += 4 + length;
+            n->tx_frames++;
+            if (batch.frames == TX_BATCH || batch.bytes >= s->out_limit ||
+                batch.niov >= TX_IOV - 1) {
+                if (!flush_error)
+                    flush_error = send_batch(s, &batch);
+            }
         } else {
             uint32_t length = (uint32_t)(w.readable - NET_HDR);
             put_be32(s->out + s->out_len, length);
@@ -471,7 +594,12 @@ int pyvmm_net_transmit(pyvmm_net *n)
         }
         add_used(q, head, 0);
         served++;
+        if (flush_error)
+            break;
     }
+    /* The frames gathered go (or are copied) before the driver may reuse their buffers. */
+    if (!flush_error)
+        flush_error = send_batch(s, &batch);
     if (q->next_used != used_before)
         publish_used(q);
     if (!flush_error)

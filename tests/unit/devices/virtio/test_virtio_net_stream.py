@@ -89,6 +89,48 @@ def test_many_chains_go_in_one_pass(passt) -> None:
     assert guest.tx.used_index() == 50
 
 
+def _scattered(guest: Guest, data: bytes, pieces: int) -> None:
+    """One transmit chain of ``data`` in ``pieces`` buffers (an indirect table), no notify."""
+    step = -(-len(data) // pieces)
+    buffers = [(guest.tx.alloc(len(part), part), len(part), False)
+               for part in (data[at:at + step] for at in range(0, len(data), step))]
+    guest.tx.add_chain(buffers, indirect=True)
+
+
+def test_frames_go_straight_from_guest_ram_and_what_the_socket_refuses_waits(passt) -> None:
+    """A pass sends its frames with sendmsg from the guest's buffers; a socket that takes
+    only part of them leaves the rest, in order, in the stream's output buffer (the
+    chains are used: their bytes were copied), which EPOLLOUT drains."""
+    passt.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    passt.stream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    passt.device = NetDevice(passt.stream, MAC, 9000)
+    guest = Guest(device=passt.device, mtu=9000, size=64)
+    sent = [frame(9000 + 14, n) for n in range(40)]
+    for data in sent:
+        _scattered(guest, bytes(HEADER.size) + data, 7)
+    guest.transport.notify(TRANSMIT_QUEUE)
+    assert 0 < passt.stream.held_output < 40 * 9018  # the socket took some
+    got: list[bytes] = []
+    deadline = time.monotonic() + 5
+    while len(got) < 40 and time.monotonic() < deadline:
+        got += passt.taken()
+        with passt.device.lock:
+            passt.stream.flush()
+            passt.device.link_writable()
+    assert got == sent and guest.tx.used_index() == 40
+
+
+def test_a_pass_with_more_buffers_than_one_sendmsg_takes(passt) -> None:
+    """Chains of 200 buffers each: past sendmsg's 1024 the batch goes and the frame that
+    did not fit is copied; every frame arrives whole and in order."""
+    guest = Guest(device=passt.device, size=256)
+    sent = [frame(1400, n) for n in range(8)]
+    for data in sent:
+        _scattered(guest, bytes(HEADER.size) + data, 200)
+    guest.transport.notify(TRANSMIT_QUEUE)
+    assert passt.taken() == sent and guest.tx.used_index() == 8
+
+
 def test_receive_fills_mergeable_buffers_and_holds_back(passt) -> None:
     passt.device = NetDevice(passt.stream, MAC, 65520)
     guest = Guest(device=passt.device, mtu=65520, size=64)

@@ -52,6 +52,8 @@ typedef struct {
 typedef struct {
     int fd;
     int closed;                    /* the peer closed its end, or the socket failed */
+    int drained;                   /* the last read took less than it asked: the socket
+                                      was empty then (EPOLLIN tells of more) */
     uint32_t max_frame;            /* longer frames from the peer are skipped, counted */
     uint8_t *in;
     uint32_t in_start, in_len, in_cap;
@@ -189,7 +191,8 @@ int pyvmm_stream_fill(pyvmm_stream *s)
         s->in_len -= s->in_start;
         s->in_start = 0;
     }
-    got = recv(s->fd, s->in + s->in_len, s->in_cap - s->in_len, MSG_DONTWAIT);
+    uint32_t room = s->in_cap - s->in_len;
+    got = recv(s->fd, s->in + s->in_len, room, MSG_DONTWAIT);
     if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return 0;
     if (got <= 0) {
@@ -197,6 +200,7 @@ int pyvmm_stream_fill(pyvmm_stream *s)
         return -1;
     }
     s->in_len += (uint32_t)got;
+    s->drained = (uint32_t)got < room;
     return 1;
 }
 
@@ -678,10 +682,15 @@ int pyvmm_net_receive(pyvmm_net *n)
     int status = 0;
     if (q->desc == NULL)
         return 0;
+    int drained = 0;
     for (;;) {
         if (!pyvmm_stream_peek(s)) {
-            if (pyvmm_stream_fill(s) > 0)
+            /* after a short read the socket was empty: no read to hear EAGAIN (the
+               caller's epoll is level-triggered: more bytes wake it again) */
+            if (!drained && pyvmm_stream_fill(s) > 0) {
+                drained = s->drained;
                 continue;
+            }
             break;
         }
         if (delivered >= q->size || (delivered && now_ns() >= deadline)) {

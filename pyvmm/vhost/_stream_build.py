@@ -11,8 +11,9 @@ round trip took four times QEMU's), so the frames never reach Python:
 - ``pyvmm_net_transmit`` walks every available transmit chain and sends the
   frames (each after its 12-byte virtio-net header, behind its length) with
   one ``sendmsg`` per batch straight from guest RAM; what the socket refuses
-  is copied into the output buffer (frames behind it are copied there too,
-  in order, until it drains); the used index is published once, after;
+  is copied into the output buffer, and the chains behind it wait on the ring
+  until that drains (as vhost-net's wait while its socket is full); the used
+  index is published once, after;
 - ``pyvmm_net_receive`` reads the socket in big chunks, splits frames by their
   length and fills mergeable receive buffers, one used-index store per batch;
   it asks the driver to notify new receive buffers only while a frame waits
@@ -204,27 +205,33 @@ int pyvmm_stream_fill(pyvmm_stream *s)
     return 1;
 }
 
-/* Write what is kept; 0, or -errno for a failure other than the peer going away. */
+/* Write what is kept; 0, or -errno for a failure other than the peer going away.
+   What the socket leaves is moved to the buffer's start once, at the end. */
 int pyvmm_stream_flush(pyvmm_stream *s)
 {
-    while (s->out_len) {
-        ssize_t sent = send(s->fd, s->out, s->out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    uint32_t done = 0;
+    int result = 0;
+    while (done < s->out_len) {
+        ssize_t sent = send(s->fd, s->out + done, s->out_len - done, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (sent < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return 0;
             if (errno == EPIPE || errno == ECONNRESET) {
                 s->closed = 1;
                 s->out_len = 0;
                 return 0;
             }
-            return -errno;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                result = -errno;
+            break;
         }
-        memmove(s->out, s->out + sent, s->out_len - (uint32_t)sent);
-        s->out_len -= (uint32_t)sent;
+        done += (uint32_t)sent;
     }
-    return 0;
+    if (done) {
+        memmove(s->out, s->out + done, s->out_len - done);
+        s->out_len -= done;
+    }
+    return result;
 }
 
 static inline void put_be32(uint8_t *p, uint32_t v)
@@ -519,10 +526,13 @@ int pyvmm_net_transmit(pyvmm_net *n)
         }
         if (s->closed)
             break;
-        if (s->out_len >= s->out_limit) {
+        /* What the socket refused waits in the output buffer: the chains stay on the
+           ring until it drains (EPOLLOUT brings us back), to go straight from guest
+           RAM then, as vhost-net leaves them while its socket is full. */
+        if (s->out_len) {
             flush_error = pyvmm_stream_flush(s);
-            if (flush_error || s->out_len >= s->out_limit)
-                break;  /* EPOLLOUT brings us back */
+            if (flush_error || s->out_len)
+                break;
         }
         int head = pop_head(n, q);
         if (head == -2) {
@@ -535,33 +545,30 @@ int pyvmm_net_transmit(pyvmm_net *n)
                 break;
             continue;
         }
-        /* Nothing kept for the peer: gather the frame's buffers for one sendmsg. */
-        int direct = s->out_len == 0;
+        /* Nothing is kept for the peer here: gather the frame's buffers for one sendmsg. */
         walk_state w = {0};
-        if (direct) {
-            w.iov = batch.iov + batch.niov + 1;
-            w.iov_cap = TX_IOV - batch.niov - 1;
-        } else {
-            w.dst = s->out + s->out_len + 4;
-            w.cap = s->out_cap - s->out_len - 4;
-        }
+        w.iov = batch.iov + batch.niov + 1;
+        w.iov_cap = TX_IOV - batch.niov - 1;
         if (walk(n, q, q->desc, q->size, head, &w, 1, NULL) < 0) {
             status |= PYVMM_NET_ERROR;
             break;
         }
         if (w.readable < NET_HDR || w.gso_type) {
             n->tx_bad_header++;  /* no header, or segmentation we never offered */
-        } else if (w.readable - NET_HDR > n->max_frame ||
-                   (!direct && w.readable - NET_HDR > w.cap)) {
+        } else if (w.readable - NET_HDR > n->max_frame) {
             n->tx_oversize++;
-        } else if (direct && w.overflow) {
+        } else if (w.overflow) {
             /* more buffers than the batch has room for: send what is gathered, then
-               copy this one (the output buffer is empty but for what the peer refused) */
+               copy this frame into the output buffer if the socket took all of it */
             if (!flush_error)
                 flush_error = send_batch(s, &batch);
+            if (flush_error || s->out_len) {
+                q->next_avail--;  /* the socket is full: the chain waits on the ring */
+                break;
+            }
             walk_state again = {0};
-            again.dst = s->out + s->out_len + 4;
-            again.cap = s->out_cap - s->out_len - 4;
+            again.dst = s->out + 4;
+            again.cap = s->out_cap - 4;
             if (walk(n, q, q->desc, q->size, head, &again, 1, NULL) < 0) {
                 status |= PYVMM_NET_ERROR;  /* the driver rewrote it meanwhile */
                 break;
@@ -572,11 +579,11 @@ int pyvmm_net_transmit(pyvmm_net *n)
             } else if (again.readable - NET_HDR > n->max_frame || length > again.cap) {
                 n->tx_oversize++;
             } else {
-                put_be32(s->out + s->out_len, length);
-                s->out_len += 4 + length;
+                put_be32(s->out, length);
+                s->out_len = 4 + length;
                 n->tx_frames++;
             }
-        } else if (direct) {
+        } else {
             uint32_t length = (uint32_t)(w.readable - NET_HDR);
             put_be32(batch.lengths[batch.frames], length);
             batch.iov[batch.niov].iov_base = batch.lengths[batch.frames];
@@ -590,11 +597,6 @@ int pyvmm_net_transmit(pyvmm_net *n)
                 if (!flush_error)
                     flush_error = send_batch(s, &batch);
             }
-        } else {
-            uint32_t length = (uint32_t)(w.readable - NET_HDR);
-            put_be32(s->out + s->out_len, length);
-            s->out_len += 4 + length;
-            n->tx_frames++;
         }
         add_used(q, head, 0);
         served++;

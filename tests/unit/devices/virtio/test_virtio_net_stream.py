@@ -99,8 +99,9 @@ def _scattered(guest: Guest, data: bytes, pieces: int) -> None:
 
 def test_frames_go_straight_from_guest_ram_and_what_the_socket_refuses_waits(passt) -> None:
     """A pass sends its frames with sendmsg from the guest's buffers; a socket that takes
-    only part of them leaves the rest, in order, in the stream's output buffer (the
-    chains are used: their bytes were copied), which EPOLLOUT drains."""
+    only part of them leaves the rest of the batch in the stream's output buffer (those
+    chains are used: their bytes were copied) and the chains behind it on the ring,
+    until EPOLLOUT drains it; every frame arrives, in order."""
     passt.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     passt.stream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     passt.device = NetDevice(passt.stream, MAC, 9000)
@@ -110,6 +111,7 @@ def test_frames_go_straight_from_guest_ram_and_what_the_socket_refuses_waits(pas
         _scattered(guest, bytes(HEADER.size) + data, 7)
     guest.transport.notify(TRANSMIT_QUEUE)
     assert 0 < passt.stream.held_output < 40 * 9018  # the socket took some
+    assert guest.tx.used_index() < 40  # the rest wait on the ring
     got: list[bytes] = []
     deadline = time.monotonic() + 5
     while len(got) < 40 and time.monotonic() < deadline:

@@ -287,10 +287,15 @@ class NetDevice(VirtioDevice):
                 raise
 
     def pending(self, index: int) -> bool:
-        # Receive buffers wait for frames; transmit chains wait while the link is full.
+        # Receive buffers wait for frames; transmit chains wait while the link is full
+        # (for the C half: while anything waits for passt's socket).
         if self._thread is not None:
             return False  # the thread serves them
-        return index == TRANSMIT_QUEUE and self.link.can_send() and super().pending(index)
+        if index != TRANSMIT_QUEUE or not super().pending(index):
+            return False
+        if self._pump is not None:
+            return self._pump.can_transmit()
+        return self.link.can_send()
 
     def _pump_call(self, transmit: bool) -> bool:
         """One pass of the C half over one queue (raises QueueError for a bad ring);
@@ -627,6 +632,12 @@ class _RingPump:
         if status & _PUMP_ERROR:
             return status, self._ffi.string(self.c.error).decode()
         return status, None
+
+    def can_transmit(self) -> bool:
+        """Whether a transmit pass would take chains: the C half leaves them on the ring
+        while the stream keeps bytes passt's socket refused."""
+        stream = self.c.stream
+        return not stream.closed and stream.out_len == 0
 
     def counts(self) -> dict[str, int]:
         c = self.c

@@ -218,6 +218,20 @@ def test_a_pass_that_ends_with_frames_and_no_buffers_asks_for_the_next_one(passt
     assert _refill(guest)
 
 
+def test_a_frame_that_arrives_in_pieces_is_delivered_whole(passt) -> None:
+    """A read that ends inside a frame ends the pass (the socket was empty); the rest,
+    when it comes, completes it, and the frames behind it follow."""
+    guest = Guest(device=passt.device)
+    guest.post_rx(4)
+    data = b"".join(struct.pack(">I", len(f)) + f for f in (frame(1000, 1), frame(60, 2)))
+    for start, end in ((0, 2), (2, 700), (700, len(data))):
+        passt.sock.sendall(data[start:end])
+        passt.arrived()
+        if end < 1004:
+            assert guest.received() == []
+    assert [payload for _, payload in guest.received()] == [frame(1000, 1), frame(60, 2)]
+
+
 def test_receive_header_split_over_tiny_buffers(passt) -> None:
     guest = Guest(device=passt.device)
     passt.give(frame(60, 3))

@@ -8,11 +8,17 @@ round trip took four times QEMU's), so the frames never reach Python:
 
 - the stream's buffers are C arrays of fixed size (input: one read chunk and
   one frame; output: ``out_limit`` and one frame), parsed and written here;
-- ``pyvmm_net_transmit`` walks every available transmit chain, gathers each
-  frame after its 12-byte virtio-net header into the output buffer behind its
-  length, publishes the used index once and makes one ``send``;
+- ``pyvmm_net_transmit`` walks every available transmit chain and sends the
+  frames (each after its 12-byte virtio-net header, behind its length) with
+  one ``sendmsg`` per batch straight from guest RAM; what the socket refuses
+  is copied into the output buffer, and the chains behind it wait on the ring
+  until that drains (as vhost-net's wait while its socket is full); the used
+  index is published once, after;
 - ``pyvmm_net_receive`` reads the socket in big chunks, splits frames by their
   length and fills mergeable receive buffers, one used-index store per batch;
+  it asks the driver to notify new receive buffers only while a frame waits
+  for one (otherwise the socket wakes us, and the driver's refills cost no
+  wake-up), and marks frames DATA_VALID when the driver took GUEST_CSUM;
 - ``pyvmm_net_serve`` is a loop for a thread of its own (cffi releases the
   GIL): epoll over the two kick eventfds (KVM's ioeventfds), the socket and a
   stop eventfd, the interrupt an eventfd write (KVM's irqfd).  The device
@@ -47,6 +53,8 @@ typedef struct {
 typedef struct {
     int fd;
     int closed;                    /* the peer closed its end, or the socket failed */
+    int drained;                   /* the last read took less than it asked: the socket
+                                      was empty then (EPOLLIN tells of more) */
     uint32_t max_frame;            /* longer frames from the peer are skipped, counted */
     uint8_t *in;
     uint32_t in_start, in_len, in_cap;
@@ -63,6 +71,8 @@ typedef struct {
     pyvmm_ring rx, tx;
     pyvmm_stream *stream;
     int mergeable;
+    int data_valid;                /* VIRTIO_NET_F_GUEST_CSUM: received frames are marked
+                                      VIRTIO_NET_HDR_F_DATA_VALID (passt computed their sums) */
     uint32_t max_frame;            /* the device's: MTU + Ethernet and VLAN headers */
     uint64_t budget_ns;            /* most time one call spends */
     uint64_t rx_frames, tx_frames, rx_oversize, tx_oversize, tx_bad_header;
@@ -95,6 +105,7 @@ SOURCE = r"""
 #include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #define PYVMM_NET_INTERRUPT 1
 #define PYVMM_NET_MORE 2
@@ -105,6 +116,7 @@ SOURCE = r"""
 #define DESC_F_WRITE 2
 #define DESC_F_INDIRECT 4
 #define AVAIL_F_NO_INTERRUPT 1
+#define HDR_F_DATA_VALID 2
 
 """ + CDEF.split("#define", 1)[0] + r"""
 
@@ -180,7 +192,8 @@ int pyvmm_stream_fill(pyvmm_stream *s)
         s->in_len -= s->in_start;
         s->in_start = 0;
     }
-    got = recv(s->fd, s->in + s->in_len, s->in_cap - s->in_len, MSG_DONTWAIT);
+    uint32_t room = s->in_cap - s->in_len;
+    got = recv(s->fd, s->in + s->in_len, room, MSG_DONTWAIT);
     if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return 0;
     if (got <= 0) {
@@ -188,30 +201,37 @@ int pyvmm_stream_fill(pyvmm_stream *s)
         return -1;
     }
     s->in_len += (uint32_t)got;
+    s->drained = (uint32_t)got < room;
     return 1;
 }
 
-/* Write what is kept; 0, or -errno for a failure other than the peer going away. */
+/* Write what is kept; 0, or -errno for a failure other than the peer going away.
+   What the socket leaves is moved to the buffer's start once, at the end. */
 int pyvmm_stream_flush(pyvmm_stream *s)
 {
-    while (s->out_len) {
-        ssize_t sent = send(s->fd, s->out, s->out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    uint32_t done = 0;
+    int result = 0;
+    while (done < s->out_len) {
+        ssize_t sent = send(s->fd, s->out + done, s->out_len - done, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (sent < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return 0;
             if (errno == EPIPE || errno == ECONNRESET) {
                 s->closed = 1;
                 s->out_len = 0;
                 return 0;
             }
-            return -errno;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                result = -errno;
+            break;
         }
-        memmove(s->out, s->out + sent, s->out_len - (uint32_t)sent);
-        s->out_len -= (uint32_t)sent;
+        done += (uint32_t)sent;
     }
-    return 0;
+    if (done) {
+        memmove(s->out, s->out + done, s->out_len - done);
+        s->out_len -= done;
+    }
+    return result;
 }
 
 static inline void put_be32(uint8_t *p, uint32_t v)
@@ -253,10 +273,14 @@ static int fail(pyvmm_net *n, const char *message)
 
 /* What a chain's walk does with each buffer. */
 typedef struct {
-    /* transmit: gather the readable bytes after the header into dst (up to cap) */
+    /* transmit: gather the readable bytes after the header into dst (up to cap), or,
+       with iov, point iov entries at them (up to iov_cap; overflow if more) */
     uint8_t *dst;
     uint64_t cap, readable;
     uint8_t gso_type;
+    struct iovec *iov;
+    uint32_t niov, iov_cap;
+    int overflow;
     /* receive: scatter src over the writable buffers */
     const uint8_t *src;
     uint64_t src_len, src_off;     /* src_off counts the header too */
@@ -280,7 +304,15 @@ static void take_buffer(walk_state *w, uint8_t *p, uint32_t len, const uint8_t *
         uint64_t start = w->readable < NET_HDR ? NET_HDR - w->readable : 0;
         if (start < len) {
             uint64_t off = w->readable + start - NET_HDR, count = len - start;
-            if (off < w->cap) {
+            if (w->iov) {
+                if (w->niov < w->iov_cap) {
+                    w->iov[w->niov].iov_base = p + start;
+                    w->iov[w->niov].iov_len = count;
+                    w->niov++;
+                } else {
+                    w->overflow = 1;
+                }
+            } else if (off < w->cap) {
                 if (count > w->cap - off)
                     count = w->cap - off;
                 memcpy(w->dst + off, p + start, count);
@@ -414,6 +446,64 @@ static int needs_interrupt(pyvmm_ring *q, uint16_t used_before)
 
 /* ---- transmit: guest -> peer ------------------------------------------------------------ */
 
+/* Frames gathered for one sendmsg straight from guest RAM (no copy of ours): at most
+   TX_BATCH frames, TX_IOV buffers and out_limit bytes (so what the socket refuses
+   always fits the output buffer, which is empty when a batch starts). */
+#define TX_BATCH 64
+#define TX_IOV 1024
+
+typedef struct {
+    struct iovec iov[TX_IOV];
+    uint8_t lengths[TX_BATCH][4];
+    uint32_t niov, frames;
+    uint64_t bytes;
+} tx_batch;
+
+/* Send the batch; what the socket did not take is copied to the output buffer, in order.
+   0, or -errno for a failure other than the peer going away. */
+static int send_batch(pyvmm_stream *s, tx_batch *b)
+{
+    ssize_t sent = 0;
+    int error = 0;
+    if (!b->niov)
+        return 0;
+    if (!s->closed) {
+        struct msghdr msg = {0};
+        msg.msg_iov = b->iov;
+        msg.msg_iovlen = b->niov;
+        do
+            sent = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        while (sent < 0 && errno == EINTR);
+        if (sent < 0) {
+            if (errno == EPIPE || errno == ECONNRESET)
+                s->closed = 1;
+            else if (errno != EAGAIN && errno != EWOULDBLOCK)
+                error = -errno;
+            sent = 0;
+        }
+    }
+    if (!s->closed && !error) {
+        uint64_t skip = (uint64_t)sent;
+        for (uint32_t i = 0; i < b->niov; i++) {
+            uint64_t len = b->iov[i].iov_len;
+            if (skip >= len) {
+                skip -= len;
+                continue;
+            }
+            if (len - skip > s->out_cap - s->out_len) {  /* never: the batch is bounded */
+                error = -ENOBUFS;
+                break;
+            }
+            memcpy(s->out + s->out_len, (uint8_t *)b->iov[i].iov_base + skip, len - skip);
+            s->out_len += (uint32_t)(len - skip);
+            skip = 0;
+        }
+    }
+    b->niov = b->frames = 0;
+    b->bytes = 0;
+    return error;
+}
+
 int pyvmm_net_transmit(pyvmm_net *n)
 {
     pyvmm_ring *q = &n->tx;
@@ -422,6 +512,9 @@ int pyvmm_net_transmit(pyvmm_net *n)
     uint64_t deadline = now_ns() + n->budget_ns;
     uint32_t served = 0;
     int status = 0, flush_error = 0;
+    tx_batch batch;
+    batch.niov = batch.frames = 0;
+    batch.bytes = 0;
     if (q->desc == NULL)  /* the driver never made it ready */
         return 0;
     for (;;) {
@@ -433,10 +526,13 @@ int pyvmm_net_transmit(pyvmm_net *n)
         }
         if (s->closed)
             break;
-        if (s->out_len >= s->out_limit) {
+        /* What the socket refused waits in the output buffer: the chains stay on the
+           ring until it drains (EPOLLOUT brings us back), to go straight from guest
+           RAM then, as vhost-net leaves them while its socket is full. */
+        if (s->out_len) {
             flush_error = pyvmm_stream_flush(s);
-            if (flush_error || s->out_len >= s->out_limit)
-                break;  /* EPOLLOUT brings us back */
+            if (flush_error || s->out_len)
+                break;
         }
         int head = pop_head(n, q);
         if (head == -2) {
@@ -449,26 +545,67 @@ int pyvmm_net_transmit(pyvmm_net *n)
                 break;
             continue;
         }
+        /* Nothing is kept for the peer here: gather the frame's buffers for one sendmsg. */
         walk_state w = {0};
-        w.dst = s->out + s->out_len + 4;
-        w.cap = s->out_cap - s->out_len - 4;
+        w.iov = batch.iov + batch.niov + 1;
+        w.iov_cap = TX_IOV - batch.niov - 1;
         if (walk(n, q, q->desc, q->size, head, &w, 1, NULL) < 0) {
             status |= PYVMM_NET_ERROR;
             break;
         }
         if (w.readable < NET_HDR || w.gso_type) {
             n->tx_bad_header++;  /* no header, or segmentation we never offered */
-        } else if (w.readable - NET_HDR > n->max_frame || w.readable - NET_HDR > w.cap) {
+        } else if (w.readable - NET_HDR > n->max_frame) {
             n->tx_oversize++;
+        } else if (w.overflow) {
+            /* more buffers than the batch has room for: send what is gathered, then
+               copy this frame into the output buffer if the socket took all of it */
+            if (!flush_error)
+                flush_error = send_batch(s, &batch);
+            if (flush_error || s->out_len) {
+                q->next_avail--;  /* the socket is full: the chain waits on the ring */
+                break;
+            }
+            walk_state again = {0};
+            again.dst = s->out + 4;
+            again.cap = s->out_cap - 4;
+            if (walk(n, q, q->desc, q->size, head, &again, 1, NULL) < 0) {
+                status |= PYVMM_NET_ERROR;  /* the driver rewrote it meanwhile */
+                break;
+            }
+            uint32_t length = (uint32_t)(again.readable - NET_HDR);
+            if (again.readable < NET_HDR || again.gso_type) {
+                n->tx_bad_header++;
+            } else if (again.readable - NET_HDR > n->max_frame || length > again.cap) {
+                n->tx_oversize++;
+            } else {
+                put_be32(s->out, length);
+                s->out_len = 4 + length;
+                n->tx_frames++;
+            }
         } else {
             uint32_t length = (uint32_t)(w.readable - NET_HDR);
-            put_be32(s->out + s->out_len, length);
-            s->out_len += 4 + length;
+            put_be32(batch.lengths[batch.frames], length);
+            batch.iov[batch.niov].iov_base = batch.lengths[batch.frames];
+            batch.iov[batch.niov].iov_len = 4;
+            batch.niov += 1 + w.niov;
+            batch.frames++;
+            batch.bytes += 4 + length;
             n->tx_frames++;
+            if (batch.frames == TX_BATCH || batch.bytes >= s->out_limit ||
+                batch.niov >= TX_IOV - 1) {
+                if (!flush_error)
+                    flush_error = send_batch(s, &batch);
+            }
         }
         add_used(q, head, 0);
         served++;
+        if (flush_error)
+            break;
     }
+    /* The frames gathered go (or are copied) before the driver may reuse their buffers. */
+    if (!flush_error)
+        flush_error = send_batch(s, &batch);
     if (q->next_used != used_before)
         publish_used(q);
     if (!flush_error)
@@ -489,7 +626,7 @@ enum { DELIVERED, DROPPED, NO_ROOM, BROKEN };
 
 static int put_frame(pyvmm_net *n, pyvmm_ring *q, const uint8_t *frame, uint32_t len)
 {
-    static const uint8_t header[NET_HDR] = {0};
+    const uint8_t header[NET_HDR] = {n->data_valid ? HDR_F_DATA_VALID : 0};
     uint64_t needed = NET_HDR + (uint64_t)len, room = 0;
     uint32_t heads[1024], lengths[1024], chains = 0;   /* q->size <= 1024 */
     walk_state w = {0};
@@ -544,17 +681,23 @@ int pyvmm_net_receive(pyvmm_net *n)
     uint16_t used_before = q->next_used;
     uint64_t deadline = now_ns() + n->budget_ns;
     uint32_t delivered = 0;
-    int status = 0, waiting = 0;
+    int status = 0;
     if (q->desc == NULL)
         return 0;
+    int drained = 0;
     for (;;) {
         if (!pyvmm_stream_peek(s)) {
-            if (pyvmm_stream_fill(s) > 0)
+            /* after a short read the socket was empty: no read to hear EAGAIN (the
+               caller's epoll is level-triggered: more bytes wake it again) */
+            if (!drained && pyvmm_stream_fill(s) > 0) {
+                drained = s->drained;
                 continue;
+            }
             break;
         }
         if (delivered >= q->size || (delivered && now_ns() >= deadline)) {
-            if (has_available(q))
+            /* frames wait: come back now, or when the driver adds a buffer */
+            if (has_available(q) || ask_for_next(q))
                 status |= PYVMM_NET_MORE;
             break;
         }
@@ -567,13 +710,11 @@ int pyvmm_net_receive(pyvmm_net *n)
         int outcome = put_frame(n, q, s->in + s->in_start + 4, len);
         if (outcome == BROKEN) {
             status |= PYVMM_NET_ERROR;
-            waiting = 1;
             break;
         }
         if (outcome == NO_ROOM) {
-            if (ask_for_next(q))
+            if (ask_for_next(q))  /* the frame waits: notify me of the next buffer */
                 continue;
-            waiting = 1;
             break;
         }
         pyvmm_stream_consume(s);
@@ -582,8 +723,11 @@ int pyvmm_net_receive(pyvmm_net *n)
             delivered++;
         }
     }
-    if (!waiting)
-        set_avail_event(q);
+    /* No set_avail_event here: a receive buffer the driver adds is worth a notification
+       only while a frame waits for one (ask_for_next asked for it then); otherwise the
+       socket wakes us and we find the buffers in the ring, so the driver's refills after
+       each frame cost no kick, no wake-up (as vhost-net, which enables notification only
+       once the ring is empty). */
     if (q->next_used != used_before)
         publish_used(q);
     if (needs_interrupt(q, used_before))

@@ -25,6 +25,12 @@ from pyvmm.vhost.process import BackendProcess
 #: 802.3 frame less its header, in 32-bit words); the NIC says the same.
 PASST_MTU = 65520
 PACKAGE_HINT = "--net user needs passt: apt-get install passt"
+#: The send buffer each end of the socketpair asks for: room for dozens of 64 KiB frames
+#: per wake-up (Linux's default, 208 KiB, holds three).  The kernel grants up to
+#: net.core.wmem_max, or all of it to a process with CAP_NET_ADMIN (SO_SNDBUFFORCE).
+SOCKET_BUFFER = 4 << 20
+#: <asm-generic/socket.h>; Python's socket module doesn't name it.
+_SO_SNDBUFFORCE = 32
 #: Lines passt writes that say nothing about a failure.
 _NOISE = ("Failed to send", "Don't run as root")
 
@@ -49,6 +55,16 @@ def passt_command(binary: str, fd: int, forwards: Sequence[tuple[str, str]]) -> 
     return command
 
 
+def grow_send_buffer(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
+    """Ask for ``size`` bytes of send buffer: a stream socket's sender is held back by
+    its own buffer alone, so passt's end bounds what it sends per wake-up, ours what a
+    transmit pass hands passt before the chains wait on the ring."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)  # up to wmem_max
+
+
 class PasstProcess:
     """A running passt and our end of its socket (``sock``)."""
 
@@ -56,6 +72,8 @@ class PasstProcess:
         self.name = name
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            for end in (ours, theirs):
+                grow_send_buffer(end)
             self._backend = BackendProcess(
                 name, "pyvmm-net-", lambda _: passt_command(binary, theirs.fileno(), forwards),
                 pass_fds=(theirs.fileno(),), noise=_NOISE, lost="closed its socket")

@@ -8,8 +8,9 @@ device's window).
 ``attach_virtio`` does the KVM side the devices know nothing of: each queue's
 notify register becomes an ioeventfd (the vCPU does not leave the kernel for
 it; the event loop serves the queue) and each IRQ line an irqfd.  A device
-whose queues a vhost-user back end (virtio-fs) or the kernel's vhost-net serves gets its own kick
-eventfds bound as the ioeventfds, and the irqfd as its call fd; the event
+whose queues a vhost-user back end (virtio-fs), the kernel's vhost-net or a thread of its own
+(a NIC over passt's stream) serves gets its own kick eventfds bound as the ioeventfds, and the
+irqfd as its call fd; the event
 loop never sees them, but for the queues the device serves itself
 (``loop_queues``: vsock's event queue).  Such a device's interrupt registers
 (InterruptStatus, InterruptACK) are served without Python too, when the
@@ -215,13 +216,14 @@ def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices,
         transport = VirtioMmioTransport(device, memory, IrqfdTrigger(irq_fd))
         mmio_bus.insert(transport, slot.base, layout.VIRTIO_MMIO_SIZE)
         transports.append(transport)
+        # Asked first: a NIC over passt becomes back-end served (its own thread) by it.
+        kick_fds = getattr(device, "kick_fds", None)
         if device.backend_interrupts and interrupts is not None:
             set_status = interrupts.serve(vm, slot.base + INTERRUPT_STATUS,
                                           slot.base + INTERRUPT_ACK)
             if set_status is not None:
                 transport.report_status_to(set_status)
-        kick_fds = getattr(device, "kick_fds", None)
-        if kick_fds is not None:  # a vhost-user back end serves the queues
+        if kick_fds is not None:  # a back end (vhost-user, vhost, the NIC's thread) serves them
             device.call_fd = irq_fd
             owned_fds.extend(kick_fds)
             for index, kick_fd in enumerate(kick_fds):

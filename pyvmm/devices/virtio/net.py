@@ -5,7 +5,9 @@ gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers).  With
 ``VIRTIO_NET_F_MRG_RXBUF`` a received frame spans as many receive chains as
 it needs.  A back end carrying plain Ethernet frames (passt's stream socket)
 gets no offloads: the driver computes checksums and segments itself, and
-every header we write is zero but for ``num_buffers``.  A back end whose
+every header we write is zero but for ``num_buffers`` and, over passt's
+stream, ``DATA_VALID`` (``VIRTIO_NET_F_GUEST_CSUM``: passt computed the
+checksums of every frame it builds, so the guest need not check them).  A back end whose
 frames carry the header too (a tap with ``IFF_VNET_HDR``, ``header_in_frames``)
 offers checksum and TCP segmentation offload both ways (``offloads``): the
 driver's header goes to the tap as it is, the tap's to the driver with
@@ -162,17 +164,27 @@ class NetDevice(VirtioDevice):
     def kick_fds(self) -> list[int]:
         """Over passt's stream only (else AttributeError, so ``getattr(device,
         "kick_fds", None)`` is None): one eventfd per queue, made when the machine
-        asks (attach_virtio binds them as KVM's ioeventfds and owns them)."""
+        asks (attach_virtio binds them as KVM's ioeventfds and owns them).
+
+        Asking makes the NIC back-end served, as a ``VhostDevice`` is: its thread
+        raises every used-buffer interrupt through ``call_fd``, never the transport, so
+        the machine answers its InterruptStatus reads and absorbs its ACKs without
+        Python (``pyvmm.vcpu.interrupt_status``)."""
         if self._pump is None:
             raise AttributeError("kick_fds: a NIC over a tap is served from the loop")
         if self._kick_fds is None:
             self._kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
                               for _ in self.queues]
+            self.backend_interrupts = True
         return self._kick_fds
 
     def device_features(self) -> int:
+        # Over passt's stream: GUEST_CSUM, so received frames can say their checksums
+        # are valid (passt computed every one it builds; its own vhost-user path marks
+        # them so) and the guest skips verifying them.
+        valid_sums = 1 << VIRTIO_NET_F_GUEST_CSUM if self._pump is not None else 0
         return COMMON_FEATURES | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS \
-            | 1 << VIRTIO_NET_F_MRG_RXBUF | 1 << VIRTIO_NET_F_MTU | self.offloads
+            | 1 << VIRTIO_NET_F_MRG_RXBUF | 1 << VIRTIO_NET_F_MTU | self.offloads | valid_sums
 
     @property
     def frame_counts(self) -> dict[str, int]:
@@ -196,7 +208,8 @@ class NetDevice(VirtioDevice):
             self._on_offloads(driver_features & self.offloads)
         if self._pump is not None:
             self._pump.load(memory, self.queues,
-                            self.has_feature(VIRTIO_NET_F_MRG_RXBUF))
+                            self.has_feature(VIRTIO_NET_F_MRG_RXBUF),
+                            self.has_feature(VIRTIO_NET_F_GUEST_CSUM))
             if self.call_fd is not None and self._kick_fds is not None:
                 self._start_thread()
 
@@ -215,7 +228,6 @@ class NetDevice(VirtioDevice):
     def _start_thread(self) -> None:
         assert self._pump is not None and self._kick_fds is not None
         assert self.call_fd is not None and isinstance(self.link, FrameStream)
-        self.backend_interrupts = True  # the thread signals the irqfd, not the transport
         self._pump.start_serving(self._kick_fds, self.call_fd)
         self.link.served_elsewhere = True
         self.link.interest_changed()
@@ -270,10 +282,15 @@ class NetDevice(VirtioDevice):
                 raise
 
     def pending(self, index: int) -> bool:
-        # Receive buffers wait for frames; transmit chains wait while the link is full.
+        # Receive buffers wait for frames; transmit chains wait while the link is full
+        # (for the C half: while anything waits for passt's socket).
         if self._thread is not None:
             return False  # the thread serves them
-        return index == TRANSMIT_QUEUE and self.link.can_send() and super().pending(index)
+        if index != TRANSMIT_QUEUE or not super().pending(index):
+            return False
+        if self._pump is not None:
+            return self._pump.can_transmit()
+        return self.link.can_send()
 
     def _pump_call(self, transmit: bool) -> bool:
         """One pass of the C half over one queue (raises QueueError for a bad ring);
@@ -552,8 +569,10 @@ class _RingPump:
         self._stop_fd = -1
         self.stopping = False
 
-    def load(self, memory: GuestMemory, queues: list[SplitQueue], mergeable: bool) -> None:
-        """The driver is up: point C at guest RAM and at the rings that are ready."""
+    def load(self, memory: GuestMemory, queues: list[SplitQueue], mergeable: bool,
+             data_valid: bool) -> None:
+        """The driver is up: point C at guest RAM and at the rings that are ready;
+        ``data_valid``: mark received frames' checksums valid (GUEST_CSUM negotiated)."""
         ffi, c = self._ffi, self.c
         held: list[object] = []
         if len(memory.regions) > len(c.regions):
@@ -564,6 +583,7 @@ class _RingPump:
             c.regions[i] = {"gpa": region.guest_base, "size": region.size, "host": host}
         c.nregions = len(memory.regions)
         c.mergeable = int(mergeable)
+        c.data_valid = int(data_valid)
         for queue, ring in zip(queues, (c.rx, c.tx)):
             ring.desc = ring.avail = ring.used = ffi.NULL
             if not queue.ready:
@@ -607,6 +627,12 @@ class _RingPump:
         if status & _PUMP_ERROR:
             return status, self._ffi.string(self.c.error).decode()
         return status, None
+
+    def can_transmit(self) -> bool:
+        """Whether a transmit pass would take chains: the C half leaves them on the ring
+        while the stream keeps bytes passt's socket refused."""
+        stream = self.c.stream
+        return not stream.closed and stream.out_len == 0
 
     def counts(self) -> dict[str, int]:
         c = self.c

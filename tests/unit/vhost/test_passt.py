@@ -99,3 +99,18 @@ def test_no_passt_is_a_config_error(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("PYVMM_PASST", str(tmp_path / "nothing"))
     with pytest.raises(ConfigError, match="is not an executable"):
         find_passt()
+
+
+def test_both_ends_of_passts_socket_get_big_send_buffers() -> None:
+    """As much as the kernel grants (it doubles what is asked, up to twice wmem_max; all
+    of it with CAP_NET_ADMIN): a 64 KiB frame is one of many per wake-up, not of three."""
+    import socket
+
+    from pyvmm.vhost.passt import SOCKET_BUFFER, grow_send_buffer
+
+    with open("/proc/sys/net/core/wmem_max") as limit:
+        granted = 2 * min(SOCKET_BUFFER, int(limit.read()))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        grow_send_buffer(ours)
+        assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= granted

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from pyvmm.devices.virtio import mmio
-from pyvmm.devices.virtio.net import HEADER, RECEIVE_QUEUE, TRANSMIT_QUEUE, NetDevice
+from pyvmm.devices.virtio.net import (HDR_F_DATA_VALID, HEADER, RECEIVE_QUEUE, TRANSMIT_QUEUE,
+                                      VIRTIO_NET_F_GUEST_CSUM, NetDevice)
 from pyvmm.devices.virtio.queue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
 from pyvmm.vhost.stream import FrameStream
 from tests.unit.devices.virtio.test_virtio_net import MAC, Guest, frame
@@ -88,6 +89,50 @@ def test_many_chains_go_in_one_pass(passt) -> None:
     assert guest.tx.used_index() == 50
 
 
+def _scattered(guest: Guest, data: bytes, pieces: int) -> None:
+    """One transmit chain of ``data`` in ``pieces`` buffers (an indirect table), no notify."""
+    step = -(-len(data) // pieces)
+    buffers = [(guest.tx.alloc(len(part), part), len(part), False)
+               for part in (data[at:at + step] for at in range(0, len(data), step))]
+    guest.tx.add_chain(buffers, indirect=True)
+
+
+def test_frames_go_straight_from_guest_ram_and_what_the_socket_refuses_waits(passt) -> None:
+    """A pass sends its frames with sendmsg from the guest's buffers; a socket that takes
+    only part of them leaves the rest of the batch in the stream's output buffer (those
+    chains are used: their bytes were copied) and the chains behind it on the ring,
+    with nothing to do until EPOLLOUT drains it; every frame arrives, in order."""
+    passt.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    passt.stream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    guest = Guest(device=passt.device, size=128)
+    sent = [frame(1514, n) for n in range(100)]
+    for data in sent:
+        _scattered(guest, bytes(HEADER.size) + data, 3)
+    guest.transport.notify(TRANSMIT_QUEUE)
+    assert 0 < passt.stream.held_output < 100 * 1518  # the socket took some
+    assert guest.tx.used_index() < 100  # the rest wait on the ring
+    assert not guest.transport.notify(TRANSMIT_QUEUE)  # nothing to do until it drains
+    got: list[bytes] = []
+    deadline = time.monotonic() + 5
+    while len(got) < 100 and time.monotonic() < deadline:
+        got += passt.taken()
+        with passt.device.lock:
+            passt.stream.flush()
+            passt.device.link_writable()
+    assert got == sent and guest.tx.used_index() == 100
+
+
+def test_a_pass_with_more_buffers_than_one_sendmsg_takes(passt) -> None:
+    """Chains of 200 buffers each: past sendmsg's 1024 the batch goes and the frame that
+    did not fit is copied; every frame arrives whole and in order."""
+    guest = Guest(device=passt.device, size=256)
+    sent = [frame(1400, n) for n in range(8)]
+    for data in sent:
+        _scattered(guest, bytes(HEADER.size) + data, 200)
+    guest.transport.notify(TRANSMIT_QUEUE)
+    assert passt.taken() == sent and guest.tx.used_index() == 8
+
+
 def test_receive_fills_mergeable_buffers_and_holds_back(passt) -> None:
     passt.device = NetDevice(passt.stream, MAC, 65520)
     guest = Guest(device=passt.device, mtu=65520, size=64)
@@ -105,6 +150,86 @@ def test_receive_fills_mergeable_buffers_and_holds_back(passt) -> None:
     assert [payload for _, payload in got] == [big, frame(100, 8)]
     assert got[0][0]["num_buffers"] == 43
     assert passt.stream.wanted_events() & select.EPOLLIN
+
+
+def test_received_frames_say_their_checksums_are_valid_if_the_driver_takes_it(passt) -> None:
+    """passt computed them: with GUEST_CSUM the header says DATA_VALID, without it 0."""
+    guest = Guest(device=passt.device)
+    assert guest.features() & 1 << VIRTIO_NET_F_GUEST_CSUM
+    guest.post_rx(2)
+    passt.give(frame(60, 1))
+    passt.arrived()
+    [(header, payload)] = guest.received()
+    assert header["flags"] == HDR_F_DATA_VALID and payload == frame(60, 1)
+    other = Passt()
+    try:
+        guest = Guest(device=other.device, refused=1 << VIRTIO_NET_F_GUEST_CSUM)
+        guest.post_rx(2)
+        other.give(frame(60, 2))
+        other.arrived()
+        assert [header["flags"] for header, _ in guest.received()] == [0]
+    finally:
+        other.close()
+
+
+def _kicks(queue, avail_before: int, avail_now: int) -> bool:
+    """Whether a driver that added buffers from ``avail_before`` to ``avail_now`` notifies
+    (EVENT_IDX: vring_need_event with the device's avail_event)."""
+    event = queue.avail_event()
+    return (avail_now - event - 1) & 0xFFFF < (avail_now - avail_before) & 0xFFFF
+
+
+def _refill(guest: Guest) -> bool:
+    """One receive buffer added without a notify, as Linux's refill does: whether the
+    driver would have notified it."""
+    before = guest.rx._avail_idx
+    address = guest.rx.alloc(2048)
+    guest.rx_buffers[guest.rx.add_chain([(address, 2048, True)])] = (address, 2048)
+    return _kicks(guest.rx, before, guest.rx._avail_idx)
+
+
+def test_receive_buffers_are_notified_only_while_a_frame_waits_for_them(passt) -> None:
+    """The driver refills its receive ring after every frame: with buffers left, those
+    refills wake nobody (the socket brings the next frame); once a frame waits for room,
+    the next buffer is notified."""
+    guest = Guest(device=passt.device, mtu=1500, size=64)
+    guest.post_rx(4)
+    for n in range(3):
+        passt.give(frame(60, n))
+        passt.arrived()
+        assert not _refill(guest)
+    passt.give(*[frame(1514, n) for n in range(12)])  # more than the 4 buffers left
+    passt.arrived()
+    assert len(guest.received()) == 3 + 4
+    assert _refill(guest)
+    guest.transport.notify(RECEIVE_QUEUE)
+    assert [payload for _, payload in guest.received()] == [frame(1514, 4)]
+
+
+def test_a_pass_that_ends_with_frames_and_no_buffers_asks_for_the_next_one(passt) -> None:
+    """A pass stops after a ring's worth of frames: if that emptied the ring, the frames
+    left wait for a notification of the next buffer (the socket no longer wakes us)."""
+    guest = Guest(device=passt.device, size=16)
+    guest.post_rx(16)
+    passt.give(*[frame(60, n) for n in range(20)])
+    passt.arrived()
+    assert len(guest.received()) == 16
+    assert not passt.stream.wanted_events() & select.EPOLLIN
+    assert _refill(guest)
+
+
+def test_a_frame_that_arrives_in_pieces_is_delivered_whole(passt) -> None:
+    """A read that ends inside a frame ends the pass (the socket was empty); the rest,
+    when it comes, completes it, and the frames behind it follow."""
+    guest = Guest(device=passt.device)
+    guest.post_rx(4)
+    data = b"".join(struct.pack(">I", len(f)) + f for f in (frame(1000, 1), frame(60, 2)))
+    for start, end in ((0, 2), (2, 700), (700, len(data))):
+        passt.sock.sendall(data[start:end])
+        passt.arrived()
+        if end < 1004:
+            assert guest.received() == []
+    assert [payload for _, payload in guest.received()] == [frame(1000, 1), frame(60, 2)]
 
 
 def test_receive_header_split_over_tiny_buffers(passt) -> None:

@@ -18,7 +18,8 @@ comparison.  ``--variants`` restores made differently alternate with the plain
 ones: ``populate-write`` prefaults the memory file's data writable
 (``MADV_POPULATE_WRITE``: the clone's private copy of every page with data);
 ``anon-copy`` copies the data into anonymous RAM as a boot has it (transparent
-huge pages: 2 MiB nested page table entries), no sharing between clones.
+huge pages: 2 MiB nested page table entries), no sharing between clones;
+``no-held-vm`` restores with no other VM open (``Kvm.hold_one_vm`` undone).
 
 Usage: python3 bench/snapshot_trace.py [--runs 3] [--memory 256M] [--timeline 40]
 """
@@ -256,9 +257,16 @@ def anonymous_copy(directory: str, layout: Any) -> Any:
 def traced_restore(snapshot: Path, limit: int, variant: str) -> dict[str, float]:
     from pyvmm.snapshot import restore as restore_module
 
-    real_map = restore_module.map_memory
+    from pyvmm.kvm import system
+
+    real_map, real_hold = restore_module.map_memory, system.Kvm.hold_one_vm
     if variant == "anon-copy":
         setattr(restore_module, "map_memory", anonymous_copy)
+    if variant == "no-held-vm":  # as before Kvm.hold_one_vm: no VM open between clones
+        for fd in system._HELD_VMS.values():
+            os.close(fd)
+        system._HELD_VMS.clear()
+        setattr(system.Kvm, "hold_one_vm", lambda self: None)
     IOCTLS.clear()
     IOCTLS_ON[0] = True
     called = time.perf_counter_ns()
@@ -267,6 +275,7 @@ def traced_restore(snapshot: Path, limit: int, variant: str) -> dict[str, float]
     finally:
         IOCTLS_ON[0] = False
         setattr(restore_module, "map_memory", real_map)
+        setattr(system.Kvm, "hold_one_vm", real_hold)
     ioctls = sorted(IOCTLS.items(), key=lambda item: -item[1][1])
     extra = populate_write(vm, snapshot) if variant == "populate-write" else 0.0
     stats = machine_stats(vm)
@@ -333,7 +342,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory", default="256M")
     parser.add_argument("--timeline", type=int, default=40)
-    parser.add_argument("--variants", nargs="*", default=[], choices=("populate-write", "anon-copy"))
+    parser.add_argument("--variants", nargs="*", default=[], choices=("populate-write", "anon-copy", "no-held-vm"))
     args = parser.parse_args()
     install_hooks()
     create_vm_costs()

@@ -189,33 +189,6 @@ def timeline(began: int, ended: int, limit: int) -> None:
         previous = returned
 
 
-def populate_write(vm: pyvmm.Machine, directory: Path) -> float:
-    """MADV_POPULATE_WRITE of the memory file's data extents in the clone's RAM; ms."""
-    import errno
-    began = time.perf_counter()
-    fd = os.open(directory / "memory.raw", os.O_RDONLY)
-    try:
-        offset = 0
-        for region in vm._machine.memory.regions:
-            position, end = offset, offset + region.size
-            while position < end:
-                try:
-                    data = os.lseek(fd, position, os.SEEK_DATA)
-                except OSError as exc:
-                    if exc.errno == errno.ENXIO:
-                        break
-                    raise
-                if data >= end:
-                    break
-                hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-                region.buffer.madvise(23, data - offset, hole - data)  # MADV_POPULATE_WRITE
-                position = hole
-            offset += region.size
-    finally:
-        os.close(fd)
-    return (time.perf_counter() - began) * 1e3
-
-
 def data_extents(fd: int, start: int, end: int) -> list[tuple[int, int]]:
     """(offset, length) of each data extent of ``fd`` in [start, end)."""
     import errno
@@ -254,12 +227,29 @@ def anonymous_copy(directory: str, layout: Any) -> Any:
     return memory
 
 
+def populate_write(vm: pyvmm.Machine, directory: Path) -> float:
+    """MADV_POPULATE_WRITE of the memory file's data extents in the clone's RAM; ms."""
+    import mmap
+    began = time.perf_counter()
+    fd = os.open(directory / "memory.raw", os.O_RDONLY)
+    try:
+        offset = 0  # the file holds the regions back to back (``memfile.write_memory``)
+        for region in vm._machine.memory.regions:
+            assert isinstance(region.buffer, mmap.mmap)
+            for data, length in data_extents(fd, offset, offset + region.size):
+                region.buffer.madvise(23, data - offset, length)  # MADV_POPULATE_WRITE
+            offset += region.size
+    finally:
+        os.close(fd)
+    return (time.perf_counter() - began) * 1e3
+
+
 def traced_restore(snapshot: Path, limit: int, variant: str) -> dict[str, float]:
     from pyvmm.snapshot import restore as restore_module
 
     from pyvmm.kvm import system
 
-    real_map, real_hold = restore_module.map_memory, system.Kvm.hold_one_vm
+    real_map, real_hold = restore_module.map_memory, system.Kvm.hold_one_vm  # type: ignore[attr-defined]
     if variant == "anon-copy":
         setattr(restore_module, "map_memory", anonymous_copy)
     if variant == "no-held-vm":  # as before Kvm.hold_one_vm: no VM open between clones

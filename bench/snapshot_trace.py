@@ -341,13 +341,11 @@ def main() -> None:
         disk = work / "disk.img"
         disk.write_bytes(bytes(16 << 20))
         snapshot = work / "snap"
-        vm = pyvmm.Machine(kernel=str(KERNEL), initrd=str(INITRD), memory=args.memory,
-                           append="console=ttyS0 quiet", drives=[str(disk)], timeout=600)
-        # A vCPU's ioctls wait for its KVM_RUN to return (the vCPU's mutex): a halted
-        # vCPU's stats fd can't be had, so it is opened before the vCPUs run.
-        stats = machine_stats(vm)
-        with vm:  # started
+        with pyvmm.Machine(kernel=str(KERNEL), initrd=str(INITRD), memory=args.memory,
+                           append="console=ttyS0 quiet", drives=[str(disk)],
+                           timeout=600) as vm:
             vm.console.expect(PROMPT, 300)
+            stats = machine_stats(vm)
             print(f"== the booted guest's answers ({args.memory}) ==")
             for number in (5, 9):
                 before = read_all(stats)

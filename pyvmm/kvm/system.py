@@ -30,9 +30,6 @@ _CPUID_ENTRIES = 128
 #: KVM_CHECK_EXTENSION's answers by (device path, capability), for ``check_extension``.
 _CAPABILITIES: dict[tuple[str, int], int] = {}
 
-#: Per /dev/kvm path: the empty VM this process holds open (``Kvm.hold_one_vm``).
-_HELD_VMS: dict[str, int] = {}
-
 #: A CPUID leaf as plain data: (function, index, flags, eax, ebx, ecx, edx).
 CpuidTuple = tuple[int, int, int, int, int, int, int]
 
@@ -119,19 +116,6 @@ class Kvm:
         """KVM_CREATE_VM: a new, empty VM."""
         fd = ioctl_value(self.fd, lib.KVM_CREATE_VM, 0, "KVM_CREATE_VM")
         return Vm(fd, self.vcpu_mmap_size())
-
-    def hold_one_vm(self) -> None:
-        """Keep an empty VM open for the rest of the process (one per device; close-on-exec).
-
-        KVM turns virtualization on in the host's CPUs when their first VM is made
-        and off when the last one goes; restoring clone after clone, each paid
-        that in KVM_CREATE_VM and again at its teardown.  In the rig (nested SVM
-        under TCG) KVM_CREATE_VM took 17 ms with no other VM open and 7 ms beside
-        a held one (``bench/snapshot_trace.py``).  An idle VM costs the host its
-        structures and one kernel thread, nothing per guest.
-        """
-        if self.path not in _HELD_VMS:
-            _HELD_VMS[self.path] = ioctl_value(self.fd, lib.KVM_CREATE_VM, 0, "KVM_CREATE_VM")
 
     def close(self) -> None:
         os.close(self.fd)

@@ -196,8 +196,6 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
         log.warning("/dev/kvm is kvm_pvm, which emulates this guest in software; %s "
                     "(--cpu host keeps them)", describe_policy(policy))
     vm = kvm.create_vm()
-    if snapshot is not None:
-        kvm.hold_one_vm()  # the next clone's KVM_CREATE_VM and this one's teardown: cheaper
     vm.set_tss_address(KVM_TSS_ADDRESS)
     vm.create_irqchip()
     vm.create_pit2()

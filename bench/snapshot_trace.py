@@ -19,7 +19,10 @@ ones: ``populate-write`` prefaults the memory file's data writable
 (``MADV_POPULATE_WRITE``: the clone's private copy of every page with data);
 ``anon-copy`` copies the data into anonymous RAM as a boot has it (transparent
 huge pages: 2 MiB nested page table entries), no sharing between clones;
-``no-held-vm`` restores with no other VM open (``Kvm.hold_one_vm`` undone).
+``no-advance`` leaves the guest's clocks where the snapshot stopped them (no
+jump forward: not what a restore may do, only to see what the jump costs);
+``late-input`` types the command 300 ms after ``start()`` (the guest's own
+wake-up behind it: the first answer is then timed from the input).
 
 Usage: python3 bench/snapshot_trace.py [--runs 3] [--memory 256M] [--timeline 40]
 """
@@ -247,16 +250,11 @@ def populate_write(vm: pyvmm.Machine, directory: Path) -> float:
 def traced_restore(snapshot: Path, limit: int, variant: str) -> dict[str, float]:
     from pyvmm.snapshot import restore as restore_module
 
-    from pyvmm.kvm import system
-
-    real_map, real_hold = restore_module.map_memory, system.Kvm.hold_one_vm  # type: ignore[attr-defined]
+    real_map, real_advance = restore_module.map_memory, restore_module.Snapshot.clock_advance_ns  # type: ignore[attr-defined]
     if variant == "anon-copy":
         setattr(restore_module, "map_memory", anonymous_copy)
-    if variant == "no-held-vm":  # as before Kvm.hold_one_vm: no VM open between clones
-        for fd in system._HELD_VMS.values():
-            os.close(fd)
-        system._HELD_VMS.clear()
-        setattr(system.Kvm, "hold_one_vm", lambda self: None)
+    if variant == "no-advance":  # the guest's clocks go on from the snapshot's moment
+        setattr(restore_module.Snapshot, "clock_advance_ns", lambda self: 0)
     IOCTLS.clear()
     IOCTLS_ON[0] = True
     called = time.perf_counter_ns()
@@ -265,7 +263,7 @@ def traced_restore(snapshot: Path, limit: int, variant: str) -> dict[str, float]
     finally:
         IOCTLS_ON[0] = False
         setattr(restore_module, "map_memory", real_map)
-        setattr(system.Kvm, "hold_one_vm", real_hold)
+        setattr(restore_module.Snapshot, "clock_advance_ns", real_advance)
     ioctls = sorted(IOCTLS.items(), key=lambda item: -item[1][1])
     extra = populate_write(vm, snapshot) if variant == "populate-write" else 0.0
     stats = machine_stats(vm)
@@ -273,6 +271,9 @@ def traced_restore(snapshot: Path, limit: int, variant: str) -> dict[str, float]
         before = read_all(stats)
         started = time.perf_counter_ns()
         vm.start()
+        if variant == "late-input":
+            time.sleep(0.3)
+            started = time.perf_counter_ns()
         written1, answered1 = ask(vm, 6)
         middle = read_all(stats)
         written2, answered2 = ask(vm, 8)
@@ -332,7 +333,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory", default="256M")
     parser.add_argument("--timeline", type=int, default=40)
-    parser.add_argument("--variants", nargs="*", default=[], choices=("populate-write", "anon-copy", "no-held-vm"))
+    parser.add_argument("--variants", nargs="*", default=[], choices=("populate-write", "anon-copy", "no-advance", "late-input"))
     args = parser.parse_args()
     install_hooks()
     create_vm_costs()
@@ -341,11 +342,13 @@ def main() -> None:
         disk = work / "disk.img"
         disk.write_bytes(bytes(16 << 20))
         snapshot = work / "snap"
-        with pyvmm.Machine(kernel=str(KERNEL), initrd=str(INITRD), memory=args.memory,
-                           append="console=ttyS0 quiet", drives=[str(disk)],
-                           timeout=600) as vm:
+        vm = pyvmm.Machine(kernel=str(KERNEL), initrd=str(INITRD), memory=args.memory,
+                           append="console=ttyS0 quiet", drives=[str(disk)], timeout=600)
+        # A vCPU's ioctls wait for its KVM_RUN to return (the vCPU's mutex): a halted
+        # vCPU's stats fd can't be had, so it is opened before the vCPUs run.
+        stats = machine_stats(vm)
+        with vm:  # started
             vm.console.expect(PROMPT, 300)
-            stats = machine_stats(vm)
             print(f"== the booted guest's answers ({args.memory}) ==")
             for number in (5, 9):
                 before = read_all(stats)

@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+"""What a restored Linux clone does until its first console answer, against its second.
+
+Runs where Linux reaches user space (the rig).  Boots our minimal Linux at
+its prompt (as ``snapshot_profile.py``), snapshots it, then restores it
+``--runs`` times and, for the interval from ``start()`` to the first answer
+and from there to the second, prints:
+
+* KVM's own counters of the vCPU and the VM (``KVM_GET_STATS_FD``, Linux 5.14):
+  exits by kind, nested page faults (``pf_taken``, ``pf_fixed``), halts and
+  the time halted (``halt_wait_ns``), pages mapped at 4 KiB / 2 MiB, ...;
+* every KVM_RUN: how long the vCPU was inside it, and what exit ended it, so
+  the time splits into guest (or in-kernel KVM) time and pyvmm's serving;
+* when the guest's output came back, relative to the input.
+
+The same counters over the booted guest's own answers come first, for
+comparison.  ``--variants`` restores made differently alternate with the plain
+ones: ``populate-write`` prefaults the memory file's data writable
+(``MADV_POPULATE_WRITE``: the clone's private copy of every page with data);
+``anon-copy`` copies the data into anonymous RAM as a boot has it (transparent
+huge pages: 2 MiB nested page table entries), no sharing between clones;
+``no-advance`` leaves the guest's clocks where the snapshot stopped them (no
+jump forward: not what a restore may do, only to see what the jump costs);
+``late-input`` types the command 300 ms after ``start()`` (the guest's own
+wake-up behind it: the first answer is then timed from the input).
+
+Usage: python3 bench/snapshot_trace.py [--runs 3] [--memory 256M] [--timeline 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import statistics
+import struct
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pyvmm
+from pyvmm.console import guest as console_guest
+from pyvmm.vcpu import served
+from pyvmm.vcpu.stats import exit_key
+
+REPO = Path(__file__).resolve().parents[1]
+KERNEL = REPO / "images" / "out" / "linux" / "bzImage"
+INITRD = REPO / "images" / "out" / "initramfs.cpio.gz"
+PROMPT = b"/ # "
+KVM_GET_STATS_FD = 0xAECE  # _IO(KVMIO, 0xce)
+
+#: (perf_counter_ns entered, returned, exit key) of every KVM_RUN, all vCPUs.
+RUNS: list[tuple[int, int, Any]] = []
+#: (perf_counter_ns, bytes) of every chunk of guest output.
+OUTPUT: list[tuple[int, bytes]] = []
+#: ioctl name -> [calls, ns], while ``IOCTLS_ON`` (the build's ioctls, by what they are).
+IOCTLS: dict[str, list[int]] = {}
+IOCTLS_ON = [False]
+
+
+def time_ioctls() -> None:
+    """Wrap the KVM binding's ioctl helpers where the kvm modules imported them."""
+    import importlib
+
+    for name in ("pyvmm.kvm.vm", "pyvmm.kvm.vcpu", "pyvmm.kvm.state", "pyvmm.kvm.system"):
+        module = importlib.import_module(name)
+        for helper in ("ioctl", "ioctl_value"):
+            real = getattr(module, helper, None)
+            if real is None:
+                continue
+
+            def timed(fd: int, request: int, arg: Any, what: str, real: Any = real) -> int:
+                if not IOCTLS_ON[0]:
+                    return real(fd, request, arg, what)
+                began = time.perf_counter_ns()
+                try:
+                    return real(fd, request, arg, what)
+                finally:
+                    entry = IOCTLS.setdefault(what, [0, 0])
+                    entry[0] += 1
+                    entry[1] += time.perf_counter_ns() - began
+
+            setattr(module, helper, timed)
+
+
+def install_hooks() -> None:
+    real_run = served.ServedVcpu.run
+
+    def traced_run(self: served.ServedVcpu) -> Any:
+        entered = time.perf_counter_ns()
+        exit = real_run(self)
+        RUNS.append((entered, time.perf_counter_ns(), exit_key(exit)))
+        return exit
+
+    setattr(served.ServedVcpu, "run", traced_run)
+    real_received = console_guest.Console._received
+
+    def traced_received(self: console_guest.Console, data: bytes) -> None:
+        OUTPUT.append((time.perf_counter_ns(), data))
+        real_received(self, data)
+
+    setattr(console_guest.Console, "_received", traced_received)
+    time_ioctls()
+
+
+class KvmStats:
+    """A KVM object's binary statistics (single values; histograms left out)."""
+
+    def __init__(self, object_fd: int) -> None:
+        self.fd = fcntl.ioctl(object_fd, KVM_GET_STATS_FD, 0)
+        header = os.pread(self.fd, 24, 0)
+        _flags, name_size, count, _id, desc_offset, self.data_offset = struct.unpack(
+            "6I", header)
+        size = 16 + name_size
+        raw = os.pread(self.fd, size * count, desc_offset)
+        self.fields: list[tuple[str, int]] = []
+        self.length = 0
+        for index in range(count):
+            _f, _exp, length, offset, _bucket = struct.unpack_from("IhHII", raw, index * size)
+            name = raw[index * size + 16:(index + 1) * size].split(b"\0")[0].decode()
+            if length == 1:
+                self.fields.append((name, offset))
+            self.length = max(self.length, offset + 8 * length)
+
+    def read(self) -> dict[str, int]:
+        data = os.pread(self.fd, self.length, self.data_offset)
+        return {name: struct.unpack_from("Q", data, offset)[0] for name, offset in self.fields}
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {name: after[name] - before.get(name, 0) for name in after
+            if after[name] != before.get(name, 0)}
+
+
+def machine_stats(vm: pyvmm.Machine) -> list[KvmStats]:
+    built = vm._machine
+    return [KvmStats(built.vm.fd)] + [KvmStats(vcpu.fd) for vcpu in built.vcpus]
+
+
+def read_all(stats: list[KvmStats]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for index, source in enumerate(stats):
+        prefix = "vm." if index == 0 else ""
+        for name, value in source.read().items():
+            key = prefix + name
+            merged[key] = merged.get(key, 0) + value
+    return merged
+
+
+def runs_between(began: int, ended: int) -> dict[str, Any]:
+    inside = [(e, r, k) for e, r, k in RUNS if e >= began and r <= ended]
+    in_kvm = sum(r - e for e, r, _ in inside)
+    kinds: dict[str, int] = {}
+    for _, _, key in inside:
+        name = key[0] if key[1] is None else f"{key[0]}@{key[1]:#x}"
+        kinds[name] = kinds.get(name, 0) + 1
+    longest = sorted((r - e for e, r, _ in inside), reverse=True)[:5]
+    return {"kvm_runs": len(inside), "in_kvm_ms": in_kvm / 1e6,
+            "wall_ms": (ended - began) / 1e6, "exits": kinds,
+            "longest_runs_ms": [round(x / 1e6, 2) for x in longest]}
+
+
+def ask(vm: pyvmm.Machine, number: int) -> tuple[int, int]:
+    written = time.perf_counter_ns()
+    vm.console.write(f"echo r$(({number}*7))\n".encode())
+    vm.console.expect(f"r{number * 7}".encode(), 300)
+    return written, time.perf_counter_ns()
+
+
+def output_timeline(began: int, ended: int) -> str:
+    return " ".join(f"{(t - began) / 1e6:.1f}:{data!r}" for t, data in OUTPUT
+                    if began <= t <= ended)
+
+
+def show(title: str, stats: dict[str, int], runs: dict[str, Any]) -> None:
+    print(f"  -- {title}: wall {runs['wall_ms']:.1f} ms, {runs['kvm_runs']} KVM_RUNs, "
+          f"{runs['in_kvm_ms']:.1f} ms inside KVM_RUN; longest {runs['longest_runs_ms']}")
+    print(f"     exits to pyvmm: {runs['exits']}")
+    print(f"     KVM counters: {stats}")
+
+
+def timeline(began: int, ended: int, limit: int) -> None:
+    rows = [(e, r, k) for e, r, k in RUNS if e >= began and r <= ended][:limit]
+    previous = began
+    for entered, returned, key in rows:
+        print(f"     +{(entered - began) / 1e6:7.2f} ms (pyvmm {(entered - previous) / 1e3:6.0f} us)"
+              f" KVM_RUN {(returned - entered) / 1e3:8.0f} us -> {key}")
+        previous = returned
+
+
+def data_extents(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """(offset, length) of each data extent of ``fd`` in [start, end)."""
+    import errno
+    extents, position = [], start
+    while position < end:
+        try:
+            data = os.lseek(fd, position, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                break
+            raise
+        if data >= end:
+            break
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        extents.append((data, hole - data))
+        position = hole
+    return extents
+
+
+def anonymous_copy(directory: str, layout: Any) -> Any:
+    """Guest RAM as anonymous memory (transparent huge pages where the host gives them:
+    2 MiB nested page table entries) with the memory file's data copied in."""
+    from pyvmm.kvm._ffi import address_of
+    from pyvmm.memory import GuestMemory
+
+    memory = GuestMemory.anonymous([(int(b), int(s)) for b, s, _ in layout],
+                                   address_of=address_of)
+    fd = os.open(os.path.join(directory, "memory.raw"), os.O_RDONLY)
+    try:
+        for region, (_, size, offset) in zip(memory.regions, layout):
+            view = memoryview(region.buffer)
+            for data, length in data_extents(fd, offset, offset + size):
+                os.preadv(fd, [view[data - offset:data - offset + length]], data)
+    finally:
+        os.close(fd)
+    return memory
+
+
+def populate_write(vm: pyvmm.Machine, directory: Path) -> float:
+    """MADV_POPULATE_WRITE of the memory file's data extents in the clone's RAM; ms."""
+    import mmap
+    began = time.perf_counter()
+    fd = os.open(directory / "memory.raw", os.O_RDONLY)
+    try:
+        offset = 0  # the file holds the regions back to back (``memfile.write_memory``)
+        for region in vm._machine.memory.regions:
+            assert isinstance(region.buffer, mmap.mmap)
+            for data, length in data_extents(fd, offset, offset + region.size):
+                region.buffer.madvise(23, data - offset, length)  # MADV_POPULATE_WRITE
+            offset += region.size
+    finally:
+        os.close(fd)
+    return (time.perf_counter() - began) * 1e3
+
+
+def traced_restore(snapshot: Path, limit: int, variant: str) -> dict[str, float]:
+    from pyvmm.snapshot import restore as restore_module
+
+    real_map, real_advance = restore_module.map_memory, restore_module.Snapshot.clock_advance_ns  # type: ignore[attr-defined]
+    if variant == "anon-copy":
+        setattr(restore_module, "map_memory", anonymous_copy)
+    if variant == "no-advance":  # the guest's clocks go on from the snapshot's moment
+        setattr(restore_module.Snapshot, "clock_advance_ns", lambda self: 0)
+    IOCTLS.clear()
+    IOCTLS_ON[0] = True
+    called = time.perf_counter_ns()
+    try:
+        vm = pyvmm.Machine.restore(snapshot, snapshot=True)
+    finally:
+        IOCTLS_ON[0] = False
+        setattr(restore_module, "map_memory", real_map)
+        setattr(restore_module.Snapshot, "clock_advance_ns", real_advance)
+    ioctls = sorted(IOCTLS.items(), key=lambda item: -item[1][1])
+    extra = populate_write(vm, snapshot) if variant == "populate-write" else 0.0
+    stats = machine_stats(vm)
+    try:
+        before = read_all(stats)
+        started = time.perf_counter_ns()
+        vm.start()
+        if variant == "late-input":
+            time.sleep(0.3)
+            started = time.perf_counter_ns()
+        written1, answered1 = ask(vm, 6)
+        middle = read_all(stats)
+        written2, answered2 = ask(vm, 8)
+        after = read_all(stats)
+    finally:
+        stopping = time.perf_counter_ns()
+        vm.stop()
+        stopped = time.perf_counter_ns()
+        for source in stats:
+            source.close()
+    print(f"\n(stop took {(stopped - stopping) / 1e6:.1f} ms)")
+    print(f"\n== restore ({variant}): built in {(started - called) / 1e6:.1f} ms"
+          f"{f' (populate-write {extra:.1f} ms)' if extra else ''}, 1st answer "
+          f"{(answered1 - started) / 1e6:.1f} ms after start (input written at "
+          f"+{(written1 - started) / 1e6:.1f}), 2nd {(answered2 - written2) / 1e6:.1f} ms ==")
+    print("     build's ioctls (calls, ms): " + ", ".join(
+        f"{what} {calls} {ns / 1e6:.1f}" for what, (calls, ns) in ioctls[:12])
+        + f"; all {sum(ns for _, ns in IOCTLS.values()) / 1e6:.1f} ms")
+    show("start -> 1st answer", delta(middle, before), runs_between(started, answered1))
+    print(f"     output: {output_timeline(started, answered1)}")
+    timeline(started, answered1, limit)
+    show("2nd answer", delta(after, middle), runs_between(written2, answered2))
+    print(f"     output: {output_timeline(written2, answered2)}")
+    timeline(written2, answered2, limit)
+    return {"build": (started - called) / 1e6, "first": (answered1 - started) / 1e6,
+            "second": (answered2 - written2) / 1e6}
+
+
+def create_vm_costs(runs: int = 5) -> None:
+    """KVM_CREATE_VM and the VM's destruction (its fd closed), with no other VM in the
+    process and with one held open (KVM enables virtualization on the CPUs for the
+    first VM and disables it after the last)."""
+    from pyvmm.kvm.system import Kvm
+
+    kvm = Kvm()
+
+    def cycle() -> tuple[float, float]:
+        began = time.perf_counter_ns()
+        vm = kvm.create_vm()
+        made = time.perf_counter_ns()
+        os.close(vm.fd)
+        return (made - began) / 1e6, (time.perf_counter_ns() - made) / 1e6
+
+    alone = [cycle() for _ in range(runs)]
+    anchor = kvm.create_vm()
+    held = [cycle() for _ in range(runs)]
+    os.close(anchor.fd)
+    kvm.close()
+    for name, done in (("no other VM", alone), ("one VM held open", held)):
+        print(f"KVM_CREATE_VM {name}: create {statistics.median(c for c, _ in done):.1f} ms, "
+              f"destroy {statistics.median(d for _, d in done):.1f} ms (all: "
+              + " ".join(f"{c:.1f}/{d:.1f}" for c, d in done) + ")", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--memory", default="256M")
+    parser.add_argument("--timeline", type=int, default=40)
+    parser.add_argument("--variants", nargs="*", default=[], choices=("populate-write", "anon-copy", "no-advance", "late-input"))
+    args = parser.parse_args()
+    install_hooks()
+    create_vm_costs()
+    with tempfile.TemporaryDirectory(prefix="pyvmm-trace-") as where:
+        work = Path(where)
+        disk = work / "disk.img"
+        disk.write_bytes(bytes(16 << 20))
+        snapshot = work / "snap"
+        vm = pyvmm.Machine(kernel=str(KERNEL), initrd=str(INITRD), memory=args.memory,
+                           append="console=ttyS0 quiet", drives=[str(disk)], timeout=600)
+        # A vCPU's ioctls wait for its KVM_RUN to return (the vCPU's mutex): a halted
+        # vCPU's stats fd can't be had, so it is opened before the vCPUs run.
+        stats = machine_stats(vm)
+        with vm:  # started
+            vm.console.expect(PROMPT, 300)
+            print(f"== the booted guest's answers ({args.memory}) ==")
+            for number in (5, 9):
+                before = read_all(stats)
+                written, answered = ask(vm, number)
+                show(f"answer {number * 7}", delta(read_all(stats), before),
+                     runs_between(written, answered))
+                vm.console.expect(PROMPT, 60)
+            for source in stats:
+                source.close()
+            vm.snapshot(snapshot, stop=True)
+            vm.wait(60)
+        results: dict[str, list[dict[str, float]]] = {}
+        for _ in range(args.runs):
+            for variant in ["plain", *args.variants]:
+                results.setdefault(variant, []).append(
+                    traced_restore(snapshot, args.timeline, variant))
+        for variant, done in results.items():
+            print(f"\n== {variant}, median of {args.runs} (ms): " + ", ".join(
+                f"{name} {statistics.median(run[name] for run in done):.1f}"
+                for name in done[0]))
+
+
+if __name__ == "__main__":
+    main()

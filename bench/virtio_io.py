@@ -167,12 +167,21 @@ def baseline_of(config: str) -> str | None:
     return BASELINES.get(config.split()[0])
 
 
+#: --limit: seconds one boot may take (a hung one then fails with its console's tail).
+LIMIT = [600.0]
+
+
 def run(command: list[str], marker: bytes, checkout: str | None = None) -> tuple[float, str]:
     """Run ``command`` with ``checkout``'s pyvmm (None: this one's)."""
     env = None if checkout is None else dict(os.environ, PYTHONPATH=checkout)
     start = time.monotonic()
-    proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
-                          cwd=checkout or REPO, env=env)
+    try:
+        proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                              cwd=checkout or REPO, env=env, timeout=LIMIT[0])
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"{command[0]} ran past --limit {LIMIT[0]:g} s:\n"
+                           f"{(exc.stdout or b'')[-3000:].decode(errors='replace')}"
+                           f"{(exc.stderr or b'')[-2000:].decode(errors='replace')}") from None
     elapsed = time.monotonic() - start
     output = proc.stdout.decode(errors="replace")
     if marker not in proc.stdout:
@@ -308,8 +317,14 @@ def bench_linux(configs: list[str], disks: Disks, runs: int, runtime: int, tmp: 
     results: dict[str, list[list[float]]] = {config: [] for config in configs}
     for _ in range(runs):  # interleaved: each round boots every configuration once
         for config in configs:
-            _, output = run(CONFIGS[config](guest, disks), b"fio-done", baseline_of(config))
-            results[config].append(fio_figures(output))
+            print(f"{time.strftime('%H:%M:%S')} {config} ...", file=sys.stderr, flush=True)
+            try:
+                _, output = run(CONFIGS[config](guest, disks), b"fio-done",
+                                baseline_of(config))
+                results[config].append(fio_figures(output))
+            except RuntimeError as exc:  # the others' figures still come
+                print(f"{config}: failed: {exc}", file=sys.stderr, flush=True)
+                continue
             # Each boot's figures as they come: a session cut short still has them.
             print(f"{config}: " + ", ".join(f"{figure:.1f}" for figure in
                                             results[config][-1]), flush=True)
@@ -317,7 +332,8 @@ def bench_linux(configs: list[str], disks: Disks, runs: int, runtime: int, tmp: 
     for index, (name, _rw, _bs, _depth, unit) in enumerate(FIO_JOBS):
         line = f"{name + ' ' + unit:30}"
         for config in configs:
-            line += f"{statistics.median(r[index] for r in results[config]):18.1f}"
+            figures = [r[index] for r in results[config]]
+            line += f"{statistics.median(figures):18.1f}" if figures else f"{'-':>18}"
         print(line, flush=True)
 
 
@@ -328,6 +344,8 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0,
                         help="tiny guest: multiply the data sizes")
     parser.add_argument("--runtime", type=int, default=5, help="linux guest: seconds per job")
+    parser.add_argument("--limit", type=float, default=LIMIT[0],
+                        help="seconds one boot may take")
     parser.add_argument("--configs",
                         help=f"which disks, comma-separated (known: {', '.join(CONFIGS)}, "
                         "'NAME qsd qcow2' of each baseline; default all)")
@@ -335,6 +353,7 @@ def main() -> int:
                         help="another pyvmm checkout, its qcow2 through the daemon as "
                         "'NAME qsd qcow2' (NAME: before); repeatable")
     args = parser.parse_args()
+    LIMIT[0] = args.limit
     for baseline in args.baseline:
         name, _, directory = baseline.rpartition("=")
         name = name or "before"

@@ -4,11 +4,13 @@
 Disks compared (the same image data each time):
 
   pyvmm raw         pyvmm's own in-process virtio-block on a raw file
+  pyvmm qsd raw     pyvmm, the raw file served by qemu-storage-daemon (backend=qsd)
   pyvmm qsd qcow2   pyvmm, the qcow2 served by qemu-storage-daemon (vhost-user-blk)
   QEMU raw          QEMU's virtio-blk-device on the raw file
   QEMU qcow2        QEMU's virtio-blk-device on the qcow2
   QEMU vub qcow2    QEMU's vhost-user-blk on the same qemu-storage-daemon export
-  before qsd qcow2  with --baseline DIR: the qcow2 through the daemon, DIR's pyvmm
+  NAME qsd qcow2    with --baseline [NAME=]DIR (NAME "before" if not given; repeatable):
+                    the qcow2 through the daemon, DIR's pyvmm
 
 Two guests:
 
@@ -24,7 +26,7 @@ Two guests:
   ``--runtime`` seconds each.  fio's own figures, median over --runs boots.
 
 Usage: python3 bench/virtio_io.py [--guest tiny|linux] [--runs 3] [--scale 1.0]
-                                  [--configs A,B] [--baseline DIR]
+                                  [--configs A,B] [--baseline [NAME=]DIR]...
        python3 scripts/rig.py -- python3 bench/virtio_io.py --guest linux --runs 1
 """
 
@@ -103,9 +105,9 @@ class Guest:
     hvc0: bool
 
 
-def pyvmm_command(guest: Guest, disk: str) -> list[str]:
+def pyvmm_command(guest: Guest, disk: str, options: str = "") -> list[str]:
     command = [sys.executable, "-m", "pyvmm", "run", "-k", guest.pyvmm_kernel, "-m", MEMORY,
-               "--drive", f"path={disk}", "-a", guest.append, "--timeout", "900"]
+               "--drive", f"path={disk}{options}", "-a", guest.append, "--timeout", "900"]
     if guest.initrd:
         command += ["-i", guest.initrd]
     if guest.hvc0:
@@ -148,30 +150,38 @@ def qemu_vub(socket_path: str) -> list[str]:
 #: Each disk configuration: its name and how to make the command for a guest.
 CONFIGS: dict[str, Callable[[Guest, Disks], list[str]]] = {
     "pyvmm raw": lambda g, d: pyvmm_command(g, d.raw),
+    "pyvmm qsd raw": lambda g, d: pyvmm_command(g, d.raw, ",backend=qsd"),
     "pyvmm qsd qcow2": lambda g, d: pyvmm_command(g, d.qcow2),
     "QEMU raw": lambda g, d: qemu_command(g, qemu_blk(d.raw, "raw")),
     "QEMU qcow2": lambda g, d: qemu_command(g, qemu_blk(d.qcow2, "qcow2")),
     "QEMU vub qcow2": lambda g, d: qemu_command(g, qemu_vub(d.vub_socket)),
-    "before qsd qcow2": lambda g, d: pyvmm_command(g, d.qcow2),
 }
-#: --baseline: the pyvmm checkout the "before" configurations run (PYTHONPATH).
-BASELINE: list[str] = []
+#: --baseline: each other pyvmm checkout (PYTHONPATH) by its name; "NAME qsd qcow2" runs it.
+BASELINES: dict[str, str] = {}
 
 
-def environment(config: str) -> dict[str, str] | None:
-    """The environment of a configuration's run: the baseline's pyvmm for "before" ones."""
-    if not config.startswith("before"):
-        return None
-    if not BASELINE:
-        sys.exit(f"{config!r} needs --baseline DIR")
-    return dict(os.environ, PYTHONPATH=BASELINE[0])
+def baseline_of(config: str) -> str | None:
+    """The checkout a configuration runs: a baseline's for a baseline's one, else None
+    (this one).  Run from there: ``python -m`` puts its working directory ahead of
+    PYTHONPATH, so from this checkout it would import this checkout's pyvmm."""
+    return BASELINES.get(config.split()[0])
 
 
-def run(command: list[str], marker: bytes,
-        env: dict[str, str] | None = None) -> tuple[float, str]:
+#: --limit: seconds one boot may take (a hung one then fails with its console's tail).
+LIMIT = [600.0]
+
+
+def run(command: list[str], marker: bytes, checkout: str | None = None) -> tuple[float, str]:
+    """Run ``command`` with ``checkout``'s pyvmm (None: this one's)."""
+    env = None if checkout is None else dict(os.environ, PYTHONPATH=checkout)
     start = time.monotonic()
-    proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, cwd=REPO,
-                          env=env)
+    try:
+        proc = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                              cwd=checkout or REPO, env=env, timeout=LIMIT[0])
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"{command[0]} ran past --limit {LIMIT[0]:g} s:\n"
+                           f"{(exc.stdout or b'')[-3000:].decode(errors='replace')}"
+                           f"{(exc.stderr or b'')[-2000:].decode(errors='replace')}") from None
     elapsed = time.monotonic() - start
     output = proc.stdout.decode(errors="replace")
     if marker not in proc.stdout:
@@ -228,7 +238,7 @@ def bench_tiny(configs: list[str], disks: Disks, runs: int, scale: float) -> Non
 
     def seconds(config: str, work: Workload | None) -> float:
         return statistics.median(run(CONFIGS[config](tiny_guest(work), disks),
-                                     b"vbench: done", environment(config))[0]
+                                     b"vbench: done", baseline_of(config))[0]
                                  for _ in range(runs))
     baselines = {config: seconds(config, None) for config in configs}
     print("baseline (boot + exit, bench=none): " +
@@ -307,13 +317,23 @@ def bench_linux(configs: list[str], disks: Disks, runs: int, runtime: int, tmp: 
     results: dict[str, list[list[float]]] = {config: [] for config in configs}
     for _ in range(runs):  # interleaved: each round boots every configuration once
         for config in configs:
-            _, output = run(CONFIGS[config](guest, disks), b"fio-done", environment(config))
-            results[config].append(fio_figures(output))
-    print(f"{'fio, median of ' + str(runs):30}" + "".join(f"{c:>17}" for c in configs))
+            print(f"{time.strftime('%H:%M:%S')} {config} ...", file=sys.stderr, flush=True)
+            try:
+                _, output = run(CONFIGS[config](guest, disks), b"fio-done",
+                                baseline_of(config))
+                results[config].append(fio_figures(output))
+            except RuntimeError as exc:  # the others' figures still come
+                print(f"{config}: failed: {exc}", file=sys.stderr, flush=True)
+                continue
+            # Each boot's figures as they come: a session cut short still has them.
+            print(f"{config}: " + ", ".join(f"{figure:.1f}" for figure in
+                                            results[config][-1]), flush=True)
+    print(f"{'fio, median of ' + str(runs):30}" + "".join(f"{c:>18}" for c in configs))
     for index, (name, _rw, _bs, _depth, unit) in enumerate(FIO_JOBS):
         line = f"{name + ' ' + unit:30}"
         for config in configs:
-            line += f"{statistics.median(r[index] for r in results[config]):17.1f}"
+            figures = [r[index] for r in results[config]]
+            line += f"{statistics.median(figures):18.1f}" if figures else f"{'-':>18}"
         print(line, flush=True)
 
 
@@ -324,15 +344,24 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0,
                         help="tiny guest: multiply the data sizes")
     parser.add_argument("--runtime", type=int, default=5, help="linux guest: seconds per job")
-    parser.add_argument("--configs", default=",".join(c for c in CONFIGS if "before" not in c),
-                        help=f"which disks, comma-separated (known: {', '.join(CONFIGS)}; "
-                        "default all but the 'before' ones)")
-    parser.add_argument("--baseline", metavar="DIR",
-                        help="another pyvmm checkout, for the 'before' configurations")
+    parser.add_argument("--limit", type=float, default=LIMIT[0],
+                        help="seconds one boot may take")
+    parser.add_argument("--configs",
+                        help=f"which disks, comma-separated (known: {', '.join(CONFIGS)}, "
+                        "'NAME qsd qcow2' of each baseline; default all)")
+    parser.add_argument("--baseline", metavar="[NAME=]DIR", action="append", default=[],
+                        help="another pyvmm checkout, its qcow2 through the daemon as "
+                        "'NAME qsd qcow2' (NAME: before); repeatable")
     args = parser.parse_args()
-    if args.baseline:
-        BASELINE.append(os.path.abspath(args.baseline))
-    configs = [c.strip() for c in args.configs.split(",")]
+    LIMIT[0] = args.limit
+    for baseline in args.baseline:
+        name, _, directory = baseline.rpartition("=")
+        name = name or "before"
+        if name in BASELINES or f"{name} qsd qcow2" in CONFIGS or " " in name:
+            sys.exit(f"--baseline {baseline}: the name {name!r} is taken or has a space")
+        BASELINES[name] = os.path.abspath(directory)
+        CONFIGS[f"{name} qsd qcow2"] = lambda g, d: pyvmm_command(g, d.qcow2)
+    configs = [c.strip() for c in (args.configs or ",".join(CONFIGS)).split(",")]
     if unknown := [c for c in configs if c not in CONFIGS]:
         sys.exit(f"unknown configurations {unknown} (known: {', '.join(CONFIGS)})")
     missing = {"QEMU": QEMU, "qemu-img": QEMU_IMG, "qemu-storage-daemon": QSD}

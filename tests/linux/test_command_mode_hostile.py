@@ -132,12 +132,18 @@ def sigterm_answer(kernel: str, script: str) -> tuple[float, int, int]:
 
 def test_a_full_speed_writer_answers_sigterm(kernel: str) -> None:
     """Measured against the same exit of a sleeping command (the rig's TCG makes
-    pyvmm's own exit path slow: that is not the attack's)."""
-    quiet, quiet_status, _ = sigterm_answer(kernel, QUIET)
-    answered, status, rss = sigterm_answer(kernel, WRITER)
+    pyvmm's own exit path slow: that is not the attack's).  Each is taken twice,
+    alternately, and the quicker kept: one exit of the same command varies by
+    ±100 ms from run to run in the rig (seen: 217-402 ms for the sleeper)."""
+    runs = [sigterm_answer(kernel, script) for _ in range(2) for script in (QUIET, WRITER)]
+    quiet = min(seconds for seconds, _, _ in runs[0::2])
+    answered = min(seconds for seconds, _, _ in runs[1::2])
+    rss = max(peak for _, _, peak in runs[1::2])
     print(f"SIGTERM answered in {answered * 1000:.0f} ms under the writer, "
-          f"{quiet * 1000:.0f} ms for a sleeping command; peak RSS {rss >> 20} MiB")
-    assert status == quiet_status == 128 + signal.SIGTERM
+          f"{quiet * 1000:.0f} ms for a sleeping command (the quicker of two each; all: "
+          f"{', '.join(f'{seconds * 1000:.0f}' for seconds, _, _ in runs)} ms); "
+          f"peak RSS {rss >> 20} MiB")
+    assert [status for _, status, _ in runs] == [128 + signal.SIGTERM] * 4
     assert rss < RSS_BOUND
     assert answered - quiet < ANSWER_BOUND
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import errno
 import io
 import os
 import pstats
@@ -42,6 +41,7 @@ import time
 from pathlib import Path
 
 import pyvmm
+from pyvmm.host.sparse import data_extents
 from pyvmm.snapshot import memfile, restore as restore_module
 from pyvmm.snapshot.restore import load_snapshot
 
@@ -65,20 +65,9 @@ def populate(memory, path: Path, layout) -> int:  # (GuestMemory, ..., its layou
     fd = os.open(path, os.O_RDONLY)
     try:
         for region, (_, size, offset) in zip(memory.regions, layout):
-            position, end = offset, offset + size
-            while position < end:
-                try:
-                    data = os.lseek(fd, position, os.SEEK_DATA)
-                except OSError as exc:
-                    if exc.errno == errno.ENXIO:
-                        break
-                    raise
-                if data >= end:
-                    break
-                hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-                region.buffer.madvise(MADV_POPULATE_READ, data - offset, hole - data)
+            for data, length in data_extents(fd, offset, offset + size):
+                region.buffer.madvise(MADV_POPULATE_READ, data - offset, length)
                 extents += 1
-                position = hole
     finally:
         os.close(fd)
     return extents

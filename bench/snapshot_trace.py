@@ -41,6 +41,7 @@ from typing import Any
 
 import pyvmm
 from pyvmm.console import guest as console_guest
+from pyvmm.host.sparse import data_extents
 from pyvmm.vcpu import served
 from pyvmm.vcpu.stats import exit_key
 
@@ -190,25 +191,6 @@ def timeline(began: int, ended: int, limit: int) -> None:
         print(f"     +{(entered - began) / 1e6:7.2f} ms (pyvmm {(entered - previous) / 1e3:6.0f} us)"
               f" KVM_RUN {(returned - entered) / 1e3:8.0f} us -> {key}")
         previous = returned
-
-
-def data_extents(fd: int, start: int, end: int) -> list[tuple[int, int]]:
-    """(offset, length) of each data extent of ``fd`` in [start, end)."""
-    import errno
-    extents, position = [], start
-    while position < end:
-        try:
-            data = os.lseek(fd, position, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                break
-            raise
-        if data >= end:
-            break
-        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-        extents.append((data, hole - data))
-        position = hole
-    return extents
 
 
 def anonymous_copy(directory: str, layout: Any) -> Any:

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from pyvmm.host.sparse import data_extents
 from pyvmm.memory import GuestMemory, MemoryRegion
 from pyvmm.snapshot import MEMORY_FILE, SnapshotError
 from pyvmm.snapshot.memfile import map_memory, write_memory
@@ -35,6 +36,18 @@ def test_zero_pages_are_holes_and_the_data_is_exact(tmp_path) -> None:
     data = path.read_bytes()
     assert data[:4 * MIB] == memory.read(0, 4 * MIB)
     assert data[4 * MIB:] == memory.read(16 * MIB, 2 * MIB)
+
+
+def test_the_data_extents_are_the_pages_written(tmp_path) -> None:
+    write_memory(str(tmp_path), _memory())
+    fd = os.open(tmp_path / MEMORY_FILE, os.O_RDONLY)
+    try:
+        assert data_extents(fd, 0, 6 * MIB) == [
+            (0x1000, 4096), (0x3FF000, 4096), (4 * MIB + 0x5000, 3 * 4096)]
+        assert data_extents(fd, 0x2000, 4 * MIB) == [(0x3FF000, 4096)]  # a range of it
+        assert data_extents(fd, 4 * MIB + 0x8000, 6 * MIB) == []        # after the last data
+    finally:
+        os.close(fd)
 
 
 def test_mapped_back_privately_writes_stay_in_the_clone(tmp_path) -> None:

@@ -261,13 +261,15 @@ class World:
         kind, *args = op
         before = [queue.next_used for queue in self.device.queues]
         getattr(self, "_op_" + kind)(*args)
-        if self.kind != "usernet":
+        if self.kind not in ("usernet", "block"):
             return
-        # The C half uses chains without SplitQueue.add_used: count them by the index
+        # The C halves use chains without SplitQueue.add_used: count them by the index
         # (a reset in this operation sets it back: nothing counted then).
         for queue, used in zip(self.device.queues, before):
             moved = (queue.next_used - used) & 0xFFFF
             self._used += moved if moved <= queue.max_size else 0
+        if self.kind != "usernet":
+            return
         if self.peer_reads:
             try:  # passt reads what the device sent
                 while count := self.peer.recv_into(self.peer_buffer):

@@ -10,9 +10,13 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from pyvmm.devices.virtio.block import (VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN,
-                                        VIRTIO_BLK_T_OUT, BlockDevice)
+from pyvmm.devices.virtio.block import (VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD,
+                                        VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
+                                        VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+                                        VIRTIO_BLK_T_WRITE_ZEROES, BlockDevice)
 from pyvmm.devices.virtio.device import COMMON_FEATURES
 from pyvmm.devices.virtio.mmio import STATUS_NEEDS_RESET, VirtioMmioTransport
 from pyvmm.devices.virtio.queue import (VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
@@ -214,3 +218,83 @@ def test_a_write_is_in_the_file_after_shutdown(image) -> None:
     served.close()
     assert served.memory.read_u8(status) == VIRTIO_BLK_S_OK == served.memory.read_u8(flushed)
     assert image.read_bytes()[9 * 512:10 * 512] == b"\x42" * 512
+
+
+class _ServedInPython(DiskImage):
+    """A raw image the C loop leaves alone: Python's executor serves it, to compare."""
+
+    plain_file = False
+
+
+_kinds = st.sampled_from([VIRTIO_BLK_T_IN, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH,
+                          VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_DISCARD,
+                          VIRTIO_BLK_T_WRITE_ZEROES, 7])
+_segment = st.builds(lambda sector, count, flags: struct.pack("<QII", sector, count, flags),
+                     st.sampled_from([0, 1, SECTORS - 2, SECTORS, 2**63]),
+                     st.sampled_from([0, 1, 2, 3, 1 << 16, (1 << 16) + 1]), st.integers(0, 3))
+_request = st.tuples(
+    _kinds,
+    st.sampled_from([0, 1, 5, 5, SECTORS - 1, SECTORS, 2**64 - 1]),  # sector
+    st.lists(st.sampled_from([0, 1, 16, 20, 100, 512, 512, 1024]), max_size=4),  # buffers
+    st.sampled_from([0, 0, 1, 1, 2, 3]),  # 0: data readable, 1: writable, 2: a segment, 3: both
+    st.sampled_from([0, 1, 2]),          # header split: whole, 8 + 8, 4 bytes short
+    st.sampled_from([1, 1, 0, 3]),       # the status buffer's length
+    _segment)
+
+
+def _submit(driver, memory, request, salt):
+    """Lay ``request`` out as a chain (the same bytes whichever device gets it)."""
+    kind, sector, buffers, direction, split, status_length, segment = request
+    header = struct.pack("<IIQ", kind, 0, sector)
+    chain = []
+    if split == 0:
+        chain.append((driver.alloc(16, header), 16, False))
+    elif split == 1:
+        chain += [(driver.alloc(8, header[:8]), 8, False), (driver.alloc(8, header[8:]), 8, False)]
+    else:
+        chain.append((driver.alloc(12, header[:12]), 12, False))
+    if direction == 2:
+        chain.append((driver.alloc(16, segment), 16, False))
+    writable_data = []
+    for i, length in enumerate(buffers):
+        fill = bytes((salt + i + j) & 0xFF for j in range(length))
+        writable = direction == 1 or (direction == 3 and i % 2 == 1)
+        address = driver.alloc(length, fill)
+        chain.append((address, length, writable))
+        if writable:
+            writable_data.append((address, length))
+    # readable ones first: a writable one in the middle is the driver's error, not ours
+    chain.sort(key=lambda buffer: buffer[2])
+    status = driver.alloc(max(status_length, 1), b"\xee" * max(status_length, 1))
+    if status_length:
+        chain.append((status, status_length, True))
+    driver.add_chain(chain)
+    return writable_data, status + max(status_length, 1) - 1
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(requests=st.lists(_request, min_size=1, max_size=6), readonly=st.booleans())
+def test_the_c_loop_answers_as_the_python_executor(tmp_path_factory, requests, readonly) -> None:
+    """Every request, valid or not, gets the same status byte, used length, guest bytes
+    and image bytes from the C loop as from the Python executor."""
+    directory = tmp_path_factory.mktemp("compare")
+    results = []
+    for disk_class in (DiskImage, _ServedInPython):
+        path = directory / f"{disk_class.__name__}.img"
+        path.write_bytes(bytes(range(256)) * (SECTORS * 2))
+        memory = GuestMemory.from_bytes(RAM)
+        device = BlockDevice(disk_class(str(path), readonly=readonly), serial="s" * 25)
+        assert (device._loop is None) == (disk_class is _ServedInPython)
+        driver = DriverQueue(memory, 0x10000, size=16)
+        driver.configure(device.queues[0])
+        device.activate(memory, COMMON_FEATURES, lambda: None)
+        seen = []
+        for salt, request in enumerate(requests):
+            writable, status = _submit(driver, memory, request, salt)
+            device.process_queue(0)
+            seen.append((driver.take_used(), memory.read_u8(status),
+                         [memory.read(address, length) for address, length in writable]))
+        device.shutdown()
+        results.append((seen, path.read_bytes()))
+    assert results[0] == results[1]

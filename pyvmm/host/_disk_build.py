@@ -31,9 +31,15 @@ or written.
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
+
 import cffi
 
-from pyvmm.host._virtq_source import RING_CDEF, RING_SOURCE
+# By path, not by import: a build (pip's isolated one) need not have pyvmm on sys.path.
+_RING = runpy.run_path(str(Path(__file__).resolve().parent / "_virtq_source.py"))
+RING_CDEF: str = _RING["RING_CDEF"]
+RING_SOURCE: str = _RING["RING_SOURCE"]
 
 BLK_CDEF = r"""
 typedef struct {

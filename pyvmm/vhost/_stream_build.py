@@ -36,9 +36,15 @@ stream's own buffers is read or written.
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
+
 import cffi
 
-from pyvmm.host._virtq_source import RING_CDEF, RING_SOURCE
+# By path, not by import: a build (pip's isolated one) need not have pyvmm on sys.path.
+_RING = runpy.run_path(str(Path(__file__).resolve().parents[1] / "host" / "_virtq_source.py"))
+RING_CDEF: str = _RING["RING_CDEF"]
+RING_SOURCE: str = _RING["RING_SOURCE"]
 
 CDEF = RING_CDEF + r"""
 

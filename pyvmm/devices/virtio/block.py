@@ -165,6 +165,8 @@ class BlockDevice(VirtioDevice):
         self.call_fd: int | None = None
         self._kick_fds: list[int] | None = None
         self._thread: threading.Thread | None = None
+        #: The thread was stopped by ``pause_serving``, to start again on ``resume_serving``.
+        self._paused = False
 
     @property
     def kick_fds(self) -> list[int]:
@@ -216,6 +218,7 @@ class BlockDevice(VirtioDevice):
 
     def reset(self) -> None:
         self._stop_thread()
+        self._paused = False
         super().reset()
         if self._loop is not None:
             self._loop.unload()
@@ -238,9 +241,24 @@ class BlockDevice(VirtioDevice):
     def pending(self, index: int) -> bool:
         return self._thread is None and super().pending(index)
 
+    def pause_serving(self) -> None:
+        """The machine pauses (for a snapshot): the thread stops after its pass, so the
+        rings rest and the queue's positions are Python's until ``resume_serving``."""
+        with self.lock:
+            if self._thread is not None:
+                self._stop_thread()
+                self._paused = True
+
+    def resume_serving(self) -> None:
+        with self.lock:
+            if self._paused:
+                self._paused = False
+                if self.active:
+                    self._start_thread()
+
     def to_state(self) -> dict:
-        """Nothing of its own; with the thread serving, the queue's positions are C's:
-        stop it (its pass ends) and start it again, so the transport saves them."""
+        """Nothing of its own.  Unpaused, with the thread serving, the queue's positions
+        are C's: stop it (its pass ends) and start it again, so the transport saves them."""
         if self._thread is not None:
             self._stop_thread()
             self._start_thread()

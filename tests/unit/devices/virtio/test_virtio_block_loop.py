@@ -205,6 +205,23 @@ def test_reset_and_shutdown_join_the_thread_and_hand_the_positions_back(image) -
         t.name != "virtio-blk" for t in threading.enumerate())
 
 
+def test_paused_for_a_snapshot_the_thread_leaves_the_ring_alone(image) -> None:
+    served = _Served(image)
+    try:
+        served.device.pause_serving()
+        assert served.device._thread is None
+        chain, data, status = _read_chain(served.driver, sector=2)
+        served.driver.add_chain(chain)
+        os.eventfd_write(served.kick, 1)
+        time.sleep(0.1)
+        assert served.driver.used_index() == 0 and served.memory.read_u8(status) == 0xEE
+        served.device.resume_serving()  # serves what came meanwhile, at once
+        ready, _, _ = select.select([served.call], [], [], 5)
+        assert ready and served.driver.take_used() == [(0, 513)]
+    finally:
+        served.close()
+
+
 def test_a_write_is_in_the_file_after_shutdown(image) -> None:
     served = _Served(image)
     header = served.driver.alloc(16, struct.pack("<IIQ", VIRTIO_BLK_T_OUT, 0, 9))

@@ -24,7 +24,10 @@ jump forward: not what a restore may do, only to see what the jump costs);
 ``late-input`` types the command 300 ms after ``start()`` (the guest's own
 wake-up behind it: the first answer is then timed from the input);
 ``no-apf`` restores MSR_KVM_ASYNC_PF_EN as 0 (KVM serves the clone's nested page
-faults synchronously, never handing the guest a "page not present" to wait on).
+faults synchronously, never handing the guest a "page not present" to wait on);
+``terminal-reply`` sends a terminal's cursor position report before the first
+command, answering the "ESC [ 6 n" busybox's line editor printed after its
+prompt (unanswered, it sleeps 20 ms when Enter comes: the first answer's halts).
 
 ``--ftrace DIR`` (root, tracefs): KVM's tracepoints (``kvm:*``: every exit with
 the guest's RIP, port accesses, interrupts injected, MSR writes, halts and
@@ -214,10 +217,15 @@ def runs_between(began: int, ended: int) -> dict[str, Any]:
             "longest_runs_ms": [round(x / 1e6, 2) for x in longest]}
 
 
-def ask(vm: pyvmm.Machine, number: int) -> tuple[int, int]:
+#: A terminal's cursor position report ("ESC [ row ; col R"), the answer to the "ESC [ 6 n"
+#: busybox's line editor prints after its prompt and waits 20 ms for when Enter comes first.
+CURSOR_REPORT = b"\x1b[1;5R"
+
+
+def ask(vm: pyvmm.Machine, number: int, prefix: bytes = b"") -> tuple[int, int]:
     mark(f"input {number}")
     written = time.perf_counter_ns()
-    vm.console.write(f"echo r$(({number}*7))\n".encode())
+    vm.console.write(prefix + f"echo r$(({number}*7))\n".encode())
     vm.console.expect(f"r{number * 7}".encode(), 300)
     mark(f"answer {number}")
     return written, time.perf_counter_ns()
@@ -337,7 +345,7 @@ def traced_restore(snapshot: Path, limit: int, variant: str) -> dict[str, float]
         if variant == "late-input":
             time.sleep(0.3)
             started = time.perf_counter_ns()
-        written1, answered1 = ask(vm, 6)
+        written1, answered1 = ask(vm, 6, CURSOR_REPORT if variant == "terminal-reply" else b"")
         middle = read_all(stats)
         written2, answered2 = ask(vm, 8)
         after = read_all(stats)
@@ -399,7 +407,7 @@ def main() -> None:
     parser.add_argument("--memory", default="256M")
     parser.add_argument("--timeline", type=int, default=40)
     parser.add_argument("--variants", nargs="*", default=[], choices=("populate-write", "anon-copy", "no-advance", "late-input",
-                                 "no-apf"))
+                                 "no-apf", "terminal-reply"))
     parser.add_argument("--ftrace", type=Path, default=None)
     args = parser.parse_args()
     install_hooks()

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Restoring a Linux shell against booting it, under pyvmm and QEMU (savevm/loadvm).
 
-Runs where Linux reaches user space (hardware KVM: the rig).  The guest is our
-minimal kernel with the busybox initramfs, ``quiet``, at its shell prompt,
-with a raw (pyvmm) or qcow2 (QEMU, which keeps its savevm state there) disk.
+Runs where Linux reaches user space (hardware KVM: the rig).  The guest
+(``--guest``) is our minimal kernel with the busybox initramfs, or Debian's
+cloud kernel with its initramfs (its virtio modules loaded), ``quiet``, its
+shell on ttyS0 at the prompt, with a raw (pyvmm) or qcow2 (QEMU, which keeps
+its savevm state there) disk.
 "To the first console answer" is from the call (or the process's spawn) to
 the guest's answer to ``echo r$((6*7))``.  Reports medians of ``--runs``:
 
@@ -13,7 +15,7 @@ the guest's answer to ``echo r$((6*7))``.  Reports medians of ``--runs``:
 * RSS a clone adds to its process (anonymous and file-backed), 256 MiB and 1 GiB.
 
 Usage: python3 bench/snapshot_linux.py [--runs 5] [--memory 256M 1G] [--no-qemu]
-                                       [--in-process-only]
+                                       [--in-process-only] [--guest minimal cloud]
 """
 
 from __future__ import annotations
@@ -31,8 +33,12 @@ from pathlib import Path
 import pyvmm
 
 REPO = Path(__file__).resolve().parents[1]
-KERNEL = REPO / "images" / "out" / "linux" / "bzImage"
-INITRD = REPO / "images" / "out" / "initramfs.cpio.gz"
+#: (kernel, initramfs) by ``--guest``: both inits start busybox's shell on the console.
+GUESTS = {"minimal": (REPO / "images" / "out" / "linux" / "bzImage",
+                      REPO / "images" / "out" / "initramfs.cpio.gz"),
+          "cloud": (REPO / "images" / "out" / "cloud" / "vmlinuz",
+                    REPO / "images" / "out" / "cloud" / "initramfs.cpio.gz")}
+KERNEL, INITRD = GUESTS["minimal"]
 APPEND = "console=ttyS0 quiet"
 PROMPT = b"/ # "
 ASK = b"echo r$((6*7))\n"
@@ -196,7 +202,15 @@ def main() -> None:
     parser.add_argument("--no-qemu", action="store_true")
     parser.add_argument("--in-process-only", action="store_true",
                         help="only the in-process rows (no pyvmm run processes, no QEMU)")
+    parser.add_argument("--guest", nargs="+", default=["minimal"], choices=tuple(GUESTS))
     args = parser.parse_args()
+    for guest in args.guest:
+        measure(guest, args)
+
+
+def measure(guest: str, args: argparse.Namespace) -> None:
+    global KERNEL, INITRD
+    KERNEL, INITRD = GUESTS[guest]
     with tempfile.TemporaryDirectory(prefix="pyvmm-bench-") as where:
         work = Path(where)
         for memory in args.memory:
@@ -235,7 +249,7 @@ def main() -> None:
                     except RuntimeError as exc:
                         print(f"QEMU run failed: {exc}", flush=True)
             anon, file = clone_rss(snap)
-            print(f"\n== {memory} guest, minimal Linux at its shell, median of {args.runs} "
+            print(f"\n== {memory} guest, {guest} Linux at its shell, median of {args.runs} "
                   "(seconds to the first console answer) ==")
             for name, values in rows.items():
                 if values:

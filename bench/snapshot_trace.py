@@ -22,9 +22,21 @@ huge pages: 2 MiB nested page table entries), no sharing between clones;
 ``no-advance`` leaves the guest's clocks where the snapshot stopped them (no
 jump forward: not what a restore may do, only to see what the jump costs);
 ``late-input`` types the command 300 ms after ``start()`` (the guest's own
-wake-up behind it: the first answer is then timed from the input).
+wake-up behind it: the first answer is then timed from the input);
+``no-apf`` restores MSR_KVM_ASYNC_PF_EN as 0 (KVM serves the clone's nested page
+faults synchronously, never handing the guest a "page not present" to wait on);
+``terminal-reply`` is ``late-input`` with a terminal's cursor position report
+sent at ``start()``, answering the "ESC [ 6 n" busybox's line editor printed
+after its prompt (unanswered, it sleeps 20 ms when Enter comes: the first
+answer's halts); compare it with ``late-input``.
+
+``--ftrace DIR`` (root, tracefs): KVM's tracepoints (``kvm:*``: every exit with
+the guest's RIP, port accesses, interrupts injected, MSR writes, halts and
+wake-ups, async page faults) around each restore's two answers and the booted
+guest's, one file per machine in DIR, with markers at the input and answers.
 
 Usage: python3 bench/snapshot_trace.py [--runs 3] [--memory 256M] [--timeline 40]
+                                       [--ftrace DIR]
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import fcntl
 import os
 import statistics
 import struct
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,6 +96,47 @@ def time_ioctls() -> None:
                     entry[1] += time.perf_counter_ns() - began
 
             setattr(module, helper, timed)
+
+
+class Ftrace:
+    """The host kernel's ``kvm:*`` tracepoints into tracefs's ring buffer, saved per machine."""
+
+    ROOT = Path("/sys/kernel/tracing")
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        if not (self.ROOT / "trace").exists():
+            os.system(f"mount -t tracefs nodev {self.ROOT}")
+        self._put("tracing_on", "0")
+        self._put("buffer_size_kb", "16384")
+        self._put("events/enable", "0")
+        self._put("events/kvm/enable", "1")
+        self._put("trace_clock", "mono")
+        self._marker = open(self.ROOT / "trace_marker", "w")
+
+    def _put(self, name: str, value: str) -> None:
+        (self.ROOT / name).write_text(value)
+
+    def begin(self) -> None:
+        self._put("trace", "")  # cleared
+        self._put("tracing_on", "1")
+
+    def mark(self, text: str) -> None:
+        self._marker.write(f"PYVMM {text} at {time.perf_counter_ns()}\n")
+        self._marker.flush()
+
+    def save(self, name: str) -> None:
+        self._put("tracing_on", "0")
+        (self.directory / name).write_bytes((self.ROOT / "trace").read_bytes())
+
+
+FTRACE: list[Ftrace] = []
+
+
+def mark(text: str) -> None:
+    if FTRACE:
+        FTRACE[0].mark(text)
 
 
 def install_hooks() -> None:
@@ -165,10 +219,17 @@ def runs_between(began: int, ended: int) -> dict[str, Any]:
             "longest_runs_ms": [round(x / 1e6, 2) for x in longest]}
 
 
+#: A terminal's cursor position report ("ESC [ row ; col R"), the answer to the "ESC [ 6 n"
+#: busybox's line editor prints after its prompt and waits 20 ms for when Enter comes first.
+CURSOR_REPORT = b"\x1b[1;5R"
+
+
 def ask(vm: pyvmm.Machine, number: int) -> tuple[int, int]:
+    mark(f"input {number}")
     written = time.perf_counter_ns()
     vm.console.write(f"echo r$(({number}*7))\n".encode())
-    vm.console.expect(f"r{number * 7}".encode(), 300)
+    vm.console.expect(f"r{number * 7}".encode(), 60)
+    mark(f"answer {number}")
     return written, time.perf_counter_ns()
 
 
@@ -229,10 +290,36 @@ def populate_write(vm: pyvmm.Machine, directory: Path) -> float:
     return (time.perf_counter() - began) * 1e3
 
 
+MSR_KVM_ASYNC_PF_EN = 0x4B564D02
+
+
+def without_async_pf(real: Any) -> Any:
+    """``kvm.state._set_msrs`` writing MSR_KVM_ASYNC_PF_EN as 0 (KVM then serves every
+    nested page fault synchronously: no "page not present" for the guest to wait on)."""
+    from pyvmm.kvm._ffi import ffi
+
+    def set_msrs(vcpu: Any, saved: Any, tsc_slot: int | None, tsc_ticks: int) -> None:
+        count = saved.nmsrs
+        copy = ffi.new("struct kvm_msrs *", {"nmsrs": count, "entries": count})
+        ffi.memmove(copy, saved, ffi.sizeof("struct kvm_msrs")
+                    + count * ffi.sizeof("struct kvm_msr_entry"))
+        for index in range(count):
+            if copy.entries[index].index == MSR_KVM_ASYNC_PF_EN:
+                copy.entries[index].data = 0
+        real(vcpu, copy, tsc_slot, tsc_ticks)
+
+    return set_msrs
+
+
 def traced_restore(snapshot: Path, limit: int, variant: str) -> dict[str, float]:
     from pyvmm.snapshot import restore as restore_module
 
+    from pyvmm.kvm import state as state_module
+
     real_map, real_advance = restore_module.map_memory, restore_module.Snapshot.clock_advance_ns  # type: ignore[attr-defined]
+    real_set_msrs = state_module._set_msrs
+    if variant == "no-apf":
+        setattr(state_module, "_set_msrs", without_async_pf(real_set_msrs))
     if variant == "anon-copy":
         setattr(restore_module, "map_memory", anonymous_copy)
     if variant == "no-advance":  # the guest's clocks go on from the snapshot's moment
@@ -246,14 +333,20 @@ def traced_restore(snapshot: Path, limit: int, variant: str) -> dict[str, float]
         IOCTLS_ON[0] = False
         setattr(restore_module, "map_memory", real_map)
         setattr(restore_module.Snapshot, "clock_advance_ns", real_advance)
+        setattr(state_module, "_set_msrs", real_set_msrs)
     ioctls = sorted(IOCTLS.items(), key=lambda item: -item[1][1])
     extra = populate_write(vm, snapshot) if variant == "populate-write" else 0.0
     stats = machine_stats(vm)
     try:
         before = read_all(stats)
+        if FTRACE:
+            FTRACE[0].begin()
+        mark("start")
         started = time.perf_counter_ns()
         vm.start()
-        if variant == "late-input":
+        if variant in ("late-input", "terminal-reply"):
+            if variant == "terminal-reply":  # a read of its own: with more bytes behind it
+                vm.console.write(CURSOR_REPORT)  # busybox takes it for an unknown key
             time.sleep(0.3)
             started = time.perf_counter_ns()
         written1, answered1 = ask(vm, 6)
@@ -261,6 +354,8 @@ def traced_restore(snapshot: Path, limit: int, variant: str) -> dict[str, float]
         written2, answered2 = ask(vm, 8)
         after = read_all(stats)
     finally:
+        if FTRACE:
+            FTRACE[0].save(f"restore-{variant}-{len(RUNS)}.txt")
         stopping = time.perf_counter_ns()
         vm.stop()
         stopped = time.perf_counter_ns()
@@ -315,9 +410,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory", default="256M")
     parser.add_argument("--timeline", type=int, default=40)
-    parser.add_argument("--variants", nargs="*", default=[], choices=("populate-write", "anon-copy", "no-advance", "late-input"))
+    parser.add_argument("--variants", nargs="*", default=[], choices=("populate-write", "anon-copy", "no-advance", "late-input",
+                                 "no-apf", "terminal-reply"))
+    parser.add_argument("--ftrace", type=Path, default=None)
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a killed run's lines too
     install_hooks()
+    if args.ftrace is not None:
+        FTRACE.append(Ftrace(args.ftrace))
     create_vm_costs()
     with tempfile.TemporaryDirectory(prefix="pyvmm-trace-") as where:
         work = Path(where)
@@ -332,16 +432,25 @@ def main() -> None:
         with vm:  # started
             vm.console.expect(PROMPT, 300)
             print(f"== the booted guest's answers ({args.memory}) ==")
+            if FTRACE:
+                FTRACE[0].begin()
             for number in (5, 9):
                 before = read_all(stats)
                 written, answered = ask(vm, number)
                 show(f"answer {number * 7}", delta(read_all(stats), before),
                      runs_between(written, answered))
                 vm.console.expect(PROMPT, 60)
+            if FTRACE:
+                FTRACE[0].save("booted.txt")
             for source in stats:
                 source.close()
             vm.snapshot(snapshot, stop=True)
             vm.wait(60)
+        from pyvmm.snapshot.restore import checked_state
+        saved = dict(checked_state(str(snapshot)).vcpus[0].msrs)
+        print("saved MSRs: " + ", ".join(f"{index:#x}={saved.get(index, 0):#x}" for index in (
+            0x6E0, 0x4B564D00, 0x4B564D01, MSR_KVM_ASYNC_PF_EN, 0x4B564D03, 0x4B564D04,
+            0x4B564D05, 0x4B564D06)))
         results: dict[str, list[dict[str, float]]] = {}
         for _ in range(args.runs):
             for variant in ["plain", *args.variants]:

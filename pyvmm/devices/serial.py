@@ -11,10 +11,11 @@ chip's INTR pin.  The vCPU threads and the main thread both touch the state,
 hence the lock.
 
 This class is the reference for every register, and it can share them.
-Everything an access reads or changes, but the receive queue, lives in two
-fixed buffers: ``state`` (the registers, the THR-empty latch, the interrupt
-line's level, whether input waits, the output's length; offsets ``ST_*``)
-and ``tx`` (the output waiting for ``out``).  A VMM that serves some accesses
+Everything an access reads or changes lives in three fixed buffers:
+``state`` (the registers, the THR-empty latch, the interrupt line's level,
+whether input waits, the output's length, the receive ring's head and
+length; offsets ``ST_*``), ``tx`` (the output waiting for ``out``) and
+``rx`` (the input waiting for the guest, a ring).  A VMM that serves some accesses
 itself, without calling ``read``/``write`` (the C loop of
 ``pyvmm.vcpu.uart_fastpath``), works on the same bytes under the same lock and
 drives the same line (``share``), so whichever side serves an access, the
@@ -110,7 +111,9 @@ ST_RX = 9            # 1 while received bytes wait (LSR's data-ready bit)
 ST_DLL = 10
 ST_DLM = 11
 ST_TX_LEN = 12       # how many bytes of ``Serial.tx`` wait for ``out``
-STATE_BYTES = 16
+ST_RX_HEAD = 16      # where in ``Serial.rx`` the next byte for the guest is (a native u32)
+ST_RX_LEN = 20       # how many bytes of ``Serial.rx`` wait for the guest (a native u32)
+STATE_BYTES = 24
 
 
 class Serial:
@@ -127,12 +130,15 @@ class Serial:
         self.on_tx_polled = on_tx_polled
         self._lock: AbstractContextManager[object] = threading.Lock()
         self._out_lock = threading.Lock()  # held while handing a chunk to ``out``: keeps order
-        self._input = bytearray()
         #: The registers and latches (module doc; offsets ``ST_*``).
         self.state = bytearray(STATE_BYTES)
         #: Output waiting for ``out``: the first ``state[ST_TX_LEN]`` bytes.
         self.tx = bytearray(TX_BUFFER_BYTES)
         self._tx_len = memoryview(self.state)[ST_TX_LEN:ST_TX_LEN + 4].cast("I")
+        #: Input waiting for the guest: ``state[ST_RX_LEN]`` bytes from ``state[ST_RX_HEAD]``
+        #: on, wrapping around (a ring, so that the other side can take bytes too).
+        self.rx = bytearray(INPUT_CAPACITY)
+        self._rx = memoryview(self.state)[ST_RX_HEAD:ST_RX_LEN + 4].cast("I")  # head, length
         self._tx_seen = 0  # bytes of ``tx`` already looked at for a newline
         self._tx_since = 0.0
         self._tx_watched = False
@@ -158,16 +164,38 @@ class Serial:
     def input_room(self) -> int:
         """How many more bytes ``enqueue_input`` would take now."""
         with self._lock:
-            return INPUT_CAPACITY - len(self._input)
+            return INPUT_CAPACITY - self._rx[1]
 
     def enqueue_input(self, data: bytes) -> int:
         """Queue bytes for the guest to read; return how many were taken."""
         with self._lock:
-            taken = data[:INPUT_CAPACITY - len(self._input)]
-            self._input += taken
-            self.state[ST_RX] = 1 if self._input else 0
+            taken = self._append_input(data)
             self._update_interrupt()
-            return len(taken)
+            return taken
+
+    def _append_input(self, data: bytes | bytearray) -> int:
+        """Put what fits of ``data`` at the receive ring's tail; how many bytes did (lock held)."""
+        head, length = self._rx
+        count = min(len(data), INPUT_CAPACITY - length)
+        tail = (head + length) % INPUT_CAPACITY
+        first = min(count, INPUT_CAPACITY - tail)
+        self.rx[tail:tail + first] = data[:first]
+        self.rx[:count - first] = data[first:count]
+        self._rx[1] = length + count
+        self.state[ST_RX] = 1 if length + count else 0
+        return count
+
+    def _pending_input(self) -> bytes:
+        """The receive ring's bytes, oldest first (lock held)."""
+        head, length = self._rx
+        end = head + length
+        if end <= INPUT_CAPACITY:
+            return bytes(self.rx[head:end])
+        return bytes(self.rx[head:]) + bytes(self.rx[:end - INPUT_CAPACITY])
+
+    def _clear_input(self) -> None:
+        self._rx[0] = self._rx[1] = 0
+        self.state[ST_RX] = 0
 
     def flush(self, wait: bool = True) -> bool:
         """Hand what the guest transmitted so far to ``out`` (any thread, in order).
@@ -227,7 +255,7 @@ class Serial:
                     "msr": state[ST_MSR], "scr": state[ST_SCR],
                     "fifo_enabled": bool(state[ST_FIFO]),
                     "thr_interrupt_pending": bool(state[ST_THRE]),
-                    "input": self._input.hex()}
+                    "input": self._pending_input().hex()}
 
     def from_state(self, saved: dict) -> None:
         """Take the registers ``to_state`` gave; the interrupt line follows them."""
@@ -239,8 +267,8 @@ class Serial:
                 state[offset] = saved[name]
             state[ST_FIFO] = 1 if saved["fifo_enabled"] else 0
             state[ST_THRE] = 1 if saved["thr_interrupt_pending"] else 0
-            self._input = bytearray.fromhex(saved["input"])[:INPUT_CAPACITY]
-            state[ST_RX] = 1 if self._input else 0
+            self._clear_input()
+            self._append_input(bytearray.fromhex(saved["input"]))
             state[ST_IRQ] = 0  # a new machine's line is low: raised below if it must be
             self._update_interrupt()
             polled = self.tx_polled
@@ -331,11 +359,12 @@ class Serial:
         if offset == RBR_THR_DLL:
             if dlab:
                 return state[ST_DLL]
-            if not self._input:
+            head, length = self._rx
+            if not length:
                 return 0
-            value = self._input.pop(0)
-            state[ST_RX] = 1 if self._input else 0
-            return value
+            self._rx[0], self._rx[1] = (head + 1) % INPUT_CAPACITY, length - 1
+            state[ST_RX] = 1 if length > 1 else 0
+            return self.rx[head]
         if offset == IER_DLM:
             return state[ST_DLM] if dlab else state[ST_IER]
         if offset == IIR_FCR:
@@ -368,9 +397,7 @@ class Serial:
             # The byte leaves at once, so THR is empty again: THRE re-arms.
             state[ST_THRE] = 1
             if state[ST_MCR] & MCR_LOOP:
-                if len(self._input) < INPUT_CAPACITY:
-                    self._input.append(value)
-                    state[ST_RX] = 1
+                self._append_input(bytes((value,)))
                 return
             length = self._tx_len[0]
             self.tx[length] = value
@@ -386,8 +413,7 @@ class Serial:
         elif offset == IIR_FCR:
             state[ST_FIFO] = value & FCR_ENABLE_FIFO
             if value & FCR_CLEAR_RX:
-                self._input.clear()
-                state[ST_RX] = 0
+                self._clear_input()
         elif offset == LCR:
             state[ST_LCR] = value
         elif offset == MCR:

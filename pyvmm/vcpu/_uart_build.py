@@ -2,7 +2,7 @@
 
 For ``pyvmm.vcpu.uart_fastpath``, its one user: the registers of COM1 that
 Linux's 8250 driver hammers, served in C on the Serial's own state (THR
-writes, IIR/LSR/MSR/IER reads, IER writes, the THR-empty interrupt through
+writes, RBR/IIR/LSR/MSR/IER reads, IER writes, the THR-empty interrupt through
 KVM_IRQ_LINE), a KVM_RUN loop that serves them without returning to Python,
 and the reader of KVM's coalesced-I/O ring.  They are a module of their own,
 beside the code that uses them: the KVM binding knows nothing of a UART, it
@@ -35,6 +35,8 @@ typedef struct {
     __u8 rx;                                /* received bytes wait */
     __u8 dll, dlm;
     __u32 tx_len;                           /* bytes waiting in Serial.tx */
+    __u32 rx_head;                          /* the next byte for the guest in Serial.rx */
+    __u32 rx_len;                           /* bytes waiting there (a ring) */
 } pyvmm_uart_state;
 """
 
@@ -91,6 +93,8 @@ typedef struct {
     pyvmm_uart_state *state;
     __u8 *tx;                   /* Serial.tx */
     __u32 tx_capacity;
+    __u8 *rx;                   /* Serial.rx: the input ring */
+    __u32 rx_capacity;
     int vm_fd;                  /* KVM_IRQ_LINE goes there; -1: none (tests, or closed) */
     __u32 gsi;
     int wake_fd;                /* an eventfd written when output starts waiting, and at
@@ -114,7 +118,8 @@ int pyvmm_uart_drive_irq(pyvmm_uart *uart, int level);
 
 /* One 1-byte access at register offset (0..7), served as Serial would serve it
    if it is one this side serves: a THR write while tx has room (no divisor
-   latch, no loopback), IIR and LSR reads, MSR reads outside loopback, IER reads
+   latch, no loopback), RBR reads (no divisor latch: the next byte of the input
+   ring, 0 when it is empty), IIR and LSR reads, MSR reads outside loopback, IER reads
    and IER writes (no divisor latch; while coalescing, not those that turn the
    THR-empty interrupt on).  Returns 1 if served (a read's value in *data),
    PYVMM_UART_COALESCE if served and coalesce_after polled THR writes came in a
@@ -161,6 +166,8 @@ typedef struct {
     pyvmm_uart_state *state;
     __u8 *tx;
     __u32 tx_capacity;
+    __u8 *rx;
+    __u32 rx_capacity;
     int vm_fd;
     __u32 gsi;
     int wake_fd;
@@ -310,6 +317,17 @@ static int pyvmm_uart_read(pyvmm_uart *uart, int offset, __u8 *data)
 {
     pyvmm_uart_state *s = uart->state;
     switch (offset) {
+    case UART_RX:
+        if (s->lcr & UART_LCR_DLAB)
+            return 0;
+        if (!s->rx_len || !uart->rx_capacity) {
+            *data = 0;
+            return 1;
+        }
+        *data = uart->rx[s->rx_head];
+        s->rx_head = (s->rx_head + 1) % uart->rx_capacity;
+        s->rx = --s->rx_len != 0;
+        return 1;
     case UART_IIR: {
         __u8 iir = pyvmm_uart_iir(s);
         if (iir == UART_IIR_THRI)

@@ -21,8 +21,9 @@ Here:
   exits again, so its interrupt follows it at once.
 * **The hot accesses are served in C** (``pyvmm_run_uart_fast``, a KVM_RUN
   loop in this module's own cffi module, built by ``_uart_build.py``), on the
-  Serial's own state (``Serial.state``, ``Serial.tx``) under a lock Python
-  takes too (``Serial.share``): THR writes (into the Serial's output buffer;
+  Serial's own state (``Serial.state``, ``Serial.tx``, ``Serial.rx``) under a
+  lock Python takes too (``Serial.share``): RBR reads (from the Serial's input
+  ring: a typed line costs no exit per byte), THR writes (into its output buffer;
   an eventfd, the event loop's, wakes it when output starts waiting and at
   each newline, and ``Serial.flush_due`` writes it out), IIR, LSR, MSR and IER
   reads, IER writes, and the interrupt line they change (KVM_IRQ_LINE on the
@@ -58,8 +59,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from pyvmm.devices.serial import (RBR_THR_DLL, ST_DLL, ST_DLM, ST_FIFO, ST_IER, ST_IRQ,
-                                  ST_LCR, ST_LSR, ST_MCR, ST_MSR, ST_RX, ST_SCR, ST_THRE,
-                                  ST_TX_LEN, STATE_BYTES, Serial)
+                                  ST_LCR, ST_LSR, ST_MCR, ST_MSR, ST_RX, ST_RX_HEAD, ST_RX_LEN,
+                                  ST_SCR, ST_THRE, ST_TX_LEN, STATE_BYTES, Serial)
 from pyvmm.errors import HostError, KvmError
 from pyvmm.host import environment
 from pyvmm.kvm.exits import VmExit
@@ -96,7 +97,8 @@ COALESCE_AFTER = 512
 #: ``Serial.state``'s offsets and the C struct's fields, which must agree.
 STATE_FIELDS = {"ier": ST_IER, "lcr": ST_LCR, "mcr": ST_MCR, "lsr": ST_LSR, "msr": ST_MSR,
                 "scr": ST_SCR, "fifo": ST_FIFO, "thre": ST_THRE, "irq": ST_IRQ, "rx": ST_RX,
-                "dll": ST_DLL, "dlm": ST_DLM, "tx_len": ST_TX_LEN}
+                "dll": ST_DLL, "dlm": ST_DLM, "tx_len": ST_TX_LEN, "rx_head": ST_RX_HEAD,
+                "rx_len": ST_RX_LEN}
 
 
 def wanted_halves(setting: str | None) -> tuple[bool, bool]:
@@ -121,9 +123,11 @@ class UartRegistersInC:
                             "pyvmm/devices/serial.py; rebuild it ('pip install -e .')")
         self._state = ffi.from_buffer(serial.state)  # keep both buffers' exports alive
         self._tx = ffi.from_buffer(serial.tx)
+        self._rx = ffi.from_buffer(serial.rx)
         self.block = ffi.new("pyvmm_uart *", {
             "state": ffi.cast("pyvmm_uart_state *", self._state), "tx": self._tx,
-            "tx_capacity": len(serial.tx), "vm_fd": vm_fd, "gsi": gsi, "wake_fd": -1})
+            "tx_capacity": len(serial.tx), "rx": self._rx, "rx_capacity": len(serial.rx),
+            "vm_fd": vm_fd, "gsi": gsi, "wake_fd": -1})
         ret = lib.pyvmm_uart_init(self.block)
         if ret:
             raise HostError(f"the UART fast path's lock: {os.strerror(-ret)}")

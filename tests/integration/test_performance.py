@@ -145,3 +145,18 @@ def test_a_disk_is_free_again_as_soon_as_pyvmm_exits(tmp_path) -> None:
                            "--timeout", "60")
         assert result.status == 0, result.stdout + result.stderr
         assert "vblk: wrote 2048 sectors" in result.stdout
+
+
+@pytest.mark.parametrize("fastpath", ["off", "on"])
+def test_typed_input_is_read_without_python_when_the_c_loop_runs(fastpath, monkeypatch) -> None:
+    """The echo guest reads each typed byte from RBR: an exit to Python per byte with the
+    fast path off, none with it on (the C loop reads the UART's input ring)."""
+    monkeypatch.setenv("PYVMM_UART_FASTPATH", fastpath)
+    typed = b"hello from the host"
+    result = run_pyvmm("run", "--kernel", str(image("tiny/echo.bzImage")), "--timeout", "60",
+                       "--stats=json", stdin=typed + b"q")
+    assert "pyvmm-tiny: echo ready" in result.stdout, result.stderr
+    assert typed.decode() + "\npyvmm-tiny: bye" in result.stdout
+    stats = stats_of(result.stderr)
+    assert _count(stats, ("pio-in", "pio-in-c"), 0x3F8) == len(typed) + 1  # and the 'q'
+    assert _count(stats, ("pio-in-c" if fastpath == "off" else "pio-in",), 0x3F8) == 0

@@ -43,6 +43,20 @@ def test_the_uart_keeps_registers_input_and_its_interrupt() -> None:
     assert rd(new, uart.RBR_THR_DLL) == 12
 
 
+def test_the_uart_keeps_input_that_wraps_around_its_ring() -> None:
+    old = Serial(FakeLine(), lambda data: None)
+    old.enqueue_input(b"-" * (uart.INPUT_CAPACITY - 2))
+    for _ in range(uart.INPUT_CAPACITY - 2):
+        rd(old, uart.RBR_THR_DLL)
+    old.enqueue_input(b"ls -l\n")  # 2 bytes before the ring's end, 4 after
+    state = _through_json(old.to_state())
+    assert bytes.fromhex(state["input"]) == b"ls -l\n"
+    new = Serial(FakeLine(), lambda data: None)
+    new.from_state(state)
+    assert bytes(rd(new, uart.RBR_THR_DLL) for _ in range(6)) == b"ls -l\n"
+    assert not rd(new, uart.LSR) & uart.LSR_DATA_READY
+
+
 def test_the_uart_tells_its_fast_path_whether_thr_writes_may_be_batched() -> None:
     old = Serial(FakeLine(), lambda data: None)
     old.write(uart.IER_DLM, bytes([uart.IER_THR_EMPTY]))

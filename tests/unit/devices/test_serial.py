@@ -228,3 +228,19 @@ def test_the_timer_flush_does_not_wait_behind_a_writer(make_serial: MakeSerial) 
     writer.join(5)
     device.flush()
     assert chunks == [b"first", b"more"]
+
+
+def test_input_wraps_around_its_ring(make_serial: MakeSerial) -> None:
+    """The receive ring's end is no seam: bytes queued across it come out in order."""
+    device, line, _ = make_serial()
+    device.write(uart.IER_DLM, bytes([uart.IER_RX_DATA]))
+    assert device.enqueue_input(b"." * (uart.INPUT_CAPACITY - 3)) == uart.INPUT_CAPACITY - 3
+    for _ in range(uart.INPUT_CAPACITY - 3):
+        rd(device, uart.RBR_THR_DLL)
+    assert not line.high and device.input_room() == uart.INPUT_CAPACITY
+    assert device.enqueue_input(b"wrapped") == 7  # 3 bytes before the end, 4 after
+    assert device.enqueue_input(b"x" * uart.INPUT_CAPACITY) == uart.INPUT_CAPACITY - 7
+    assert bytes(rd(device, uart.RBR_THR_DLL) for _ in range(8)) == b"wrappedx"
+    device.write(uart.IIR_FCR, bytes([uart.FCR_ENABLE_FIFO | uart.FCR_CLEAR_RX]))
+    assert not line.high and not rd(device, uart.LSR) & uart.LSR_DATA_READY
+    assert device.input_room() == uart.INPUT_CAPACITY

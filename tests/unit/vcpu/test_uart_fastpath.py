@@ -238,6 +238,27 @@ def test_interrupt_driven_output_is_served_in_c() -> None:
     assert out == text * 2 + b"k" * COALESCE_AFTER
 
 
+def test_a_typed_line_is_read_in_c() -> None:
+    """Linux's 8250 receiving a line: per byte an LSR and an RBR read, none in Python; the
+    RX interrupt falls with the last byte, and the divisor latch stays Python's."""
+    fast, device, ring, _, _ = make()
+    device.write(uart.IER_DLM, bytes([uart.IER_RX_DATA | uart.IER_LINE_STATUS]))
+    line = b"echo r$((6*7))\n"
+    assert device.enqueue_input(line) == len(line)
+    assert device.state[uart.ST_IRQ] == 1
+    assert fast_io(fast, 0x3FA, False) == uart.IIR_RX_DATA
+    typed = bytearray()
+    while fast_io(fast, 0x3FD, False) & uart.LSR_DATA_READY:  # type: ignore[operator]
+        typed.append(fast_io(fast, 0x3F8, False))  # type: ignore[arg-type]
+    assert typed == line and device.state[uart.ST_IRQ] == 0
+    assert fast_io(fast, 0x3F8, False) == 0  # nothing waits: 0, as the reference reads
+    served = fast.served_in_c(FakeVcpu(ring))  # type: ignore[arg-type]
+    assert served[("pio-in-c", 0x3F8)] == len(line) + 1
+    assert device.input_room() == uart.INPUT_CAPACITY
+    device.write(uart.LCR, bytes([uart.LCR_DLAB]))
+    assert fast_io(fast, 0x3F8, False) is None
+
+
 def test_the_loop_leaves_thr_to_python_while_the_ring_holds_older_writes() -> None:
     fast, device, ring, _, out = make()
     device.write(uart.IER_DLM, bytes([uart.IER_THR_EMPTY]))

@@ -1,7 +1,7 @@
 """Network throughput and latency: pyvmm's virtio-net beside QEMU's, same kernel, same tools.
 
     python3 scripts/rig.py -- python3 bench/net_throughput.py [KERNEL] [--seconds 5]
-        [--pings 2000] [--modes pyvmm-user,qemu-slirp,...] [--json PATH]
+        [--pings 2000] [--modes pyvmm-user,qemu-slirp,...] [--json PATH] [--baseline DIR]
 
 As root on hardware KVM (the rig): Debian's kernel, one vCPU, 512 MiB, the guest
 running the host's own iperf3 (Debian's ``iperf3``) and python3.  Per mode:
@@ -23,6 +23,15 @@ DHCP) that mounts the host's / over 9p read-only and runs the same workload.
 In the user modes the guest reaches the host's loopback through its gateway
 address; in the tap modes the guest is 10.0.3.2 and the host 10.0.3.1 on a tap
 made here.  In the rig compare only the ratios of one run (the rig is TCG).
+
+Over the timed round trips each mode also reports what one round trip cost:
+the guest's interrupts, frames and context switches (``guest_per_round_trip``,
+from its /proc) and the host's (``host_per_round_trip``: KVM's debugfs
+counters summed over VMs, and the context switches, run time and wait to run
+of pyvmm, QEMU, passt, the echo server, kworkers and ksoftirqd, by process and
+busiest thread); pyvmm's ``--stats`` adds its NICs' counts (``devices``).
+``--baseline CHECKOUT`` runs each pyvmm mode again from another checkout (its
+cffi modules built), interleaved, as ``MODE@NAME``.
 """
 
 from __future__ import annotations

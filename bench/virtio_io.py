@@ -9,8 +9,8 @@ Disks compared (the same image data each time):
   QEMU raw          QEMU's virtio-blk-device on the raw file
   QEMU qcow2        QEMU's virtio-blk-device on the qcow2
   QEMU vub qcow2    QEMU's vhost-user-blk on the same qemu-storage-daemon export
-  NAME qsd qcow2    with --baseline [NAME=]DIR (NAME "before" if not given; repeatable):
-                    the qcow2 through the daemon, DIR's pyvmm
+  NAME raw          with --baseline [NAME=]DIR (NAME "before" if not given; repeatable):
+  NAME qsd qcow2    the raw file in-process, the qcow2 through the daemon, DIR's pyvmm
 
 Two guests:
 
@@ -156,7 +156,8 @@ CONFIGS: dict[str, Callable[[Guest, Disks], list[str]]] = {
     "QEMU qcow2": lambda g, d: qemu_command(g, qemu_blk(d.qcow2, "qcow2")),
     "QEMU vub qcow2": lambda g, d: qemu_command(g, qemu_vub(d.vub_socket)),
 }
-#: --baseline: each other pyvmm checkout (PYTHONPATH) by its name; "NAME qsd qcow2" runs it.
+#: --baseline: each other pyvmm checkout (PYTHONPATH) by its name; "NAME raw" and
+#: "NAME qsd qcow2" run it.
 BASELINES: dict[str, str] = {}
 
 
@@ -348,18 +349,19 @@ def main() -> int:
                         help="seconds one boot may take")
     parser.add_argument("--configs",
                         help=f"which disks, comma-separated (known: {', '.join(CONFIGS)}, "
-                        "'NAME qsd qcow2' of each baseline; default all)")
+                        "'NAME raw' and 'NAME qsd qcow2' of each baseline; default all)")
     parser.add_argument("--baseline", metavar="[NAME=]DIR", action="append", default=[],
-                        help="another pyvmm checkout, its qcow2 through the daemon as "
-                        "'NAME qsd qcow2' (NAME: before); repeatable")
+                        help="another pyvmm checkout: its raw disk as 'NAME raw', its qcow2 "
+                        "through the daemon as 'NAME qsd qcow2' (NAME: before); repeatable")
     args = parser.parse_args()
     LIMIT[0] = args.limit
     for baseline in args.baseline:
         name, _, directory = baseline.rpartition("=")
         name = name or "before"
-        if name in BASELINES or f"{name} qsd qcow2" in CONFIGS or " " in name:
+        if name in BASELINES or f"{name} raw" in CONFIGS or " " in name:
             sys.exit(f"--baseline {baseline}: the name {name!r} is taken or has a space")
         BASELINES[name] = os.path.abspath(directory)
+        CONFIGS[f"{name} raw"] = lambda g, d: pyvmm_command(g, d.raw)
         CONFIGS[f"{name} qsd qcow2"] = lambda g, d: pyvmm_command(g, d.qcow2)
     configs = [c.strip() for c in (args.configs or ",".join(CONFIGS)).split(",")]
     if unknown := [c for c in configs if c not in CONFIGS]:

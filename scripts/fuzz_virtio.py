@@ -1,6 +1,6 @@
 """The long run of the virtio fuzzer (the test suite runs a bounded one).
 
-    python3 scripts/fuzz_virtio.py [--examples 20000] [--seed N]
+    python3 scripts/fuzz_virtio.py [--examples 20000] [--seed N] [--kind block ...]
 
 Drives the block, console, ports (command mode's streams), entropy, net (a stand-in link;
 frames with their vnet header and offloads, as a tap gives them; vhost-net's registers),
@@ -23,13 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 
-from tests.unit.devices.virtio.virtio_fuzzing import KINDS, run_one, runs  # noqa: E402
+from tests.unit.devices.virtio.virtio_fuzzing import KINDS, run_one, runs_of  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--kind", action="append", choices=KINDS,
+                        help="fuzz only this device (again for more; default: all)")
     args = parser.parse_args()
     logging.disable(logging.CRITICAL)  # the devices log every broken ring they see
     totals = {"runs": 0, "operations": 0, "rings": 0, "live rings": 0, "chains": 0,
@@ -38,7 +40,7 @@ def main() -> int:
 
     @settings(max_examples=args.examples, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(run=runs)
+    @given(run=runs_of(tuple(args.kind or KINDS)))
     def fuzz(run) -> None:
         kind, ops = run
         world = run_one(kind, ops)

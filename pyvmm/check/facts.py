@@ -22,6 +22,8 @@ from pyvmm.kvm import system as kvm_system
 DEVICES = ("/dev/vhost-net", "/dev/vhost-vsock", "/dev/net/tun")
 #: The KVM vendor modules, by what each means for a guest.
 KVM_MODULES = ("kvm_intel", "kvm_amd", "kvm_pvm")
+#: Where the kernel says when it backs memory with transparent huge pages.
+THP_SETTINGS = "/sys/kernel/mm/transparent_hugepage"
 #: Back ends looked up on PATH (virtiofsd has its own search, in pyvmm.vhost.virtiofsd).
 PROGRAMS = ("qemu-storage-daemon", "passt")
 
@@ -46,10 +48,11 @@ class HostFacts:
     virtiofsd_error: str | None = None
     #: Program -> its path, or None.
     programs: dict[str, str | None] = field(default_factory=dict)
-    #: Huge pages: reserved, free, and their size in KiB.
-    hugepages_total: int = 0
-    hugepages_free: int = 0
-    hugepage_kib: int = 0
+    #: Transparent huge pages: the chosen value of THP_SETTINGS/enabled (private guest
+    #: RAM, which pyvmm advises) and of shmem_enabled (shared guest RAM, a memfd, for
+    #: virtiofsd and qemu-storage-daemon); None where the kernel has no such file.
+    thp_private: str | None = None
+    thp_shared: str | None = None
     #: The kernel command mode would take modules for (the running one, if /lib/modules
     #: has it), the modules it would load, and the wanted ones it would not find.
     kernel_release: str | None = None
@@ -61,7 +64,6 @@ def gather() -> HostFacts:
     """Read this host's facts (opens /dev/kvm and the device nodes, closes them again)."""
     kvm_error, missing = _kvm()
     virtiofsd, virtiofsd_error = _virtiofsd()
-    total, free, size = _hugepages()
     release, modules, missing_modules = _modules()
     return HostFacts(
         kvm_path=environment.KVM_DEVICE.get(),
@@ -72,7 +74,8 @@ def gather() -> HostFacts:
         devices={path: _open_error(path) for path in DEVICES},
         virtiofsd=virtiofsd, virtiofsd_error=virtiofsd_error,
         programs={name: shutil.which(name) for name in PROGRAMS},
-        hugepages_total=total, hugepages_free=free, hugepage_kib=size,
+        thp_private=_chosen(f"{THP_SETTINGS}/enabled"),
+        thp_shared=_chosen(f"{THP_SETTINGS}/shmem_enabled"),
         kernel_release=release, command_modules=modules, missing_modules=missing_modules)
 
 
@@ -116,17 +119,14 @@ def _virtiofsd() -> tuple[str | None, str | None]:
         return None, str(error).removesuffix(SEE_CHECK)
 
 
-def _hugepages() -> tuple[int, int, int]:
-    values = {}
+def _chosen(path: str) -> str | None:
+    """The bracketed word of a sysfs choice such as ``always [madvise] never``."""
     try:
-        with open("/proc/meminfo") as stream:
-            for line in stream:
-                name, _, rest = line.partition(":")
-                values[name] = int(rest.split()[0]) if rest.split() else 0
-    except (OSError, ValueError):
-        pass
-    return (values.get("HugePages_Total", 0), values.get("HugePages_Free", 0),
-            values.get("Hugepagesize", 0))
+        with open(path) as stream:
+            found = re.search(r"\[(\w+)\]", stream.read())
+    except OSError:
+        return None
+    return found.group(1) if found else None
 
 
 def _modules() -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:

@@ -106,6 +106,9 @@ class CowImage(DiskImage):
     """``path`` read-only under a throwaway overlay: the guest reads and writes as on
     a writable disk; the image never changes."""
 
+    #: Which sectors come from the overlay is Python's map: the C loop can't serve it.
+    plain_file = False
+
     def __init__(self, path: str, *, direct: bool = False) -> None:
         super().__init__(path, readonly=True, direct=direct)
         try:

@@ -74,6 +74,10 @@ class DiskImage:
     ``direct`` opens it with O_DIRECT (the page cache bypassed: ``cache=none``).
     """
 
+    #: Its bytes are the file's, at the same offsets: the C request loop
+    #: (``pyvmm/host/_disk_build.py``) reads and writes the fd itself.
+    plain_file = True
+
     def __init__(self, path: str, *, readonly: bool = False, direct: bool = False) -> None:
         self.path = path
         self.readonly = readonly

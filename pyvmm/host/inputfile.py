@@ -59,19 +59,27 @@ def read_input(path: str, what: str, error: type[PyvmmError], limit: int,
                why: str = "") -> bytes:
     """The whole of the regular file ``path`` (at most ``limit`` bytes), checked as above."""
     fd = open_input(path, what, error, limit, why)
-    data = bytearray()
+    pieces: list[bytes] = []
+    total = 0
     try:
-        # In pieces, never ``read(limit)``: that would allocate the limit up front.
-        while len(data) <= limit:
-            piece = os.read(fd, min(_PIECE, limit + 1 - len(data)))
+        # The size open_input checked, and a byte more to see the end: one read, into
+        # one object, for a file that stays as it was (a 36 MiB initramfs is copied
+        # once, not grown piece by piece); a file that grew is read on in pieces,
+        # never with ``read(limit)``: that would allocate the limit up front.
+        want = min(os.fstat(fd).st_size, limit) + 1
+        while total <= limit:
+            piece = os.read(fd, min(want, limit + 1 - total))
             if not piece:
                 break
-            data += piece
+            pieces.append(piece)
+            total += len(piece)
+            want = _PIECE
     except OSError as exc:
         raise error(f"cannot read {what} {path!r}: {exc.strerror}") from None
     finally:
         os.close(fd)
+    data = b"".join(pieces)  # a single piece is returned as it is, not copied
     if len(data) > limit:
         raise error(f"{what} {path!r} is more than {_size_text(limit)}"
                     f"{' ' + why if why else ''}")
-    return bytes(data)
+    return data

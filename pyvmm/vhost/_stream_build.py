@@ -24,7 +24,8 @@ round trip took four times QEMU's), so the frames never reach Python:
   stop eventfd, the interrupt an eventfd write (KVM's irqfd).  The device
   sees eventfds, never KVM.
 
-Guest memory is checked exactly as ``pyvmm.devices.virtio.queue`` does: every
+Guest memory is checked exactly as ``pyvmm.devices.virtio.queue`` does (by the
+ring C both request loops share, ``pyvmm/host/_virtq_source.py``): every
 descriptor buffer lies inside one RAM region, a chain (indirect tables
 included) holds at most the queue's size of descriptors, an indirect table is
 neither nested nor chained nor of a bad length, no readable descriptor
@@ -35,20 +36,17 @@ stream's own buffers is read or written.
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
+
 import cffi
 
-CDEF = r"""
-typedef struct {
-    uint64_t gpa, size;
-    uint8_t *host;
-} pyvmm_ram_region;
+# By path, not by import: a build (pip's isolated one) need not have pyvmm on sys.path.
+_RING = runpy.run_path(str(Path(__file__).resolve().parents[1] / "host" / "_virtq_source.py"))
+RING_CDEF: str = _RING["RING_CDEF"]
+RING_SOURCE: str = _RING["RING_SOURCE"]
 
-typedef struct {
-    uint8_t *desc, *avail, *used;  /* the rings, checked inside guest RAM by SplitQueue */
-    uint32_t size;                 /* entries: a power of two */
-    uint16_t next_avail, next_used;
-    int event_idx;
-} pyvmm_ring;
+CDEF = RING_CDEF + r"""
 
 typedef struct {
     int fd;
@@ -99,39 +97,19 @@ int pyvmm_net_serve(pyvmm_net *n);
 """
 
 SOURCE = r"""
-#include <errno.h>
-#include <stdint.h>
 #include <stdio.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-
+""" + RING_SOURCE + r"""
 #define PYVMM_NET_INTERRUPT 1
 #define PYVMM_NET_MORE 2
 #define PYVMM_NET_ERROR 4
 #define PYVMM_NET_STOPPED 8
 #define NET_HDR 12
-#define DESC_F_NEXT 1
-#define DESC_F_WRITE 2
-#define DESC_F_INDIRECT 4
-#define AVAIL_F_NO_INTERRUPT 1
 #define HDR_F_DATA_VALID 2
 
-""" + CDEF.split("#define", 1)[0] + r"""
-
-static inline uint16_t ld16(const uint8_t *p) { return __atomic_load_n((const uint16_t *)p, __ATOMIC_ACQUIRE); }
-static inline void st16(uint8_t *p, uint16_t v) { __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELEASE); }
-static inline void full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-
-static uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + t.tv_nsec;
-}
+""" + CDEF[len(RING_CDEF):].split("#define", 1)[0] + r"""
 
 /* ---- the stream: QEMU's framing on a non-blocking socket ---------------------------- */
 
@@ -255,17 +233,7 @@ int pyvmm_stream_send(pyvmm_stream *s, const uint8_t *frame, uint32_t len)
     return was_empty ? pyvmm_stream_flush(s) : 0;
 }
 
-/* ---- guest memory and the split virtqueue (as pyvmm.devices.virtio.queue) -------------- */
-
-static uint8_t *translate(const pyvmm_net *n, uint64_t gpa, uint64_t len)
-{
-    for (uint32_t i = 0; i < n->nregions; i++) {
-        const pyvmm_ram_region *r = &n->regions[i];
-        if (gpa >= r->gpa && gpa - r->gpa <= r->size && len <= r->size - (gpa - r->gpa))
-            return r->host + (gpa - r->gpa);
-    }
-    return NULL;
-}
+/* ---- guest memory and the split virtqueue (pyvmm/host/_virtq_source.py) ------------- */
 
 static int fail(pyvmm_net *n, const char *message)
 {
@@ -289,8 +257,6 @@ typedef struct {
     uint64_t writable;
     uint8_t *hdr_nb[2];            /* where num_buffers' two bytes went */
     int receive;
-    uint32_t count;                /* descriptors in the chain */
-    int seen_writable;
 } walk_state;
 
 static void take_buffer(walk_state *w, uint8_t *p, uint32_t len, const uint8_t *header)
@@ -344,106 +310,37 @@ static void take_buffer(walk_state *w, uint8_t *p, uint32_t len, const uint8_t *
     w->writable += len;  /* the chain's room: counted in full, as writable_length is */
 }
 
-static int walk(pyvmm_net *n, pyvmm_ring *q, const uint8_t *table, uint32_t table_size,
-                uint32_t index, walk_state *w, int indirect_allowed, const uint8_t *header)
+typedef struct {
+    walk_state *w;
+    const uint8_t *header;
+} net_take;
+
+/* The walk hands over the readable buffers to transmit, the writable ones to receive. */
+static int net_take_buffer(void *ctx, uint8_t *p, uint32_t len, int writable)
 {
-    uint32_t seen = 0;
-    for (;;) {
-        uint64_t addr; uint32_t len; uint16_t flags, next;
-        if (++seen > table_size)
-            return fail(n, "descriptor chain is longer than its table (a loop?)");
-        const uint8_t *d = table + 16 * (uint64_t)index;
-        memcpy(&addr, d, 8); memcpy(&len, d + 8, 4); memcpy(&flags, d + 12, 2); memcpy(&next, d + 14, 2);
-        if (flags & DESC_F_INDIRECT) {
-            if (!indirect_allowed || flags & DESC_F_NEXT)
-                return fail(n, "nested or chained indirect descriptor table");
-            if (len == 0 || len % 16)
-                return fail(n, "indirect table length is not a multiple of 16");
-            if (len / 16 > q->size)
-                return fail(n, "indirect table is larger than the queue");
-            const uint8_t *indirect = translate(n, addr, len);
-            if (indirect == NULL)
-                return fail(n, "indirect table outside guest RAM");
-            return walk(n, q, indirect, len / 16, 0, w, 0, header);
-        }
-        if (w->count >= q->size)
-            return fail(n, "descriptor chain is longer than the queue");
-        uint8_t *p = translate(n, addr, len);
-        if (p == NULL)
-            return fail(n, "descriptor buffer outside guest RAM");
-        w->count++;
-        if (flags & DESC_F_WRITE) {
-            w->seen_writable = 1;
-            if (w->receive)
-                take_buffer(w, p, len, header);
-        } else if (w->seen_writable) {
-            return fail(n, "a device-readable descriptor follows a writable one");
-        } else if (!w->receive) {
-            take_buffer(w, p, len, header);
-        }
-        if (!(flags & DESC_F_NEXT))
-            return 0;
-        if (next >= table_size)
-            return fail(n, "next descriptor is past the table size");
-        index = next;
-    }
+    net_take *t = ctx;
+    if (writable == t->w->receive)
+        take_buffer(t->w, p, len, t->header);
+    return 0;
 }
 
-/* The next available chain's head (-1: none), checked as SplitQueue.pop; -2 on error. */
+static int walk(pyvmm_net *n, pyvmm_ring *q, uint32_t head, walk_state *w, const uint8_t *header)
+{
+    const char *why = NULL;
+    net_take t = {w, header};
+    if (ring_walk(n->regions, n->nregions, q, head, net_take_buffer, &t, &why) < 0)
+        return fail(n, why);
+    return 0;
+}
+
+/* The next available chain's head (-1: none); -2 on error (n->error says why). */
 static int pop_head(pyvmm_net *n, pyvmm_ring *q)
 {
-    uint16_t avail_idx = ld16(q->avail + 2);
-    if (avail_idx == q->next_avail)
-        return -1;
-    if ((uint16_t)(avail_idx - q->next_avail) > q->size)
-        return fail(n, "available index ran more than the queue size ahead"), -2;
-    uint16_t head = ld16(q->avail + 4 + 2 * (q->next_avail % q->size));
-    q->next_avail++;
-    if (head >= q->size)
-        return fail(n, "descriptor head is past the queue size"), -2;
+    const char *why = NULL;
+    int head = ring_pop(q, &why);
+    if (head == -2)
+        fail(n, why);
     return head;
-}
-
-static inline int has_available(pyvmm_ring *q) { return ld16(q->avail + 2) != q->next_avail; }
-
-static void add_used(pyvmm_ring *q, uint32_t head, uint32_t len)
-{
-    uint8_t *e = q->used + 4 + 8 * (uint64_t)(q->next_used % q->size);
-    memcpy(e, &head, 4);
-    memcpy(e + 4, &len, 4);
-    q->next_used++;
-}
-
-static void publish_used(pyvmm_ring *q) { st16(q->used + 2, q->next_used); }
-
-static void set_avail_event(pyvmm_ring *q)
-{
-    if (q->event_idx) {
-        st16(q->used + 4 + 8 * q->size, q->next_avail);
-        full_fence();
-    }
-}
-
-static int ask_for_next(pyvmm_ring *q)
-{
-    if (!q->event_idx)
-        return 0;
-    uint16_t seen = ld16(q->avail + 2);
-    st16(q->used + 4 + 8 * q->size, seen);
-    full_fence();
-    return ld16(q->avail + 2) != seen;
-}
-
-static int needs_interrupt(pyvmm_ring *q, uint16_t used_before)
-{
-    if (q->next_used == used_before)
-        return 0;
-    full_fence();
-    if (q->event_idx) {
-        uint16_t used_event = ld16(q->avail + 4 + 2 * q->size);
-        return (uint16_t)(q->next_used - used_event - 1) < (uint16_t)(q->next_used - used_before);
-    }
-    return !(ld16(q->avail) & AVAIL_F_NO_INTERRUPT);
 }
 
 /* ---- transmit: guest -> peer ------------------------------------------------------------ */
@@ -551,7 +448,7 @@ int pyvmm_net_transmit(pyvmm_net *n)
         walk_state w = {0};
         w.iov = batch.iov + batch.niov + 1;
         w.iov_cap = TX_IOV - batch.niov - 1;
-        if (walk(n, q, q->desc, q->size, head, &w, 1, NULL) < 0) {
+        if (walk(n, q, head, &w, NULL) < 0) {
             status |= PYVMM_NET_ERROR;
             break;
         }
@@ -571,7 +468,7 @@ int pyvmm_net_transmit(pyvmm_net *n)
             walk_state again = {0};
             again.dst = s->out + 4;
             again.cap = s->out_cap - 4;
-            if (walk(n, q, q->desc, q->size, head, &again, 1, NULL) < 0) {
+            if (walk(n, q, head, &again, NULL) < 0) {
                 status |= PYVMM_NET_ERROR;  /* the driver rewrote it meanwhile */
                 break;
             }
@@ -647,9 +544,7 @@ static int put_frame(pyvmm_net *n, pyvmm_ring *q, const uint8_t *frame, uint32_t
             break;
         uint64_t before = w.src_off;
         w.writable = 0;
-        w.count = 0;
-        w.seen_writable = 0;
-        if (walk(n, q, q->desc, q->size, head, &w, 1, header) < 0)
+        if (walk(n, q, head, &w, header) < 0)
             return BROKEN;
         if (!w.writable) {
             fail(n, "a virtio-net receive chain has no writable buffer");
@@ -738,18 +633,6 @@ int pyvmm_net_receive(pyvmm_net *n)
 }
 
 /* ---- the serving thread --------------------------------------------------------------- */
-
-static void drain_eventfd(int fd)
-{
-    uint64_t value;
-    if (read(fd, &value, 8) < 0) { /* nothing was there */ }
-}
-
-static int signal_eventfd(int fd)
-{
-    uint64_t one = 1;
-    return write(fd, &one, 8) == 8 ? 0 : -1;
-}
 
 /* Serve both queues until stop_fd is signalled (PYVMM_NET_STOPPED), the ring is
    malformed (PYVMM_NET_ERROR, n->error says why) or the peer is gone (0). */

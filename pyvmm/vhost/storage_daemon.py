@@ -50,13 +50,15 @@ class QmpError(DeviceError):
 
 class Qmp:
     """A QMP monitor connection (``sock``, connected, ours to close): one command at a
-    time, events skipped."""
+    time; of the events, only which jobs concluded is kept (``wait_for_job``)."""
 
     def __init__(self, sock: socket.socket, name: str) -> None:
         self.name = name
         self.sock = sock
         self.sock.settimeout(QMP_TIMEOUT)
         self._buffer = b""
+        #: Jobs a JOB_STATUS_CHANGE event said concluded, not yet waited for.
+        self._concluded: set[str] = set()
         self._read()  # the greeting
         self.execute("qmp_capabilities")
 
@@ -78,6 +80,10 @@ class Qmp:
         message = json.loads(line)
         if not isinstance(message, dict):
             raise DeviceError(f"{self.name}: a monitor message that is not an object")
+        data = message.get("data")
+        if message.get("event") == "JOB_STATUS_CHANGE" and isinstance(data, dict) \
+                and data.get("status") == "concluded":
+            self._concluded.add(str(data.get("id")))
         return message
 
     def execute(self, command: str, **arguments: Any) -> Any:
@@ -94,6 +100,18 @@ class Qmp:
             if "error" in reply:
                 raise QmpError(str(reply["error"].get("desc", reply["error"])))
             return reply.get("return")
+
+    def wait_for_job(self, job: str, command: str) -> None:
+        """Until the event that says ``job`` concluded (it may have come already, among
+        the replies to the commands before), QMP_TIMEOUT at most: no polling of
+        ``query-jobs``."""
+        deadline = time.monotonic() + QMP_TIMEOUT
+        while job not in self._concluded:
+            if time.monotonic() > deadline:
+                raise DeviceError(f"{self.name}: {command} did not finish within "
+                                  f"{QMP_TIMEOUT:g} s")
+            self._read()
+        self._concluded.discard(job)
 
     def close(self) -> None:
         self.sock.close()
@@ -229,16 +247,9 @@ class StorageDaemon:
     def _run_job(self, job: str, command: str, **arguments: Any) -> None:
         """Start a job and wait for it to conclude; QmpError with its error, if any."""
         self.qmp.execute(command, **{"job-id": job}, **arguments)
-        deadline = time.monotonic() + QMP_TIMEOUT
-        while True:
-            state: dict[str, Any] = next(
-                (j for j in self.qmp.execute("query-jobs") if j.get("id") == job), {})
-            if state.get("status") == "concluded":
-                break
-            if time.monotonic() > deadline:
-                raise DeviceError(f"{DAEMON}: {command} did not finish within "
-                                  f"{QMP_TIMEOUT:g} s")
-            time.sleep(0.005)
+        self.qmp.wait_for_job(job, command)
+        state: dict[str, Any] = next(
+            (j for j in self.qmp.execute("query-jobs") if j.get("id") == job), {})
         self.qmp.execute("job-dismiss", id=job)
         if state.get("error"):
             raise QmpError(str(state["error"]))

@@ -152,6 +152,26 @@ def parse_line(request: bytes) -> tuple[bytes, str]:
     return command, os.fsdecode(path)  # the file name's bytes, as the client sent them
 
 
+def _ask(socket_path: str, request: bytes, timeout: float,
+         error: Callable[[str], Exception]) -> tuple[str, str]:
+    """Client side: send one request line to the VMM at ``socket_path`` and split its
+    one-line answer into status and the rest; ``error`` when no VMM answers in time."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        try:
+            client.connect(socket_path)
+            client.sendall(request)
+            reply = os.fsdecode(client.makefile("rb").readline()).strip()
+        except TimeoutError:
+            raise error(f"no running pyvmm answered on {socket_path!r} within "
+                        f"{timeout:g} s") from None
+        except OSError as exc:
+            raise error(f"no running pyvmm answers on {socket_path!r}: "
+                        f"{exc.strerror or exc}") from None
+    status, _, rest = reply.partition(" ")
+    return status, rest
+
+
 def request_dump(socket_path: str, dump_path: str, timeout: float | None = None) -> float:
     """Client side: ask the VMM at ``socket_path`` to dump to ``dump_path``.
 
@@ -162,19 +182,7 @@ def request_dump(socket_path: str, dump_path: str, timeout: float | None = None)
     if b"\n" in path:
         raise DumpError(f"dump path {dump_path!r}: a file name with a newline can't be asked for")
 
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(timeout)
-        try:
-            client.connect(socket_path)
-            client.sendall(b"dump " + path + b"\n")
-            reply = os.fsdecode(client.makefile("rb").readline()).strip()
-        except TimeoutError:
-            raise DumpError(f"no running pyvmm answered on {socket_path!r} within "
-                            f"{timeout:g} s") from None
-        except OSError as exc:
-            raise DumpError(f"no running pyvmm answers on {socket_path!r}: "
-                            f"{exc.strerror or exc}") from None
-    status, _, rest = reply.partition(" ")
+    status, rest = _ask(socket_path, b"dump " + path + b"\n", timeout, DumpError)
     if status != "ok":
         raise DumpError(f"the VMM could not dump: {rest or 'no answer'}")
     return float(rest)
@@ -182,19 +190,7 @@ def request_dump(socket_path: str, dump_path: str, timeout: float | None = None)
 
 def request_vsock(socket_path: str, timeout: float = ANSWER_SECONDS) -> int:
     """Client side: the vsock CID of the guest whose VMM listens at ``socket_path``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(timeout)
-        try:
-            client.connect(socket_path)
-            client.sendall(b"vsock\n")
-            reply = client.makefile("rb").readline().decode(errors="replace").strip()
-        except TimeoutError:
-            raise RequestError(f"no running pyvmm answered on {socket_path!r} within "
-                               f"{timeout:g} s") from None
-        except OSError as exc:
-            raise RequestError(f"no running pyvmm answers on {socket_path!r}: "
-                               f"{exc.strerror or exc}") from None
-    status, _, rest = reply.partition(" ")
+    status, rest = _ask(socket_path, b"vsock\n", timeout, RequestError)
     if status != "ok" or not rest.isdigit():
         raise RequestError(f"{socket_path}: {rest or 'no answer'}")
     return int(rest)
@@ -214,19 +210,7 @@ def request_snapshot(socket_path: str, directory: str, stop: bool = False,
     if b"\n" in path:
         raise SnapshotError(f"{directory!r}: a name with a newline can't be asked for")
     command = b"snapshot-stop " if stop else b"snapshot "
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(timeout)
-        try:
-            client.connect(socket_path)
-            client.sendall(command + path + b"\n")
-            reply = os.fsdecode(client.makefile("rb").readline()).strip()
-        except TimeoutError:
-            raise SnapshotError(f"no running pyvmm answered on {socket_path!r} within "
-                                f"{timeout:g} s") from None
-        except OSError as exc:
-            raise SnapshotError(f"no running pyvmm answers on {socket_path!r}: "
-                                f"{exc.strerror or exc}") from None
-    status, _, rest = reply.partition(" ")
+    status, rest = _ask(socket_path, command + path + b"\n", timeout, SnapshotError)
     words = rest.split()
     if status != "ok" or len(words) != 3:
         raise SnapshotError(f"the VMM could not take the snapshot: {rest or 'no answer'}")

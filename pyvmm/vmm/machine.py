@@ -16,13 +16,14 @@ user may run it on any thread; ``pyvmm run`` maps signals to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar
 
 from pyvmm.config.machine import MachineConfig
 from pyvmm.console.host import HostConsole
@@ -195,7 +196,7 @@ class BuiltMachine:
     def _snapshot_now(self, directory: str, stop: bool) -> SnapshotInfo:
         from pyvmm.snapshot.save import save_snapshot
 
-        with self._pause_lock, self.runners.paused():
+        with self._pause_lock, self.runners.paused(), _device_threads_paused(self.virtio):
             if self.uart_fast is not None:
                 self.uart_fast.drain()  # coalesced THR writes are the UART's before it is saved
             self.pump.flush()
@@ -421,3 +422,16 @@ class BuiltMachine:
             finally:
                 os._exit(0)
 
+
+@contextlib.contextmanager
+def _device_threads_paused(transports: Sequence) -> Iterator[None]:
+    """Devices that serve their queues on a thread of their own (a raw disk's C loop)
+    stop between two passes inside the block, so a snapshot sees their rings at rest."""
+    devices = [t.device for t in transports if hasattr(t.device, "pause_serving")]
+    for device in devices:
+        device.pause_serving()
+    try:
+        yield
+    finally:
+        for device in devices:
+            device.resume_serving()

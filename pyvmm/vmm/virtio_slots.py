@@ -216,14 +216,15 @@ def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices,
         transport = VirtioMmioTransport(device, memory, IrqfdTrigger(irq_fd))
         mmio_bus.insert(transport, slot.base, layout.VIRTIO_MMIO_SIZE)
         transports.append(transport)
-        # Asked first: a NIC over passt becomes back-end served (its own thread) by it.
+        # Asked first: a NIC over passt and a raw disk become back-end served (a thread
+        # of their own) by it.
         kick_fds = getattr(device, "kick_fds", None)
         if device.backend_interrupts and interrupts is not None:
             set_status = interrupts.serve(vm, slot.base + INTERRUPT_STATUS,
                                           slot.base + INTERRUPT_ACK)
             if set_status is not None:
                 transport.report_status_to(set_status)
-        if kick_fds is not None:  # a back end (vhost-user, vhost, the NIC's thread) serves them
+        if kick_fds is not None:  # a back end (vhost-user, vhost, a NIC's or disk's thread)
             device.call_fd = irq_fd
             owned_fds.extend(kick_fds)
             for index, kick_fd in enumerate(kick_fds):
@@ -244,9 +245,11 @@ def serve_restored_queues(transports: Sequence) -> None:
 
     A notification KVM had signalled but the event loop not yet read when the
     snapshot was taken is not in it; the chains are (in the available ring),
-    so each started queue is served once, as a notification would.  Requests
+    so each started queue is served once, as a notification would (a device
+    served by a thread of its own serves once when it starts).  Requests
     never straddle a snapshot: the devices serve them on the event loop, which
-    takes the snapshot between two events.
+    takes the snapshot between two events, or on their thread, which a
+    device's ``to_state`` stops (its pass ends) and starts again.
     """
     for transport in transports:
         if getattr(transport.device, "kick_fds", None) is not None:

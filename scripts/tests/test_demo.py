@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from pyvmm.check.facts import HostFacts
-
-DEMO = Path(__file__).resolve().parents[1] / "demo.py"
-
-
-def load_demo() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("demo_under_test", DEMO)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_module import load_script
 
 
 def test_the_newest_kernel_with_modules_is_chosen(tmp_path: Path) -> None:
-    demo = load_demo()
+    demo = load_script("demo")
     boot, modules = tmp_path / "boot", tmp_path / "modules"
     boot.mkdir()
     for release in ("6.1.0-9-amd64", "6.1.0-56-amd64", "6.1.0-60-amd64"):
@@ -54,7 +43,7 @@ def fake_modules(root: Path) -> str:
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="no cpio(1) to read the archive back")
 def test_the_initramfs_has_busybox_init_and_modules_in_load_order(tmp_path: Path,
                                                                   monkeypatch) -> None:
-    demo = load_demo()
+    demo = load_script("demo")
     release = fake_modules(tmp_path)
     real_find = demo.find_modules
     monkeypatch.setattr(demo, "find_modules", lambda directory, wanted: real_find(
@@ -85,7 +74,7 @@ def test_the_initramfs_has_busybox_init_and_modules_in_load_order(tmp_path: Path
 ])
 def test_the_demo_runs_in_the_rig_only_without_hardware_kvm(monkeypatch, tmp_path, capsys,
                                                             facts, why) -> None:
-    demo = load_demo()
+    demo = load_script("demo")
     monkeypatch.setattr(demo, "gather", lambda: facts)
     monkeypatch.setattr(demo, "debian_kernel", lambda: "6.1.0-57-amd64")
     monkeypatch.setattr(demo, "build_initramfs", lambda release: tmp_path / "initrd.cpio")

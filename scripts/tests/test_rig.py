@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from script_module import SCRIPTS, load_script
 
-RIG = Path(__file__).resolve().parents[1] / "rig.py"
-
-
-def load_rig() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rig_under_test", RIG)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+RIG = SCRIPTS / "rig.py"
 
 
 def test_no_qemu_is_exit_126_in_one_line(tmp_path: Path) -> None:
@@ -33,7 +24,7 @@ def test_no_qemu_is_exit_126_in_one_line(tmp_path: Path) -> None:
 
 def test_the_patched_qemu_is_used_when_built(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    rig = load_rig()
+    rig = load_script("rig")
     monkeypatch.setattr(rig, "CACHE", tmp_path)
     monkeypatch.setattr(rig.shutil, "which", lambda name: f"/usr/bin/{name}")
     assert rig.rig_qemu() == ("/usr/bin/qemu-system-x86_64", "system")
@@ -54,7 +45,7 @@ def test_the_patched_qemu_is_used_when_built(tmp_path: Path,
 
 def test_no_kernel_with_kvm_amd_is_exit_126(monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    rig = load_rig()
+    rig = load_script("rig")
     monkeypatch.setattr(rig.shutil, "which", lambda name: f"/usr/bin/{name}")
     monkeypatch.setattr(rig.os.path, "isdir", lambda path: False)  # no /lib/modules
     assert rig.main(["--no-compile", "--", "true"]) == 126
@@ -62,7 +53,7 @@ def test_no_kernel_with_kvm_amd_is_exit_126(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_the_newest_kernel_with_kvm_amd_is_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
-    rig = load_rig()
+    rig = load_script("rig")
     releases = ["6.1.0-9-amd64", "6.1.0-56-amd64", "6.1.0-60-amd64"]
     monkeypatch.setattr(rig.os.path, "isdir", lambda path: True)
     monkeypatch.setattr(rig.os, "listdir", lambda path: releases)
@@ -81,7 +72,7 @@ def test_the_newest_kernel_with_kvm_amd_is_chosen(monkeypatch: pytest.MonkeyPatc
     (b"RIG-HEARTBEAT", False),
 ])
 def test_the_rig_console_is_read_for_its_own_failures(line: bytes, failure: bool) -> None:
-    rig = load_rig()
+    rig = load_script("rig")
     session = rig.Session(rig.parse_args(["--", "true"]), "r", Path("/nonexistent"),
                           Path("/nonexistent"))
     session._line(line)
@@ -89,7 +80,7 @@ def test_the_rig_console_is_read_for_its_own_failures(line: bytes, failure: bool
 
 
 def test_the_status_line_ends_the_session_with_the_commands_status() -> None:
-    rig = load_rig()
+    rig = load_script("rig")
     session = rig.Session(rig.parse_args(["--", "true"]), "r", Path("/nonexistent"),
                           Path("/nonexistent"))
     session._line(b"RIG-RC=7\r")
@@ -135,7 +126,7 @@ def test_a_frozen_rig_is_described_and_nudged(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("MONITOR_LOG", str(tmp_path / "monitor.log"))
     if wake_on:
         monkeypatch.setenv("WAKE_ON", wake_on)
-    rig = load_rig()
+    rig = load_script("rig")
     session = rig.Session(rig.parse_args(["--watchdog", "1", "--", "true"]), "r",
                           tmp_path / "initramfs", tmp_path)
     session.NUDGE_WAIT = 0.5
@@ -165,7 +156,7 @@ def test_a_session_leaves_no_monitor_directory(tmp_path: Path,
     fake.write_text("#!/bin/sh\necho RIG-START\necho RIG-RC=3\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
-    rig = load_rig()
+    rig = load_script("rig")
     session = rig.Session(rig.parse_args(["--", "true"]), "r", tmp_path / "initramfs", tmp_path)
     session.run()
     assert session.status == 3 and session.failure is None

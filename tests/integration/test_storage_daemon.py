@@ -60,6 +60,17 @@ def base(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def private_tmpdir(tmp_path, monkeypatch) -> Path:
+    """Each test's own TMPDIR (for pyvmm and the daemons this process starts), so that
+    ``leftovers`` sees only what this test made, not another process's daemons in /tmp."""
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private))
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    return private
+
+
 def leftovers() -> set[str]:
     return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("pyvmm-qsd-")}
 
@@ -100,14 +111,12 @@ def test_snapshot_throws_the_writes_away_and_overlay_keeps_them(base, tmp_path) 
     assert again.status == ExitStatus.BAD_INPUT and "exists" in again.stderr
 
 
-def test_overlays_last_across_a_guest_reboot(base, tmp_path) -> None:
+def test_overlays_last_across_a_guest_reboot(base, tmp_path, private_tmpdir) -> None:
     """--on-reboot restart: the guest finds its writes after a reboot (the daemon, its
     export and the overlay stay until pyvmm exits); the next run starts from the base
     again, and overlay= keeps them for later."""
     digest = sha(base.read_bytes())
-    private = tmp_path / "tmp"  # pyvmm's TMPDIR: the daemon's directory goes there
-    private.mkdir()
-    env = {**os.environ, "TMPDIR": str(private)}
+    private, env = private_tmpdir, dict(os.environ)  # pyvmm's TMPDIR: the daemon's directory
 
     def persist(drive: str, *options: str) -> str:
         # First boot: no pattern, so the guest writes it and reboots; the second boot
@@ -129,16 +138,15 @@ def test_overlays_last_across_a_guest_reboot(base, tmp_path) -> None:
     assert sha(base.read_bytes()) == digest
 
 
-def test_a_signal_as_the_guest_restarts_leaves_no_daemon_or_overlay(base, tmp_path) -> None:
+def test_a_signal_as_the_guest_restarts_leaves_no_daemon_or_overlay(base, private_tmpdir) -> None:
     """SIGTERM when pyvmm says the guest rebooted, between two machines or in the
     second one's build or run: pyvmm exits with 128+15 (or 1, if the second boot
     won the race), and the daemon, its directory and the overlay are gone."""
-    private = tmp_path / "tmp"
-    private.mkdir()
+    private = private_tmpdir
     proc = subprocess.Popen(pyvmm_command(
         "run", "-k", str(image("tiny/vblk.bzImage")), "-a", "console=ttyS0 blktest=persist",
         "--timeout", "90", "--drive", f"path={base},snapshot=on", "--on-reboot", "restart"),
-        cwd=REPO, env={**os.environ, "TMPDIR": str(private)}, stdin=subprocess.DEVNULL,
+        cwd=REPO, stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None

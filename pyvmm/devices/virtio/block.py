@@ -1,8 +1,18 @@
 """virtio-block (virtio 1.2 section 5.2): a raw image file as /dev/vdX.
 
-A request is parsed in one place (``parse_request``: header, data buffers,
-status byte, each checked) and executed in another (``BlockDevice._execute``),
-as Firecracker's block device does.  Every failure the guest can cause
+A raw image (``DiskImage``: its bytes are the file's) is served in C
+(``pyvmm/host/_disk_build.py``): ``_RequestLoop`` hands the ring and guest RAM
+to it, and it parses and runs every available request per call, reading and
+writing straight between the image's fd and guest RAM.  In the machine the
+disk is served like a vhost back end: its ``kick_fds`` become KVM's
+ioeventfds, ``call_fd`` its irqfd, and a thread of its own runs the C loop
+(GIL released), so a request costs no Python at all; without them (tests,
+the fuzzer) each notification runs one pass of the C loop.
+
+The Python executor below (``parse_request``, ``BlockDevice._execute``) is
+kept for one disk only: a restored clone's copy-on-write overlay
+(``pyvmm.host.cow_image.CowImage``), whose map of written sectors is Python's.
+Both keep the limits declared here.  Every failure the guest can cause
 (sectors past the end, a write to a read-only disk, an odd length, a host I/O
 error) becomes a status byte, never an exception out of the device.
 """
@@ -10,12 +20,19 @@ error) becomes a status byte, never an exception out of the device.
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import struct
+import threading
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
-from pyvmm.devices.virtio.device import VirtioDevice
-from pyvmm.host.disk_image import SECTOR_SIZE, DiskImage
-from pyvmm.devices.virtio.queue import DescriptorChain, read_from, write_into
+from pyvmm.devices.virtio.device import SERVE_BUDGET_SECONDS, VirtioDevice
+from pyvmm.errors import DeviceError
+from pyvmm.host.disk_image import BOUNCE_SIZE, SECTOR_SIZE, DiskImage
+from pyvmm.devices.virtio.queue import (DescriptorChain, QueueError, SplitQueue, read_from,
+                                        write_into)
+from pyvmm.memory import GuestMemory
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +79,9 @@ MAX_DISCARD_SECTORS = 1 << 22
 MAX_WRITE_ZEROES_SECTORS = 1 << 16
 #: Segments in one discard / write-zeroes request; so its payload is 16 bytes.
 MAX_DISCARD_SEGMENTS = 1
+
+#: What a pass of the C loop reports (its PYVMM_BLK_* bits).
+_LOOP_INTERRUPT, _LOOP_MORE, _LOOP_ERROR = 1, 2, 4
 
 _HEADER = struct.Struct("<IIQ")      # type, reserved, sector
 _SEGMENT = struct.Struct("<QII")     # sector, num_sectors, flags
@@ -130,7 +150,7 @@ def _skip(views: list[memoryview], count: int) -> list[memoryview]:
 
 
 class BlockDevice(VirtioDevice):
-    """One disk: a single request queue served from the event loop."""
+    """One disk: a single request queue, served in C (a raw image) or in Python."""
 
     device_id = VIRTIO_ID_BLOCK
 
@@ -138,6 +158,32 @@ class BlockDevice(VirtioDevice):
         super().__init__((QUEUE_SIZE,))
         self.disk = disk
         self.serial = serial.encode()[:VIRTIO_BLK_ID_BYTES]
+        #: The C request loop, for an image whose bytes are its file's.
+        self._loop = _RequestLoop(disk, self.serial) if disk.plain_file else None
+        #: Bound by the machine (attach_virtio) once it asked for ``kick_fds``: the
+        #: irqfd the serving thread signals.
+        self.call_fd: int | None = None
+        self._kick_fds: list[int] | None = None
+        self._thread: threading.Thread | None = None
+        #: The thread was stopped by ``pause_serving``, to start again on ``resume_serving``.
+        self._paused = False
+
+    @property
+    def kick_fds(self) -> list[int]:
+        """For a disk served in C only (else AttributeError, so ``getattr(device,
+        "kick_fds", None)`` is None): one eventfd, made when the machine asks
+        (attach_virtio binds it as KVM's ioeventfd and owns it).
+
+        Asking makes the disk back-end served, as a ``VhostDevice`` is: its thread
+        raises every used-buffer interrupt through ``call_fd``, never the transport,
+        so the machine answers its InterruptStatus reads and absorbs its ACKs
+        without Python (``pyvmm.vcpu.interrupt_status``)."""
+        if self._loop is None:
+            raise AttributeError("kick_fds: a copy-on-write overlay is served from the loop")
+        if self._kick_fds is None:
+            self._kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)]
+            self.backend_interrupts = True
+        return self._kick_fds
 
     def device_features(self) -> int:
         features = super().device_features() | 1 << VIRTIO_BLK_F_FLUSH \
@@ -161,12 +207,99 @@ class BlockDevice(VirtioDevice):
             MAX_WRITE_ZEROES_SECTORS, MAX_DISCARD_SEGMENTS,
             1)                          # write_zeroes_may_unmap
 
+    def activate(self, memory: GuestMemory, driver_features: int,
+                 raise_used: Callable[[], None],
+                 broken: Callable[[str], None] | None = None) -> None:
+        super().activate(memory, driver_features, raise_used, broken)
+        if self._loop is not None:
+            self._loop.load(memory, self.queues[0])
+            if self.call_fd is not None and self._kick_fds is not None:
+                self._start_thread()
+
+    def reset(self) -> None:
+        self._stop_thread()
+        self._paused = False
+        super().reset()
+        if self._loop is not None:
+            self._loop.unload()
+
     def process_queue(self, index: int) -> None:
-        if index == 0:
+        if index != 0:
+            return
+        if self._loop is None:
             self.serve(self.queues[0], self._handle)
+        elif self._thread is not None and self._kick_fds is not None:
+            os.eventfd_write(self._kick_fds[0], 1)  # a notify KVM did not take
+        elif self.memory is not None:
+            status, error = self._loop.run()
+            self._loop.log_errors(self.disk.path)
+            if status & _LOOP_INTERRUPT:
+                self._raise_used()
+            if error is not None:
+                raise QueueError(error)
+
+    def pending(self, index: int) -> bool:
+        return self._thread is None and super().pending(index)
+
+    def pause_serving(self) -> None:
+        """The machine pauses (for a snapshot): the thread stops after its pass, so the
+        rings rest and the queue's positions are Python's until ``resume_serving``."""
+        with self.lock:
+            if self._thread is not None:
+                self._stop_thread()
+                self._paused = True
+
+    def resume_serving(self) -> None:
+        with self.lock:
+            if self._paused:
+                self._paused = False
+                if self.active:
+                    self._start_thread()
+
+    def to_state(self) -> dict:
+        """Nothing of its own.  Unpaused, with the thread serving, the queue's positions
+        are C's: stop it (its pass ends) and start it again, so the transport saves them."""
+        if self._thread is not None:
+            self._stop_thread()
+            self._start_thread()
+        return {}
 
     def shutdown(self) -> None:
+        """Stop the thread (its pass ends: no request is left half done), then flush."""
+        self._stop_thread()
+        if self._loop is not None:
+            self._loop.log_errors(self.disk.path)
         self.disk.close()
+
+    # -- the serving thread (the machine's disk) ------------------------------------------
+
+    def _start_thread(self) -> None:
+        assert self._loop is not None and self._kick_fds is not None
+        assert self.call_fd is not None
+        self._loop.start_serving(self._kick_fds[0], self.call_fd)
+        self._thread = threading.Thread(target=self._serve, name="virtio-blk", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        assert self._loop is not None
+        error = self._loop.serve()
+        if error is None:
+            return
+        # Report under the lock, unless a reset or a stop (which hold it) is stopping us.
+        while not self._loop.stopping:
+            if self.lock.acquire(timeout=0.05):
+                try:
+                    if not self._loop.stopping:
+                        self._broken(error)
+                finally:
+                    self.lock.release()
+                return
+
+    def _stop_thread(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            assert self._loop is not None
+            self._loop.stop_serving(thread)
 
     # -- requests ---------------------------------------------------------------
 
@@ -243,3 +376,124 @@ class BlockDevice(VirtioDevice):
                 self.disk.write_zeroes(offset, length,
                                        unmap=bool(flags & WRITE_ZEROES_FLAG_UNMAP))
         return VIRTIO_BLK_S_OK
+
+
+class _RequestLoop:
+    """The C request loop of a raw disk: its ring, guest RAM and the image's fd as one
+    C struct (``pyvmm_blk``), and the passes or the serving loop over it.
+
+    Guest RAM goes over as each region's host address and size, the ring as the
+    views ``SplitQueue`` checked when the driver made it ready; the C code checks
+    every descriptor against the regions as ``SplitQueue`` does.  The queue's
+    positions (``next_avail``, ``next_used``) move to C for a pass and back after
+    it; while the thread serves, C alone holds them.
+    """
+
+    def __init__(self, disk: DiskImage, serial: bytes) -> None:
+        from pyvmm.host._disk_cffi import ffi, lib  # type: ignore[import-not-found]
+
+        self._ffi, self._lib = ffi, lib
+        self._held: list[object] = []
+        self._queue: SplitQueue | None = None
+        self._stop_fd = -1
+        self.stopping = False
+        #: O_DIRECT's aligned bounce buffer, for unaligned guest buffers (as DiskImage's).
+        bounce = mmap.mmap(-1, BOUNCE_SIZE) if disk.direct else None  # page-aligned
+        self._bounce = ffi.from_buffer("uint8_t[]", bounce) if bounce is not None else ffi.NULL
+        self.c: Any = ffi.new("pyvmm_blk *", {
+            "fd": disk.fd, "readonly": int(disk.readonly), "size": disk.size,
+            "serial": serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0"),
+            "bounce": self._bounce, "bounce_size": len(bounce) if bounce is not None else 0,
+            "seg_max": SEG_MAX, "size_max": SIZE_MAX,
+            "max_discard_sectors": MAX_DISCARD_SECTORS,
+            "max_write_zeroes_sectors": MAX_WRITE_ZEROES_SECTORS,
+            "kick_fd": -1, "call_fd": -1, "stop_fd": -1})
+        self._logged_errors = 0
+
+    def load(self, memory: GuestMemory, queue: SplitQueue) -> None:
+        """The driver is up: point C at guest RAM and at the ring if it is ready."""
+        ffi, c = self._ffi, self.c
+        held: list[object] = []
+        if len(memory.regions) > len(c.regions):
+            raise DeviceError("virtio-blk: guest RAM has too many ranges for the C loop")
+        for i, region in enumerate(memory.regions):
+            host = ffi.from_buffer("uint8_t[]", memory.view(region.guest_base, region.size))
+            held.append(host)
+            c.regions[i] = {"gpa": region.guest_base, "size": region.size, "host": host}
+        c.nregions = len(memory.regions)
+        c.budget_ns = int(max(SERVE_BUDGET_SECONDS, 0) * 1e9)
+        ring = c.q
+        ring.desc = ring.avail = ring.used = ffi.NULL
+        if queue.ready:
+            views = [memory.view(queue.desc_addr, 16 * queue.size),
+                     memory.view(queue.avail_addr, 6 + 2 * queue.size),
+                     memory.view(queue.used_addr, 6 + 8 * queue.size)]
+            pointers = [ffi.from_buffer("uint8_t[]", view) for view in views]
+            held += pointers
+            ring.desc, ring.avail, ring.used = pointers
+            ring.size = queue.size
+            ring.event_idx = int(queue.event_idx)
+        self._held = held
+        self._queue = queue
+
+    def unload(self) -> None:
+        c = self.c
+        c.nregions = 0
+        c.q.desc = c.q.avail = c.q.used = self._ffi.NULL
+        self._held = []
+        self._queue = None
+
+    def _to_c(self) -> None:
+        if self._queue is not None:
+            self.c.q.next_avail, self.c.q.next_used = \
+                self._queue.next_avail, self._queue.next_used
+
+    def _from_c(self) -> None:
+        if self._queue is not None:
+            self._queue.next_avail, self._queue.next_used = \
+                self.c.q.next_avail, self.c.q.next_used
+
+    def run(self) -> tuple[int, str | None]:
+        """One pass over the queue: (PYVMM_BLK_* bits, the error of a malformed ring)."""
+        if self.c.q.desc == self._ffi.NULL:
+            return 0, None
+        self._to_c()
+        status = self._lib.pyvmm_blk_process(self.c)
+        self._from_c()
+        if status & _LOOP_ERROR:
+            return status, self._ffi.string(self.c.error).decode()
+        return status, None
+
+    def log_errors(self, path: str) -> None:
+        """Say once how many host I/O errors the guest was told of since the last time."""
+        count = int(self.c.io_errors)
+        if count > self._logged_errors:
+            log.warning("virtio-blk: %s: %d I/O error(s), the last: %s", path,
+                        count - self._logged_errors, os.strerror(self.c.last_errno))
+            self._logged_errors = count
+
+    # -- the serving thread ----------------------------------------------------------------
+
+    def start_serving(self, kick_fd: int, call_fd: int) -> None:
+        c = self.c
+        c.kick_fd, c.call_fd = kick_fd, call_fd
+        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        c.stop_fd = self._stop_fd
+        self.stopping = False
+        self._to_c()
+
+    def serve(self) -> str | None:
+        """The thread's body: C serves the queue until stopped; the error that ended it
+        (a malformed ring), or None."""
+        status = self._lib.pyvmm_blk_serve(self.c)
+        if status & _LOOP_ERROR:
+            return self._ffi.string(self.c.error).decode()
+        return None
+
+    def stop_serving(self, thread: threading.Thread) -> None:
+        self.stopping = True
+        os.eventfd_write(self._stop_fd, 1)
+        thread.join()
+        os.close(self._stop_fd)
+        self._stop_fd = self.c.stop_fd = -1
+        self._from_c()

@@ -317,6 +317,9 @@ class VirtioMmioTransport:
 
     def to_state(self) -> dict:
         """The registers, every queue and the device's own state, as plain values."""
+        with self._lock:
+            # First: a device whose thread serves its queues hands their positions back.
+            device_state = self.device.to_state()
         with self._lock, self._irq_lock:
             return {"device_id": self.device.device_id, "status": self.status,
                     "device_features_sel": self.device_features_sel,
@@ -325,7 +328,7 @@ class VirtioMmioTransport:
                     "config_generation": self.config_generation,
                     "interrupt_status": self.interrupt_status,
                     "queues": [queue.to_state() for queue in self.device.queues],
-                    "device": self.device.to_state()}
+                    "device": device_state}
 
     def from_state(self, state: dict) -> None:
         """Take ``to_state``'s values: a device the driver had started serves on at once.

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import struct
 
+from typing import Sequence
+
+from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.queue import (VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT,
                                         VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, SplitQueue)
 from pyvmm.memory import GuestMemory
@@ -123,3 +126,53 @@ class DriverQueue:
             entries.append((self.memory.read_u32(slot), self.memory.read_u32(slot + 4)))
             self._used_seen = (self._used_seen + 1) & 0xFFFF
         return entries
+
+
+class MmioDriver:
+    """Plays Linux's virtio_mmio driver against a transport, through its registers:
+    the one copy of the negotiation and queue set-up sequence the device tests share."""
+
+    def __init__(self, transport: mmio.VirtioMmioTransport) -> None:
+        self.transport = transport
+
+    def read(self, offset: int, size: int = 4) -> int:
+        data = memoryview(bytearray(size))
+        self.transport.read(offset, data)
+        return int.from_bytes(data, "little")
+
+    def write(self, offset: int, value: int, size: int = 4) -> None:
+        self.transport.write(offset, value.to_bytes(size, "little"))
+
+    def features(self) -> int:
+        """The device's 64 feature bits, read a 32-bit page at a time."""
+        result = 0
+        for page in (0, 1):
+            self.write(mmio.DEVICE_FEATURES_SEL, page)
+            result |= self.read(mmio.DEVICE_FEATURES) << (32 * page)
+        return result
+
+    def bring_up(self, queues: Sequence[DriverQueue], features: int | None = None) -> int:
+        """Reset, negotiate ``features`` (all offered when None), set up ``queues`` in
+        order and set DRIVER_OK; returns the features accepted."""
+        self.write(mmio.STATUS, 0)
+        self.write(mmio.STATUS, mmio.STATUS_ACKNOWLEDGE)
+        self.write(mmio.STATUS, mmio.STATUS_ACKNOWLEDGE | mmio.STATUS_DRIVER)
+        wanted = self.features() if features is None else features
+        for page in (0, 1):
+            self.write(mmio.DRIVER_FEATURES_SEL, page)
+            self.write(mmio.DRIVER_FEATURES, wanted >> (32 * page) & 0xFFFFFFFF)
+        self.write(mmio.STATUS, 0b1011)
+        assert self.read(mmio.STATUS) & mmio.STATUS_FEATURES_OK
+        for index, queue in enumerate(queues):
+            self.write(mmio.QUEUE_SEL, index)
+            assert self.read(mmio.QUEUE_NUM_MAX) >= queue.size
+            self.write(mmio.QUEUE_NUM, queue.size)
+            for low, value in ((mmio.QUEUE_DESC_LOW, queue.desc),
+                               (mmio.QUEUE_DRIVER_LOW, queue.avail),
+                               (mmio.QUEUE_DEVICE_LOW, queue.used)):
+                self.write(low, value & 0xFFFFFFFF)
+                self.write(low + 4, value >> 32)
+            self.write(mmio.QUEUE_READY, 1)
+            assert self.read(mmio.QUEUE_READY) == 1
+        self.write(mmio.STATUS, 0b1111)
+        return wanted

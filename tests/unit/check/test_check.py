@@ -18,7 +18,7 @@ GOOD = HostFacts(
     devices={"/dev/vhost-net": None, "/dev/vhost-vsock": None, "/dev/net/tun": None},
     virtiofsd="/usr/libexec/virtiofsd",
     programs={"qemu-storage-daemon": "/usr/bin/qemu-storage-daemon", "passt": "/usr/bin/passt"},
-    hugepages_total=64, hugepages_free=60, hugepage_kib=2048,
+    thp_private="madvise", thp_shared="advise",
     kernel_release="6.1.0-57-amd64", command_modules=("virtio_mmio.ko", "fuse.ko"))
 
 
@@ -33,7 +33,8 @@ def test_everything_present() -> None:
     assert lines[:3] == ["ok      /dev/kvm: opens read-write, KVM API 12",
                          "ok      hardware virtualization: VMX (kvm_intel)",
                          "ok      KVM capabilities: all 10 pyvmm needs"]
-    assert "ok      huge pages: 60 of 64 2 MiB pages free" in lines
+    assert "ok      huge pages: /sys/kernel/mm/transparent_hugepage/enabled is madvise, " \
+        "shmem_enabled is advise (2 MiB pages for guest RAM)" in lines
     assert "ok      command mode modules: for 6.1.0-57-amd64: loads virtio_mmio fuse" in lines
 
 
@@ -73,8 +74,14 @@ ABSENT = [
      "qemu-storage-daemon", ["not on PATH", "apt-get install qemu-system-common"], True),
     (dict(programs={"qemu-storage-daemon": "/usr/bin/qsd", "passt": None}),
      "passt", ["not on PATH", "apt-get install passt"], True),
-    (dict(hugepages_total=0, hugepages_free=0), "huge pages",
-     ["none reserved", "nr_hugepages"], True),
+    (dict(thp_private=None, thp_shared=None), "huge pages",
+     ["no transparent huge pages", "CONFIG_TRANSPARENT_HUGEPAGE"], True),
+    (dict(thp_private="never"), "huge pages",
+     ["enabled is never", "4 KiB pages",
+      "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled"], True),
+    (dict(thp_shared="never"), "huge pages",  # Debian's default
+     ["shmem_enabled is never", "qemu-storage-daemon", "4 KiB pages",
+      "echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled"], True),
     (dict(missing_modules=("virtiofs",)), "command mode modules",
      ["not found: virtiofs", "--modules DIR"], True),
     (dict(kernel_release=None), "command mode modules",

@@ -9,7 +9,7 @@ import pytest
 
 from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.fs import QUEUE_SIZE, FsDevice
-from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue
+from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue, MmioDriver
 from pyvmm.errors import ConfigError, DeviceError
 from pyvmm.memory import GuestMemory
 from pyvmm.vhost.frontend import MemoryRegionFd, VringConfig
@@ -44,45 +44,19 @@ def make(backend: FakeBackend, shared: bool = True, tag: str = "root"):
     return memory, device, transport, failures
 
 
-def reg_read(transport, offset: int, size: int = 4) -> int:
-    data = memoryview(bytearray(size))
-    transport.read(offset, data)
-    return int.from_bytes(data, "little")
-
-
-def reg_write(transport, offset: int, value: int) -> None:
-    transport.write(offset, value.to_bytes(4, "little"))
-
-
 def bring_up(memory, transport) -> list[DriverQueue]:
-    reg_write(transport, mmio.STATUS, 3)
-    features = 0
-    for page in (0, 1):
-        reg_write(transport, mmio.DEVICE_FEATURES_SEL, page)
-        features |= reg_read(transport, mmio.DEVICE_FEATURES) << (32 * page)
-    for page in (0, 1):
-        reg_write(transport, mmio.DRIVER_FEATURES_SEL, page)
-        reg_write(transport, mmio.DRIVER_FEATURES, features >> (32 * page) & 0xFFFFFFFF)
-    reg_write(transport, mmio.STATUS, 0b1011)
     queues = [DriverQueue(memory, 0x10000 * (i + 1), size=64) for i in range(2)]
-    for index, queue in enumerate(queues):
-        reg_write(transport, mmio.QUEUE_SEL, index)
-        assert reg_read(transport, mmio.QUEUE_NUM_MAX) == QUEUE_SIZE
-        reg_write(transport, mmio.QUEUE_NUM, queue.size)
-        for low, value in ((mmio.QUEUE_DESC_LOW, queue.desc), (mmio.QUEUE_DRIVER_LOW, queue.avail),
-                           (mmio.QUEUE_DEVICE_LOW, queue.used)):
-            reg_write(transport, low, value)
-        reg_write(transport, mmio.QUEUE_READY, 1)
-    reg_write(transport, mmio.STATUS, 0b1111)
+    MmioDriver(transport).bring_up(queues)
     return queues
 
 
 def test_config_space_holds_the_tag_and_queue_count() -> None:
     memory, device, transport, _ = make(FakeBackend(), tag="hostroot")
-    assert reg_read(transport, mmio.DEVICE_ID) == 26
-    config = bytes(reg_read(transport, mmio.CONFIG + i, 1) for i in range(40))
+    assert MmioDriver(transport).read(mmio.DEVICE_ID) == 26
+    config = bytes(MmioDriver(transport).read(mmio.CONFIG + i, 1) for i in range(40))
     assert config == b"hostroot" + bytes(28) + (1).to_bytes(4, "little")
-    assert reg_read(transport, mmio.CONFIG + 36) == 1
+    assert MmioDriver(transport).read(mmio.CONFIG + 36) == 1
+    assert MmioDriver(transport).read(mmio.QUEUE_NUM_MAX) == QUEUE_SIZE
 
 
 def test_only_split_ring_features_of_the_back_end_are_offered() -> None:
@@ -115,13 +89,13 @@ def test_driver_ok_hands_the_rings_and_ram_to_the_back_end() -> None:
     assert [v.kick_fd for v in vrings] == device.kick_fds
     assert {v.call_fd for v in vrings} == {device.call_fd}
     # The back end raises interrupts itself: InterruptStatus always shows a used buffer.
-    assert reg_read(transport, mmio.INTERRUPT_STATUS) == mmio.INTERRUPT_USED_BUFFER
+    assert MmioDriver(transport).read(mmio.INTERRUPT_STATUS) == mmio.INTERRUPT_USED_BUFFER
     # A notify that reaches the transport is passed on through the queue's kick eventfd.
     os.eventfd_read(device.kick_fds[1])  # DRIVER_OK kicked the ready queues
-    reg_write(transport, mmio.QUEUE_NOTIFY, 1)
+    MmioDriver(transport).write(mmio.QUEUE_NOTIFY, 1)
     assert os.eventfd_read(device.kick_fds[1]) == 1
     # A reset stops the back end's rings.
-    reg_write(transport, mmio.STATUS, 0)
+    MmioDriver(transport).write(mmio.STATUS, 0)
     assert backend.stopped == [0, 1]
     device.close()
 

@@ -2,60 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.console import ConsoleDevice
-from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue
+from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue, MmioDriver
 from pyvmm.memory import GuestMemory
 
 
-class Driver:
-    """Plays Linux's virtio_mmio driver against a transport, through its registers."""
+class Driver(MmioDriver):
+    """Linux's virtio_mmio driver against a console device's transport."""
 
     def __init__(self) -> None:
         self.memory = GuestMemory.from_bytes(1 << 20)
         self.output: list[bytes] = []
         self.device = ConsoleDevice(lambda view: self.output.append(bytes(view)))
         self.irq = CountingTrigger()
-        self.transport = mmio.VirtioMmioTransport(self.device, self.memory, self.irq)
+        super().__init__(mmio.VirtioMmioTransport(self.device, self.memory, self.irq))
         self.queues = [DriverQueue(self.memory, 0x10000 * (i + 1), size=16) for i in range(2)]
 
-    def read(self, offset: int, size: int = 4) -> int:
-        data = memoryview(bytearray(size))
-        self.transport.read(offset, data)
-        return int.from_bytes(data, "little")
-
-    def write(self, offset: int, value: int, size: int = 4) -> None:
-        self.transport.write(offset, value.to_bytes(size, "little"))
-
-    def features(self) -> int:
-        result = 0
-        for page in (0, 1):
-            self.write(mmio.DEVICE_FEATURES_SEL, page)
-            result |= self.read(mmio.DEVICE_FEATURES) << (32 * page)
-        return result
-
-    def bring_up(self, features: int | None = None) -> None:
-        self.write(mmio.STATUS, 0)
-        self.write(mmio.STATUS, mmio.STATUS_ACKNOWLEDGE)
-        self.write(mmio.STATUS, mmio.STATUS_ACKNOWLEDGE | mmio.STATUS_DRIVER)
-        wanted = self.features() if features is None else features
-        for page in (0, 1):
-            self.write(mmio.DRIVER_FEATURES_SEL, page)
-            self.write(mmio.DRIVER_FEATURES, wanted >> (32 * page) & 0xFFFFFFFF)
-        self.write(mmio.STATUS, 0b1011)
-        assert self.read(mmio.STATUS) & mmio.STATUS_FEATURES_OK
-        for index, queue in enumerate(self.queues):
+    def bring_up(self, queues: Sequence[DriverQueue] | None = None,
+                 features: int | None = None) -> int:
+        for index in range(len(self.queues)):
             self.write(mmio.QUEUE_SEL, index)
             assert self.read(mmio.QUEUE_NUM_MAX) == 256
-            self.write(mmio.QUEUE_NUM, queue.size)
-            for low, value in ((mmio.QUEUE_DESC_LOW, queue.desc),
-                               (mmio.QUEUE_DRIVER_LOW, queue.avail),
-                               (mmio.QUEUE_DEVICE_LOW, queue.used)):
-                self.write(low, value & 0xFFFFFFFF)
-                self.write(low + 4, value >> 32)
-            self.write(mmio.QUEUE_READY, 1)
-            assert self.read(mmio.QUEUE_READY) == 1
-        self.write(mmio.STATUS, 0b1111)
+        return super().bring_up(self.queues if queues is None else queues, features)
 
 
 def test_identification_registers() -> None:

@@ -14,49 +14,24 @@ from pyvmm.devices.virtio.ports import (CONTROL, CONTROL_KINDS, DEVICE_ADD, DEVI
                                         PORT_NAME, PORT_OPEN, PORT_READY, Port, PortsDevice,
                                         queue_indexes)
 from pyvmm.errors import describe
-from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue
+from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue, MmioDriver
 from pyvmm.memory import GuestMemory
 
 
-class Guest:
+class Guest(MmioDriver):
     """Linux's side: queues up, control buffers posted, messages read back."""
 
     def __init__(self, ports: list[Port]) -> None:
         self.memory = GuestMemory.from_bytes(4 << 20)
         self.device = PortsDevice(ports)
-        self.transport = mmio.VirtioMmioTransport(self.device, self.memory, CountingTrigger())
+        super().__init__(mmio.VirtioMmioTransport(self.device, self.memory, CountingTrigger()))
         count = len(self.device.queues)
         self.queues = [DriverQueue(self.memory, 0x10000 * (i + 1), size=16) for i in range(count)]
-        self.write(mmio.STATUS, 3)
-        features = 0
-        for page in (0, 1):
-            self.write(mmio.DEVICE_FEATURES_SEL, page)
-            features |= self.read(mmio.DEVICE_FEATURES) << (32 * page)
+        features = self.bring_up(self.queues)
         assert features >> 1 & 1  # VIRTIO_CONSOLE_F_MULTIPORT
-        for page in (0, 1):
-            self.write(mmio.DRIVER_FEATURES_SEL, page)
-            self.write(mmio.DRIVER_FEATURES, features >> (32 * page) & 0xFFFFFFFF)
-        self.write(mmio.STATUS, 0b1011)
-        for index, queue in enumerate(self.queues):
-            self.write(mmio.QUEUE_SEL, index)
-            self.write(mmio.QUEUE_NUM, queue.size)
-            for low, value in ((mmio.QUEUE_DESC_LOW, queue.desc),
-                               (mmio.QUEUE_DRIVER_LOW, queue.avail),
-                               (mmio.QUEUE_DEVICE_LOW, queue.used)):
-                self.write(low, value)
-            self.write(mmio.QUEUE_READY, 1)
-        self.write(mmio.STATUS, 0b1111)
         self.control_buffers: dict[int, int] = {}
         for _ in range(8):
             self.post(2, self.control_buffers, 4096)
-
-    def read(self, offset: int) -> int:
-        data = memoryview(bytearray(4))
-        self.transport.read(offset, data)
-        return int.from_bytes(data, "little")
-
-    def write(self, offset: int, value: int) -> None:
-        self.transport.write(offset, value.to_bytes(4, "little"))
 
     def post(self, queue: int, buffers: dict[int, int], size: int) -> None:
         address = self.queues[queue].alloc(size)

@@ -8,7 +8,7 @@ import struct
 from typing import Sequence
 
 from pyvmm.devices.virtio import mmio
-from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue
+from pyvmm.devices.virtio.testing import CountingTrigger, DriverQueue, MmioDriver
 from pyvmm.devices.virtio.vsock import EVENT, QUEUE_SIZE, VIRTIO_ID_VSOCK, VsockDevice
 from pyvmm.errors import DeviceError
 from pyvmm.memory import GuestMemory
@@ -45,36 +45,9 @@ def make(backend: FakeVhostVsock, cid: int = 0x1_2345_6789 & 0xFFFF_FFFF):
     return memory, device, transport, failures, trigger
 
 
-def reg_read(transport, offset: int, size: int = 4) -> int:
-    data = memoryview(bytearray(size))
-    transport.read(offset, data)
-    return int.from_bytes(data, "little")
-
-
-def reg_write(transport, offset: int, value: int) -> None:
-    transport.write(offset, value.to_bytes(4, "little"))
-
-
 def bring_up(memory, transport) -> list[DriverQueue]:
-    reg_write(transport, mmio.STATUS, 3)
-    features = 0
-    for page in (0, 1):
-        reg_write(transport, mmio.DEVICE_FEATURES_SEL, page)
-        features |= reg_read(transport, mmio.DEVICE_FEATURES) << (32 * page)
-    for page in (0, 1):
-        reg_write(transport, mmio.DRIVER_FEATURES_SEL, page)
-        reg_write(transport, mmio.DRIVER_FEATURES, features >> (32 * page) & 0xFFFFFFFF)
-    reg_write(transport, mmio.STATUS, 0b1011)
     queues = [DriverQueue(memory, 0x10000 * (i + 1), size=64) for i in range(3)]
-    for index, queue in enumerate(queues):
-        reg_write(transport, mmio.QUEUE_SEL, index)
-        assert reg_read(transport, mmio.QUEUE_NUM_MAX) == QUEUE_SIZE
-        reg_write(transport, mmio.QUEUE_NUM, queue.size)
-        for low, value in ((mmio.QUEUE_DESC_LOW, queue.desc), (mmio.QUEUE_DRIVER_LOW, queue.avail),
-                           (mmio.QUEUE_DEVICE_LOW, queue.used)):
-            reg_write(transport, low, value)
-        reg_write(transport, mmio.QUEUE_READY, 1)
-    reg_write(transport, mmio.STATUS, 0b1111)
+    MmioDriver(transport).bring_up(queues)
     return queues
 
 
@@ -86,10 +59,11 @@ def close(device: VsockDevice) -> None:
 
 def test_config_space_is_the_guests_cid() -> None:
     _, device, transport, _, _ = make(FakeVhostVsock(), cid=0xFFFF_FFFE)
-    assert reg_read(transport, mmio.DEVICE_ID) == VIRTIO_ID_VSOCK == 19
-    assert reg_read(transport, mmio.CONFIG, 4) == 0xFFFF_FFFE
-    assert reg_read(transport, mmio.CONFIG + 4, 4) == 0  # le64: the high half
-    config = bytes(reg_read(transport, mmio.CONFIG + i, 1) for i in range(12))
+    assert MmioDriver(transport).read(mmio.DEVICE_ID) == VIRTIO_ID_VSOCK == 19
+    assert MmioDriver(transport).read(mmio.CONFIG, 4) == 0xFFFF_FFFE
+    assert MmioDriver(transport).read(mmio.CONFIG + 4, 4) == 0  # le64: the high half
+    assert MmioDriver(transport).read(mmio.QUEUE_NUM_MAX) == QUEUE_SIZE
+    config = bytes(MmioDriver(transport).read(mmio.CONFIG + i, 1) for i in range(12))
     assert config == struct.pack("<Q", 0xFFFF_FFFE) + bytes(4)  # zeros past its end
     close(device)
 
@@ -114,9 +88,9 @@ def test_driver_ok_hands_rx_and_tx_to_the_kernel_and_keeps_the_event_queue() -> 
     assert {r.call_fd for r in rings} == {device.call_fd}
     assert device.loop_queues == (EVENT,)  # its kick comes to us, not to the kernel
     # The kernel raises interrupts itself: InterruptStatus always shows a used buffer.
-    assert reg_read(transport, mmio.INTERRUPT_STATUS) == mmio.INTERRUPT_USED_BUFFER
+    assert MmioDriver(transport).read(mmio.INTERRUPT_STATUS) == mmio.INTERRUPT_USED_BUFFER
     # A reset stops the kernel's rings; a second bring-up starts them again.
-    reg_write(transport, mmio.STATUS, 0)
+    MmioDriver(transport).write(mmio.STATUS, 0)
     assert backend.stops == 1
     bring_up(memory, transport)
     assert len(backend.started) == 2
@@ -127,7 +101,7 @@ def test_a_kernel_refusing_the_rings_is_reported() -> None:
     memory, device, transport, failures, _ = make(FakeVhostVsock(fail="vhost-vsock: nope"))
     bring_up(memory, transport)
     assert failures == ["vhost-vsock: nope"]
-    reg_write(transport, mmio.STATUS, 0)  # never started: nothing to stop
+    MmioDriver(transport).write(mmio.STATUS, 0)  # never started: nothing to stop
     close(device)
 
 
@@ -140,7 +114,7 @@ def test_transport_reset_is_told_on_the_event_queue() -> None:
     buffer = events.alloc(4, b"\xff" * 4)
     events.add_chain([(buffer, 4, True)])
     before = trigger.count
-    reg_write(transport, mmio.QUEUE_NOTIFY, EVENT)  # the loop's way (its kick eventfd)
+    MmioDriver(transport).write(mmio.QUEUE_NOTIFY, EVENT)  # the loop's way (its kick eventfd)
     assert events.take_used() == [(0, 4)]
     assert memory.read(buffer, 4) == struct.pack("<I", 0)  # VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
     assert trigger.count == before + 1
@@ -149,7 +123,7 @@ def test_transport_reset_is_told_on_the_event_queue() -> None:
     events.add_chain([(buffer, 4, True)])
     assert device.transport_reset()
     assert events.take_used() == [(1, 4)]
-    reg_write(transport, mmio.QUEUE_NOTIFY, EVENT)
+    MmioDriver(transport).write(mmio.QUEUE_NOTIFY, EVENT)
     assert events.take_used() == []
     close(device)
 
@@ -161,7 +135,7 @@ def test_a_malformed_event_chain_needs_a_reset() -> None:
     events.write_descriptor(0, 0xFFFF_FFFF_0000, 4, 2)  # writable, outside guest RAM
     events.make_available(0)
     assert not device.transport_reset()
-    assert reg_read(transport, mmio.STATUS) & mmio.STATUS_NEEDS_RESET
+    assert MmioDriver(transport).read(mmio.STATUS) & mmio.STATUS_NEEDS_RESET
     close(device)
 
 

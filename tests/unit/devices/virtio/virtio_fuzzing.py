@@ -261,13 +261,15 @@ class World:
         kind, *args = op
         before = [queue.next_used for queue in self.device.queues]
         getattr(self, "_op_" + kind)(*args)
-        if self.kind != "usernet":
+        if self.kind not in ("usernet", "block"):
             return
-        # The C half uses chains without SplitQueue.add_used: count them by the index
+        # The C halves use chains without SplitQueue.add_used: count them by the index
         # (a reset in this operation sets it back: nothing counted then).
         for queue, used in zip(self.device.queues, before):
             moved = (queue.next_used - used) & 0xFFFF
             self._used += moved if moved <= queue.max_size else 0
+        if self.kind != "usernet":
+            return
         if self.peer_reads:
             try:  # passt reads what the device sent
                 while count := self.peer.recv_into(self.peer_buffer):
@@ -581,10 +583,15 @@ _MIX = {"request": (request, 6), "random": (operations, 3), "notify": (notify, 1
         "driver_up": (driver_up, 1), "barrage": (barrage, 4)}
 step = st.sampled_from([name for name, (_, weight) in _MIX.items() for _ in range(weight)]) \
     .flatmap(lambda name: _MIX[name][0])
-runs = st.tuples(
-    st.sampled_from(KINDS),
-    st.tuples(driver_up, st.lists(step, max_size=30))
-    .map(lambda start_rest: [start_rest[0], *start_rest[1]]))
+def runs_of(kinds: tuple[str, ...]) -> st.SearchStrategy:
+    """Runs of a device of one of ``kinds``: the driver comes up, then up to 30 steps."""
+    return st.tuples(
+        st.sampled_from(kinds),
+        st.tuples(driver_up, st.lists(step, max_size=30))
+        .map(lambda start_rest: [start_rest[0], *start_rest[1]]))
+
+
+runs = runs_of(KINDS)
 
 
 def run_one(kind: str, ops: list[tuple]) -> World:

@@ -1,7 +1,7 @@
 """Network throughput and latency: pyvmm's virtio-net beside QEMU's, same kernel, same tools.
 
     python3 scripts/rig.py -- python3 bench/net_throughput.py [KERNEL] [--seconds 5]
-        [--pings 2000] [--modes pyvmm-user,qemu-slirp,...] [--json PATH]
+        [--pings 2000] [--modes pyvmm-user,qemu-slirp,...] [--json PATH] [--baseline DIR]
 
 As root on hardware KVM (the rig): Debian's kernel, one vCPU, 512 MiB, the guest
 running the host's own iperf3 (Debian's ``iperf3``) and python3.  Per mode:
@@ -23,6 +23,15 @@ DHCP) that mounts the host's / over 9p read-only and runs the same workload.
 In the user modes the guest reaches the host's loopback through its gateway
 address; in the tap modes the guest is 10.0.3.2 and the host 10.0.3.1 on a tap
 made here.  In the rig compare only the ratios of one run (the rig is TCG).
+
+Over the timed round trips each mode also reports what one round trip cost:
+the guest's interrupts, frames and context switches (``guest_per_round_trip``,
+from its /proc) and the host's (``host_per_round_trip``: KVM's debugfs
+counters summed over VMs, and the context switches, run time and wait to run
+of pyvmm, QEMU, passt, the echo server, kworkers and ksoftirqd, by process and
+busiest thread); pyvmm's ``--stats`` adds its NICs' counts (``devices``).
+``--baseline CHECKOUT`` runs each pyvmm mode again from another checkout (its
+cffi modules built), interleaved, as ``MODE@NAME``.
 """
 
 from __future__ import annotations
@@ -56,25 +65,56 @@ QEMU_MODULES = ["virtio_mmio", "virtio_net", "9pnet_virtio", "9p"]
 
 #: What the guest runs: python3 WORKLOAD SERVER SECONDS PINGS -> one "BENCH {...}" line.
 WORKLOAD = r"""
-import json, socket, subprocess, sys, time
+import json, os, socket, subprocess, sys, time
 server, seconds, pings = sys.argv[1], sys.argv[2], int(sys.argv[3])
 result = {}
-for name, extra in (("up", []), ("down", ["-R"])):
+for name, extra in (("up", []), ("down", ["-R"])) if seconds != "0" else ():
     out = subprocess.run(["iperf3", "-c", server, "-p", "5201", "-t", seconds, "-J"] + extra,
                          capture_output=True, text=True)
     try:
-        result[name] = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]
+        report = json.loads(out.stdout)
+        result[name] = report["end"]["sum_received"]["bits_per_second"]
+        result[name + "_retransmits"] = report["end"]["sum_sent"].get("retransmits")
+        result[name + "_each_second"] = [round(i["sum"]["bits_per_second"] / 1e6)
+                                         for i in report["intervals"]]
     except (ValueError, KeyError):
         result[name] = None
         result[name + "_error"] = (out.stdout + out.stderr)[-300:]
+def guest_counts():
+    counts, proc = {}, "/proc"
+    if not os.path.exists("/proc/interrupts"):  # QEMU's guest: the chroot's /proc is 9p's
+        proc = "/tmp/guest-proc"
+        os.makedirs(proc, exist_ok=True)
+        if not os.path.exists(proc + "/interrupts"):
+            subprocess.run(["mount", "-t", "proc", "proc", proc])
+    if not os.path.exists(proc + "/interrupts"):
+        return counts
+    for line in open(proc + "/interrupts").read().splitlines()[1:]:
+        fields = line.split()
+        if "virtio" in line or fields[0] in ("LOC:", "RES:", "CAL:"):
+            name = fields[0].rstrip(":") + ("/" + fields[-1] if "virtio" in line else "")
+            counts["irq " + name] = int(fields[1])
+    for line in open(proc + "/net/dev").read().splitlines()[2:]:
+        name, values = line.split(":", 1)
+        if name.strip() == "eth0":
+            values = values.split()
+            counts["eth0 rx packets"], counts["eth0 tx packets"] = int(values[1]), int(values[9])
+    for line in open(proc + "/stat"):
+        if line.startswith("ctxt "):
+            counts["context switches"] = int(line.split()[1])
+    return counts
 sock = socket.create_connection((server, 5299))
 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 for _ in range(20):
     sock.sendall(b"x"); sock.recv(1)
+before = guest_counts()
 start = time.perf_counter()
 for _ in range(pings):
     sock.sendall(b"x"); sock.recv(1)
 result["rtt_us"] = (time.perf_counter() - start) / pings * 1e6
+after = guest_counts()
+result["guest_per_round_trip"] = {name: round((after[name] - before[name]) / pings, 2)
+                                  for name in after if after[name] != before.get(name, 0)}
 print("BENCH " + json.dumps(result), flush=True)
 """
 
@@ -113,6 +153,8 @@ def prepare_host() -> None:
     for module in ("tun", "vhost_net", "dummy"):
         sh("modprobe", module, check=False)
     sh("ip", "link", "set", "lo", "up")
+    if not os.path.isdir("/sys/kernel/debug/kvm"):
+        sh("mount", "-t", "debugfs", "debugfs", "/sys/kernel/debug", check=False)
     with open("/proc/net/route") as routes:
         has_default = any(line.split()[1] == "00000000" for line in routes.readlines()[1:])
     if not has_default:
@@ -126,8 +168,77 @@ def prepare_host() -> None:
     sh("ip", "link", "set", TAP, "up")
 
 
-def echo_server() -> socket.socket:
-    """Echoes each byte back, one connection at a time (the ping-pong's far end)."""
+#: The processes whose threads' context switches and run time the ping-pong counts (by comm).
+WATCHED = ("passt", "qemu-system-x86", "python3", "vhost-", "ksoftirqd", "kworker")
+
+
+def host_counts() -> dict[str, int]:
+    """What the host did so far: KVM's counters summed over its VMs (debugfs), the
+    host's context switches and interrupts, and each watched thread's context switches,
+    time run and time waited to run (``schedstat``, ns)."""
+    counts: dict[str, int] = {}
+    kvm = Path("/sys/kernel/debug/kvm")
+    if kvm.is_dir():
+        for entry in kvm.iterdir():
+            if entry.is_file():
+                try:
+                    counts["kvm " + entry.name] = int(entry.read_text())
+                except (OSError, ValueError):
+                    pass
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(("ctxt ", "intr ")):
+            counts["host " + line.split()[0]] = int(line.split()[1])
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            comm = (proc / "comm").read_text().strip()
+            if not comm.startswith(WATCHED):
+                continue
+            who = "bench" if int(proc.name) == os.getpid() else comm.split("/")[0]
+            if comm == "python3" and who != "bench":
+                who = "pyvmm" if b"pyvmm" in (proc / "cmdline").read_bytes() else comm
+            for task in (proc / "task").iterdir():
+                switches = 0
+                for line in (task / "status").read_text().splitlines():
+                    if "ctxt_switches:" in line:
+                        switches += int(line.split()[1])
+                thread = f"{who} {proc.name}/{task.name}"
+                counts[f"switches {thread}"] = switches
+                ran, waited = (task / "schedstat").read_text().split()[:2]
+                counts[f"ran_us {thread}"] = int(ran) // 1000
+                counts[f"waited_us {thread}"] = int(waited) // 1000
+        except OSError:
+            continue
+    return counts
+
+
+def per_round_trip(before: dict[str, int], after: dict[str, int], pings: int) -> dict:
+    """The counters' growth per round trip: KVM's and the host's, and each process's
+    context switches, run time and wait to run, and its busiest threads'."""
+    result: dict[str, float] = {}
+    processes: dict[str, int] = {}
+    for name, value in after.items():
+        delta = value - before.get(name, value)
+        if not delta:
+            continue
+        if name.startswith(("switches ", "ran_us ", "waited_us ")):
+            metric, who, thread = name.split(" ")
+            processes[f"{metric} {who}"] = processes.get(f"{metric} {who}", 0) + delta
+            if metric != "switches" or delta >= pings / 20:
+                if metric == "switches" or delta >= pings * 20:
+                    result[f"{metric} {who} thread {thread}"] = round(delta / pings, 2)
+        else:
+            result[name] = round(delta / pings, 2)
+    for name, delta in processes.items():
+        result[name] = round(delta / pings, 2)
+    return dict(sorted(result.items()))
+
+
+def echo_server(pings: int, measured: list[dict]) -> socket.socket:
+    """Echoes each byte back, one connection at a time (the ping-pong's far end); over
+    the guest's timed ``pings`` (after its 20 warm-up ones) it counts what the host did
+    per round trip (``host_counts``) into ``measured``."""
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("0.0.0.0", ECHO_PORT))
@@ -140,8 +251,14 @@ def echo_server() -> socket.socket:
             except OSError:
                 return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            received, before = 0, None
             with conn:
                 while data := conn.recv(64):
+                    received += len(data)
+                    if received == 20:
+                        before = host_counts()
+                    elif received == 20 + pings and before is not None:
+                        measured.append(per_round_trip(before, host_counts(), pings))
                     conn.sendall(data)
 
     threading.Thread(target=serve, daemon=True).start()
@@ -175,8 +292,9 @@ def qemu_initrd(kernel: str, directory: str, net: str, seconds: int, pings: int)
 
 
 def run_mode(mode: str, kernel: str, seconds: int, pings: int, work: str,
-             accel: str = "kvm") -> dict:
-    """One guest of ``mode``: the workload's figures, or {"error": ...}."""
+             accel: str = "kvm", checkout: Path = REPO) -> dict:
+    """One guest of ``mode``: the workload's figures, or {"error": ...}; pyvmm's modes
+    run the pyvmm of ``checkout``."""
     timeout = 900
     passt = None
     if mode.startswith("pyvmm"):
@@ -224,7 +342,7 @@ def run_mode(mode: str, kernel: str, seconds: int, pings: int, work: str,
                    "-netdev", netdev, "-device", "virtio-net-device,netdev=n0"]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 60,
-                              cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                              cwd=checkout, env=dict(os.environ, PYTHONPATH=str(checkout)),
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return {"error": "timed out"}
@@ -239,6 +357,8 @@ def run_mode(mode: str, kernel: str, seconds: int, pings: int, work: str,
             if stats is not None:
                 result["interrupt_registers"] = interrupt_register_counts(stats)
                 result["exits_to_python"] = stats["exits"]
+                if stats.get("devices"):
+                    result["devices"] = stats["devices"]
             return result
     return {"error": f"status {proc.returncode}: "
                      f"{(proc.stdout[-400:] + proc.stderr[-400:]).strip()}"}
@@ -262,10 +382,14 @@ def interrupt_register_counts(stats: dict) -> dict[str, dict[str, int]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kernel", nargs="?")
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=5,
+                        help="of each iperf3 run (0: no iperf3, the ping-pong alone)")
     parser.add_argument("--pings", type=int, default=2000)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--json")
+    parser.add_argument("--baseline", action="append", default=[], metavar="CHECKOUT",
+                        help="after each pyvmm mode, the same mode with this checkout's pyvmm "
+                        "(its cffi modules built), reported as MODE@NAME; repeatable")
     parser.add_argument("--accel", default="kvm", help="QEMU's accelerator (tcg: to try the "
                         "QEMU modes where KVM runs no Linux user space)")
     args = parser.parse_args()
@@ -276,15 +400,26 @@ def main() -> int:
     prepare_host()
     iperf = subprocess.Popen(["iperf3", "-s", "-p", str(IPERF_PORT)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    listener = echo_server()
+    measured: list[dict] = []
+    listener = echo_server(args.pings, measured)
     results: dict[str, dict] = {}
     work = tempfile.mkdtemp(prefix="pyvmm-netbench-")
     try:
         time.sleep(0.5)
+        runs = []
         for mode in args.modes.split(","):
+            runs.append((mode, mode, REPO))
+            if mode.startswith("pyvmm"):
+                runs += [(f"{mode}@{Path(base).name}", mode, Path(base).resolve())
+                         for base in args.baseline]
+        for name, mode, checkout in runs:
             started = time.monotonic()
-            results[mode] = run_mode(mode, kernel, args.seconds, args.pings, work, args.accel)
-            print(f"{mode}: {results[mode]} ({time.monotonic() - started:.0f} s)", flush=True)
+            measured.clear()
+            results[name] = run_mode(mode, kernel, args.seconds, args.pings, work, args.accel,
+                                     checkout)
+            if measured:
+                results[name]["host_per_round_trip"] = measured[-1]
+            print(f"{name}: {results[name]} ({time.monotonic() - started:.0f} s)", flush=True)
     finally:
         iperf.terminate()
         iperf.wait()
@@ -295,13 +430,13 @@ def main() -> int:
     def gbps(value: float | None) -> str:
         return "-" if value is None else f"{value / 1e9:.3f}"
 
-    print(f"\n{'mode':20} {'guest->host Gb/s':>17} {'host->guest Gb/s':>17} "
+    print(f"\n{'mode':28} {'guest->host Gb/s':>17} {'host->guest Gb/s':>17} "
           f"{'1-byte RTT us':>14}")
     for mode, row in results.items():
         if "error" in row:
-            print(f"{mode:20} error: {row['error'][:300]}")
+            print(f"{mode:28} error: {row['error'][:300]}")
             continue
-        print(f"{mode:20} {gbps(row.get('up')):>17} {gbps(row.get('down')):>17} "
+        print(f"{mode:28} {gbps(row.get('up')):>17} {gbps(row.get('down')):>17} "
               f"{row.get('rtt_us', 0):>14.0f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pyvmm.kvm.exits import IoIn, IoOut, MmioRead, MmioWrite, VmExit
 
@@ -109,6 +109,9 @@ class RunStats:
     cpu: dict[str, float] = field(default_factory=dict)
     #: Seconds from the guest's (or a signal's) stop request to the report.
     stopping: float | None = None
+    #: Devices' own counters by name (a NIC's frames, wake-ups and interrupts), read
+    #: when the report is made.
+    device_counts: dict[str, Callable[[], dict[str, int]]] = field(default_factory=dict)
 
     def mark(self, name: str, when: float | None = None, cpu: float | None = None) -> None:
         """Note that start-up reached ``name`` (now, or at ``when`` having used ``cpu``)."""
@@ -160,6 +163,7 @@ class RunStats:
                                     if kind in NO_EXIT_KINDS),
                 "in_kvm_run_s": round(sum(c.in_kvm_ns for c in self.counters) / 1e9, 6),
                 "by_kind": {kind: _row(count, ns) for kind, (count, ns) in by_kind.items()},
+                "devices": {name: counts() for name, counts in self.device_counts.items()},
                 "by_address": [{"kind": kind, "address": addr, **_row(count, ns)}
                                for (kind, addr), (count, ns) in merged]}
 

@@ -75,7 +75,9 @@ typedef struct {
     uint64_t budget_ns;            /* most time one call spends */
     uint64_t rx_frames, tx_frames, rx_oversize, tx_oversize, tx_bad_header;
     int kick_rx, kick_tx, call_fd, stop_fd;   /* eventfds, for pyvmm_net_serve */
-    uint64_t wakeups, interrupts;
+    uint64_t tx_irq_hold_ns;       /* pyvmm_net_serve holds a transmit-only interrupt this
+                                      long for a receive interrupt to carry it (0: never) */
+    uint64_t wakeups, interrupts, tx_irqs_merged;
     char error[200];
 } pyvmm_net;
 
@@ -655,18 +657,38 @@ int pyvmm_net_serve(pyvmm_net *n)
     epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev);
     int rx_more = 1, tx_more = 1;   /* serve once at start: work may predate us */
     int watching = 1;               /* the socket is in the epoll set (not after a hang-up) */
+    uint64_t tx_irq_due = 0;        /* a held transmit interrupt's deadline, or 0 */
     for (;;) {
-        int status = 0;
+        int status = 0, rx_status = 0;
         if (tx_more) {
             status |= pyvmm_net_transmit(n);
             tx_more = status & PYVMM_NET_MORE;
         }
         if (!(status & PYVMM_NET_ERROR) && rx_more) {
-            int got = pyvmm_net_receive(n);
-            rx_more = got & PYVMM_NET_MORE;
-            status |= got;
+            rx_status = pyvmm_net_receive(n);
+            rx_more = rx_status & PYVMM_NET_MORE;
+            status |= rx_status & ~PYVMM_NET_INTERRUPT;
         }
-        if (status & PYVMM_NET_INTERRUPT) {
+        /* A transmit completion alone is held (up to tx_irq_hold_ns) for the receive
+           interrupt that usually follows (the peer's answer, its ACK) to carry it: one
+           interrupt instead of two, and one irqfd injection (a kworker's wake-up for an
+           IOAPIC line).  The driver frees sent buffers on its next transmit anyway;
+           the interrupt matters to a sender that waits for them, and reaches it within
+           the hold. */
+        if (status & PYVMM_NET_INTERRUPT && !tx_irq_due) {
+            if (n->tx_irq_hold_ns)
+                tx_irq_due = now_ns() + n->tx_irq_hold_ns;
+            else
+                rx_status |= PYVMM_NET_INTERRUPT;
+        }
+        if (tx_irq_due && (rx_status & PYVMM_NET_INTERRUPT || now_ns() >= tx_irq_due ||
+                           status & PYVMM_NET_ERROR)) {
+            if (rx_status & PYVMM_NET_INTERRUPT)
+                n->tx_irqs_merged++;
+            rx_status |= PYVMM_NET_INTERRUPT;
+            tx_irq_due = 0;
+        }
+        if (rx_status & PYVMM_NET_INTERRUPT) {
             n->interrupts++;
             signal_eventfd(n->call_fd);
         }
@@ -684,7 +706,14 @@ int pyvmm_net_serve(pyvmm_net *n)
             ev.data.fd = s->fd;
             epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev);
         }
-        int count = epoll_wait(ep, events, 8, rx_more || tx_more ? 0 : -1);
+        int timeout = -1;
+        if (rx_more || tx_more) {
+            timeout = 0;
+        } else if (tx_irq_due) {
+            uint64_t now = now_ns();
+            timeout = now >= tx_irq_due ? 0 : (int)((tx_irq_due - now + 999999) / 1000000);
+        }
+        int count = epoll_wait(ep, events, 8, timeout);
         if (count < 0 && errno != EINTR) {
             snprintf(n->error, sizeof n->error, "epoll_wait: %s", strerror(errno));
             result = PYVMM_NET_ERROR;
@@ -726,6 +755,10 @@ int pyvmm_net_serve(pyvmm_net *n)
             result = PYVMM_NET_STOPPED;
             break;
         }
+    }
+    if (tx_irq_due) {  /* held when we stop: the driver still hears of its buffers */
+        n->interrupts++;
+        signal_eventfd(n->call_fd);
     }
     close(ep);
     return result;

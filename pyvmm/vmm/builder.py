@@ -6,6 +6,7 @@ checked before /dev/kvm is opened, so bad input never depends on the host.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Sequence
 
@@ -182,6 +183,10 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
     networks.start()
     devices = open_virtio_devices(slots, console.write, shares, backend_failed, ports, disks,
                                   networks, vsock)
+    if stats is not None:  # --stats reports each NIC's frames (and its thread's wake-ups)
+        nics = [device for device in devices if hasattr(device, "frame_counts")]
+        for index, nic in enumerate(nics):
+            stats.device_counts[f"net{index}"] = functools.partial(getattr, nic, "frame_counts")
 
     kvm = Kvm()
     kvm.require_capabilities()

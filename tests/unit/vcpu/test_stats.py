@@ -45,3 +45,12 @@ def test_startup_is_measured_from_spawn() -> None:
     stats.note_first_run()  # only the first vCPU's counts
     startup = stats.as_dict()["startup_s"]
     assert 0 < startup["cli_parsed"] <= startup["first_kvm_run"]
+
+
+def test_devices_counts_are_read_when_the_report_is_made() -> None:
+    counts = {"rx_frames": 0}
+    stats = RunStats()
+    stats.device_counts["net0"] = lambda: dict(counts)
+    counts["rx_frames"] = 7  # moved after registration: the report reads them late
+    data = json.loads(stats.json_line())
+    assert next(iter(data.values()))["devices"] == {"net0": {"rx_frames": 7}}

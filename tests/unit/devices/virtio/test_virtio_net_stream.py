@@ -320,6 +320,48 @@ def test_the_serving_thread_moves_frames_both_ways(passt) -> None:
             os.close(fd)
 
 
+def test_a_transmit_interrupt_is_held_for_the_answer_but_never_lost(passt) -> None:
+    """The thread holds a transmit completion's interrupt for the receive interrupt that
+    follows (one interrupt for the round trip), and raises it alone when no answer comes."""
+    kicks = passt.device.kick_fds
+    call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    passt.device.call_fd = call
+    try:
+        guest = Guest(device=passt.device, size=64)
+        guest.post_rx(8)
+
+        def send(n: int) -> None:
+            data = bytes(HEADER.size) + frame(200, n)
+            guest.tx.add_chain([(guest.tx.alloc(len(data), data), len(data), False)])
+            os.eventfd_write(kicks[TRANSMIT_QUEUE], 1)
+
+        def signalled() -> bool:
+            return bool(select.select([call], [], [], 0)[0]) and os.eventfd_read(call) > 0
+
+        wait_for(lambda: passt.device._pump is not None and passt.device._pump.c.wakeups > 0)
+        send(0)  # no answer: the held interrupt comes alone, within the hold
+        started = time.monotonic()
+        wait_for(lambda: bool(passt.taken()))
+        wait_for(signalled)
+        assert time.monotonic() - started < 1.0
+        assert guest.tx.used_index() == 1
+        pump = passt.device._pump
+        pump.c.tx_irq_hold_ns = 10 ** 10  # held until the answer, however slow the test is
+        before = pump.c.interrupts
+        guest.tx.set_used_event(1)  # Linux's driver asks to hear of each transmit
+        send(1)
+        wait_for(lambda: bool(passt.taken()))
+        time.sleep(0.05)
+        assert not signalled() and guest.tx.used_index() == 2  # used at once, not signalled
+        passt.give(frame(60, 1))  # the answer carries the held interrupt
+        wait_for(lambda: guest.rx.used_index() == 1)
+        wait_for(signalled)
+        assert (pump.c.interrupts - before, pump.c.tx_irqs_merged) == (1, 1)
+    finally:
+        for fd in kicks + [call]:
+            os.close(fd)
+
+
 def test_the_thread_reports_a_malformed_ring(passt) -> None:
     kicks = passt.device.kick_fds
     call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)

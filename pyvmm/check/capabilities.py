@@ -134,9 +134,10 @@ def _programs(facts: HostFacts) -> list[Capability]:
 
 def _hugepages(facts: HostFacts) -> Capability:
     """Transparent huge pages behind guest RAM: with them KVM maps the guest in 2 MiB
-    pages (far fewer nested page faults, which cost most where KVM is itself nested);
-    pyvmm advises them for private RAM and for the memfd the vhost-user back ends
-    share, where Debian's default (shmem_enabled ``never``) refuses them."""
+    pages (far fewer nested page faults, which cost most where KVM is itself nested).
+    pyvmm advises them for private RAM; RAM shared with the vhost-user back ends lives
+    on its own huge=always tmpfs where it may mount one (root), else in a memfd, which
+    Debian's default shmem_enabled (``never``) keeps in 4 KiB pages."""
     name = "huge pages"
     settings = f"{THP_SETTINGS}/enabled is {facts.thp_private}, shmem_enabled is " \
         f"{facts.thp_shared}"
@@ -146,12 +147,17 @@ def _hugepages(facts: HostFacts) -> Capability:
     if facts.thp_private == "never":
         return Capability(name, False, f"{settings}: guest RAM in 4 KiB pages",
                           f"echo madvise > {THP_SETTINGS}/enabled (as root)")
-    if facts.thp_shared in (None, "never", "deny"):
+    shared_huge = facts.thp_shared in ("always", "within_size", "advise", "force") or \
+        (facts.huge_tmpfs and facts.thp_shared != "deny")
+    if not shared_huge:
         return Capability(name, False, f"{settings}: RAM shared with virtiofsd or "
                           "qemu-storage-daemon (--share and command mode; qcow2 and "
-                          "snapshot=on disks) in 4 KiB pages", f"echo advise > {THP_SETTINGS}/shmem_enabled "
-                          "(as root)")
-    return Capability(name, True, f"{settings} (2 MiB pages for guest RAM)")
+                          "snapshot=on disks) in 4 KiB pages",
+                          "run pyvmm as root (it mounts its own huge=always tmpfs for that "
+                          f"RAM), or echo advise > {THP_SETTINGS}/shmem_enabled (as root)")
+    where = " (shared RAM on pyvmm's own huge=always tmpfs)" if facts.huge_tmpfs and \
+        facts.thp_shared not in ("always", "within_size", "advise", "force") else ""
+    return Capability(name, True, f"{settings}{where}: 2 MiB pages for guest RAM")
 
 
 def _command_modules(facts: HostFacts) -> Capability:

@@ -17,6 +17,7 @@ from pyvmm.command.initramfs.modules import find_modules
 from pyvmm.errors import SEE_CHECK, PyvmmError
 from pyvmm.host import environment
 from pyvmm.kvm import system as kvm_system
+from pyvmm.memory import HUGE_PAGE, huge_tmpfs_file
 
 #: Device nodes checked by opening them read-write (the way pyvmm or a back end would).
 DEVICES = ("/dev/vhost-net", "/dev/vhost-vsock", "/dev/net/tun")
@@ -53,6 +54,9 @@ class HostFacts:
     #: virtiofsd and qemu-storage-daemon); None where the kernel has no such file.
     thp_private: str | None = None
     thp_shared: str | None = None
+    #: pyvmm may mount its own tmpfs with huge=always for shared RAM (as root), which
+    #: gives it 2 MiB pages whatever shmem_enabled says but ``deny``.
+    huge_tmpfs: bool = False
     #: The kernel command mode would take modules for (the running one, if /lib/modules
     #: has it), the modules it would load, and the wanted ones it would not find.
     kernel_release: str | None = None
@@ -76,6 +80,7 @@ def gather() -> HostFacts:
         programs={name: shutil.which(name) for name in PROGRAMS},
         thp_private=_chosen(f"{THP_SETTINGS}/enabled"),
         thp_shared=_chosen(f"{THP_SETTINGS}/shmem_enabled"),
+        huge_tmpfs=_huge_tmpfs(),
         kernel_release=release, command_modules=modules, missing_modules=missing_modules)
 
 
@@ -117,6 +122,14 @@ def _virtiofsd() -> tuple[str | None, str | None]:
         return find_virtiofsd().path, None
     except PyvmmError as error:
         return None, str(error).removesuffix(SEE_CHECK)
+
+
+def _huge_tmpfs() -> bool:
+    try:
+        os.close(huge_tmpfs_file(HUGE_PAGE))
+    except OSError:
+        return False
+    return True
 
 
 def _chosen(path: str) -> str | None:

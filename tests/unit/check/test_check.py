@@ -34,8 +34,18 @@ def test_everything_present() -> None:
                          "ok      hardware virtualization: VMX (kvm_intel)",
                          "ok      KVM capabilities: all 10 pyvmm needs"]
     assert "ok      huge pages: /sys/kernel/mm/transparent_hugepage/enabled is madvise, " \
-        "shmem_enabled is advise (2 MiB pages for guest RAM)" in lines
+        "shmem_enabled is advise: 2 MiB pages for guest RAM" in lines
     assert "ok      command mode modules: for 6.1.0-57-amd64: loads virtio_mmio fuse" in lines
+
+
+def test_shared_ram_on_its_own_tmpfs_needs_no_shmem_setting() -> None:
+    facts = dataclasses.replace(GOOD, thp_shared="never", huge_tmpfs=True)
+    assert by_name(facts)["huge pages"] == (True, (
+        "ok      huge pages: /sys/kernel/mm/transparent_hugepage/enabled is madvise, "
+        "shmem_enabled is never (shared RAM on pyvmm's own huge=always tmpfs): 2 MiB "
+        "pages for guest RAM"))
+    facts = dataclasses.replace(facts, thp_shared="deny")  # it overrides every mount
+    assert by_name(facts)["huge pages"][0] is False
 
 
 def test_svm_is_hardware_too() -> None:
@@ -81,7 +91,8 @@ ABSENT = [
       "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled"], True),
     (dict(thp_shared="never"), "huge pages",  # Debian's default
      ["shmem_enabled is never", "qemu-storage-daemon", "4 KiB pages",
-      "echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled"], True),
+      "run pyvmm as root", "echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled"],
+     True),
     (dict(missing_modules=("virtiofs",)), "command mode modules",
      ["not found: virtiofs", "--modules DIR"], True),
     (dict(kernel_release=None), "command mode modules",

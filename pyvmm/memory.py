@@ -99,6 +99,15 @@ def shared_ram_file(size: int) -> int:
         return os.memfd_create("pyvmm-guest-ram", os.MFD_CLOEXEC)
 
 
+def huge_tmpfs_possible() -> bool:
+    """Whether ``shared_ram_file`` gets its own tmpfs here (what ``pyvmm check`` says)."""
+    try:
+        os.close(huge_tmpfs_file(HUGE_PAGE))
+    except OSError:
+        return False
+    return True
+
+
 def huge_tmpfs_file(size: int) -> int:
     """The file of ``shared_ram_file`` on its own tmpfs; OSError where this process
     may not mount one (EPERM without CAP_SYS_ADMIN, ENOSYS before Linux 5.2)."""

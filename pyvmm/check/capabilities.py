@@ -147,16 +147,14 @@ def _hugepages(facts: HostFacts) -> Capability:
     if facts.thp_private == "never":
         return Capability(name, False, f"{settings}: guest RAM in 4 KiB pages",
                           f"echo madvise > {THP_SETTINGS}/enabled (as root)")
-    shared_huge = facts.thp_shared in ("always", "within_size", "advise", "force") or \
-        (facts.huge_tmpfs and facts.thp_shared != "deny")
-    if not shared_huge:
+    by_setting = facts.thp_shared in ("always", "within_size", "advise", "force")
+    if not by_setting and not (facts.huge_tmpfs and facts.thp_shared != "deny"):
         return Capability(name, False, f"{settings}: RAM shared with virtiofsd or "
                           "qemu-storage-daemon (--share and command mode; qcow2 and "
                           "snapshot=on disks) in 4 KiB pages",
                           "run pyvmm as root (it mounts its own huge=always tmpfs for that "
                           f"RAM), or echo advise > {THP_SETTINGS}/shmem_enabled (as root)")
-    where = " (shared RAM on pyvmm's own huge=always tmpfs)" if facts.huge_tmpfs and \
-        facts.thp_shared not in ("always", "within_size", "advise", "force") else ""
+    where = "" if by_setting else " (shared RAM on pyvmm's own huge=always tmpfs)"
     return Capability(name, True, f"{settings}{where}: 2 MiB pages for guest RAM")
 
 

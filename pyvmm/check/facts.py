@@ -17,7 +17,7 @@ from pyvmm.command.initramfs.modules import find_modules
 from pyvmm.errors import SEE_CHECK, PyvmmError
 from pyvmm.host import environment
 from pyvmm.kvm import system as kvm_system
-from pyvmm.memory import HUGE_PAGE, huge_tmpfs_file
+from pyvmm.memory import huge_tmpfs_possible
 
 #: Device nodes checked by opening them read-write (the way pyvmm or a back end would).
 DEVICES = ("/dev/vhost-net", "/dev/vhost-vsock", "/dev/net/tun")
@@ -80,7 +80,7 @@ def gather() -> HostFacts:
         programs={name: shutil.which(name) for name in PROGRAMS},
         thp_private=_chosen(f"{THP_SETTINGS}/enabled"),
         thp_shared=_chosen(f"{THP_SETTINGS}/shmem_enabled"),
-        huge_tmpfs=_huge_tmpfs(),
+        huge_tmpfs=huge_tmpfs_possible(),
         kernel_release=release, command_modules=modules, missing_modules=missing_modules)
 
 
@@ -122,14 +122,6 @@ def _virtiofsd() -> tuple[str | None, str | None]:
         return find_virtiofsd().path, None
     except PyvmmError as error:
         return None, str(error).removesuffix(SEE_CHECK)
-
-
-def _huge_tmpfs() -> bool:
-    try:
-        os.close(huge_tmpfs_file(HUGE_PAGE))
-    except OSError:
-        return False
-    return True
 
 
 def _chosen(path: str) -> str | None:

@@ -10,15 +10,7 @@ import os
 import pytest
 
 from pyvmm import memory as memory_module
-from pyvmm.memory import HUGE_PAGE, GuestMemory, huge_tmpfs_file
-
-
-def can_mount() -> bool:
-    try:
-        os.close(huge_tmpfs_file(HUGE_PAGE))
-    except OSError:
-        return False
-    return True
+from pyvmm.memory import GuestMemory, huge_tmpfs_possible
 
 
 def pmd_mapped_kib(address: int) -> int:
@@ -62,7 +54,7 @@ def test_private_ram_has_no_fd() -> None:
     memory.close()
 
 
-@pytest.mark.skipif(not can_mount(), reason="no CAP_SYS_ADMIN for a tmpfs of our own")
+@pytest.mark.skipif(not huge_tmpfs_possible(), reason="no CAP_SYS_ADMIN for a tmpfs of our own")
 def test_shared_ram_is_in_2_mib_pages_whatever_shmem_enabled_says() -> None:
     """This host's shmem_enabled is Debian's ``never``: a memfd would give 4 KiB pages."""
     memory = GuestMemory.anonymous([(0, 8 << 20)], shared=True)

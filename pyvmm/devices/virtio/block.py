@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pyvmm.devices.virtio.device import SERVE_BUDGET_SECONDS, VirtioDevice
-from pyvmm.errors import DeviceError
 from pyvmm.host.disk_image import BOUNCE_SIZE, SECTOR_SIZE, DiskImage
-from pyvmm.devices.virtio.queue import (DescriptorChain, QueueError, SplitQueue, read_from,
-                                        write_into)
+from pyvmm.devices.virtio.queue import (DescriptorChain, QueueError, SplitQueue, bind_c_regions,
+                                        bind_c_ring, read_from, write_into)
 from pyvmm.memory import GuestMemory
 
 log = logging.getLogger(__name__)
@@ -413,26 +412,9 @@ class _RequestLoop:
     def load(self, memory: GuestMemory, queue: SplitQueue) -> None:
         """The driver is up: point C at guest RAM and at the ring if it is ready."""
         ffi, c = self._ffi, self.c
-        held: list[object] = []
-        if len(memory.regions) > len(c.regions):
-            raise DeviceError("virtio-blk: guest RAM has too many ranges for the C loop")
-        for i, region in enumerate(memory.regions):
-            host = ffi.from_buffer("uint8_t[]", memory.view(region.guest_base, region.size))
-            held.append(host)
-            c.regions[i] = {"gpa": region.guest_base, "size": region.size, "host": host}
-        c.nregions = len(memory.regions)
+        held = bind_c_regions(ffi, c, memory, "virtio-blk")
         c.budget_ns = int(max(SERVE_BUDGET_SECONDS, 0) * 1e9)
-        ring = c.q
-        ring.desc = ring.avail = ring.used = ffi.NULL
-        if queue.ready:
-            views = [memory.view(queue.desc_addr, 16 * queue.size),
-                     memory.view(queue.avail_addr, 6 + 2 * queue.size),
-                     memory.view(queue.used_addr, 6 + 8 * queue.size)]
-            pointers = [ffi.from_buffer("uint8_t[]", view) for view in views]
-            held += pointers
-            ring.desc, ring.avail, ring.used = pointers
-            ring.size = queue.size
-            ring.event_idx = int(queue.event_idx)
+        held += bind_c_ring(ffi, c.q, queue, memory)
         self._held = held
         self._queue = queue
 

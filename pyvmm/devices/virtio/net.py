@@ -48,8 +48,8 @@ from typing import Callable, Protocol
 
 from pyvmm.devices.virtio.device import (COMMON_FEATURES, SERVE_BUDGET_SECONDS, KernelQueues,
                                          KernelVhostDevice, VirtioDevice)
-from pyvmm.devices.virtio.queue import DescriptorChain, QueueError, SplitQueue, read_from
-from pyvmm.errors import DeviceError
+from pyvmm.devices.virtio.queue import (DescriptorChain, QueueError, SplitQueue, bind_c_regions,
+                                        bind_c_ring, read_from)
 from pyvmm.memory import GuestMemory
 from pyvmm.vhost.stream import FrameStream, c_module
 
@@ -577,28 +577,11 @@ class _RingPump:
         """The driver is up: point C at guest RAM and at the rings that are ready;
         ``data_valid``: mark received frames' checksums valid (GUEST_CSUM negotiated)."""
         ffi, c = self._ffi, self.c
-        held: list[object] = []
-        if len(memory.regions) > len(c.regions):
-            raise DeviceError("virtio-net: guest RAM has too many ranges for the C half")
-        for i, region in enumerate(memory.regions):
-            host = ffi.from_buffer("uint8_t[]", memory.view(region.guest_base, region.size))
-            held.append(host)
-            c.regions[i] = {"gpa": region.guest_base, "size": region.size, "host": host}
-        c.nregions = len(memory.regions)
+        held = bind_c_regions(ffi, c, memory, "virtio-net")
         c.mergeable = int(mergeable)
         c.data_valid = int(data_valid)
         for queue, ring in zip(queues, (c.rx, c.tx)):
-            ring.desc = ring.avail = ring.used = ffi.NULL
-            if not queue.ready:
-                continue
-            views = [memory.view(queue.desc_addr, 16 * queue.size),
-                     memory.view(queue.avail_addr, 6 + 2 * queue.size),
-                     memory.view(queue.used_addr, 6 + 8 * queue.size)]
-            pointers = [ffi.from_buffer("uint8_t[]", view) for view in views]
-            held += pointers
-            ring.desc, ring.avail, ring.used = pointers
-            ring.size = queue.size
-            ring.event_idx = int(queue.event_idx)
+            held += bind_c_ring(ffi, ring, queue, memory)
         self._held = held
         self._queues = queues
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyvmm.host.barrier import fence
-from pyvmm.errors import GuestMemoryError, PyvmmError
+from pyvmm.errors import DeviceError, GuestMemoryError, PyvmmError
 from pyvmm.memory import GuestMemory
 
 VIRTQ_DESC_F_NEXT = 1
@@ -267,3 +268,34 @@ def read_from(views: list[memoryview], length: int) -> bytes:
         parts.append(bytes(view[:remaining]))
         remaining -= len(view)
     return b"".join(parts)
+
+
+def bind_c_regions(ffi: Any, c: Any, memory: GuestMemory, device: str) -> list[object]:
+    """Point a C serving loop's ``regions``/``nregions`` (``_virtq_source``'s
+    pyvmm_ram_region array) at guest RAM; the returned buffers must be kept alive
+    while C may use them.  DeviceError where RAM has more ranges than C holds."""
+    if len(memory.regions) > len(c.regions):
+        raise DeviceError(f"{device}: guest RAM has too many ranges for its C loop")
+    held: list[object] = []
+    for i, region in enumerate(memory.regions):
+        host = ffi.from_buffer("uint8_t[]", memory.view(region.guest_base, region.size))
+        held.append(host)
+        c.regions[i] = {"gpa": region.guest_base, "size": region.size, "host": host}
+    c.nregions = len(memory.regions)
+    return held
+
+
+def bind_c_ring(ffi: Any, ring: Any, queue: SplitQueue, memory: GuestMemory) -> list[object]:
+    """Point a C ``pyvmm_ring`` at ``queue``'s three rings if the driver made it ready
+    (else NULL); the returned buffers must be kept alive while C may use them."""
+    ring.desc = ring.avail = ring.used = ffi.NULL
+    if not queue.ready:
+        return []
+    views = [memory.view(queue.desc_addr, 16 * queue.size),
+             memory.view(queue.avail_addr, 6 + 2 * queue.size),
+             memory.view(queue.used_addr, 6 + 8 * queue.size)]
+    pointers = [ffi.from_buffer("uint8_t[]", view) for view in views]
+    ring.desc, ring.avail, ring.used = pointers
+    ring.size = queue.size
+    ring.event_idx = int(queue.event_idx)
+    return pointers

@@ -16,7 +16,9 @@ from pyvmm.memory import GuestMemory, huge_tmpfs_possible
 def pmd_mapped_kib(address: int) -> int:
     """ShmemPmdMapped of the mapping at ``address`` in /proc/self/smaps."""
     inside = False
-    for line in open("/proc/self/smaps"):
+    with open("/proc/self/smaps") as stream:
+        lines = stream.readlines()
+    for line in lines:
         fields = line.split()
         if "-" in fields[0] and len(fields) > 1 and ":" not in fields[0]:
             start, end = (int(x, 16) for x in fields[0].split("-"))

@@ -425,8 +425,9 @@ class BuiltMachine:
 
 @contextlib.contextmanager
 def _device_threads_paused(transports: Sequence) -> Iterator[None]:
-    """Devices that serve their queues on a thread of their own (a raw disk's C loop)
-    stop between two passes inside the block, so a snapshot sees their rings at rest."""
+    """Devices that serve their queues on a thread of their own (a raw disk's or a passt
+    NIC's C loop) stop between two passes inside the block, so a snapshot sees their
+    rings at rest."""
     devices = [t.device for t in transports if hasattr(t.device, "pause_serving")]
     for device in devices:
         device.pause_serving()

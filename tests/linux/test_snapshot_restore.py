@@ -2,10 +2,12 @@
 snapshotted once per guest; its clocks after a restore, 20 restores in a row and 4 at once,
 each clone on its own disk overlay answering at the console and powering off with status 0.
 
-The guests: our minimal kernel with 1 and 2 vCPUs, and Debian's cloud kernel (its virtio
-drivers modules the initramfs loads) with 2: both kernels and both vCPU counts in three
-boots, not four (CI's time).  The cloud kernel takes the 2-vCPU case because it has the most
-per-vCPU state a restore must carry (kvmclock, steal time, PV EOI, async PF MSRs)."""
+The guests: our minimal kernel with 1 vCPU and Debian's cloud kernel (its virtio drivers
+modules the initramfs loads) with 2: both kernels and both vCPU counts in two boots, as the
+file had before with the minimal kernel's 1 and 2 (CI's time: in one rig session the three
+of minimal 1 and 2 and cloud 2 took 1.66x the minimal pair's time, these two 1.16x).  The
+cloud kernel takes the 2-vCPU case: it has the most per-vCPU state a restore must carry
+(kvmclock, steal time, PV EOI and async PF MSRs)."""
 
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ def _shell(vm: pyvmm.Machine, command: str, pattern: str, timeout: float = 120) 
     return found
 
 
-@pytest.fixture(scope="module", params=[(MINIMAL, 1), (MINIMAL, 2), (CLOUD, 2)],
-                ids=["minimal-1cpu", "minimal-2cpus", "cloud-2cpus"])
+@pytest.fixture(scope="module", params=[(MINIMAL, 1), (CLOUD, 2)],
+                ids=["minimal-1cpu", "cloud-2cpus"])
 def linux_snapshot(request: pytest.FixtureRequest,
                    tmp_path_factory: pytest.TempPathFactory) -> Snap:
     """(snapshot, disk, uptime at the snapshot): the shell (on ttyS0 for both kernels), its

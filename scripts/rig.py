@@ -19,9 +19,9 @@ failures apart from the command's:
   heartbeat the rig's init prints every few seconds; silence past
   ``--watchdog`` while the command runs means the rig froze: its CPU's state
   is saved from QEMU's monitor (``rig-freeze.txt`` in the job directory) and
-  it is sent an NMI, then a stop/cont; if that wakes it (QEMU's TCG thread
-  asleep with an interrupt pending: a lost kick), the session goes on and
-  the freeze is reported on stderr;
+  it is sent a key press, an NMI, then a stop/cont (``Session.NUDGES``); if
+  one wakes it (QEMU's APIC or TCG thread missed an interrupt pending: a lost
+  kick), the session goes on and the freeze is reported on stderr;
 * the command's output travels on a second serial port (ttyS1), streamed to
   our stdout as it comes, and is never searched for failures;
 * the command's status comes back as a ``RIG-RC=`` line on ttyS0; a rig that
@@ -212,10 +212,10 @@ class Session:
     NUDGE_WAIT = 15.0
     #: What is tried, in order, on a frozen rig: a name and its monitor commands.
     #: A key press is an interrupt through the IOAPIC (the keyboard's IRQ 1), which makes
-    #: QEMU's APIC look at its IRR again: the freeze seen with the timer's vector in IRR
-    #: and the CPU halted, woken by neither of the others.
-    NUDGES = (("an NMI", ("nmi",)), ("stop/cont", ("stop", "cont")),
-              ("a key press", ("sendkey shift",)))
+    #: QEMU's APIC look at its IRR again: it woke the freeze seen most (the timer's vector
+    #: in IRR, the CPU halted), which neither of the others did, so it goes first.
+    NUDGES = (("a key press", ("sendkey shift",)), ("an NMI", ("nmi",)),
+              ("stop/cont", ("stop", "cont")))
 
     def __init__(self, args: argparse.Namespace, release: str, initramfs: Path,
                  job: Path, qemu: str = "qemu-system-x86_64") -> None:
@@ -414,7 +414,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="QEMU TCG threading (default multi)")
     parser.add_argument("-t", "--timeout", type=float, default=1800,
                         help="seconds the command may run (exit 124 past it)")
-    parser.add_argument("--watchdog", type=float, default=60,
+    parser.add_argument("--watchdog", type=float, default=30,
                         help="seconds without the rig's heartbeat that count as a freeze")
     parser.add_argument("--boot-timeout", type=float, default=120,
                         help="seconds for the rig to boot and start the command")

@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 from pyvmm.devices.virtio.device import SERVE_BUDGET_SECONDS, VirtioDevice
 from pyvmm.host.disk_image import BOUNCE_SIZE, SECTOR_SIZE, DiskImage
-from pyvmm.devices.virtio.queue import (DescriptorChain, QueueError, SplitQueue, bind_c_regions,
-                                        bind_c_ring, read_from, write_into)
+from pyvmm.devices.virtio.queue import (DescriptorChain, QueueError, SplitQueue, bind_c_interrupt,
+                                        bind_c_regions, bind_c_ring, read_from, write_into)
 from pyvmm.memory import GuestMemory
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,11 @@ class BlockDevice(VirtioDevice):
         #: Bound by the machine (attach_virtio) once it asked for ``kick_fds``: the
         #: irqfd the serving thread signals.
         self.call_fd: int | None = None
+        #: Given by the machine with ``call_fd`` where it can: a C function and its
+        #: context, by address (``int pulse(void *context)``, 0 when the guest was
+        #: interrupted), which the serving thread calls instead of signalling
+        #: ``call_fd`` (still signalled when the pulse fails).  Opaque here.
+        self.interrupt_pulse: tuple[int, int] | None = None
         self._kick_fds: list[int] | None = None
         self._thread: threading.Thread | None = None
         #: The thread was stopped by ``pause_serving``, to start again on ``resume_serving``.
@@ -275,7 +280,7 @@ class BlockDevice(VirtioDevice):
     def _start_thread(self) -> None:
         assert self._loop is not None and self._kick_fds is not None
         assert self.call_fd is not None
-        self._loop.start_serving(self._kick_fds[0], self.call_fd)
+        self._loop.start_serving(self._kick_fds[0], self.call_fd, self.interrupt_pulse)
         self._thread = threading.Thread(target=self._serve, name="virtio-blk", daemon=True)
         self._thread.start()
 
@@ -456,9 +461,11 @@ class _RequestLoop:
 
     # -- the serving thread ----------------------------------------------------------------
 
-    def start_serving(self, kick_fd: int, call_fd: int) -> None:
+    def start_serving(self, kick_fd: int, call_fd: int,
+                      pulse: tuple[int, int] | None = None) -> None:
         c = self.c
         c.kick_fd, c.call_fd = kick_fd, call_fd
+        bind_c_interrupt(self._ffi, c.irq, pulse)
         self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         c.stop_fd = self._stop_fd
         self.stopping = False

@@ -48,8 +48,8 @@ from typing import Callable, Protocol
 
 from pyvmm.devices.virtio.device import (COMMON_FEATURES, SERVE_BUDGET_SECONDS, KernelQueues,
                                          KernelVhostDevice, VirtioDevice)
-from pyvmm.devices.virtio.queue import (DescriptorChain, QueueError, SplitQueue, bind_c_regions,
-                                        bind_c_ring, read_from)
+from pyvmm.devices.virtio.queue import (DescriptorChain, QueueError, SplitQueue, bind_c_interrupt,
+                                        bind_c_regions, bind_c_ring, read_from)
 from pyvmm.memory import GuestMemory
 from pyvmm.vhost.stream import FrameStream, c_module
 
@@ -158,6 +158,11 @@ class NetDevice(VirtioDevice):
         #: Bound by the machine (attach_virtio) once it asked for ``kick_fds``: the
         #: irqfd the serving thread signals.
         self.call_fd: int | None = None
+        #: Given by the machine with ``call_fd`` where it can: a C function and its
+        #: context, by address (``int pulse(void *context)``, 0 when the guest was
+        #: interrupted), which the serving thread calls instead of signalling
+        #: ``call_fd`` (still signalled when the pulse fails).  Opaque here.
+        self.interrupt_pulse: tuple[int, int] | None = None
         self._kick_fds: list[int] | None = None
         self._thread: threading.Thread | None = None
 
@@ -231,7 +236,7 @@ class NetDevice(VirtioDevice):
     def _start_thread(self) -> None:
         assert self._pump is not None and self._kick_fds is not None
         assert self.call_fd is not None and isinstance(self.link, FrameStream)
-        self._pump.start_serving(self._kick_fds, self.call_fd)
+        self._pump.start_serving(self._kick_fds, self.call_fd, self.interrupt_pulse)
         self.link.served_elsewhere = True
         self.link.interest_changed()
         self._thread = threading.Thread(target=self._serve, name="virtio-net",
@@ -625,14 +630,17 @@ class _RingPump:
         return {"rx_frames": c.rx_frames, "tx_frames": c.tx_frames,
                 "rx_oversize": c.rx_oversize, "tx_oversize": c.tx_oversize,
                 "tx_bad_header": c.tx_bad_header, "wakeups": c.wakeups,
-                "interrupts": c.interrupts, "tx_interrupts_merged": c.tx_irqs_merged}
+                "interrupts": c.interrupts, "tx_interrupts_merged": c.tx_irqs_merged,
+                "interrupt_pulse_failures": c.irq.failures}
 
     # -- the serving thread ----------------------------------------------------------------
 
-    def start_serving(self, kick_fds: list[int], call_fd: int) -> None:
+    def start_serving(self, kick_fds: list[int], call_fd: int,
+                      pulse: tuple[int, int] | None = None) -> None:
         c = self.c
         c.kick_rx, c.kick_tx = kick_fds[RECEIVE_QUEUE], kick_fds[TRANSMIT_QUEUE]
         c.call_fd = call_fd
+        bind_c_interrupt(self._ffi, c.irq, pulse)
         c.tx_irq_hold_ns = TX_INTERRUPT_HOLD_NS
         self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         c.stop_fd = self._stop_fd

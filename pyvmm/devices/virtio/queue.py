@@ -299,3 +299,14 @@ def bind_c_ring(ffi: Any, ring: Any, queue: SplitQueue, memory: GuestMemory) -> 
     ring.size = queue.size
     ring.event_idx = int(queue.event_idx)
     return pointers
+
+
+def bind_c_interrupt(ffi: Any, irq: Any, pulse: tuple[int, int] | None) -> None:
+    """Give a C serving loop's ``pyvmm_interrupt`` (``_virtq_source``) the machine's
+    pulse, (function address, context address), or none (the loop signals its call
+    eventfd); the machine keeps what the addresses point to alive."""
+    if pulse is None:
+        irq.pulse, irq.context = ffi.NULL, ffi.NULL
+    else:
+        irq.pulse = ffi.cast("int (*)(void *)", pulse[0])
+        irq.context = ffi.cast("void *", pulse[1])

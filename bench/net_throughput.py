@@ -33,9 +33,9 @@ of pyvmm, QEMU, passt, the echo server, kworkers and ksoftirqd, by process and
 busiest thread); pyvmm's ``--stats`` adds its NICs' counts (``devices``).
 ``--baseline CHECKOUT`` runs each pyvmm mode again from another checkout (its
 cffi modules built), interleaved, as ``MODE@NAME``.  ``--rounds N`` runs the whole
-list N times over, alternately (mode A, B, C, A, B, C, ...), so that the rig's
-drift and noise fall on every mode alike, and reports each round and the
-median of the rounds per mode.
+list N times over, every other round in reverse (A B C, C B A, A B C, ...), so
+that the rig's drift and noise fall on every mode alike, and reports each round
+and the median of the rounds per mode.
 """
 
 from __future__ import annotations
@@ -425,7 +425,9 @@ def main() -> int:
                 runs += [(f"{mode}@{Path(base).name}", mode, Path(base).resolve())
                          for base in args.baseline]
         for round_number in range(1, args.rounds + 1):
-            for name, mode, checkout in runs:
+            # Every other round in reverse (A B C, C B A, ...): the rig slows and speeds up
+            # over a session, and a fixed order would hand its drift to the later modes.
+            for name, mode, checkout in runs if round_number % 2 else runs[::-1]:
                 started = time.monotonic()
                 measured.clear()
                 result = run_mode(mode, kernel, args.seconds, args.pings, work, args.accel,

@@ -35,7 +35,8 @@ busiest thread); pyvmm's ``--stats`` adds its NICs' counts (``devices``).
 cffi modules built), interleaved, as ``MODE@NAME``.  ``--rounds N`` runs the whole
 list N times over, every other round in reverse (A B C, C B A, A B C, ...), so
 that the rig's drift and noise fall on every mode alike, and reports each round
-and the median of the rounds per mode.
+and the median of the rounds per mode, with each mode's round trip as a ratio
+to the first mode's of the same round (and the median of those ratios).
 """
 
 from __future__ import annotations
@@ -461,8 +462,13 @@ def print_table(results: dict[str, list[dict]]) -> None:
     def gbps(value: float | None) -> str:
         return "-" if value is None else f"{value / 1e9:.3f}"
 
+    first = next(iter(results), "")
+    #: The first mode's round trip in each round: the other modes' ratios are to it, round
+    #: by round (the rig's speed drifts between rounds far more than within one).
+    reference = {row["round"]: row["rtt_us"] for row in results.get(first, [])
+                 if row.get("rtt_us")}
     print(f"\n{'mode':28} {'guest->host Gb/s':>17} {'host->guest Gb/s':>17} "
-          f"{'1-byte RTT us':>14}  each round's RTT us")
+          f"{'1-byte RTT us':>14} {'/ ' + first:>18}  each round's RTT us (ratio)")
     for mode, rounds in results.items():
         good = [row for row in rounds if "error" not in row]
         for row in rounds:
@@ -471,10 +477,17 @@ def print_table(results: dict[str, list[dict]]) -> None:
         if not good:
             continue
         rtt = median_of(good, "rtt_us")
-        each = " ".join(f"{row['rtt_us']:.0f}" for row in good if "rtt_us" in row)
+        ratios = [{"round": row["round"], "ratio": row["rtt_us"] / reference[row["round"]]}
+                  for row in good if row.get("rtt_us") and row["round"] in reference]
+        ratio = median_of(ratios, "ratio")
+        each = " ".join(f"{row['rtt_us']:.0f}" + (
+            f" ({row['rtt_us'] / reference[row['round']]:.2f})"
+            if row.get("rtt_us") and row["round"] in reference else "")
+            for row in good if "rtt_us" in row)
         print(f"{mode:28} {gbps(median_of(good, 'up')):>17} "
               f"{gbps(median_of(good, 'down')):>17} "
-              f"{'-' if rtt is None else f'{rtt:.0f}':>14}  {each}")
+              f"{'-' if rtt is None else f'{rtt:.0f}':>14} "
+              f"{'-' if ratio is None else f'{ratio:.2f}':>18}  {each}")
     print("\nper round trip, medians over the rounds (the guest's; the host's by process, "
           "KVM's counters):")
     for mode, rounds in results.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from pyvmm.kvm._ffi import ffi, ioctl, ioctl_value, lib
 from pyvmm.kvm.vcpu import Vcpu
@@ -17,7 +18,7 @@ class Vm:
         # Reused for every KVM_IRQ_LINE so raising a line allocates nothing.
         self._irq_level = ffi.new("struct kvm_irq_level *")
         #: The lines ``irq_line_pulse`` handed out, kept alive as long as the VM.
-        self._pulse_lines: dict[int, object] = {}
+        self._pulse_lines: dict[int, Any] = {}
 
     def set_tss_address(self, address: int) -> None:
         """KVM_SET_TSS_ADDR: three pages Intel VMX needs below 4 GiB, outside RAM."""
@@ -97,5 +98,5 @@ class Vm:
 
     def close(self) -> None:
         for line in self._pulse_lines.values():
-            line.vm_fd = -1  # type: ignore[attr-defined]  # a pulse after this fails: EBADF
+            line.vm_fd = -1  # a pulse after this fails (EBADF): the thread's irqfd then
         os.close(self.fd)

@@ -488,6 +488,16 @@ def print_table(results: dict[str, list[dict]]) -> None:
               f"{gbps(median_of(good, 'down')):>17} "
               f"{'-' if rtt is None else f'{rtt:.0f}':>14} "
               f"{'-' if ratio is None else f'{ratio:.2f}':>18}  {each}")
+    # The echo server does the same per round trip whatever serves the guest (though the
+    # back end's socket habits touch it: passt's cost it ~20% more than slirp's), and
+    # runs at the rig's speed of the moment: the round trip in its run times is steadier
+    # run to run than in µs, for comparing checkouts of one back end.
+    echo = {mode: median_of([{"r": row["rtt_us"] / row["host_per_round_trip"]["ran_us bench"]}
+                             for row in rounds if row.get("rtt_us") and
+                             row.get("host_per_round_trip", {}).get("ran_us bench")], "r")
+            for mode, rounds in results.items()}
+    print("\nthe round trip in the echo server's run times per round trip (median): " +
+          ", ".join(f"{mode} {value:.2f}" for mode, value in echo.items() if value))
     print("\nper round trip, medians over the rounds (the guest's; the host's by process, "
           "KVM's counters):")
     for mode, rounds in results.items():

@@ -6,10 +6,14 @@ the tiny echo guest (here), or our minimal Linux's shell (``--guest linux``: in 
 Each suite runs in a child ``pytest`` (in one process, then with ``-n 2``); a test's time is
 its setup, call and teardown as pytest's JUnit XML gives them (``junit_duration_report``
 total).  Reports per suite: the child pytest's wall time, the first test (which boots, for
-the clones) and the median and total of all tests.
+the clones), the median and total of all tests, and the median of the factory's call to the
+guest's first answer (the test's own clock, the first test left out: it boots).  The clones
+run twice: as the fixture gives them, the next clone restored ahead while a test runs
+(``prepared``), and with ``prepare_next=False`` (each call restores): what the call saves
+is ahead-of-time work, not a faster restore.
 
 Usage: python3 bench/snapshot_fixture.py [--guest echo|linux] [--tests 12] [--repeat 3]
-                                         [--memory SIZE] [--workers 1 2]
+                                         [--memory SIZE] [--workers 1 2] [--suites ...]
 """
 
 from __future__ import annotations
@@ -38,28 +42,44 @@ GUESTS = {
 }
 
 SUITE = """
+import time
+
 import pytest
 
 MACHINE, READY = {machine!r}, {ready!r}
 
 @pytest.fixture
 def guest({fixture}):
-    {body}
+    def make():
+        {body}
+    return make
 
 @pytest.mark.parametrize("n", range({tests}))
-def test_answer(guest, n):
-    guest.console.write({typed})
-    guest.console.expect({answer}, 120)
+def test_answer(guest, n, record_property):
+    started = time.perf_counter()
+    vm = guest()
+    vm.console.write({typed})
+    vm.console.expect({answer}, 120)
+    record_property("answer_seconds", time.perf_counter() - started)
 """
-CLONE = 'return pyvmm_snapshot(**MACHINE, ready=READY, ready_timeout=120, timeout=600)'
+CLONE = ('return pyvmm_snapshot(**MACHINE, ready=READY, ready_timeout=120, timeout=600, '
+         'prepare_next={prepare_next})')
 COLD = ('vm = pyvmm_machine(**MACHINE, timeout=600)\n'
-        '    vm.console.expect(READY, 120)\n'
-        '    return vm')
+        '        vm.console.expect(READY, 120)\n'
+        '        return vm')
+#: By ``--suites`` name: (the row's name, the fixture's body, the fixture it takes).
+SUITES = {
+    "cold": ("cold boots (pyvmm_machine)", COLD, "pyvmm_machine"),
+    "clones": ("clones, each restored in its call", CLONE.format(prepare_next=False),
+               "pyvmm_snapshot"),
+    "prepared": ("clones, the next restored ahead", CLONE.format(prepare_next=True),
+                 "pyvmm_snapshot"),
+}
 
 
 def run_suite(directory: Path, suite: str,
-              workers: list[str]) -> tuple[float, list[tuple[str, float]]]:
-    """(wall seconds of the child pytest, [(test, seconds)] in the order they ran)."""
+              workers: list[str]) -> tuple[float, list[tuple[str, float, float]]]:
+    """(wall seconds of the child pytest, [(test, seconds, call to answer)] as they ran)."""
     for old in directory.glob("*"):
         shutil.rmtree(old) if old.is_dir() else old.unlink()
     (directory / "test_suite.py").write_text(suite)
@@ -73,7 +93,10 @@ def run_suite(directory: Path, suite: str,
     if child.returncode != 0:
         sys.exit(f"the suite failed (status {child.returncode}):\n{child.stdout[-8000:]}")
     cases = ElementTree.parse(report).getroot().iter("testcase")
-    return wall, [(case.get("name", "?"), float(case.get("time", "0"))) for case in cases]
+    return wall, [(case.get("name", "?"), float(case.get("time", "0")),
+                   float(next(prop.get("value", "nan") for prop in case.iter("property")
+                              if prop.get("name") == "answer_seconds")))
+                  for case in cases]
 
 
 def main() -> None:
@@ -84,19 +107,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each suite (medians)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                         help="pytest processes: 1, or N xdist workers (-n N)")
+    parser.add_argument("--suites", nargs="+", choices=tuple(SUITES), default=list(SUITES))
     options = parser.parse_args()
     machine, ready, typed, answer, memory = GUESTS[options.guest]
     machine = {**machine, "memory": options.memory or memory}
     if not importlib.util.find_spec("xdist"):
         options.workers = [1]
-    suites = [("cold boots (pyvmm_machine)", COLD, "pyvmm_machine"),
-              ("clones (pyvmm_snapshot)", CLONE, "pyvmm_snapshot")]
+    suites = [SUITES[name] for name in options.suites]
     work = Path(tempfile.mkdtemp(prefix="pyvmm-bench-fixture-"))
     try:
         print(f"{options.tests} tests on the {options.guest} guest (--memory "
               f"{machine['memory']}), median of {options.repeat} runs of each suite; seconds")
-        print(f"{'suite':30} {'pytest':>8} {'wall':>7} {'first test':>11} "
-              f"{'median test':>12} {'all tests':>10}", flush=True)
+        print(f"{'suite':34} {'pytest':>8} {'wall':>7} {'first test':>11} "
+              f"{'median test':>12} {'all tests':>10} {'call->answer':>13}", flush=True)
         for count in options.workers:
             workers = ["-n", str(count)] if count > 1 else []
             for name, body, fixture in suites:
@@ -105,11 +128,13 @@ def main() -> None:
                 runs = [run_suite(work, suite, workers) for _ in range(options.repeat)]
                 wall = statistics.median(run[0] for run in runs)
                 first = statistics.median(run[1][0][1] for run in runs)
-                median = statistics.median(statistics.median(t for _, t in run[1])
+                median = statistics.median(statistics.median(t for _, t, _ in run[1])
                                            for run in runs)
-                total = statistics.median(sum(t for _, t in run[1]) for run in runs)
-                print(f"{name:30} {' '.join(workers) or '-':>8} {wall:7.2f} {first:11.3f} "
-                      f"{median:12.4f} {total:10.3f}", flush=True)
+                total = statistics.median(sum(t for _, t, _ in run[1]) for run in runs)
+                to_answer = statistics.median(statistics.median(a for _, _, a in run[1][1:])
+                                              for run in runs)
+                print(f"{name:34} {' '.join(workers) or '-':>8} {wall:7.2f} {first:11.3f} "
+                      f"{median:12.4f} {total:10.3f} {to_answer:13.4f}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

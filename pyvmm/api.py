@@ -91,7 +91,9 @@ class Machine:
         disk under a throwaway overlay, so clones write their own.  Its disk
         images must be as they were at the snapshot (``changed_disks=True``
         takes them anyway).  A damaged snapshot, one of another version or from
-        a CPU with features this host lacks raises ``PyvmmError``.
+        a CPU with features this host lacks raises ``PyvmmError``.  The guest's
+        clocks are moved on here and run with the host's from then, so a clone
+        started later starts at the host's time.
         """
         from pyvmm.snapshot.restore import load_snapshot
 

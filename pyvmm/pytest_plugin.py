@@ -11,7 +11,9 @@
   workers on this host share (its parent in a worker, as pytest-xdist's docs
   have it), taking turns through a file lock so that one of them boots; it is
   removed when the run ends.  Clones are stopped and released at the test's
-  teardown, as above.
+  teardown, as above.  While a test runs, the next clone of the same snapshot
+  is restored (built, not started) on a thread of its own, so the next call
+  only starts it (``PreparedClones``).
 * the ``kvm`` marker: the test needs a usable ``/dev/kvm`` and is skipped
   (with the reason) where there is none.  Both fixtures imply it.
 
@@ -27,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator
 
@@ -40,6 +43,12 @@ if TYPE_CHECKING:
 REPORT_BYTES = 64 << 10
 #: Seconds ``pyvmm_snapshot`` waits by default for the ready pattern on a booting console.
 READY_SECONDS = 60.0
+#: Snapshots a process keeps a next clone restored ahead for (the least recently used go).
+PREPARED_KEEP = 4
+#: The per-run options a clone restored ahead may have: the others claim a host resource
+#: when the machine is built (a control socket, gdb's port, a dump file's path), which the
+#: clone a test still runs holds.
+PREPARABLE_OPTIONS = frozenset({"timeout", "snapshot"})
 
 _MACHINES = pytest.StashKey[list["Machine"]]()
 
@@ -233,6 +242,74 @@ def boot_to_snapshot(config: MachineConfig, ready: str | bytes, ready_timeout: f
         vm.stop()
 
 
+class PreparedClones:
+    """The next clone of each snapshot a test took one of, restored ahead: built (RAM mapped,
+    KVM state written, disk overlays made) but not started, on a thread of its own while
+    the test runs, so the next call only starts it.  One process's (an xdist worker's own).
+
+    The clocks a restore sets run on with the host's from the build (KVM's TSC and kvmclock
+    count while no vCPU runs), so a clone started later reads the host's time at its start.
+    A restore that failed ahead is forgotten: the next call restores in the foreground,
+    where its error is the test's.  ``close`` stops and releases every clone no test took.
+    """
+
+    def __init__(self, keep: int = PREPARED_KEEP) -> None:
+        self.keep = keep
+        #: Clones handed out that had been restored ahead.
+        self.taken = 0
+        self._ahead: dict[tuple[str, str], _RestoreAhead] = {}  # oldest first
+
+    @staticmethod
+    def _key(directory: Path, per_run: dict[str, Any]) -> tuple[str, str]:
+        return str(directory), repr(sorted(per_run.items()))
+
+    def take(self, directory: Path, per_run: dict[str, Any]) -> Machine | None:
+        """The clone restored ahead for these arguments (waiting for it), or None."""
+        ahead = self._ahead.pop(self._key(directory, per_run), None)
+        machine = None if ahead is None else ahead.result()
+        self.taken += machine is not None
+        return machine
+
+    def prepare(self, directory: Path, per_run: dict[str, Any]) -> None:
+        """Start restoring a clone ahead (if none is); the oldest beyond ``keep`` are stopped."""
+        key = self._key(directory, per_run)
+        if key not in self._ahead:
+            self._ahead[key] = _RestoreAhead(directory, dict(per_run))
+        while len(self._ahead) > self.keep:
+            self._ahead.pop(next(iter(self._ahead))).discard()
+
+    def close(self) -> None:
+        while self._ahead:
+            self._ahead.popitem()[1].discard()
+
+
+class _RestoreAhead:
+    """One clone being restored on a thread of its own."""
+
+    def __init__(self, directory: Path, per_run: dict[str, Any]) -> None:
+        self._machine: Machine | None = None
+        self._thread = threading.Thread(target=self._restore, args=(directory, per_run),
+                                        name="pyvmm-restore-ahead", daemon=True)
+        self._thread.start()
+
+    def _restore(self, directory: Path, per_run: dict[str, Any]) -> None:
+        from pyvmm.api import Machine
+
+        try:
+            self._machine = Machine.restore(directory, **per_run)
+        except Exception:  # noqa: BLE001 - the foreground restore raises it for the test
+            pass
+
+    def result(self) -> Machine | None:
+        self._thread.join()  # a restore ends on its own: bounded by its own waits
+        return self._machine
+
+    def discard(self) -> None:
+        machine = self.result()
+        if machine is not None:
+            machine.stop()
+
+
 #: In pytest-xdist's controller: the snapshot directory its local workers share.
 _SHARED_DIRECTORY = pytest.StashKey[Path]()
 #: The key of ``workerinput`` (what xdist hands a worker) that names that directory.
@@ -277,11 +354,23 @@ def pyvmm_shared_snapshots(request: pytest.FixtureRequest,
         own.remove()
 
 
+@pytest.fixture(scope="session")
+def pyvmm_prepared_clones(pyvmm_shared_snapshots: SharedSnapshots) -> Iterator[PreparedClones]:
+    """This process's clones restored ahead, stopped at the session's end (before the
+    snapshots they map are removed: this fixture needs those, so it is torn down first)."""
+    prepared = PreparedClones()
+    try:
+        yield prepared
+    finally:
+        prepared.close()
+
+
 @pytest.fixture
-def pyvmm_snapshot(request: pytest.FixtureRequest,
-                   pyvmm_shared_snapshots: SharedSnapshots) -> Iterator[Callable[..., Machine]]:
+def pyvmm_snapshot(request: pytest.FixtureRequest, pyvmm_shared_snapshots: SharedSnapshots,
+                   pyvmm_prepared_clones: PreparedClones) -> Iterator[Callable[..., Machine]]:
     """``pyvmm_snapshot(kernel=..., ready=PATTERN, ...)``: a started clone of the machine as it
-    was when its console matched PATTERN (booted once per run); stopped at teardown."""
+    was when its console matched PATTERN (booted once per run); stopped at teardown.
+    ``prepare_next=False``: don't restore the next clone ahead while this test runs."""
     from pyvmm.api import Machine
     from pyvmm.config.machine import config_from_options
     from pyvmm.snapshot.restore import RESTORE_OPTIONS
@@ -291,7 +380,7 @@ def pyvmm_snapshot(request: pytest.FixtureRequest,
         def clone(config: MachineConfig | None = None, /, *, ready: str | bytes,
                   ready_timeout: float = READY_SECONDS,
                   prepare: Callable[[Machine], object] | None = None, start: bool = True,
-                  **options: Any) -> Machine:
+                  prepare_next: bool = True, **options: Any) -> Machine:
             per_run = {name: options.pop(name) for name in RESTORE_OPTIONS if name in options}
             if config is None:
                 config = config_from_options(**options)
@@ -306,9 +395,19 @@ def pyvmm_snapshot(request: pytest.FixtureRequest,
                                               machines))
             if booted.drives:
                 per_run.setdefault("snapshot", True)  # each clone writes its own overlay
-            machine = Machine.restore(directory, **per_run)
+            # Ahead only when two clones can coexist: none holds a host resource of its own
+            # from its build, nor writes the snapshot's disk images itself.
+            ahead = set(per_run) <= PREPARABLE_OPTIONS and (
+                per_run.get("snapshot") or all(drive.readonly for drive in booted.drives))
+            machine = pyvmm_prepared_clones.take(directory, per_run) if ahead else None
+            if machine is None:
+                machine = Machine.restore(directory, **per_run)
             machines.append(machine)
-            return machine.start() if start else machine
+            if start:
+                machine.start()
+            if ahead and prepare_next:
+                pyvmm_prepared_clones.prepare(directory, per_run)
+            return machine
 
         yield clone
 

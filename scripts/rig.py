@@ -211,7 +211,11 @@ class Session:
     #: Seconds to wait for the console after each nudge to a frozen rig.
     NUDGE_WAIT = 15.0
     #: What is tried, in order, on a frozen rig: a name and its monitor commands.
-    NUDGES = (("an NMI", ("nmi",)), ("stop/cont", ("stop", "cont")))
+    #: A key press is an interrupt through the IOAPIC (the keyboard's IRQ 1), which makes
+    #: QEMU's APIC look at its IRR again: the freeze seen with the timer's vector in IRR
+    #: and the CPU halted, woken by neither of the others.
+    NUDGES = (("an NMI", ("nmi",)), ("stop/cont", ("stop", "cont")),
+              ("a key press", ("sendkey shift",)))
 
     def __init__(self, args: argparse.Namespace, release: str, initramfs: Path,
                  job: Path, qemu: str = "qemu-system-x86_64") -> None:
@@ -288,8 +292,9 @@ class Session:
                 if running and now - last_heard > self.args.watchdog + nudged * self.NUDGE_WAIT:
                     if nudged == len(self.NUDGES):
                         self.failure = (f"froze: nothing on its console for "
-                                        f"{self.args.watchdog:.0f} s ({where}); "
-                                        "neither an NMI nor stop/cont woke it")
+                                        f"{self.args.watchdog:.0f} s ({where}); none of "
+                                        f"{', '.join(name for name, _ in self.NUDGES)} "
+                                        "woke it")
                         break
                     if not nudged:
                         where = self._record_freeze()
@@ -319,7 +324,9 @@ class Session:
 
         Seen on the one-CPU rig: QEMU's TCG thread asleep while the rig's CPU
         has a timer interrupt pending and deliverable (IF set, vector above
-        the PPR) and is not halted, as if a kick were lost.  ``run`` then
+        the PPR) and is not halted, as if a kick were lost; and the CPU halted
+        with the timer's vector in the APIC's IRR (none in ISR), which neither
+        an NMI nor stop/cont woke (tests/linux/test_snapshot_restore.py, 2026-12).  ``run`` then
         tries ``NUDGES``; if the console speaks again the session goes on and
         the freeze is reported, else the session has failed.
         """

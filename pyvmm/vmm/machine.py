@@ -107,6 +107,7 @@ class BuiltMachine:
         self.cpuid = [list(leaves) for leaves in cpuid]
         #: The thread running the event loop while ``run`` runs it (snapshots go there).
         self._loop_thread: threading.Thread | None = None
+        self._devices_shut_down = False
 
     # -- events (any thread) ---------------------------------------------------------
 
@@ -316,7 +317,10 @@ class BuiltMachine:
             log.error("could not write the guest dump: %s", exc)
 
     def _shut_down_devices(self) -> None:
-        """Finish device work and make disk writes durable, whatever stopped us."""
+        """Finish device work and make disk writes durable, whatever stopped us (once)."""
+        if self._devices_shut_down:
+            return
+        self._devices_shut_down = True
         for transport in self.virtio:
             try:
                 transport.shutdown()
@@ -362,6 +366,9 @@ class BuiltMachine:
         self._closed = True
         if self.gdb is not None:
             self.gdb.close(None)
+        # A machine never run (a clone restored ahead, stopped unused) closes its disks here:
+        # ``run`` shuts the devices down when it ends, and only then.
+        self._shut_down_devices()
         for transport in self.virtio:
             transport.device.reset()  # drops its views of guest RAM
         for vcpu in self.vcpus:
@@ -425,8 +432,9 @@ class BuiltMachine:
 
 @contextlib.contextmanager
 def _device_threads_paused(transports: Sequence) -> Iterator[None]:
-    """Devices that serve their queues on a thread of their own (a raw disk's C loop)
-    stop between two passes inside the block, so a snapshot sees their rings at rest."""
+    """Devices that serve their queues on a thread of their own (a raw disk's or a passt
+    NIC's C loop) stop between two passes inside the block, so a snapshot sees their
+    rings at rest."""
     devices = [t.device for t in transports if hasattr(t.device, "pause_serving")]
     for device in devices:
         device.pause_serving()

@@ -114,7 +114,12 @@ while True:
 """
 
 
-@pytest.mark.parametrize("wake_on", ["cont", None])
+def commands_sent(wake_on: str | None) -> int:
+    """How many of the nudges' words were sent before ``wake_on`` woke the rig."""
+    return {"cont": 3, "sendkey shift": 5, None: 5}[wake_on]
+
+
+@pytest.mark.parametrize("wake_on", ["cont", "sendkey shift", None])
 def test_a_frozen_rig_is_described_and_nudged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str],
                                              wake_on: str | None) -> None:
@@ -132,7 +137,8 @@ def test_a_frozen_rig_is_described_and_nudged(tmp_path: Path, monkeypatch: pytes
     session.NUDGE_WAIT = 0.5
     session.run()
     commands = (tmp_path / "monitor.log").read_text().split()
-    assert commands == ["info", "registers", "info", "lapic", "nmi", "stop", "cont"]
+    nudges = ["nmi", "stop", "cont", "sendkey", "shift"]
+    assert commands == ["info", "registers", "info", "lapic"] + nudges[:commands_sent(wake_on)]
     saved = (tmp_path / "rig-freeze.txt").read_text()
     assert "HLT=1" in saved and "QEMU threads:" in saved
     where = "RIP=ffffffff81e3a5ab RFL=00000246 HLT=1"
@@ -142,11 +148,12 @@ def test_a_frozen_rig_is_described_and_nudged(tmp_path: Path, monkeypatch: pytes
         lines = capsys.readouterr().err.splitlines()
         assert lines[0] == "rig: booting Debian's r in QEMU (TCG, 1 CPU) ..."
         assert lines[1].startswith("rig: up in ") and lines[1].endswith(", running the command")
-        assert lines[2:] == [f"rig: the rig froze ({where}); stop/cont woke it"]
+        woke = {"cont": "stop/cont", "sendkey shift": "a key press"}[wake_on]
+        assert lines[2:] == [f"rig: the rig froze ({where}); {woke} woke it"]
     else:
         assert session.status is None
         assert session.failure == (f"froze: nothing on its console for 1 s ({where}); "
-                                   "neither an NMI nor stop/cont woke it")
+                                   "none of an NMI, stop/cont, a key press woke it")
 
 
 def test_a_session_leaves_no_monitor_directory(tmp_path: Path,

@@ -3,9 +3,11 @@ new one, each answer what is typed into them and end on their own."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -14,6 +16,7 @@ import pytest
 import pyvmm
 from pyvmm.dump.core import CoreDump
 from pyvmm.errors import PyvmmError
+from pyvmm.kvm.state import MSR_IA32_TSC, read_msrs, save_vm
 from pyvmm.snapshot import MEMORY_FILE, STATE_FILE
 from tests.integration.conftest import REPO, image, pyvmm_command, run_pyvmm
 
@@ -88,6 +91,31 @@ def test_a_clone_that_never_ends_times_out_with_124(echo_snapshot: Path) -> None
                        stdin=b"never-ends", timeout=60)
     assert result.status == 124
     assert result.stdout.startswith("never-ends")
+
+
+def test_a_clone_started_later_than_its_build_reads_the_hosts_time(echo_snapshot: Path,
+                                                                   restored) -> None:
+    """The clocks a restore sets (TSC, kvmclock) run on with the host's from the build, as
+    KVM counts them while no vCPU runs: a clone built ahead (the pytest fixture's next one)
+    starts at the host's time, not its build's.  Both read, just before the start, what
+    the snapshot saved plus the host's time since it, within 50 ms."""
+    body = json.loads((echo_snapshot / STATE_FILE).read_text())["body"]
+    saved_tsc = dict(body["vcpus"][0]["msrs"])[MSR_IA32_TSC]
+    khz = body["vcpus"][0]["tsc_khz"]
+    saved_clock = int.from_bytes(base64.b64decode(body["vm"]["structs"]["clock"])[:8], "little")
+    clone = restored(echo_snapshot)
+    time.sleep(1.5)                            # built, not started
+    machine = clone._machine
+    tsc = dict(read_msrs(machine.vcpus[0], [MSR_IA32_TSC])[0])[MSR_IA32_TSC]
+    clock = int.from_bytes(save_vm(machine.kvm, machine.vm).structs["clock"][:8], "little")
+    since = time.time_ns() - body["host_realtime_ns"]
+    assert since > 1.5e9
+    assert abs((tsc - saved_tsc) * 1_000_000 / khz - since) < 50e6, (tsc, saved_tsc, since)
+    assert abs(clock - saved_clock - since) < 50e6, (clock, saved_clock, since)
+    clone.start()
+    clone.console.write("later q")
+    assert clone.wait(30).status == 0
+    assert clone.console.text == "later \npyvmm-tiny: bye\n"
 
 
 def test_the_restored_guests_memory_is_the_snapshots(echo_snapshot: Path, restored,

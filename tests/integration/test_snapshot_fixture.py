@@ -1,10 +1,13 @@
 """The ``pyvmm_snapshot`` fixture on a small suite of its own, run by a child pytest: the echo
 guest boots once per run (also across two pytest-xdist workers), each test gets a clone of it
-that answers what it types, a clone's changes don't reach the next one, and a boot that never
-gets ready fails every test that needs it in one line, at the cost of one boot."""
+that answers what it types, a clone's changes don't reach the next one (the next clone is
+restored ahead while a test runs: every call but a process's first takes one), nothing of a
+clone is left when the run ends (the one restored ahead and never taken included), and a boot
+that never gets ready fails every test that needs it in one line, at the cost of one boot."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -26,9 +29,9 @@ ECHO, BOOTS, CLONES = {echo!r}, {boots!r}, {clones!r}
 BYE = b"pyvmm-tiny: bye"
 
 
-def note(path):
+def note(path, what=""):
     with open(path, "a") as stream:
-        stream.write(f"{{os.getpid()}}\\n")
+        stream.write(f"{{os.getpid()}}{{what}}\\n")
 
 
 def primed(vm):
@@ -44,8 +47,8 @@ def echo(pyvmm_snapshot):
 
 
 @pytest.mark.parametrize("word", ["alpha", "beta", "gamma"])
-def test_a_clone_answers_its_own_words(echo, word):
-    note(CLONES)
+def test_a_clone_answers_its_own_words(echo, word, pyvmm_prepared_clones):
+    note(CLONES, f":{{pyvmm_prepared_clones.taken}}")  # clones this process took ready-made
     assert echo.console.text == ""          # no boot: it runs on from the snapshot
     echo.console.write(word + "\\n")
     echo.console.expect(word + "\\n", 30)
@@ -59,16 +62,66 @@ def test_a_clone_answers_its_own_words(echo, word):
 """
 
 
+#: Each process of the child run writes down, at its end, what it holds of pyvmm that it did
+#: not hold at its start: fds (KVM's, eventfds, unnamed temporary files such as a disk
+#: overlay), mappings of a snapshot's memory file, pyvmm's threads.
+LEFT_CONFTEST = """
+import json
+import os
+import threading
+
+LEFT = {left!r}
+
+
+def held():
+    fds = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{{fd}}")
+        except OSError:
+            continue
+        if "kvm" in target or "eventfd" in target or target.endswith("(deleted)"):
+            fds.add(target)
+    with open("/proc/self/maps") as maps:
+        mapped = {{line.split()[-1] for line in maps if "memory.raw" in line}}
+    threads = {{t.name for t in threading.enumerate() if t.name.startswith("pyvmm")}}
+    return fds, mapped, threads
+
+
+def pytest_configure(config):
+    config.pyvmm_held_at_start = held()
+
+
+def pytest_unconfigure(config):
+    left = [sorted(now - before) for now, before in zip(held(), config.pyvmm_held_at_start)]
+    with open(LEFT, "a") as stream:
+        stream.write(json.dumps(left) + "\\n")
+"""
+
+
 def run_suite(pytester: pytest.Pytester, suite: str, *args: str,
               **names: str) -> tuple[pytest.RunResult, list[str], list[str]]:
     """Run ``suite`` (given ``names`` and the files ``boots`` and ``clones`` it writes to) in
-    a child pytest: its result, and the processes that booted and that ran a test."""
-    boots, clones = pytester.path / "boots", pytester.path / "clones"
+    a child pytest: its result, and the processes that booted and that ran a test.  Every
+    process of the run ends holding nothing of pyvmm's it did not hold at its start."""
+    boots, clones, left = (pytester.path / name for name in ("boots", "clones", "left"))
     pytester.makepyfile(test_suite=suite.format(boots=str(boots), clones=str(clones), **names))
+    pytester.makeconftest(LEFT_CONFTEST.format(left=str(left)))
     result = pytester.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider", *args,
                                            timeout=900)
     lines = [path.read_text().split() if path.exists() else [] for path in (boots, clones)]
+    ends = [json.loads(line) for line in left.read_text().splitlines()]
+    assert ends and all(end == [[], [], []] for end in ends), ends
     return result, lines[0], lines[1]
+
+
+def ready_made(clones: list[str]) -> dict[str, int]:
+    """Per process of the run, how many clones it took restored ahead (by its last test)."""
+    counts: dict[str, int] = {}
+    for line in clones:
+        process, taken = line.split(":")
+        counts[process] = max(counts.get(process, 0), int(taken))
+    return counts
 
 
 def left_behind(pytester: pytest.Pytester) -> list[Path]:
@@ -79,6 +132,9 @@ def test_three_tests_three_clones_one_boot(pytester: pytest.Pytester) -> None:
     result, boots, clones = run_suite(pytester, SUITE, echo=str(image("tiny/echo.bzImage")))
     result.assert_outcomes(passed=3)
     assert len(boots) == 1 and len(clones) == 3
+    # The first call restored in the foreground; each later one took the clone restored
+    # ahead while the test before it ran (the test reads the count after its own call).
+    assert list(ready_made(clones).values()) == [2]
     assert left_behind(pytester) == []      # the last user removed the snapshot
 
 
@@ -88,7 +144,9 @@ def test_two_xdist_workers_share_one_boot(pytester: pytest.Pytester) -> None:
                                       echo=str(image("tiny/echo.bzImage")))
     result.assert_outcomes(passed=3)
     assert len(boots) == 1 and len(clones) == 3
-    assert len(set(clones)) == 2            # both workers ran clones of the one boot
+    counts = ready_made(clones)
+    assert len(counts) == 2                 # both workers ran clones of the one boot
+    assert sum(counts.values()) == 1        # each worker's first call restored its own
     assert left_behind(pytester) == []
 
 

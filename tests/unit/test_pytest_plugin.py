@@ -1,7 +1,10 @@
 """pyvmm's pytest plugin without a VM: where /dev/kvm is unusable, tests that need it skip with
-the reason; which machines ``pyvmm_snapshot`` takes for the same snapshot."""
+the reason; which machines ``pyvmm_snapshot`` takes for the same snapshot; which clones it
+keeps restored ahead, and that it stops them."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 
@@ -53,3 +56,46 @@ def test_one_snapshot_per_machine_ready_pattern_and_prepare(tmp_path) -> None:
     others = {key(memory="128M"), key(append="console=ttyS0 x=1"), key(cpus=2),
               key(ready="# $"), key(prepare=primed), key(prepare=lambda vm: None)}
     assert key() not in others and len(others) == 6
+
+
+class _Restored:
+    """What ``Machine.restore`` gives here: a machine that notes its stop."""
+
+    def __init__(self, path: object, stops: list[str], **per_run: object) -> None:
+        self.name, self.stops = f"{path} {sorted(per_run.items())}", stops
+
+    def stop(self) -> None:
+        self.stops.append(self.name)
+
+
+def test_clones_restored_ahead_are_per_snapshot_and_options_and_released(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from pyvmm.api import Machine
+
+    stops: list[str] = []
+    restores: list[str] = []
+
+    def restore(path: object, **per_run: object) -> _Restored:
+        if str(path).endswith("damaged"):
+            raise pytest_plugin.SnapshotBootError("damaged")
+        restores.append(str(path))
+        return _Restored(path, stops, **per_run)
+
+    monkeypatch.setattr(Machine, "restore", staticmethod(restore))
+    prepared = pytest_plugin.PreparedClones(keep=2)
+    a, b, c = (tmp_path / name for name in "abc")
+    assert prepared.take(a, {}) is None                 # nothing restored ahead yet
+    prepared.prepare(a, {})
+    prepared.prepare(a, {})                             # one per snapshot and options
+    prepared.prepare(a, {"timeout": 5})
+    taken = prepared.take(a, {})
+    assert isinstance(taken, _Restored) and taken.name == f"{a} []"
+    assert prepared.take(a, {}) is None and prepared.taken == 1
+    prepared.prepare(tmp_path / "damaged", {})          # failed ahead: the call restores
+    assert prepared.take(tmp_path / "damaged", {}) is None and prepared.taken == 1
+    prepared.prepare(b, {})
+    prepared.prepare(c, {})                             # a's timeout=5 is the oldest: stopped
+    assert stops == [f"{a} [('timeout', 5)]"] and len(restores) == 4
+    prepared.close()                                    # the unused ones are stopped
+    assert sorted(stops[1:]) == [f"{b} []", f"{c} []"]
+    assert not [t for t in threading.enumerate() if t.name == "pyvmm-restore-ahead"]

@@ -23,14 +23,13 @@ import logging
 import mmap
 import os
 import struct
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pyvmm.devices.virtio.device import SERVE_BUDGET_SECONDS, VirtioDevice
+from pyvmm.devices.virtio.device import SERVE_BUDGET_SECONDS, CServedDevice
 from pyvmm.host.disk_image import BOUNCE_SIZE, SECTOR_SIZE, DiskImage
-from pyvmm.devices.virtio.queue import (DescriptorChain, QueueError, SplitQueue, bind_c_interrupt,
-                                        bind_c_regions, bind_c_ring, read_from, write_into)
+from pyvmm.devices.virtio.queue import (CServingLoop, DescriptorChain, QueueError, SplitQueue,
+                                        read_from, write_into)
 from pyvmm.memory import GuestMemory
 
 log = logging.getLogger(__name__)
@@ -148,46 +147,18 @@ def _skip(views: list[memoryview], count: int) -> list[memoryview]:
     return result
 
 
-class BlockDevice(VirtioDevice):
+class BlockDevice(CServedDevice):
     """One disk: a single request queue, served in C (a raw image) or in Python."""
 
     device_id = VIRTIO_ID_BLOCK
+    thread_name = "virtio-blk"
 
     def __init__(self, disk: DiskImage, serial: str = "") -> None:
-        super().__init__((QUEUE_SIZE,))
         self.disk = disk
         self.serial = serial.encode()[:VIRTIO_BLK_ID_BYTES]
         #: The C request loop, for an image whose bytes are its file's.
         self._loop = _RequestLoop(disk, self.serial) if disk.plain_file else None
-        #: Bound by the machine (attach_virtio) once it asked for ``kick_fds``: the
-        #: irqfd the serving thread signals.
-        self.call_fd: int | None = None
-        #: Given by the machine with ``call_fd`` where it can: a C function and its
-        #: context, by address (``int pulse(void *context)``, 0 when the guest was
-        #: interrupted), which the serving thread calls instead of signalling
-        #: ``call_fd`` (still signalled when the pulse fails).  Opaque here.
-        self.interrupt_pulse: tuple[int, int] | None = None
-        self._kick_fds: list[int] | None = None
-        self._thread: threading.Thread | None = None
-        #: The thread was stopped by ``pause_serving``, to start again on ``resume_serving``.
-        self._paused = False
-
-    @property
-    def kick_fds(self) -> list[int]:
-        """For a disk served in C only (else AttributeError, so ``getattr(device,
-        "kick_fds", None)`` is None): one eventfd, made when the machine asks
-        (attach_virtio binds it as KVM's ioeventfd and owns it).
-
-        Asking makes the disk back-end served, as a ``VhostDevice`` is: its thread
-        raises every used-buffer interrupt through ``call_fd``, never the transport,
-        so the machine answers its InterruptStatus reads and absorbs its ACKs
-        without Python (``pyvmm.vcpu.interrupt_status``)."""
-        if self._loop is None:
-            raise AttributeError("kick_fds: a copy-on-write overlay is served from the loop")
-        if self._kick_fds is None:
-            self._kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)]
-            self.backend_interrupts = True
-        return self._kick_fds
+        super().__init__((QUEUE_SIZE,), self._loop)
 
     def device_features(self) -> int:
         features = super().device_features() | 1 << VIRTIO_BLK_F_FLUSH \
@@ -217,23 +188,18 @@ class BlockDevice(VirtioDevice):
         super().activate(memory, driver_features, raise_used, broken)
         if self._loop is not None:
             self._loop.load(memory, self.queues[0])
-            if self.call_fd is not None and self._kick_fds is not None:
-                self._start_thread()
+            self._start_thread_if_bound()
 
     def reset(self) -> None:
-        self._stop_thread()
-        self._paused = False
         super().reset()
         if self._loop is not None:
-            self._loop.unload()
+            self._loop.unbind()
 
     def process_queue(self, index: int) -> None:
-        if index != 0:
+        if index != 0 or self._kick_thread(0):
             return
         if self._loop is None:
             self.serve(self.queues[0], self._handle)
-        elif self._thread is not None and self._kick_fds is not None:
-            os.eventfd_write(self._kick_fds[0], 1)  # a notify KVM did not take
         elif self.memory is not None:
             status, error = self._loop.run()
             self._loop.log_errors(self.disk.path)
@@ -243,67 +209,14 @@ class BlockDevice(VirtioDevice):
                 raise QueueError(error)
 
     def pending(self, index: int) -> bool:
-        return self._thread is None and super().pending(index)
-
-    def pause_serving(self) -> None:
-        """The machine pauses (for a snapshot): the thread stops after its pass, so the
-        rings rest and the queue's positions are Python's until ``resume_serving``."""
-        with self.lock:
-            if self._thread is not None:
-                self._stop_thread()
-                self._paused = True
-
-    def resume_serving(self) -> None:
-        with self.lock:
-            if self._paused:
-                self._paused = False
-                if self.active:
-                    self._start_thread()
-
-    def to_state(self) -> dict:
-        """Nothing of its own.  Unpaused, with the thread serving, the queue's positions
-        are C's: stop it (its pass ends) and start it again, so the transport saves them."""
-        if self._thread is not None:
-            self._stop_thread()
-            self._start_thread()
-        return {}
+        return not self.serving and super().pending(index)
 
     def shutdown(self) -> None:
         """Stop the thread (its pass ends: no request is left half done), then flush."""
-        self._stop_thread()
+        super().shutdown()
         if self._loop is not None:
             self._loop.log_errors(self.disk.path)
         self.disk.close()
-
-    # -- the serving thread (the machine's disk) ------------------------------------------
-
-    def _start_thread(self) -> None:
-        assert self._loop is not None and self._kick_fds is not None
-        assert self.call_fd is not None
-        self._loop.start_serving(self._kick_fds[0], self.call_fd, self.interrupt_pulse)
-        self._thread = threading.Thread(target=self._serve, name="virtio-blk", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        assert self._loop is not None
-        error = self._loop.serve()
-        if error is None:
-            return
-        # Report under the lock, unless a reset or a stop (which hold it) is stopping us.
-        while not self._loop.stopping:
-            if self.lock.acquire(timeout=0.05):
-                try:
-                    if not self._loop.stopping:
-                        self._broken(error)
-                finally:
-                    self.lock.release()
-                return
-
-    def _stop_thread(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            assert self._loop is not None
-            self._loop.stop_serving(thread)
 
     # -- requests ---------------------------------------------------------------
 
@@ -382,74 +295,42 @@ class BlockDevice(VirtioDevice):
         return VIRTIO_BLK_S_OK
 
 
-class _RequestLoop:
+class _RequestLoop(CServingLoop):
     """The C request loop of a raw disk: its ring, guest RAM and the image's fd as one
     C struct (``pyvmm_blk``), and the passes or the serving loop over it.
 
     Guest RAM goes over as each region's host address and size, the ring as the
     views ``SplitQueue`` checked when the driver made it ready; the C code checks
-    every descriptor against the regions as ``SplitQueue`` does.  The queue's
-    positions (``next_avail``, ``next_used``) move to C for a pass and back after
-    it; while the thread serves, C alone holds them.
+    every descriptor against the regions as ``SplitQueue`` does.
     """
+
+    error_bit = _LOOP_ERROR
 
     def __init__(self, disk: DiskImage, serial: bytes) -> None:
         from pyvmm.host._disk_cffi import ffi, lib  # type: ignore[import-not-found]
 
-        self._ffi, self._lib = ffi, lib
-        self._held: list[object] = []
-        self._queue: SplitQueue | None = None
-        self._stop_fd = -1
-        self.stopping = False
+        self._lib = lib
         #: O_DIRECT's aligned bounce buffer, for unaligned guest buffers (as DiskImage's).
         bounce = mmap.mmap(-1, BOUNCE_SIZE) if disk.direct else None  # page-aligned
         self._bounce = ffi.from_buffer("uint8_t[]", bounce) if bounce is not None else ffi.NULL
-        self.c: Any = ffi.new("pyvmm_blk *", {
+        super().__init__(ffi, ffi.new("pyvmm_blk *", {
             "fd": disk.fd, "readonly": int(disk.readonly), "size": disk.size,
             "serial": serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0"),
             "bounce": self._bounce, "bounce_size": len(bounce) if bounce is not None else 0,
             "seg_max": SEG_MAX, "size_max": SIZE_MAX,
             "max_discard_sectors": MAX_DISCARD_SECTORS,
             "max_write_zeroes_sectors": MAX_WRITE_ZEROES_SECTORS,
-            "kick_fd": -1, "call_fd": -1, "stop_fd": -1})
+            "kick_fd": -1, "call_fd": -1, "stop_fd": -1}), lib.pyvmm_blk_serve)
         self._logged_errors = 0
 
     def load(self, memory: GuestMemory, queue: SplitQueue) -> None:
         """The driver is up: point C at guest RAM and at the ring if it is ready."""
-        ffi, c = self._ffi, self.c
-        held = bind_c_regions(ffi, c, memory, "virtio-blk")
-        c.budget_ns = int(max(SERVE_BUDGET_SECONDS, 0) * 1e9)
-        held += bind_c_ring(ffi, c.q, queue, memory)
-        self._held = held
-        self._queue = queue
-
-    def unload(self) -> None:
-        c = self.c
-        c.nregions = 0
-        c.q.desc = c.q.avail = c.q.used = self._ffi.NULL
-        self._held = []
-        self._queue = None
-
-    def _to_c(self) -> None:
-        if self._queue is not None:
-            self.c.q.next_avail, self.c.q.next_used = \
-                self._queue.next_avail, self._queue.next_used
-
-    def _from_c(self) -> None:
-        if self._queue is not None:
-            self._queue.next_avail, self._queue.next_used = \
-                self.c.q.next_avail, self.c.q.next_used
+        self.c.budget_ns = int(max(SERVE_BUDGET_SECONDS, 0) * 1e9)
+        self.bind(memory, [queue], [self.c.q], "virtio-blk")
 
     def run(self) -> tuple[int, str | None]:
         """One pass over the queue: (PYVMM_BLK_* bits, the error of a malformed ring)."""
-        if self.c.q.desc == self._ffi.NULL:
-            return 0, None
-        self._to_c()
-        status = self._lib.pyvmm_blk_process(self.c)
-        self._from_c()
-        if status & _LOOP_ERROR:
-            return status, self._ffi.string(self.c.error).decode()
-        return status, None
+        return self.run_pass(self._lib.pyvmm_blk_process, self.c.q)
 
     def log_errors(self, path: str) -> None:
         """Say once how many host I/O errors the guest was told of since the last time."""
@@ -459,30 +340,5 @@ class _RequestLoop:
                         count - self._logged_errors, os.strerror(self.c.last_errno))
             self._logged_errors = count
 
-    # -- the serving thread ----------------------------------------------------------------
-
-    def start_serving(self, kick_fd: int, call_fd: int,
-                      pulse: tuple[int, int] | None = None) -> None:
-        c = self.c
-        c.kick_fd, c.call_fd = kick_fd, call_fd
-        bind_c_interrupt(self._ffi, c.irq, pulse)
-        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        c.stop_fd = self._stop_fd
-        self.stopping = False
-        self._to_c()
-
-    def serve(self) -> str | None:
-        """The thread's body: C serves the queue until stopped; the error that ended it
-        (a malformed ring), or None."""
-        status = self._lib.pyvmm_blk_serve(self.c)
-        if status & _LOOP_ERROR:
-            return self._ffi.string(self.c.error).decode()
-        return None
-
-    def stop_serving(self, thread: threading.Thread) -> None:
-        self.stopping = True
-        os.eventfd_write(self._stop_fd, 1)
-        thread.join()
-        os.close(self._stop_fd)
-        self._stop_fd = self.c.stop_fd = -1
-        self._from_c()
+    def _bind_eventfds(self, kick_fds: list[int], call_fd: int) -> None:
+        self.c.kick_fd, self.c.call_fd = kick_fds[0], call_fd

@@ -7,9 +7,11 @@ the driver notifies.  ``serve`` is the common loop: pop chains, let the device
 handle each, publish them as used, then interrupt only if the driver wants it
 (``VIRTIO_F_EVENT_IDX`` or the ``NO_INTERRUPT`` flag).
 
-``VhostDevice`` is the base of the devices whose queues another party serves
-(a vhost-user back end, or the kernel's vhost through ``KernelVhostDevice``):
-pyvmm keeps the registers and the config space and hands the rings over.
+``CServedDevice`` is the base of the devices that a C half of their own serves
+on a thread (a raw disk, a NIC over passt's stream).  ``VhostDevice`` is the
+base of the devices whose queues another party serves (a vhost-user back end,
+or the kernel's vhost through ``KernelVhostDevice``): pyvmm keeps the
+registers and the config space and hands the rings over.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
-from pyvmm.devices.virtio.queue import DescriptorChain, SplitQueue
+from pyvmm.devices.virtio.queue import CServingLoop, DescriptorChain, SplitQueue
 from pyvmm.errors import DeviceError
 from pyvmm.memory import GuestMemory
 
@@ -169,6 +171,156 @@ class VirtioDevice:
         if queue.needs_interrupt(used_before):
             self._raise_used()
         return served
+
+
+class CServedDevice(VirtioDevice):
+    """A device whose C half (``loop``, a ``CServingLoop``) serves its queues.
+
+    Once the machine asked for ``kick_fds`` (it binds them as KVM's ioeventfds)
+    and bound ``call_fd`` (its irqfd), a thread of the device's own runs the C
+    loop (GIL released) and raises every used-buffer interrupt itself, as a
+    vhost back end does: a request costs no Python.  Without them (tests, the
+    fuzzer) each notification runs one pass of the C half on the caller's
+    thread.  A snapshot pauses the thread (``pause_serving``) so the rings rest
+    and their positions are Python's while it reads them.
+    """
+
+    #: The serving thread's name.
+    thread_name = "virtio"
+
+    def __init__(self, queue_sizes: tuple[int, ...], loop: CServingLoop | None) -> None:
+        super().__init__(queue_sizes)
+        #: None: this device is served in Python (no ``kick_fds``).
+        self._serving_loop = loop
+        #: Bound by the machine (attach_virtio) once it asked for ``kick_fds``: the
+        #: irqfd the serving thread signals.
+        self.call_fd: int | None = None
+        #: Given by the machine with ``call_fd`` where it can: a C function and its
+        #: context, by address (``int pulse(void *context)``, 0 when the guest was
+        #: interrupted), which the serving thread calls instead of signalling
+        #: ``call_fd`` (still signalled when the pulse fails).  Opaque here.
+        self.interrupt_pulse: tuple[int, int] | None = None
+        self._kick_fds: list[int] | None = None
+        self._thread: threading.Thread | None = None
+        #: The thread was stopped by ``pause_serving``, to start again on ``resume_serving``.
+        self._paused = False
+
+    @property
+    def kick_fds(self) -> list[int]:
+        """For a device with a C half only (else AttributeError, so ``getattr(device,
+        "kick_fds", None)`` is None): one eventfd per queue, made when the machine asks
+        (attach_virtio binds them as KVM's ioeventfds and owns them).
+
+        Asking makes the device back-end served, as a ``VhostDevice`` is: its thread
+        raises every used-buffer interrupt through ``call_fd``, never the transport, so
+        the machine answers its InterruptStatus reads and absorbs its ACKs without
+        Python (``pyvmm.vcpu.interrupt_status``)."""
+        if self._serving_loop is None:
+            raise AttributeError(f"kick_fds: this {self.thread_name} is served from the loop")
+        if self._kick_fds is None:
+            self._kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                              for _ in self.queues]
+            self.backend_interrupts = True
+        return self._kick_fds
+
+    @property
+    def serving(self) -> bool:
+        """Whether the queues are the thread's (it serves them, or will again after a
+        pause): the caller's passes leave them alone."""
+        return self._thread is not None or self._paused
+
+    def reset(self) -> None:
+        self._stop_thread()
+        super().reset()
+
+    def shutdown(self) -> None:
+        """Stop the thread (its pass ends: no request is left half done)."""
+        self._stop_thread()
+
+    def pause_serving(self) -> None:
+        """The machine pauses (for a snapshot): the thread stops after its pass, so the
+        rings rest and the queues' positions are Python's until ``resume_serving``.
+        The back end stays with the thread meanwhile (``_serving_moved`` is not told):
+        what arrives waits there."""
+        with self.lock:
+            if self._thread is not None:
+                self._stop_thread(pausing=True)
+                self._paused = True
+
+    def resume_serving(self) -> None:
+        with self.lock:
+            if self._paused:
+                self._paused = False
+                if self.active:
+                    self._start_thread()
+                else:
+                    self._serving_moved(False)
+
+    def to_state(self) -> dict:
+        """Nothing of its own.  With the thread serving, the queues' positions are C's:
+        stop it (its pass ends) and start it again, so the transport saves them."""
+        if self._thread is not None:
+            self._stop_thread(pausing=True)
+            self._start_thread()
+        return {}
+
+    # -- for subclasses ---------------------------------------------------------------
+
+    def _serving_moved(self, to_thread: bool) -> None:
+        """The queues went to the thread, or came back to the caller's passes."""
+
+    def _serving_failed(self, error: str) -> None:
+        """The thread found a malformed ring (the lock is held)."""
+        self._broken(error)
+
+    def _start_thread_if_bound(self) -> None:
+        """After ``activate`` loaded the C half: serve on the thread if the machine bound
+        the eventfds."""
+        if self.call_fd is not None and self._kick_fds is not None:
+            self._start_thread()
+
+    def _kick_thread(self, index: int) -> bool:
+        """A notify that reached Python (not KVM's ioeventfd): pass it to the thread;
+        False if no thread serves."""
+        if self._thread is None or self._kick_fds is None:
+            return False
+        os.eventfd_write(self._kick_fds[index], 1)
+        return True
+
+    def _start_thread(self) -> None:
+        loop = self._serving_loop
+        assert loop is not None and self._kick_fds is not None and self.call_fd is not None
+        loop.start_serving(self._kick_fds, self.call_fd, self.interrupt_pulse)
+        self._serving_moved(True)
+        self._thread = threading.Thread(target=self._serve, name=self.thread_name,
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        loop = self._serving_loop
+        assert loop is not None
+        error = loop.serve()
+        if error is None:
+            return
+        # Report under the lock, unless a reset or a stop (which hold it) is stopping us.
+        while not loop.stopping:
+            if self.lock.acquire(timeout=0.05):
+                try:
+                    if not loop.stopping:
+                        self._serving_failed(error)
+                finally:
+                    self.lock.release()
+                return
+
+    def _stop_thread(self, pausing: bool = False) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            assert self._serving_loop is not None
+            self._serving_loop.stop_serving(thread)
+        if pausing or (thread is None and not self._paused):
+            return
+        self._paused = False
+        self._serving_moved(False)
 
 
 class VhostDevice(VirtioDevice):

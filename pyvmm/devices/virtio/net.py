@@ -40,16 +40,14 @@ kernel moves the frames (``device.KernelVhostDevice``).
 from __future__ import annotations
 
 import logging
-import os
 import struct
-import threading
 import time
 from typing import Callable, Protocol
 
-from pyvmm.devices.virtio.device import (COMMON_FEATURES, SERVE_BUDGET_SECONDS, KernelQueues,
-                                         KernelVhostDevice, VirtioDevice)
-from pyvmm.devices.virtio.queue import (DescriptorChain, QueueError, SplitQueue, bind_c_interrupt,
-                                        bind_c_regions, bind_c_ring, read_from)
+from pyvmm.devices.virtio.device import (COMMON_FEATURES, SERVE_BUDGET_SECONDS, CServedDevice,
+                                         KernelQueues, KernelVhostDevice)
+from pyvmm.devices.virtio.queue import (CServingLoop, DescriptorChain, QueueError, SplitQueue,
+                                        read_from)
 from pyvmm.memory import GuestMemory
 from pyvmm.vhost.stream import FrameStream, c_module
 
@@ -121,19 +119,23 @@ class FrameLink(Protocol):
         """That frame is delivered (or dropped): the back end may read the next one."""
 
 
-class NetDevice(VirtioDevice):
+class NetDevice(CServedDevice):
     """A virtio-net NIC whose frames go to and come from ``link``."""
 
     device_id = VIRTIO_ID_NET
+    thread_name = "virtio-net"
 
     def __init__(self, link: FrameLink, mac: bytes, mtu: int = 1500, *,
                  header_in_frames: bool = False, offloads: int = 0,
                  on_offloads: Callable[[int], None] | None = None) -> None:
-        super().__init__((QUEUE_SIZE, QUEUE_SIZE))
         if len(mac) != 6 or not 68 <= mtu <= MAX_MTU:
             raise ValueError(f"virtio-net: bad MAC {mac.hex(':')} or MTU {mtu}")
         if offloads & ~OFFLOAD_FEATURES or offloads and not header_in_frames:
             raise ValueError("virtio-net: offloads need a link that carries the header")
+        #: Over passt's stream: the C half that moves the frames (no Python per frame).
+        self._pump = _RingPump(link, mtu + FRAME_OVERHEAD) \
+            if isinstance(link, FrameStream) and not header_in_frames else None
+        super().__init__((QUEUE_SIZE, QUEUE_SIZE), self._pump)
         self.link = link
         self.mac = mac
         self.mtu = mtu
@@ -152,39 +154,8 @@ class NetDevice(VirtioDevice):
         self.tx_frames = 0
         #: A receive ring was malformed outside a notification: drop input until reset.
         self._receive_broken = False
-        #: Over passt's stream: the C half that moves the frames (no Python per frame).
-        self._pump = _RingPump(link, self.max_frame) \
-            if isinstance(link, FrameStream) and not header_in_frames else None
-        #: Bound by the machine (attach_virtio) once it asked for ``kick_fds``: the
-        #: irqfd the serving thread signals.
-        self.call_fd: int | None = None
-        #: Given by the machine with ``call_fd`` where it can: a C function and its
-        #: context, by address (``int pulse(void *context)``, 0 when the guest was
-        #: interrupted), which the serving thread calls instead of signalling
-        #: ``call_fd`` (still signalled when the pulse fails).  Opaque here.
-        self.interrupt_pulse: tuple[int, int] | None = None
-        self._kick_fds: list[int] | None = None
-        self._thread: threading.Thread | None = None
 
     # -- what the transport asks ---------------------------------------------------------
-
-    @property
-    def kick_fds(self) -> list[int]:
-        """Over passt's stream only (else AttributeError, so ``getattr(device,
-        "kick_fds", None)`` is None): one eventfd per queue, made when the machine
-        asks (attach_virtio binds them as KVM's ioeventfds and owns them).
-
-        Asking makes the NIC back-end served, as a ``VhostDevice`` is: its thread
-        raises every used-buffer interrupt through ``call_fd``, never the transport, so
-        the machine answers its InterruptStatus reads and absorbs its ACKs without
-        Python (``pyvmm.vcpu.interrupt_status``)."""
-        if self._pump is None:
-            raise AttributeError("kick_fds: a NIC over a tap is served from the loop")
-        if self._kick_fds is None:
-            self._kick_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-                              for _ in self.queues]
-            self.backend_interrupts = True
-        return self._kick_fds
 
     def device_features(self) -> int:
         # Over passt's stream: GUEST_CSUM, so received frames can say their checksums
@@ -218,60 +189,29 @@ class NetDevice(VirtioDevice):
             self._pump.load(memory, self.queues,
                             self.has_feature(VIRTIO_NET_F_MRG_RXBUF),
                             self.has_feature(VIRTIO_NET_F_GUEST_CSUM))
-            if self.call_fd is not None and self._kick_fds is not None:
-                self._start_thread()
+            self._start_thread_if_bound()
 
     def reset(self) -> None:
-        self._stop_thread()
         super().reset()
         self._receive_broken = False
         if self._pump is not None:
-            self._pump.unload()
-
-    def shutdown(self) -> None:
-        self._stop_thread()
+            self._pump.unbind()
 
     # -- the serving thread (the machine's NIC over passt) ------------------------------------
 
-    def _start_thread(self) -> None:
-        assert self._pump is not None and self._kick_fds is not None
-        assert self.call_fd is not None and isinstance(self.link, FrameStream)
-        self._pump.start_serving(self._kick_fds, self.call_fd, self.interrupt_pulse)
-        self.link.served_elsewhere = True
+    def _serving_moved(self, to_thread: bool) -> None:
+        """The thread polls passt's socket itself: the event loop leaves it alone."""
+        assert isinstance(self.link, FrameStream)
+        self.link.served_elsewhere = to_thread
         self.link.interest_changed()
-        self._thread = threading.Thread(target=self._serve, name="virtio-net",
-                                        daemon=True)
-        self._thread.start()
 
-    def _serve(self) -> None:
-        assert self._pump is not None
-        error = self._pump.serve()
-        if error is None:
-            return
-        # Report under the lock, unless a reset (which holds it) is stopping us.
-        while not self._pump.stopping:
-            if self.lock.acquire(timeout=0.05):
-                try:
-                    if not self._pump.stopping:
-                        self._receive_broken = True
-                        self._broken(error)
-                finally:
-                    self.lock.release()
-                return
-
-    def _stop_thread(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        assert self._pump is not None and isinstance(self.link, FrameStream)
-        self._pump.stop_serving(thread)
-        self.link.served_elsewhere = False
-        self.link.interest_changed()
+    def _serving_failed(self, error: str) -> None:
+        self._receive_broken = True
+        super()._serving_failed(error)
 
     def process_queue(self, index: int) -> None:
         if self._pump is not None:
-            if self._thread is not None and self._kick_fds is not None:
-                os.eventfd_write(self._kick_fds[index], 1)  # a notify KVM did not take
+            if self._kick_thread(index):
                 return
             try:
                 self._pump_call(index == TRANSMIT_QUEUE)
@@ -292,7 +232,7 @@ class NetDevice(VirtioDevice):
     def pending(self, index: int) -> bool:
         # Receive buffers wait for frames; transmit chains wait while the link is full
         # (for the C half: while anything waits for passt's socket).
-        if self._thread is not None:
+        if self.serving:
             return False  # the thread serves them
         if index != TRANSMIT_QUEUE or not super().pending(index):
             return False
@@ -323,7 +263,7 @@ class NetDevice(VirtioDevice):
         left: the caller should come back after its other events.
         """
         with self.lock:
-            if self._thread is not None:
+            if self.serving:
                 return False
             if self._receive_broken or not self._running():
                 self._drop_input()
@@ -341,7 +281,7 @@ class NetDevice(VirtioDevice):
     def link_writable(self) -> bool:
         """The link's output drained: take the transmit chains left on the ring."""
         with self.lock:
-            if not self._running() or self._thread is not None:
+            if not self._running() or self.serving:
                 return False
             try:
                 if self._pump is not None:
@@ -553,71 +493,40 @@ class NetDevice(VirtioDevice):
         return _DELIVERED
 
 
-class _RingPump:
+class _RingPump(CServingLoop):
     """The C half of a NIC over passt's stream: its rings, guest RAM and the stream
     as one C struct (``pyvmm_net``), and the passes or the serving loop over it.
 
     Guest RAM goes over as each region's host address and size, the rings as the
     views ``SplitQueue`` checked when the driver made them ready; the C code
-    checks every descriptor against the regions as ``SplitQueue`` does.  The
-    queues' positions (``next_avail``, ``next_used``) move to C for a pass and
-    back after it; while the thread serves, C alone holds them.
+    checks every descriptor against the regions as ``SplitQueue`` does.
     """
 
+    error_bit = _PUMP_ERROR
+
     def __init__(self, stream: FrameStream, max_frame: int) -> None:
-        self._ffi, self._lib = c_module()
-        self._stream = stream
-        self.c = self._ffi.new("pyvmm_net *", {
+        ffi, self._lib = c_module()
+        super().__init__(ffi, ffi.new("pyvmm_net *", {
             "stream": stream.c_stream, "max_frame": max_frame,
             "budget_ns": int(SERVE_BUDGET_SECONDS * 1e9),
-            "kick_rx": -1, "kick_tx": -1, "call_fd": -1, "stop_fd": -1})
-        #: The buffers C points into, kept alive while it does.
-        self._held: list[object] = []
-        self._queues: list[SplitQueue] = []
-        self._stop_fd = -1
-        self.stopping = False
+            "kick_rx": -1, "kick_tx": -1, "call_fd": -1, "stop_fd": -1}),
+            self._lib.pyvmm_net_serve)
+        self._stream = stream
 
     def load(self, memory: GuestMemory, queues: list[SplitQueue], mergeable: bool,
              data_valid: bool) -> None:
         """The driver is up: point C at guest RAM and at the rings that are ready;
         ``data_valid``: mark received frames' checksums valid (GUEST_CSUM negotiated)."""
-        ffi, c = self._ffi, self.c
-        held = bind_c_regions(ffi, c, memory, "virtio-net")
+        c = self.c
         c.mergeable = int(mergeable)
         c.data_valid = int(data_valid)
-        for queue, ring in zip(queues, (c.rx, c.tx)):
-            held += bind_c_ring(ffi, ring, queue, memory)
-        self._held = held
-        self._queues = queues
-
-    def unload(self) -> None:
-        c = self.c
-        c.nregions = 0
-        for ring in (c.rx, c.tx):
-            ring.desc = ring.avail = ring.used = self._ffi.NULL
-        self._held = []
-        self._queues = []
-
-    def _to_c(self) -> None:
-        for queue, ring in zip(self._queues, (self.c.rx, self.c.tx)):
-            ring.next_avail, ring.next_used = queue.next_avail, queue.next_used
-
-    def _from_c(self) -> None:
-        for queue, ring in zip(self._queues, (self.c.rx, self.c.tx)):
-            queue.next_avail, queue.next_used = ring.next_avail, ring.next_used
+        self.bind(memory, queues, [c.rx, c.tx], "virtio-net")
 
     def run(self, transmit: bool) -> tuple[int, str | None]:
         """One pass over the transmit or the receive queue: (PYVMM_NET_* bits, error)."""
-        ring = self.c.tx if transmit else self.c.rx
-        if ring.desc == self._ffi.NULL:
-            return 0, None
-        self._to_c()
-        status = (self._lib.pyvmm_net_transmit if transmit else
-                  self._lib.pyvmm_net_receive)(self.c)
-        self._from_c()
-        if status & _PUMP_ERROR:
-            return status, self._ffi.string(self.c.error).decode()
-        return status, None
+        if transmit:
+            return self.run_pass(self._lib.pyvmm_net_transmit, self.c.tx)
+        return self.run_pass(self._lib.pyvmm_net_receive, self.c.rx)
 
     def can_transmit(self) -> bool:
         """Whether a transmit pass would take chains: the C half leaves them on the ring
@@ -633,35 +542,11 @@ class _RingPump:
                 "interrupts": c.interrupts, "tx_interrupts_merged": c.tx_irqs_merged,
                 "interrupt_pulse_failures": c.irq.failures}
 
-    # -- the serving thread ----------------------------------------------------------------
-
-    def start_serving(self, kick_fds: list[int], call_fd: int,
-                      pulse: tuple[int, int] | None = None) -> None:
+    def _bind_eventfds(self, kick_fds: list[int], call_fd: int) -> None:
         c = self.c
         c.kick_rx, c.kick_tx = kick_fds[RECEIVE_QUEUE], kick_fds[TRANSMIT_QUEUE]
         c.call_fd = call_fd
-        bind_c_interrupt(self._ffi, c.irq, pulse)
         c.tx_irq_hold_ns = TX_INTERRUPT_HOLD_NS
-        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        c.stop_fd = self._stop_fd
-        self.stopping = False
-        self._to_c()
-
-    def serve(self) -> str | None:
-        """The thread's body: C serves both queues until stopped; the error that ended
-        it (a malformed ring), or None."""
-        status = self._lib.pyvmm_net_serve(self.c)
-        if status & _PUMP_ERROR:
-            return self._ffi.string(self.c.error).decode()
-        return None
-
-    def stop_serving(self, thread: threading.Thread) -> None:
-        self.stopping = True
-        os.eventfd_write(self._stop_fd, 1)
-        thread.join()
-        os.close(self._stop_fd)
-        self._stop_fd = self.c.stop_fd = -1
-        self._from_c()
 
 
 class VhostNetDevice(KernelVhostDevice):

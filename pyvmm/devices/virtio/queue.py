@@ -17,7 +17,9 @@ is a few ``struct.unpack_from`` calls on them.
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,3 +312,93 @@ def bind_c_interrupt(ffi: Any, irq: Any, pulse: tuple[int, int] | None) -> None:
     else:
         irq.pulse = ffi.cast("int (*)(void *)", pulse[0])
         irq.context = ffi.cast("void *", pulse[1])
+
+
+class CServingLoop:
+    """What the C halves of devices share (the raw disk's, the passt NIC's): their rings
+    and guest RAM bound into one C struct (``c``: ``_virtq_source``'s regions, a
+    ``pyvmm_ring`` per queue, a ``stop_fd`` and an ``error``), and the queues'
+    positions (``next_avail``, ``next_used``), which move to C for a pass and back
+    after it; while a thread serves (``serve``, until ``stop_serving``), C alone
+    holds them.  Subclasses bind their struct's kick and call eventfds."""
+
+    #: The status bit a C function sets for a malformed ring (``c.error`` says why).
+    error_bit = 4
+
+    def __init__(self, ffi: Any, c: Any, serve_function: Any) -> None:
+        self._ffi = ffi
+        self.c = c
+        self._serve_function = serve_function
+        #: The queues and their C rings, in pairs, while the driver is up.
+        self._queues: list[SplitQueue] = []
+        self._rings: list[Any] = []
+        #: The buffers C points into, kept alive while it does.
+        self._held: list[object] = []
+        self._stop_fd = -1
+        self.stopping = False
+
+    def bind(self, memory: GuestMemory, queues: list[SplitQueue], rings: list[Any],
+             device: str) -> None:
+        """The driver is up: point C at guest RAM and at each queue's ring if it is ready."""
+        held = bind_c_regions(self._ffi, self.c, memory, device)
+        for queue, ring in zip(queues, rings):
+            held += bind_c_ring(self._ffi, ring, queue, memory)
+        self._held = held
+        self._queues, self._rings = queues, rings
+
+    def unbind(self) -> None:
+        self.c.nregions = 0
+        for ring in self._rings:
+            ring.desc = ring.avail = ring.used = self._ffi.NULL
+        self._held = []
+        self._queues, self._rings = [], []
+
+    def _to_c(self) -> None:
+        for queue, ring in zip(self._queues, self._rings):
+            ring.next_avail, ring.next_used = queue.next_avail, queue.next_used
+
+    def _from_c(self) -> None:
+        for queue, ring in zip(self._queues, self._rings):
+            queue.next_avail, queue.next_used = ring.next_avail, ring.next_used
+
+    def _error(self, status: int) -> str | None:
+        return self._ffi.string(self.c.error).decode() if status & self.error_bit else None
+
+    def run_pass(self, function: Any, ring: Any) -> tuple[int, str | None]:
+        """One pass of ``function`` (a C function of the struct) over ``ring``'s queue:
+        (its status bits, the error of a malformed ring)."""
+        if ring.desc == self._ffi.NULL:
+            return 0, None
+        self._to_c()
+        status = function(self.c)
+        self._from_c()
+        return status, self._error(status)
+
+    # -- the serving thread ----------------------------------------------------------------
+
+    def _bind_eventfds(self, kick_fds: list[int], call_fd: int) -> None:
+        raise NotImplementedError
+
+    def start_serving(self, kick_fds: list[int], call_fd: int,
+                      pulse: tuple[int, int] | None = None) -> None:
+        """Bind the eventfds and the machine's interrupt pulse (``bind_c_interrupt``:
+        the struct's ``irq``), for ``serve``."""
+        self._bind_eventfds(kick_fds, call_fd)
+        bind_c_interrupt(self._ffi, self.c.irq, pulse)
+        self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.c.stop_fd = self._stop_fd
+        self.stopping = False
+        self._to_c()
+
+    def serve(self) -> str | None:
+        """The thread's body: C serves the queues until stopped; the error that ended it
+        (a malformed ring), or None."""
+        return self._error(self._serve_function(self.c))
+
+    def stop_serving(self, thread: threading.Thread) -> None:
+        self.stopping = True
+        os.eventfd_write(self._stop_fd, 1)
+        thread.join()
+        os.close(self._stop_fd)
+        self._stop_fd = self.c.stop_fd = -1
+        self._from_c()

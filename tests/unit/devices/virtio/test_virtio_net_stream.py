@@ -66,6 +66,18 @@ def passt():
     peer.close()
 
 
+@pytest.fixture
+def served(passt):
+    """``passt`` with the eventfds bound as the machine binds them: (kicks, call), so the
+    serving thread starts when the driver does."""
+    kicks = passt.device.kick_fds
+    call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    passt.device.call_fd = call
+    yield kicks, call
+    for fd in kicks + [call]:
+        os.close(fd)
+
+
 def test_transmit_gathers_frames_and_counts_bad_ones(passt) -> None:
     guest = Guest(device=passt.device)
     guest.transmit(frame(60, 1))
@@ -289,92 +301,78 @@ def wait_for(condition, seconds: float = 5.0) -> None:
         time.sleep(0.002)
 
 
-def test_the_serving_thread_moves_frames_both_ways(passt) -> None:
+def test_the_serving_thread_moves_frames_both_ways(passt, served) -> None:
     """As the machine wires it: kicks on eventfds, the interrupt an eventfd write."""
-    kicks = passt.device.kick_fds
-    call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    passt.device.call_fd = call
-    try:
-        guest = Guest(device=passt.device, size=64)
-        assert passt.device.backend_interrupts and passt.stream.wanted_events() == 0
-        guest.post_rx(8)  # QUEUE_NOTIFY: passed on to the thread's kick eventfd
-        passt.give(*[frame(60, n) for n in range(5)])
-        wait_for(lambda: guest.rx.used_index() == 5)
-        assert [payload for _, payload in guest.received()] == [frame(60, n) for n in range(5)]
-        wait_for(lambda: os.eventfd_read(call) > 0 if select.select([call], [], [], 0)[0]
-                 else False)
-        for n in range(3):
-            data = bytes(HEADER.size) + frame(200, n)
-            guest.tx.add_chain([(guest.tx.alloc(len(data), data), len(data), False)])
-        os.eventfd_write(kicks[TRANSMIT_QUEUE], 1)  # what KVM's ioeventfd does
-        got: list[bytes] = []
+    kicks, call = served
+    guest = Guest(device=passt.device, size=64)
+    assert passt.device.backend_interrupts and passt.stream.wanted_events() == 0
+    guest.post_rx(8)  # QUEUE_NOTIFY: passed on to the thread's kick eventfd
+    passt.give(*[frame(60, n) for n in range(5)])
+    wait_for(lambda: guest.rx.used_index() == 5)
+    assert [payload for _, payload in guest.received()] == [frame(60, n) for n in range(5)]
+    wait_for(lambda: os.eventfd_read(call) > 0 if select.select([call], [], [], 0)[0]
+             else False)
+    for n in range(3):
+        data = bytes(HEADER.size) + frame(200, n)
+        guest.tx.add_chain([(guest.tx.alloc(len(data), data), len(data), False)])
+    os.eventfd_write(kicks[TRANSMIT_QUEUE], 1)  # what KVM's ioeventfd does
+    got: list[bytes] = []
 
-        def three_taken() -> bool:
-            got.extend(passt.taken())
-            return len(got) == 3
-        wait_for(three_taken)
-        assert got == [frame(200, n) for n in range(3)]
-        guest.write(mmio.STATUS, 0)  # reset: the thread stops, the loop serves again
-        assert passt.device._thread is None and passt.stream.wanted_events() & select.EPOLLIN
-    finally:
-        for fd in kicks + [call]:
-            os.close(fd)
+    def three_taken() -> bool:
+        got.extend(passt.taken())
+        return len(got) == 3
+    wait_for(three_taken)
+    assert got == [frame(200, n) for n in range(3)]
+    guest.write(mmio.STATUS, 0)  # reset: the thread stops, the loop serves again
+    assert passt.device._thread is None and passt.stream.wanted_events() & select.EPOLLIN
 
 
-def test_a_transmit_interrupt_is_held_for_the_answer_but_never_lost(passt) -> None:
+def test_a_transmit_interrupt_is_held_for_the_answer_but_never_lost(passt, served) -> None:
     """The thread holds a transmit completion's interrupt for the receive interrupt that
     follows (one interrupt for the round trip), and raises it alone when no answer comes."""
-    kicks = passt.device.kick_fds
-    call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    passt.device.call_fd = call
-    try:
-        guest = Guest(device=passt.device, size=64)
-        guest.post_rx(8)
+    kicks, call = served
+    guest = Guest(device=passt.device, size=64)
+    guest.post_rx(8)
 
-        def send(n: int) -> None:
-            data = bytes(HEADER.size) + frame(200, n)
-            guest.tx.add_chain([(guest.tx.alloc(len(data), data), len(data), False)])
-            os.eventfd_write(kicks[TRANSMIT_QUEUE], 1)
+    def send(n: int) -> None:
+        data = bytes(HEADER.size) + frame(200, n)
+        guest.tx.add_chain([(guest.tx.alloc(len(data), data), len(data), False)])
+        os.eventfd_write(kicks[TRANSMIT_QUEUE], 1)
 
-        def signalled() -> bool:
-            return bool(select.select([call], [], [], 0)[0]) and os.eventfd_read(call) > 0
+    def signalled() -> bool:
+        return bool(select.select([call], [], [], 0)[0]) and os.eventfd_read(call) > 0
 
-        wait_for(lambda: passt.device._pump is not None and passt.device._pump.c.wakeups > 0)
-        send(0)  # no answer: the held interrupt comes alone, within the hold
-        started = time.monotonic()
-        wait_for(lambda: bool(passt.taken()))
-        wait_for(signalled)
-        assert time.monotonic() - started < 1.0
-        assert guest.tx.used_index() == 1
-        pump = passt.device._pump
-        pump.c.tx_irq_hold_ns = 10 ** 10  # held until the answer, however slow the test is
-        before = pump.c.interrupts
-        guest.tx.set_used_event(1)  # Linux's driver asks to hear of each transmit
-        send(1)
-        wait_for(lambda: bool(passt.taken()))
-        time.sleep(0.05)
-        assert not signalled() and guest.tx.used_index() == 2  # used at once, not signalled
-        passt.give(frame(60, 1))  # the answer carries the held interrupt
-        wait_for(lambda: guest.rx.used_index() == 1)
-        wait_for(signalled)
-        assert (pump.c.interrupts - before, pump.c.tx_irqs_merged) == (1, 1)
-    finally:
-        for fd in kicks + [call]:
-            os.close(fd)
+    wait_for(lambda: passt.device._pump is not None and passt.device._pump.c.wakeups > 0)
+    send(0)  # no answer: the held interrupt comes alone, within the hold
+    started = time.monotonic()
+    wait_for(lambda: bool(passt.taken()))
+    wait_for(signalled)
+    assert time.monotonic() - started < 1.0
+    assert guest.tx.used_index() == 1
+    pump = passt.device._pump
+    pump.c.tx_irq_hold_ns = 10 ** 10  # held until the answer, however slow the test is
+    before = pump.c.interrupts
+    guest.tx.set_used_event(1)  # Linux's driver asks to hear of each transmit
+    send(1)
+    wait_for(lambda: bool(passt.taken()))
+    time.sleep(0.05)
+    assert not signalled() and guest.tx.used_index() == 2  # used at once, not signalled
+    passt.give(frame(60, 1))  # the answer carries the held interrupt
+    wait_for(lambda: guest.rx.used_index() == 1)
+    wait_for(signalled)
+    assert (pump.c.interrupts - before, pump.c.tx_irqs_merged) == (1, 1)
 
 
 def test_the_thread_interrupts_through_the_machines_pulse_and_falls_back_to_the_eventfd(
-        passt) -> None:
+        passt, served) -> None:
     """Given the machine's pulse (KVM_IRQ_LINE in the machine), the thread calls it with
     its context instead of signalling the call eventfd; when the pulse fails, the
     eventfd carries the interrupt and the failure is counted."""
-    kicks = passt.device.kick_fds
-    call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    passt.device.call_fd = call
+    _, call = served
     pulse = CountingPulse(c_module()[0])
     passt.device.interrupt_pulse = pulse.addresses
+    guest = Guest(device=passt.device, size=64)
     try:
-        guest = Guest(device=passt.device, size=64)
         guest.post_rx(8)
         passt.give(frame(60, 0))
         wait_for(lambda: guest.rx.used_index() == 1 and pulse.calls == 1)
@@ -390,21 +388,44 @@ def test_the_thread_interrupts_through_the_machines_pulse_and_falls_back_to_the_
         assert [payload for _, payload in guest.received()] == [frame(60, 0), frame(60, 1)]
     finally:
         guest.write(mmio.STATUS, 0)  # reset: the thread stops before the pulse goes
-        for fd in kicks + [call]:
-            os.close(fd)
 
 
-def test_the_thread_reports_a_malformed_ring(passt) -> None:
-    kicks = passt.device.kick_fds
-    call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    passt.device.call_fd = call
-    try:
-        guest = Guest(device=passt.device)
-        guest.tx.write_descriptor(0, 0x400000, 64, VIRTQ_DESC_F_NEXT, 0)  # a loop
-        guest.tx.make_available(0)
-        os.eventfd_write(kicks[TRANSMIT_QUEUE], 1)
-        wait_for(lambda: bool(guest.status & mmio.STATUS_NEEDS_RESET))
-        guest.write(mmio.STATUS, 0)
-    finally:
-        for fd in kicks + [call]:
-            os.close(fd)
+def test_the_thread_reports_a_malformed_ring(passt, served) -> None:
+    kicks, call = served
+    guest = Guest(device=passt.device)
+    guest.tx.write_descriptor(0, 0x400000, 64, VIRTQ_DESC_F_NEXT, 0)  # a loop
+    guest.tx.make_available(0)
+    os.eventfd_write(kicks[TRANSMIT_QUEUE], 1)
+    wait_for(lambda: bool(guest.status & mmio.STATUS_NEEDS_RESET))
+    guest.write(mmio.STATUS, 0)
+
+
+def test_paused_for_a_snapshot_the_thread_leaves_rings_and_passt_alone(passt, served) -> None:
+    """A snapshot pauses the thread: frames passt sends meanwhile wait in its socket (the
+    event loop doesn't take them either), the transport sees the queues' positions as C
+    left them, and on resume the waiting frames are delivered."""
+    guest = Guest(device=passt.device, size=64)
+    guest.post_rx(8)
+    passt.give(frame(60, 0), frame(60, 1))
+    wait_for(lambda: guest.rx.used_index() == 2)
+    passt.device.pause_serving()
+    assert passt.device._thread is None
+    assert passt.device.queues[RECEIVE_QUEUE].next_used == 2  # C's, handed back
+    assert passt.stream.wanted_events() == 0  # passt's socket stays the thread's
+    passt.give(frame(60, 2))
+    time.sleep(0.1)
+    assert not passt.arrived() and guest.rx.used_index() == 2
+    assert not passt.device.pending(TRANSMIT_QUEUE)
+    passt.device.resume_serving()
+    wait_for(lambda: guest.rx.used_index() == 3)
+    assert [payload for _, payload in guest.received()][-1] == frame(60, 2)
+    guest.write(mmio.STATUS, 0)  # reset after a pause: the loop serves again
+    assert passt.device._thread is None and passt.stream.wanted_events() & select.EPOLLIN
+
+
+def test_reset_while_paused_gives_passt_back_to_the_loop(passt, served) -> None:
+    guest = Guest(device=passt.device, size=64)
+    passt.device.pause_serving()
+    guest.write(mmio.STATUS, 0)
+    passt.device.resume_serving()  # the machine's resume after a snapshot with stop
+    assert passt.device._thread is None and passt.stream.wanted_events() & select.EPOLLIN

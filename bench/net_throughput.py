@@ -1,7 +1,8 @@
 """Network throughput and latency: pyvmm's virtio-net beside QEMU's, same kernel, same tools.
 
     python3 scripts/rig.py -- python3 bench/net_throughput.py [KERNEL] [--seconds 5]
-        [--pings 2000] [--modes pyvmm-user,qemu-slirp,...] [--json PATH] [--baseline DIR]
+        [--pings 2000] [--modes pyvmm-user,qemu-slirp,...] [--rounds N] [--json PATH]
+        [--baseline DIR]
 
 As root on hardware KVM (the rig): Debian's kernel, one vCPU, 512 MiB, the guest
 running the host's own iperf3 (Debian's ``iperf3``) and python3.  Per mode:
@@ -31,7 +32,11 @@ counters summed over VMs, and the context switches, run time and wait to run
 of pyvmm, QEMU, passt, the echo server, kworkers and ksoftirqd, by process and
 busiest thread); pyvmm's ``--stats`` adds its NICs' counts (``devices``).
 ``--baseline CHECKOUT`` runs each pyvmm mode again from another checkout (its
-cffi modules built), interleaved, as ``MODE@NAME``.
+cffi modules built), interleaved, as ``MODE@NAME``.  ``--rounds N`` runs the whole
+list N times over, every other round in reverse (A B C, C B A, A B C, ...), so
+that the rig's drift and noise fall on every mode alike, and reports each round
+and the median of the rounds per mode, with each mode's round trip as a ratio
+to the first mode's of the same round (and the median of those ratios).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import shutil
 import socket
 import subprocess
@@ -386,7 +392,11 @@ def main() -> int:
                         help="of each iperf3 run (0: no iperf3, the ping-pong alone)")
     parser.add_argument("--pings", type=int, default=2000)
     parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--json")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the modes this many times over, alternately; "
+                        "each round and the medians are reported")
+    parser.add_argument("--json", help="write every round's figures here "
+                        "({MODE: [ROUND, ...]})")
     parser.add_argument("--baseline", action="append", default=[], metavar="CHECKOUT",
                         help="after each pyvmm mode, the same mode with this checkout's pyvmm "
                         "(its cffi modules built), reported as MODE@NAME; repeatable")
@@ -396,13 +406,16 @@ def main() -> int:
     if os.geteuid() != 0:
         print("net_throughput: run as root (taps, modprobe), e.g. in the rig", file=sys.stderr)
         return 2
+    if args.rounds < 1:
+        print("net_throughput: --rounds must be at least 1", file=sys.stderr)
+        return 2
     kernel = args.kernel or sorted(str(p) for p in Path("/boot").glob("vmlinuz-*"))[-1]
     prepare_host()
     iperf = subprocess.Popen(["iperf3", "-s", "-p", str(IPERF_PORT)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     measured: list[dict] = []
     listener = echo_server(args.pings, measured)
-    results: dict[str, dict] = {}
+    results: dict[str, list[dict]] = {}
     work = tempfile.mkdtemp(prefix="pyvmm-netbench-")
     try:
         time.sleep(0.5)
@@ -412,35 +425,91 @@ def main() -> int:
             if mode.startswith("pyvmm"):
                 runs += [(f"{mode}@{Path(base).name}", mode, Path(base).resolve())
                          for base in args.baseline]
-        for name, mode, checkout in runs:
-            started = time.monotonic()
-            measured.clear()
-            results[name] = run_mode(mode, kernel, args.seconds, args.pings, work, args.accel,
-                                     checkout)
-            if measured:
-                results[name]["host_per_round_trip"] = measured[-1]
-            print(f"{name}: {results[name]} ({time.monotonic() - started:.0f} s)", flush=True)
+        for round_number in range(1, args.rounds + 1):
+            # Every other round in reverse (A B C, C B A, ...): the rig slows and speeds up
+            # over a session, and a fixed order would hand its drift to the later modes.
+            for name, mode, checkout in runs if round_number % 2 else runs[::-1]:
+                started = time.monotonic()
+                measured.clear()
+                result = run_mode(mode, kernel, args.seconds, args.pings, work, args.accel,
+                                  checkout)
+                if measured:
+                    result["host_per_round_trip"] = measured[-1]
+                result["round"] = round_number
+                results.setdefault(name, []).append(result)
+                print(f"{name} (round {round_number}): {result} "
+                      f"({time.monotonic() - started:.0f} s)", flush=True)
     finally:
         iperf.terminate()
         iperf.wait()
         listener.close()
         shutil.rmtree(work, ignore_errors=True)
         sh("ip", "link", "del", TAP, check=False)
-
-    def gbps(value: float | None) -> str:
-        return "-" if value is None else f"{value / 1e9:.3f}"
-
-    print(f"\n{'mode':28} {'guest->host Gb/s':>17} {'host->guest Gb/s':>17} "
-          f"{'1-byte RTT us':>14}")
-    for mode, row in results.items():
-        if "error" in row:
-            print(f"{mode:28} error: {row['error'][:300]}")
-            continue
-        print(f"{mode:28} {gbps(row.get('up')):>17} {gbps(row.get('down')):>17} "
-              f"{row.get('rtt_us', 0):>14.0f}")
+    print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
+
+
+def median_of(rounds: list[dict], key: str) -> float | None:
+    """The median over the rounds that have ``key`` (None: none has it)."""
+    values = [row[key] for row in rounds if row.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def print_table(results: dict[str, list[dict]]) -> None:
+    """One line per mode: the medians over its rounds, then each round's round trip."""
+    def gbps(value: float | None) -> str:
+        return "-" if value is None else f"{value / 1e9:.3f}"
+
+    first = next(iter(results), "")
+    #: The first mode's round trip in each round: the other modes' ratios are to it, round
+    #: by round (the rig's speed drifts between rounds far more than within one).
+    reference = {row["round"]: row["rtt_us"] for row in results.get(first, [])
+                 if row.get("rtt_us")}
+    print(f"\n{'mode':28} {'guest->host Gb/s':>17} {'host->guest Gb/s':>17} "
+          f"{'1-byte RTT us':>14} {'/ ' + first:>18}  each round's RTT us (ratio)")
+    for mode, rounds in results.items():
+        good = [row for row in rounds if "error" not in row]
+        for row in rounds:
+            if "error" in row:
+                print(f"{mode:28} round {row['round']} error: {row['error'][:300]}")
+        if not good:
+            continue
+        rtt = median_of(good, "rtt_us")
+        ratios = [{"round": row["round"], "ratio": row["rtt_us"] / reference[row["round"]]}
+                  for row in good if row.get("rtt_us") and row["round"] in reference]
+        ratio = median_of(ratios, "ratio")
+        each = " ".join(f"{row['rtt_us']:.0f}" + (
+            f" ({row['rtt_us'] / reference[row['round']]:.2f})"
+            if row.get("rtt_us") and row["round"] in reference else "")
+            for row in good if "rtt_us" in row)
+        print(f"{mode:28} {gbps(median_of(good, 'up')):>17} "
+              f"{gbps(median_of(good, 'down')):>17} "
+              f"{'-' if rtt is None else f'{rtt:.0f}':>14} "
+              f"{'-' if ratio is None else f'{ratio:.2f}':>18}  {each}")
+    # The echo server does the same per round trip whatever serves the guest (though the
+    # back end's socket habits touch it: passt's cost it ~20% more than slirp's), and
+    # runs at the rig's speed of the moment: the round trip in its run times is steadier
+    # run to run than in µs, for comparing checkouts of one back end.
+    echo = {mode: median_of([{"r": row["rtt_us"] / row["host_per_round_trip"]["ran_us bench"]}
+                             for row in rounds if row.get("rtt_us") and
+                             row.get("host_per_round_trip", {}).get("ran_us bench")], "r")
+            for mode, rounds in results.items()}
+    print("\nthe round trip in the echo server's run times per round trip (median): " +
+          ", ".join(f"{mode} {value:.2f}" for mode, value in echo.items() if value))
+    print("\nper round trip, medians over the rounds (the guest's; the host's by process, "
+          "KVM's counters):")
+    for mode, rounds in results.items():
+        for part in ("guest_per_round_trip", "host_per_round_trip"):
+            tables = [row[part] for row in rounds if part in row]
+            names = sorted({name for table in tables for name in table
+                            if " thread " not in name})
+            medians = {name: round(statistics.median(table.get(name, 0) for table in tables), 2)
+                       for name in names}
+            print(f"{mode} {part}: {json.dumps(medians)}")
+
+
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ some figures), so requests never reach Python:
   its time budget;
 - ``pyvmm_blk_serve`` is a loop for a thread of its own (cffi releases the
   GIL): poll over the kick eventfd (KVM's ioeventfd) and a stop eventfd, the
-  interrupt an eventfd write (KVM's irqfd).  The device sees eventfds, never
-  KVM.
+  interrupt the machine's pulse function where it gave one (KVM_IRQ_LINE made
+  by this thread), else an eventfd write (KVM's irqfd).  The device sees
+  eventfds and an opaque C function, never KVM.
 
 A malformed ring is an error whose message the device turns into
 DEVICE_NEEDS_RESET; a request the guest got wrong, or a host I/O error, is a
@@ -55,6 +56,7 @@ typedef struct {
     uint32_t seg_max, size_max, max_discard_sectors, max_write_zeroes_sectors;
     uint64_t budget_ns;            /* most time one pass spends */
     int kick_fd, call_fd, stop_fd; /* eventfds, for pyvmm_blk_serve */
+    pyvmm_interrupt irq;           /* the machine's direct interrupt, before call_fd */
     uint64_t requests, wakeups, interrupts, io_errors;
     int last_errno;                /* of the last host I/O error */
     char error[200];
@@ -399,7 +401,7 @@ int pyvmm_blk_serve(pyvmm_blk *b)
             int status = pyvmm_blk_process(b);
             if (status & PYVMM_BLK_INTERRUPT) {
                 b->interrupts++;
-                signal_eventfd(b->call_fd);
+                raise_interrupt(&b->irq, b->call_fd);
             }
             if (status & PYVMM_BLK_ERROR)
                 return PYVMM_BLK_ERROR;

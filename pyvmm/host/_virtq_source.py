@@ -24,6 +24,15 @@ typedef struct {
     uint16_t next_avail, next_used;
     int event_idx;
 } pyvmm_ring;
+
+/* The machine's own way for a serving thread to interrupt the guest, opaque here: a C
+   function and its context (pulse == NULL: none).  0 means the guest was interrupted;
+   anything else, that the call eventfd (KVM's irqfd) must carry the interrupt instead. */
+typedef struct {
+    int (*pulse)(void *context);
+    void *context;
+    uint64_t failures;             /* pulses that failed: the eventfd carried them */
+} pyvmm_interrupt;
 """
 
 RING_SOURCE = r"""
@@ -193,5 +202,18 @@ static inline int signal_eventfd(int fd)
 {
     uint64_t one = 1;
     return write(fd, &one, 8) == 8 ? 0 : -1;
+}
+
+/* Interrupt the guest: the machine's pulse where it gave one (KVM_IRQ_LINE from this
+   thread: the vCPU is woken here, not by a kworker as an irqfd on an IOAPIC line
+   is), else, or if it failed, the call eventfd. */
+static inline void raise_interrupt(pyvmm_interrupt *irq, int call_fd)
+{
+    if (irq->pulse != NULL) {
+        if (irq->pulse(irq->context) == 0)
+            return;
+        irq->failures++;
+    }
+    signal_eventfd(call_fd);
 }
 """

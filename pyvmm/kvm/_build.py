@@ -4,7 +4,9 @@ Compiled at install time against the host's ``<linux/kvm.h>``: the C compiler
 fills in every struct layout and ioctl number below (``...`` means "ask the
 header"), so nothing here is a hand-counted offset.  The only hand-written code
 is a pair of ioctl wrappers that return ``-errno`` (cffi releases the GIL
-around them, so a vCPU thread blocked in ``KVM_RUN`` doesn't stop the others).
+around them, so a vCPU thread blocked in ``KVM_RUN`` doesn't stop the others),
+and an interrupt line's pulse that devices' C threads call by address
+(``Vm.irq_line_pulse``).
 """
 
 from __future__ import annotations
@@ -232,6 +234,10 @@ struct kvm_coalesced_mmio_zone { __u64 addr; __u32 size; __u32 pio; ...; };
 
 int pyvmm_ioctl(int fd, unsigned long request, void *arg);
 int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg);
+
+/* An edge on one interrupt line, for a device's serving thread (Vm.irq_line_pulse). */
+typedef struct { int vm_fd; __u32 irq; } pyvmm_irq_line;
+int pyvmm_irq_line_pulse(void *line);
 """
 
 SOURCE = r"""
@@ -265,6 +271,20 @@ static int pyvmm_ioctl_value(int fd, unsigned long request, unsigned long arg)
 {
     int ret = ioctl(fd, request, arg);
     return ret < 0 ? -errno : ret;
+}
+
+typedef struct { int vm_fd; __u32 irq; } pyvmm_irq_line;
+
+/* Raise then lower the line (what KVM's irqfd_inject does, from the caller's thread
+   instead of a kworker): 0, or -errno (the line is lowered whatever the raise did). */
+static int pyvmm_irq_line_pulse(void *context)
+{
+    const pyvmm_irq_line *line = context;
+    struct kvm_irq_level level = {.irq = line->irq, .level = 1};
+    int raised = ioctl(line->vm_fd, KVM_IRQ_LINE, &level) < 0 ? -errno : 0;
+    level.level = 0;
+    int lowered = ioctl(line->vm_fd, KVM_IRQ_LINE, &level) < 0 ? -errno : 0;
+    return raised ? raised : lowered;
 }
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from pyvmm.kvm._ffi import ffi, ioctl, ioctl_value, lib
 from pyvmm.kvm.vcpu import Vcpu
@@ -16,6 +17,8 @@ class Vm:
         self._vcpu_mmap_size = vcpu_mmap_size
         # Reused for every KVM_IRQ_LINE so raising a line allocates nothing.
         self._irq_level = ffi.new("struct kvm_irq_level *")
+        #: The lines ``irq_line_pulse`` handed out, kept alive as long as the VM.
+        self._pulse_lines: dict[int, Any] = {}
 
     def set_tss_address(self, address: int) -> None:
         """KVM_SET_TSS_ADDR: three pages Intel VMX needs below 4 GiB, outside RAM."""
@@ -43,6 +46,20 @@ class Vm:
         self._irq_level.irq = irq
         self._irq_level.level = 1 if level else 0
         ioctl(self.fd, lib.KVM_IRQ_LINE, self._irq_level, "KVM_IRQ_LINE")
+
+    def irq_line_pulse(self, irq: int) -> tuple[int, int]:
+        """An edge on ``irq`` for a device's C thread to make itself: the addresses of
+        ``int pyvmm_irq_line_pulse(void *line)`` (KVM_IRQ_LINE up then down, 0 or
+        -errno) and of its line.  An irqfd on an IOAPIC line is injected by a kworker
+        (KVM injects only MSIs from the eventfd's wake-up), one more thread to wake
+        per interrupt; made by the thread that used the buffers, it wakes the vCPU
+        directly.  Opaque to the device, which keeps its irqfd for when this fails."""
+        line = self._pulse_lines.get(irq)
+        if line is None:
+            line = self._pulse_lines[irq] = ffi.new("pyvmm_irq_line *",
+                                                    {"vm_fd": self.fd, "irq": irq})
+        function = ffi.addressof(lib, "pyvmm_irq_line_pulse")
+        return int(ffi.cast("uintptr_t", function)), int(ffi.cast("uintptr_t", line))
 
     def register_ioeventfd(self, event_fd: int, addr: int, length: int,
                            datamatch: int | None = None, pio: bool = False) -> None:
@@ -80,4 +97,6 @@ class Vm:
         return Vcpu(fd, vcpu_id, self._vcpu_mmap_size)
 
     def close(self) -> None:
+        for line in self._pulse_lines.values():
+            line.vm_fd = -1  # a pulse after this fails (EBADF): the thread's irqfd then
         os.close(self.fd)

@@ -21,8 +21,9 @@ round trip took four times QEMU's), so the frames never reach Python:
   wake-up), and marks frames DATA_VALID when the driver took GUEST_CSUM;
 - ``pyvmm_net_serve`` is a loop for a thread of its own (cffi releases the
   GIL): epoll over the two kick eventfds (KVM's ioeventfds), the socket and a
-  stop eventfd, the interrupt an eventfd write (KVM's irqfd).  The device
-  sees eventfds, never KVM.
+  stop eventfd, the interrupt the machine's pulse function where it gave one
+  (KVM_IRQ_LINE made by this thread), else an eventfd write (KVM's irqfd).
+  The device sees eventfds and an opaque C function, never KVM.
 
 Guest memory is checked exactly as ``pyvmm.devices.virtio.queue`` does (by the
 ring C both request loops share, ``pyvmm/host/_virtq_source.py``): every
@@ -75,6 +76,7 @@ typedef struct {
     uint64_t budget_ns;            /* most time one call spends */
     uint64_t rx_frames, tx_frames, rx_oversize, tx_oversize, tx_bad_header;
     int kick_rx, kick_tx, call_fd, stop_fd;   /* eventfds, for pyvmm_net_serve */
+    pyvmm_interrupt irq;           /* the machine's direct interrupt, before call_fd */
     uint64_t tx_irq_hold_ns;       /* pyvmm_net_serve holds a transmit-only interrupt this
                                       long for a receive interrupt to carry it (0: never) */
     uint64_t wakeups, interrupts, tx_irqs_merged;
@@ -690,7 +692,7 @@ int pyvmm_net_serve(pyvmm_net *n)
         }
         if (rx_status & PYVMM_NET_INTERRUPT) {
             n->interrupts++;
-            signal_eventfd(n->call_fd);
+            raise_interrupt(&n->irq, n->call_fd);
         }
         if (status & PYVMM_NET_ERROR) {
             result = PYVMM_NET_ERROR;
@@ -758,7 +760,7 @@ int pyvmm_net_serve(pyvmm_net *n)
     }
     if (tx_irq_due) {  /* held when we stop: the driver still hears of its buffers */
         n->interrupts++;
-        signal_eventfd(n->call_fd);
+        raise_interrupt(&n->irq, n->call_fd);
     }
     close(ep);
     return result;

@@ -10,8 +10,9 @@ notify register becomes an ioeventfd (the vCPU does not leave the kernel for
 it; the event loop serves the queue) and each IRQ line an irqfd.  A device
 whose queues a vhost-user back end (virtio-fs), the kernel's vhost-net or a thread of its own
 (a NIC over passt's stream) serves gets its own kick eventfds bound as the ioeventfds, and the
-irqfd as its call fd; the event
-loop never sees them, but for the queues the device serves itself
+irqfd as its call fd (a device's own thread gets the machine's KVM_IRQ_LINE
+pulse too, ``Vm.irq_line_pulse``, to interrupt the guest without the irqfd's
+kworker); the event loop never sees them, but for the queues the device serves itself
 (``loop_queues``: vsock's event queue).  Such a device's interrupt registers
 (InterruptStatus, InterruptACK) are served without Python too, when the
 machine hands over ``interrupts`` (``pyvmm.vcpu.interrupt_status``).
@@ -226,6 +227,12 @@ def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices,
                 transport.report_status_to(set_status)
         if kick_fds is not None:  # a back end (vhost-user, vhost, a NIC's or disk's thread)
             device.call_fd = irq_fd
+            # A device's own C thread (a NIC over passt, a raw disk) may interrupt the
+            # guest itself, KVM_IRQ_LINE from that thread, rather than through the irqfd
+            # and the kworker that injects an IOAPIC line's irqfd; the irqfd stays its
+            # fallback.
+            if hasattr(device, "interrupt_pulse") and hasattr(vm, "irq_line_pulse"):
+                device.interrupt_pulse = vm.irq_line_pulse(slot.irq)
             owned_fds.extend(kick_fds)
             for index, kick_fd in enumerate(kick_fds):
                 vm.register_ioeventfd(kick_fd, slot.base + QUEUE_NOTIFY, 4, datamatch=index)

@@ -121,3 +121,27 @@ def test_missing_drive_is_bad_input(tmp_path) -> None:
                        "--drive", str(tmp_path / "nope.img"))
     assert result.status == 2
     assert result.stderr.strip().splitlines()[-1].startswith("pyvmm: error: disk image")
+
+
+def test_an_interrupt_lines_pulse_is_made_in_c_and_fails_once_the_vm_is_closed() -> None:
+    """What a device's C thread calls by address (``Vm.irq_line_pulse``): KVM_IRQ_LINE up
+    and down on the machine's irqchip, 0; after the VM is closed, -EBADF (the thread
+    then signals its irqfd's eventfd instead)."""
+    import errno
+
+    from pyvmm.kvm._ffi import ffi
+    from pyvmm.kvm.system import Kvm
+
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    try:
+        vm.create_irqchip()
+        function, context = vm.irq_line_pulse(5)
+        assert vm.irq_line_pulse(5) == (function, context)  # one line, kept by the VM
+        pulse = ffi.cast("int (*)(void *)", function)
+        assert pulse(ffi.cast("void *", context)) == 0
+        assert pulse(ffi.cast("void *", vm.irq_line_pulse(6)[1])) == 0
+    finally:
+        vm.close()
+        kvm.close()
+    assert pulse(ffi.cast("void *", context)) == -errno.EBADF

@@ -195,6 +195,11 @@ class CServedDevice(VirtioDevice):
         #: Bound by the machine (attach_virtio) once it asked for ``kick_fds``: the
         #: irqfd the serving thread signals.
         self.call_fd: int | None = None
+        #: Given by the machine with ``call_fd`` where it can: a C function and its
+        #: context, by address (``int pulse(void *context)``, 0 when the guest was
+        #: interrupted), which the serving thread calls instead of signalling
+        #: ``call_fd`` (still signalled when the pulse fails).  Opaque here.
+        self.interrupt_pulse: tuple[int, int] | None = None
         self._kick_fds: list[int] | None = None
         self._thread: threading.Thread | None = None
         #: The thread was stopped by ``pause_serving``, to start again on ``resume_serving``.
@@ -285,7 +290,7 @@ class CServedDevice(VirtioDevice):
     def _start_thread(self) -> None:
         loop = self._serving_loop
         assert loop is not None and self._kick_fds is not None and self.call_fd is not None
-        loop.start_serving(self._kick_fds, self.call_fd)
+        loop.start_serving(self._kick_fds, self.call_fd, self.interrupt_pulse)
         self._serving_moved(True)
         self._thread = threading.Thread(target=self._serve, name=self.thread_name,
                                         daemon=True)

@@ -539,7 +539,8 @@ class _RingPump(CServingLoop):
         return {"rx_frames": c.rx_frames, "tx_frames": c.tx_frames,
                 "rx_oversize": c.rx_oversize, "tx_oversize": c.tx_oversize,
                 "tx_bad_header": c.tx_bad_header, "wakeups": c.wakeups,
-                "interrupts": c.interrupts, "tx_interrupts_merged": c.tx_irqs_merged}
+                "interrupts": c.interrupts, "tx_interrupts_merged": c.tx_irqs_merged,
+                "interrupt_pulse_failures": c.irq.failures}
 
     def _bind_eventfds(self, kick_fds: list[int], call_fd: int) -> None:
         c = self.c

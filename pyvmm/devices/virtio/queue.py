@@ -303,6 +303,17 @@ def bind_c_ring(ffi: Any, ring: Any, queue: SplitQueue, memory: GuestMemory) -> 
     return pointers
 
 
+def bind_c_interrupt(ffi: Any, irq: Any, pulse: tuple[int, int] | None) -> None:
+    """Give a C serving loop's ``pyvmm_interrupt`` (``_virtq_source``) the machine's
+    pulse, (function address, context address), or none (the loop signals its call
+    eventfd); the machine keeps what the addresses point to alive."""
+    if pulse is None:
+        irq.pulse, irq.context = ffi.NULL, ffi.NULL
+    else:
+        irq.pulse = ffi.cast("int (*)(void *)", pulse[0])
+        irq.context = ffi.cast("void *", pulse[1])
+
+
 class CServingLoop:
     """What the C halves of devices share (the raw disk's, the passt NIC's): their rings
     and guest RAM bound into one C struct (``c``: ``_virtq_source``'s regions, a
@@ -368,8 +379,12 @@ class CServingLoop:
     def _bind_eventfds(self, kick_fds: list[int], call_fd: int) -> None:
         raise NotImplementedError
 
-    def start_serving(self, kick_fds: list[int], call_fd: int) -> None:
+    def start_serving(self, kick_fds: list[int], call_fd: int,
+                      pulse: tuple[int, int] | None = None) -> None:
+        """Bind the eventfds and the machine's interrupt pulse (``bind_c_interrupt``:
+        the struct's ``irq``), for ``serve``."""
         self._bind_eventfds(kick_fds, call_fd)
+        bind_c_interrupt(self._ffi, self.c.irq, pulse)
         self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.c.stop_fd = self._stop_fd
         self.stopping = False

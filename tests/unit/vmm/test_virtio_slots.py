@@ -36,6 +36,9 @@ class FakeVm:
     def register_irqfd(self, event_fd: int, gsi: int) -> None:
         self.irqfds.append((event_fd, gsi))
 
+    def irq_line_pulse(self, irq: int) -> tuple[int, int]:
+        return 0x1000, irq  # (the function's address, its context's): opaque to devices
+
 
 class FakeLoop:
     def __init__(self) -> None:
@@ -80,6 +83,8 @@ def test_a_nic_over_passts_stream_has_its_interrupt_registers_off_python() -> No
                  if addr == BASE + mmio.QUEUE_NOTIFY]
         assert kicks == [(passt_nic.kick_fds[0], 0), (passt_nic.kick_fds[1], 1)]
         assert passt_nic.call_fd == vm.irqfds[0][0]
+        # Its thread interrupts the guest through the machine's pulse on its own line.
+        assert passt_nic.interrupt_pulse == (0x1000, 5) and tap_nic.interrupt_pulse is None
         assert not set(passt_nic.kick_fds) & set(loop.watched)
     finally:
         for fd in fds:

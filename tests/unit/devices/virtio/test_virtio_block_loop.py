@@ -128,14 +128,38 @@ def test_a_malformed_ring_puts_the_transport_in_needs_reset(image) -> None:
     assert transport.status & STATUS_NEEDS_RESET
 
 
-class _Served:
-    """A disk served by its thread, as the machine binds it: kick and call eventfds."""
+class CountingPulse:
+    """The machine's interrupt pulse as a serving thread sees it: a C function and its
+    context by address (a cffi callback here) that counts its calls, the contexts it was
+    given, and answers ``answer`` (0: the guest was interrupted; else: failed)."""
 
-    def __init__(self, image, event_idx=False) -> None:
+    def __init__(self, ffi, answer: int = 0) -> None:
+        self.calls = 0
+        self.answer = answer
+        self.contexts: set[int] = set()
+
+        def pulse(context) -> int:
+            self.calls += 1
+            self.contexts.add(int(ffi.cast("uintptr_t", context)))
+            return self.answer
+
+        self._callback = ffi.callback("int(void *)", pulse)
+        self._context = ffi.new("int *")
+        self.context = int(ffi.cast("uintptr_t", self._context))
+        self.addresses = (int(ffi.cast("uintptr_t", self._callback)), self.context)
+
+
+class _Served:
+    """A disk served by its thread, as the machine binds it: kick and call eventfds (and
+    the machine's interrupt pulse, when given)."""
+
+    def __init__(self, image, event_idx=False, pulse: CountingPulse | None = None) -> None:
         self.memory, self.device, self.driver = _device(image, event_idx)
         self.kick = self.device.kick_fds[0]
         self.call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.device.call_fd = self.call
+        if pulse is not None:
+            self.device.interrupt_pulse = pulse.addresses
         self.why: list[str] = []
         self.device.activate(self.memory, COMMON_FEATURES, lambda: None, self.why.append)
 
@@ -163,6 +187,32 @@ def test_the_thread_serves_kicks_and_interrupts_through_the_eventfds(image) -> N
         assert served.memory.read_u8(status) == VIRTIO_BLK_S_OK
         assert served.memory.read(data, 512) == image.read_bytes()[3 * 512:4 * 512]
         assert not served.device.pending(0)  # the thread's, not the loop's
+    finally:
+        served.close()
+
+
+def test_the_thread_interrupts_through_the_machines_pulse_and_falls_back_to_the_eventfd(
+        image) -> None:
+    """Given the machine's pulse, the thread calls it (with its context) instead of
+    signalling the call eventfd; a pulse that fails leaves the interrupt to the eventfd."""
+    from pyvmm.host._disk_cffi import ffi  # type: ignore[import-not-found]
+
+    pulse = CountingPulse(ffi)
+    served = _Served(image, pulse=pulse)
+    try:
+        served.driver.add_chain(_read_chain(served.driver, sector=1)[0])
+        os.eventfd_write(served.kick, 1)
+        deadline = time.monotonic() + 5
+        while not pulse.calls and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert (pulse.calls, pulse.contexts) == (1, {pulse.context})
+        assert served.driver.take_used() == [(0, 513)]
+        assert not select.select([served.call], [], [], 0.05)[0]  # the eventfd stayed quiet
+        pulse.answer = -9  # the pulse fails (EBADF): the eventfd carries the interrupt
+        served.driver.add_chain(_read_chain(served.driver, sector=2)[0])
+        served.kick_and_wait()
+        assert pulse.calls == 2 and served.device._loop.c.irq.failures == 1
+        assert [length for _, length in served.driver.take_used()] == [513]
     finally:
         served.close()
 

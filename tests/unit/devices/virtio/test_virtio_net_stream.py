@@ -16,7 +16,8 @@ from pyvmm.devices.virtio import mmio
 from pyvmm.devices.virtio.net import (HDR_F_DATA_VALID, HEADER, RECEIVE_QUEUE, TRANSMIT_QUEUE,
                                       VIRTIO_NET_F_GUEST_CSUM, NetDevice)
 from pyvmm.devices.virtio.queue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
-from pyvmm.vhost.stream import FrameStream
+from pyvmm.vhost.stream import FrameStream, c_module
+from tests.unit.devices.virtio.test_virtio_block_loop import CountingPulse
 from tests.unit.devices.virtio.test_virtio_net import MAC, Guest, frame
 
 
@@ -360,6 +361,33 @@ def test_a_transmit_interrupt_is_held_for_the_answer_but_never_lost(passt, serve
     wait_for(lambda: guest.rx.used_index() == 1)
     wait_for(signalled)
     assert (pump.c.interrupts - before, pump.c.tx_irqs_merged) == (1, 1)
+
+
+def test_the_thread_interrupts_through_the_machines_pulse_and_falls_back_to_the_eventfd(
+        passt, served) -> None:
+    """Given the machine's pulse (KVM_IRQ_LINE in the machine), the thread calls it with
+    its context instead of signalling the call eventfd; when the pulse fails, the
+    eventfd carries the interrupt and the failure is counted."""
+    _, call = served
+    pulse = CountingPulse(c_module()[0])
+    passt.device.interrupt_pulse = pulse.addresses
+    guest = Guest(device=passt.device, size=64)
+    try:
+        guest.post_rx(8)
+        passt.give(frame(60, 0))
+        wait_for(lambda: guest.rx.used_index() == 1 and pulse.calls == 1)
+        assert pulse.contexts == {pulse.context}
+        assert not select.select([call], [], [], 0.05)[0]  # the eventfd stayed quiet
+        pulse.answer = -9  # failed (EBADF): the eventfd carries the next one
+        guest.rx.set_used_event(1)  # the driver asks to hear of the next frame
+        passt.give(frame(60, 1))
+        wait_for(lambda: guest.rx.used_index() == 2)
+        wait_for(lambda: bool(select.select([call], [], [], 0)[0]))
+        assert pulse.calls == 2
+        assert passt.device.frame_counts["interrupt_pulse_failures"] == 1
+        assert [payload for _, payload in guest.received()] == [frame(60, 0), frame(60, 1)]
+    finally:
+        guest.write(mmio.STATUS, 0)  # reset: the thread stops before the pulse goes
 
 
 def test_the_thread_reports_a_malformed_ring(passt, served) -> None:

@@ -21,7 +21,9 @@ failures apart from the command's:
   is saved from QEMU's monitor (``rig-freeze.txt`` in the job directory) and
   it is sent a key press, an NMI, then a stop/cont (``Session.NUDGES``); if
   one wakes it (QEMU's APIC or TCG thread missed an interrupt pending: a lost
-  kick), the session goes on and the freeze is reported on stderr;
+  kick), the session goes on and the freeze is reported on stderr; if the
+  command then fails, the session counts as the rig's failure (retried): a
+  freeze stands the rig's clocks and timers still for half a minute or more;
 * the command's output travels on a second serial port (ttyS1), streamed to
   our stdout as it comes, and is never searched for failures;
 * the command's status comes back as a ``RIG-RC=`` line on ttyS0; a rig that
@@ -224,6 +226,8 @@ class Session:
         self.console = bytearray()      # the rig kernel's console (ttyS0)
         self.status: int | None = None  # the command's, from RIG-RC=
         self.failure: str | None = None  # the rig's own failure, if any
+        #: The nudge that woke a freeze while the command ran (the first one), if any.
+        self.woken_by: str | None = None
         self.timed_out = False
         self.proc: subprocess.Popen[bytes] | None = None
         self.monitor = Path("/nonexistent")  # QEMU's monitor socket, in a private dir run() makes
@@ -271,8 +275,10 @@ class Session:
                     if not data:
                         break
                     if nudged:
-                        print(f"rig: the rig froze ({where}); {self.NUDGES[nudged - 1][0]} "
-                              "woke it", file=sys.stderr)
+                        woken_by = self.NUDGES[nudged - 1][0]
+                        print(f"rig: the rig froze ({where}); {woken_by} woke it",
+                              file=sys.stderr)
+                        self.woken_by = self.woken_by or woken_by
                         nudged = 0
                     last_heard = now
                     self.console += data
@@ -318,6 +324,12 @@ class Session:
             shutil.rmtree(self.monitor.parent, ignore_errors=True)
         if self.status is None and not self.failure and not self.timed_out:
             self.failure = f"stopped without the command's status (qemu exit {proc.returncode})"
+        if self.status and self.woken_by and not self.failure:
+            # Frozen, the rig's clocks and timers stood still for the watchdog's time and
+            # more, which a command that times or waits for things can't tell from its own
+            # fault: its failure is not evidence, so the session counts as the rig's.
+            self.failure = (f"froze while the command ran ({self.woken_by} woke it), and "
+                            f"the command then failed (status {self.status}): not trusted")
 
     def _record_freeze(self) -> str:
         """The console went silent: save the rig's state; its registers in brief.

@@ -89,7 +89,7 @@ def test_the_status_line_ends_the_session_with_the_commands_status() -> None:
 
 #: A stand-in for the rig's QEMU: says RIG-START, then falls silent; its HMP monitor
 #: answers ``info`` with a halted CPU, and the command named in $WAKE_ON (if any)
-#: makes it speak again and end the command at once: a heartbeat and RIG-RC=0.
+#: makes it speak again and end the command at once: a heartbeat and RIG-RC=$WAKE_RC (0).
 FROZEN_QEMU = r"""#!{python}
 import os, socket, sys
 path = next(a for a in sys.argv if a.startswith("unix:"))[5:].split(",")[0]
@@ -109,9 +109,19 @@ while True:
             continue
         conn.sendall(b"(qemu) ")
         if command == os.environ.get("WAKE_ON"):
-            print("RIG-HEARTBEAT\nRIG-RC=0", flush=True)
+            print("RIG-HEARTBEAT\nRIG-RC=" + os.environ.get("WAKE_RC", "0"), flush=True)
             sys.exit(0)
 """
+
+
+def _frozen_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FROZEN_QEMU first on PATH; its monitor's commands logged to tmp_path/monitor.log."""
+    fake = tmp_path / "bin" / "qemu-system-x86_64"
+    fake.parent.mkdir()
+    fake.write_text(FROZEN_QEMU.format(python=sys.executable))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("MONITOR_LOG", str(tmp_path / "monitor.log"))
 
 
 def commands_sent(wake_on: str | None) -> int:
@@ -123,12 +133,7 @@ def commands_sent(wake_on: str | None) -> int:
 def test_a_frozen_rig_is_described_and_nudged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str],
                                              wake_on: str | None) -> None:
-    fake = tmp_path / "bin" / "qemu-system-x86_64"
-    fake.parent.mkdir()
-    fake.write_text(FROZEN_QEMU.format(python=sys.executable))
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
-    monkeypatch.setenv("MONITOR_LOG", str(tmp_path / "monitor.log"))
+    _frozen_qemu(tmp_path, monkeypatch)
     if wake_on:
         monkeypatch.setenv("WAKE_ON", wake_on)
     rig = load_script("rig")
@@ -154,6 +159,21 @@ def test_a_frozen_rig_is_described_and_nudged(tmp_path: Path, monkeypatch: pytes
         assert session.status is None
         assert session.failure == (f"froze: nothing on its console for 1 s ({where}); "
                                    "none of a key press, an NMI, stop/cont woke it")
+
+
+def test_a_command_that_fails_after_a_freeze_is_the_rigs_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frozen, the rig's clocks stood still: a failure after it is not the command's."""
+    _frozen_qemu(tmp_path, monkeypatch)
+    monkeypatch.setenv("WAKE_ON", "sendkey shift")
+    monkeypatch.setenv("WAKE_RC", "1")
+    rig = load_script("rig")
+    session = rig.Session(rig.parse_args(["--watchdog", "1", "--", "true"]), "r",
+                          tmp_path / "initramfs", tmp_path)
+    session.run()
+    assert session.status == 1 and session.woken_by == "a key press"
+    assert session.failure == ("froze while the command ran (a key press woke it), and the "
+                               "command then failed (status 1): not trusted")
 
 
 def test_a_session_leaves_no_monitor_directory(tmp_path: Path,

@@ -132,14 +132,14 @@ class NetDevice(CServedDevice):
             raise ValueError(f"virtio-net: bad MAC {mac.hex(':')} or MTU {mtu}")
         if offloads & ~OFFLOAD_FEATURES or offloads and not header_in_frames:
             raise ValueError("virtio-net: offloads need a link that carries the header")
+        self.max_frame = mtu + FRAME_OVERHEAD
         #: Over passt's stream: the C half that moves the frames (no Python per frame).
-        self._pump = _RingPump(link, mtu + FRAME_OVERHEAD) \
+        self._pump = _RingPump(link, self.max_frame) \
             if isinstance(link, FrameStream) and not header_in_frames else None
         super().__init__((QUEUE_SIZE, QUEUE_SIZE), self._pump)
         self.link = link
         self.mac = mac
         self.mtu = mtu
-        self.max_frame = mtu + FRAME_OVERHEAD
         self.header_in_frames = header_in_frames
         self.offloads = offloads
         self._on_offloads = on_offloads
@@ -511,7 +511,6 @@ class _RingPump(CServingLoop):
             "budget_ns": int(SERVE_BUDGET_SECONDS * 1e9),
             "kick_rx": -1, "kick_tx": -1, "call_fd": -1, "stop_fd": -1}),
             self._lib.pyvmm_net_serve)
-        self._stream = stream
 
     def load(self, memory: GuestMemory, queues: list[SplitQueue], mergeable: bool,
              data_valid: bool) -> None:

@@ -67,11 +67,11 @@ else
     # retry of that file only.  The job directories keep output and any dumps.
     linux=0
     run_in_rig() {
-        local file=$1 job rc
+        local file=$1 job rc start=$SECONDS
         job="images/out/rig-job/$(basename "$file" .py)"
         rm -rf "$job"
         $python scripts/rig.py --job "$job" -- \
-            $python -m pytest -q -p no:cacheprovider -m linux "$file" "${@:2}" && rc=0 || rc=$?
+            $python -m pytest -q -p no:cacheprovider --durations=5 -m linux "$file" "${@:2}" && rc=0 || rc=$?
         if [ "$rc" -eq 125 ]; then
             echo "test.sh: SKIPPED $file: the rig failed on its own twice (its reason is" \
                  "above, after 'rig: FAILED'); this is not a pyvmm failure" >&2
@@ -79,6 +79,7 @@ else
         elif [ "$rc" -eq 126 ]; then
             echo "test.sh: the rig can't run here (see above)" >&2
         fi
+        echo "test.sh: $file: rig session(s) took $((SECONDS - start)) s" >&2
         if [ "$rc" -eq 5 ]; then rc=0; fi   # nothing selected in this file
         if [ "$rc" -ne 0 ]; then linux=$rc; fi
     }

@@ -63,6 +63,9 @@ typedef struct {
     __u16 base_port;
     __u64 served_in[8];                     /* accesses answered, by register offset */
     __u64 served_out[8];
+    __u8 thr_outran;                        /* the exit it returned with is a THR write left
+                                               to Python only because the guest's output
+                                               outran its drain (back-pressure) */
     pyvmm_status_table *status;             /* NULL: no InterruptStatus read answered here */
     __u64 status_reads[%(n)d];              /* InterruptStatus reads answered, by window */
 } pyvmm_uart_fast;
@@ -81,10 +84,15 @@ struct kvm_run;  /* opaque here: only the C loop reads it */
 struct kvm_coalesced_mmio { __u64 phys_addr; __u32 len; __u32 pio; __u8 data[8]; ...; };
 struct kvm_coalesced_mmio_ring { __u32 first; __u32 last; ...; };
 
-/* Copy up to room queued writes' bytes to out, oldest first, and free their
-   slots; returns how many.  Each entry is a 1-byte write to the one coalesced
-   port (THR).  Single consumer: the caller serialises. */
-int pyvmm_coalesced_drain(struct kvm_coalesced_mmio_ring *ring, __u8 *out, int room);
+/* Copy up to room queued writes' bytes to out, oldest first; returns how many.
+   Each entry is a 1-byte write to the one coalesced port (THR).  Their slots
+   stay taken until pyvmm_coalesced_free: free them once the bytes are the
+   UART's, so that an empty ring means every coalesced write has reached it
+   (the C loop and a vCPU thread look, then write THR themselves).  Single
+   consumer: the caller serialises. */
+int pyvmm_coalesced_copy(struct kvm_coalesced_mmio_ring *ring, __u8 *out, int room);
+/* Free the count oldest slots (count from pyvmm_coalesced_copy). */
+void pyvmm_coalesced_free(struct kvm_coalesced_mmio_ring *ring, int count);
 """ + UART_STATE_STRUCT + r"""
 /* One UART, shared by every vCPU's loop and by Python: the Serial's state and
    output buffer, the lock both sides take (a pthread mutex, after these
@@ -128,9 +136,13 @@ int pyvmm_uart_access(pyvmm_uart *uart, int offset, int write, __u8 *data);
 """ + STATUS_TABLE_STRUCT + UART_FAST_STRUCT + r"""
 /* The loop's decision for one 1-byte port access: pyvmm_uart_access's answer,
    counted.  Besides what that declines: a THR write while the ring holds older
-   writes (Python applies those first).  An LSR read when the newest coalesced
-   write is a newline wakes the event loop (once per newline), which drains the
-   ring and writes the line out; with no loop to wake, it is Python's. */
+   writes (Python applies those first), and any THR write while they are
+   coalesced (one reaches user space only when KVM's ring was full: the
+   guest's output outran the drain, and Python waits for it).  A THR write left
+   to Python for either, or because tx was full, sets thr_outran.  An LSR read
+   when the newest coalesced write is a newline wakes the event loop (once per
+   newline), which drains the ring and writes the line out; with no loop to
+   wake, it is Python's. */
 int pyvmm_uart_fast_io(pyvmm_uart_fast *fast, __u16 port, int write, __u8 *data);
 
 /* A 4-byte MMIO read at addr: 1 if it is an InterruptStatus register of fast->status
@@ -188,9 +200,8 @@ static __u32 pyvmm_coalesced_max(void)
            / sizeof(struct kvm_coalesced_mmio);
 }
 
-/* Read 'last' before the entries, free the slots only after copying them (the
-   kernel's producer side pairs these). */
-static int pyvmm_coalesced_drain(struct kvm_coalesced_mmio_ring *ring, __u8 *out, int room)
+/* Read 'last' before the entries (the kernel's producer side pairs this). */
+static int pyvmm_coalesced_copy(struct kvm_coalesced_mmio_ring *ring, __u8 *out, int room)
 {
     __u32 max = pyvmm_coalesced_max();
     __u32 first = ring->first;
@@ -200,13 +211,21 @@ static int pyvmm_coalesced_drain(struct kvm_coalesced_mmio_ring *ring, __u8 *out
         out[taken++] = ring->coalesced_mmio[first].data[0];
         first = (first + 1) % max;
     }
-    __atomic_store_n(&ring->first, first, __ATOMIC_RELEASE);
     return taken;
+}
+
+/* After the copied bytes were used: the producer may reuse the slots, and a
+   reader that finds the ring empty finds those bytes in the UART. */
+static void pyvmm_coalesced_free(struct kvm_coalesced_mmio_ring *ring, int count)
+{
+    __atomic_store_n(&ring->first, (ring->first + count) % pyvmm_coalesced_max(),
+                     __ATOMIC_RELEASE);
 }
 
 static int pyvmm_coalesced_pending(struct kvm_coalesced_mmio_ring *ring)
 {
-    return ring->first != __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
+    return __atomic_load_n(&ring->first, __ATOMIC_ACQUIRE)
+           != __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
 }
 
 static int pyvmm_newest_coalesced_is_newline(struct kvm_coalesced_mmio_ring *ring)
@@ -272,15 +291,20 @@ static void pyvmm_uart_update_irq(pyvmm_uart *uart)
 }
 
 /* The accesses Serial._write_register would serve the same way (1, or
-   PYVMM_UART_COALESCE); 0 for the others. */
-static int pyvmm_uart_write(pyvmm_uart *uart, int offset, __u8 value)
+   PYVMM_UART_COALESCE); 0 for the others, *tx_full set for a THR write that
+   found no room in tx. */
+static int pyvmm_uart_write(pyvmm_uart *uart, int offset, __u8 value, int *tx_full)
 {
     pyvmm_uart_state *s = uart->state;
     if (s->lcr & UART_LCR_DLAB)
         return 0;
     if (offset == UART_TX) {
-        if (s->mcr & UART_MCR_LOOP || s->tx_len >= uart->tx_capacity)
+        if (s->mcr & UART_MCR_LOOP)
             return 0;
+        if (s->tx_len >= uart->tx_capacity) {
+            *tx_full = 1;
+            return 0;
+        }
         s->thre = 1;  /* the byte leaves at once: THR is empty again */
         uart->tx[s->tx_len++] = value;
         /* Python looks at output that starts waiting, and flushes a line now. */
@@ -354,15 +378,24 @@ static int pyvmm_uart_read(pyvmm_uart *uart, int offset, __u8 *data)
     return 0;
 }
 
-static int pyvmm_uart_access(pyvmm_uart *uart, int offset, int write, __u8 *data)
+/* pyvmm_uart_access, and whether a THR write it declined found tx full (seen
+   under the lock: the event loop may flush tx as soon as it is released). */
+static int pyvmm_uart_serve(pyvmm_uart *uart, int offset, int write, __u8 *data,
+                            int *tx_full)
 {
     pthread_mutex_lock(&uart->lock);
-    int served = write ? pyvmm_uart_write(uart, offset, *data)
+    int served = write ? pyvmm_uart_write(uart, offset, *data, tx_full)
                        : pyvmm_uart_read(uart, offset, data);
     if (served)
         pyvmm_uart_update_irq(uart);
     pthread_mutex_unlock(&uart->lock);
     return served;
+}
+
+static int pyvmm_uart_access(pyvmm_uart *uart, int offset, int write, __u8 *data)
+{
+    int tx_full = 0;
+    return pyvmm_uart_serve(uart, offset, write, data, &tx_full);
 }
 
 /* A polled line is complete in the ring: wake the event loop to write it out
@@ -390,15 +423,20 @@ static int pyvmm_uart_fast_io(pyvmm_uart_fast *fast, __u16 port, int write, __u8
         return 0;
     int offset = port - fast->base_port;
     if (fast->ring) {
-        if (write && offset == UART_TX && pyvmm_coalesced_pending(fast->ring))
+        if (write && offset == UART_TX && (pyvmm_coalesced_pending(fast->ring)
+                || __atomic_load_n(&fast->uart->coalescing, __ATOMIC_ACQUIRE))) {
+            fast->thr_outran = 1;
             return 0;
+        }
         if (!write && offset == UART_LSR && pyvmm_newest_coalesced_is_newline(fast->ring)
                 && !pyvmm_uart_wake_for_ring(fast->uart, fast->ring))
             return 0;
     }
-    int served = pyvmm_uart_access(fast->uart, offset, write, data);
+    int tx_full = 0;
+    int served = pyvmm_uart_serve(fast->uart, offset, write, data, &tx_full);
     if (served)
         (write ? fast->served_out : fast->served_in)[offset]++;
+    fast->thr_outran = !served && tx_full;
     return served;
 }
 
@@ -427,6 +465,7 @@ static int pyvmm_run_uart_fast(pyvmm_uart_fast *fast)
     for (;;) {
         if (ioctl(fast->fd, KVM_RUN, 0) < 0)
             return -errno;
+        fast->thr_outran = 0;
         if (run->exit_reason == KVM_EXIT_MMIO && !run->mmio.is_write) {
             if (!pyvmm_status_read(fast, run->mmio.phys_addr, run->mmio.len, run->mmio.data))
                 return 0;

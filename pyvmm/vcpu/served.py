@@ -94,7 +94,7 @@ class ServedVcpu:
         key = exit_key(exit)
         fast = self._fast
         if fast is not None and key == ("pio-out", fast.thr_port) \
-                and fast.outran(self._ring_held):
+                and fast.outran(self.vcpu, self._ring_held):
             return ("pio-out-full", fast.thr_port)
         return key
 

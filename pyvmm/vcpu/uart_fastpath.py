@@ -18,7 +18,10 @@ Here:
   any exit is served in Python (so a write is always seen before the access
   that followed it) and on the event loop's timer.  When the guest enables the
   THR-empty interrupt, the zone is unregistered (after a drain) and each write
-  exits again, so its interrupt follows it at once.
+  exits again, so its interrupt follows it at once.  A write's slot is freed
+  only once its byte is the UART's: a vCPU that finds the ring empty may write
+  THR itself.  When the ring is full KVM lets the next write exit: Python drains
+  the ring, then serves it (``pio-out-full`` in ``--stats``: back-pressure).
 * **The hot accesses are served in C** (``pyvmm_run_uart_fast``, a KVM_RUN
   loop in this module's own cffi module, built by ``_uart_build.py``), on the
   Serial's own state (``Serial.state``, ``Serial.tx``, ``Serial.rx``) under a
@@ -31,8 +34,9 @@ Here:
   is a newline wakes the event loop too, which drains the ring and writes the
   line out as it completes.  The loop returns to Python for every other access
   and exit, and for a THR write when the output buffer is full (Python flushes
-  it: a slow stdout slows the guest down) or the ring holds older writes (the
-  ring is full, or Python has yet to drain it: older bytes first).
+  it: a slow stdout slows the guest down), the ring holds older writes (Python
+  has yet to drain it: older bytes first), or THR writes are coalesced (the
+  write exited because the ring was full).
   The KVM binding lends it the vCPU's fd, its kvm_run mapping and the ring
   page, by address.
 * **Switching costs KVM an SRCU grace period** (a zone (un)registered), so
@@ -291,12 +295,18 @@ class UartFastPath:
             return True
         return False
 
-    def outran(self, ring_held: bool) -> bool:
-        """Whether a THR write that reached Python did so only because the guest wrote
-        faster than its output drains: KVM's ring held writes (it exits when full, and
-        the C side lets THR writes exit while it holds any), or the C side found ``tx``
-        full.  (Without either, this path serves every THR write without Python.)"""
-        return ring_held or (self.registers is not None and self._serial.tx_is_full())
+    def outran(self, vcpu: Vcpu, ring_held: bool) -> bool:
+        """Whether the THR write ``vcpu`` exited with reached Python only because the guest
+        wrote faster than its output drains.  With the C side, as the C loop saw it when
+        it left the write (its ``thr_outran``): the ring held writes, THR writes are
+        coalesced (one exits only when KVM's ring is full, though the event loop may have
+        drained it since), or ``tx`` was full (it may be flushed since).  Without it: the
+        ring held writes (``ring_held``: ``drain_pending`` found them), or they are
+        coalesced.  (Without these, this path serves every THR write without Python.)"""
+        fast = self._fast.get(vcpu.id)
+        if fast is not None and self.registers is not None:
+            return bool(fast.thr_outran)
+        return ring_held or (self._ring is not None and self.coalescing)
 
     def served_in_c(self, vcpu: Vcpu) -> dict[tuple[str, int], int]:
         """What the C loop served for ``vcpu``, as --stats keys: by direction and port, its
@@ -336,9 +346,11 @@ class UartFastPath:
             return
         with self._lock:  # one consumer at a time, and batches reach the UART in order
             while ring.first != ring.last:
-                count = lib.pyvmm_coalesced_drain(ring, self._drained, _DRAIN_BATCH)
-                self.coalesced_writes += count
+                count = lib.pyvmm_coalesced_copy(ring, self._drained, _DRAIN_BATCH)
                 self._serial.transmit(ffi.buffer(self._drained, count)[:])
+                # Only now: a vCPU that finds the ring empty writes THR after these bytes.
+                lib.pyvmm_coalesced_free(ring, count)
+                self.coalesced_writes += count
 
     def close(self) -> None:
         """Stop coalescing and apply what is left (before the vCPUs' mappings go); the

@@ -89,15 +89,21 @@ def test_interrupt_driven_output_arrives_whole_without_an_exit_per_byte(fastpath
         return
     assert thr_in_python == 0
     in_c = _count(stats, ("pio-out-c",), 0x3F8)
-    outran = _count(stats, ("pio-out-full",), 0x3F8)  # tx or the ring full: back-pressure
-    # The polled text's first bytes too, then the ring.
-    assert in_c + outran == size + COALESCE_AFTER
-    assert _count(stats, ("pio-out-coalesced",), 0x3F8) == len(result.stdout) - in_c
+    coalesced = _count(stats, ("pio-out-coalesced",), 0x3F8)
+    # Back-pressure (a loaded host): tx full while served in C, or KVM's ring full once
+    # coalesced (the polled text after the switch: those exit, each a byte of it).
+    outran = _count(stats, ("pio-out-full",), 0x3F8)
+    assert in_c + outran + coalesced == len(result.stdout)  # every THR write counted once
+    # In C: the interrupt-driven text and the polled text's first COALESCE_AFTER bytes, but
+    # those that found tx full (after one of those, C serves COALESCE_AFTER more before
+    # the switch); none after it.  Without back-pressure: exactly size + COALESCE_AFTER.
+    assert size + COALESCE_AFTER - outran <= in_c <= size + COALESCE_AFTER
     assert _count(stats, ("uart-switch",), 0x3F8) == 1
     passes = -(-size // 16)  # IIR (and LSR and MSR) once per 16 bytes, and a last IIR
     assert _count(stats, ("pio-in-c",), 0x3FA) >= passes + 1
     assert _count(stats, ("pio-in-c",), 0x3FE) == passes
-    assert stats["exits"] < 40  # the set-up, THRI's first switch, a return per polled line
+    # The set-up, THRI's first switch, a return per polled line; and the back-pressure.
+    assert stats["exits"] - outran < 40
 
 
 def test_stats_text_goes_to_stderr_only() -> None:

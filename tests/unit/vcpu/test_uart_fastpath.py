@@ -416,14 +416,96 @@ def test_coalescing_never_starts_while_the_thre_interrupt_is_on() -> None:
 
 
 def test_a_thr_write_that_outran_the_drain_is_told_apart() -> None:
-    """--stats counts a THR write as pio-out-full only when the guest's output outran
-    its drain: the ring held writes, or (C side on) ``tx`` had no room."""
+    """--stats counts a THR write as pio-out-full only when it reached Python because the
+    guest's output outran its drain.  With the C side, as the C loop saw it: THR writes
+    coalesced (one exits only when KVM's ring is full, though the event loop may empty
+    the ring before the loop looks), the ring holding writes, or ``tx`` full (though the
+    event loop may flush it before the vCPU thread looks)."""
     fast, device, ring, _, _ = make()
-    assert fast.drain_pending() is False and not fast.outran(False)
-    ring.put(0x3F8, b"x")
-    assert fast.drain_pending() is True and fast.outran(True)
+    vcpu: Any = FakeVcpu(ring)
+    assert fast.coalescing and fast_io(fast, 0x3F8, True, ord("a")) is None
+    assert fast.outran(vcpu, False)
+    device.write(uart.IER_DLM, bytes([uart.IER_THR_EMPTY]))  # THR writes exit again
+    assert fast_io(fast, 0x3F8, True, ord("b")) == ord("b") and not fast.outran(vcpu, False)
+    ring.put(0x3F8, b"c")  # written (by another vCPU) before coalescing stopped
+    assert fast_io(fast, 0x3F8, True, ord("d")) is None and fast.outran(vcpu, False)
+    fast.drain()
     device._tx_len[0] = len(device.tx)  # as the C side leaves it when the loop is slow
-    assert device.tx_is_full() and fast.outran(False)
-    coalesce_only, device, _, _, _ = make("coalesce")
+    assert fast_io(fast, 0x3F8, True, ord("e")) is None
+    device.flush()  # the event loop's, before the vCPU thread counts the exit
+    assert not device.tx_is_full() and fast.outran(vcpu, False)
+    device.write(uart.LCR, bytes([uart.LCR_DLAB]))  # the divisor latch is Python's
+    assert fast_io(fast, 0x3F8, True, 1) is None and not fast.outran(vcpu, False)
+    coalesce_only, device, ring, _, _ = make("coalesce")
+    vcpu = FakeVcpu(ring)
+    assert coalesce_only.coalescing and coalesce_only.outran(vcpu, False)
+    device.write(uart.IER_DLM, bytes([uart.IER_THR_EMPTY]))
     device._tx_len[0] = len(device.tx)
-    assert not coalesce_only.outran(False)  # without the C side every THR write exits
+    assert not coalesce_only.outran(vcpu, False)  # without the C side every THR write exits
+    assert coalesce_only.outran(vcpu, True)  # drain_pending found the ring holding writes
+
+
+def test_while_coalescing_the_loop_leaves_a_thr_write_that_exits_to_python() -> None:
+    """KVM lets a coalesced write exit only when its ring is full: Python's (it drains the
+    ring first), even when the event loop emptied the ring before the loop looked."""
+    fast, _, ring, _, _ = make()
+    assert fast.coalescing and ring.ring.first == ring.ring.last
+    assert fast_io(fast, 0x3F8, True, ord("x")) is None
+    assert fast.served_in_c(FakeVcpu(ring)) == {}  # type: ignore[arg-type]
+
+
+def test_the_c_loop_writes_thr_after_the_bytes_a_drain_is_applying() -> None:
+    """The ring's slots are freed only once their bytes are the UART's: a THR write the
+    C loop sees meanwhile is left to Python, not put in ``tx`` before them."""
+    fast, device, ring, _, out = make()
+    device.write(uart.IER_DLM, bytes([uart.IER_THR_EMPTY]))  # THR writes served in C
+    ring.put(0x3F8, b"older\n")  # queued (by another vCPU) before coalescing stopped
+    seen: list[int | None] = []
+    transmit = device.transmit
+
+    def transmit_while_a_vcpu_writes(data: bytes | memoryview) -> None:
+        seen.append(fast_io(fast, 0x3F8, True, ord("n")))
+        transmit(data)
+
+    device.transmit = transmit_while_a_vcpu_writes  # type: ignore[method-assign]
+    fast.drain()
+    device.transmit = transmit  # type: ignore[method-assign]
+    assert seen == [None]
+    device.write(uart.RBR_THR_DLL, b"n")  # Python serves it, after the drain
+    device.flush()
+    assert out == b"older\nn"
+
+
+def test_a_vcpu_thread_waits_for_the_bytes_another_thread_is_draining() -> None:
+    """A THR write exits while the event loop drains the ring: the vCPU thread finds the
+    ring still holding what is on its way to the UART, waits, then serves its write."""
+    fast, device, ring, _, out = make()
+    ring.put(0x3F8, b"older\n")
+    transmitting, go = threading.Event(), threading.Event()
+    transmit = device.transmit
+
+    def slow_transmit(data: bytes | memoryview) -> None:
+        if not transmitting.is_set():  # the drain's batch
+            transmitting.set()
+            go.wait(5)
+        transmit(data)
+
+    device.transmit = slow_transmit  # type: ignore[method-assign]
+    event_loop = threading.Thread(target=fast.drain)
+    event_loop.start()
+    assert transmitting.wait(5)
+    held: list[bool] = []
+
+    def serve_the_exit() -> None:  # what ServedVcpu.run and serve do
+        held.append(fast.drain_pending())
+        device.write(uart.RBR_THR_DLL, b"n")
+
+    vcpu = threading.Thread(target=serve_the_exit)
+    vcpu.start()
+    vcpu.join(0.2)  # had it found the ring empty, its byte would be out first by now
+    go.set()
+    event_loop.join(5)
+    vcpu.join(5)
+    assert not event_loop.is_alive() and not vcpu.is_alive()
+    device.flush()
+    assert out == b"older\nn" and held == [True]

@@ -59,31 +59,40 @@ else
     host_pid=$!
     timed=(tests/linux/test_command_mode_hostile.py tests/linux/test_net.py
            tests/linux/test_net_tap.py)
-    untimed=()
+    # A rig session costs ~20 s before its first test (the rig's boot, pytest's
+    # start under TCG), and a failure of the rig itself costs a retry of that
+    # session's files: the files of a few short tests (under a minute each in
+    # the rig) share one session, every other file has its own.  The job
+    # directories keep output and any dumps.  pytest's hypothesis plugin is
+    # left out in the rig: no linux test uses it, and importing it took half
+    # of pytest's start there.
+    short=(tests/linux/test_api.py tests/linux/test_check.py tests/linux/test_cloud.py
+           tests/linux/test_rtc.py tests/linux/test_vsock.py)
+    untimed=("${short[*]}")
     for file in tests/linux/test_*.py; do
-        case " ${timed[*]} " in *" $file "*) ;; *) untimed+=("$file") ;; esac
+        case " ${timed[*]} ${short[*]} " in *" $file "*) ;; *) untimed+=("$file") ;; esac
     done
-    # One rig session per test file: a failure of the rig itself then costs a
-    # retry of that file only.  The job directories keep output and any dumps.
     linux=0
     run_in_rig() {
-        local file=$1 job rc start=$SECONDS
-        job="images/out/rig-job/$(basename "$file" .py)"
+        local files=$1 job rc start=$SECONDS
+        job="images/out/rig-job/$(basename "${files%% *}" .py)"
         rm -rf "$job"
+        # shellcheck disable=SC2086  # the files, one word each
         $python scripts/rig.py --job "$job" -- \
-            $python -m pytest -q -p no:cacheprovider --durations=5 -m linux "$file" "${@:2}" && rc=0 || rc=$?
+            $python -m pytest -q -p no:cacheprovider -p no:hypothesispytest --durations=5 \
+                -m linux $files "${@:2}" && rc=0 || rc=$?
         if [ "$rc" -eq 125 ]; then
-            echo "test.sh: SKIPPED $file: the rig failed on its own twice (its reason is" \
+            echo "test.sh: SKIPPED $files: the rig failed on its own twice (its reason is" \
                  "above, after 'rig: FAILED'); this is not a pyvmm failure" >&2
             rc=0
         elif [ "$rc" -eq 126 ]; then
             echo "test.sh: the rig can't run here (see above)" >&2
         fi
-        echo "test.sh: $file: rig session(s) took $((SECONDS - start)) s" >&2
+        echo "test.sh: $files: rig session(s) took $((SECONDS - start)) s" >&2
         if [ "$rc" -eq 5 ]; then rc=0; fi   # nothing selected in this file
         if [ "$rc" -ne 0 ]; then linux=$rc; fi
     }
-    for file in "${untimed[@]}"; do run_in_rig "$file" "$@"; done
+    for files in "${untimed[@]}"; do run_in_rig "$files" "$@"; done
     wait "$host_pid" && status=0 || status=$?
     echo "test.sh: the host suite (not linux), run beside the rig:" >&2
     cat "$host_log"

@@ -174,8 +174,9 @@ def prepare_host() -> None:
     sh("ip", "link", "set", TAP, "up")
 
 
-#: The processes whose threads' context switches and run time the ping-pong counts (by comm).
-WATCHED = ("passt", "qemu-system-x86", "python3", "vhost-", "ksoftirqd", "kworker")
+#: The processes whose threads' context switches and run time the ping-pong counts (by comm;
+#: "python" is a virtualenv's interpreter, "python3" the system's).
+WATCHED = ("passt", "qemu-system-x86", "python", "vhost-", "ksoftirqd", "kworker")
 
 
 def host_counts() -> dict[str, int]:
@@ -202,7 +203,7 @@ def host_counts() -> dict[str, int]:
             if not comm.startswith(WATCHED):
                 continue
             who = "bench" if int(proc.name) == os.getpid() else comm.split("/")[0]
-            if comm == "python3" and who != "bench":
+            if comm.startswith("python") and who != "bench":
                 who = "pyvmm" if b"pyvmm" in (proc / "cmdline").read_bytes() else comm
             for task in (proc / "task").iterdir():
                 switches = 0

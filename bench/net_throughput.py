@@ -31,6 +31,9 @@ from its /proc) and the host's (``host_per_round_trip``: KVM's debugfs
 counters summed over VMs, and the context switches, run time and wait to run
 of pyvmm, QEMU, passt, the echo server, kworkers and ksoftirqd, by process and
 busiest thread); pyvmm's ``--stats`` adds its NICs' counts (``devices``).
+The round trip is timed twice: by the guest (``rtt_us``, the guest's clock,
+which its VMM keeps) and by the echo server over the same round trips
+(``host_rtt_us``, the host's clock, the same for every mode).
 ``--baseline CHECKOUT`` runs each pyvmm mode again from another checkout (its
 cffi modules built), interleaved, as ``MODE@NAME``.  ``--rounds N`` runs the whole
 list N times over, every other round in reverse (A B C, C B A, A B C, ...), so
@@ -174,8 +177,9 @@ def prepare_host() -> None:
     sh("ip", "link", "set", TAP, "up")
 
 
-#: The processes whose threads' context switches and run time the ping-pong counts (by comm).
-WATCHED = ("passt", "qemu-system-x86", "python3", "vhost-", "ksoftirqd", "kworker")
+#: The processes whose threads' context switches and run time the ping-pong counts (by comm;
+#: "python" is a virtualenv's interpreter, "python3" the system's).
+WATCHED = ("passt", "qemu-system-x86", "python", "vhost-", "ksoftirqd", "kworker")
 
 
 def host_counts() -> dict[str, int]:
@@ -202,7 +206,7 @@ def host_counts() -> dict[str, int]:
             if not comm.startswith(WATCHED):
                 continue
             who = "bench" if int(proc.name) == os.getpid() else comm.split("/")[0]
-            if comm == "python3" and who != "bench":
+            if comm.startswith("python") and who != "bench":
                 who = "pyvmm" if b"pyvmm" in (proc / "cmdline").read_bytes() else comm
             for task in (proc / "task").iterdir():
                 switches = 0
@@ -257,14 +261,20 @@ def echo_server(pings: int, measured: list[dict]) -> socket.socket:
             except OSError:
                 return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            received, before = 0, None
+            received, before, started = 0, None, 0.0
             with conn:
                 while data := conn.recv(64):
                     received += len(data)
                     if received == 20:
                         before = host_counts()
+                        started = time.monotonic()
                     elif received == 20 + pings and before is not None:
-                        measured.append(per_round_trip(before, host_counts(), pings))
+                        wall = time.monotonic() - started
+                        counts = per_round_trip(before, host_counts(), pings)
+                        # The round trip on the host's clock, the same for every mode
+                        # (the guest's clock is the VMM's to keep, and can run slow).
+                        counts["host_rtt_us"] = round(wall / pings * 1e6, 1)
+                        measured.append(counts)
                     conn.sendall(data)
 
     threading.Thread(target=serve, daemon=True).start()
@@ -434,7 +444,8 @@ def main() -> int:
                 result = run_mode(mode, kernel, args.seconds, args.pings, work, args.accel,
                                   checkout)
                 if measured:
-                    result["host_per_round_trip"] = measured[-1]
+                    result["host_per_round_trip"] = dict(measured[-1])
+                    result["host_rtt_us"] = result["host_per_round_trip"].pop("host_rtt_us")
                 result["round"] = round_number
                 results.setdefault(name, []).append(result)
                 print(f"{name} (round {round_number}): {result} "
@@ -487,6 +498,23 @@ def print_table(results: dict[str, list[dict]]) -> None:
         print(f"{mode:28} {gbps(median_of(good, 'up')):>17} "
               f"{gbps(median_of(good, 'down')):>17} "
               f"{'-' if rtt is None else f'{rtt:.0f}':>14} "
+              f"{'-' if ratio is None else f'{ratio:.2f}':>18}  {each}")
+    # The same on the host's clock (the echo server's window of the timed round trips):
+    # the guest's clock is its VMM's, and one that runs slow shortens its round trip.
+    host_reference = {row["round"]: row["host_rtt_us"] for row in results.get(first, [])
+                      if row.get("host_rtt_us")}
+    print(f"\non the host's clock: {'1-byte RTT us':>14} {'/ ' + first:>18}  each round's")
+    for mode, rounds in results.items():
+        good = [row for row in rounds if row.get("host_rtt_us")]
+        if not good:
+            continue
+        ratios = [{"ratio": row["host_rtt_us"] / host_reference[row["round"]]}
+                  for row in good if row["round"] in host_reference]
+        ratio = median_of(ratios, "ratio")
+        each = " ".join(f"{row['host_rtt_us']:.0f}" + (
+            f" ({row['host_rtt_us'] / host_reference[row['round']]:.2f})"
+            if row["round"] in host_reference else "") for row in good)
+        print(f"{mode:28} {median_of(good, 'host_rtt_us'):>14.0f} "
               f"{'-' if ratio is None else f'{ratio:.2f}':>18}  {each}")
     # The echo server does the same per round trip whatever serves the guest (though the
     # back end's socket habits touch it: passt's cost it ~20% more than slirp's), and

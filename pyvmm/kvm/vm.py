@@ -54,12 +54,24 @@ class Vm:
         (KVM injects only MSIs from the eventfd's wake-up), one more thread to wake
         per interrupt; made by the thread that used the buffers, it wakes the vCPU
         directly.  Opaque to the device, which keeps its irqfd for when this fails."""
+        line = self._pulse_line(irq)
+        function = ffi.addressof(lib, "pyvmm_irq_line_pulse")
+        return int(ffi.cast("uintptr_t", function)), int(ffi.cast("uintptr_t", line))
+
+    def _pulse_line(self, irq: int) -> Any:
         line = self._pulse_lines.get(irq)
         if line is None:
             line = self._pulse_lines[irq] = ffi.new("pyvmm_irq_line *",
                                                     {"vm_fd": self.fd, "irq": irq})
-        function = ffi.addressof(lib, "pyvmm_irq_line_pulse")
-        return int(ffi.cast("uintptr_t", function)), int(ffi.cast("uintptr_t", line))
+        return line
+
+    def pulse_irq_line(self, irq: int) -> None:
+        """An edge on ``irq`` made now, from the calling thread: the pulse of
+        ``irq_line_pulse`` (KVM_IRQ_LINE up then down, in C: one call from Python).
+        OSError if KVM refused it."""
+        result = lib.pyvmm_irq_line_pulse(self._pulse_line(irq))
+        if result < 0:
+            raise OSError(-result, f"KVM_IRQ_LINE {irq}: {os.strerror(-result)}")
 
     def register_ioeventfd(self, event_fd: int, addr: int, length: int,
                            datamatch: int | None = None, pio: bool = False) -> None:

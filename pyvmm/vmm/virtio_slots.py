@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pyvmm.arch.x86_64 import layout
 from pyvmm.config.machine import MachineConfig
@@ -198,6 +198,29 @@ class IrqfdTrigger:
         os.eventfd_write(self.event_fd, 1)
 
 
+class IrqLineTrigger(IrqfdTrigger):
+    """An edge made by the thread that raises it: KVM_IRQ_LINE up then down
+    (``Vm.pulse_irq_line``), as the devices' C threads make theirs.  An irqfd on an
+    IOAPIC line is injected by a kworker (KVM injects only MSIs from the eventfd's
+    wake-up): one more thread to wake per interrupt of a device Python serves (a tap
+    with ``vhost=off``, the console).  The irqfd stays bound, and carries the edge
+    if the pulse fails."""
+
+    def __init__(self, event_fd: int, vm: Any, irq: int) -> None:
+        super().__init__(event_fd)
+        self._vm = vm
+        self._irq = irq
+        #: Pulses KVM refused (the irqfd carried them).
+        self.failures = 0
+
+    def trigger(self) -> None:
+        try:
+            self._vm.pulse_irq_line(self._irq)
+        except OSError:
+            self.failures += 1
+            super().trigger()
+
+
 def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices,
                   interrupts: InterruptRegistersOffPython | None = None
                   ) -> tuple[list, list[int]]:
@@ -214,7 +237,9 @@ def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices,
         irq_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         owned_fds.append(irq_fd)
         vm.register_irqfd(irq_fd, slot.irq)
-        transport = VirtioMmioTransport(device, memory, IrqfdTrigger(irq_fd))
+        trigger = IrqLineTrigger(irq_fd, vm, slot.irq) if hasattr(vm, "pulse_irq_line") \
+            else IrqfdTrigger(irq_fd)
+        transport = VirtioMmioTransport(device, memory, trigger)
         mmio_bus.insert(transport, slot.base, layout.VIRTIO_MMIO_SIZE)
         transports.append(transport)
         # Asked first: a NIC over passt and a raw disk become back-end served (a thread

@@ -145,3 +145,29 @@ def test_an_interrupt_lines_pulse_is_made_in_c_and_fails_once_the_vm_is_closed()
         vm.close()
         kvm.close()
     assert pulse(ffi.cast("void *", context)) == -errno.EBADF
+
+
+def test_python_makes_the_same_pulse_and_hears_when_kvm_refuses_it() -> None:
+    """``Vm.pulse_irq_line``, for a device Python serves (``IrqLineTrigger``): the same
+    line's pulse from the calling thread; an OSError once the VM is closed (the trigger
+    then writes its irqfd)."""
+    import errno
+
+    import pytest
+
+    from pyvmm.kvm.system import Kvm
+
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    try:
+        vm.create_irqchip()
+        vm.pulse_irq_line(5)
+        line = vm.irq_line_pulse(5)
+        vm.pulse_irq_line(5)
+        assert vm.irq_line_pulse(5) == line  # the line C threads are handed, shared
+    finally:
+        vm.close()
+        kvm.close()
+    with pytest.raises(OSError) as refused:
+        vm.pulse_irq_line(5)
+    assert refused.value.errno == errno.EBADF

@@ -8,6 +8,7 @@ tap pyvmm serves from its loop keeps both in Python."""
 from __future__ import annotations
 
 import os
+import select
 import socket
 from typing import Any
 
@@ -18,7 +19,7 @@ from pyvmm.memory import GuestMemory
 from pyvmm.vcpu._uart_cffi import ffi, lib
 from pyvmm.vcpu.interrupt_status import USED_BUFFER, InterruptRegistersOffPython
 from pyvmm.vhost.stream import FrameStream
-from pyvmm.vmm.virtio_slots import VirtioSlot, attach_virtio
+from pyvmm.vmm.virtio_slots import IrqLineTrigger, VirtioSlot, attach_virtio
 from tests.unit.devices.virtio.test_virtio_net import MAC, FakeLink
 
 BASE = 0xD000_0000
@@ -38,6 +39,20 @@ class FakeVm:
 
     def irq_line_pulse(self, irq: int) -> tuple[int, int]:
         return 0x1000, irq  # (the function's address, its context's): opaque to devices
+
+
+class PulsingVm(FakeVm):
+    """A VM that makes edges itself (``Vm.pulse_irq_line``); ``refuse`` makes KVM fail them."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        super().__init__()
+        self.pulses: list[int] = []
+        self.refuse = refuse
+
+    def pulse_irq_line(self, irq: int) -> None:
+        if self.refuse:
+            raise OSError(9, "KVM_IRQ_LINE: Bad file descriptor")
+        self.pulses.append(irq)
 
 
 class FakeLoop:
@@ -92,3 +107,25 @@ def test_a_nic_over_passts_stream_has_its_interrupt_registers_off_python() -> No
         interrupts.close()
         ours.close()
         peer.close()
+
+
+def test_a_device_python_serves_interrupts_by_the_line_pulse_the_irqfd_its_fallback() -> None:
+    """A tap with vhost=off (its frames Python's): its interrupt is KVM_IRQ_LINE made by the
+    thread that raises it, not an irqfd write a kworker injects; the irqfd if that fails."""
+    tap_nic = NetDevice(FakeLink(), MAC, 1500, header_in_frames=True)
+    slots = [VirtioSlot(BASE, 6, "net", net=NetConfig(type="tap", ifname="t0"))]
+    for refuse in (False, True):
+        vm = PulsingVm(refuse)
+        transports, fds = attach_virtio(vm, FakeLoop(), FakeBus(), GuestMemory([]), slots,
+                                        [tap_nic], InterruptRegistersOffPython())
+        try:
+            trigger = transports[0].interrupt
+            assert isinstance(trigger, IrqLineTrigger)
+            trigger.trigger()
+            irqfd = vm.irqfds[0][0]
+            signalled = bool(select.select([irqfd], [], [], 0)[0])
+            assert (vm.pulses, signalled, trigger.failures) == \
+                (([], True, 1) if refuse else ([6], False, 0))
+        finally:
+            for fd in fds:
+                os.close(fd)

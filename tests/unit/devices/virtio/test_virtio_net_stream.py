@@ -327,6 +327,21 @@ def test_the_serving_thread_moves_frames_both_ways(passt, served) -> None:
     assert passt.device._thread is None and passt.stream.wanted_events() & select.EPOLLIN
 
 
+def test_each_kick_wakes_the_thread_though_it_never_reads_the_kick_back(passt, served) -> None:
+    """The kicks are watched edge-triggered: every write of KVM's ioeventfd is a wake-up,
+    and the thread spends no read(2) on the counter, which only grows."""
+    kicks, _ = served
+    guest = Guest(device=passt.device, size=64)
+    guest.post_rx(8)
+    for n in range(3):
+        data = bytes(HEADER.size) + frame(100, n)
+        guest.tx.add_chain([(guest.tx.alloc(len(data), data), len(data), False)])
+        os.eventfd_write(kicks[TRANSMIT_QUEUE], 1)
+        wait_for(lambda: guest.tx.used_index() == n + 1)
+        assert passt.taken() == [frame(100, n)]
+    assert os.eventfd_read(kicks[TRANSMIT_QUEUE]) >= 3  # (and the notifies of set-up)
+
+
 def test_a_transmit_interrupt_is_held_for_the_answer_but_never_lost(passt, served) -> None:
     """The thread holds a transmit completion's interrupt for the receive interrupt that
     follows (one interrupt for the round trip), and raises it alone when no answer comes."""

@@ -16,9 +16,10 @@ set -euo pipefail
 run=(gcc libc6-dev python3-venv python3-dev busybox-static linux-image-amd64
      qemu-system-common qemu-system-x86 passt)
 # The tests and benchmarks: the minimal kernel's and the tiny guests' builds, gdb, mkfs,
-# qemu-img (qcow2 images and their allocation map in the disk tests), fio (bench/virtio_io.py).
+# qemu-img (qcow2 images and their allocation map in the disk tests), fio (bench/virtio_io.py),
+# iperf3 (bench/net_throughput.py).
 tests=(binutils make cpio xz-utils bc flex bison libelf-dev libssl-dev linux-source-6.1
-       acpica-tools gdb e2fsprogs qemu-utils fio)
+       acpica-tools gdb e2fsprogs qemu-utils fio iperf3)
 case "${1:-all}" in
     run) packages=("${run[@]}") ;;
     all) packages=("${run[@]}" "${tests[@]}") ;;

@@ -14,8 +14,12 @@ the guest's answer to ``echo r$((6*7))``.  Reports medians of ``--runs``:
   boot vs ``-loadvm`` of a snapshot ``savevm`` took at the same prompt;
 * RSS a clone adds to its process (anonymous and file-backed), 256 MiB and 1 GiB.
 
+``--variants main spare huge`` adds in-process restores made as an earlier
+pyvmm made them (``restore_variants.py``), interleaved with the others.
+
 Usage: python3 bench/snapshot_linux.py [--runs 5] [--memory 256M 1G] [--no-qemu]
                                        [--in-process-only] [--guest minimal cloud]
+                                       [--variants main spare huge]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import time
 from pathlib import Path
 
 import pyvmm
+from restore_variants import NAMES as VARIANTS, variant
 
 REPO = Path(__file__).resolve().parents[1]
 #: (kernel, initramfs) by ``--guest``: both inits start busybox's shell on the console.
@@ -68,9 +73,10 @@ def cold_in_process(memory: str, disk: Path) -> float:
         vm.stop()
 
 
-def restore_in_process(snapshot: Path) -> float:
-    started = time.perf_counter()
-    vm = pyvmm.Machine.restore(snapshot, snapshot=True)
+def restore_in_process(snapshot: Path, how: str = "branch") -> float:
+    with variant(how):
+        started = time.perf_counter()
+        vm = pyvmm.Machine.restore(snapshot, snapshot=True)
     try:
         return answer_in_process(vm, started, boot=False)
     finally:
@@ -191,6 +197,10 @@ def snapshot_at_prompt(memory: str, disk: Path, directory: Path) -> tuple[float,
         vm.stop()
 
 
+def memory_file_kib(snap: Path) -> int:
+    return os.stat(snap / "memory.raw").st_blocks // 2
+
+
 def median(values: list[float]) -> str:
     return f"{statistics.median(values):7.3f}"
 
@@ -203,6 +213,8 @@ def main() -> None:
     parser.add_argument("--in-process-only", action="store_true",
                         help="only the in-process rows (no pyvmm run processes, no QEMU)")
     parser.add_argument("--guest", nargs="+", default=["minimal"], choices=tuple(GUESTS))
+    parser.add_argument("--variants", nargs="*", default=[], choices=VARIANTS[1:],
+                        help="in-process restores made as before, beside this pyvmm's")
     args = parser.parse_args()
     for guest in args.guest:
         measure(guest, args)
@@ -222,6 +234,8 @@ def measure(guest: str, args: argparse.Namespace) -> None:
                 "pyvmm cold boot, in-process", "pyvmm restore, in-process",
                 "pyvmm run (process)", "pyvmm run --restore (process)",
                 "QEMU cold boot (process)", "QEMU -loadvm (process)")}
+            for how in args.variants:
+                rows[f"pyvmm restore, in-process ({how})"] = []
             qcow2 = work / f"disk-{memory}.qcow2"
             savevm = None
             qemu = not args.no_qemu and not args.in_process_only
@@ -236,6 +250,9 @@ def measure(guest: str, args: argparse.Namespace) -> None:
             for _ in range(args.runs):  # interleaved, so drifts in the host hit all alike
                 rows["pyvmm cold boot, in-process"].append(cold_in_process(memory, disk))
                 rows["pyvmm restore, in-process"].append(restore_in_process(snap))
+                for how in args.variants:
+                    rows[f"pyvmm restore, in-process ({how})"].append(
+                        restore_in_process(snap, how))
                 if not args.in_process_only:
                     rows["pyvmm run (process)"].append(pyvmm_process(memory, disk, None))
                     rows["pyvmm run --restore (process)"].append(
@@ -258,6 +275,9 @@ def measure(guest: str, args: argparse.Namespace) -> None:
             cold, warm = (statistics.median(rows[name]) for name in (
                 "pyvmm cold boot, in-process", "pyvmm restore, in-process"))
             print(f"restore / cold boot, in-process: {100 * warm / cold:.1f}%")
+            for how in args.variants:
+                warm = statistics.median(rows[f"pyvmm restore, in-process ({how})"])
+                print(f"  ({how}) restore / cold boot:     {100 * warm / cold:.1f}%")
             if rows["pyvmm run (process)"]:
                 cold, warm = (statistics.median(rows[name]) for name in (
                     "pyvmm run (process)", "pyvmm run --restore (process)"))
@@ -270,7 +290,8 @@ def measure(guest: str, args: argparse.Namespace) -> None:
                   f"{allocated >> 20} MiB allocated; QEMU savevm "
                   f"{'-' if savevm is None else f'{savevm:.2f} s'}")
             print(f"RSS one clone adds: {anon} KiB anonymous, {file} KiB file-backed "
-                  f"(of {memory} guest RAM)")
+                  f"(of {memory} guest RAM); memory file now {memory_file_kib(snap)} KiB "
+                  "allocated (after the 2 MiB pages)")
 
 
 if __name__ == "__main__":

@@ -14,12 +14,15 @@ the guest's answer to ``echo r$((6*7))``.  Reports medians of ``--runs``:
   boot vs ``-loadvm`` of a snapshot ``savevm`` took at the same prompt;
 * RSS a clone adds to its process (anonymous and file-backed), 256 MiB and 1 GiB.
 
-``--variants main spare huge`` adds in-process restores made as an earlier
-pyvmm made them (``restore_variants.py``), interleaved with the others.
+``--variants main spare huge any`` adds in-process restores made as an earlier
+pyvmm made them or otherwise (``restore_variants.py``), interleaved with the
+others, their order rotated from run to run (a restore right after a cold boot
+shares the CPU with that VM's teardown); ``--rounds N`` restores each N times
+per cold boot.
 
 Usage: python3 bench/snapshot_linux.py [--runs 5] [--memory 256M 1G] [--no-qemu]
                                        [--in-process-only] [--guest minimal cloud]
-                                       [--variants main spare huge]
+                                       [--variants main spare huge any] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import time
 from pathlib import Path
 
 import pyvmm
-from restore_variants import NAMES as VARIANTS, variant
+from restore_variants import NAMES as VARIANTS, block_histogram, copy_snapshot, variant
 
 REPO = Path(__file__).resolve().parents[1]
 #: (kernel, initramfs) by ``--guest``: both inits start busybox's shell on the console.
@@ -215,6 +218,8 @@ def main() -> None:
     parser.add_argument("--guest", nargs="+", default=["minimal"], choices=tuple(GUESTS))
     parser.add_argument("--variants", nargs="*", default=[], choices=VARIANTS[1:],
                         help="in-process restores made as before, beside this pyvmm's")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="in-process restores of each kind per cold boot")
     args = parser.parse_args()
     for guest in args.guest:
         measure(guest, args)
@@ -247,12 +252,16 @@ def measure(guest: str, args: argparse.Namespace) -> None:
                 except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                     print(f"QEMU's savevm failed, QEMU left out: {exc}", flush=True)
                     qemu = False
-            for _ in range(args.runs):  # interleaved, so drifts in the host hit all alike
+            print(f"{memory} {guest}: {block_histogram(snap)}", flush=True)
+            copies = {how: copy_snapshot(snap, how) for how in args.variants if how == "any"}
+            kinds = ["branch", *args.variants]
+            for run in range(args.runs):  # interleaved, so drifts in the host hit all alike
                 rows["pyvmm cold boot, in-process"].append(cold_in_process(memory, disk))
-                rows["pyvmm restore, in-process"].append(restore_in_process(snap))
-                for how in args.variants:
-                    rows[f"pyvmm restore, in-process ({how})"].append(
-                        restore_in_process(snap, how))
+                for _ in range(args.rounds):
+                    for how in kinds[run % len(kinds):] + kinds[:run % len(kinds)]:
+                        row = "pyvmm restore, in-process" + (f" ({how})" if how != "branch"
+                                                             else "")
+                        rows[row].append(restore_in_process(copies.get(how, snap), how))
                 if not args.in_process_only:
                     rows["pyvmm run (process)"].append(pyvmm_process(memory, disk, None))
                     rows["pyvmm run --restore (process)"].append(
@@ -267,6 +276,7 @@ def measure(guest: str, args: argparse.Namespace) -> None:
                         print(f"QEMU run failed: {exc}", flush=True)
             anon, file = clone_rss(snap)
             print(f"\n== {memory} guest, {guest} Linux at its shell, median of {args.runs} "
+                  f"(restores: {args.runs * args.rounds}) "
                   "(seconds to the first console answer) ==")
             for name, values in rows.items():
                 if values:
@@ -291,7 +301,9 @@ def measure(guest: str, args: argparse.Namespace) -> None:
                   f"{'-' if savevm is None else f'{savevm:.2f} s'}")
             print(f"RSS one clone adds: {anon} KiB anonymous, {file} KiB file-backed "
                   f"(of {memory} guest RAM); memory file now {memory_file_kib(snap)} KiB "
-                  "allocated (after the 2 MiB pages)")
+                  "allocated (after the 2 MiB pages)" + "".join(
+                      f"; {how}'s copy {memory_file_kib(copy)} KiB"
+                      for how, copy in copies.items()))
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def map_memory(directory: str, layout: Sequence[Sequence[int]]) -> GuestMemory:
 
 
 def blocks_to_collapse(extents: Sequence[tuple[int, int]], length: int,
-                       min_data: int = COLLAPSE_MIN_DATA) -> list[int]:
+                       min_data: int) -> list[int]:
     """The offsets of the whole 2 MiB blocks of a ``length``-byte file holding ``min_data``
     or more of its data ``extents`` ((offset, length) each), in order."""
     blocks: dict[int, int] = {}
@@ -104,11 +104,12 @@ def blocks_to_collapse(extents: Sequence[tuple[int, int]], length: int,
             if data >= min_data and block + HUGE_PAGE <= length]
 
 
-def collapse_memory(fd: int, length: int, min_data: int = COLLAPSE_MIN_DATA) -> int:
+def collapse_memory(fd: int, length: int, min_data: int | None = None) -> int:
     """Ask the kernel to hold each 2 MiB block of ``fd`` with ``min_data`` or more of data in
     one 2 MiB page of its page cache (``MADV_COLLAPSE`` over a shared read-only mapping of
     it); the blocks collapsed (0 where the kernel or the file's file system can't: EINVAL)."""
-    chosen = blocks_to_collapse(data_extents(fd, 0, length), length, min_data)
+    chosen = blocks_to_collapse(data_extents(fd, 0, length), length,
+                                COLLAPSE_MIN_DATA if min_data is None else min_data)
     if not chosen:
         return 0
     try:  # the kernel collapses only what a mapping aligned as the file can map by 2 MiB

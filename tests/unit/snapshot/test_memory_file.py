@@ -92,7 +92,7 @@ def test_the_blocks_collapsed_are_the_whole_2mib_blocks_with_enough_data() -> No
         2 * MIB, 4 * MIB, 6 * MIB, 8 * MIB]
     assert blocks_to_collapse(extents, 10 * MIB, min_data=1) == [
         0, 2 * MIB, 4 * MIB, 6 * MIB, 8 * MIB]
-    assert blocks_to_collapse([], 10 * MIB) == []
+    assert blocks_to_collapse([], 10 * MIB, min_data=1) == []
 
 
 def test_each_range_is_mapped_as_aligned_as_its_file_offset(tmp_path) -> None:

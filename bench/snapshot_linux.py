@@ -14,15 +14,14 @@ the guest's answer to ``echo r$((6*7))``.  Reports medians of ``--runs``:
   boot vs ``-loadvm`` of a snapshot ``savevm`` took at the same prompt;
 * RSS a clone adds to its process (anonymous and file-backed), 256 MiB and 1 GiB.
 
-``--variants main spare huge any`` adds in-process restores made as an earlier
-pyvmm made them or otherwise (``restore_variants.py``), interleaved with the
-others, their order rotated from run to run (a restore right after a cold boot
+``--variants main`` adds in-process restores made as an earlier pyvmm made
+them (``restore_variants.py``: no spare VM), interleaved with the others, their order rotated from run to run (a restore right after a cold boot
 shares the CPU with that VM's teardown); ``--rounds N`` restores each N times
 per cold boot.
 
 Usage: python3 bench/snapshot_linux.py [--runs 5] [--memory 256M 1G] [--no-qemu]
                                        [--in-process-only] [--guest minimal cloud]
-                                       [--variants main spare huge any] [--rounds 1]
+                                       [--variants main] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ import time
 from pathlib import Path
 
 import pyvmm
-from restore_variants import NAMES as VARIANTS, block_histogram, copy_snapshot, variant
+from restore_variants import NAMES as VARIANTS, variant
 
 REPO = Path(__file__).resolve().parents[1]
 #: (kernel, initramfs) by ``--guest``: both inits start busybox's shell on the console.
@@ -200,10 +199,6 @@ def snapshot_at_prompt(memory: str, disk: Path, directory: Path) -> tuple[float,
         vm.stop()
 
 
-def memory_file_kib(snap: Path) -> int:
-    return os.stat(snap / "memory.raw").st_blocks // 2
-
-
 def median(values: list[float]) -> str:
     return f"{statistics.median(values):7.3f}"
 
@@ -252,8 +247,6 @@ def measure(guest: str, args: argparse.Namespace) -> None:
                 except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                     print(f"QEMU's savevm failed, QEMU left out: {exc}", flush=True)
                     qemu = False
-            print(f"{memory} {guest}: {block_histogram(snap)}", flush=True)
-            copies = {how: copy_snapshot(snap, how) for how in args.variants if how == "any"}
             kinds = ["branch", *args.variants]
             for run in range(args.runs):  # interleaved, so drifts in the host hit all alike
                 rows["pyvmm cold boot, in-process"].append(cold_in_process(memory, disk))
@@ -261,7 +254,7 @@ def measure(guest: str, args: argparse.Namespace) -> None:
                     for how in kinds[run % len(kinds):] + kinds[:run % len(kinds)]:
                         row = "pyvmm restore, in-process" + (f" ({how})" if how != "branch"
                                                              else "")
-                        rows[row].append(restore_in_process(copies.get(how, snap), how))
+                        rows[row].append(restore_in_process(snap, how))
                 if not args.in_process_only:
                     rows["pyvmm run (process)"].append(pyvmm_process(memory, disk, None))
                     rows["pyvmm run --restore (process)"].append(
@@ -300,10 +293,7 @@ def measure(guest: str, args: argparse.Namespace) -> None:
                   f"{allocated >> 20} MiB allocated; QEMU savevm "
                   f"{'-' if savevm is None else f'{savevm:.2f} s'}")
             print(f"RSS one clone adds: {anon} KiB anonymous, {file} KiB file-backed "
-                  f"(of {memory} guest RAM); memory file now {memory_file_kib(snap)} KiB "
-                  "allocated (after the 2 MiB pages)" + "".join(
-                      f"; {how}'s copy {memory_file_kib(copy)} KiB"
-                      for how, copy in copies.items()))
+                  f"(of {memory} guest RAM)")
 
 
 if __name__ == "__main__":

@@ -28,10 +28,8 @@ faults synchronously, never handing the guest a "page not present" to wait on);
 ``terminal-reply`` is ``late-input`` with a terminal's cursor position report
 sent at ``start()``, answering the "ESC [ 6 n" busybox's line editor printed
 after its prompt (unanswered, it sleeps 20 ms when Enter comes: the first
-answer's halts); compare it with ``late-input``.  ``main``, ``spare`` and
-``huge`` are restores made as an earlier pyvmm made them (``restore_variants.py``:
-no spare VM and the memory file's 4 KiB pages; each of the two alone); ``any``
-collapses every 2 MiB block with data (a copy of the snapshot).
+answer's halts); compare it with ``late-input``.  ``main`` restores as
+an earlier pyvmm did, without the spare VM (``restore_variants.py``).
 
 ``--ftrace DIR`` (root, tracefs): KVM's tracepoints (``kvm:*``: every exit with
 the guest's RIP, port accesses, interrupts injected, MSR writes, halts and
@@ -56,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import pyvmm
-from restore_variants import copy_snapshot, variant as restore_variant
+from restore_variants import variant as restore_variant
 from pyvmm.console import guest as console_guest
 from pyvmm.host.sparse import data_extents
 from pyvmm.vcpu import served
@@ -330,7 +328,7 @@ def traced_restore(snapshot: Path, limit: int, variant: str) -> dict[str, float]
         setattr(restore_module.Snapshot, "clock_advance_ns", lambda self: 0)
     IOCTLS.clear()
     IOCTLS_ON[0] = True
-    made_as = variant if variant in ("main", "spare", "huge", "any") else "branch"
+    made_as = "main" if variant == "main" else "branch"
     try:
         with restore_variant(made_as):  # the spare VM closed first where it has none
             called = time.perf_counter_ns()
@@ -417,7 +415,7 @@ def main() -> None:
     parser.add_argument("--memory", default="256M")
     parser.add_argument("--timeline", type=int, default=40)
     parser.add_argument("--variants", nargs="*", default=[], choices=("populate-write", "anon-copy", "no-advance", "late-input",
-                                 "no-apf", "terminal-reply", "main", "spare", "huge", "any"))
+                                 "no-apf", "terminal-reply", "main"))
     parser.add_argument("--ftrace", type=Path, default=None)
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a killed run's lines too
@@ -458,12 +456,10 @@ def main() -> None:
             0x6E0, 0x4B564D00, 0x4B564D01, MSR_KVM_ASYNC_PF_EN, 0x4B564D03, 0x4B564D04,
             0x4B564D05, 0x4B564D06)))
         results: dict[str, list[dict[str, float]]] = {}
-        copies = {variant: copy_snapshot(snapshot, variant) for variant in args.variants
-                  if variant == "any"}
         for _ in range(args.runs):
             for variant in ["plain", *args.variants]:
                 results.setdefault(variant, []).append(
-                    traced_restore(copies.get(variant, snapshot), args.timeline, variant))
+                    traced_restore(snapshot, args.timeline, variant))
         for variant, done in results.items():
             print(f"\n== {variant}, median of {args.runs} (ms): " + ", ".join(
                 f"{name} {statistics.median(run[name] for run in done):.1f}"

@@ -75,47 +75,6 @@ def map_ram(size: int,
     return mapping, memoryview(mapping)[offset:offset + size]
 
 
-def map_file_aligned(fd: int, size: int, offset: int, shared: bool = False,
-                     writable: bool = True) -> tuple[mmap.mmap, int]:
-    """``size`` bytes of ``fd`` from ``offset`` mapped ``MAP_PRIVATE`` (``MAP_SHARED`` if
-    ``shared``), read-write (read-only unless ``writable``), at a host address congruent to
-    ``offset`` modulo 2 MiB: the mapping and where in it the file's part starts.
-
-    The kernel places a file mapping on any 4 KiB boundary, and a page cache's
-    2 MiB page can then only be mapped page by page (so KVM too maps the guest's
-    RAM at 4 KiB).  As ``map_ram``, this over-maps (anonymous, reserving the address
-    space) by 2 MiB and maps the file over the aligned part (``MAP_FIXED``); the
-    head and tail stay untouched reservation.  ``MADV_DONTFORK`` as guest RAM.
-    """
-    import ctypes  # only for a restore: its import is start-up time a boot skips
-
-    mapping = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-                        | MAP_NORESERVE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    try:
-        start = _host_address(mapping)
-        skip = (offset - start) % HUGE_PAGE
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_long)
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        flags = (mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE) | _MAP_FIXED | MAP_NORESERVE
-        placed = libc.mmap(start + skip, size, prot, flags, fd, offset)
-        if placed is None or placed == _MAP_FAILED:
-            error = ctypes.get_errno()
-            raise OSError(error, os.strerror(error))
-        mapping.madvise(mmap.MADV_DONTFORK)  # a child (a helper we exec) never needs guest RAM
-    except BaseException:
-        mapping.close()
-        raise
-    return mapping, skip
-
-
-#: <sys/mman.h> on x86-64 (Python's mmap module has neither).
-_MAP_FIXED = 0x10
-_MAP_FAILED = (1 << 64) - 1
-
-
 #: The new mount API's system calls on x86-64 (fsopen(2), fsconfig(2), fsmount(2)) and
 #: their flags from <linux/mount.h>: Python's os module has none of them.
 _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
@@ -266,23 +225,20 @@ class GuestMemory:
         A restored snapshot's RAM: pages are read from the file (the page cache)
         when first touched and a write copies the page for this machine alone, so
         machines restored from one file share every page they leave untouched.
-        Each range starts on a host address as aligned as its file offset (up to
-        2 MiB, ``map_file_aligned``): where the page cache holds the file in 2 MiB
-        pages (``pyvmm.snapshot.memfile.collapse_memory``), a guest's first read maps a
-        whole 2 MiB page, in the host's page table and in KVM's nested one.
         ``fd`` may be closed afterwards.
         """
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
         regions: list[MemoryRegion] = []
         try:
             for base, size, offset in ranges:
-                mapping, skip = map_file_aligned(fd, size, offset)
-                regions.append(MemoryRegion(base, size, memoryview(mapping)[skip:skip + size],
-                                            mapping))
+                mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE | MAP_NORESERVE,
+                                    prot=prot, offset=offset)
+                regions.append(MemoryRegion(base, size, mapping))
+                mapping.madvise(mmap.MADV_DONTFORK)  # as map_ram: a helper child needs none
         except BaseException:
             for region in regions:
-                assert isinstance(region.buffer, memoryview) and region.mapping is not None
-                region.buffer.release()
-                region.mapping.close()
+                assert isinstance(region.buffer, mmap.mmap)
+                region.buffer.close()
             raise
         return cls(regions)
 

@@ -14,8 +14,14 @@ the guest's answer to ``echo r$((6*7))``.  Reports medians of ``--runs``:
   boot vs ``-loadvm`` of a snapshot ``savevm`` took at the same prompt;
 * RSS a clone adds to its process (anonymous and file-backed), 256 MiB and 1 GiB.
 
+``--variants main`` adds in-process restores made as an earlier pyvmm made
+them (``restore_variants.py``: no spare VM), interleaved with the others, their order rotated from run to run (a restore right after a cold boot
+shares the CPU with that VM's teardown); ``--rounds N`` restores each N times
+per cold boot.
+
 Usage: python3 bench/snapshot_linux.py [--runs 5] [--memory 256M 1G] [--no-qemu]
                                        [--in-process-only] [--guest minimal cloud]
+                                       [--variants main] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import time
 from pathlib import Path
 
 import pyvmm
+from restore_variants import NAMES as VARIANTS, variant
 
 REPO = Path(__file__).resolve().parents[1]
 #: (kernel, initramfs) by ``--guest``: both inits start busybox's shell on the console.
@@ -68,9 +75,10 @@ def cold_in_process(memory: str, disk: Path) -> float:
         vm.stop()
 
 
-def restore_in_process(snapshot: Path) -> float:
-    started = time.perf_counter()
-    vm = pyvmm.Machine.restore(snapshot, snapshot=True)
+def restore_in_process(snapshot: Path, how: str = "branch") -> float:
+    with variant(how):
+        started = time.perf_counter()
+        vm = pyvmm.Machine.restore(snapshot, snapshot=True)
     try:
         return answer_in_process(vm, started, boot=False)
     finally:
@@ -203,6 +211,10 @@ def main() -> None:
     parser.add_argument("--in-process-only", action="store_true",
                         help="only the in-process rows (no pyvmm run processes, no QEMU)")
     parser.add_argument("--guest", nargs="+", default=["minimal"], choices=tuple(GUESTS))
+    parser.add_argument("--variants", nargs="*", default=[], choices=VARIANTS[1:],
+                        help="in-process restores made as before, beside this pyvmm's")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="in-process restores of each kind per cold boot")
     args = parser.parse_args()
     for guest in args.guest:
         measure(guest, args)
@@ -222,6 +234,8 @@ def measure(guest: str, args: argparse.Namespace) -> None:
                 "pyvmm cold boot, in-process", "pyvmm restore, in-process",
                 "pyvmm run (process)", "pyvmm run --restore (process)",
                 "QEMU cold boot (process)", "QEMU -loadvm (process)")}
+            for how in args.variants:
+                rows[f"pyvmm restore, in-process ({how})"] = []
             qcow2 = work / f"disk-{memory}.qcow2"
             savevm = None
             qemu = not args.no_qemu and not args.in_process_only
@@ -233,9 +247,14 @@ def measure(guest: str, args: argparse.Namespace) -> None:
                 except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                     print(f"QEMU's savevm failed, QEMU left out: {exc}", flush=True)
                     qemu = False
-            for _ in range(args.runs):  # interleaved, so drifts in the host hit all alike
+            kinds = ["branch", *args.variants]
+            for run in range(args.runs):  # interleaved, so drifts in the host hit all alike
                 rows["pyvmm cold boot, in-process"].append(cold_in_process(memory, disk))
-                rows["pyvmm restore, in-process"].append(restore_in_process(snap))
+                for _ in range(args.rounds):
+                    for how in kinds[run % len(kinds):] + kinds[:run % len(kinds)]:
+                        row = "pyvmm restore, in-process" + (f" ({how})" if how != "branch"
+                                                             else "")
+                        rows[row].append(restore_in_process(snap, how))
                 if not args.in_process_only:
                     rows["pyvmm run (process)"].append(pyvmm_process(memory, disk, None))
                     rows["pyvmm run --restore (process)"].append(
@@ -250,6 +269,7 @@ def measure(guest: str, args: argparse.Namespace) -> None:
                         print(f"QEMU run failed: {exc}", flush=True)
             anon, file = clone_rss(snap)
             print(f"\n== {memory} guest, {guest} Linux at its shell, median of {args.runs} "
+                  f"(restores: {args.runs * args.rounds}) "
                   "(seconds to the first console answer) ==")
             for name, values in rows.items():
                 if values:
@@ -258,6 +278,9 @@ def measure(guest: str, args: argparse.Namespace) -> None:
             cold, warm = (statistics.median(rows[name]) for name in (
                 "pyvmm cold boot, in-process", "pyvmm restore, in-process"))
             print(f"restore / cold boot, in-process: {100 * warm / cold:.1f}%")
+            for how in args.variants:
+                warm = statistics.median(rows[f"pyvmm restore, in-process ({how})"])
+                print(f"  ({how}) restore / cold boot:     {100 * warm / cold:.1f}%")
             if rows["pyvmm run (process)"]:
                 cold, warm = (statistics.median(rows[name]) for name in (
                     "pyvmm run (process)", "pyvmm run --restore (process)"))

@@ -279,8 +279,13 @@ class PreparedClones:
             self._ahead.pop(next(iter(self._ahead))).discard()
 
     def close(self) -> None:
+        """Stop the clones restored ahead; then close the spare VM the last clone's close made
+        for a next restore (``pyvmm.vmm.spare_vm``): the session ends holding no VM."""
+        from pyvmm.vmm import spare_vm
+
         while self._ahead:
             self._ahead.popitem()[1].discard()
+        spare_vm.discard()
 
 
 class _RestoreAhead:

@@ -37,8 +37,13 @@ CpuidTuple = tuple[int, int, int, int, int, int, int]
 class Kvm:
     """An open /dev/kvm whose API version and capabilities were checked."""
 
+    @staticmethod
+    def device_path() -> str:
+        """The KVM device node a ``Kvm()`` opens ($PYVMM_KVM_DEVICE, else /dev/kvm)."""
+        return environment.KVM_DEVICE.get()
+
     def __init__(self, path: str | None = None) -> None:
-        path = path or environment.KVM_DEVICE.get()
+        path = path or self.device_path()
         self.path = path
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)

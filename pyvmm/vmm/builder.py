@@ -39,6 +39,7 @@ from pyvmm.kvm.system import Kvm
 from pyvmm.loader.identify import is_linux
 from pyvmm.kvm.vm import Vm
 from pyvmm.vmm.machine import BuiltMachine
+from pyvmm.vmm import spare_vm
 from pyvmm.memory import GuestMemory
 from pyvmm.vmm.disks import Disks
 from pyvmm.vmm.network import Networks
@@ -60,8 +61,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Three pages Intel VMX needs for its real-mode TSS, just below the BIOS ROM.
-KVM_TSS_ADDRESS = 0xFFFB_D000
 #: Port ranges Linux pokes on a PC that pyvmm answers quietly (reads all-ones).
 IGNORED_PORT_RANGES = (
     (0x80, 1),     # POST diagnostic port (also Linux's I/O delay port)
@@ -188,7 +187,9 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
         for index, nic in enumerate(nics):
             stats.device_counts[f"net{index}"] = functools.partial(getattr, nic, "frame_counts")
 
-    kvm = Kvm()
+    # A restore takes the VM the process made when it closed its last clone, if any.
+    ready = spare_vm.take(Kvm.device_path(), config.cpus) if snapshot is not None else None
+    kvm = ready.kvm if ready is not None else Kvm()
     kvm.require_capabilities()
     if config.cpus > kvm.max_vcpus():
         raise ConfigError(f"--cpus {config.cpus}: this host allows at most {kvm.max_vcpus()}")
@@ -200,15 +201,10 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
         _policy_warned.append(True)  # once per process, not per --on-reboot restart
         log.warning("/dev/kvm is kvm_pvm, which emulates this guest in software; %s "
                     "(--cpu host keeps them)", describe_policy(policy))
-    vm = kvm.create_vm()
-    vm.set_tss_address(KVM_TSS_ADDRESS)
-    vm.create_irqchip()
-    vm.create_pit2()
+    vm, vcpus = (ready.vm, ready.vcpus) if ready is not None else spare_vm.make_vm(kvm, config.cpus)
     for slot, region in enumerate(memory.regions):
         vm.set_user_memory_region(slot, region.guest_base, region.size,
                                   address_of(region.buffer))
-
-    vcpus = [vm.create_vcpu(index) for index in range(config.cpus)]
     if snapshot is not None:
         from pyvmm.snapshot.restore import check_cpu, restore_vcpus, saved_cpuid
 
@@ -273,7 +269,9 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                         owned_fds=owned_fds, stats=stats, disks=disks,
                         closers=[networks.close, shares.close, disks.close, interrupts.close]
                         + ([vsock.close] if vsock is not None else []),
-                        assists=assists, gdb=gdb, stateful=stateful, cpuid=cpuid)
+                        assists=assists, gdb=gdb, stateful=stateful, cpuid=cpuid,
+                        on_closed=functools.partial(spare_vm.prepare, kvm.path, config.cpus)
+                        if snapshot is not None else None)
 
 
 def _supported_cpuid(kvm: Kvm) -> list[CpuidEntry]:

@@ -71,8 +71,11 @@ class BuiltMachine:
                  assists: dict[str, int], gdb: GdbServer | None = None,
                  disks: Disks | None = None,
                  stateful: dict[str, StatefulDevice] | None = None,
-                 cpuid: Sequence[Sequence[CpuidEntry]] = ()) -> None:
+                 cpuid: Sequence[Sequence[CpuidEntry]] = (),
+                 on_closed: Callable[[], None] | None = None) -> None:
         self.config = config
+        #: Called at the end of ``close`` (not ``close_at_exit``): a restore's spare VM.
+        self._on_closed = on_closed
         self.kvm = kvm
         self.vm = vm
         self.memory = memory
@@ -383,6 +386,8 @@ class BuiltMachine:
             self.memory.close()
         except BufferError:
             log.debug("guest RAM still has views; left to the garbage collector")
+        if self._on_closed is not None:
+            self._on_closed()
 
     def carry_disks(self) -> Disks | None:
         """The disks, kept for the machine built after a guest reboot (``--on-reboot

@@ -17,7 +17,9 @@ import pyvmm
 from pyvmm.dump.core import CoreDump
 from pyvmm.errors import PyvmmError
 from pyvmm.kvm.state import MSR_IA32_TSC, read_msrs, save_vm
+from pyvmm.kvm.system import Kvm
 from pyvmm.snapshot import MEMORY_FILE, STATE_FILE
+from pyvmm.vmm import spare_vm
 from tests.integration.conftest import REPO, image, pyvmm_command, run_pyvmm
 
 Factory = Callable[..., pyvmm.Machine]
@@ -49,6 +51,7 @@ def restored() -> Iterator[Callable[..., pyvmm.Machine]]:
     yield restore
     for machine in machines:
         machine.stop()
+    spare_vm.discard()  # the spare the last clone's close made: no VM outlives the test
 
 
 def test_the_snapshot_directory_is_private_and_sparse(echo_snapshot: Path) -> None:
@@ -116,6 +119,74 @@ def test_a_clone_started_later_than_its_build_reads_the_hosts_time(echo_snapshot
     clone.console.write("later q")
     assert clone.wait(30).status == 0
     assert clone.console.text == "later \npyvmm-tiny: bye\n"
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _answers(clone: pyvmm.Machine, word: str) -> None:
+    clone.start()
+    clone.console.write(f"{word} q")
+    assert clone.wait(30).status == 0
+    assert clone.console.text == f"{word} \npyvmm-tiny: bye\n"
+
+
+def test_a_closed_clone_leaves_a_spare_vm_that_the_next_restore_takes(echo_snapshot: Path,
+                                                                      restored) -> None:
+    spare_vm.discard()
+    fds = _open_fds()
+    first = restored(echo_snapshot)
+    assert not spare_vm.has_spare()
+    _answers(first, "first")
+    first.stop()
+    assert spare_vm.has_spare()                # made when the clone closed
+    spare = spare_vm._spare[0][2]
+    second = restored(echo_snapshot)
+    assert not spare_vm.has_spare() and second._machine.vm is spare.vm
+    assert second._machine.vcpus == tuple(spare.vcpus)
+    _answers(second, "second")                 # a clone in the spare VM runs as any
+    second.stop()
+    assert spare_vm.has_spare()
+    spare_vm.discard()
+    assert not spare_vm.has_spare()
+    assert _open_fds() == fds                  # every VM, vCPU and /dev/kvm fd closed
+
+
+def test_a_boot_neither_takes_nor_leaves_a_spare_vm(echo_snapshot: Path, restored,
+                                                    pyvmm_machine: Factory) -> None:
+    spare_vm.discard()
+    restored(echo_snapshot).stop()
+    spare = spare_vm._spare[0][2]
+    booted = pyvmm_machine(kernel=image("tiny/echo.bzImage"), memory="64M")
+    assert booted._machine.vm is not spare.vm
+    booted.stop()
+    assert spare_vm._spare[0][2] is spare
+    spare_vm.discard()
+
+
+def test_a_spare_vm_for_another_vcpu_count_or_process_is_closed_not_taken(
+        echo_snapshot: Path, restored) -> None:
+    spare_vm.discard()
+    fds = _open_fds()
+    spare_vm.prepare(Kvm.device_path(), 1)
+    assert _open_fds() - fds                   # /dev/kvm, the VM, its vCPU
+    assert spare_vm.take(Kvm.device_path(), 2) is None
+    assert _open_fds() == fds and not spare_vm.has_spare()
+    spare_vm.prepare(Kvm.device_path(), 1)
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # a forked child: the VM is its parent's (KVM refuses another process)
+        taken = spare_vm.take(Kvm.device_path(), 1)
+        os.write(writer, b"none" if taken is None else b"taken")
+        os._exit(0)
+    os.close(writer)
+    assert os.read(reader, 16) == b"none"
+    os.close(reader)
+    os.waitpid(child, 0)
+    assert spare_vm.has_spare()                # the parent's is untouched
+    _answers(restored(echo_snapshot), "parent")
+    spare_vm.discard()
 
 
 def test_the_restored_guests_memory_is_the_snapshots(echo_snapshot: Path, restored,

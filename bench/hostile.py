@@ -60,7 +60,7 @@ class Outcome:
     #: From the guest's first output (timeout runs: the guest starts within
     #: milliseconds of the --timeout clock, so this is that clock) or from SIGTERM.
     seconds: float
-    peak_rss: int         # bytes
+    peak_rss: int         # bytes: the process's own high-water mark (see peak_rss_of)
     output: str           # the guest's console (stdout)
     errors: str           # pyvmm's own messages (stderr)
 
@@ -79,6 +79,25 @@ def pyvmm_args(attack: Attack | None, disk: str, extra: tuple[str, ...] = ()) ->
     return args + list(extra)
 
 
+def peak_rss_of(pid: int, seen: int) -> int:
+    """The larger of ``seen`` and the process's RSS high-water mark (VmHWM), in bytes.
+
+    Not wait4's ru_maxrss: a child spawned by a large process (a pytest run that
+    restored guests in-process) starts its count from that process's high-water
+    mark (vfork lends it the parent's memory map up to exec), so every child then
+    "peaked" at the test runner's size.  VmHWM is the exec'd program's own map's;
+    sampled while it runs (every 50 ms here), it misses only what a process
+    touches in its last moments before exiting."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return max(seen, int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass  # gone, or exiting (no memory map left to read)
+    return seen
+
+
 def run(args: list[str], repo: Path = REPO, sigterm_after: str | None = None,
         wait: float = 1.0, limit: float = 120.0) -> Outcome:
     """Run pyvmm; with ``sigterm_after``, SIGTERM it ``wait`` s after that output."""
@@ -93,8 +112,10 @@ def run(args: list[str], repo: Path = REPO, sigterm_after: str | None = None,
     output = errors = b""
     signalled = signal_at = first_output = None
     deadline = start + limit
+    peak_rss = 0
     while time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stdout, proc.stderr], [], [], 0.05)
+        peak_rss = peak_rss_of(proc.pid, peak_rss)
         if proc.stderr in ready:
             errors += os.read(proc.stderr.fileno(), 1 << 16)
         if proc.stdout in ready:
@@ -112,14 +133,14 @@ def run(args: list[str], repo: Path = REPO, sigterm_after: str | None = None,
             proc.send_signal(signal.SIGTERM)
     else:
         proc.kill()
-    _, raw_status, usage = os.wait4(proc.pid, 0)
+    _, raw_status = os.waitpid(proc.pid, 0)
     end = time.monotonic()
     proc.returncode = os.waitstatus_to_exitcode(raw_status)
     errors += proc.stderr.read()
     proc.stdout.close()
     proc.stderr.close()
     return Outcome(proc.returncode, end - (signalled or first_output or start),
-                   usage.ru_maxrss * 1024, output.decode(errors="replace"),
+                   peak_rss, output.decode(errors="replace"),
                    errors.decode(errors="replace"))
 
 

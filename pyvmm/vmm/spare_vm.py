@@ -95,6 +95,8 @@ def prepare(path: str, cpus: int) -> None:
     with _lock:
         if _spare and _spare[0][0] == os.getpid():
             return
+        for _, _, inherited in _spare:  # a forked child's copy of its parent's spare
+            inherited.close()  # its copies of the fds only
         _spare.clear()
         try:
             kvm = Kvm(path)

@@ -185,6 +185,19 @@ def test_a_spare_vm_for_another_vcpu_count_or_process_is_closed_not_taken(
     os.close(reader)
     os.waitpid(child, 0)
     assert spare_vm.has_spare()                # the parent's is untouched
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # its own spare made: its copies of the parent's closed, not kept
+        inherited = _open_fds()
+        spare_vm.prepare(Kvm.device_path(), 1)
+        ok = spare_vm.has_spare() and len(_open_fds()) == len(inherited)
+        os.write(writer, b"closed" if ok else b"kept")
+        os._exit(0)
+    os.close(writer)
+    assert os.read(reader, 16) == b"closed"
+    os.close(reader)
+    os.waitpid(child, 0)
+    assert spare_vm.has_spare()
     _answers(restored(echo_snapshot), "parent")
     spare_vm.discard()
 

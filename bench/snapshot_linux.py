@@ -14,14 +14,14 @@ the guest's answer to ``echo r$((6*7))``.  Reports medians of ``--runs``:
   boot vs ``-loadvm`` of a snapshot ``savevm`` took at the same prompt;
 * RSS a clone adds to its process (anonymous and file-backed), 256 MiB and 1 GiB.
 
-``--variants main`` adds in-process restores made as an earlier pyvmm made
+``--variants no-spare`` adds in-process restores made as an earlier pyvmm made
 them (``restore_variants.py``: no spare VM), interleaved with the others, their order rotated from run to run (a restore right after a cold boot
 shares the CPU with that VM's teardown); ``--rounds N`` restores each N times
 per cold boot.
 
 Usage: python3 bench/snapshot_linux.py [--runs 5] [--memory 256M 1G] [--no-qemu]
                                        [--in-process-only] [--guest minimal cloud]
-                                       [--variants main] [--rounds 1]
+                                       [--variants no-spare] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def cold_in_process(memory: str, disk: Path) -> float:
         vm.stop()
 
 
-def restore_in_process(snapshot: Path, how: str = "branch") -> float:
+def restore_in_process(snapshot: Path, how: str = "spare") -> float:
     with variant(how):
         started = time.perf_counter()
         vm = pyvmm.Machine.restore(snapshot, snapshot=True)
@@ -247,12 +247,12 @@ def measure(guest: str, args: argparse.Namespace) -> None:
                 except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                     print(f"QEMU's savevm failed, QEMU left out: {exc}", flush=True)
                     qemu = False
-            kinds = ["branch", *args.variants]
+            kinds = ["spare", *args.variants]
             for run in range(args.runs):  # interleaved, so drifts in the host hit all alike
                 rows["pyvmm cold boot, in-process"].append(cold_in_process(memory, disk))
                 for _ in range(args.rounds):
                     for how in kinds[run % len(kinds):] + kinds[:run % len(kinds)]:
-                        row = "pyvmm restore, in-process" + (f" ({how})" if how != "branch"
+                        row = "pyvmm restore, in-process" + (f" ({how})" if how != "spare"
                                                              else "")
                         rows[row].append(restore_in_process(snap, how))
                 if not args.in_process_only:

@@ -28,7 +28,7 @@ faults synchronously, never handing the guest a "page not present" to wait on);
 ``terminal-reply`` is ``late-input`` with a terminal's cursor position report
 sent at ``start()``, answering the "ESC [ 6 n" busybox's line editor printed
 after its prompt (unanswered, it sleeps 20 ms when Enter comes: the first
-answer's halts); compare it with ``late-input``.  ``main`` restores as
+answer's halts); compare it with ``late-input``.  ``no-spare`` restores as
 an earlier pyvmm did, without the spare VM (``restore_variants.py``).
 
 ``--ftrace DIR`` (root, tracefs): KVM's tracepoints (``kvm:*``: every exit with
@@ -328,7 +328,7 @@ def traced_restore(snapshot: Path, limit: int, variant: str) -> dict[str, float]
         setattr(restore_module.Snapshot, "clock_advance_ns", lambda self: 0)
     IOCTLS.clear()
     IOCTLS_ON[0] = True
-    made_as = "main" if variant == "main" else "branch"
+    made_as = "no-spare" if variant == "no-spare" else "spare"
     try:
         with restore_variant(made_as):  # the spare VM closed first where it has none
             called = time.perf_counter_ns()
@@ -415,7 +415,7 @@ def main() -> None:
     parser.add_argument("--memory", default="256M")
     parser.add_argument("--timeline", type=int, default=40)
     parser.add_argument("--variants", nargs="*", default=[], choices=("populate-write", "anon-copy", "no-advance", "late-input",
-                                 "no-apf", "terminal-reply", "main"))
+                                 "no-apf", "terminal-reply", "no-spare"))
     parser.add_argument("--ftrace", type=Path, default=None)
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a killed run's lines too

@@ -188,17 +188,7 @@ def open_vsock(config: MachineConfig) -> VhostVsock | None:
     return None
 
 
-class IrqfdTrigger:
-    """An edge into the in-kernel irqchip: a write to an eventfd bound by KVM_IRQFD."""
-
-    def __init__(self, event_fd: int) -> None:
-        self.event_fd = event_fd
-
-    def trigger(self) -> None:
-        os.eventfd_write(self.event_fd, 1)
-
-
-class IrqLineTrigger(IrqfdTrigger):
+class IrqLineTrigger:
     """An edge made by the thread that raises it: KVM_IRQ_LINE up then down
     (``Vm.pulse_irq_line``), as the devices' C threads make theirs.  An irqfd on an
     IOAPIC line is injected by a kworker (KVM injects only MSIs from the eventfd's
@@ -206,8 +196,8 @@ class IrqLineTrigger(IrqfdTrigger):
     with ``vhost=off``, the console).  The irqfd stays bound, and carries the edge
     if the pulse fails."""
 
-    def __init__(self, event_fd: int, vm: Any, irq: int) -> None:
-        super().__init__(event_fd)
+    def __init__(self, irq_fd: int, vm: Any, irq: int) -> None:
+        self._irq_fd = irq_fd
         self._vm = vm
         self._irq = irq
         #: Pulses KVM refused (the irqfd carried them).
@@ -218,7 +208,7 @@ class IrqLineTrigger(IrqfdTrigger):
             self._vm.pulse_irq_line(self._irq)
         except OSError:
             self.failures += 1
-            super().trigger()
+            os.eventfd_write(self._irq_fd, 1)
 
 
 def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices,
@@ -237,9 +227,7 @@ def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices,
         irq_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         owned_fds.append(irq_fd)
         vm.register_irqfd(irq_fd, slot.irq)
-        trigger = IrqLineTrigger(irq_fd, vm, slot.irq) if hasattr(vm, "pulse_irq_line") \
-            else IrqfdTrigger(irq_fd)
-        transport = VirtioMmioTransport(device, memory, trigger)
+        transport = VirtioMmioTransport(device, memory, IrqLineTrigger(irq_fd, vm, slot.irq))
         mmio_bus.insert(transport, slot.base, layout.VIRTIO_MMIO_SIZE)
         transports.append(transport)
         # Asked first: a NIC over passt and a raw disk become back-end served (a thread

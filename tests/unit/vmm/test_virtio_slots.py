@@ -26,9 +26,13 @@ BASE = 0xD000_0000
 
 
 class FakeVm:
-    def __init__(self) -> None:
+    """A VM's registrations, kept; ``refuse`` makes KVM fail the line's pulses."""
+
+    def __init__(self, refuse: bool = False) -> None:
         self.ioeventfds: list[tuple[int, int, int | None]] = []
         self.irqfds: list[tuple[int, int]] = []
+        self.pulses: list[int] = []
+        self.refuse = refuse
 
     def register_ioeventfd(self, event_fd: int, addr: int, length: int,
                            datamatch: int | None = None, pio: bool = False) -> None:
@@ -39,15 +43,6 @@ class FakeVm:
 
     def irq_line_pulse(self, irq: int) -> tuple[int, int]:
         return 0x1000, irq  # (the function's address, its context's): opaque to devices
-
-
-class PulsingVm(FakeVm):
-    """A VM that makes edges itself (``Vm.pulse_irq_line``); ``refuse`` makes KVM fail them."""
-
-    def __init__(self, refuse: bool = False) -> None:
-        super().__init__()
-        self.pulses: list[int] = []
-        self.refuse = refuse
 
     def pulse_irq_line(self, irq: int) -> None:
         if self.refuse:
@@ -115,7 +110,7 @@ def test_a_device_python_serves_interrupts_by_the_line_pulse_the_irqfd_its_fallb
     tap_nic = NetDevice(FakeLink(), MAC, 1500, header_in_frames=True)
     slots = [VirtioSlot(BASE, 6, "net", net=NetConfig(type="tap", ifname="t0"))]
     for refuse in (False, True):
-        vm = PulsingVm(refuse)
+        vm = FakeVm(refuse)
         transports, fds = attach_virtio(vm, FakeLoop(), FakeBus(), GuestMemory([]), slots,
                                         [tap_nic], InterruptRegistersOffPython())
         try:

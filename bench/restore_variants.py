@@ -3,7 +3,9 @@
 ``variant(name)`` is a context manager around a ``Machine.restore``: ``spare``
 restores as pyvmm does (taking the spare VM its last clone's close made),
 ``no-spare`` as pyvmm did before it had one (the spare closed first, outside
-the time measured: the restore makes its VM).
+the time measured: the restore makes its VM); ``no-working-set`` without
+copying the pages the first clone wrote into the clone before it runs
+(``pyvmm/snapshot/workingset.py``: the guest's writes copy them).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+from pyvmm.snapshot import restore
 from pyvmm.vmm import spare_vm
 
-NAMES = ("spare", "no-spare")
+NAMES = ("spare", "no-spare", "no-working-set")
 
 
 @contextlib.contextmanager
@@ -22,4 +25,12 @@ def variant(name: str) -> Iterator[None]:
         raise ValueError(f"unknown variant {name}")
     if name == "no-spare":
         spare_vm.discard()
-    yield
+    if name != "no-working-set":
+        yield
+        return
+    copy_ahead = getattr(restore, "copy_ahead")
+    setattr(restore, "copy_ahead", lambda memory, runs: 0)
+    try:
+        yield
+    finally:
+        setattr(restore, "copy_ahead", copy_ahead)

@@ -31,18 +31,20 @@ from pyvmm.config.network import NetConfig
 from pyvmm.config.tables import DriveConfig
 from pyvmm.config.values import BadValue
 from pyvmm.errors import ConfigError, HostError, PyvmmError
+from pyvmm.kvm._ffi import address_of
 from pyvmm.kvm.state import (VcpuState, VmState, kvmclock_ctrl, restore_vcpu, restore_vm)
 from pyvmm.kvm.system import Kvm
 from pyvmm.kvm.vcpu import Vcpu
 from pyvmm.kvm.vm import Vm
 from pyvmm.memory import GuestMemory
-from pyvmm.snapshot import STATE_FILE, SnapshotError
+from pyvmm.snapshot import MEMORY_FILE, STATE_FILE, SnapshotError, workingset
 from pyvmm.snapshot.cpu import missing_features
 from pyvmm.snapshot.disks import check_images
 from pyvmm.snapshot.memfile import map_memory
 from pyvmm.snapshot.save import PER_RUN_OPTIONS, StatefulDevice
 from pyvmm.snapshot.filecache import FileCache
 from pyvmm.snapshot.stateformat import open_state, read_open_state
+from pyvmm.snapshot.workingset import copy_ahead
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,28 @@ class Snapshot:
     checked: "CheckedState | None" = None
 
     def map_memory(self) -> GuestMemory:
-        return map_memory(self.directory, self.body["memory"]["layout"])
+        """The saved RAM, copy-on-write, with the pages earlier clones wrote copied ahead."""
+        memory = map_memory(self.directory, self.body["memory"]["layout"])
+        key = self._memory_file()
+        if key is not None:
+            copy_ahead(memory, workingset.learned(key))
+        return memory
+
+    def learn_written(self, memory: GuestMemory) -> None:
+        """Keep what the clone with ``memory`` wrote for the next clones (``workingset``:
+        called as the clone closes, its vCPUs stopped)."""
+        key = self._memory_file()
+        if key is not None:
+            workingset.learn(key, memory, address_of)
+
+    def _memory_file(self) -> workingset.FileKey | None:
+        """The memory file's device, inode, size and mtime: what its clones' working set
+        is kept by."""
+        try:
+            info = os.stat(os.path.join(self.directory, MEMORY_FILE))
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
     def clock_advance_ns(self) -> int:
         """Host time since the snapshot (never negative): how far the guest's clocks move on."""

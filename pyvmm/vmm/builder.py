@@ -271,7 +271,8 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                         + ([vsock.close] if vsock is not None else []),
                         assists=assists, gdb=gdb, stateful=stateful, cpuid=cpuid,
                         on_closed=functools.partial(spare_vm.prepare, kvm.path, config.cpus)
-                        if snapshot is not None else None)
+                        if snapshot is not None else None,
+                        on_closing=snapshot.learn_written if snapshot is not None else None)
 
 
 def _supported_cpuid(kvm: Kvm) -> list[CpuidEntry]:

@@ -72,10 +72,14 @@ class BuiltMachine:
                  disks: Disks | None = None,
                  stateful: dict[str, StatefulDevice] | None = None,
                  cpuid: Sequence[Sequence[CpuidEntry]] = (),
-                 on_closed: Callable[[], None] | None = None) -> None:
+                 on_closed: Callable[[], None] | None = None,
+                 on_closing: Callable[[GuestMemory], None] | None = None) -> None:
         self.config = config
         #: Called at the end of ``close`` (not ``close_at_exit``): a restore's spare VM.
         self._on_closed = on_closed
+        #: Called by ``close`` (not ``close_at_exit``) with the vCPUs stopped and guest RAM
+        #: still mapped: a restore learns what its clone wrote.
+        self._on_closing = on_closing
         self.kvm = kvm
         self.vm = vm
         self.memory = memory
@@ -376,6 +380,11 @@ class BuiltMachine:
             transport.device.reset()  # drops its views of guest RAM
         for vcpu in self.vcpus:
             vcpu.close()
+        if self._on_closing is not None:
+            try:
+                self._on_closing(self.memory)
+            except Exception as exc:  # noqa: BLE001 - a hint lost, the release goes on
+                log.error("closing the machine: %s", exc)
         for fd in self._owned_fds:
             os.close(fd)
         self._run_closers()

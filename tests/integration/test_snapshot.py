@@ -16,9 +16,11 @@ import pytest
 import pyvmm
 from pyvmm.dump.core import CoreDump
 from pyvmm.errors import PyvmmError
+from pyvmm.kvm._ffi import address_of
 from pyvmm.kvm.state import MSR_IA32_TSC, read_msrs, save_vm
 from pyvmm.kvm.system import Kvm
-from pyvmm.snapshot import MEMORY_FILE, STATE_FILE
+from pyvmm.snapshot import MEMORY_FILE, STATE_FILE, workingset
+from pyvmm.snapshot.workingset import own_page_runs
 from pyvmm.vmm import spare_vm
 from tests.integration.conftest import REPO, image, pyvmm_command, run_pyvmm
 
@@ -200,6 +202,25 @@ def test_a_spare_vm_for_another_vcpu_count_or_process_is_closed_not_taken(
     assert spare_vm.has_spare()
     _answers(restored(echo_snapshot), "parent")
     spare_vm.discard()
+
+
+def test_the_pages_the_first_clone_wrote_are_the_next_clones_own_before_it_runs(
+        echo_snapshot: Path, restored) -> None:
+    workingset.forget()
+    saved = (echo_snapshot / MEMORY_FILE).read_bytes()
+    first = restored(echo_snapshot)
+    ram = first._machine.memory.regions[0]
+    assert own_page_runs(address_of(ram.buffer), ram.size) == []  # nothing learned yet
+    _answers(first, "first")
+    written = own_page_runs(address_of(ram.buffer), ram.size)
+    assert written                              # the guest's writes: the clone's own pages
+    first.stop()
+    second = restored(echo_snapshot)
+    ram = second._machine.memory.regions[0]
+    assert own_page_runs(address_of(ram.buffer), ram.size) == written  # copied before it ran
+    assert second.memory.read(0, ram.size) == saved[:ram.size]          # with the file's data
+    _answers(second, "second")
+    second.stop()
 
 
 def test_the_restored_guests_memory_is_the_snapshots(echo_snapshot: Path, restored,

@@ -196,4 +196,7 @@ class RunStats:
                 continue
             lines.append(f"  {row['kind']:17} {row['address']:#12x} {row['count']:9d} "
                          f"{row['total_us'] / 1000:10.1f} {row['mean_us']:9.1f}")
+        for name, counts in data["devices"].items():
+            lines.append(f"pyvmm stats: {name}: " + ", ".join(
+                f"{what} {count}" for what, count in counts.items()))
         return "\n".join(lines)

@@ -48,8 +48,9 @@ from pyvmm.vcpu.interrupt_status import InterruptRegistersOffPython
 from pyvmm.vcpu.uart_fastpath import UartFastPath
 from pyvmm.vcpu.served import ServedVcpu
 from pyvmm.vcpu.runner import VcpuRunner, VcpuRunners
-from pyvmm.vmm.virtio_slots import (acpi_platform, announce, attach_virtio, open_virtio_devices,
-                                open_vsock, plan_virtio_slots, serve_restored_queues)
+from pyvmm.vmm.virtio_slots import (acpi_platform, announce, attach_virtio, irq_line_fallbacks,
+                                    open_virtio_devices, open_vsock, plan_virtio_slots,
+                                    serve_restored_queues)
 
 if TYPE_CHECKING:
     from pyvmm.devices.virtio.ports import Port
@@ -239,6 +240,8 @@ def _build(config: MachineConfig, console: HostConsole | None, ports: Sequence[P
                              interrupts=interrupts)
     transports, owned_fds = attach_virtio(vm, loop, mmio_bus, memory, slots, devices,
                                           interrupts)
+    if stats is not None and transports:  # interrupts the irqfd carried: KVM refused the pulse
+        stats.device_counts["virtio"] = functools.partial(irq_line_fallbacks, transports)
     if snapshot is not None:
         from pyvmm.snapshot.restore import restore_machine_state
 

@@ -211,6 +211,11 @@ class IrqLineTrigger:
             os.eventfd_write(self._irq_fd, 1)
 
 
+def irq_line_fallbacks(transports: Sequence) -> dict[str, int]:
+    """``--stats``: interrupts the transports' irqfds carried because a pulse failed."""
+    return {"irq-line-fallbacks": sum(getattr(t.interrupt, "failures", 0) for t in transports)}
+
+
 def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices,
                   interrupts: InterruptRegistersOffPython | None = None
                   ) -> tuple[list, list[int]]:

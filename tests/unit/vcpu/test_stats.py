@@ -54,3 +54,9 @@ def test_devices_counts_are_read_when_the_report_is_made() -> None:
     counts["rx_frames"] = 7  # moved after registration: the report reads them late
     data = json.loads(stats.json_line())
     assert next(iter(data.values()))["devices"] == {"net0": {"rx_frames": 7}}
+
+
+def test_the_text_report_names_each_devices_counts() -> None:
+    stats = RunStats()
+    stats.device_counts["virtio"] = lambda: {"irq-line-fallbacks": 2}
+    assert stats.text().splitlines()[-1] == "pyvmm stats: virtio: irq-line-fallbacks 2"

@@ -19,7 +19,7 @@ from pyvmm.memory import GuestMemory
 from pyvmm.vcpu._uart_cffi import ffi, lib
 from pyvmm.vcpu.interrupt_status import USED_BUFFER, InterruptRegistersOffPython
 from pyvmm.vhost.stream import FrameStream
-from pyvmm.vmm.virtio_slots import IrqLineTrigger, VirtioSlot, attach_virtio
+from pyvmm.vmm.virtio_slots import IrqLineTrigger, VirtioSlot, attach_virtio, irq_line_fallbacks
 from tests.unit.devices.virtio.test_virtio_net import MAC, FakeLink
 
 BASE = 0xD000_0000
@@ -121,6 +121,7 @@ def test_a_device_python_serves_interrupts_by_the_line_pulse_the_irqfd_its_fallb
             signalled = bool(select.select([irqfd], [], [], 0)[0])
             assert (vm.pulses, signalled, trigger.failures) == \
                 (([], True, 1) if refuse else ([6], False, 0))
+            assert irq_line_fallbacks(transports) == {"irq-line-fallbacks": int(refuse)}
         finally:
             for fd in fds:
                 os.close(fd)

@@ -223,6 +223,21 @@ def test_the_pages_the_first_clone_wrote_are_the_next_clones_own_before_it_runs(
     second.stop()
 
 
+def test_clones_running_at_once_each_own_only_the_pages_they_wrote(echo_snapshot: Path,
+                                                                   restored) -> None:
+    """RAM grows by what a clone writes (and the first clone's writes, copied ahead), not
+    by its size: the rest stays the memory file's pages, shared by every clone."""
+    clones = [restored(echo_snapshot) for _ in range(4)]
+    for index, clone in enumerate(clones):
+        clone.start()
+        clone.console.write(f"clone{index} ")
+        clone.console.expect(f"clone{index} ", 30)
+    for clone in clones:
+        ram = clone._machine.memory.regions[0]
+        own = sum(count for _, count in own_page_runs(address_of(ram.buffer), ram.size))
+        assert 0 < own <= 64 < ram.size // 4096  # 256 KiB of its 64 MiB: a page or two, here
+
+
 def test_the_restored_guests_memory_is_the_snapshots(echo_snapshot: Path, restored,
                                                      tmp_path: Path) -> None:
     clone = restored(echo_snapshot)

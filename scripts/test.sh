@@ -100,8 +100,8 @@ else
     echo "test.sh: the host suite (not linux), run beside the rig:" >&2
     cat "$host_log"
     for file in "${timed[@]}"; do run_in_rig "$file" "$@"; done
-    # A rig freeze is rare and comes in bursts: files it kept from running get
-    # one more pair of sessions at the end, so a green run has checked them.
+    # The rig's freezes come and go: files they kept from running get one
+    # more pair of sessions at the end, so a green run has checked them.
     again=("${skipped[@]}")
     skipped=()
     for files in "${again[@]}"; do
@@ -109,7 +109,8 @@ else
         run_in_rig "$files" "$@"
     done
     for files in "${skipped[@]}"; do
-        echo "test.sh: NOT CHECKED: $files (the rig froze in all four sessions)" >&2
+        echo "test.sh: NOT CHECKED: $files (the rig failed on its own in all four" \
+             "sessions)" >&2
     done
     $python -m pytest -q -m "not linux and slow" "$@" && slow=0 || slow=$?
     if [ "$slow" -ne 0 ] && [ "$slow" -ne 5 ]; then status=$slow; fi

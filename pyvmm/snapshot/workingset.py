@@ -79,6 +79,7 @@ def own_page_runs(address: int, size: int) -> list[tuple[int, int]]:
         os.close(fd)
     return runs
 
+
 #: Pages copied ahead into a clone, at most (the first runs of what the first clone wrote).
 MAX_PAGES = 1024
 #: ``madvise`` advice: fault the range in for writing (Linux 5.14; Python's mmap lacks the name).

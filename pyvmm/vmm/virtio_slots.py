@@ -213,7 +213,7 @@ class IrqLineTrigger:
 
 def irq_line_fallbacks(transports: Sequence) -> dict[str, int]:
     """``--stats``: interrupts the transports' irqfds carried because a pulse failed."""
-    return {"irq-line-fallbacks": sum(getattr(t.interrupt, "failures", 0) for t in transports)}
+    return {"irq-line-fallbacks": sum(t.interrupt.failures for t in transports)}
 
 
 def attach_virtio(vm, loop, mmio_bus, memory, slots: list[VirtioSlot], devices,

@@ -7,8 +7,8 @@ host copy the page for the clone (a copy-on-write fault of the mapping)
 before it maps it.  A clone of a guest idle at its prompt writes the same
 hundred-odd pages to answer its first command (kernel stacks, the tty's
 buffers, timer and scheduler data).  Copying them all before the clone runs
-(``MADV_POPULATE_WRITE``, one call per run of pages, Linux 5.14) took 2 ms
-in the rig and made the first answer 6-10 ms sooner (``bench/snapshot_linux.py
+(``MADV_POPULATE_WRITE``, one call per run of pages, Linux 5.14) took about
+3 ms in the rig and made the first answer 6-10 ms sooner (``bench/snapshot_linux.py
 --variants no-working-set``): KVM's faults on those pages are then the cheap
 kind, the host page already the clone's own.
 
